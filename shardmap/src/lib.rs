@@ -1,0 +1,21 @@
+//! shardmap: the domain model every shardcast process shares — shards,
+//! nodes, the catalog, the routing table and its builder, the config schema
+//! and its validation, and the telemetry and control wire types.
+//!
+//! No I/O happens here beyond reading a config file when asked
+//! ([`config::Config::load`]); the proxy, the forecaster and the sync
+//! service build their runtime objects from these types (see DESIGN.md,
+//! "Components").
+
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod key;
+pub mod table;
+pub mod telemetry;
+
+pub use catalog::{Catalog, CategoryId, SkuMap};
+pub use config::{Config, ConfigErrors};
+pub use control::{NodeHealth, TableUpdate, TableView};
+pub use table::{ReplicaState, RouteHow, RoutingTable, ShardIdx};
+pub use telemetry::Frame;
