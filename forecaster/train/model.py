@@ -1,0 +1,121 @@
+"""The forecaster network in JAX: an LSTM encoder with MQ-RNN style quantile heads.
+
+encoder  one LSTM layer over the past window [B, L, Fp]; its last hidden
+         state h summarises the shard's recent demand. Gates are laid out
+         in ONNX order (i, o, f, c) so the weights export as they are.
+steps    for every future step k: relu(h·Wh + future_k·Wf + b1)·W2 + b2, plus
+         a linear skip future_k·Wlin on the lowest quantile — one Q-vector of
+         transformed quantiles per step (shared weights across steps; the
+         step and calendar features tell steps apart).
+aggs     the same shape of head for aggregate windows (next day / week /
+         month totals) fed with the mean of the window's future features and
+         a learned per-window bias.
+quantile non-crossing by construction: z_0 = raw_0, z_i = z_0 + Σ softplus(raw_1..i).
+calibrate z'_q = z_50 + c_q (z_q - z_50), c fitted on validation data after
+         training (1 = no change).
+ensemble several seeds are averaged in transformed space (quantile averaging).
+
+Outputs are quantiles of log1p(demand/scale) ("z"); ``invert`` maps them to
+demand: max(scale·(exp(min(z, Z_MAX)) - 1), 0), times the window length for
+aggregates.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import Z_MAX
+
+
+def init_params(key, n_past: int, n_future: int, n_agg: int, hidden: int, head: int, n_q: int) -> dict:
+    ks = jax.random.split(key, 10)
+    g = lambda k, shape, fan_in: jax.random.normal(k, shape, jnp.float32) / np.sqrt(fan_in)  # noqa: E731
+    bias = np.zeros(4 * hidden, np.float32)
+    bias[2 * hidden:3 * hidden] = 1.0  # forget gate (ONNX order i, o, f, c) starts open
+    return {
+        "W": g(ks[0], (4 * hidden, n_past), n_past),
+        "R": g(ks[1], (4 * hidden, hidden), hidden),
+        "Wb": jnp.asarray(bias),
+        "Rb": jnp.zeros(4 * hidden, jnp.float32),
+        "s_h": g(ks[2], (hidden, head), hidden),
+        "s_f": g(ks[3], (n_future, head), n_future),
+        "s_b1": jnp.zeros(head, jnp.float32),
+        "s_w2": g(ks[4], (head, n_q), head) * 0.1,
+        "s_b2": jnp.asarray(np.r_[-1.0, np.full(n_q - 1, -1.0)].astype(np.float32)),
+        "s_lin": jnp.zeros((n_future, 1), jnp.float32),
+        "a_h": g(ks[5], (hidden, head), hidden),
+        "a_f": g(ks[6], (n_future, head), n_future),
+        "a_e": jnp.zeros((n_agg, head), jnp.float32),
+        "a_b1": jnp.zeros(head, jnp.float32),
+        "a_w2": g(ks[7], (head, n_q), head) * 0.1,
+        "a_b2": jnp.asarray(np.r_[-1.0, np.full(n_q - 1, -1.0)].astype(np.float32)),
+        "a_lin": jnp.zeros((n_future, 1), jnp.float32),
+    }
+
+
+def lstm_last(p: dict, x: jnp.ndarray) -> jnp.ndarray:
+    """Last hidden state of the LSTM over x [B, L, F] (zero initial state)."""
+    H = p["R"].shape[1]
+    B = x.shape[0]
+    xw = jnp.einsum("blf,gf->lbg", x, p["W"]) + p["Wb"] + p["Rb"]
+
+    def step(carry, xt):
+        h, c = carry
+        g = xt + h @ p["R"].T
+        i = jax.nn.sigmoid(g[:, :H])
+        o = jax.nn.sigmoid(g[:, H:2 * H])
+        f = jax.nn.sigmoid(g[:, 2 * H:3 * H])
+        cc = jnp.tanh(g[:, 3 * H:])
+        c = f * c + i * cc
+        h = o * jnp.tanh(c)
+        return (h, c), None
+
+    z = jnp.zeros((B, H), x.dtype)
+    (h, _), _ = jax.lax.scan(step, (z, z), xw)
+    return h
+
+
+def monotone(raw: jnp.ndarray) -> jnp.ndarray:
+    base = raw[..., :1]
+    inc = jnp.cumsum(jax.nn.softplus(raw[..., 1:]), axis=-1)
+    return jnp.concatenate([base, base + inc], axis=-1)
+
+
+def calibrate(z: jnp.ndarray, c: jnp.ndarray, median_index: int) -> jnp.ndarray:
+    zm = z[..., median_index:median_index + 1]
+    return zm + c * (z - zm)
+
+
+def forward_one(p: dict, past, future, aggregates: list[tuple[int, int]]):
+    """Transformed quantiles (z) of one member: steps [B, K, Q], aggs [B, A, Q]."""
+    h = lstm_last(p, past)
+    hs = jax.nn.relu((h @ p["s_h"])[:, None, :] + future @ p["s_f"] + p["s_b1"])
+    raw = hs @ p["s_w2"] + p["s_b2"]
+    raw = raw.at[..., :1].add(future @ p["s_lin"])
+    z_steps = monotone(raw)
+    mf = jnp.stack([future[:, a:a + n, :].mean(axis=1) for a, n in aggregates], axis=1)  # [B, A, Ff]
+    ha = jax.nn.relu((h @ p["a_h"])[:, None, :] + mf @ p["a_f"] + p["a_e"] + p["a_b1"])
+    rawa = ha @ p["a_w2"] + p["a_b2"]
+    rawa = rawa.at[..., :1].add(mf @ p["a_lin"])
+    z_aggs = monotone(rawa)
+    return z_steps, z_aggs
+
+
+def forward(members: list[dict], calib: dict, past, future, aggregates, median_index: int):
+    """Ensemble mean in z space, then calibration. Returns z_steps, z_aggs."""
+    outs = [forward_one(p, past, future, aggregates) for p in members]
+    zs = sum(o[0] for o in outs) / len(outs)
+    za = sum(o[1] for o in outs) / len(outs)
+    zs = calibrate(zs, calib["steps"], median_index)
+    za = calibrate(za, calib["aggs"], median_index)
+    return zs, za
+
+
+def invert(z, scale, lengths=None):
+    """Demand quantiles from transformed ones: max(scale*(exp(min(z,Z_MAX))-1), 0) [* length]."""
+    s = scale[:, :, None]
+    if lengths is not None:
+        s = s * jnp.asarray(lengths, z.dtype)[None, :, None]
+    return jnp.maximum(s * (jnp.exp(jnp.minimum(z, Z_MAX)) - 1.0), 0.0)

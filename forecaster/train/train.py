@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Train the shardcast forecaster on a long-format panel and export it to ONNX.
+
+    python forecaster/train/train.py --panel data.csv --freq H --name my_hourly
+
+The panel is ``series_id, ds, y`` (column names settable) plus optional
+covariate columns; ``--events`` and ``--signal NAME=FILE`` add the feeds of
+SIGNALS.md. Data after ``--cutoff`` (default: the last ``--test-days`` days)
+is never seen: it is what ``evaluate.py`` scores. The ``--val-days`` before
+the cutoff select the training step (early stopping) and calibrate the
+quantiles; they are not trained on.
+
+Writes ``<out-dir>/<name>.onnx`` (the graph), ``<name>.json`` (the contract
+for the Rust runtime), ``<name>.parity.json`` (inputs and expected outputs
+for the parity tests) and ``<name>.weights.npz`` (the JAX weights, which the
+parity test runs beside ONNX Runtime). ``evaluate.py`` scores the ONNX file.
+
+Reproducible: the same flags and data give the same weights (seeded numpy
+batch sampling, seeded JAX init, XLA CPU on fixed threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import (FREQS, QUANTILES, FeatureSpec, Prepared, dump_json, load_panel,  # noqa: E402
+                    open_hours_mask, set_threads)
+
+set_threads()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import export_onnx  # noqa: E402
+import model as M  # noqa: E402
+
+REPO = HERE.parent.parent
+
+
+def period_offset(freq: str, days: int) -> int:
+    return {"H": days * 24, "D": days, "W": max(1, round(days / 7)), "M": max(1, round(days / 30))}[freq]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--panel", required=True, help="long-format CSV(.gz): series_id, ds, y[, covariates]")
+    ap.add_argument("--freq", required=True, choices=list(FREQS))
+    ap.add_argument("--id-col", default="series_id")
+    ap.add_argument("--time-col", default="ds")
+    ap.add_argument("--target-col", default="y")
+    ap.add_argument("--covariate-cols", default="", help="comma-separated panel columns that are covariate feeds")
+    ap.add_argument("--covariates", default=",".join(["web_traffic", "sentiment"]),
+                    help="covariate channels of the model (each gets a value and a known flag)")
+    ap.add_argument("--events", default=None, help="event calendar CSV (SIGNALS.md)")
+    ap.add_argument("--signal", action="append", default=[], help="NAME=FILE covariate feed (SIGNALS.md)")
+    ap.add_argument("--context", type=int, default=None)
+    ap.add_argument("--horizon", type=int, default=None)
+    ap.add_argument("--periods", default=None, help="comma-separated seasonal periods (lag channels)")
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--head", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--members", type=int, default=1, help="ensemble size (seeds seed..seed+n-1)")
+    ap.add_argument("--test-days", type=int, default=28)
+    ap.add_argument("--cutoff", default=None, help="first held-out period (default: last --test-days days)")
+    ap.add_argument("--val-days", type=int, default=28)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--drop-events", type=float, default=0.1, help="P(event feed hidden) per training sample")
+    ap.add_argument("--drop-cov", type=float, default=0.2, help="P(a covariate feed hidden) per training sample")
+    ap.add_argument("--weight-power", type=float, default=0.5,
+                    help="sample weight = scale**p (0: every series equal, 1: weights as raw demand)")
+    ap.add_argument("--recent-boost", type=float, default=0.0,
+                    help="sample origins with weight exp(boost * position), position 0..1 over the training span")
+    ap.add_argument("--calibrate-hours", default="all",
+                    help="cells used to calibrate hourly quantiles, e.g. 'Sun-Fri:08-17' (see evaluate.py)")
+    ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out-dir", default=str(REPO / "forecaster" / "models"))
+    ap.add_argument("--data-note", default="", help="free text for the sidecar's 'trained_on'")
+    return ap.parse_args(argv)
+
+
+def make_loss(spec: FeatureSpec):
+    lv = jnp.asarray(spec.quantiles, jnp.float32)
+
+    def pin(y, z):
+        d = y[..., None] - z
+        return jnp.maximum(lv * d, (lv - 1) * d).mean(-1)
+
+    def loss(params, past, future, ys, ya, w):
+        zs, za = M.forward_one(params, past, future, spec.aggregates)
+        ls = pin(ys, zs).mean(-1)
+        la = pin(ya, za).mean(-1)
+        return ((ls + 0.5 * la) * w).sum() / w.sum()
+
+    return loss
+
+
+def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, train_last: int, val) -> tuple[dict, dict]:
+    """Train one member; returns (best params, log)."""
+    rng = np.random.default_rng(seed)
+    S = len(prep.panel.ids)
+    Fp, Ff = len(spec.past_names()), len(spec.future_names())
+    params = M.init_params(jax.random.PRNGKey(seed), Fp, Ff, len(spec.aggregates), args.hidden, args.head,
+                           len(spec.quantiles))
+    sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10), args.steps, args.lr * 0.05)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=args.weight_decay))
+    state = opt.init(params)
+    loss = make_loss(spec)
+
+    @jax.jit
+    def step(params, state, past, future, ys, ya, w):
+        l, g = jax.value_and_grad(loss)(params, past, future, ys, ya, w)
+        up, state = opt.update(g, state, params)
+        return optax.apply_updates(params, up), state, l
+
+    eval_loss = jax.jit(loss)
+    lo = spec.min_origin
+    origins = np.arange(lo, train_last + 1)
+    if args.recent_boost > 0:
+        pos = (origins - lo) / max(1, train_last - lo)
+        pw = np.exp(args.recent_boost * pos)
+        pw /= pw.sum()
+    else:
+        pw = None
+    best = (np.inf, params, 0)
+    log = []
+    t0 = time.time()
+    run = 0.0
+    for it in range(1, args.steps + 1):
+        s = rng.integers(0, S, args.batch)
+        o = rng.choice(origins, args.batch, p=pw)
+        de = (rng.random(args.batch) < args.drop_events).astype(float)
+        dc = (rng.random((args.batch, len(spec.covariates))) < args.drop_cov).astype(float)
+        past, future, scale = prep.inputs(s, o, de, dc)
+        ys, ya = spec.targets(prep.panel.y, s, o, scale)
+        w = (scale[:, 0] ** args.weight_power).astype(np.float32)
+        params, state, l = step(params, state, past, future, ys, ya, w)
+        run = 0.98 * run + 0.02 * float(l) if it > 1 else float(l)
+        if val is not None and (it % args.eval_every == 0 or it == args.steps):
+            vl = float(eval_loss(params, *val))
+            log.append({"step": it, "train_loss": round(run, 5), "val_loss": round(vl, 5)})
+            print(f"  seed {seed} step {it:5d} train {run:.4f} val {vl:.4f} ({time.time() - t0:.0f}s)", flush=True)
+            if vl < best[0]:
+                best = (vl, params, it)
+    if val is None:
+        best = (float("nan"), params, args.steps)
+    return jax.tree_util.tree_map(np.asarray, best[1]), {"best_step": best[2], "best_val_loss": best[0], "log": log}
+
+
+def val_set(prep: Prepared, spec: FeatureSpec, val_start: int, cutoff: int, mask_t: np.ndarray | None):
+    """Validation tensors: every origin with some target in [val_start, cutoff)."""
+    S = len(prep.panel.ids)
+    K = spec.horizon
+    origins = np.arange(max(spec.min_origin, val_start - K), cutoff - 1)
+    ss, oo = np.meshgrid(np.arange(S), origins, indexing="ij")
+    ss, oo = ss.ravel(), oo.ravel()
+    past, future, scale = prep.inputs(ss, oo)
+    yk = oo[:, None] + np.arange(1, K + 1)[None, :]
+    valid = (yk >= val_start) & (yk < cutoff)
+    ys_raw = prep.panel.y[ss[:, None], np.minimum(yk, prep.panel.y.shape[1] - 1)]
+    ys = np.log1p(ys_raw / scale).astype(np.float32)
+    ag_valid = np.stack([(oo + a + 1 >= val_start) & (oo + a + n < cutoff) for a, n in spec.aggregates], -1)
+    ya_raw = np.stack([ys_raw[:, a:a + n].sum(1) for a, n in spec.aggregates], -1)
+    ya = np.log1p(ya_raw / (scale * np.array([n for _, n in spec.aggregates])[None, :])).astype(np.float32)
+    cell_mask = valid & (mask_t[np.minimum(yk, len(mask_t) - 1)] if mask_t is not None else True)
+    return dict(past=past, future=future, scale=scale, ys=ys, ya=ya, valid=valid, ag_valid=ag_valid,
+                cell_mask=cell_mask, ys_raw=ys_raw, ya_raw=ya_raw)
+
+
+def fit_calibration(z: np.ndarray, y: np.ndarray, mask: np.ndarray, levels: list[float], per_step: bool) -> np.ndarray:
+    """Spread factors c [K or 1, Q]: z'_q = z50 + c (z_q - z50) so that val miss rates match the levels.
+
+    For a level τ below the median the target is P(y < q) = τ, above it
+    P(y > q) = 1 - τ (the two tails of the intervals); the median keeps c = 1.
+    """
+    mi = levels.index(0.5)
+    grid = np.exp(np.linspace(np.log(0.3), np.log(4.0), 141))
+    K, Q = z.shape[1], z.shape[2]
+    groups = [[k] for k in range(K)] if per_step else [list(range(K))]
+    out = np.ones((len(groups), Q), np.float32)
+    for gi, ks in enumerate(groups):
+        m = mask[:, ks]
+        if m.sum() < 200:
+            continue
+        zz = z[:, ks][m]  # [N, Q]
+        yy = y[:, ks][m]
+        zm = zz[:, mi:mi + 1]
+        for qi, tau in enumerate(levels):
+            if qi == mi:
+                continue
+            cand = zm + grid[None, :] * (zz[:, qi:qi + 1] - zm)  # [N, G]
+            miss = (yy[:, None] < cand).mean(0) if tau < 0.5 else (yy[:, None] > cand).mean(0)
+            target = tau if tau < 0.5 else 1 - tau
+            out[gi, qi] = grid[np.argmin(np.abs(miss - target))]
+        # keep quantiles ordered: spread factors must not shrink moving away from the median
+        for qi in range(mi + 2, Q):
+            out[gi, qi] = max(out[gi, qi], out[gi, qi - 1])
+        for qi in range(mi - 2, -1, -1):
+            out[gi, qi] = max(out[gi, qi], out[gi, qi + 1])
+    if not per_step:
+        out = np.repeat(out, K, axis=0)
+    return out
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    t_start = time.time()
+    cov_names = [c for c in args.covariates.split(",") if c]
+    over = dict(context=args.context, horizon=args.horizon,
+                periods=[int(p) for p in args.periods.split(",")] if args.periods else None,
+                covariates=cov_names, quantiles=list(QUANTILES))
+    spec = FeatureSpec.default(args.freq, **over)
+    panel = load_panel(args.panel, args.freq, args.id_col, args.time_col, args.target_col,
+                       [c for c in args.covariate_cols.split(",") if c])
+    signals = dict(s.split("=", 1) for s in args.signal)
+    prep = Prepared.make(panel, spec, args.events, signals)
+    T = panel.y.shape[1]
+    if args.cutoff:
+        cutoff = int(panel.index.searchsorted(pd.Timestamp(args.cutoff)))
+    else:
+        cutoff = T - period_offset(args.freq, args.test_days)
+    val_start = cutoff - period_offset(args.freq, args.val_days) if args.val_days > 0 else cutoff
+    K = spec.horizon
+    train_last = val_start - 1 - K  # last origin whose targets all precede validation
+    if train_last <= spec.min_origin:
+        raise SystemExit(f"not enough history: need > {spec.min_origin + K + 1} periods before validation")
+    print(f"panel {len(panel.ids)} series x {T} {args.freq} periods; train origins "
+          f"{panel.index[spec.min_origin]} .. {panel.index[train_last]}, val targets "
+          f"{panel.index[val_start]} .. {panel.index[cutoff - 1]}, held out from {panel.index[min(cutoff, T - 1)]}",
+          flush=True)
+
+    hours_mask = open_hours_mask(panel.index, args.calibrate_hours) if args.freq == "H" else None
+    val = None
+    vs = None
+    if args.val_days > 0:
+        vs = val_set(prep, spec, val_start, cutoff, hours_mask)
+        w = (vs["scale"][:, 0] ** args.weight_power).astype(np.float32)
+        # validation loss only over target cells inside the validation window
+        ys = np.where(vs["valid"], vs["ys"], np.nan)
+        keep = vs["valid"].all(1)
+        val = (vs["past"][keep], vs["future"][keep], vs["ys"][keep], vs["ya"][keep], w[keep])
+        del ys
+
+    members, logs = [], []
+    for m in range(args.members):
+        p, lg = train_member(prep, spec, args, args.seed + m, train_last, val)
+        members.append(p)
+        logs.append(lg)
+
+    Q = len(spec.quantiles)
+    calib = {"steps": np.ones((K, Q), np.float32), "aggs": np.ones((len(spec.aggregates), Q), np.float32)}
+    if vs is not None and not args.no_calibrate:
+        zs, za = M.forward(members, {"steps": np.ones(Q, np.float32), "aggs": np.ones(Q, np.float32)},
+                           vs["past"], vs["future"], spec.aggregates, spec.quantiles.index(0.5))
+        zs, za = np.asarray(zs), np.asarray(za)
+        per_step = vs["cell_mask"].sum(0).min() >= 1000
+        calib["steps"] = fit_calibration(zs, vs["ys"], vs["cell_mask"], spec.quantiles, per_step)
+        calib["aggs"] = np.concatenate([fit_calibration(za[:, j:j + 1], vs["ya"][:, j:j + 1],
+                                                        vs["ag_valid"][:, j:j + 1], spec.quantiles, False)
+                                        for j in range(len(spec.aggregates))], 0)
+        print("calibration (steps, first/last):", np.round(calib["steps"][0], 2), np.round(calib["steps"][-1], 2))
+        print("calibration (aggs):", np.round(calib["aggs"], 2))
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trained = {
+        "date": dt.date.today().isoformat(),
+        "panel": os.path.relpath(args.panel, REPO) if Path(args.panel).is_absolute() else args.panel,
+        "data_note": args.data_note,
+        "series": len(panel.ids),
+        "first_period": str(panel.index[0]),
+        "train_origins": [str(panel.index[spec.min_origin]), str(panel.index[train_last])],
+        "validation_targets": [str(panel.index[val_start]), str(panel.index[cutoff - 1])] if vs else None,
+        "held_out_from": str(panel.index[cutoff]) if cutoff < T else None,
+        "events": args.events,
+        "members": [{"seed": args.seed + m, "best_step": lg["best_step"], "best_val_loss": lg["best_val_loss"]}
+                    for m, lg in enumerate(logs)],
+        "hyper": {k: getattr(args, k) for k in ("hidden", "head", "steps", "batch", "lr", "weight_decay",
+                                                 "drop_events", "drop_cov", "weight_power", "recent_boost")},
+        "train_seconds": round(time.time() - t_start, 1),
+    }
+    write_artifacts(out, args.name, spec, members, calib, trained, prep, cutoff)
+    print(f"wrote {out / args.name}.onnx/.json/.parity.json in {time.time() - t_start:.0f}s")
+
+
+def sidecar(name: str, spec: FeatureSpec, hidden: int, n_members: int, trained: dict) -> dict:
+    K, Q, A = spec.horizon, len(spec.quantiles), len(spec.aggregates)
+    Fp, Ff = len(spec.past_names()), len(spec.future_names())
+    return {
+        "name": name,
+        "format": "shardcast-forecaster-model/1",
+        "onnx": f"{name}.onnx",
+        "opset": export_onnx.OPSET,
+        "architecture": (f"{n_members} x (LSTM(hidden={hidden}) encoder over the past window + per-step and "
+                         f"per-aggregate MLP quantile heads); members averaged in transformed space; "
+                         f"quantile spread calibrated on validation data"),
+        "inputs": [
+            {"name": "past", "shape": ["batch", spec.context, Fp], "dtype": "float32",
+             "features": "features.past_features, in order"},
+            {"name": "future", "shape": ["batch", K, Ff], "dtype": "float32",
+             "features": "features.future_features, in order"},
+            {"name": "scale", "shape": ["batch", 1], "dtype": "float32", "definition": "features.scale"},
+        ],
+        "outputs": [
+            {"name": "quantiles", "shape": ["batch", K, Q], "dtype": "float32",
+             "definition": "demand quantiles of period origin+k (k = index+1), in demand units"},
+            {"name": "agg_quantiles", "shape": ["batch", A, Q], "dtype": "float32",
+             "definition": "quantiles of total demand over features.aggregates[j], in demand units"},
+            {"name": "quantiles_transformed", "shape": ["batch", K, Q], "dtype": "float32",
+             "definition": "the same in transformed space z (see inverse)"},
+            {"name": "agg_quantiles_transformed", "shape": ["batch", A, Q], "dtype": "float32",
+             "definition": "the same in transformed space z (see inverse)"},
+        ],
+        "inverse": {
+            "steps": "quantiles = max(scale * (exp(min(z, 20)) - 1), 0)",
+            "aggregates": "agg_quantiles = max(scale * length_j * (exp(min(z, 20)) - 1), 0)",
+            "note": "done inside the graph; given for users of the *_transformed outputs",
+        },
+        "quantile_levels": spec.quantiles,
+        "horizons": horizon_map(spec),
+        "features": spec.describe(),
+        "spec": spec.to_json(),
+        "trained": trained,
+    }
+
+
+def horizon_map(spec: FeatureSpec) -> dict:
+    f = spec.freq
+    if f == "H":
+        return {"1h": {"output": "quantiles", "index": 0},
+                "1d": {"output": "agg_quantiles", "index": 0, "note": "total of the next 24 hours"},
+                "next_24_hours_profile": {"output": "quantiles", "index": "0..23"}}
+    if f == "D":
+        out = {"1d": {"output": "quantiles", "index": 0}}
+        for j, (a, n) in enumerate(spec.aggregates):
+            if a == 0 and n == 7:
+                out["1w"] = {"output": "agg_quantiles", "index": j, "note": "total of the next 7 days"}
+            if a == 0 and n == 28:
+                out["1mo"] = {"output": "agg_quantiles", "index": j,
+                              "note": "total of the next 28 days (4 whole weeks: a month without weekday mix bias)"}
+        out["weeks_1_to_4"] = {"output": "agg_quantiles",
+                               "index": [j for j, (a, n) in enumerate(spec.aggregates) if n == 7]}
+        return out
+    return {"step1": {"output": "quantiles", "index": 0}}
+
+
+def write_artifacts(out: Path, name: str, spec: FeatureSpec, members: list[dict], calib: dict, trained: dict,
+                    prep: Prepared, cutoff: int) -> None:
+    import onnx
+
+    hidden = members[0]["R"].shape[1]
+    meta = sidecar(name, spec, hidden, len(members), trained)
+    doc = (f"shardcast forecaster '{name}': quantile forecasts of per-shard demand. "
+           f"Contract: {name}.json. Trained on data derived from UCI Online Retail II (CC BY 4.0).")
+    mp = export_onnx.build(members, calib, spec, name, doc)
+    onnx.save(mp, out / f"{name}.onnx")
+    # weights kept for the parity test and for evaluation of the JAX side
+    np.savez_compressed(out / f"{name}.weights.npz",
+                        **{f"m{m}.{k}": v for m, p in enumerate(members) for k, v in p.items()},
+                        **{f"calib.{k}": v for k, v in calib.items()})
+    dump_json(meta, out / f"{name}.json")
+    import parity
+
+    parity.write_fixture(out, name, spec, members, calib, prep, cutoff)
+
+
+if __name__ == "__main__":
+    main()
