@@ -1,0 +1,73 @@
+//! A small HTTP/1.1 client for the proxy's own background calls: active
+//! health checks and the telemetry sink. Never used on the request path.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(Duration::from_secs(1)));
+        conn.set_nodelay(true);
+        Self {
+            inner: HyperClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(conn),
+        }
+    }
+}
+
+impl Client {
+    /// GET `url`; Ok(status) or a message.
+    pub async fn get_status(&self, url: &str, timeout: Duration) -> Result<u16, String> {
+        let req = http::Request::get(url)
+            .header("user-agent", "shardcast-health")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            // drain so the connection can be reused
+            let _ = resp.into_body().collect().await;
+            Ok(status)
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| format!("timed out after {timeout:?}"))?
+    }
+
+    /// POST a JSON body; Ok when the peer answered 2xx.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let req = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("sink answered {status}"))
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| format!("timed out after {timeout:?}"))?
+    }
+}

@@ -1,0 +1,340 @@
+//! Every metric the proxy exports, by name, rendered as Prometheus text.
+//! Labels are bounded: node names and shard ids come from config.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::node::now_ms;
+use crate::state::Shared;
+
+pub const REQUESTS: &str = "shardcast_requests_total";
+pub const REJECTED: &str = "shardcast_rejected_total";
+pub const RETRIES: &str = "shardcast_retries_total";
+pub const RETRIES_DENIED: &str = "shardcast_retries_denied_total";
+pub const NO_REPLICA: &str = "shardcast_no_replica_total";
+pub const NODE_REQUESTS: &str = "shardcast_node_requests_total";
+pub const NODE_ERRORS: &str = "shardcast_node_errors_total";
+pub const NODE_CONNECT_FAILURES: &str = "shardcast_node_connect_failures_total";
+pub const NODE_RETRIES: &str = "shardcast_node_retries_total";
+pub const NODE_EJECTIONS: &str = "shardcast_node_ejections_total";
+pub const NODE_IN_FLIGHT: &str = "shardcast_node_in_flight";
+pub const NODE_HEALTHY: &str = "shardcast_node_healthy";
+pub const SHARD_REQUESTS: &str = "shardcast_shard_requests_total";
+pub const SHARD_ERRORS: &str = "shardcast_shard_errors_total";
+pub const SHARD_CACHE: &str = "shardcast_shard_cache_total";
+pub const SHARD_BYTES: &str = "shardcast_shard_response_bytes_total";
+pub const SHARD_LATENCY: &str = "shardcast_shard_latency_seconds";
+pub const TABLE_VERSION: &str = "shardcast_table_version";
+pub const TABLE_SKUS: &str = "shardcast_table_skus";
+pub const RELOADS: &str = "shardcast_config_reloads_total";
+pub const UPDATES: &str = "shardcast_table_updates_total";
+pub const TELEMETRY_FRAMES: &str = "shardcast_telemetry_frames_total";
+
+/// Latency histogram bounds, µs.
+const BOUNDS_US: [u64; 14] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Render all metrics.
+pub fn render(shared: &Shared) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let c = &shared.counters;
+    let snap = shared.current();
+
+    head(&mut o, REQUESTS, "counter", "Requests received.");
+    let _ = writeln!(o, "{REQUESTS} {}", c.requests.load(Relaxed));
+    head(
+        &mut o,
+        REJECTED,
+        "counter",
+        "Requests answered by the proxy itself, by reason.",
+    );
+    let _ = writeln!(
+        o,
+        "{REJECTED}{{reason=\"no_key\"}} {}",
+        c.rejected_no_key.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "{REJECTED}{{reason=\"bad_request\"}} {}",
+        c.rejected_bad_request.load(Relaxed)
+    );
+    head(
+        &mut o,
+        RETRIES,
+        "counter",
+        "Requests retried on another replica.",
+    );
+    let _ = writeln!(o, "{RETRIES} {}", c.retries.load(Relaxed));
+    head(
+        &mut o,
+        RETRIES_DENIED,
+        "counter",
+        "Retries refused by the retry budget.",
+    );
+    let _ = writeln!(o, "{RETRIES_DENIED} {}", c.retries_denied.load(Relaxed));
+    head(
+        &mut o,
+        NO_REPLICA,
+        "counter",
+        "Requests with no replica left to try.",
+    );
+    let _ = writeln!(o, "{NO_REPLICA} {}", c.no_replica.load(Relaxed));
+
+    let now = now_ms();
+    head(
+        &mut o,
+        NODE_REQUESTS,
+        "counter",
+        "Requests sent to a node (attempts).",
+    );
+    for n in &snap.nodes {
+        let _ = writeln!(
+            o,
+            "{NODE_REQUESTS}{{node=\"{}\"}} {}",
+            n.name,
+            n.counters.requests.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        NODE_ERRORS,
+        "counter",
+        "Failed attempts on a node (connect errors, 502/503/504, broken connections).",
+    );
+    for n in &snap.nodes {
+        let _ = writeln!(
+            o,
+            "{NODE_ERRORS}{{node=\"{}\"}} {}",
+            n.name,
+            n.counters.errors.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        NODE_CONNECT_FAILURES,
+        "counter",
+        "Connect failures to a node.",
+    );
+    for n in &snap.nodes {
+        let _ = writeln!(
+            o,
+            "{NODE_CONNECT_FAILURES}{{node=\"{}\"}} {}",
+            n.name,
+            n.counters.connect_failures.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        NODE_RETRIES,
+        "counter",
+        "Retries that moved away from a node.",
+    );
+    for n in &snap.nodes {
+        let _ = writeln!(
+            o,
+            "{NODE_RETRIES}{{node=\"{}\"}} {}",
+            n.name,
+            n.counters.retries.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        NODE_EJECTIONS,
+        "counter",
+        "Passive ejections of a node.",
+    );
+    for n in &snap.nodes {
+        let _ = writeln!(
+            o,
+            "{NODE_EJECTIONS}{{node=\"{}\"}} {}",
+            n.name,
+            n.counters.ejections.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        NODE_IN_FLIGHT,
+        "gauge",
+        "Requests in flight to a node.",
+    );
+    for n in &snap.nodes {
+        let _ = writeln!(
+            o,
+            "{NODE_IN_FLIGHT}{{node=\"{}\"}} {}",
+            n.name,
+            n.in_flight()
+        );
+    }
+    head(
+        &mut o,
+        NODE_HEALTHY,
+        "gauge",
+        "1 when the node is in rotation.",
+    );
+    for n in &snap.nodes {
+        let _ = writeln!(
+            o,
+            "{NODE_HEALTHY}{{node=\"{}\"}} {}",
+            n.name,
+            u8::from(n.usable(now))
+        );
+    }
+
+    head(
+        &mut o,
+        SHARD_REQUESTS,
+        "counter",
+        "Requests routed to a shard.",
+    );
+    for s in &snap.stats {
+        let _ = writeln!(
+            o,
+            "{SHARD_REQUESTS}{{shard=\"{}\"}} {}",
+            s.id,
+            s.requests.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        SHARD_ERRORS,
+        "counter",
+        "Requests to a shard that failed (5xx or no response).",
+    );
+    for s in &snap.stats {
+        let _ = writeln!(
+            o,
+            "{SHARD_ERRORS}{{shard=\"{}\"}} {}",
+            s.id,
+            s.errors.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        SHARD_CACHE,
+        "counter",
+        "Node cache results reported by x-cache, per shard.",
+    );
+    for s in &snap.stats {
+        let _ = writeln!(
+            o,
+            "{SHARD_CACHE}{{shard=\"{}\",result=\"hit\"}} {}",
+            s.id,
+            s.cache_hits.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "{SHARD_CACHE}{{shard=\"{}\",result=\"miss\"}} {}",
+            s.id,
+            s.cache_misses.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        SHARD_BYTES,
+        "counter",
+        "Response body bytes sent, per shard.",
+    );
+    for s in &snap.stats {
+        let _ = writeln!(
+            o,
+            "{SHARD_BYTES}{{shard=\"{}\"}} {}",
+            s.id,
+            s.bytes.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        SHARD_LATENCY,
+        "histogram",
+        "Request latency per shard (as of the last telemetry interval).",
+    );
+    for s in &snap.stats {
+        let (counts, n, sum_us) = s.cumulative_buckets(&BOUNDS_US);
+        for (b, c) in BOUNDS_US.iter().zip(counts) {
+            let _ = writeln!(
+                o,
+                "{SHARD_LATENCY}_bucket{{shard=\"{}\",le=\"{}\"}} {c}",
+                s.id,
+                *b as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            o,
+            "{SHARD_LATENCY}_bucket{{shard=\"{}\",le=\"+Inf\"}} {n}",
+            s.id
+        );
+        let _ = writeln!(
+            o,
+            "{SHARD_LATENCY}_sum{{shard=\"{}\"}} {}",
+            s.id,
+            sum_us / 1e6
+        );
+        let _ = writeln!(o, "{SHARD_LATENCY}_count{{shard=\"{}\"}} {n}", s.id);
+    }
+
+    head(
+        &mut o,
+        TABLE_VERSION,
+        "gauge",
+        "Version of the routing table in use.",
+    );
+    let _ = writeln!(o, "{TABLE_VERSION} {}", snap.table.version);
+    head(&mut o, TABLE_SKUS, "gauge", "Skus in the catalog in use.");
+    let _ = writeln!(o, "{TABLE_SKUS} {}", snap.table.catalog.len());
+    head(&mut o, RELOADS, "counter", "Config reloads by result.");
+    let _ = writeln!(
+        o,
+        "{RELOADS}{{result=\"ok\"}} {}",
+        c.reloads_ok.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "{RELOADS}{{result=\"failed\"}} {}",
+        c.reloads_failed.load(Relaxed)
+    );
+    head(
+        &mut o,
+        UPDATES,
+        "counter",
+        "Table updates from the shard manager by result.",
+    );
+    let _ = writeln!(
+        o,
+        "{UPDATES}{{result=\"ok\"}} {}",
+        c.updates_ok.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "{UPDATES}{{result=\"rejected\"}} {}",
+        c.updates_rejected.load(Relaxed)
+    );
+    head(
+        &mut o,
+        TELEMETRY_FRAMES,
+        "counter",
+        "Telemetry frames by result.",
+    );
+    let e = &shared.export;
+    let _ = writeln!(
+        o,
+        "{TELEMETRY_FRAMES}{{result=\"sent\"}} {}",
+        e.frames_sent.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "{TELEMETRY_FRAMES}{{result=\"dropped\"}} {}",
+        e.frames_dropped.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "{TELEMETRY_FRAMES}{{result=\"send_error\"}} {}",
+        e.send_errors.load(Relaxed)
+    );
+    o
+}

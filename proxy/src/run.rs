@@ -1,0 +1,166 @@
+//! Start-up: config → first snapshot → Pingora server with the proxy
+//! service and the control background service → run until a signal.
+//! Pingora owns the signals that end the process: SIGTERM drains in-flight
+//! requests for the grace period then exits, SIGINT exits fast, SIGQUIT
+//! hands the listeners to a new process started with `--upgrade`.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use crate::deadline::Front;
+use crate::node::NodeRegistry;
+use crate::proxy::ShardProxy;
+use crate::reload;
+use crate::services::Control;
+use crate::state::{GlobalCounters, RetryBudget, Shared};
+use crate::telemetry::{ExportCounters, StatsRegistry};
+use crate::tls::CertResolver;
+
+/// Command-line options of `shardcast-proxy`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "shardcast-proxy",
+    version,
+    about = "Shard-aware HTTP proxy with forecast-driven pre-fetch"
+)]
+pub struct Args {
+    /// Config file (TOML).
+    #[arg(short = 'c', long = "config")]
+    pub config: PathBuf,
+    /// Validate the config (and the catalog and certificates it names), print
+    /// every error, and exit: 0 when valid.
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+    /// Take the listening sockets over from a running instance (graceful
+    /// upgrade; send the old one SIGQUIT).
+    #[arg(short = 'u', long = "upgrade")]
+    pub upgrade: bool,
+    /// Socket through which listeners are handed over on upgrade.
+    #[arg(long, default_value = "/tmp/shardcast_upgrade.sock")]
+    pub upgrade_sock: String,
+    /// Name reported in telemetry frames (default: host name and pid).
+    #[arg(long)]
+    pub instance: Option<String>,
+}
+
+/// Validate only (for `-t`): Ok(summary) or every error.
+pub fn check(args: &Args) -> Result<String, Vec<String>> {
+    let p = reload::prepare(&args.config, None)?;
+    let snap = reload::initial(&p, &NodeRegistry::default(), &StatsRegistry::default())?;
+    Ok(format!(
+        "{}: ok: {} nodes, {} shards, {} routes, {} skus in {} categories",
+        args.config.display(),
+        snap.table.nodes.len(),
+        snap.table.shards.len(),
+        snap.config.routes.len(),
+        snap.table.catalog.len(),
+        snap.table.catalog.categories.len()
+    ))
+}
+
+/// Build everything and run until a terminating signal. Returns only on a
+/// start-up error (with every problem listed).
+pub fn run(args: Args) -> Result<(), Vec<String>> {
+    let prepared = reload::prepare(&args.config, None)?;
+    let nodes = NodeRegistry::default();
+    let stats = StatsRegistry::default();
+    let snap = reload::initial(&prepared, &nodes, &stats)?;
+    let cfg = prepared.config.clone();
+    let admin = std::net::TcpListener::bind(cfg.listen.admin)
+        .map_err(|e| vec![format!("listen.admin {}: {e}", cfg.listen.admin)])?;
+    let certs: Vec<Arc<CertResolver>> = prepared
+        .certs
+        .into_iter()
+        .map(|k| Arc::new(CertResolver::new(k)))
+        .collect();
+    let instance = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let shared = Arc::new(Shared {
+        snapshot: arc_swap::ArcSwap::from_pointee(snap),
+        config_path: args.config.clone(),
+        nodes,
+        stats,
+        counters: GlobalCounters::default(),
+        export: ExportCounters::default(),
+        retry_budget: RetryBudget::default(),
+        reload_lock: tokio::sync::Mutex::new(()),
+        certs: certs.clone(),
+        history: Default::default(),
+        ready: AtomicBool::new(false),
+        instance,
+    });
+    shared.record_version(1, "start");
+
+    let opt = Opt {
+        upgrade: args.upgrade,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut conf = ServerConf::default();
+    conf.threads = cfg.listen.threads;
+    conf.grace_period_seconds = Some(cfg.listen.grace_period.as_secs());
+    conf.graceful_shutdown_timeout_seconds = Some(cfg.listen.grace_period.as_secs().max(1));
+    // The proxy enforces its own, reloadable retry limit; this is the cap.
+    conf.max_retries = 11;
+    conf.upstream_keepalive_pool_size = 1024;
+    conf.upgrade_sock = args.upgrade_sock.clone();
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let sconf = server.configuration.clone();
+
+    let mut proxy = pingora_proxy::http_proxy(&sconf, ShardProxy::new(shared.clone()));
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    proxy.server_options = Some(opts);
+    let front = Front {
+        inner: Arc::new(proxy),
+        header: cfg.timeouts.client_header,
+        body: cfg.timeouts.client_body,
+    };
+    let mut svc = Service::new("shardcast proxy".to_string(), front);
+    for a in &cfg.listen.http {
+        svc.add_tcp(&a.to_string());
+    }
+    for (h, resolver) in cfg.listen.https.iter().zip(&certs) {
+        let mut tls = TlsSettings::intermediate("", "").map_err(|e| vec![format!("tls: {e}")])?;
+        tls.set_cert_resolver(resolver.clone());
+        if h.h2 {
+            tls.enable_h2();
+        }
+        svc.add_tls_with_settings(&h.addr.to_string(), None, tls);
+    }
+    server.add_service(svc);
+    server.add_service(background_service(
+        "control",
+        Control {
+            shared: shared.clone(),
+            admin: parking_lot::Mutex::new(Some(admin)),
+        },
+    ));
+    tracing::info!(
+        http = ?cfg.listen.http,
+        https = ?cfg.listen.https.iter().map(|h| h.addr).collect::<Vec<_>>(),
+        admin = %cfg.listen.admin,
+        skus = shared.current().table.catalog.len(),
+        "shardcast-proxy starting"
+    );
+    server.run_forever()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "proxy".into())
+}

@@ -1,0 +1,116 @@
+//! Replica choice: which node of a shard's replicas gets a request.
+//!
+//! A policy is a type behind [`Selector`], not a branch in the hot path.
+//! The default, [`P2c`], is power-of-two-choices on in-flight requests
+//! weighted by node capacity: cheap, and close to least-loaded without the
+//! herding that strict least-loaded causes across many proxies.
+
+use crate::node::NodeRuntime;
+use shardmap::table::NodeIdx;
+use std::sync::Arc;
+
+/// Picks one node among candidates.
+pub trait Selector: Send + Sync {
+    /// `candidates` are node indices; `nodes` resolves them; `skip` holds
+    /// nodes already tried by this request. Returns `None` when no usable
+    /// candidate remains.
+    fn pick(
+        &self,
+        candidates: &[NodeIdx],
+        nodes: &[Arc<NodeRuntime>],
+        capacity: &[f64],
+        skip: &[NodeIdx],
+        now: u64,
+    ) -> Option<NodeIdx>;
+}
+
+/// Power of two choices on `(in_flight + 1) / capacity`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct P2c;
+
+#[inline]
+fn load(nodes: &[Arc<NodeRuntime>], capacity: &[f64], i: NodeIdx) -> f64 {
+    (nodes[i as usize].in_flight() as f64 + 1.0) / capacity[i as usize]
+}
+
+impl Selector for P2c {
+    #[inline]
+    fn pick(
+        &self,
+        candidates: &[NodeIdx],
+        nodes: &[Arc<NodeRuntime>],
+        capacity: &[f64],
+        skip: &[NodeIdx],
+        now: u64,
+    ) -> Option<NodeIdx> {
+        let ok = |i: &NodeIdx| !skip.contains(i) && nodes[*i as usize].usable(now);
+        let n = candidates.iter().filter(|i| ok(i)).count();
+        match n {
+            0 => None,
+            1 => candidates.iter().copied().find(|i| ok(i)),
+            _ => {
+                // Two distinct usable candidates at random.
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let mut usable = candidates.iter().copied().filter(|i| ok(i));
+                let (lo, hi) = (a.min(b), a.max(b));
+                let mut x = usable.nth(lo)?;
+                let mut y = usable.nth(hi - lo - 1)?;
+                // Ties go to the first draw, which is uniformly random.
+                if a > b {
+                    std::mem::swap(&mut x, &mut y);
+                }
+                Some(if load(nodes, capacity, x) <= load(nodes, capacity, y) {
+                    x
+                } else {
+                    y
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn nodes(n: usize) -> Vec<Arc<NodeRuntime>> {
+        (0..n)
+            .map(|i| Arc::new(NodeRuntime::new(&format!("n{i}"))))
+            .collect()
+    }
+
+    #[test]
+    fn spreads_and_prefers_less_loaded() {
+        let ns = nodes(3);
+        let cap = vec![1.0; 3];
+        let mut count = [0usize; 3];
+        for _ in 0..3000 {
+            let i = P2c.pick(&[0, 1, 2], &ns, &cap, &[], 1).unwrap();
+            count[i as usize] += 1;
+        }
+        assert!(count.iter().all(|&c| c > 500), "{count:?}");
+        // a loaded node loses every two-way comparison
+        let _held: Vec<_> = (0..50).map(|_| ns[0].start()).collect();
+        let picks0 = (0..1000)
+            .filter(|_| P2c.pick(&[0, 1, 2], &ns, &cap, &[], 1) == Some(0))
+            .count();
+        assert_eq!(picks0, 0);
+    }
+
+    #[test]
+    fn skips_tried_and_unusable() {
+        let ns = nodes(2);
+        let cap = vec![1.0; 2];
+        assert_eq!(P2c.pick(&[0, 1], &ns, &cap, &[0], 1), Some(1));
+        ns[1].record_failure(1, Duration::from_secs(60));
+        assert_eq!(
+            P2c.pick(&[0, 1], &ns, &cap, &[0], crate::node::now_ms()),
+            None
+        );
+    }
+}

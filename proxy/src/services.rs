@@ -1,0 +1,173 @@
+//! The proxy's background work, run by Pingora as one background service:
+//! the admin API, active health checks, the telemetry exporter and the
+//! reload triggers (SIGHUP and config-file changes). Each loop ends when
+//! Pingora signals shutdown.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::http_client::Client;
+use crate::state::Shared;
+use crate::telemetry::{send, Exporter};
+
+pub struct Control {
+    pub shared: Arc<Shared>,
+    /// Bound at start-up so a busy port fails fast with a clear error.
+    pub admin: parking_lot::Mutex<Option<std::net::TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let shared = self.shared.clone();
+        let mut tasks = vec![];
+        if let Some(l) = self.admin.lock().take() {
+            match l
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::TcpListener::from_std(l))
+            {
+                Ok(l) => tasks.push(tokio::spawn(crate::admin::serve(
+                    shared.clone(),
+                    l,
+                    shutdown.clone(),
+                ))),
+                Err(e) => warn!(error = %e, "admin listener unusable"),
+            }
+        }
+        tasks.push(tokio::spawn(crate::health::run(
+            shared.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(export_loop(shared.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(sighup_loop(shared.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(watch_loop(shared.clone(), shutdown.clone())));
+        shared.ready.store(true, Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn export_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let client = Client::default();
+    let mut exporter = Exporter::new(shared.instance.clone());
+    loop {
+        let interval = shared.current().config.telemetry.interval;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let snap = shared.current();
+        let t = &snap.config.telemetry;
+        exporter.collect(
+            &snap.stats,
+            t.interval,
+            t.top_k,
+            snap.table.version,
+            t.queue,
+            &shared.export,
+        );
+        if t.sink == shardmap::config::TelemetrySink::None {
+            exporter.queue.clear();
+            continue;
+        }
+        while let Some(mut frame) = exporter.queue.pop_front() {
+            frame.dropped_before = exporter.dropped_pending;
+            match send(&t.sink, &client, &frame).await {
+                Ok(()) => {
+                    exporter.dropped_pending = 0;
+                    shared.export.frames_sent.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    // Keep it for the next tick; the queue bound drops the
+                    // oldest if the sink stays down.
+                    shared.export.send_errors.fetch_add(1, Relaxed);
+                    if shared.export.send_errors.load(Relaxed) % 30 == 1 {
+                        warn!(error = %e, queued = exporter.queue.len() + 1, "telemetry sink unavailable; frames queued, oldest dropped when full");
+                    }
+                    exporter.queue.push_front(frame);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn sighup_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; reload via the admin API or file changes");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading config");
+                crate::reload::reload(&shared, "sighup").await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Reload when the config file changes. Watches the directory, since
+/// editors and config managers replace files by rename.
+async fn watch_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    use notify::{RecursiveMode, Watcher};
+    let path: PathBuf =
+        std::fs::canonicalize(&shared.config_path).unwrap_or_else(|_| shared.config_path.clone());
+    let Some(dir) = path.parent().map(|p| p.to_path_buf()) else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    let target = path.clone();
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p == &target || p.file_name() == target.file_name())
+                && !ev.kind.is_access()
+            {
+                let _ = tx.try_send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config file; reload via SIGHUP or the admin API");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
+        return;
+    }
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            got = rx.recv() => if got.is_none() { return },
+            _ = shutdown.changed() => return,
+        }
+        // Let a burst of events (write, chmod, rename) settle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while rx.try_recv().is_ok() {}
+        let now = std::fs::read(&path).ok();
+        if now.is_some() && now != last {
+            last = now;
+            crate::reload::reload(&shared, "file").await;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The snapshot the request path reads: the routing table plus everything
+//! resolved from it (node runtimes, prebuilt upstream peers, shard stats),
+//! built whole off the request path and swapped in with one store.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use pingora_core::upstreams::peer::HttpPeer;
+use shardmap::config::MissingKey;
+use shardmap::table::NodeIdx;
+use shardmap::{Catalog, Config, RoutingTable};
+
+use crate::node::{NodeRegistry, NodeRuntime};
+use crate::telemetry::{ShardStats, StatsRegistry};
+
+/// What identifies a loaded catalog, so a reload that does not touch the
+/// catalog reuses it instead of re-reading millions of rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogKey {
+    pub csv: Option<(PathBuf, Option<SystemTime>, u64)>,
+    pub columns: (String, String),
+    pub inline: Vec<(String, String)>,
+}
+
+impl CatalogKey {
+    pub fn of(config: &Config) -> CatalogKey {
+        let c = &config.catalog;
+        CatalogKey {
+            csv: c.csv.as_ref().map(|p| {
+                let md = std::fs::metadata(p).ok();
+                (
+                    p.clone(),
+                    md.as_ref().and_then(|m| m.modified().ok()),
+                    md.map_or(0, |m| m.len()),
+                )
+            }),
+            columns: (c.sku_column.clone(), c.category_column.clone()),
+            inline: c
+                .inline
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Load the catalog a config names (CSV, gzip if it ends in `.gz`, plus
+/// inline entries). Blocking: call off the async workers.
+pub fn load_catalog(config: &Config) -> Result<Catalog, String> {
+    let c = &config.catalog;
+    let inline: Vec<(String, String)> = c
+        .inline
+        .iter()
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    let Some(path) = &c.csv else {
+        let pairs: Vec<(&str, &str)> = inline
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        return Catalog::from_pairs(&pairs).map_err(|e| e.to_string());
+    };
+    let raw = std::fs::read(path).map_err(|e| format!("catalog.csv: {}: {e}", path.display()))?;
+    let data = if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| format!("catalog.csv: {}: not valid gzip: {e}", path.display()))?;
+        out
+    } else {
+        raw
+    };
+    Catalog::from_csv(&data, &c.sku_column, &c.category_column, &inline)
+        .map_err(|e| format!("catalog.csv: {}: {e}", path.display()))
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// The config file's bytes this snapshot was built from.
+    pub text: Arc<Vec<u8>>,
+    pub table: RoutingTable,
+    pub catalog_key: CatalogKey,
+    /// By table node index.
+    pub nodes: Vec<Arc<NodeRuntime>>,
+    pub capacity: Vec<f64>,
+    pub peers: Vec<HttpPeer>,
+    /// By table shard index.
+    pub stats: Vec<Arc<ShardStats>>,
+    /// Per route: the default pool's node indices (empty = reject).
+    pub default_pools: Vec<Vec<NodeIdx>>,
+}
+
+impl Snapshot {
+    /// Resolve a table against the registries. Fails when a node address
+    /// does not resolve.
+    pub fn build(
+        config: Arc<Config>,
+        text: Arc<Vec<u8>>,
+        table: RoutingTable,
+        catalog_key: CatalogKey,
+        nodes: &NodeRegistry,
+        stats: &StatsRegistry,
+    ) -> Result<Snapshot, String> {
+        let t = &config.timeouts;
+        let mut peers = Vec::with_capacity(table.nodes.len());
+        for (i, n) in table.nodes.iter().enumerate() {
+            use std::net::ToSocketAddrs;
+            let addr = n
+                .address
+                .to_socket_addrs()
+                .map_err(|e| format!("nodes[{i}].address: `{}` does not resolve: {e}", n.address))?
+                .next()
+                .ok_or_else(|| {
+                    format!("nodes[{i}].address: `{}` resolves to nothing", n.address)
+                })?;
+            let mut p = HttpPeer::new(addr, false, String::new());
+            p.options.connection_timeout = Some(t.connect);
+            p.options.total_connection_timeout = Some(t.connect);
+            p.options.read_timeout = Some(t.read);
+            p.options.write_timeout = Some(t.write);
+            p.options.idle_timeout = Some(t.upstream_idle);
+            p.options.tcp_keepalive = None;
+            peers.push(p);
+        }
+        let node_rt: Vec<Arc<NodeRuntime>> =
+            table.nodes.iter().map(|n| nodes.get(&n.name)).collect();
+        let capacity = table.nodes.iter().map(|n| n.capacity).collect();
+        let top_k = config.telemetry.top_k;
+        let shard_stats = table
+            .shards
+            .iter()
+            .map(|s| stats.get(&s.id, top_k))
+            .collect();
+        let default_pools = config
+            .routes
+            .iter()
+            .map(|r| match &r.on_missing_key {
+                MissingKey::Reject => vec![],
+                MissingKey::DefaultPool(names) => {
+                    names.iter().filter_map(|n| table.node_by_name(n)).collect()
+                }
+            })
+            .collect();
+        Ok(Snapshot {
+            config,
+            text,
+            table,
+            catalog_key,
+            nodes: node_rt,
+            capacity,
+            peers,
+            stats: shard_stats,
+            default_pools,
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! State shared by the proxy's request path and its background services.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::node::{now_ms, NodeRegistry};
+use crate::snapshot::Snapshot;
+use crate::telemetry::{ExportCounters, StatsRegistry};
+use crate::tls::CertResolver;
+
+/// One entry of the table version history (shown by the admin API and the
+/// dashboard).
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionEvent {
+    pub version: u64,
+    pub unix_ms: u64,
+    /// `start`, `reload:<trigger>` or `update`.
+    pub cause: String,
+}
+
+/// Process-wide counters that are not per node or per shard.
+#[derive(Debug, Default)]
+pub struct GlobalCounters {
+    pub requests: AtomicU64,
+    pub rejected_no_key: AtomicU64,
+    pub rejected_bad_request: AtomicU64,
+    pub no_replica: AtomicU64,
+    pub retries: AtomicU64,
+    pub retries_denied: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub updates_ok: AtomicU64,
+    pub updates_rejected: AtomicU64,
+}
+
+/// Retries allowed per one-second window: `min_per_second` plus
+/// `ratio` × requests seen in the window. Keeps an outage from multiplying
+/// load by the retry count.
+#[derive(Debug, Default)]
+pub struct RetryBudget {
+    window: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    #[inline]
+    fn roll(&self) {
+        let w = now_ms() / 1000;
+        let cur = self.window.load(Relaxed);
+        if cur != w
+            && self
+                .window
+                .compare_exchange(cur, w, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.requests.store(0, Relaxed);
+            self.retries.store(0, Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn on_request(&self) {
+        self.roll();
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    /// Take one retry from the budget, if any is left.
+    pub fn try_retry(&self, ratio: f64, min_per_second: u32) -> bool {
+        self.roll();
+        let allowed = min_per_second as u64 + (self.requests.load(Relaxed) as f64 * ratio) as u64;
+        let used = self.retries.fetch_add(1, Relaxed);
+        if used < allowed {
+            true
+        } else {
+            self.retries.fetch_sub(1, Relaxed);
+            false
+        }
+    }
+}
+
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub config_path: PathBuf,
+    pub nodes: NodeRegistry,
+    pub stats: StatsRegistry,
+    pub counters: GlobalCounters,
+    pub export: ExportCounters,
+    pub retry_budget: RetryBudget,
+    /// One reload or update at a time; async because a reload awaits its
+    /// blocking build.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// Per HTTPS listener, in config order.
+    pub certs: Vec<Arc<CertResolver>>,
+    pub history: Mutex<VecDeque<VersionEvent>>,
+    pub ready: AtomicBool,
+    /// Name this proxy reports itself as (telemetry source).
+    pub instance: String,
+}
+
+impl Shared {
+    pub fn record_version(&self, version: u64, cause: &str) {
+        let mut h = self.history.lock();
+        if h.len() >= 256 {
+            h.pop_front();
+        }
+        h.push_back(VersionEvent {
+            version,
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            cause: cause.to_string(),
+        });
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_budget_caps_retries() {
+        let b = RetryBudget::default();
+        for _ in 0..100 {
+            b.on_request();
+        }
+        let granted = (0..100).filter(|_| b.try_retry(0.2, 5)).count();
+        assert_eq!(granted, 25);
+    }
+}

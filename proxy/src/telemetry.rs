@@ -1,0 +1,356 @@
+//! Per-shard request telemetry: recorded on the request path (atomics plus
+//! one short lock for the latency histogram), exported every interval as a
+//! [`shardmap::telemetry::Frame`] by a background task.
+//!
+//! The request path never waits on the sink: frames go through a bounded
+//! queue; when it is full (sink down or slow) the oldest frame is dropped and
+//! counted, and the next frame says how many were lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use shardmap::config::TelemetrySink;
+use shardmap::telemetry::{Frame, Latency, ShardSample, FRAME_VERSION};
+
+/// Record every Nth request's sku into the top-k counter: keeps the
+/// per-request cost flat while still finding the hot skus.
+const TOPK_SAMPLE: u64 = 8;
+
+fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 60 s at 2 significant digits: ~20 KiB per histogram.
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant histogram bounds are valid")
+}
+
+/// Space-saving top-k: at most `cap` counters; a new key evicts the
+/// smallest. Good enough for "which skus are hot", bounded memory.
+#[derive(Debug, Default)]
+struct TopK {
+    cap: usize,
+    counts: HashMap<Box<str>, u64>,
+}
+
+impl TopK {
+    fn add(&mut self, sku: &str, by: u64) {
+        if let Some(c) = self.counts.get_mut(sku) {
+            *c += by;
+            return;
+        }
+        if self.counts.len() < self.cap {
+            self.counts.insert(sku.into(), by);
+            return;
+        }
+        if let Some((k, &min)) = self.counts.iter().min_by_key(|(_, c)| **c) {
+            let k = k.clone();
+            self.counts.remove(&k);
+            self.counts.insert(sku.into(), min + by);
+        }
+    }
+
+    fn take(&mut self, k: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.counts.drain().map(|(s, c)| (s.into(), c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+}
+
+#[derive(Debug)]
+struct Window {
+    hist: Histogram<u64>,
+    top: TopK,
+}
+
+/// Counters of one shard, shared by every table that has the shard.
+#[derive(Debug)]
+pub struct ShardStats {
+    pub id: String,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Since start, for /metrics.
+    lifetime: Mutex<Histogram<u64>>,
+    /// Since the last exported frame.
+    window: Mutex<Window>,
+    /// Counter values at the last export.
+    exported: Mutex<[u64; 5]>,
+}
+
+/// What a finished request contributes.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    pub sku: &'a str,
+    pub error: bool,
+    /// From the node's `x-cache` header: Some(true) hit, Some(false) miss.
+    pub cache_hit: Option<bool>,
+    pub bytes: u64,
+    pub latency_us: u64,
+}
+
+impl ShardStats {
+    pub fn new(id: &str, top_k: usize) -> Self {
+        Self {
+            id: id.to_string(),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            lifetime: Mutex::new(new_hist()),
+            window: Mutex::new(Window {
+                hist: new_hist(),
+                top: TopK {
+                    cap: (top_k * 4).max(8),
+                    counts: HashMap::new(),
+                },
+            }),
+            exported: Mutex::new([0; 5]),
+        }
+    }
+
+    /// Called once per request from the logging phase.
+    #[inline]
+    pub fn record(&self, o: Outcome<'_>) {
+        let n = self.requests.fetch_add(1, Relaxed);
+        if o.error {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        match o.cache_hit {
+            Some(true) => {
+                self.cache_hits.fetch_add(1, Relaxed);
+            }
+            Some(false) => {
+                self.cache_misses.fetch_add(1, Relaxed);
+            }
+            None => {}
+        }
+        self.bytes.fetch_add(o.bytes, Relaxed);
+        let us = o.latency_us.clamp(1, 60_000_000);
+        {
+            let mut w = self.window.lock();
+            let _ = w.hist.record(us);
+            if n % TOPK_SAMPLE == 0 && !o.sku.is_empty() {
+                w.top.add(o.sku, TOPK_SAMPLE);
+            }
+        }
+    }
+
+    /// Cumulative latency histogram since start (for /metrics), as counts
+    /// at or below each bound in µs.
+    pub fn cumulative_buckets(&self, bounds_us: &[u64]) -> (Vec<u64>, u64, f64) {
+        let h = self.lifetime.lock();
+        let counts = bounds_us.iter().map(|&b| h.count_between(0, b)).collect();
+        (counts, h.len(), h.mean() * h.len() as f64)
+    }
+
+    /// Close the current window: its sample, or None if idle.
+    pub fn take_sample(&self, top_k: usize) -> Option<ShardSample> {
+        let now = [
+            self.requests.load(Relaxed),
+            self.errors.load(Relaxed),
+            self.cache_hits.load(Relaxed),
+            self.cache_misses.load(Relaxed),
+            self.bytes.load(Relaxed),
+        ];
+        let (hist, top) = {
+            let mut w = self.window.lock();
+            let h = std::mem::replace(&mut w.hist, new_hist());
+            let top = w.top.take(top_k);
+            (h, top)
+        };
+        let _ = self.lifetime.lock().add(&hist);
+        let mut last = self.exported.lock();
+        let d: Vec<u64> = now
+            .iter()
+            .zip(last.iter())
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        *last = now;
+        if d[0] == 0 {
+            return None;
+        }
+        Some(ShardSample {
+            shard: self.id.clone(),
+            requests: d[0],
+            errors: d[1].min(d[0]),
+            cache_hits: d[2],
+            cache_misses: d[3],
+            bytes: d[4],
+            latency: Latency {
+                count: hist.len(),
+                p50_us: hist.value_at_quantile(0.5),
+                p90_us: hist.value_at_quantile(0.9),
+                p99_us: hist.value_at_quantile(0.99),
+                max_us: hist.max(),
+                mean_us: if hist.is_empty() { 0.0 } else { hist.mean() },
+            },
+            top_skus: top,
+        })
+    }
+}
+
+/// id → stats, for every shard any table has named.
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    shards: Mutex<HashMap<String, Arc<ShardStats>>>,
+}
+
+impl StatsRegistry {
+    pub fn get(&self, id: &str, top_k: usize) -> Arc<ShardStats> {
+        self.shards
+            .lock()
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(ShardStats::new(id, top_k)))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ShardStats>> {
+        let mut v: Vec<_> = self.shards.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+}
+
+/// Counters of the exporter itself.
+#[derive(Debug, Default)]
+pub struct ExportCounters {
+    pub frames_sent: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Builds frames every interval and ships them to the sink.
+pub struct Exporter {
+    pub source: String,
+    pub seq: u64,
+    pub queue: VecDeque<Frame>,
+    pub dropped_pending: u64,
+}
+
+impl Exporter {
+    pub fn new(source: String) -> Self {
+        Self {
+            source,
+            seq: 0,
+            queue: VecDeque::new(),
+            dropped_pending: 0,
+        }
+    }
+
+    /// Close a window over `stats` and queue its frame (bounded by `cap`).
+    pub fn collect(
+        &mut self,
+        stats: &[Arc<ShardStats>],
+        interval: Duration,
+        top_k: usize,
+        table_version: u64,
+        cap: usize,
+        counters: &ExportCounters,
+    ) {
+        let shards: Vec<ShardSample> = stats.iter().filter_map(|s| s.take_sample(top_k)).collect();
+        self.seq += 1;
+        let f = Frame {
+            v: FRAME_VERSION,
+            source: self.source.clone(),
+            seq: self.seq,
+            start_unix_ms: unix_ms().saturating_sub(interval.as_millis() as u64),
+            interval_ms: interval.as_millis() as u64,
+            table_version,
+            dropped_before: 0,
+            shards,
+        };
+        if self.queue.len() >= cap {
+            self.queue.pop_front();
+            self.dropped_pending += 1;
+            counters.frames_dropped.fetch_add(1, Relaxed);
+        }
+        self.queue.push_back(f);
+    }
+}
+
+/// Send one frame to the sink.
+pub async fn send(
+    sink: &TelemetrySink,
+    client: &crate::http_client::Client,
+    frame: &Frame,
+) -> Result<(), String> {
+    let body = frame.encode();
+    match sink {
+        TelemetrySink::None => Ok(()),
+        TelemetrySink::File(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                let mut line = body;
+                line.push(b'\n');
+                f.write_all(&line)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("telemetry file: {e}"))
+        }
+        TelemetrySink::Http(url) => client.post_json(url, body, Duration::from_secs(2)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_deltas_and_topk_is_bounded() {
+        let s = ShardStats::new("UK/X", 2);
+        for i in 0..800u64 {
+            s.record(Outcome {
+                sku: if i % 2 == 0 { "hot" } else { "cold" },
+                error: i % 100 == 0,
+                cache_hit: Some(i % 4 != 0),
+                bytes: 10,
+                latency_us: 100 + i,
+            });
+        }
+        let a = s.take_sample(2).unwrap();
+        assert_eq!(a.requests, 800);
+        assert_eq!(a.errors, 8);
+        assert_eq!(a.cache_hits, 600);
+        assert_eq!(a.bytes, 8000);
+        assert_eq!(a.latency.count, 800);
+        assert!(
+            a.latency.p50_us >= 450 && a.latency.p50_us <= 550,
+            "{:?}",
+            a.latency
+        );
+        assert_eq!(a.top_skus.first().map(|t| t.0.as_str()), Some("hot"));
+        assert!(s.take_sample(2).is_none(), "idle window reports nothing");
+        let (b, n, _) = s.cumulative_buckets(&[1_000_000]);
+        assert_eq!((b[0], n), (800, 800));
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_and_counts() {
+        let c = ExportCounters::default();
+        let mut e = Exporter::new("p".into());
+        for _ in 0..5 {
+            e.collect(&[], Duration::from_secs(1), 4, 1, 3, &c);
+        }
+        assert_eq!(e.queue.len(), 3);
+        assert_eq!(c.frames_dropped.load(Relaxed), 2);
+        assert_eq!(e.queue.front().map(|f| f.seq), Some(3));
+    }
+}
