@@ -19,9 +19,24 @@ const fn bad(reason: &'static str) -> Reject {
     }
 }
 
+/// Whether a raw HTTP/1 request head has a Content-Length line. Pingora
+/// drops Content-Length when Transfer-Encoding is present (RFC 9112 6.3);
+/// shardcast refuses such requests outright, so it looks at the raw head.
+pub fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
 /// Check one request head. `h2` requests carry no Host header (they use
-/// `:authority`) and no Transfer-Encoding.
-pub fn check(req: &RequestHeader, h2: bool, max_header_bytes: usize) -> Result<(), Reject> {
+/// `:authority`) and no Transfer-Encoding. `raw_cl` says the raw head had a
+/// Content-Length line (see [`raw_has_content_length`]).
+pub fn check(
+    req: &RequestHeader,
+    h2: bool,
+    max_header_bytes: usize,
+    raw_cl: bool,
+) -> Result<(), Reject> {
     let mut size = req.uri.path().len() + req.uri.query().map_or(0, |q| q.len() + 1) + 16;
     for (k, v) in req.headers.iter() {
         size += k.as_str().len() + v.len() + 4;
@@ -48,7 +63,7 @@ pub fn check(req: &RequestHeader, h2: bool, max_header_bytes: usize) -> Result<(
         if h2 {
             return Err(bad("Transfer-Encoding is not allowed in HTTP/2"));
         }
-        if first_cl.is_some() {
+        if first_cl.is_some() || raw_cl {
             return Err(bad("both Content-Length and Transfer-Encoding"));
         }
         if te.next().is_some() || !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
@@ -86,29 +101,37 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        assert!(check(&req(&[("host", "x")]), false, 16384).is_ok());
+        assert!(check(&req(&[("host", "x")]), false, 16384, false).is_ok());
         assert_eq!(
-            check(&req(&[]), false, 16384).unwrap_err().reason,
+            check(&req(&[]), false, 16384, false).unwrap_err().reason,
             "missing Host header"
         );
-        assert!(check(&req(&[]), true, 16384).is_ok());
+        assert!(check(&req(&[]), true, 16384, false).is_ok());
         let both = req(&[
             ("host", "x"),
             ("content-length", "3"),
             ("transfer-encoding", "chunked"),
         ]);
-        assert_eq!(check(&both, false, 16384).unwrap_err().status, 400);
+        assert_eq!(check(&both, false, 16384, false).unwrap_err().status, 400);
         let dup = req(&[
             ("host", "x"),
             ("content-length", "3"),
             ("content-length", "3"),
         ]);
-        assert!(check(&dup, false, 16384).is_err());
+        assert!(check(&dup, false, 16384, false).is_err());
         let neg = req(&[("host", "x"), ("content-length", "-1")]);
-        assert!(check(&neg, false, 16384).is_err());
+        assert!(check(&neg, false, 16384, false).is_err());
         let te = req(&[("host", "x"), ("transfer-encoding", "gzip, chunked")]);
-        assert!(check(&te, false, 16384).is_err());
+        assert!(check(&te, false, 16384, false).is_err());
+        let te = req(&[("host", "x"), ("transfer-encoding", "chunked")]);
+        assert!(check(&te, false, 16384, true).is_err());
+        assert!(raw_has_content_length(
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-length: 5\r\n\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"GET /content-length: HTTP/1.1\r\nHost: x\r\n\r\n"
+        ));
         let big = req(&[("host", "x"), ("x-big", &"a".repeat(20_000))]);
-        assert_eq!(check(&big, false, 16384).unwrap_err().status, 431);
+        assert_eq!(check(&big, false, 16384, false).unwrap_err().status, 431);
     }
 }

@@ -223,7 +223,21 @@ impl ProxyHttp for ShardProxy {
         shared.retry_budget.on_request();
         let snap = shared.snapshot.load_full();
         let h2 = session.is_http2();
-        if let Err(bad) = framing::check(session.req_header(), h2, snap.config.max_header_bytes) {
+        let raw_cl = !h2
+            && session
+                .req_header()
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+            && session
+                .as_downstream()
+                .as_http1()
+                .is_some_and(|s| framing::raw_has_content_length(&s.get_headers_raw_bytes()));
+        if let Err(bad) = framing::check(
+            session.req_header(),
+            h2,
+            snap.config.max_header_bytes,
+            raw_cl,
+        ) {
             shared.counters.rejected_bad_request.fetch_add(1, Relaxed);
             respond(session, bad.status, bad.reason, true).await?;
             return Ok(true);

@@ -43,6 +43,9 @@ pub struct Prepared {
     pub catalog: Arc<Catalog>,
     pub catalog_key: CatalogKey,
     pub certs: Vec<rustls::sign::CertifiedKey>,
+    /// Hash of the certificate and key files, to notice a renewed
+    /// certificate even when the config text is unchanged.
+    pub tls_key: u64,
 }
 
 /// Load and check a config and everything it points at. `reuse` is the
@@ -70,7 +73,17 @@ pub fn prepare(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let tls_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for l in &config.listen.https {
+            std::fs::read(&l.cert).ok().hash(&mut h);
+            std::fs::read(&l.key).ok().hash(&mut h);
+        }
+        h.finish()
+    };
     Ok(Prepared {
+        tls_key,
         text: Arc::new(text),
         config: Arc::new(config),
         catalog,
@@ -109,7 +122,8 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
                 &sh.config_path,
                 Some((&cur2.catalog_key, &cur2.table.catalog)),
             )?;
-            if p.text == cur2.text && p.catalog_key == cur2.catalog_key {
+            if p.text == cur2.text && p.catalog_key == cur2.catalog_key && p.tls_key == cur2.tls_key
+            {
                 return Ok(None);
             }
             let table = cur2

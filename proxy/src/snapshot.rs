@@ -80,6 +80,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The config file's bytes this snapshot was built from.
     pub text: Arc<Vec<u8>>,
+    /// Hash of the TLS files in use (see `reload::Prepared::tls_key`).
+    pub tls_key: u64,
     pub table: RoutingTable,
     pub catalog_key: CatalogKey,
     /// By table node index.
@@ -146,6 +148,7 @@ impl Snapshot {
         Ok(Snapshot {
             config,
             text,
+            tls_key: 0,
             table,
             catalog_key,
             nodes: node_rt,
