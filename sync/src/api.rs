@@ -1,0 +1,132 @@
+//! The scheduler's HTTP/JSON control API. Errors map to statuses here and
+//! only here.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /orders` | submit `{shard, node, priority?, deadline_unix_ms? \| deadline_in_ms?}` → 202 + order |
+//! | `GET /orders` | every order (`?state=queued\|running\|done\|cancelled` filters) |
+//! | `GET /orders/{id}` | one order, with its report once done |
+//! | `DELETE /orders/{id}` | cancel a queued or running order |
+//! | `GET /nodes` | node names and their hosted shards |
+//! | `GET /nodes/{node}/shards` | hosted shards of a node (state, cursor, rows) |
+//! | `DELETE /nodes/{node}/shards/{shard}` | evict a shard from a node → 202 |
+//! | `GET /shards` | configured shards and their cells |
+//! | `GET /health`, `/live`, `/ready`, `/metrics` | admin |
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+
+use crate::http::{self, Resp};
+use crate::scheduler::{OrderError, OrderRequest, OrderState, Scheduler};
+
+fn order_error(e: &OrderError) -> Resp {
+    let status = match e {
+        OrderError::UnknownShard(_)
+        | OrderError::UnknownNode(_)
+        | OrderError::BadPriority(_)
+        | OrderError::TwoDeadlines => StatusCode::UNPROCESSABLE_ENTITY,
+        OrderError::NoOrder(_) | OrderError::NotHosted { .. } => StatusCode::NOT_FOUND,
+        OrderError::Finished(_) => StatusCode::CONFLICT,
+    };
+    http::error(status, &e.to_string())
+}
+
+/// Answer one control request.
+pub async fn handle(s: Scheduler, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, parts.as_slice()) {
+        (&Method::POST, ["orders"]) => {
+            let body = match http::body(req, 64 * 1024).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let order: OrderRequest = match serde_json::from_slice(&body) {
+                Ok(o) => o,
+                Err(e) => {
+                    crate::metrics::Metrics::inc(&s.metrics().orders_rejected);
+                    return http::error(StatusCode::BAD_REQUEST, &format!("order body: {e}"));
+                }
+            };
+            match s.submit(order) {
+                Ok(o) => http::json(StatusCode::ACCEPTED, &o),
+                Err(e) => {
+                    tracing::info!(reason = %e, "order refused");
+                    order_error(&e)
+                }
+            }
+        }
+        (&Method::GET, ["orders"]) => {
+            let want = http::query_param(req.uri().query(), "state");
+            let want = match want.as_deref() {
+                None => None,
+                Some("queued") => Some(OrderState::Queued),
+                Some("running") => Some(OrderState::Running),
+                Some("done") => Some(OrderState::Done),
+                Some("cancelled") => Some(OrderState::Cancelled),
+                Some(other) => {
+                    return http::error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown state `{other}`"),
+                    )
+                }
+            };
+            let orders: Vec<_> = s
+                .orders()
+                .into_iter()
+                .filter(|o| want.is_none_or(|w| o.state == w))
+                .collect();
+            http::json(StatusCode::OK, &orders)
+        }
+        (&Method::GET, ["orders", id]) | (&Method::DELETE, ["orders", id]) => {
+            let Ok(id) = id.parse::<u64>() else {
+                return http::error(StatusCode::BAD_REQUEST, "order id must be a number");
+            };
+            if method == Method::DELETE {
+                return match s.cancel(id) {
+                    Ok(o) => http::json(StatusCode::OK, &o),
+                    Err(e) => order_error(&e),
+                };
+            }
+            match s.order(id) {
+                Some(o) => http::json(StatusCode::OK, &o),
+                None => order_error(&OrderError::NoOrder(id)),
+            }
+        }
+        (&Method::GET, ["nodes"]) => {
+            let mut out = serde_json::Map::new();
+            for n in s.node_names() {
+                let hosted = s.hosted(&n).unwrap_or_default();
+                out.insert(n, serde_json::json!({ "hosted": hosted }));
+            }
+            http::json(StatusCode::OK, &out)
+        }
+        (&Method::GET, ["nodes", node, "shards"]) => match s.hosted(node) {
+            Ok(h) => http::json(StatusCode::OK, &h),
+            Err(e) => order_error(&e),
+        },
+        (&Method::DELETE, ["nodes", node, "shards", shard]) => match s.evict(node, shard) {
+            Ok(()) => http::json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"evicting": {"node": node, "shard": shard}}),
+            ),
+            Err(e) => order_error(&e),
+        },
+        (&Method::GET, ["shards"]) => http::json(StatusCode::OK, &s.shard_ids()),
+        (&Method::GET, ["health"]) | (&Method::GET, ["live"]) | (&Method::GET, ["ready"]) => {
+            http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        }
+        (&Method::GET, ["metrics"]) => http::text(s.render_metrics()),
+        _ => http::error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")),
+    }
+}
+
+/// Serve the control API until `shutdown`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    s: Scheduler,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    http::serve(listener, move |req| handle(s.clone(), req), shutdown).await
+}

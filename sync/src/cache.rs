@@ -1,0 +1,102 @@
+//! A node's cache of the shards it hosts.
+//!
+//! [`ShardCache`] is what the scheduler writes and the node reads. A shard
+//! in a cache is a map `field → value` plus a cursor (the last provider
+//! version copied in). [`ShardCache::apply`] writes a batch and moves the
+//! cursor in one atomic step, and only if the cursor is where the batch
+//! starts, so a batch replayed after a crash is recognised and skipped:
+//! nothing is lost, nothing applied twice. A shard is *hosted* when its
+//! cursor exists.
+//!
+//! Implementations: [`redis::RedisCache`] (one Lua script per batch; a
+//! shard's keys share the hash tag `{shard}`) and [`memory::MemoryCache`]
+//! (in-process, the embedded default).
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::model::CacheBatch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The cache cannot be reached; retry with backoff.
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+    /// The cache answered something unexpected.
+    #[error("cache error: {0}")]
+    Other(String),
+}
+
+/// What [`ShardCache::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Written; the cursor is now the batch's `to`.
+    Applied,
+    /// The cursor was already at or past the batch's `to`: a replay, skipped.
+    AlreadyApplied { cursor: u64 },
+    /// The cursor is neither the batch's `from` nor past its `to` (or the
+    /// shard is not hosted and the batch does not start at 0): nothing
+    /// written; read again from `cursor`.
+    CursorMismatch { cursor: Option<u64> },
+}
+
+#[async_trait]
+pub trait ShardCache: Send + Sync + 'static {
+    /// Write `batch` into `shard` and set the cursor to `batch.to`,
+    /// atomically, if the cursor is `batch.from` (absent counts as 0).
+    async fn apply(&self, shard: &str, batch: &CacheBatch) -> Result<Applied, CacheError>;
+
+    /// The value of `field` in `shard`, including slow-path fills.
+    async fn get(&self, shard: &str, field: &str) -> Result<Option<Bytes>, CacheError>;
+
+    /// Store a value the node read from the provider on a miss. In a hosted
+    /// shard it is kept unless a newer version is already there (later
+    /// deltas keep it fresh); in a shard not hosted it expires after `ttl`,
+    /// since nothing would refresh it.
+    async fn fill(
+        &self,
+        shard: &str,
+        field: &str,
+        value: Bytes,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<(), CacheError>;
+
+    /// Drop the shard: its items and its cursor, atomically.
+    async fn evict(&self, shard: &str) -> Result<(), CacheError>;
+
+    /// The shard's cursor; `None` when the shard is not hosted.
+    async fn cursor(&self, shard: &str) -> Result<Option<u64>, CacheError>;
+
+    /// Items held for the shard (not counting unhosted fills).
+    async fn size(&self, shard: &str) -> Result<u64, CacheError>;
+
+    /// Every `(field, value)` of a hosted shard (tests, audits; not for
+    /// the request path).
+    async fn dump(&self, shard: &str) -> Result<Vec<(String, Bytes)>, CacheError>;
+
+    fn kind(&self) -> &'static str;
+}
+
+/// Open a cache: `memory` (a new in-process cache) or `redis://…` with a
+/// key prefix that keeps several nodes apart on one Redis.
+pub async fn open(url: &str, prefix: &str) -> Result<Arc<dyn ShardCache>, CacheError> {
+    if url == "memory" {
+        Ok(Arc::new(memory::MemoryCache::default()))
+    } else if url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("unix://")
+    {
+        Ok(Arc::new(redis::RedisCache::open(url, prefix).await?))
+    } else {
+        Err(CacheError::Other(format!(
+            "cache url `{url}`: expected `memory` or `redis://host:port[/db]`"
+        )))
+    }
+}

@@ -1,0 +1,140 @@
+//! The in-process cache: one map per shard behind a `parking_lot` lock.
+//! Batches apply under the write lock, so readers see a batch whole or not
+//! at all — the same atomicity the Redis script gives.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use super::{Applied, CacheError, ShardCache};
+use crate::model::{value_version, CacheBatch};
+
+#[derive(Default)]
+struct Shard {
+    cursor: Option<u64>,
+    items: HashMap<String, Bytes>,
+    /// Fills for a shard not hosted, with their expiry.
+    side: HashMap<String, (Bytes, Instant)>,
+}
+
+#[derive(Default)]
+pub struct MemoryCache {
+    shards: RwLock<HashMap<String, Shard>>,
+}
+
+impl MemoryCache {
+    /// Synchronous read for callers already on the data path.
+    pub fn get_now(&self, shard: &str, field: &str) -> Option<Bytes> {
+        let g = self.shards.read();
+        let s = g.get(shard)?;
+        if let Some(v) = s.items.get(field) {
+            return Some(v.clone());
+        }
+        if s.cursor.is_some() {
+            return None;
+        }
+        match s.side.get(field) {
+            Some((v, exp)) if *exp > Instant::now() => Some(v.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl ShardCache for MemoryCache {
+    async fn apply(&self, shard: &str, b: &CacheBatch) -> Result<Applied, CacheError> {
+        let mut g = self.shards.write();
+        let s = g.entry(shard.to_string()).or_default();
+        let cur = s.cursor.unwrap_or(0);
+        if cur != b.from {
+            return Ok(match s.cursor {
+                Some(c) if c >= b.to => Applied::AlreadyApplied { cursor: c },
+                other => Applied::CursorMismatch { cursor: other },
+            });
+        }
+        if b.from == 0 {
+            s.side.clear();
+        }
+        for (f, v) in &b.upserts {
+            s.side.remove(f);
+            s.items.insert(f.clone(), v.clone());
+        }
+        for f in &b.deletes {
+            s.side.remove(f);
+            s.items.remove(f);
+        }
+        s.cursor = Some(b.to);
+        Ok(Applied::Applied)
+    }
+
+    async fn get(&self, shard: &str, field: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_now(shard, field))
+    }
+
+    async fn fill(
+        &self,
+        shard: &str,
+        field: &str,
+        value: Bytes,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let mut g = self.shards.write();
+        let s = g.entry(shard.to_string()).or_default();
+        if s.cursor.is_some() {
+            let newer = s
+                .items
+                .get(field)
+                .and_then(|v| value_version(v))
+                .is_some_and(|have| have >= version);
+            if !newer {
+                s.items.insert(field.to_string(), value);
+            }
+        } else {
+            let now = Instant::now();
+            if s.side.len() > 100_000 {
+                s.side.retain(|_, (_, exp)| *exp > now);
+            }
+            s.side.insert(field.to_string(), (value, now + ttl));
+        }
+        Ok(())
+    }
+
+    async fn evict(&self, shard: &str) -> Result<(), CacheError> {
+        self.shards.write().remove(shard);
+        Ok(())
+    }
+
+    async fn cursor(&self, shard: &str) -> Result<Option<u64>, CacheError> {
+        Ok(self.shards.read().get(shard).and_then(|s| s.cursor))
+    }
+
+    async fn size(&self, shard: &str) -> Result<u64, CacheError> {
+        Ok(self
+            .shards
+            .read()
+            .get(shard)
+            .map_or(0, |s| s.items.len() as u64))
+    }
+
+    async fn dump(&self, shard: &str) -> Result<Vec<(String, Bytes)>, CacheError> {
+        Ok(self
+            .shards
+            .read()
+            .get(shard)
+            .map(|s| {
+                s.items
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

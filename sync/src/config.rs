@@ -1,0 +1,565 @@
+//! Config files of the sync processes: `conf/sync.toml` (the scheduler,
+//! optionally with in-process nodes) and `conf/node.toml` (one reference
+//! node). Wire structs reject unknown fields; [`SyncConfig::load`] and
+//! [`NodeConfig::load`] validate the whole file and report every problem
+//! with its field. The shard list is shardmap's [`ShardFile`] — inline as
+//! `[[shards]]`, or read from another file's `[[shards]]` (e.g. the proxy
+//! config) with `shards_file`, or, absent both, the 14 `REGION/CATEGORY`
+//! shards of the Online Retail data.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shardmap::config::ShardFile;
+
+use crate::model::{check_shards, ShardDef};
+use crate::scheduler::SchedulerConfig;
+use crate::transfer::TransferParams;
+
+/// Every problem found in one file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {}", errors.join("; "))]
+pub struct ConfigError {
+    pub file: String,
+    pub errors: Vec<String>,
+}
+
+/// The categories of the Online Retail data (see data/online_retail).
+pub const DATA_CATEGORIES: &[&str] = &[
+    "BAGS_STORAGE",
+    "HOME_DECOR_OTHER",
+    "JEWELLERY_FASHION",
+    "KITCHEN_DINING",
+    "LIGHTING",
+    "PAPER_PARTY_KIDS",
+    "SEASONAL",
+];
+pub const DATA_REGIONS: &[&str] = &["UK", "INTL"];
+
+/// One shard per `REGION/CATEGORY` cell.
+pub fn default_shards() -> Vec<ShardDef> {
+    let mut v = vec![];
+    for r in DATA_REGIONS {
+        for c in DATA_CATEGORIES {
+            v.push(ShardDef {
+                id: format!("{r}/{c}"),
+                cells: vec![(c.to_string(), r.to_string())],
+            });
+        }
+    }
+    v
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFile {
+    /// `sqlite:PATH` (relative to the config file) or a PostgreSQL url.
+    #[serde(default = "d_provider")]
+    pub url: String,
+    /// Seed an empty provider from this catalog CSV (sqlite only; relative
+    /// to the config file).
+    #[serde(default)]
+    pub seed_catalog: Option<String>,
+    #[serde(default = "d_scale")]
+    pub seed_scale: u32,
+}
+
+fn d_provider() -> String {
+    "sqlite:../var/provider.db".into()
+}
+fn d_scale() -> u32 {
+    1
+}
+
+impl Default for ProviderFile {
+    fn default() -> Self {
+        ProviderFile {
+            url: d_provider(),
+            seed_catalog: None,
+            seed_scale: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferFile {
+    /// Bandwidth budget over all transfers, bytes/s; 0 = unlimited.
+    #[serde(default)]
+    pub bandwidth_bytes_per_s: u64,
+    /// Orders running at once.
+    #[serde(default = "d_conc")]
+    pub concurrency: usize,
+    /// Rows per delta batch (one atomic cache write each).
+    #[serde(default = "d_batch")]
+    pub batch_rows: usize,
+    /// Larger encoded items are not cached (logged, counted).
+    #[serde(default = "d_max_value")]
+    pub max_value_bytes: usize,
+    /// Freshness poll when no NOTIFY arrives.
+    #[serde(default = "d_poll")]
+    pub poll_interval_ms: u64,
+    /// Longest retry backoff through an outage.
+    #[serde(default = "d_backoff")]
+    pub max_backoff_ms: u64,
+    /// Orders survive restarts here (relative to the config file).
+    #[serde(default)]
+    pub state_file: Option<String>,
+}
+
+fn d_conc() -> usize {
+    2
+}
+fn d_batch() -> usize {
+    2000
+}
+fn d_max_value() -> usize {
+    64 * 1024
+}
+fn d_poll() -> u64 {
+    1000
+}
+fn d_backoff() -> u64 {
+    5000
+}
+
+impl Default for TransferFile {
+    fn default() -> Self {
+        TransferFile {
+            bandwidth_bytes_per_s: 0,
+            concurrency: d_conc(),
+            batch_rows: d_batch(),
+            max_value_bytes: d_max_value(),
+            poll_interval_ms: d_poll(),
+            max_backoff_ms: d_backoff(),
+            state_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncNodeFile {
+    pub name: String,
+    /// `memory` or `redis://host:port/db`.
+    #[serde(default = "d_cache")]
+    pub cache: String,
+    /// Key prefix in a shared Redis; defaults to the node name.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Serve this node in-process on this address (required for `memory`
+    /// caches: nothing else can read them).
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+fn d_cache() -> String {
+    "memory".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncFile {
+    #[serde(default)]
+    pub provider: ProviderFile,
+    /// Control API address.
+    #[serde(default = "d_control")]
+    pub control: String,
+    #[serde(default)]
+    pub transfer: TransferFile,
+    #[serde(default)]
+    pub nodes: Vec<SyncNodeFile>,
+    #[serde(default)]
+    pub shards: Vec<ShardFile>,
+    #[serde(default)]
+    pub shards_file: Option<String>,
+    /// Node settings for in-process nodes.
+    #[serde(default)]
+    pub node: NodeOptions,
+}
+
+fn d_control() -> String {
+    "127.0.0.1:9910".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOptions {
+    #[serde(default = "d_region")]
+    pub default_region: Option<String>,
+    /// Seconds a slow-path fill of a shard not hosted is kept.
+    #[serde(default = "d_ttl")]
+    pub fill_ttl_s: u64,
+}
+
+fn d_region() -> Option<String> {
+    Some("UK".into())
+}
+fn d_ttl() -> u64 {
+    30
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            default_region: d_region(),
+            fill_ttl_s: d_ttl(),
+        }
+    }
+}
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct SyncNode {
+    pub name: String,
+    pub cache: String,
+    pub prefix: String,
+    pub listen: Option<SocketAddr>,
+}
+
+/// The validated scheduler config.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub provider_url: String,
+    pub seed_catalog: Option<PathBuf>,
+    pub seed_scale: u32,
+    pub control: SocketAddr,
+    pub scheduler: SchedulerConfig,
+    pub nodes: Vec<SyncNode>,
+    pub shards: Vec<ShardDef>,
+    pub node: NodeOptions,
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// `sqlite:REL` → `sqlite:BASE/REL`; other urls unchanged.
+fn resolve_provider(base: &Path, url: &str) -> String {
+    match url.strip_prefix("sqlite:") {
+        Some(":memory:") => url.to_string(),
+        Some(p) => format!("sqlite:{}", resolve(base, p).display()),
+        None => url.to_string(),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+            .unwrap_or(0);
+        ConfigError {
+            file: file.into(),
+            errors: vec![format!("line {line}: {}", e.message())],
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct ShardsOnly {
+    #[serde(default)]
+    shards: Vec<ShardFile>,
+}
+
+fn load_shards(
+    base: &Path,
+    inline: &[ShardFile],
+    file: Option<&str>,
+    errs: &mut Vec<String>,
+) -> Vec<ShardDef> {
+    let mut shards: Vec<ShardDef> = inline.iter().map(ShardDef::from_file).collect();
+    if let Some(f) = file {
+        let path = resolve(base, f);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match parse::<ShardsOnly>(&text, &path.display().to_string()) {
+                Ok(s) => shards.extend(s.shards.iter().map(ShardDef::from_file)),
+                Err(e) => errs.push(format!("shards_file: {e}")),
+            },
+            Err(e) => errs.push(format!("shards_file: cannot read {}: {e}", path.display())),
+        }
+    }
+    if shards.is_empty() && inline.is_empty() && file.is_none() {
+        shards = default_shards();
+    }
+    if shards.is_empty() {
+        errs.push("shards: no shards".into());
+    }
+    errs.extend(check_shards(&shards));
+    shards
+}
+
+fn addr(errs: &mut Vec<String>, field: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errs.push(format!("{field}: `{s}` is not an ip:port address ({e})"));
+            None
+        }
+    }
+}
+
+fn check_cache_url(errs: &mut Vec<String>, field: &str, url: &str) {
+    if !(url == "memory"
+        || url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("unix://"))
+    {
+        errs.push(format!(
+            "{field}: `{url}` must be `memory` or `redis://host:port/db`"
+        ));
+    }
+}
+
+fn check_provider_url(errs: &mut Vec<String>, url: &str) {
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres") || url.contains("host=")) {
+        errs.push(format!(
+            "provider.url: `{url}` must be `sqlite:PATH` or a PostgreSQL url (`postgres://…`, `host=… user=…`)"
+        ));
+    }
+}
+
+impl SyncConfig {
+    pub fn load(path: &Path) -> Result<SyncConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            errors: vec![format!("cannot read: {e}")],
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<SyncConfig, ConfigError> {
+        let file = path.display().to_string();
+        let f: SyncFile = parse(text, &file)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut errs = vec![];
+        check_provider_url(&mut errs, &f.provider.url);
+        let control = addr(&mut errs, "control", &f.control);
+        let t = &f.transfer;
+        if t.concurrency == 0 {
+            errs.push("transfer.concurrency: must be at least 1".into());
+        }
+        if t.batch_rows == 0 || t.batch_rows > 100_000 {
+            errs.push("transfer.batch_rows: must be 1..=100000".into());
+        }
+        if t.max_value_bytes < 256 {
+            errs.push("transfer.max_value_bytes: must be at least 256".into());
+        }
+        if t.poll_interval_ms == 0 {
+            errs.push("transfer.poll_interval_ms: must be positive".into());
+        }
+        if f.provider.seed_scale == 0 {
+            errs.push("provider.seed_scale: must be at least 1".into());
+        }
+        let mut nodes = vec![];
+        let mut names = std::collections::HashSet::new();
+        for (i, n) in f.nodes.iter().enumerate() {
+            if n.name.is_empty() || !names.insert(n.name.clone()) {
+                errs.push(format!(
+                    "nodes[{i}].name: `{}` is empty or used twice",
+                    n.name
+                ));
+            }
+            check_cache_url(&mut errs, &format!("nodes[{i}].cache"), &n.cache);
+            let listen = n
+                .listen
+                .as_deref()
+                .and_then(|l| addr(&mut errs, &format!("nodes[{i}].listen"), l));
+            if n.cache == "memory" && n.listen.is_none() {
+                errs.push(format!(
+                    "nodes[{i}].listen: a `memory` cache lives in this process, so the node must be served here: set `listen`"
+                ));
+            }
+            nodes.push(SyncNode {
+                name: n.name.clone(),
+                cache: n.cache.clone(),
+                prefix: n.prefix.clone().unwrap_or_else(|| n.name.clone()),
+                listen,
+            });
+        }
+        if nodes.is_empty() {
+            errs.push("nodes: no nodes to pre-fetch into".into());
+        }
+        let shards = load_shards(base, &f.shards, f.shards_file.as_deref(), &mut errs);
+        if !errs.is_empty() {
+            return Err(ConfigError { file, errors: errs });
+        }
+        Ok(SyncConfig {
+            provider_url: resolve_provider(base, &f.provider.url),
+            seed_catalog: f.provider.seed_catalog.as_deref().map(|p| resolve(base, p)),
+            seed_scale: f.provider.seed_scale,
+            control: control.unwrap_or_else(|| ([127, 0, 0, 1], 9910).into()),
+            scheduler: SchedulerConfig {
+                bandwidth_bytes_per_s: t.bandwidth_bytes_per_s,
+                concurrency: t.concurrency,
+                poll_interval: Duration::from_millis(t.poll_interval_ms),
+                transfer: TransferParams {
+                    batch_rows: t.batch_rows,
+                    max_value_bytes: t.max_value_bytes,
+                    backoff_min: Duration::from_millis(100),
+                    backoff_max: Duration::from_millis(t.max_backoff_ms.max(100)),
+                },
+                state_file: t.state_file.as_deref().map(|p| resolve(base, p)),
+                keep_finished: 1000,
+            },
+            nodes,
+            shards,
+            node: f.node,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCacheFile {
+    #[serde(default = "d_cache")]
+    pub url: String,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+impl Default for NodeCacheFile {
+    fn default() -> Self {
+        NodeCacheFile {
+            url: d_cache(),
+            prefix: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub name: String,
+    pub listen: String,
+    #[serde(default)]
+    pub provider: ProviderFile,
+    #[serde(default)]
+    pub cache: NodeCacheFile,
+    #[serde(default = "d_region")]
+    pub default_region: Option<String>,
+    #[serde(default = "d_ttl")]
+    pub fill_ttl_s: u64,
+    #[serde(default = "d_max_value")]
+    pub max_value_bytes: usize,
+    #[serde(default)]
+    pub shards: Vec<ShardFile>,
+    #[serde(default)]
+    pub shards_file: Option<String>,
+}
+
+/// The validated node config.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub provider_url: String,
+    pub cache_url: String,
+    pub prefix: String,
+    pub settings: crate::node::NodeSettings,
+    pub shards: Vec<ShardDef>,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            errors: vec![format!("cannot read: {e}")],
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let file = path.display().to_string();
+        let f: NodeFile = parse(text, &file)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut errs = vec![];
+        if f.name.is_empty() {
+            errs.push("name: must not be empty".into());
+        }
+        let listen = addr(&mut errs, "listen", &f.listen);
+        check_provider_url(&mut errs, &f.provider.url);
+        check_cache_url(&mut errs, "cache.url", &f.cache.url);
+        if f.max_value_bytes < 256 {
+            errs.push("max_value_bytes: must be at least 256".into());
+        }
+        let shards = load_shards(base, &f.shards, f.shards_file.as_deref(), &mut errs);
+        if !errs.is_empty() {
+            return Err(ConfigError { file, errors: errs });
+        }
+        Ok(NodeConfig {
+            name: f.name.clone(),
+            listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            provider_url: resolve_provider(base, &f.provider.url),
+            cache_url: f.cache.url.clone(),
+            prefix: f.cache.prefix.clone().unwrap_or_else(|| f.name.clone()),
+            settings: crate::node::NodeSettings {
+                name: f.name,
+                default_region: f.default_region,
+                fill_ttl: Duration::from_secs(f.fill_ttl_s.max(1)),
+                max_value_bytes: f.max_value_bytes,
+            },
+            shards,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_reported_with_its_field() {
+        let text = r#"
+control = "nope"
+[transfer]
+concurrency = 0
+[[nodes]]
+name = "a"
+cache = "memcached://x"
+[[nodes]]
+name = "a"
+cache = "memory"
+[[shards]]
+id = "{bad}"
+categories = ["X"]
+regions = ["UK"]
+"#;
+        let e = SyncConfig::from_toml(text, Path::new("/tmp/sync.toml")).unwrap_err();
+        let all = e.errors.join("\n");
+        for want in [
+            "control",
+            "transfer.concurrency",
+            "nodes[0].cache",
+            "nodes[1].name",
+            "nodes[1].listen",
+            "shards[0].id",
+        ] {
+            assert!(all.contains(want), "missing {want} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let e = SyncConfig::from_toml("bandwith = 3\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("bandwith"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_the_fourteen_data_shards() {
+        let c = SyncConfig::from_toml(
+            "[[nodes]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n",
+            Path::new("/etc/shardcast/sync.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.shards.len(), 14);
+        assert_eq!(c.provider_url, "sqlite:/etc/shardcast/../var/provider.db");
+    }
+}

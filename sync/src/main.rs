@@ -1,0 +1,293 @@
+//! `shardcast-sync`: flags → config → build → run → wait for a signal.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use shardcast_sync::config::{default_shards, NodeConfig, SyncConfig};
+use shardcast_sync::metrics::Metrics;
+use shardcast_sync::node::{Node, NodeSettings};
+use shardcast_sync::provider::{self, ProviderFull};
+use shardcast_sync::scheduler::Scheduler;
+use shardcast_sync::{api, cache, load, node};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "shardcast-sync",
+    about = "shardcast data path: provider → node caches, and the reference node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the transfer scheduler and its control API (and in-process
+    /// nodes for `memory` caches).
+    Serve {
+        #[arg(long, default_value = "conf/sync.toml")]
+        config: PathBuf,
+    },
+    /// Run one reference node. Flags override the config file; with no
+    /// config file the flags alone describe the node.
+    Node {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Address to listen on (port 0 picks one; the bound address is printed).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Provider url: `sqlite:PATH` or a PostgreSQL url.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Cache url: `memory` or `redis://host:port/db`.
+        #[arg(long)]
+        cache: Option<String>,
+        /// Key prefix in Redis (default: the node name).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Seed the provider from the catalog at a scale factor.
+    Load {
+        #[arg(long, default_value = "sqlite:var/provider.db")]
+        provider: String,
+        #[arg(long, default_value = "data/online_retail/catalog.csv.gz")]
+        catalog: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        scale: u32,
+        #[arg(long, default_value_t = 20_000)]
+        chunk: usize,
+    },
+    /// Replay invoice lines as stock and price changes.
+    Changes {
+        #[arg(long, default_value = "sqlite:var/provider.db")]
+        provider: String,
+        #[arg(long, default_value = "data/online_retail/catalog.csv.gz")]
+        catalog: PathBuf,
+        #[arg(long, default_value = "data/online_retail/lines.csv.gz")]
+        lines: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        scale: u32,
+        /// Changes per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Stop after this many lines (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        #[arg(long, default_value_t = 50)]
+        txn: usize,
+    },
+}
+
+fn signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install SIGTERM handler");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting"),
+        }
+        shutdown.cancel();
+    });
+}
+
+async fn open_provider(url: &str, shutdown: &CancellationToken) -> Result<Arc<dyn ProviderFull>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match provider::open(url).await {
+            Ok(p) => return Ok(p),
+            Err(provider::ProviderError::Unavailable(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "provider unreachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => bail!("shut down before the provider came up"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("opening the provider"),
+        }
+    }
+}
+
+async fn serve(config: PathBuf) -> Result<()> {
+    let cfg = SyncConfig::load(&config)?;
+    let shutdown = CancellationToken::new();
+    signals(shutdown.clone());
+    let provider = open_provider(&cfg.provider_url, &shutdown).await?;
+    if let Some(cat) = &cfg.seed_catalog {
+        if provider.count().await? == 0 {
+            tracing::info!(catalog = %cat.display(), scale = cfg.seed_scale, "provider empty: seeding");
+            load::load(provider.as_ref(), cat, cfg.seed_scale, 20_000).await?;
+        }
+    }
+    let metrics = Arc::new(Metrics::default());
+    let mut caches = BTreeMap::new();
+    for n in &cfg.nodes {
+        let c = cache::open(&n.cache, &n.prefix)
+            .await
+            .with_context(|| format!("node `{}` cache", n.name))?;
+        if let Some(addr) = n.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("node `{}`: bind {addr}", n.name))?;
+            println!("node {} listening on {}", n.name, listener.local_addr()?);
+            let settings = NodeSettings {
+                name: n.name.clone(),
+                default_region: cfg.node.default_region.clone(),
+                fill_ttl: Duration::from_secs(cfg.node.fill_ttl_s.max(1)),
+                max_value_bytes: cfg.scheduler.transfer.max_value_bytes,
+            };
+            let nd = Node::new(
+                provider.clone(),
+                c.clone(),
+                cfg.shards.clone(),
+                settings,
+                Arc::new(Metrics::default()),
+            );
+            tokio::spawn(node::run(listener, nd, shutdown.clone()));
+        }
+        caches.insert(n.name.clone(), c);
+    }
+    let sched = Scheduler::start(
+        provider.clone(),
+        caches,
+        cfg.shards.clone(),
+        cfg.scheduler.clone(),
+        metrics,
+        shutdown.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.control)
+        .await
+        .with_context(|| format!("control: bind {}", cfg.control))?;
+    println!("control listening on {}", listener.local_addr()?);
+    tracing::info!(addr = %listener.local_addr()?, nodes = cfg.nodes.len(), shards = cfg.shards.len(), provider = provider.kind(), "scheduler up");
+    api::run(listener, sched, shutdown.clone()).await;
+    Ok(())
+}
+
+async fn run_node(
+    config: Option<PathBuf>,
+    name: Option<String>,
+    listen: Option<String>,
+    provider_url: Option<String>,
+    cache_url: Option<String>,
+    prefix: Option<String>,
+) -> Result<()> {
+    let mut cfg = match config {
+        Some(p) => NodeConfig::load(&p)?,
+        None => NodeConfig {
+            name: "node".into(),
+            listen: ([127, 0, 0, 1], 9081).into(),
+            provider_url: "sqlite:var/provider.db".into(),
+            cache_url: "memory".into(),
+            prefix: String::new(),
+            settings: NodeSettings::default(),
+            shards: default_shards(),
+        },
+    };
+    if let Some(n) = name {
+        cfg.settings.name = n.clone();
+        cfg.name = n;
+    }
+    if let Some(l) = listen {
+        cfg.listen = l.parse().with_context(|| format!("--listen `{l}`"))?;
+    }
+    if let Some(p) = provider_url {
+        cfg.provider_url = p;
+    }
+    if let Some(c) = cache_url {
+        cfg.cache_url = c;
+    }
+    cfg.prefix = prefix.unwrap_or(if cfg.prefix.is_empty() {
+        cfg.name.clone()
+    } else {
+        cfg.prefix
+    });
+    let shutdown = CancellationToken::new();
+    signals(shutdown.clone());
+    let provider = open_provider(&cfg.provider_url, &shutdown).await?;
+    let cache = cache::open(&cfg.cache_url, &cfg.prefix).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("bind {}", cfg.listen))?;
+    println!("node {} listening on {}", cfg.name, listener.local_addr()?);
+    tracing::info!(node = %cfg.name, addr = %listener.local_addr()?, cache = cache.kind(), provider = provider.kind(), "node up");
+    let nd = Node::new(
+        provider,
+        cache,
+        cfg.shards,
+        cfg.settings,
+        Arc::new(Metrics::default()),
+    );
+    node::run(listener, nd, shutdown).await;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve { config } => serve(config).await,
+            Cmd::Node {
+                config,
+                name,
+                listen,
+                provider,
+                cache,
+                prefix,
+            } => run_node(config, name, listen, provider, cache, prefix).await,
+            Cmd::Load {
+                provider,
+                catalog,
+                scale,
+                chunk,
+            } => {
+                let p = provider::open(&provider).await?;
+                let n = load::load(p.as_ref(), &catalog, scale, chunk).await?;
+                println!("loaded {n} rows");
+                Ok(())
+            }
+            Cmd::Changes {
+                provider,
+                catalog,
+                lines,
+                scale,
+                rate,
+                limit,
+                txn,
+            } => {
+                let p = provider::open(&provider).await?;
+                let opts = load::ReplayOptions {
+                    scale,
+                    rate,
+                    limit,
+                    txn,
+                };
+                let n = load::replay(p.as_ref(), &catalog, &lines, &opts).await?;
+                println!("applied {n} changes");
+                Ok(())
+            }
+        }
+    })
+}

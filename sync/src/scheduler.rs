@@ -1,0 +1,851 @@
+//! The transfer scheduler: pre-fetch orders in, warm shards out.
+//!
+//! An order asks for a shard on a node by a deadline, with a priority. A
+//! dispatcher runs queued orders highest priority first (then earliest
+//! deadline), at most `concurrency` at once, one per (node, shard); every
+//! transfer draws on one bandwidth budget. A finished order leaves the
+//! shard *hosted* on the node and produces a [`Report`]. Hosted shards are
+//! kept fresh by a background pass woken by the provider's NOTIFY or, as a
+//! fallback, by a poll timer. Evicting a shard cancels its transfers and
+//! then drops it from the node's cache.
+//!
+//! On start the scheduler finds hosted shards by their cursors in the node
+//! caches and reloads unfinished orders from its state file, so a crash
+//! (even `kill -9` mid-transfer) resumes from the cache's cursor.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::ShardCache;
+use crate::metrics::Metrics;
+use crate::model::ShardDef;
+use crate::provider::Provider;
+use crate::transfer::{catch_up, retry, Progress, TokenBucket, TransferError, TransferParams};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A pre-fetch order as submitted (the control API's request body).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub shard: String,
+    pub node: String,
+    /// Higher runs first. Default 1.0.
+    #[serde(default = "one")]
+    pub priority: f64,
+    /// Absolute deadline, Unix milliseconds.
+    #[serde(default)]
+    pub deadline_unix_ms: Option<u64>,
+    /// Deadline relative to submission, milliseconds.
+    #[serde(default)]
+    pub deadline_in_ms: Option<u64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    Queued,
+    Running,
+    Done,
+    Cancelled,
+}
+
+/// What a finished order reports: the shard is warm on the node at `cursor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub order: u64,
+    pub shard: String,
+    pub node: String,
+    pub cursor: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub duration_ms: u64,
+    /// `None` when the order had no deadline.
+    pub deadline_met: Option<bool>,
+    pub finished_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Order {
+    pub id: u64,
+    pub shard: String,
+    pub node: String,
+    pub priority: f64,
+    pub deadline_unix_ms: Option<u64>,
+    pub state: OrderState,
+    pub submitted_unix_ms: u64,
+    pub started_unix_ms: Option<u64>,
+    pub finished_unix_ms: Option<u64>,
+    /// Cursor, rows and bytes so far.
+    pub cursor: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The last provider/cache error while retrying (cleared on recovery).
+    pub last_error: Option<String>,
+    pub report: Option<Report>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostedState {
+    /// Being copied, or found in a cache at start and not yet caught up.
+    Warming,
+    /// Caught up at least once since it became hosted.
+    Warm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostedShard {
+    pub shard: String,
+    pub state: HostedState,
+    pub cursor: u64,
+    pub rows: u64,
+    pub last_sync_unix_ms: u64,
+}
+
+/// Why an order was refused (the API maps these to 4xx).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OrderError {
+    #[error("unknown shard `{0}`")]
+    UnknownShard(String),
+    #[error("unknown node `{0}`")]
+    UnknownNode(String),
+    #[error("priority must be a finite number, got {0}")]
+    BadPriority(String),
+    #[error("give at most one of `deadline_unix_ms` and `deadline_in_ms`")]
+    TwoDeadlines,
+    #[error("no order {0}")]
+    NoOrder(u64),
+    #[error("order {0} already finished")]
+    Finished(u64),
+    #[error("shard `{shard}` is not hosted on node `{node}`")]
+    NotHosted { shard: String, node: String },
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub bandwidth_bytes_per_s: u64,
+    pub concurrency: usize,
+    pub poll_interval: Duration,
+    pub transfer: TransferParams,
+    /// Where queued orders survive a restart; `None` keeps them in memory.
+    pub state_file: Option<PathBuf>,
+    /// Finished orders kept for the API.
+    pub keep_finished: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            bandwidth_bytes_per_s: 0,
+            concurrency: 2,
+            poll_interval: Duration::from_secs(1),
+            transfer: TransferParams::default(),
+            state_file: None,
+            keep_finished: 1000,
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Persisted {
+    next_id: u64,
+    orders: Vec<Order>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    orders: BTreeMap<u64, Order>,
+    /// (node, shard) pairs a transfer or refresh is working on.
+    busy: HashSet<(String, String)>,
+    running_orders: usize,
+    cancels: HashMap<u64, CancellationToken>,
+    hosted: BTreeMap<(String, String), HostedShard>,
+}
+
+struct Inner {
+    provider: Arc<dyn Provider>,
+    nodes: BTreeMap<String, Arc<dyn ShardCache>>,
+    shards: BTreeMap<String, ShardDef>,
+    bucket: TokenBucket,
+    cfg: SchedulerConfig,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    wake: Notify,
+    shutdown: CancellationToken,
+    reports: tokio::sync::broadcast::Sender<Report>,
+}
+
+/// Handle to a running scheduler (cheap to clone).
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl Scheduler {
+    /// Build and start the background tasks (dispatcher, freshness,
+    /// recovery). They stop when `shutdown` fires.
+    pub fn start(
+        provider: Arc<dyn Provider>,
+        nodes: BTreeMap<String, Arc<dyn ShardCache>>,
+        shards: Vec<ShardDef>,
+        cfg: SchedulerConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Scheduler {
+        let mut state = State {
+            next_id: 1,
+            ..State::default()
+        };
+        if let Some(path) = &cfg.state_file {
+            match std::fs::read(path) {
+                Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
+                    Ok(p) => {
+                        state.next_id = p.next_id.max(1);
+                        for mut o in p.orders {
+                            if o.state == OrderState::Running {
+                                o.state = OrderState::Queued;
+                            }
+                            state.next_id = state.next_id.max(o.id + 1);
+                            state.orders.insert(o.id, o);
+                        }
+                        tracing::info!(path = %path.display(), orders = state.orders.len(), "scheduler state reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "scheduler state file unreadable; starting empty")
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot read scheduler state file")
+                }
+            }
+        }
+        let (reports, _) = tokio::sync::broadcast::channel(256);
+        let inner = Arc::new(Inner {
+            provider,
+            nodes,
+            shards: shards.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            bucket: TokenBucket::new(cfg.bandwidth_bytes_per_s),
+            cfg,
+            metrics,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            shutdown,
+            reports,
+        });
+        let s = Scheduler { inner };
+        tokio::spawn(s.clone().recover());
+        tokio::spawn(s.clone().dispatch());
+        tokio::spawn(s.clone().freshness());
+        s
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Completion reports as they happen.
+    pub fn reports(&self) -> tokio::sync::broadcast::Receiver<Report> {
+        self.inner.reports.subscribe()
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.inner.nodes.keys().cloned().collect()
+    }
+
+    pub fn shard_ids(&self) -> Vec<String> {
+        self.inner.shards.keys().cloned().collect()
+    }
+
+    /// Queue an order. An order for a (shard, node) that is already queued
+    /// updates that order (higher priority, earlier deadline win) and
+    /// returns it.
+    pub fn submit(&self, req: OrderRequest) -> Result<Order, OrderError> {
+        let m = &self.inner.metrics;
+        let res = self.submit_inner(req);
+        match &res {
+            Ok(_) => Metrics::inc(&m.orders_submitted),
+            Err(_) => Metrics::inc(&m.orders_rejected),
+        }
+        res
+    }
+
+    fn submit_inner(&self, req: OrderRequest) -> Result<Order, OrderError> {
+        if !self.inner.shards.contains_key(&req.shard) {
+            return Err(OrderError::UnknownShard(req.shard));
+        }
+        if !self.inner.nodes.contains_key(&req.node) {
+            return Err(OrderError::UnknownNode(req.node));
+        }
+        if !req.priority.is_finite() {
+            return Err(OrderError::BadPriority(req.priority.to_string()));
+        }
+        let now = now_ms();
+        let deadline = match (req.deadline_unix_ms, req.deadline_in_ms) {
+            (Some(_), Some(_)) => return Err(OrderError::TwoDeadlines),
+            (Some(d), None) => Some(d),
+            (None, Some(rel)) => Some(now.saturating_add(rel)),
+            (None, None) => None,
+        };
+        let order = {
+            let mut st = self.inner.state.lock();
+            let existing = st.orders.values_mut().find(|o| {
+                o.state == OrderState::Queued && o.shard == req.shard && o.node == req.node
+            });
+            if let Some(o) = existing {
+                o.priority = o.priority.max(req.priority);
+                o.deadline_unix_ms = match (o.deadline_unix_ms, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                o.clone()
+            } else {
+                let id = st.next_id;
+                st.next_id += 1;
+                let o = Order {
+                    id,
+                    shard: req.shard,
+                    node: req.node,
+                    priority: req.priority,
+                    deadline_unix_ms: deadline,
+                    state: OrderState::Queued,
+                    submitted_unix_ms: now,
+                    started_unix_ms: None,
+                    finished_unix_ms: None,
+                    cursor: 0,
+                    rows: 0,
+                    bytes: 0,
+                    last_error: None,
+                    report: None,
+                };
+                st.orders.insert(id, o.clone());
+                o
+            }
+        };
+        tracing::debug!(order = order.id, shard = %order.shard, node = %order.node, priority = order.priority, "order queued");
+        self.persist();
+        self.inner.wake.notify_one();
+        Ok(order)
+    }
+
+    pub fn orders(&self) -> Vec<Order> {
+        self.inner.state.lock().orders.values().cloned().collect()
+    }
+
+    pub fn order(&self, id: u64) -> Option<Order> {
+        self.inner.state.lock().orders.get(&id).cloned()
+    }
+
+    /// Cancel a queued or running order.
+    pub fn cancel(&self, id: u64) -> Result<Order, OrderError> {
+        let o = {
+            let mut st = self.inner.state.lock();
+            let o = st.orders.get_mut(&id).ok_or(OrderError::NoOrder(id))?;
+            match o.state {
+                OrderState::Done | OrderState::Cancelled => return Err(OrderError::Finished(id)),
+                OrderState::Queued => {
+                    o.state = OrderState::Cancelled;
+                    o.finished_unix_ms = Some(now_ms());
+                }
+                OrderState::Running => {}
+            }
+            let o = o.clone();
+            if let Some(c) = st.cancels.get(&id) {
+                c.cancel();
+            }
+            o
+        };
+        Metrics::inc(&self.inner.metrics.orders_failed);
+        self.persist();
+        Ok(o)
+    }
+
+    /// Hosted shards of a node.
+    pub fn hosted(&self, node: &str) -> Result<Vec<HostedShard>, OrderError> {
+        if !self.inner.nodes.contains_key(node) {
+            return Err(OrderError::UnknownNode(node.into()));
+        }
+        let st = self.inner.state.lock();
+        Ok(st
+            .hosted
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|(_, h)| h.clone())
+            .collect())
+    }
+
+    /// Drop a shard from a node: cancel its orders, wait for its transfer
+    /// to stop, then evict it from the cache (retried while the cache is
+    /// down). Returns once the eviction is scheduled.
+    pub fn evict(&self, node: &str, shard: &str) -> Result<(), OrderError> {
+        if !self.inner.shards.contains_key(shard) {
+            return Err(OrderError::UnknownShard(shard.into()));
+        }
+        let Some(cache) = self.inner.nodes.get(node).cloned() else {
+            return Err(OrderError::UnknownNode(node.into()));
+        };
+        {
+            let mut st = self.inner.state.lock();
+            let now = now_ms();
+            let ids: Vec<u64> = st
+                .orders
+                .values()
+                .filter(|o| {
+                    o.node == node
+                        && o.shard == shard
+                        && matches!(o.state, OrderState::Queued | OrderState::Running)
+                })
+                .map(|o| o.id)
+                .collect();
+            for id in ids {
+                if let Some(c) = st.cancels.get(&id) {
+                    c.cancel();
+                }
+                if let Some(o) = st.orders.get_mut(&id) {
+                    if o.state == OrderState::Queued {
+                        o.state = OrderState::Cancelled;
+                        o.finished_unix_ms = Some(now);
+                    }
+                }
+            }
+            st.hosted.remove(&(node.to_string(), shard.to_string()));
+        }
+        self.persist();
+        let s = self.clone();
+        let (node, shard) = (node.to_string(), shard.to_string());
+        tokio::spawn(async move {
+            let key = (node.clone(), shard.clone());
+            // Wait for any transfer on the pair to wind down.
+            loop {
+                {
+                    let mut st = s.inner.state.lock();
+                    if !st.busy.contains(&key) {
+                        st.busy.insert(key.clone());
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let noop = |_: Option<String>| {};
+            let r = retry(
+                "cache evict",
+                &shard,
+                &s.inner.cfg.transfer,
+                &s.inner.shutdown,
+                &noop,
+                &s.inner.metrics.cache_errors,
+                || cache.evict(&shard),
+            )
+            .await;
+            {
+                let mut st = s.inner.state.lock();
+                st.busy.remove(&key);
+                st.hosted.remove(&key);
+            }
+            if r.is_ok() {
+                Metrics::inc(&s.inner.metrics.evictions);
+                tracing::info!(node = %node, shard = %shard, "shard evicted");
+            }
+            s.inner.wake.notify_one();
+        });
+        Ok(())
+    }
+
+    fn persist(&self) {
+        let Some(path) = &self.inner.cfg.state_file else {
+            return;
+        };
+        let snapshot = {
+            let mut st = self.inner.state.lock();
+            // Bound the finished orders kept.
+            let finished: Vec<u64> = st
+                .orders
+                .values()
+                .filter(|o| matches!(o.state, OrderState::Done | OrderState::Cancelled))
+                .map(|o| o.id)
+                .collect();
+            if finished.len() > self.inner.cfg.keep_finished {
+                for id in &finished[..finished.len() - self.inner.cfg.keep_finished] {
+                    st.orders.remove(id);
+                }
+            }
+            Persisted {
+                next_id: st.next_id,
+                orders: st.orders.values().cloned().collect(),
+            }
+        };
+        let tmp = path.with_extension("tmp");
+        let res = serde_json::to_vec(&snapshot)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = res {
+            tracing::error!(path = %path.display(), error = %e, "cannot write scheduler state");
+        }
+    }
+
+    /// Find hosted shards by their cursors in every node's cache.
+    async fn recover(self) {
+        let noop = |_: Option<String>| {};
+        for (node, cache) in &self.inner.nodes {
+            for shard in self.inner.shards.keys() {
+                let c = retry(
+                    "cache cursor read",
+                    shard,
+                    &self.inner.cfg.transfer,
+                    &self.inner.shutdown,
+                    &noop,
+                    &self.inner.metrics.cache_errors,
+                    || cache.cursor(shard),
+                )
+                .await;
+                match c {
+                    Ok(Some(cursor)) => {
+                        let size = cache.size(shard).await.unwrap_or(0);
+                        let mut st = self.inner.state.lock();
+                        st.hosted
+                            .entry((node.clone(), shard.clone()))
+                            .or_insert(HostedShard {
+                                shard: shard.clone(),
+                                state: HostedState::Warming,
+                                cursor,
+                                rows: size,
+                                last_sync_unix_ms: 0,
+                            });
+                    }
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Pick the best runnable order: highest priority, then earliest
+    /// deadline, then oldest.
+    fn pick(&self) -> Option<(Order, CancellationToken)> {
+        let mut st = self.inner.state.lock();
+        if st.running_orders >= self.inner.cfg.concurrency.max(1) {
+            return None;
+        }
+        let best = st
+            .orders
+            .values()
+            .filter(|o| {
+                o.state == OrderState::Queued
+                    && !st.busy.contains(&(o.node.clone(), o.shard.clone()))
+            })
+            .min_by(|a, b| {
+                b.priority
+                    .total_cmp(&a.priority)
+                    .then(
+                        a.deadline_unix_ms
+                            .unwrap_or(u64::MAX)
+                            .cmp(&b.deadline_unix_ms.unwrap_or(u64::MAX)),
+                    )
+                    .then(a.id.cmp(&b.id))
+            })
+            .map(|o| o.id)?;
+        let token = self.inner.shutdown.child_token();
+        st.cancels.insert(best, token.clone());
+        st.running_orders += 1;
+        let o = st.orders.get_mut(&best)?;
+        o.state = OrderState::Running;
+        o.started_unix_ms = Some(now_ms());
+        let o = o.clone();
+        st.busy.insert((o.node.clone(), o.shard.clone()));
+        st.hosted
+            .entry((o.node.clone(), o.shard.clone()))
+            .or_insert(HostedShard {
+                shard: o.shard.clone(),
+                state: HostedState::Warming,
+                cursor: 0,
+                rows: 0,
+                last_sync_unix_ms: 0,
+            });
+        Some((o, token))
+    }
+
+    async fn dispatch(self) {
+        loop {
+            let notified = self.inner.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            while let Some((o, token)) = self.pick() {
+                self.persist();
+                tokio::spawn(self.clone().run_order(o, token));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn run_order(self, o: Order, token: CancellationToken) {
+        let started = Instant::now();
+        let shard = self.inner.shards[&o.shard].clone();
+        let cache = self.inner.nodes[&o.node].clone();
+        tracing::info!(order = o.id, shard = %o.shard, node = %o.node, priority = o.priority, "pre-fetch started");
+        let id = o.id;
+        let on_error = |e: Option<String>| {
+            if let Some(o) = self.inner.state.lock().orders.get_mut(&id) {
+                o.last_error = e;
+            }
+        };
+        let progress = |p: &Progress| {
+            if let Some(o) = self.inner.state.lock().orders.get_mut(&id) {
+                o.cursor = p.cursor;
+                o.rows = p.rows;
+                o.bytes = p.bytes;
+            }
+        };
+        let res = catch_up(
+            self.inner.provider.clone(),
+            cache.clone(),
+            &shard,
+            &self.inner.bucket,
+            &self.inner.cfg.transfer,
+            &self.inner.metrics,
+            &token,
+            false,
+            &on_error,
+            &progress,
+        )
+        .await;
+        let size = match &res {
+            Ok(_) => cache.size(&shard.id).await.unwrap_or(0),
+            Err(_) => 0,
+        };
+        let key = (o.node.clone(), o.shard.clone());
+        let report = {
+            let mut st = self.inner.state.lock();
+            st.running_orders -= 1;
+            st.busy.remove(&key);
+            st.cancels.remove(&id);
+            let now = now_ms();
+            match res {
+                Ok(p) => {
+                    let met = o.deadline_unix_ms.map(|d| now <= d);
+                    let report = Report {
+                        order: id,
+                        shard: o.shard.clone(),
+                        node: o.node.clone(),
+                        cursor: p.cursor,
+                        rows: p.rows,
+                        bytes: p.bytes,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        deadline_met: met,
+                        finished_unix_ms: now,
+                    };
+                    if let Some(h) = st.hosted.get_mut(&key) {
+                        h.state = HostedState::Warm;
+                        h.cursor = p.cursor;
+                        h.rows = size;
+                        h.last_sync_unix_ms = now;
+                    }
+                    if let Some(ord) = st.orders.get_mut(&id) {
+                        ord.state = OrderState::Done;
+                        ord.finished_unix_ms = Some(now);
+                        ord.cursor = p.cursor;
+                        ord.rows = p.rows;
+                        ord.bytes = p.bytes;
+                        ord.last_error = None;
+                        ord.report = Some(report.clone());
+                    }
+                    Some(report)
+                }
+                Err(TransferError::Cancelled) | Err(TransferError::NotHosted) => {
+                    if let Some(ord) = st.orders.get_mut(&id) {
+                        if self.inner.shutdown.is_cancelled() {
+                            // Shutting down: run again after a restart.
+                            ord.state = OrderState::Queued;
+                        } else {
+                            ord.state = OrderState::Cancelled;
+                            ord.finished_unix_ms = Some(now);
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        self.persist();
+        if let Some(r) = report {
+            let m = &self.inner.metrics;
+            Metrics::inc(&m.orders_done);
+            m.transfer_seconds.observe(started.elapsed());
+            match r.deadline_met {
+                Some(true) => Metrics::inc(&m.deadlines_met),
+                Some(false) => Metrics::inc(&m.deadlines_missed),
+                None => {}
+            }
+            tracing::info!(order = r.order, shard = %r.shard, node = %r.node, cursor = r.cursor, rows = r.rows,
+                bytes = r.bytes, duration_ms = r.duration_ms, deadline_met = ?r.deadline_met, "shard warm on node");
+            let _ = self.inner.reports.send(r);
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Keep hosted shards fresh: on every provider NOTIFY, and every
+    /// `poll_interval` regardless (the fallback when NOTIFY is unavailable
+    /// or a notification was lost).
+    async fn freshness(self) {
+        let mut notify = self.inner.provider.subscribe();
+        loop {
+            let woke_by_notify = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.cfg.poll_interval) => false,
+                r = async {
+                    match notify.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !r {
+                        notify = None;
+                    }
+                    r
+                }
+            };
+            if woke_by_notify {
+                Metrics::inc(&self.inner.metrics.wakeups_notify);
+            }
+            self.refresh_all().await;
+        }
+    }
+
+    /// One freshness pass over every hosted (node, shard) not busy.
+    pub async fn refresh_all(&self) {
+        Metrics::inc(&self.inner.metrics.refreshes);
+        let pairs: Vec<(String, String)> = {
+            let mut st = self.inner.state.lock();
+            let free: Vec<_> = st
+                .hosted
+                .keys()
+                .filter(|k| !st.busy.contains(*k))
+                .cloned()
+                .collect();
+            for k in &free {
+                st.busy.insert(k.clone());
+            }
+            free
+        };
+        for (i, key) in pairs.iter().enumerate() {
+            let (node, shard_id) = key;
+            let cache = self.inner.nodes[node].clone();
+            let shard = self.inner.shards[shard_id].clone();
+            let noop = |_: Option<String>| {};
+            let res = catch_up(
+                self.inner.provider.clone(),
+                cache.clone(),
+                &shard,
+                &self.inner.bucket,
+                &self.inner.cfg.transfer,
+                &self.inner.metrics,
+                &self.inner.shutdown,
+                true,
+                &noop,
+                &|_| {},
+            )
+            .await;
+            let size = if res.is_ok() {
+                cache.size(shard_id).await.ok()
+            } else {
+                None
+            };
+            let mut st = self.inner.state.lock();
+            st.busy.remove(key);
+            match res {
+                Ok(p) => {
+                    if let Some(h) = st.hosted.get_mut(key) {
+                        h.cursor = p.cursor;
+                        h.state = HostedState::Warm;
+                        if let Some(n) = size {
+                            h.rows = n;
+                        }
+                        h.last_sync_unix_ms = now_ms();
+                    }
+                }
+                Err(TransferError::NotHosted) => {
+                    st.hosted.remove(key);
+                }
+                Err(TransferError::Cancelled) => {
+                    for k in &pairs[i + 1..] {
+                        st.busy.remove(k);
+                    }
+                    return;
+                }
+            }
+        }
+        if !pairs.is_empty() {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Prometheus text for the scheduler.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.inner.metrics.render_scheduler(&mut out);
+        let st = self.inner.state.lock();
+        let queued = st
+            .orders
+            .values()
+            .filter(|o| o.state == OrderState::Queued)
+            .count();
+        out.push_str(&format!(
+            "# HELP shardcast_sync_orders Orders by state now.\n# TYPE shardcast_sync_orders gauge\n\
+             shardcast_sync_orders{{state=\"queued\"}} {queued}\nshardcast_sync_orders{{state=\"running\"}} {}\n",
+            st.running_orders
+        ));
+        out.push_str("# HELP shardcast_sync_hosted_cursor Cursor of a hosted shard on a node.\n# TYPE shardcast_sync_hosted_cursor gauge\n");
+        for ((n, s), h) in &st.hosted {
+            out.push_str(&format!(
+                "shardcast_sync_hosted_cursor{{node=\"{n}\",shard=\"{s}\"}} {}\n",
+                h.cursor
+            ));
+        }
+        out.push_str("# HELP shardcast_sync_hosted_rows Items of a hosted shard on a node.\n# TYPE shardcast_sync_hosted_rows gauge\n");
+        for ((n, s), h) in &st.hosted {
+            out.push_str(&format!(
+                "shardcast_sync_hosted_rows{{node=\"{n}\",shard=\"{s}\"}} {}\n",
+                h.rows
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP shardcast_sync_bandwidth_bytes_per_second Configured budget (0 = unlimited).\n# TYPE shardcast_sync_bandwidth_bytes_per_second gauge\nshardcast_sync_bandwidth_bytes_per_second {}\n",
+            self.inner.bucket.rate()
+        ));
+        out
+    }
+
+    #[doc(hidden)]
+    pub fn running(&self) -> usize {
+        self.inner.state.lock().running_orders
+    }
+
+    #[doc(hidden)]
+    pub fn metrics_snapshot(&self) -> (u64, u64) {
+        let m = &self.inner.metrics;
+        (m.rows_copied.load(Relaxed), m.batches_skipped.load(Relaxed))
+    }
+}

@@ -1,0 +1,299 @@
+//! Copying a shard's delta from the provider into one node's cache.
+//!
+//! [`catch_up`] reads batches from the cache's cursor on, in version order,
+//! and applies each one atomically with its cursor. Reading runs one batch
+//! ahead of writing (the provider query overlaps the cache write). Every
+//! batch is charged to a shared [`TokenBucket`] before it is written.
+//! Provider or cache outages are retried with capped exponential backoff
+//! and a log line; the transfer resumes where the cursor is.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Applied, ShardCache};
+use crate::metrics::Metrics;
+use crate::model::{encode_batch, CacheBatch, ShardDef};
+use crate::provider::Provider;
+
+/// A bandwidth budget in bytes per second; `0` means unlimited. Waiters are
+/// served in arrival order (the lock is fair), and a take larger than the
+/// burst runs the bucket into debt that later takes wait out.
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: tokio::sync::Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(bytes_per_s: u64) -> TokenBucket {
+        let rate = bytes_per_s as f64;
+        // A quarter second of burst keeps the rate smooth at the scale of
+        // a few batches.
+        let burst = (rate / 4.0).max(64.0 * 1024.0);
+        TokenBucket {
+            rate,
+            burst,
+            state: tokio::sync::Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate as u64
+    }
+
+    /// Wait until `n` bytes may be sent; returns how long it waited.
+    pub async fn take(&self, n: usize) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let start = Instant::now();
+        let mut g = self.state.lock().await;
+        let now = Instant::now();
+        g.0 = (g.0 + now.duration_since(g.1).as_secs_f64() * self.rate).min(self.burst);
+        g.1 = now;
+        g.0 -= n as f64;
+        if g.0 < 0.0 {
+            let wait = Duration::from_secs_f64(-g.0 / self.rate);
+            tokio::time::sleep(wait).await;
+            g.0 = 0.0;
+            g.1 = Instant::now();
+        }
+        start.elapsed()
+    }
+}
+
+/// How transfers read and write.
+#[derive(Debug, Clone)]
+pub struct TransferParams {
+    pub batch_rows: usize,
+    pub max_value_bytes: usize,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for TransferParams {
+    fn default() -> Self {
+        TransferParams {
+            batch_rows: 2000,
+            max_value_bytes: 64 * 1024,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a catch-up did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The cache's cursor when it stopped.
+    pub cursor: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub batches: u64,
+    /// Batches the cache already had (replays after a crash).
+    pub skipped: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransferError {
+    #[error("cancelled")]
+    Cancelled,
+    /// The shard was evicted while an incremental refresh ran.
+    #[error("shard is no longer hosted on this node")]
+    NotHosted,
+}
+
+/// Where retries report (for the order's `last_error`).
+pub type ErrorSink<'a> = &'a (dyn Fn(Option<String>) + Send + Sync);
+
+/// Run `op` until it succeeds, with capped exponential backoff; a warning
+/// on the first failure and every tenth, an info line on recovery. Stops
+/// only when `cancel` fires.
+pub async fn retry<T, E: Display, Fut: Future<Output = Result<T, E>>>(
+    what: &str,
+    shard: &str,
+    params: &TransferParams,
+    cancel: &CancellationToken,
+    on_error: ErrorSink<'_>,
+    counter: &std::sync::atomic::AtomicU64,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, TransferError> {
+    let mut delay = params.backoff_min;
+    let mut failures = 0u64;
+    loop {
+        let r = tokio::select! {
+            r = op() => r,
+            _ = cancel.cancelled() => return Err(TransferError::Cancelled),
+        };
+        match r {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!(shard, what, failures, "recovered; transfer resumes");
+                    on_error(None);
+                }
+                return Ok(v);
+            }
+            Err(e) => {
+                counter.fetch_add(1, Relaxed);
+                failures += 1;
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(shard, what, error = %e, failures, retry_in_ms = delay.as_millis() as u64,
+                        "{what} failed; retrying with backoff");
+                }
+                on_error(Some(format!("{what}: {e}")));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Err(TransferError::Cancelled),
+                }
+                delay = (delay * 2).min(params.backoff_max);
+            }
+        }
+    }
+}
+
+/// Bring `shard` in `cache` up to date with the provider.
+///
+/// `must_be_hosted`: for an incremental refresh, stop with
+/// [`TransferError::NotHosted`] instead of starting a shard from scratch
+/// when its cursor is gone (it was evicted). `progress` is called after
+/// every batch.
+#[allow(clippy::too_many_arguments)]
+pub async fn catch_up(
+    provider: Arc<dyn Provider>,
+    cache: Arc<dyn ShardCache>,
+    shard: &ShardDef,
+    bucket: &TokenBucket,
+    params: &TransferParams,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+    must_be_hosted: bool,
+    on_error: ErrorSink<'_>,
+    progress: &(dyn Fn(&Progress) + Send + Sync),
+) -> Result<Progress, TransferError> {
+    let mut p = Progress::default();
+    'restart: loop {
+        let start = retry(
+            "cache cursor read",
+            &shard.id,
+            params,
+            cancel,
+            on_error,
+            &metrics.cache_errors,
+            || cache.cursor(&shard.id),
+        )
+        .await?;
+        if start.is_none() && must_be_hosted {
+            return Err(TransferError::NotHosted);
+        }
+        let mut cursor = start.unwrap_or(0);
+        p.cursor = cursor;
+
+        // Reader: one batch ahead of the writer.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<CacheBatch>(2);
+        let reader_cancel = cancel.child_token();
+        let reader = {
+            let provider = provider.clone();
+            let shard = shard.clone();
+            let params = params.clone();
+            let metrics = metrics.clone();
+            let cancel = reader_cancel.clone();
+            tokio::spawn(async move {
+                let mut c = cursor;
+                let noop = |_: Option<String>| {};
+                loop {
+                    let b = retry(
+                        "provider delta read",
+                        &shard.id,
+                        &params,
+                        &cancel,
+                        &noop,
+                        &metrics.provider_errors,
+                        || provider.delta(&shard, c, params.batch_rows),
+                    )
+                    .await?;
+                    if b.malformed > 0 {
+                        metrics.rows_malformed.fetch_add(b.malformed, Relaxed);
+                        metrics.rows_rejected.fetch_add(b.malformed, Relaxed);
+                    }
+                    let more = b.more;
+                    let cb = encode_batch(&shard.id, &b, params.max_value_bytes, &metrics);
+                    c = cb.to;
+                    let empty = cb.upserts.is_empty() && cb.deletes.is_empty() && cb.from == cb.to;
+                    // An empty first batch still matters when the shard is not
+                    // hosted yet: applying it creates the cursor.
+                    if (!empty || b.from == 0) && tx.send(cb).await.is_err() {
+                        return Ok(());
+                    }
+                    if !more {
+                        return Ok::<(), TransferError>(());
+                    }
+                }
+            })
+        };
+        let _guard = reader_cancel.clone().drop_guard();
+
+        while let Some(cb) = rx.recv().await {
+            let waited = bucket.take(cb.bytes).await;
+            metrics
+                .budget_wait_us
+                .fetch_add(waited.as_micros() as u64, Relaxed);
+            let outcome = retry(
+                "cache batch write",
+                &shard.id,
+                params,
+                cancel,
+                on_error,
+                &metrics.cache_errors,
+                || cache.apply(&shard.id, &cb),
+            )
+            .await?;
+            match outcome {
+                Applied::Applied => {
+                    let n = (cb.upserts.len() + cb.deletes.len()) as u64;
+                    p.rows += n;
+                    p.bytes += cb.bytes as u64;
+                    p.batches += 1;
+                    metrics.rows_copied.fetch_add(n, Relaxed);
+                    metrics.bytes_copied.fetch_add(cb.bytes as u64, Relaxed);
+                    metrics.batches_applied.fetch_add(1, Relaxed);
+                    cursor = cb.to;
+                }
+                Applied::AlreadyApplied { cursor: c } => {
+                    p.skipped += 1;
+                    metrics.batches_skipped.fetch_add(1, Relaxed);
+                    if c > cb.to {
+                        // Someone else moved further; restart from there.
+                        reader_cancel.cancel();
+                        let _ = reader.await;
+                        continue 'restart;
+                    }
+                    cursor = c;
+                }
+                Applied::CursorMismatch { cursor: c } => {
+                    tracing::info!(shard = %shard.id, expected = cb.from, found = ?c, "cursor moved under the transfer; re-reading");
+                    reader_cancel.cancel();
+                    let _ = reader.await;
+                    if c.is_none() && must_be_hosted {
+                        return Err(TransferError::NotHosted);
+                    }
+                    continue 'restart;
+                }
+            }
+            p.cursor = cursor;
+            progress(&p);
+        }
+        match reader.await {
+            Ok(Ok(())) => return Ok(p),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                tracing::error!(shard = %shard.id, error = %e, "delta reader task failed; restarting the transfer");
+                continue 'restart;
+            }
+        }
+    }
+}
