@@ -323,7 +323,7 @@ impl RoutingTable {
     /// hashes consistently over the shards of its region, or over all.
     #[inline]
     pub fn route(&self, sku: &str, region: Option<&str>) -> (ShardIdx, RouteHow) {
-        let region = region.and_then(|r| self.region_index.get(r).copied());
+        let region = region.and_then(|r| self.region_id(r));
         if let Some(cat) = self.catalog.get(sku) {
             if let Some(s) = self.cell(cat, region) {
                 return (s, RouteHow::Cell);
@@ -365,7 +365,18 @@ impl RoutingTable {
     }
 
     pub fn has_region(&self, r: &str) -> bool {
-        self.region_index.contains_key(r)
+        self.region_id(r).is_some()
+    }
+
+    /// Regions are few (a handful to a few dozen): a scan over short
+    /// strings beats hashing the request's region.
+    #[inline]
+    fn region_id(&self, r: &str) -> Option<u16> {
+        if self.regions.len() <= 32 {
+            self.regions.iter().position(|x| x == r).map(|i| i as u16)
+        } else {
+            self.region_index.get(r).copied()
+        }
     }
 }
 
