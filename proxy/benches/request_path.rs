@@ -9,7 +9,9 @@ use shardcast_proxy::node::{now_ms, NodeRuntime};
 use shardcast_proxy::selection::{P2c, Selector};
 
 fn selection(c: &mut Criterion) {
-    let nodes: Vec<Arc<NodeRuntime>> = (0..8).map(|i| Arc::new(NodeRuntime::new(&format!("n{i}")))).collect();
+    let nodes: Vec<Arc<NodeRuntime>> = (0..8)
+        .map(|i| Arc::new(NodeRuntime::new(&format!("n{i}"))))
+        .collect();
     let cap = vec![1000.0; 8];
     let mut g = c.benchmark_group("selection");
     g.throughput(Throughput::Elements(1));
@@ -31,11 +33,21 @@ fn selection(c: &mut Criterion) {
 }
 
 fn framing(c: &mut Criterion) {
-    let mut r = pingora_http::RequestHeader::build("GET", b"/inventory/85123A?region=UK", None).unwrap();
+    let mut r =
+        pingora_http::RequestHeader::build("GET", b"/inventory/85123A?region=UK", None).unwrap();
     r.append_header("host", "shop.example").unwrap();
     r.append_header("user-agent", "wrk").unwrap();
     r.append_header("accept", "*/*").unwrap();
-    c.bench_function("framing_check", |b| b.iter(|| black_box(shardcast_proxy::framing::check(black_box(&r), false, 16384, false))));
+    c.bench_function("framing_check", |b| {
+        b.iter(|| {
+            black_box(shardcast_proxy::framing::check(
+                black_box(&r),
+                false,
+                16384,
+                false,
+            ))
+        })
+    });
 }
 
 criterion_group!(benches, selection, framing);

@@ -118,6 +118,9 @@ impl TestNode {
                             }
                             hits.fetch_add(1, SeqCst);
                             paths.lock().push(req.uri().to_string());
+                            if path.contains("slow") {
+                                tokio::time::sleep(Duration::from_millis(1500)).await;
+                            }
                             if mode.load(SeqCst) == FAIL_503 {
                                 return Ok(http::Response::builder()
                                     .status(503)
