@@ -9,7 +9,7 @@
 //! | `DELETE /orders/{id}` | cancel a queued or running order |
 //! | `GET /nodes` | node names and their hosted shards |
 //! | `GET /nodes/{node}/shards` | hosted shards of a node (state, cursor, rows) |
-//! | `DELETE /nodes/{node}/shards/{shard}` | evict a shard from a node → 202 |
+//! | `DELETE /nodes/{node}/shards/{shard}` | evict a shard from a node → 202 (`/` in a shard id as `%2F`) |
 //! | `GET /shards` | configured shards and their cells |
 //! | `GET /health`, `/live`, `/ready`, `/metrics` | admin |
 
@@ -34,7 +34,13 @@ fn order_error(e: &OrderError) -> Resp {
 /// Answer one control request.
 pub async fn handle(s: Scheduler, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Segments are percent-decoded: shard ids hold `/` (`UK%2FLIGHTING`).
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|seg| http::percent_decode(seg).unwrap_or_default())
+        .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();
     match (&method, parts.as_slice()) {
         (&Method::POST, ["orders"]) => {

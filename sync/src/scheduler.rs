@@ -28,7 +28,9 @@ use crate::cache::ShardCache;
 use crate::metrics::Metrics;
 use crate::model::ShardDef;
 use crate::provider::Provider;
-use crate::transfer::{catch_up, retry, Progress, TokenBucket, TransferError, TransferParams};
+use crate::transfer::{
+    catch_up, no_errors, retry, ErrorSink, Progress, TokenBucket, TransferError, TransferParams,
+};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -446,13 +448,12 @@ impl Scheduler {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let noop = |_: Option<String>| {};
             let r = retry(
                 "cache evict",
                 &shard,
                 &s.inner.cfg.transfer,
                 &s.inner.shutdown,
-                &noop,
+                &no_errors(),
                 &s.inner.metrics.cache_errors,
                 || cache.evict(&shard),
             )
@@ -506,7 +507,7 @@ impl Scheduler {
 
     /// Find hosted shards by their cursors in every node's cache.
     async fn recover(self) {
-        let noop = |_: Option<String>| {};
+        let noop = no_errors();
         for (node, cache) in &self.inner.nodes {
             for shard in self.inner.shards.keys() {
                 let c = retry(
@@ -608,10 +609,13 @@ impl Scheduler {
         let cache = self.inner.nodes[&o.node].clone();
         tracing::info!(order = o.id, shard = %o.shard, node = %o.node, priority = o.priority, "pre-fetch started");
         let id = o.id;
-        let on_error = |e: Option<String>| {
-            if let Some(o) = self.inner.state.lock().orders.get_mut(&id) {
-                o.last_error = e;
-            }
+        let on_error: ErrorSink = {
+            let s = self.clone();
+            Arc::new(move |e: Option<String>| {
+                if let Some(o) = s.inner.state.lock().orders.get_mut(&id) {
+                    o.last_error = e;
+                }
+            })
         };
         let progress = |p: &Progress| {
             if let Some(o) = self.inner.state.lock().orders.get_mut(&id) {
@@ -754,7 +758,7 @@ impl Scheduler {
             let (node, shard_id) = key;
             let cache = self.inner.nodes[node].clone();
             let shard = self.inner.shards[shard_id].clone();
-            let noop = |_: Option<String>| {};
+            let noop = no_errors();
             let res = catch_up(
                 self.inner.provider.clone(),
                 cache.clone(),

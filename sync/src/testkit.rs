@@ -379,3 +379,55 @@ pub fn workspace_root() -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
+
+/// Compare a shard in a cache with the provider's snapshot: `Ok` when the
+/// cache holds exactly the provider's live rows (same encoded values) and
+/// its cursor is at least the snapshot's; otherwise a description of the
+/// difference.
+pub async fn cache_matches_provider(
+    p: &dyn crate::provider::Provider,
+    c: &dyn crate::cache::ShardCache,
+    s: &crate::model::ShardDef,
+) -> Result<(), String> {
+    use crate::model::{encode_value, field};
+    let snap = p.snapshot(s, 5000).await.map_err(|e| e.to_string())?;
+    let mut want: Vec<(String, bytes::Bytes)> = snap
+        .rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                field(&r.sku, &r.region),
+                encode_value(r, r.item.as_ref()?, 1 << 20).ok()?,
+            ))
+        })
+        .collect();
+    want.sort();
+    let mut have = c.dump(&s.id).await.map_err(|e| e.to_string())?;
+    have.sort();
+    if have != want {
+        let missing = want.iter().filter(|w| !have.contains(w)).count();
+        let extra = have.iter().filter(|h| !want.contains(h)).count();
+        return Err(format!(
+            "shard {}: cache has {} items, provider {}; {missing} missing or stale, {extra} extra or stale",
+            s.id,
+            have.len(),
+            want.len()
+        ));
+    }
+    let cursor = c.cursor(&s.id).await.map_err(|e| e.to_string())?;
+    if cursor < Some(snap.to) {
+        return Err(format!(
+            "shard {}: cursor {cursor:?} behind the provider's {}",
+            s.id, snap.to
+        ));
+    }
+    Ok(())
+}
+
+/// Seed a provider with the project's catalog (scale 1, ~6,800 rows).
+pub async fn seed_catalog(p: &dyn crate::provider::ProviderAdmin) -> u64 {
+    let cat = workspace_root().join("data/online_retail/catalog.csv.gz");
+    crate::load::load(p, &cat, 1, 5000)
+        .await
+        .unwrap_or_else(|e| panic!("seeding from {}: {e}", cat.display()))
+}

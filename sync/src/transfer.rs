@@ -108,8 +108,14 @@ pub enum TransferError {
     NotHosted,
 }
 
-/// Where retries report (for the order's `last_error`).
-pub type ErrorSink<'a> = &'a (dyn Fn(Option<String>) + Send + Sync);
+/// Where retries report (for the order's `last_error`): `Some(error)`
+/// while retrying, `None` once recovered.
+pub type ErrorSink = Arc<dyn Fn(Option<String>) + Send + Sync>;
+
+/// An [`ErrorSink`] that drops reports.
+pub fn no_errors() -> ErrorSink {
+    Arc::new(|_| {})
+}
 
 /// Run `op` until it succeeds, with capped exponential backoff; a warning
 /// on the first failure and every tenth, an info line on recovery. Stops
@@ -119,7 +125,7 @@ pub async fn retry<T, E: Display, Fut: Future<Output = Result<T, E>>>(
     shard: &str,
     params: &TransferParams,
     cancel: &CancellationToken,
-    on_error: ErrorSink<'_>,
+    on_error: &ErrorSink,
     counter: &std::sync::atomic::AtomicU64,
     mut op: impl FnMut() -> Fut,
 ) -> Result<T, TransferError> {
@@ -172,7 +178,7 @@ pub async fn catch_up(
     metrics: &Arc<Metrics>,
     cancel: &CancellationToken,
     must_be_hosted: bool,
-    on_error: ErrorSink<'_>,
+    on_error: &ErrorSink,
     progress: &(dyn Fn(&Progress) + Send + Sync),
 ) -> Result<Progress, TransferError> {
     let mut p = Progress::default();
@@ -202,16 +208,16 @@ pub async fn catch_up(
             let params = params.clone();
             let metrics = metrics.clone();
             let cancel = reader_cancel.clone();
+            let on_error = on_error.clone();
             tokio::spawn(async move {
                 let mut c = cursor;
-                let noop = |_: Option<String>| {};
                 loop {
                     let b = retry(
                         "provider delta read",
                         &shard.id,
                         &params,
                         &cancel,
-                        &noop,
+                        &on_error,
                         &metrics.provider_errors,
                         || provider.delta(&shard, c, params.batch_rows),
                     )
@@ -268,7 +274,8 @@ pub async fn catch_up(
                     metrics.batches_skipped.fetch_add(1, Relaxed);
                     if c > cb.to {
                         // Someone else moved further; restart from there.
-                        reader_cancel.cancel();
+                        // The reader may be parked on a full channel: abort it.
+                        reader.abort();
                         let _ = reader.await;
                         continue 'restart;
                     }
@@ -276,7 +283,7 @@ pub async fn catch_up(
                 }
                 Applied::CursorMismatch { cursor: c } => {
                     tracing::info!(shard = %shard.id, expected = cb.from, found = ?c, "cursor moved under the transfer; re-reading");
-                    reader_cancel.cancel();
+                    reader.abort();
                     let _ = reader.await;
                     if c.is_none() && must_be_hosted {
                         return Err(TransferError::NotHosted);

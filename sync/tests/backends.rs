@@ -86,7 +86,7 @@ async fn sync_shard(
         &Arc::new(Metrics::default()),
         &CancellationToken::new(),
         false,
-        &|_| {},
+        &shardcast_sync::transfer::no_errors(),
         &|_| {},
     )
     .await
@@ -468,7 +468,7 @@ async fn rejected_rows_are_counted_not_fatal(p: Arc<dyn ProviderFull>, c: Arc<dy
         &m,
         &CancellationToken::new(),
         false,
-        &|_| {},
+        &shardcast_sync::transfer::no_errors(),
         &|_| {},
     )
     .await

@@ -88,7 +88,7 @@ async fn sync(p: &Arc<dyn ProviderFull>, c: &Arc<dyn ShardCache>, s: &ShardDef, 
         &Arc::new(Metrics::default()),
         &CancellationToken::new(),
         false,
-        &|_| {},
+        &shardcast_sync::transfer::no_errors(),
         &|_| {},
     )
     .await

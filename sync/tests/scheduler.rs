@@ -1,0 +1,492 @@
+//! The transfer scheduler and its control API: priorities, bandwidth,
+//! deadlines, freshness (NOTIFY and polling), eviction, 4xx on bad orders,
+//! and outages of Redis and PostgreSQL in the middle of a transfer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardcast_sync::api;
+use shardcast_sync::cache::{self, ShardCache};
+use shardcast_sync::config::default_shards;
+use shardcast_sync::metrics::Metrics;
+use shardcast_sync::model::ShardDef;
+use shardcast_sync::provider::{self, Change, ProviderFull};
+use shardcast_sync::scheduler::{OrderRequest, OrderState, Scheduler, SchedulerConfig};
+use shardcast_sync::testkit::{self, cache_matches_provider, eventually_async};
+use shardcast_sync::transfer::TransferParams;
+use tokio_util::sync::CancellationToken;
+
+fn shard(id: &str) -> ShardDef {
+    default_shards().into_iter().find(|s| s.id == id).unwrap()
+}
+
+struct Env {
+    provider: Arc<dyn ProviderFull>,
+    caches: BTreeMap<String, Arc<dyn ShardCache>>,
+    sched: Scheduler,
+    shutdown: CancellationToken,
+}
+
+fn start(
+    provider: Arc<dyn ProviderFull>,
+    caches: BTreeMap<String, Arc<dyn ShardCache>>,
+    cfg: SchedulerConfig,
+) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
+    let shutdown = CancellationToken::new();
+    let sched = Scheduler::start(
+        provider.clone(),
+        caches.clone(),
+        default_shards(),
+        cfg,
+        Arc::new(Metrics::default()),
+        shutdown.clone(),
+    );
+    Env {
+        provider,
+        caches,
+        sched,
+        shutdown,
+    }
+}
+
+fn order(shard: &str, node: &str, priority: f64) -> OrderRequest {
+    OrderRequest {
+        shard: shard.into(),
+        node: node.into(),
+        priority,
+        deadline_unix_ms: None,
+        deadline_in_ms: None,
+    }
+}
+
+async fn wait_done(s: &Scheduler, id: u64, within: Duration) -> shardcast_sync::scheduler::Order {
+    eventually_async(within, &format!("order {id} done"), || async {
+        s.order(id).filter(|o| o.state == OrderState::Done)
+    })
+    .await
+}
+
+async fn sqlite_seeded() -> (Arc<dyn ProviderFull>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider::open(&format!("sqlite:{}", dir.path().join("p.db").display()))
+        .await
+        .unwrap();
+    testkit::seed_catalog(p.as_ref()).await;
+    (p, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_run_by_priority_within_the_bandwidth_budget() {
+    let (p, _dir) = sqlite_seeded().await;
+    let mut caches = BTreeMap::new();
+    caches.insert("a".to_string(), cache::open("memory", "").await.unwrap());
+    let rate = 400_000u64;
+    let env = start(
+        p,
+        caches,
+        SchedulerConfig {
+            bandwidth_bytes_per_s: rate,
+            concurrency: 1,
+            transfer: TransferParams {
+                batch_rows: 100,
+                ..TransferParams::default()
+            },
+            ..SchedulerConfig::default()
+        },
+    );
+    let s = &env.sched;
+    let blocker = s.submit(order("UK/LIGHTING", "a", 1.0)).unwrap();
+    eventually_async(Duration::from_secs(5), "blocker running", || async {
+        (s.order(blocker.id)?.state == OrderState::Running).then_some(())
+    })
+    .await;
+    let low = s.submit(order("UK/BAGS_STORAGE", "a", 1.0)).unwrap();
+    let high = s.submit(order("UK/SEASONAL", "a", 9.0)).unwrap();
+    let mid = s.submit(order("INTL/SEASONAL", "a", 5.0)).unwrap();
+    let t0 = Instant::now();
+    let lo = wait_done(s, low.id, Duration::from_secs(60)).await;
+    let hi = s.order(high.id).unwrap();
+    let md = s.order(mid.id).unwrap();
+    let bl = s.order(blocker.id).unwrap();
+    assert!(
+        hi.started_unix_ms <= md.started_unix_ms,
+        "priority 9 before 5"
+    );
+    assert!(
+        md.started_unix_ms <= lo.started_unix_ms,
+        "priority 5 before 1"
+    );
+    // The budget holds over the whole run (plus one burst).
+    let bytes: u64 = [&lo, &hi, &md, &bl].iter().map(|o| o.bytes).sum();
+    let elapsed = (lo.finished_unix_ms.unwrap() - bl.started_unix_ms.unwrap()) as f64 / 1000.0;
+    let burst = (rate / 4).max(64 * 1024) as f64;
+    assert!(
+        bytes as f64 <= rate as f64 * elapsed * 1.1 + burst,
+        "{bytes} bytes in {elapsed:.2}s exceeds {rate} B/s"
+    );
+    assert!(
+        bytes > 200_000,
+        "enough data to exercise the budget: {bytes}"
+    );
+    eprintln!(
+        "{bytes} bytes in {elapsed:.2}s ({:.0} B/s, budget {rate}); waited {:?}",
+        bytes as f64 / elapsed,
+        t0.elapsed()
+    );
+    for o in [&lo, &hi, &md, &bl] {
+        cache_matches_provider(
+            env.provider.as_ref(),
+            env.caches["a"].as_ref(),
+            &shard(&o.shard),
+        )
+        .await
+        .unwrap();
+        let r = o.report.as_ref().unwrap();
+        assert_eq!(r.cursor, o.cursor);
+        assert!(r.rows > 0 && r.bytes > 0);
+    }
+    env.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_orders_reports_eviction_and_4xx() {
+    let (p, _dir) = sqlite_seeded().await;
+    let mut caches = BTreeMap::new();
+    caches.insert(
+        "node-a".to_string(),
+        cache::open("memory", "").await.unwrap(),
+    );
+    let env = start(
+        p,
+        caches,
+        SchedulerConfig {
+            poll_interval: Duration::from_millis(100),
+            ..SchedulerConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(api::run(listener, env.sched.clone(), env.shutdown.clone()));
+    let c = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        let c = c.clone();
+        let url = format!("{b}/orders");
+        async move {
+            let r = c.post(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (s, j) = post(serde_json::json!({"shard": "MARS/ROCKS", "node": "node-a"})).await;
+    assert_eq!(s, 422);
+    assert_eq!(j["error"], "unknown shard `MARS/ROCKS`");
+    let (s, j) = post(serde_json::json!({"shard": "UK/LIGHTING", "node": "node-z"})).await;
+    assert_eq!(
+        (s, j["error"].as_str()),
+        (422, Some("unknown node `node-z`"))
+    );
+    let (s, j) = post(serde_json::json!({"shard": "UK/LIGHTING", "node": "node-a", "deadline_unix_ms": 1, "deadline_in_ms": 1})).await;
+    assert_eq!(s, 422, "{j}");
+    let (s, j) = post(serde_json::json!({"shard": "UK/LIGHTING", "nod": "node-a"})).await;
+    assert_eq!(s, 400, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("nod"), "{j}");
+    let r = c
+        .post(format!("{b}/orders"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c.get(format!("{b}/orders/999")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .get(format!("{b}/nodes/node-z/shards"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // A good order with a generous deadline, one with a deadline already past.
+    let (s, j) = post(serde_json::json!({"shard": "UK/LIGHTING", "node": "node-a", "priority": 2.5, "deadline_in_ms": 60000})).await;
+    assert_eq!(s, 202, "{j}");
+    let id = j["id"].as_u64().unwrap();
+    let (s, j2) = post(
+        serde_json::json!({"shard": "INTL/LIGHTING", "node": "node-a", "deadline_unix_ms": 1}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let id2 = j2["id"].as_u64().unwrap();
+    let done = eventually_async(Duration::from_secs(30), "order done via API", || {
+        let c = c.clone();
+        let url = format!("{b}/orders/{id}");
+        async move {
+            let j: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
+            (j["state"] == "done").then_some(j)
+        }
+    })
+    .await;
+    let rep = &done["report"];
+    assert_eq!(rep["shard"], "UK/LIGHTING");
+    assert_eq!(rep["node"], "node-a");
+    assert_eq!(rep["deadline_met"], true);
+    assert!(rep["rows"].as_u64().unwrap() > 100);
+    assert!(rep["cursor"].as_u64().unwrap() > 0);
+    let o2 = wait_done(&env.sched, id2, Duration::from_secs(30)).await;
+    assert_eq!(o2.report.unwrap().deadline_met, Some(false));
+
+    let hosted: serde_json::Value = c
+        .get(format!("{b}/nodes/node-a/shards"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let h = hosted.as_array().unwrap();
+    assert_eq!(h.len(), 2, "{hosted}");
+    assert!(
+        h.iter()
+            .all(|x| x["state"] == "warm" && x["rows"].as_u64().unwrap() > 0),
+        "{hosted}"
+    );
+    let list: serde_json::Value = c
+        .get(format!("{b}/orders?state=done"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    let m = c
+        .get(format!("{b}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("shardcast_sync_orders_done_total 2"), "{m}");
+    assert!(m.contains("shardcast_sync_orders_rejected_total 5"), "{m}");
+    assert!(
+        m.contains("shardcast_sync_deadlines_total{outcome=\"missed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("shardcast_sync_hosted_cursor{node=\"node-a\",shard=\"UK/LIGHTING\"}"),
+        "{m}"
+    );
+
+    // Evict: gone from the node's cache and from the hosted list.
+    let r = c
+        .delete(format!("{b}/nodes/node-a/shards/UK/LIGHTING"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "shard ids with a slash are not one path segment"
+    );
+    let r = c
+        .delete(format!("{b}/nodes/node-a/shards/UK%2FLIGHTING"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let cache = env.caches["node-a"].clone();
+    eventually_async(Duration::from_secs(10), "eviction", || async {
+        cache
+            .cursor("UK/LIGHTING")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(cache.size("UK/LIGHTING").await.unwrap(), 0);
+    assert_eq!(env.sched.hosted("node-a").unwrap().len(), 1);
+    env.shutdown.cancel();
+}
+
+/// With a poll interval far longer than the test, only NOTIFY can make the
+/// hosted shard fresh in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_keeps_hosted_shards_fresh() {
+    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap();
+    let redis = tokio::task::spawn_blocking(testkit::Redis::start)
+        .await
+        .unwrap();
+    let p = provider::open(&pg.url()).await.unwrap();
+    testkit::seed_catalog(p.as_ref()).await;
+    let mut caches = BTreeMap::new();
+    caches.insert(
+        "a".to_string(),
+        cache::open(&redis.url(), "a").await.unwrap(),
+    );
+    let env = start(
+        p,
+        caches,
+        SchedulerConfig {
+            poll_interval: Duration::from_secs(600),
+            ..SchedulerConfig::default()
+        },
+    );
+    let o = env.sched.submit(order("UK/LIGHTING", "a", 1.0)).unwrap();
+    wait_done(&env.sched, o.id, Duration::from_secs(30)).await;
+    let c = env.caches["a"].clone();
+    let before: serde_json::Value =
+        serde_json::from_slice(&c.get("UK/LIGHTING", "UK:85123A").await.unwrap().unwrap()).unwrap();
+    env.provider
+        .apply(&[Change::Stock {
+            sku: "85123A".into(),
+            region: "UK".into(),
+            stock: 123_456,
+        }])
+        .await
+        .unwrap();
+    let t = Instant::now();
+    eventually_async(Duration::from_secs(10), "NOTIFY-driven refresh", || async {
+        let v: serde_json::Value =
+            serde_json::from_slice(&c.get("UK/LIGHTING", "UK:85123A").await.ok()??).ok()?;
+        (v["stock"] == 123_456).then_some(())
+    })
+    .await;
+    eprintln!(
+        "fresh {:?} after the provider commit (stock was {})",
+        t.elapsed(),
+        before["stock"]
+    );
+    cache_matches_provider(env.provider.as_ref(), c.as_ref(), &shard("UK/LIGHTING"))
+        .await
+        .unwrap();
+    env.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_keeps_hosted_shards_fresh_without_notify() {
+    let (p, _dir) = sqlite_seeded().await;
+    let mut caches = BTreeMap::new();
+    caches.insert("a".to_string(), cache::open("memory", "").await.unwrap());
+    let env = start(
+        p,
+        caches,
+        SchedulerConfig {
+            poll_interval: Duration::from_millis(200),
+            ..SchedulerConfig::default()
+        },
+    );
+    let o = env.sched.submit(order("UK/LIGHTING", "a", 1.0)).unwrap();
+    wait_done(&env.sched, o.id, Duration::from_secs(30)).await;
+    env.provider
+        .apply(&[Change::Delete {
+            sku: "85123A".into(),
+            region: "UK".into(),
+        }])
+        .await
+        .unwrap();
+    let c = env.caches["a"].clone();
+    eventually_async(Duration::from_secs(10), "polled refresh", || async {
+        c.get("UK/LIGHTING", "UK:85123A")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    cache_matches_provider(env.provider.as_ref(), c.as_ref(), &shard("UK/LIGHTING"))
+        .await
+        .unwrap();
+    env.shutdown.cancel();
+}
+
+/// A throttled transfer is cut by an outage halfway; the order retries with
+/// backoff (visible as `last_error`) and completes once the server is back,
+/// with the cache equal to the provider.
+async fn outage_mid_transfer(kill_redis: bool) {
+    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap();
+    let mut redis = tokio::task::spawn_blocking(testkit::Redis::start)
+        .await
+        .unwrap();
+    let p = provider::open(&pg.url()).await.unwrap();
+    testkit::seed_catalog(p.as_ref()).await;
+    let mut caches = BTreeMap::new();
+    caches.insert(
+        "a".to_string(),
+        cache::open(&redis.url(), "a").await.unwrap(),
+    );
+    let env = start(
+        p,
+        caches,
+        SchedulerConfig {
+            bandwidth_bytes_per_s: 150_000,
+            transfer: TransferParams {
+                batch_rows: 50,
+                backoff_max: Duration::from_millis(500),
+                ..TransferParams::default()
+            },
+            ..SchedulerConfig::default()
+        },
+    );
+    let s = &env.sched;
+    let o = s.submit(order("UK/HOME_DECOR_OTHER", "a", 1.0)).unwrap();
+    eventually_async(Duration::from_secs(20), "transfer under way", || async {
+        (s.order(o.id)?.cursor > 0).then_some(())
+    })
+    .await;
+    if kill_redis {
+        tokio::task::block_in_place(|| redis.stop());
+    } else {
+        tokio::task::block_in_place(|| pg.stop());
+    }
+    let err = eventually_async(
+        Duration::from_secs(20),
+        "retrying with an error",
+        || async { s.order(o.id)?.last_error },
+    )
+    .await;
+    eprintln!("while down: {err}");
+    assert!(
+        err.contains(if kill_redis { "cache" } else { "provider" }),
+        "{err}"
+    );
+    assert_eq!(s.order(o.id).unwrap().state, OrderState::Running);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    if kill_redis {
+        tokio::task::block_in_place(|| redis.restart());
+    } else {
+        tokio::task::block_in_place(|| pg.restart());
+    }
+    let done = wait_done(s, o.id, Duration::from_secs(90)).await;
+    assert!(done.last_error.is_none());
+    cache_matches_provider(
+        env.provider.as_ref(),
+        env.caches["a"].as_ref(),
+        &shard("UK/HOME_DECOR_OTHER"),
+    )
+    .await
+    .unwrap();
+    env.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_mid_transfer_resumes() {
+    outage_mid_transfer(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_mid_transfer_resumes() {
+    outage_mid_transfer(false).await;
+}
