@@ -33,8 +33,8 @@ Z_MAX = 20.0  # clip of the transformed outputs before exp (guards overflow)
 FREQS = {
     # pandas alias, seasonal periods used as lag channels, default context,
     # horizon, scale window, aggregates (start, length) in steps
-    "H": dict(alias="h", periods=[24, 168], context=48, horizon=24, scale_window=168, aggregates=[(0, 24)]),
-    "D": dict(alias="D", periods=[7], context=56, horizon=28, scale_window=28,
+    "H": dict(alias="h", periods=[24, 168], context=24, horizon=24, scale_window=168, aggregates=[(0, 24)]),
+    "D": dict(alias="D", periods=[7], context=28, horizon=28, scale_window=28,
               aggregates=[(0, 7), (7, 7), (14, 7), (21, 7), (0, 28)]),
     "W": dict(alias="W-MON", periods=[52], context=26, horizon=8, scale_window=8, aggregates=[(0, 4)]),
     "M": dict(alias="MS", periods=[12], context=24, horizon=6, scale_window=6, aggregates=[(0, 3)]),
@@ -282,14 +282,24 @@ class FeatureSpec:
         future = np.concatenate(fut, -1)
         return past.astype(np.float32), future.astype(np.float32), scale[:, None].astype(np.float32)
 
-    def targets(self, y: np.ndarray, series: np.ndarray, origin: np.ndarray, scale: np.ndarray):
-        """Transformed targets: steps [B, K] and aggregates [B, A]."""
-        k = np.arange(1, self.horizon + 1)[None, :]
-        yy = y[series[:, None], origin[:, None] + k]
+    def targets(self, y: np.ndarray, series: np.ndarray, origin: np.ndarray, scale: np.ndarray,
+                limit: int | None = None):
+        """Transformed targets: steps [B, K], aggregates [B, A], and their masks.
+
+        Only periods before ``limit`` (default: the end of ``y``) count: a step
+        mask is 1 when its period is before it, an aggregate mask when the
+        aggregate's whole window is.
+        """
+        limit = y.shape[1] if limit is None else min(limit, y.shape[1])
+        tk = origin[:, None] + np.arange(1, self.horizon + 1)[None, :]
+        ok = tk < limit
+        yy = np.where(ok, y[series[:, None], np.minimum(tk, y.shape[1] - 1)], 0.0)
         sc = scale.reshape(-1, 1)
         steps = np.log1p(yy / sc)
         aggs = np.stack([np.log1p(yy[:, a:a + n].sum(1) / (sc[:, 0] * n)) for a, n in self.aggregates], -1)
-        return steps.astype(np.float32), aggs.astype(np.float32)
+        amask = np.stack([ok[:, a + n - 1] for a, n in self.aggregates], -1)
+        return (steps.astype(np.float32), aggs.astype(np.float32), ok.astype(np.float32),
+                amask.astype(np.float32))
 
     def describe(self) -> dict:
         """The feature contract, written into the sidecar JSON."""
@@ -340,6 +350,9 @@ class FeatureSpec:
             "history_needed": self.history_needed,
             "scale": (f"scale = 1 + mean(y over the {self.scale_window} periods ending at the origin, "
                       f"origin included); y is raw demand per period (request/line counts)"),
+            "short_history": (f"a series with fewer than {self.history_needed} periods of history is padded "
+                              f"with 0 demand before its first period (training series were zero-filled)"),
+            "batching": "stack any number of series along the batch axis; rows are independent",
             "demand_transform": tr,
             "past_features": [{"name": n, "definition": past[n]} for n in self.past_names()],
             "past_time_order": f"past[:, i, :] describes period origin - {L - 1} + i (i = {L - 1} is the origin)",

@@ -2,8 +2,8 @@
 
 Built node by node with ``onnx.helper`` — no tracing, so the graph holds only
 standard operators any ONNX runtime runs: Transpose, LSTM, Squeeze,
-Unsqueeze, MatMul, Add, Relu, Mul, Slice, Softplus, CumSum, Concat,
-ReduceMean, Sub, Div, Min, Exp.
+Unsqueeze, MatMul, Add, Relu, Mul, Slice, Abs, CumSum, Concat,
+ReduceMean, Sub, Div, Min, Max, Exp, Identity.
 
 The batch dimension is symbolic (``batch``): the Rust runtime forecasts every
 shard in one call.
@@ -43,7 +43,7 @@ class _G:
 def _monotone(g: _G, raw: str, n_q: int, tag: str) -> str:
     base = g.op("Slice", [raw, g.const(f"{tag}_s0", [0]), g.const(f"{tag}_e0", [1]), g.const(f"{tag}_ax0", [2])])
     rest = g.op("Slice", [raw, g.const(f"{tag}_s1", [1]), g.const(f"{tag}_e1", [n_q]), g.const(f"{tag}_ax1", [2])])
-    cs = g.op("CumSum", [g.op("Softplus", [rest]), g.const(f"{tag}_cumaxis", np.array(2, np.int64))])
+    cs = g.op("CumSum", [g.op("Abs", [rest]), g.const(f"{tag}_cumaxis", np.array(2, np.int64))])
     return g.op("Concat", [base, g.op("Add", [base, cs])], axis=2)
 
 
@@ -55,20 +55,20 @@ def _member(g: _G, p: dict, m: int, x_lbf: str, future: str, mf: str, n_q: int) 
     Bb = g.const(f"m{m}_B", np.concatenate([P["Wb"], P["Rb"]])[None])
     _, y_h = g.op("LSTM", [x_lbf, W, R, Bb], n_out=2, hidden_size=H)
     h = g.op("Squeeze", [y_h, g.const(f"m{m}_sq", [0])])  # [B, H]
-    onehot0 = np.zeros(n_q, np.float32)
-    onehot0[0] = 1.0
-    e0 = g.const(f"m{m}_onehot0", onehot0)
 
     def head(prefix: str, feats: str, extra_bias: np.ndarray | None) -> str:
-        hh = g.op("Unsqueeze", [g.op("MatMul", [h, g.const(f"m{m}_{prefix}_h", P[f"{prefix}_h"])]),
-                                g.const(f"m{m}_{prefix}_unsq", [1])])
+        # the [B, head] part and its bias first: one large Add instead of two
+        hb = g.op("Add", [g.op("MatMul", [h, g.const(f"m{m}_{prefix}_h", P[f"{prefix}_h"])]),
+                          g.const(f"m{m}_{prefix}_b1", P[f"{prefix}_b1"])])
+        hh = g.op("Unsqueeze", [hb, g.const(f"m{m}_{prefix}_unsq", [1])])  # [B, 1, head]
+        if extra_bias is not None:
+            hh = g.op("Add", [hh, g.const(f"m{m}_{prefix}_e", extra_bias.astype(np.float32))])
         ff = g.op("MatMul", [feats, g.const(f"m{m}_{prefix}_f", P[f"{prefix}_f"])])
-        b1 = P[f"{prefix}_b1"][None, :] + (extra_bias if extra_bias is not None else 0.0)
-        hid = g.op("Relu", [g.op("Add", [g.op("Add", [hh, ff]), g.const(f"m{m}_{prefix}_b1", b1.astype(np.float32))])])
+        hid = g.op("Relu", [g.op("Add", [hh, ff])])
+        # MLP output plus the linear skip from the features
         raw = g.op("Add", [g.op("MatMul", [hid, g.const(f"m{m}_{prefix}_w2", P[f"{prefix}_w2"])]),
-                           g.const(f"m{m}_{prefix}_b2", P[f"{prefix}_b2"])])
-        lin = g.op("MatMul", [feats, g.const(f"m{m}_{prefix}_lin", P[f"{prefix}_lin"])])
-        raw = g.op("Add", [raw, g.op("Mul", [lin, e0])])
+                           g.op("MatMul", [feats, g.const(f"m{m}_{prefix}_lin", P[f"{prefix}_lin"])])])
+        raw = g.op("Add", [raw, g.const(f"m{m}_{prefix}_b2", P[f"{prefix}_b2"])])
         return _monotone(g, raw, n_q, f"m{m}_{prefix}")
 
     return head("s", future, None), head("a", mf, P["a_e"])

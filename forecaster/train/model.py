@@ -3,14 +3,15 @@
 encoder  one LSTM layer over the past window [B, L, Fp]; its last hidden
          state h summarises the shard's recent demand. Gates are laid out
          in ONNX order (i, o, f, c) so the weights export as they are.
-steps    for every future step k: relu(h·Wh + future_k·Wf + b1)·W2 + b2, plus
-         a linear skip future_k·Wlin on the lowest quantile — one Q-vector of
-         transformed quantiles per step (shared weights across steps; the
+steps    for every future step k: relu(h·Wh + b1 + future_k·Wf)·W2 + future_k·Wlin
+         + b2 (an MLP plus a linear skip from the known-future features) — one
+         Q-vector of raw outputs per step (shared weights across steps; the
          step and calendar features tell steps apart).
 aggs     the same shape of head for aggregate windows (next day / week /
          month totals) fed with the mean of the window's future features and
          a learned per-window bias.
-quantile non-crossing by construction: z_0 = raw_0, z_i = z_0 + Σ softplus(raw_1..i).
+quantile non-crossing by construction: z_0 = raw_0, z_i = z_0 + Σ |raw_1..i| (abs, not
+         softplus: same ordering guarantee, and ~10x cheaper in ONNX Runtime).
 calibrate z'_q = z_50 + c_q (z_q - z_50), c fitted on validation data after
          training (1 = no change).
 ensemble several seeds are averaged in transformed space (quantile averaging).
@@ -43,15 +44,15 @@ def init_params(key, n_past: int, n_future: int, n_agg: int, hidden: int, head: 
         "s_f": g(ks[3], (n_future, head), n_future),
         "s_b1": jnp.zeros(head, jnp.float32),
         "s_w2": g(ks[4], (head, n_q), head) * 0.1,
-        "s_b2": jnp.asarray(np.r_[-1.0, np.full(n_q - 1, -1.0)].astype(np.float32)),
-        "s_lin": jnp.zeros((n_future, 1), jnp.float32),
+        "s_b2": jnp.asarray(np.r_[-1.0, np.full(n_q - 1, 0.3)].astype(np.float32)),
+        "s_lin": jnp.zeros((n_future, n_q), jnp.float32),
         "a_h": g(ks[5], (hidden, head), hidden),
         "a_f": g(ks[6], (n_future, head), n_future),
         "a_e": jnp.zeros((n_agg, head), jnp.float32),
         "a_b1": jnp.zeros(head, jnp.float32),
         "a_w2": g(ks[7], (head, n_q), head) * 0.1,
-        "a_b2": jnp.asarray(np.r_[-1.0, np.full(n_q - 1, -1.0)].astype(np.float32)),
-        "a_lin": jnp.zeros((n_future, 1), jnp.float32),
+        "a_b2": jnp.asarray(np.r_[-1.0, np.full(n_q - 1, 0.3)].astype(np.float32)),
+        "a_lin": jnp.zeros((n_future, n_q), jnp.float32),
     }
 
 
@@ -79,7 +80,7 @@ def lstm_last(p: dict, x: jnp.ndarray) -> jnp.ndarray:
 
 def monotone(raw: jnp.ndarray) -> jnp.ndarray:
     base = raw[..., :1]
-    inc = jnp.cumsum(jax.nn.softplus(raw[..., 1:]), axis=-1)
+    inc = jnp.cumsum(jnp.abs(raw[..., 1:]), axis=-1)
     return jnp.concatenate([base, base + inc], axis=-1)
 
 
@@ -91,14 +92,12 @@ def calibrate(z: jnp.ndarray, c: jnp.ndarray, median_index: int) -> jnp.ndarray:
 def forward_one(p: dict, past, future, aggregates: list[tuple[int, int]]):
     """Transformed quantiles (z) of one member: steps [B, K, Q], aggs [B, A, Q]."""
     h = lstm_last(p, past)
-    hs = jax.nn.relu((h @ p["s_h"])[:, None, :] + future @ p["s_f"] + p["s_b1"])
-    raw = hs @ p["s_w2"] + p["s_b2"]
-    raw = raw.at[..., :1].add(future @ p["s_lin"])
+    hs = jax.nn.relu((h @ p["s_h"] + p["s_b1"])[:, None, :] + future @ p["s_f"])
+    raw = hs @ p["s_w2"] + future @ p["s_lin"] + p["s_b2"]
     z_steps = monotone(raw)
     mf = jnp.stack([future[:, a:a + n, :].mean(axis=1) for a, n in aggregates], axis=1)  # [B, A, Ff]
-    ha = jax.nn.relu((h @ p["a_h"])[:, None, :] + mf @ p["a_f"] + p["a_e"] + p["a_b1"])
-    rawa = ha @ p["a_w2"] + p["a_b2"]
-    rawa = rawa.at[..., :1].add(mf @ p["a_lin"])
+    ha = jax.nn.relu((h @ p["a_h"] + p["a_b1"])[:, None, :] + p["a_e"] + mf @ p["a_f"])
+    rawa = ha @ p["a_w2"] + mf @ p["a_lin"] + p["a_b2"]
     z_aggs = monotone(rawa)
     return z_steps, z_aggs
 

@@ -68,8 +68,8 @@ def parse_args(argv=None):
     ap.add_argument("--context", type=int, default=None)
     ap.add_argument("--horizon", type=int, default=None)
     ap.add_argument("--periods", default=None, help="comma-separated seasonal periods (lag channels)")
-    ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--head", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--head", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -89,6 +89,8 @@ def parse_args(argv=None):
     ap.add_argument("--calibrate-hours", default="all",
                     help="cells used to calibrate hourly quantiles, e.g. 'Sun-Fri:08-17' (see evaluate.py)")
     ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--refit", action="store_true",
+                    help="after validation, retrain each member up to its best step on targets up to the cutoff")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out-dir", default=str(REPO / "forecaster" / "models"))
     ap.add_argument("--data-note", default="", help="free text for the sidecar's 'trained_on'")
@@ -102,17 +104,24 @@ def make_loss(spec: FeatureSpec):
         d = y[..., None] - z
         return jnp.maximum(lv * d, (lv - 1) * d).mean(-1)
 
-    def loss(params, past, future, ys, ya, w):
+    def loss(params, past, future, ys, ya, ms, ma, w):
         zs, za = M.forward_one(params, past, future, spec.aggregates)
-        ls = pin(ys, zs).mean(-1)
-        la = pin(ya, za).mean(-1)
+        ls = (pin(ys, zs) * ms).sum(-1) / jnp.maximum(ms.sum(-1), 1.0)
+        la = (pin(ya, za) * ma).sum(-1) / jnp.maximum(ma.sum(-1), 1.0)
         return ((ls + 0.5 * la) * w).sum() / w.sum()
 
     return loss
 
 
-def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, train_last: int, val) -> tuple[dict, dict]:
-    """Train one member; returns (best params, log)."""
+def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int, val,
+                 stop_at: int | None = None) -> tuple[dict, dict]:
+    """Train one member on targets before period ``limit``; returns (best params, log).
+
+    Origins run up to ``limit - 1``: near the limit only the first steps of
+    the horizon have targets (masked loss), so the most recent data trains
+    the short horizons. ``stop_at`` ends training early (the refit replays
+    the validation run's schedule up to its best step)."""
+    train_last = limit - 1
     rng = np.random.default_rng(seed)
     S = len(prep.panel.ids)
     Fp, Ff = len(spec.past_names()), len(spec.future_names())
@@ -124,8 +133,8 @@ def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, train_last:
     loss = make_loss(spec)
 
     @jax.jit
-    def step(params, state, past, future, ys, ya, w):
-        l, g = jax.value_and_grad(loss)(params, past, future, ys, ya, w)
+    def step(params, state, past, future, ys, ya, ms, ma, w):
+        l, g = jax.value_and_grad(loss)(params, past, future, ys, ya, ms, ma, w)
         up, state = opt.update(g, state, params)
         return optax.apply_updates(params, up), state, l
 
@@ -142,24 +151,25 @@ def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, train_last:
     log = []
     t0 = time.time()
     run = 0.0
-    for it in range(1, args.steps + 1):
+    last = args.steps if stop_at is None else stop_at
+    for it in range(1, last + 1):
         s = rng.integers(0, S, args.batch)
         o = rng.choice(origins, args.batch, p=pw)
         de = (rng.random(args.batch) < args.drop_events).astype(float)
         dc = (rng.random((args.batch, len(spec.covariates))) < args.drop_cov).astype(float)
         past, future, scale = prep.inputs(s, o, de, dc)
-        ys, ya = spec.targets(prep.panel.y, s, o, scale)
+        ys, ya, ms, ma = spec.targets(prep.panel.y, s, o, scale, limit)
         w = (scale[:, 0] ** args.weight_power).astype(np.float32)
-        params, state, l = step(params, state, past, future, ys, ya, w)
+        params, state, l = step(params, state, past, future, ys, ya, ms, ma, w)
         run = 0.98 * run + 0.02 * float(l) if it > 1 else float(l)
-        if val is not None and (it % args.eval_every == 0 or it == args.steps):
+        if val is not None and (it % args.eval_every == 0 or it == last):
             vl = float(eval_loss(params, *val))
             log.append({"step": it, "train_loss": round(run, 5), "val_loss": round(vl, 5)})
             print(f"  seed {seed} step {it:5d} train {run:.4f} val {vl:.4f} ({time.time() - t0:.0f}s)", flush=True)
             if vl < best[0]:
                 best = (vl, params, it)
     if val is None:
-        best = (float("nan"), params, args.steps)
+        best = (float("nan"), params, last)
     return jax.tree_util.tree_map(np.asarray, best[1]), {"best_step": best[2], "best_val_loss": best[0], "log": log}
 
 
@@ -237,11 +247,11 @@ def main(argv=None) -> None:
         cutoff = T - period_offset(args.freq, args.test_days)
     val_start = cutoff - period_offset(args.freq, args.val_days) if args.val_days > 0 else cutoff
     K = spec.horizon
-    train_last = val_start - 1 - K  # last origin whose targets all precede validation
-    if train_last <= spec.min_origin:
-        raise SystemExit(f"not enough history: need > {spec.min_origin + K + 1} periods before validation")
+    train_last = val_start - 2  # origins up to here have at least one target before validation
+    if train_last <= spec.min_origin + K:
+        raise SystemExit(f"not enough history: need > {spec.min_origin + K + 2} periods before validation")
     print(f"panel {len(panel.ids)} series x {T} {args.freq} periods; train origins "
-          f"{panel.index[spec.min_origin]} .. {panel.index[train_last]}, val targets "
+          f"{panel.index[spec.min_origin]} .. {panel.index[train_last]} (targets before validation), val targets "
           f"{panel.index[val_start]} .. {panel.index[cutoff - 1]}, held out from {panel.index[min(cutoff, T - 1)]}",
           flush=True)
 
@@ -252,14 +262,12 @@ def main(argv=None) -> None:
         vs = val_set(prep, spec, val_start, cutoff, hours_mask)
         w = (vs["scale"][:, 0] ** args.weight_power).astype(np.float32)
         # validation loss only over target cells inside the validation window
-        ys = np.where(vs["valid"], vs["ys"], np.nan)
-        keep = vs["valid"].all(1)
-        val = (vs["past"][keep], vs["future"][keep], vs["ys"][keep], vs["ya"][keep], w[keep])
-        del ys
+        val = (vs["past"], vs["future"], vs["ys"], vs["ya"], vs["valid"].astype(np.float32),
+               vs["ag_valid"].astype(np.float32), w)
 
     members, logs = [], []
     for m in range(args.members):
-        p, lg = train_member(prep, spec, args, args.seed + m, train_last, val)
+        p, lg = train_member(prep, spec, args, args.seed + m, val_start, val)
         members.append(p)
         logs.append(lg)
 
@@ -277,6 +285,15 @@ def main(argv=None) -> None:
         print("calibration (steps, first/last):", np.round(calib["steps"][0], 2), np.round(calib["steps"][-1], 2))
         print("calibration (aggs):", np.round(calib["aggs"], 2))
 
+    refit_until = None
+    if args.refit and vs is not None:
+        # same seeds and schedule, stopped at each member's best validation step, now also
+        # trained on the validation window; the calibration fitted above is kept
+        print("refit on targets up to the cutoff", flush=True)
+        members = [train_member(prep, spec, args, args.seed + m, cutoff, None, stop_at=lg["best_step"])[0]
+                   for m, lg in enumerate(logs)]
+        refit_until = str(panel.index[cutoff - 1])
+
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trained = {
@@ -285,14 +302,17 @@ def main(argv=None) -> None:
         "data_note": args.data_note,
         "series": len(panel.ids),
         "first_period": str(panel.index[0]),
-        "train_origins": [str(panel.index[spec.min_origin]), str(panel.index[train_last])],
+        "train_origins": [str(panel.index[spec.min_origin]), str(panel.index[cutoff - 2 if refit_until else train_last])],
         "validation_targets": [str(panel.index[val_start]), str(panel.index[cutoff - 1])] if vs else None,
+        "refit_on_targets_until": refit_until,
         "held_out_from": str(panel.index[cutoff]) if cutoff < T else None,
-        "events": args.events,
+        "events": (os.path.relpath(args.events, REPO) if args.events and Path(args.events).is_absolute()
+                   else args.events),
         "members": [{"seed": args.seed + m, "best_step": lg["best_step"], "best_val_loss": lg["best_val_loss"]}
                     for m, lg in enumerate(logs)],
         "hyper": {k: getattr(args, k) for k in ("hidden", "head", "steps", "batch", "lr", "weight_decay",
-                                                 "drop_events", "drop_cov", "weight_power", "recent_boost")},
+                                                 "drop_events", "drop_cov", "weight_power", "recent_boost",
+                                                 "refit")},
         "train_seconds": round(time.time() - t_start, 1),
     }
     write_artifacts(out, args.name, spec, members, calib, trained, prep, cutoff)
