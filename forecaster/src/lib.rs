@@ -12,7 +12,16 @@
 //! manager (the planner, next in this crate) reads through
 //! [`engine::ForecastHandle`]. See DESIGN.md, "Forecasting".
 
+pub mod api;
+pub mod config;
 pub mod contract;
+pub mod engine;
+pub mod fallback;
 pub mod features;
+pub mod feeds;
+pub mod metrics;
 pub mod model;
+pub mod persist;
+pub mod service;
+pub mod store;
 pub mod time;

@@ -1,1 +1,51 @@
-fn main() {}
+//! `shardcast-forecaster`: parse flags, load config, start, wait for a
+//! signal, stop with a final snapshot.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use shardcast_forecaster::config::Config;
+use shardcast_forecaster::service::Service;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "shardcast forecaster sidecar: telemetry ingest, per-shard demand forecasts"
+)]
+struct Args {
+    /// Configuration file (see conf/forecaster.toml).
+    #[arg(long, default_value = "conf/forecaster.toml")]
+    config: PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid configuration:\n{e}");
+            std::process::exit(2);
+        }
+    };
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
+    let svc = Service::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: snapshot and exit"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: snapshot and exit"),
+    }
+    svc.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! Configuration: serde wire structs (`deny_unknown_fields`, documented
+//! defaults) → [`Config`], validated whole (every error collected, each
+//! naming the file and field). Relative paths are resolved against the
+//! directory of the config file, so the binary runs from anywhere.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::feeds::{FeedSource, FeedSpec};
+use crate::store::Retention;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    listen: String,
+    #[serde(default)]
+    store: WireStore,
+    #[serde(default)]
+    persist: Option<WirePersist>,
+    model: WireModel,
+    #[serde(default)]
+    planner: WirePlanner,
+    #[serde(default)]
+    feeds: WireFeeds,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WireStore {
+    second_buckets: usize,
+    minute_buckets: usize,
+    hour_buckets: usize,
+    utc_offset_minutes: i32,
+    max_shards: usize,
+}
+
+impl Default for WireStore {
+    fn default() -> Self {
+        let r = Retention::default();
+        WireStore {
+            second_buckets: r.seconds,
+            minute_buckets: r.minutes,
+            hour_buckets: r.hours,
+            utc_offset_minutes: 0,
+            max_shards: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePersist {
+    path: String,
+    #[serde(default = "default_snapshot_s")]
+    interval_s: u64,
+}
+
+fn default_snapshot_s() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireModel {
+    hourly: String,
+    daily: String,
+    #[serde(default)]
+    onnxruntime_lib: Option<String>,
+    #[serde(default = "one")]
+    intra_threads: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WirePlanner {
+    cycle_s: f64,
+    retry_model_s: u64,
+}
+
+impl Default for WirePlanner {
+    fn default() -> Self {
+        WirePlanner {
+            cycle_s: 10.0,
+            retry_model_s: 60,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireFeeds {
+    #[serde(default = "default_refresh")]
+    refresh_s: u64,
+    history: Option<WireHistory>,
+    events: Option<WireFeed>,
+    web_traffic: Option<WireFeed>,
+    sentiment: Option<WireFeed>,
+}
+
+fn default_refresh() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireFeed {
+    source: String,
+    #[serde(default = "default_max_age")]
+    max_age_s: u64,
+}
+
+fn default_max_age() -> u64 {
+    3600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireHistory {
+    source: String,
+    #[serde(default = "d_id")]
+    id_col: String,
+    #[serde(default = "d_ds")]
+    time_col: String,
+    #[serde(default = "d_y")]
+    value_col: String,
+    #[serde(default)]
+    align: HistoryAlign,
+}
+
+fn d_id() -> String {
+    "series_id".into()
+}
+fn d_ds() -> String {
+    "ds".into()
+}
+fn d_y() -> String {
+    "y".into()
+}
+
+/// How seeded history is placed in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryAlign {
+    /// Timestamps as written.
+    #[default]
+    AsIs,
+    /// Shifted by whole weeks so the history ends just before now (keeps
+    /// hour-of-day and weekday; for demos on old data).
+    Now,
+}
+
+/// Sales-history seeding.
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub source: FeedSource,
+    pub id_col: String,
+    pub time_col: String,
+    pub value_col: String,
+    pub align: HistoryAlign,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub retention: Retention,
+    pub utc_offset_minutes: i32,
+    pub max_shards: usize,
+    pub snapshot: Option<(PathBuf, Duration)>,
+    pub hourly_contract: PathBuf,
+    pub daily_contract: PathBuf,
+    pub onnxruntime_lib: Option<PathBuf>,
+    pub intra_threads: usize,
+    pub cycle: Duration,
+    pub retry_model: Duration,
+    pub refresh: Duration,
+    pub history: Option<HistoryConfig>,
+    pub events: Option<FeedSpec>,
+    pub covariates: Vec<FeedSpec>,
+}
+
+/// All problems found in a config file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn source(base: &Path, s: &str) -> FeedSource {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        FeedSource::Http(s.to_string())
+    } else {
+        FeedSource::File(resolve(base, s))
+    }
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base, &path.display().to_string())
+    }
+
+    /// Validate config text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path, file: &str) -> Result<Config, ConfigErrors> {
+        let w: Wire =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("{file}: {e}")]))?;
+        let mut errs = Vec::new();
+        let mut err = |field: &str, msg: String| errs.push(format!("{file}: {field}: {msg}"));
+        let listen = match w.listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(e) => {
+                err("listen", format!("{:?}: {e}", w.listen));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let s = &w.store;
+        for (f, v, lo, hi) in [
+            ("store.second_buckets", s.second_buckets, 60, 86_400),
+            ("store.minute_buckets", s.minute_buckets, 60, 366 * 24 * 60),
+            ("store.hour_buckets", s.hour_buckets, 24 * 35, 20 * 366 * 24),
+            ("store.max_shards", s.max_shards, 1, 10_000_000),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                err(f, format!("{v} not in {lo}..={hi}"));
+            }
+        }
+        if !(-14 * 60..=14 * 60).contains(&s.utc_offset_minutes) {
+            err(
+                "store.utc_offset_minutes",
+                format!("{} not within ±14 h", s.utc_offset_minutes),
+            );
+        }
+        let snapshot = w.persist.as_ref().map(|p| {
+            if p.interval_s == 0 {
+                err("persist.interval_s", "must be > 0".into());
+            }
+            if p.path.is_empty() {
+                err("persist.path", "empty".into());
+            }
+            (
+                resolve(base, &p.path),
+                Duration::from_secs(p.interval_s.max(1)),
+            )
+        });
+        if w.model.intra_threads == 0 || w.model.intra_threads > 64 {
+            err(
+                "model.intra_threads",
+                format!("{} not in 1..=64", w.model.intra_threads),
+            );
+        }
+        if !(w.planner.cycle_s >= 0.1 && w.planner.cycle_s <= 3600.0) {
+            err(
+                "planner.cycle_s",
+                format!("{} not in 0.1..=3600", w.planner.cycle_s),
+            );
+        }
+        if w.feeds.refresh_s == 0 {
+            err("feeds.refresh_s", "must be > 0".into());
+        }
+        for (name, f) in [
+            ("events", &w.feeds.events),
+            ("web_traffic", &w.feeds.web_traffic),
+            ("sentiment", &w.feeds.sentiment),
+        ] {
+            if let Some(f) = f {
+                if f.source.is_empty() {
+                    err(&format!("feeds.{name}.source"), "empty".into());
+                }
+                if f.source.starts_with("https://") {
+                    err(&format!("feeds.{name}.source"), "https feeds are not supported; use http:// behind a local TLS terminator or a file".into());
+                }
+            }
+        }
+        if let Some(h) = &w.feeds.history {
+            if h.source.starts_with("http") {
+                err(
+                    "feeds.history.source",
+                    "history seeding reads a file".into(),
+                );
+            }
+        }
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        let spec = |name: &str, f: &WireFeed| FeedSpec {
+            name: name.to_string(),
+            source: source(base, &f.source),
+            max_age: Duration::from_secs(f.max_age_s),
+        };
+        Ok(Config {
+            listen,
+            retention: Retention {
+                seconds: s.second_buckets,
+                minutes: s.minute_buckets,
+                hours: s.hour_buckets,
+            },
+            utc_offset_minutes: s.utc_offset_minutes,
+            max_shards: s.max_shards,
+            snapshot,
+            hourly_contract: resolve(base, &w.model.hourly),
+            daily_contract: resolve(base, &w.model.daily),
+            onnxruntime_lib: w
+                .model
+                .onnxruntime_lib
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|p| resolve(base, p)),
+            intra_threads: w.model.intra_threads,
+            cycle: Duration::from_secs_f64(w.planner.cycle_s),
+            retry_model: Duration::from_secs(w.planner.retry_model_s),
+            refresh: Duration::from_secs(w.feeds.refresh_s),
+            history: w.feeds.history.as_ref().map(|h| HistoryConfig {
+                source: source(base, &h.source),
+                id_col: h.id_col.clone(),
+                time_col: h.time_col.clone(),
+                value_col: h.value_col.clone(),
+                align: h.align,
+            }),
+            events: w.feeds.events.as_ref().map(|f| spec("events", f)),
+            covariates: [
+                ("web_traffic", &w.feeds.web_traffic),
+                ("sentiment", &w.feeds.sentiment),
+            ]
+            .into_iter()
+            .filter_map(|(n, f)| f.as_ref().map(|f| spec(n, f)))
+            .collect(),
+        })
+    }
+}

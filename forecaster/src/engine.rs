@@ -1,0 +1,686 @@
+//! The planning cycle: every `cycle` a dedicated thread snapshots the hourly
+//! series of all shards, builds both models' inputs per their contracts,
+//! runs each model once over the whole batch, replaces whatever the model
+//! could not answer with the seasonal-naive fallback (flagged), and
+//! publishes a [`ForecastSet`] through a [`ForecastHandle`].
+//!
+//! Inference is CPU-bound and blocking, so it lives on its own
+//! `std::thread`, never on the tokio workers; the async side only reads the
+//! published snapshot. A model's inputs only change when its period closes
+//! (an hour, a day), when feeds change, or when a late frame lands in a
+//! closed hour, so its outputs are cached under that key and a cycle re-runs
+//! only the model whose inputs changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::contract::Freq;
+use crate::fallback::seasonal_naive;
+use crate::features::{Batch, CalendarRows, EventChannels, SeriesInput};
+use crate::feeds::{FeedState, FeedStatus, Signals};
+use crate::metrics::Metrics;
+use crate::model::OnnxModel;
+use crate::store::Store;
+use crate::time::{format_local, format_utc_ms, now_unix_ms};
+
+/// Quantile levels used when no model contract could be read.
+pub const DEFAULT_LEVELS: [f32; 9] = [0.01, 0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975, 0.99];
+
+/// The forecast horizons served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Horizon {
+    /// Demand of the next hour.
+    #[serde(rename = "1h")]
+    Hour,
+    /// Total demand of the next 24 hours.
+    #[serde(rename = "1d")]
+    Day,
+    /// Total demand of the next 7 days.
+    #[serde(rename = "1w")]
+    Week,
+    /// Total demand of the next 28 days (four whole weeks).
+    #[serde(rename = "1mo")]
+    Month,
+}
+
+impl Horizon {
+    pub const ALL: [Horizon; 4] = [Horizon::Hour, Horizon::Day, Horizon::Week, Horizon::Month];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Horizon::Hour => "1h",
+            Horizon::Day => "1d",
+            Horizon::Week => "1w",
+            Horizon::Month => "1mo",
+        }
+    }
+
+    /// Length in hours.
+    pub fn hours(self) -> usize {
+        match self {
+            Horizon::Hour => 1,
+            Horizon::Day => 24,
+            Horizon::Week => 168,
+            Horizon::Month => 672,
+        }
+    }
+}
+
+/// Where a forecast came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    Model { model: String },
+    SeasonalNaive { reason: String },
+}
+
+/// Quantiles of one shard's demand over one horizon.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HorizonForecast {
+    pub horizon: Horizon,
+    /// Quantile levels, increasing.
+    pub levels: Vec<f32>,
+    /// Demand (requests) at each level, non-decreasing and >= 0.
+    pub values: Vec<f32>,
+    pub source: Source,
+}
+
+impl HorizonForecast {
+    /// The value at `level` (exact match of a served level).
+    pub fn quantile(&self, level: f32) -> Option<f32> {
+        self.levels
+            .iter()
+            .position(|&l| (l - level).abs() < 1e-6)
+            .map(|i| self.values[i])
+    }
+
+    pub fn is_fallback(&self) -> bool {
+        matches!(self.source, Source::SeasonalNaive { .. })
+    }
+}
+
+/// All horizons of one shard.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShardForecast {
+    pub shard: String,
+    /// Hours of history held for the shard (incl. seeded history).
+    pub history_hours: usize,
+    pub horizons: Vec<HorizonForecast>,
+}
+
+impl ShardForecast {
+    pub fn horizon(&self, h: Horizon) -> Option<&HorizonForecast> {
+        self.horizons.iter().find(|f| f.horizon == h)
+    }
+}
+
+/// A model's state in the last cycle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub contract: String,
+    pub loaded: bool,
+    pub detail: String,
+    /// Whether this cycle reused the outputs of an earlier run.
+    pub cached: bool,
+    pub rows: usize,
+    /// Wall time of the last `session.run` (ms).
+    pub run_ms: Option<f64>,
+}
+
+/// Everything one planning cycle produced. Immutable once published.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForecastSet {
+    pub generated_at_unix_ms: i64,
+    pub generated_at: String,
+    /// Last complete store-local hour / day the forecasts start after.
+    pub origin_hour: String,
+    pub origin_day: String,
+    pub cycle_ms: f64,
+    pub models: Vec<ModelStatus>,
+    pub feeds: Vec<FeedStatus>,
+    pub shards: BTreeMap<String, ShardForecast>,
+}
+
+impl ForecastSet {
+    /// Count of (shard, horizon) forecasts by (horizon, fallback?).
+    pub fn counts(&self) -> HashMap<(Horizon, bool), usize> {
+        let mut m = HashMap::new();
+        for s in self.shards.values() {
+            for h in &s.horizons {
+                *m.entry((h.horizon, h.is_fallback())).or_default() += 1;
+            }
+        }
+        m
+    }
+}
+
+/// The latest forecasts: what the API serves and the planner reads.
+/// Cheap to clone; readers never block the inference thread.
+#[derive(Clone)]
+pub struct ForecastHandle {
+    current: Arc<ArcSwap<ForecastSet>>,
+    tx: Arc<watch::Sender<Arc<ForecastSet>>>,
+}
+
+impl Default for ForecastHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ForecastHandle {
+    pub fn new() -> ForecastHandle {
+        let empty = Arc::new(ForecastSet::default());
+        let (tx, _) = watch::channel(empty.clone());
+        ForecastHandle {
+            current: Arc::new(ArcSwap::new(empty)),
+            tx: Arc::new(tx),
+        }
+    }
+
+    /// The latest published set (empty before the first cycle).
+    pub fn latest(&self) -> Arc<ForecastSet> {
+        self.current.load_full()
+    }
+
+    /// A receiver that wakes on every new set.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ForecastSet>> {
+        self.tx.subscribe()
+    }
+
+    /// Whether at least one cycle has completed.
+    pub fn ready(&self) -> bool {
+        self.current.load().generated_at_unix_ms != 0
+    }
+
+    pub fn publish(&self, set: Arc<ForecastSet>) {
+        self.current.store(set.clone());
+        self.tx.send_replace(set);
+    }
+}
+
+/// What the engine needs to know.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub hourly_contract: PathBuf,
+    pub daily_contract: PathBuf,
+    pub onnxruntime_lib: Option<PathBuf>,
+    pub intra_threads: usize,
+    pub cycle: Duration,
+    /// How often a model that failed to load is retried.
+    pub retry_load: Duration,
+}
+
+type CacheKey = (i64, u64, u64, usize);
+
+struct Slot {
+    freq: Freq,
+    path: PathBuf,
+    /// Horizons this model answers: (our horizon, contract horizon key).
+    serves: [(Horizon, &'static str); 2],
+    model: Option<OnnxModel>,
+    detail: String,
+    last_attempt: Option<Instant>,
+    cache_key: Option<CacheKey>,
+    /// Per shard, per served horizon: model values, or why not.
+    cache: HashMap<Arc<str>, [Result<Vec<f32>, Arc<str>>; 2]>,
+    run_ms: Option<f64>,
+    rows: usize,
+}
+
+impl Slot {
+    fn new(freq: Freq, path: PathBuf) -> Slot {
+        let serves = match freq {
+            Freq::Hourly => [(Horizon::Hour, "1h"), (Horizon::Day, "1d")],
+            Freq::Daily => [(Horizon::Week, "1w"), (Horizon::Month, "1mo")],
+        };
+        Slot {
+            freq,
+            path,
+            serves,
+            model: None,
+            detail: "not loaded yet".into(),
+            last_attempt: None,
+            cache_key: None,
+            cache: HashMap::new(),
+            run_ms: None,
+            rows: 0,
+        }
+    }
+
+    fn levels(&self) -> Vec<f32> {
+        self.model
+            .as_ref()
+            .map(|m| m.contract.quantiles.clone())
+            .unwrap_or_else(|| DEFAULT_LEVELS.to_vec())
+    }
+}
+
+/// The inference engine. Owned by its thread; [`Engine::cycle`] is public
+/// so tests and benches can drive it synchronously.
+pub struct Engine {
+    cfg: EngineConfig,
+    store: Arc<Store>,
+    signals: Arc<ArcSwap<Signals>>,
+    metrics: Arc<Metrics>,
+    handle: ForecastHandle,
+    slots: [Slot; 2],
+    buf: Vec<f64>,
+}
+
+/// Hours of history kept per shard for one cycle: enough for the daily
+/// model's 35 days plus the partial origin day, and for the fallback.
+fn buffer_hours(
+    origin_h: i64,
+    origin_d: i64,
+    hourly_need: usize,
+    daily_need: usize,
+) -> (i64, usize) {
+    let start = (origin_h - hourly_need as i64 + 1)
+        .min(24 * (origin_d - daily_need as i64 + 1))
+        .min(origin_h - 672 - 168 + 1);
+    (start, (origin_h - start + 1) as usize)
+}
+
+impl Engine {
+    pub fn new(
+        cfg: EngineConfig,
+        store: Arc<Store>,
+        signals: Arc<ArcSwap<Signals>>,
+        metrics: Arc<Metrics>,
+        handle: ForecastHandle,
+    ) -> Engine {
+        let slots = [
+            Slot::new(Freq::Hourly, cfg.hourly_contract.clone()),
+            Slot::new(Freq::Daily, cfg.daily_contract.clone()),
+        ];
+        Engine {
+            cfg,
+            store,
+            signals,
+            metrics,
+            handle,
+            slots,
+            buf: Vec::new(),
+        }
+    }
+
+    fn ensure_loaded(&mut self) {
+        for slot in &mut self.slots {
+            if slot.model.is_some() {
+                continue;
+            }
+            if slot
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < self.cfg.retry_load)
+            {
+                continue;
+            }
+            slot.last_attempt = Some(Instant::now());
+            match OnnxModel::load(
+                &slot.path,
+                self.cfg.onnxruntime_lib.as_deref(),
+                self.cfg.intra_threads,
+            ) {
+                Ok(m) if m.contract.freq == slot.freq => {
+                    tracing::info!(model = %m.contract.name, path = %slot.path.display(), "model loaded");
+                    slot.detail = String::new();
+                    slot.model = Some(m);
+                    slot.cache_key = None;
+                }
+                Ok(m) => {
+                    slot.detail = format!(
+                        "{}: frequency {:?}, expected {:?}",
+                        slot.path.display(),
+                        m.contract.freq,
+                        slot.freq
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(path = %slot.path.display(), error = %e, "model unavailable; seasonal-naive fallback");
+                    slot.detail = e.to_string();
+                }
+            }
+        }
+    }
+
+    /// One planning cycle at wall time `now_unix_ms`: forecasts for every
+    /// known shard, published and returned.
+    pub fn cycle(&mut self, now_unix_ms: i64) -> Arc<ForecastSet> {
+        let t0 = Instant::now();
+        self.ensure_loaded();
+        let signals = self.signals.load_full();
+        let ids = self.store.shard_ids();
+        let origin_h = self.store.local_hour(now_unix_ms) - 1;
+        let origin_d = (origin_h + 1).div_euclid(24) - 1;
+        let hourly_need = self.slots[0]
+            .model
+            .as_ref()
+            .map_or(192, |m| m.contract.history_needed());
+        let daily_need = self.slots[1]
+            .model
+            .as_ref()
+            .map_or(35, |m| m.contract.history_needed());
+        let (buf_start, buf_len) = buffer_hours(origin_h, origin_d, hourly_need, daily_need);
+        // Snapshot the hourly history of every shard (one short lock each).
+        self.buf.clear();
+        self.buf.resize(ids.len() * buf_len, 0.0);
+        let mut hist = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let out = &mut self.buf[i * buf_len..(i + 1) * buf_len];
+            hist.push(self.store.hourly_window(id, buf_start, out));
+        }
+        // Feed states as this origin sees them.
+        let events = signals
+            .events
+            .data
+            .clone()
+            .filter(|_| signals.events.status.state.usable());
+        let events_current = events.as_ref().is_some_and(|e| e.last_day >= origin_d + 1);
+        let mut feeds = signals.statuses();
+        for f in &mut feeds {
+            if f.state == FeedState::Ok {
+                let late = if f.name == "events" {
+                    !events_current
+                } else if let Some(c) = signals.covariate(&f.name) {
+                    c.latest < origin_h * 3600
+                } else {
+                    false
+                };
+                if late {
+                    f.state = FeedState::Late;
+                    f.detail = "does not reach the forecast origin".into();
+                }
+            }
+        }
+        let key_base = (
+            signals.version,
+            self.store.counters.changes.load(Ordering::Relaxed),
+            ids.len(),
+        );
+        let mut models = Vec::new();
+        for si in 0..2 {
+            let origin = match self.slots[si].freq {
+                Freq::Hourly => origin_h,
+                Freq::Daily => origin_d,
+            };
+            let key = (origin, key_base.0, key_base.1, key_base.2);
+            let cached = self.slots[si].model.is_some() && self.slots[si].cache_key == Some(key);
+            if !cached {
+                self.run_slot(
+                    si,
+                    &ids,
+                    buf_start,
+                    buf_len,
+                    origin,
+                    events.as_deref().filter(|_| events_current),
+                    &signals,
+                );
+                self.slots[si].cache_key = self.slots[si].model.as_ref().map(|_| key);
+            }
+            let s = &self.slots[si];
+            models.push(ModelStatus {
+                name: s.model.as_ref().map_or_else(
+                    || {
+                        s.path
+                            .file_stem()
+                            .map(|x| x.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    },
+                    |m| m.contract.name.clone(),
+                ),
+                contract: s.path.display().to_string(),
+                loaded: s.model.is_some(),
+                detail: s.detail.clone(),
+                cached,
+                rows: s.rows,
+                run_ms: s.run_ms,
+            });
+        }
+        // Assemble, falling back where the model has no answer.
+        let mut shards = BTreeMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let y = &self.buf[i * buf_len..(i + 1) * buf_len];
+            let mut horizons = Vec::with_capacity(4);
+            for s in &self.slots {
+                let levels = s.levels();
+                let name = s.model.as_ref().map(|m| m.contract.name.clone());
+                for (j, (h, _)) in s.serves.iter().enumerate() {
+                    let got = match (s.model.is_some(), s.cache.get(id)) {
+                        (true, Some(r)) => r[j].clone(),
+                        (true, None) => Err(Arc::from("shard not in the model batch")),
+                        (false, _) => Err(Arc::from(format!("model unavailable: {}", s.detail))),
+                    };
+                    let f = match got {
+                        Ok(values) => HorizonForecast {
+                            horizon: *h,
+                            levels: levels.clone(),
+                            values,
+                            source: Source::Model {
+                                model: name.clone().unwrap_or_default(),
+                            },
+                        },
+                        Err(reason) => HorizonForecast {
+                            horizon: *h,
+                            levels: levels.clone(),
+                            values: seasonal_naive(y, h.hours(), &levels),
+                            source: Source::SeasonalNaive {
+                                reason: reason.to_string(),
+                            },
+                        },
+                    };
+                    horizons.push(f);
+                }
+            }
+            shards.insert(
+                id.to_string(),
+                ShardForecast {
+                    shard: id.to_string(),
+                    history_hours: hist[i],
+                    horizons,
+                },
+            );
+        }
+        let set = Arc::new(ForecastSet {
+            generated_at_unix_ms: now_unix_ms.max(1),
+            generated_at: format_utc_ms(now_unix_ms),
+            origin_hour: format_local(origin_h * 3600),
+            origin_day: format_local(origin_d * 86_400)[..10].to_string(),
+            cycle_ms: t0.elapsed().as_secs_f64() * 1e3,
+            models,
+            feeds,
+            shards,
+        });
+        self.metrics.record_cycle(&set);
+        self.handle.publish(set.clone());
+        set
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_slot(
+        &mut self,
+        si: usize,
+        ids: &[Arc<str>],
+        buf_start: i64,
+        buf_len: usize,
+        origin: i64,
+        events: Option<&crate::feeds::Events>,
+        signals: &Signals,
+    ) {
+        let slot = &mut self.slots[si];
+        slot.cache.clear();
+        slot.rows = 0;
+        let Some(model) = slot.model.as_mut() else {
+            return;
+        };
+        let c = model.contract.clone();
+        let need = c.history_needed();
+        let cal = CalendarRows::new(&c, origin);
+        let per = c.freq.hours();
+        let first_period = origin - (c.context as i64 - 1);
+        let last_period = origin + c.horizon as i64;
+        let day_of = |p: i64| (p * per).div_euclid(24);
+        let window = events.map(|e| e.window(day_of(first_period), day_of(last_period)));
+        let covs: Vec<Option<&Arc<crate::feeds::Covariate>>> =
+            c.covariates.iter().map(|n| signals.covariate(n)).collect();
+        let mut batch = Batch::with_capacity(&c, ids.len());
+        let mut y = vec![0.0f64; need];
+        let mut ev: Vec<EventChannels> = Vec::with_capacity(c.context + c.horizon);
+        let mut order = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let hours = &self.buf[i * buf_len..(i + 1) * buf_len];
+            // Periods origin-need+1 ..= origin, from the hourly buffer.
+            for (k, slot_y) in y.iter_mut().enumerate() {
+                let p = origin - need as i64 + 1 + k as i64;
+                let h0 = p * per - buf_start;
+                *slot_y = (h0..h0 + per)
+                    .filter(|&h| h >= 0 && (h as usize) < buf_len)
+                    .map(|h| hours[h as usize])
+                    .sum();
+            }
+            ev.clear();
+            if let Some(w) = window.as_ref().filter(|w| w.any_for(id)) {
+                for p in first_period..=last_period {
+                    ev.push(w.channels(id, day_of(p)));
+                }
+            }
+            let cov: Vec<Option<Vec<f64>>> = covs
+                .iter()
+                .map(|f| {
+                    f.map(|f| {
+                        (0..c.context as i64)
+                            .map(|k| {
+                                f.value(id, (first_period + k) * per * 3600)
+                                    .unwrap_or(f64::NAN)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            let input = SeriesInput {
+                y: &y,
+                events: &ev,
+                events_known: window.is_some(),
+                covariates: &cov,
+            };
+            if batch.push(&c, &cal, &input) {
+                order.push(id.clone());
+            }
+        }
+        let rows = batch.rows;
+        let t = Instant::now();
+        let res = model.run(batch);
+        slot.run_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+        slot.rows = rows;
+        self.metrics.record_run(&c.name, t.elapsed(), res.is_ok());
+        let out = match res {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(model = %c.name, error = %e, "model run failed; seasonal-naive fallback");
+                let reason: Arc<str> = Arc::from(format!("model run failed: {e}"));
+                for id in order {
+                    slot.cache
+                        .insert(id, [Err(reason.clone()), Err(reason.clone())]);
+                }
+                return;
+            }
+        };
+        let nq = c.quantiles.len();
+        let slots: Vec<Option<crate::contract::HorizonSlot>> = slot
+            .serves
+            .iter()
+            .map(|(_, k)| c.horizon(k).cloned())
+            .collect();
+        for (b, id) in order.into_iter().enumerate() {
+            let pick = |j: usize| -> Result<Vec<f32>, Arc<str>> {
+                let Some(hs) = &slots[j] else {
+                    return Err(Arc::from("model contract has no such horizon"));
+                };
+                let (data, per_row) = if hs.aggregate {
+                    (&out.agg_quantiles, c.aggregates.len())
+                } else {
+                    (&out.quantiles, c.horizon)
+                };
+                let at = (b * per_row + hs.index) * nq;
+                let v = &data[at..at + nq];
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(Arc::from("model output not finite"));
+                }
+                if v.iter().any(|&x| x < 0.0) {
+                    return Err(Arc::from("model output negative"));
+                }
+                if v.windows(2).any(|p| p[1] < p[0]) {
+                    return Err(Arc::from("model quantiles cross"));
+                }
+                Ok(v.to_vec())
+            };
+            slot.cache.insert(id, [pick(0), pick(1)]);
+        }
+    }
+}
+
+/// Commands to the inference thread.
+pub enum Command {
+    /// Run a cycle now.
+    RunNow,
+    Shutdown,
+}
+
+/// The running inference thread.
+pub struct EngineThread {
+    tx: std::sync::mpsc::Sender<Command>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EngineThread {
+    /// Start the thread: a cycle at once, then every `cfg.cycle`.
+    pub fn spawn(mut engine: Engine) -> std::io::Result<EngineThread> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let every = engine.cfg.cycle;
+        let join = std::thread::Builder::new()
+            .name("forecaster-inference".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                loop {
+                    let wait = next.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(Command::Shutdown)
+                        | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        Ok(Command::RunNow) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                    let set = engine.cycle(now_unix_ms());
+                    tracing::debug!(
+                        shards = set.shards.len(),
+                        ms = set.cycle_ms,
+                        "planning cycle"
+                    );
+                    next = Instant::now() + every;
+                }
+            })?;
+        Ok(EngineThread {
+            tx,
+            join: Some(join),
+        })
+    }
+
+    /// Ask for a cycle now (e.g. after feeds changed).
+    pub fn run_now(&self) {
+        let _ = self.tx.send(Command::RunNow);
+    }
+
+    /// Stop and join.
+    pub fn shutdown(mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Wiring: config → store (restored from the snapshot, seeded from the
+//! sales history) → feeds task → inference thread → HTTP server → periodic
+//! snapshots; and an orderly stop that writes a final snapshot.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::App;
+use crate::config::{Config, HistoryAlign};
+use crate::engine::{Engine, EngineConfig, EngineThread, ForecastHandle};
+use crate::feeds::{self, FeedSource, FeedState, FeedStatus, Signals};
+use crate::metrics::Metrics;
+use crate::persist;
+use crate::store::Store;
+use crate::time::now_unix_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the inference thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running forecaster.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub forecasts: ForecastHandle,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub signals: Arc<ArcSwap<Signals>>,
+    snapshot: Option<std::path::PathBuf>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    engine: Option<EngineThread>,
+}
+
+/// Seed shards without history from the sales-history file.
+pub fn seed_history(
+    store: &Store,
+    cfg: &crate::config::HistoryConfig,
+    now_unix_ms: i64,
+) -> FeedStatus {
+    let mut st = FeedStatus {
+        name: "sales_history".into(),
+        state: FeedState::Ok,
+        source: cfg.source.to_string(),
+        detail: String::new(),
+        rows: 0,
+        loaded_at_unix_ms: Some(now_unix_ms),
+    };
+    let FeedSource::File(path) = &cfg.source else {
+        st.state = FeedState::Missing;
+        st.detail = "history seeding reads a file".into();
+        return st;
+    };
+    let parsed = feeds::read_file(path)
+        .and_then(|b| feeds::parse_history(&b, &cfg.id_col, &cfg.time_col, &cfg.value_col));
+    let series = match parsed {
+        Ok(s) => s,
+        Err(e) => {
+            st.state = match e {
+                feeds::FeedError::Missing(_) => FeedState::Missing,
+                feeds::FeedError::Malformed(_) => FeedState::Malformed,
+            };
+            st.detail = e.to_string();
+            st.loaded_at_unix_ms = None;
+            return st;
+        }
+    };
+    let shift = match cfg.align {
+        HistoryAlign::AsIs => 0,
+        HistoryAlign::Now => {
+            let last = series
+                .iter()
+                .map(|(_, f, v)| f + v.len() as i64 - 1)
+                .max()
+                .unwrap_or(0);
+            let target = store.local_hour(now_unix_ms) - 1;
+            (target - last).div_euclid(168) * 168
+        }
+    };
+    let mut seeded = 0;
+    for (id, first, v) in &series {
+        st.rows += v.len();
+        if store.seed_hourly(id, first + shift, v) {
+            seeded += 1;
+        }
+    }
+    st.detail = format!(
+        "{} series, {seeded} seeded (others already had history), shifted {} weeks",
+        series.len(),
+        shift / 168
+    );
+    st
+}
+
+impl Service {
+    /// Build everything and start serving.
+    pub async fn start(cfg: Config) -> Result<Service, ServiceError> {
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(Store::new(
+            cfg.retention,
+            cfg.utc_offset_minutes,
+            cfg.max_shards,
+        ));
+        if let Some((path, _)) = &cfg.snapshot {
+            match persist::restore(&store, path) {
+                Ok(true) => {
+                    tracing::info!(path = %path.display(), shards = store.len(), "store restored")
+                }
+                Ok(false) => tracing::info!(path = %path.display(), "no snapshot; starting empty"),
+                Err(e) => {
+                    metrics
+                        .snapshot_restore_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "snapshot unusable; starting with an empty store");
+                }
+            }
+        }
+        let mut signals = Signals::default();
+        if let Some(h) = &cfg.history {
+            let (store2, h2) = (store.clone(), h.clone());
+            let st = tokio::task::spawn_blocking(move || seed_history(&store2, &h2, now_unix_ms()))
+                .await
+                .unwrap_or_else(|e| FeedStatus {
+                    name: "sales_history".into(),
+                    state: FeedState::Missing,
+                    source: h.source.to_string(),
+                    detail: e.to_string(),
+                    rows: 0,
+                    loaded_at_unix_ms: None,
+                });
+            if st.state != FeedState::Ok {
+                tracing::warn!(detail = %st.detail, "sales history not seeded");
+            }
+            signals.history = st;
+        }
+        let timeout = cfg.refresh.min(std::time::Duration::from_secs(30));
+        let first = feeds::reload(&signals, cfg.events.as_ref(), &cfg.covariates, timeout).await;
+        let signals = Arc::new(ArcSwap::from_pointee(first));
+        let (tx, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(feeds::run(
+            signals.clone(),
+            cfg.events.clone(),
+            cfg.covariates.clone(),
+            cfg.refresh,
+            rx.clone(),
+        )));
+        let forecasts = ForecastHandle::new();
+        let engine = Engine::new(
+            EngineConfig {
+                hourly_contract: cfg.hourly_contract.clone(),
+                daily_contract: cfg.daily_contract.clone(),
+                onnxruntime_lib: cfg.onnxruntime_lib.clone(),
+                intra_threads: cfg.intra_threads,
+                cycle: cfg.cycle,
+                retry_load: cfg.retry_model,
+            },
+            store.clone(),
+            signals.clone(),
+            metrics.clone(),
+            forecasts.clone(),
+        );
+        let engine = EngineThread::spawn(engine).map_err(ServiceError::Thread)?;
+        if let Some((path, every)) = cfg.snapshot.clone() {
+            let (store, metrics, mut rx) = (store.clone(), metrics.clone(), rx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = rx.changed() => return,
+                    }
+                    let (s, m, p) = (store.clone(), metrics.clone(), path.clone());
+                    let _ = tokio::task::spawn_blocking(move || snapshot(&s, &m, &p)).await;
+                }
+            }));
+        }
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServiceError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServiceError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let app = App {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            forecasts: forecasts.clone(),
+        };
+        tasks.push(tokio::spawn(crate::api::serve(app, listener, rx)));
+        tracing::info!(%addr, shards = store.len(), "forecaster listening");
+        Ok(Service {
+            addr,
+            forecasts,
+            store,
+            metrics,
+            signals,
+            snapshot: cfg.snapshot.map(|(p, _)| p),
+            shutdown: tx,
+            tasks,
+            engine: Some(engine),
+        })
+    }
+
+    /// Ask the inference thread for a cycle now.
+    pub fn run_cycle_now(&self) {
+        if let Some(e) = &self.engine {
+            e.run_now();
+        }
+    }
+
+    /// Stop serving, stop the inference thread, write a final snapshot.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if let Some(e) = self.engine.take() {
+            let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+        }
+        if let Some(p) = self.snapshot.clone() {
+            let (s, m) = (self.store.clone(), self.metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || snapshot(&s, &m, &p)).await;
+        }
+    }
+}
+
+fn snapshot(store: &Store, metrics: &Metrics, path: &std::path::Path) {
+    let t = Instant::now();
+    match persist::save(store, path) {
+        Ok(n) => {
+            metrics.snapshots_written.fetch_add(1, Ordering::Relaxed);
+            metrics.snapshot_seconds.observe(t.elapsed());
+            tracing::debug!(bytes = n, path = %path.display(), "snapshot written");
+        }
+        Err(e) => {
+            metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "snapshot failed");
+        }
+    }
+}
