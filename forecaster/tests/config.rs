@@ -1,0 +1,75 @@
+//! Every shipped `conf/forecaster*.toml` parses and validates, and its
+//! paths point at files that exist in the repository; a bad config names
+//! file and field for every error.
+
+use std::path::Path;
+
+use shardcast_forecaster::config::Config;
+use shardcast_forecaster::feeds::FeedSource;
+
+#[test]
+fn shipped_configs_validate() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf");
+    let mut n = 0;
+    for e in std::fs::read_dir(&conf).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("forecaster") && name.ends_with(".toml")) {
+            continue;
+        }
+        n += 1;
+        let c = Config::load(&e.path()).unwrap_or_else(|err| panic!("{name}:\n{err}"));
+        assert!(
+            c.hourly_contract.is_file(),
+            "{name}: {}",
+            c.hourly_contract.display()
+        );
+        assert!(
+            c.daily_contract.is_file(),
+            "{name}: {}",
+            c.daily_contract.display()
+        );
+        if let Some(h) = &c.history {
+            if let FeedSource::File(p) = &h.source {
+                assert!(p.is_file(), "{name}: {}", p.display());
+            }
+        }
+    }
+    assert!(n >= 1, "no conf/forecaster*.toml found");
+}
+
+#[test]
+fn errors_name_file_and_field() {
+    let text = r#"
+listen = "not an address"
+[store]
+hour_buckets = 10
+utc_offset_minutes = 9999
+[model]
+hourly = "h.json"
+daily = "d.json"
+intra_threads = 0
+[planner]
+cycle_s = 0
+"#;
+    let err = Config::parse(text, Path::new("."), "x.toml")
+        .unwrap_err()
+        .to_string();
+    for field in [
+        "listen",
+        "store.hour_buckets",
+        "store.utc_offset_minutes",
+        "model.intra_threads",
+        "planner.cycle_s",
+    ] {
+        assert!(
+            err.contains(&format!("x.toml: {field}:")),
+            "{field} missing in:\n{err}"
+        );
+    }
+    let unknown = Config::parse(
+        "listen = \"127.0.0.1:1\"\nbogus = 1\n[model]\nhourly=\"a\"\ndaily=\"b\"\n",
+        Path::new("."),
+        "y.toml",
+    );
+    assert!(unknown.unwrap_err().to_string().contains("bogus"));
+}

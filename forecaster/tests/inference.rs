@@ -1,0 +1,298 @@
+//! Inference on the committed models for the 14 real shards of the Online
+//! Retail panel, the fallback when the model is unavailable, and degraded
+//! (but produced) forecasts when a feed is missing or malformed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
+use shardcast_forecaster::engine::{
+    Engine, EngineConfig, ForecastHandle, ForecastSet, Horizon, Source,
+};
+use shardcast_forecaster::feeds::{self, FeedSource, FeedSpec, FeedState, Signals};
+use shardcast_forecaster::metrics::Metrics;
+use shardcast_forecaster::service::seed_history;
+use shardcast_forecaster::store::{Retention, Store};
+use shardcast_forecaster::time::parse_local;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn seeded_store() -> Arc<Store> {
+    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let st = seed_history(
+        &store,
+        &HistoryConfig {
+            source: FeedSource::File(root().join("data/online_retail/shard_hourly.csv.gz")),
+            id_col: "shard_id".into(),
+            time_col: "ds".into(),
+            value_col: "lines".into(),
+            align: HistoryAlign::AsIs,
+        },
+        0,
+    );
+    assert_eq!(st.state, FeedState::Ok, "{}", st.detail);
+    assert_eq!(store.len(), 14);
+    store
+}
+
+fn engine(store: Arc<Store>, signals: Signals, hourly: PathBuf) -> (Engine, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let e = Engine::new(
+        EngineConfig {
+            hourly_contract: hourly,
+            daily_contract: root().join("forecaster/models/shardcast_daily.json"),
+            onnxruntime_lib: None,
+            intra_threads: 1,
+            cycle: Duration::from_secs(10),
+            retry_load: Duration::from_secs(60),
+        },
+        store,
+        Arc::new(ArcSwap::from_pointee(signals)),
+        metrics.clone(),
+        ForecastHandle::new(),
+    );
+    (e, metrics)
+}
+
+fn hourly_model() -> PathBuf {
+    root().join("forecaster/models/shardcast_hourly.json")
+}
+
+/// Wall time just after 2011-11-11 00:00 (the held-out period begins), so
+/// the origin is 2011-11-10 23:00, the last hour the models trained on.
+fn now_ms() -> i64 {
+    parse_local("2011-11-11 00:00:30").unwrap() * 1000
+}
+
+fn assert_valid(set: &ForecastSet) {
+    assert_eq!(set.shards.len(), 14);
+    for (id, s) in &set.shards {
+        assert_eq!(s.horizons.len(), 4, "{id}");
+        for h in &s.horizons {
+            assert_eq!(h.values.len(), h.levels.len());
+            assert!(h.levels.windows(2).all(|p| p[0] < p[1]));
+            assert!(
+                h.values.iter().all(|v| v.is_finite() && *v >= 0.0),
+                "{id} {:?}: {:?}",
+                h.horizon,
+                h.values
+            );
+            assert!(
+                h.values.windows(2).all(|p| p[0] <= p[1]),
+                "{id} {:?} not monotone: {:?}",
+                h.horizon,
+                h.values
+            );
+        }
+    }
+}
+
+async fn signals_with(events: Option<FeedSpec>, covs: Vec<FeedSpec>) -> Signals {
+    feeds::reload(
+        &Signals::default(),
+        events.as_ref(),
+        &covs,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+fn events_spec(p: PathBuf) -> FeedSpec {
+    FeedSpec {
+        name: "events".into(),
+        source: FeedSource::File(p),
+        max_age: Duration::from_secs(0),
+    }
+}
+
+#[tokio::test]
+async fn model_forecasts_for_the_real_shards() {
+    let signals = signals_with(
+        Some(events_spec(root().join("data/online_retail/events.csv"))),
+        vec![],
+    )
+    .await;
+    let (mut e, metrics) = engine(seeded_store(), signals, hourly_model());
+    let set = e.cycle(now_ms());
+    assert_eq!(set.origin_hour, "2011-11-10 23:00:00");
+    assert_eq!(set.origin_day, "2011-11-10");
+    assert!(
+        set.models.iter().all(|m| m.loaded && m.rows == 14),
+        "{:?}",
+        set.models
+    );
+    assert_valid(&set);
+    let ev = set.feeds.iter().find(|f| f.name == "events").unwrap();
+    assert_eq!(ev.state, FeedState::Ok, "{}", ev.detail);
+    for s in set.shards.values() {
+        for h in &s.horizons {
+            assert!(
+                matches!(h.source, Source::Model { .. }),
+                "{} {:?}: {:?}",
+                s.shard,
+                h.horizon,
+                h.source
+            );
+        }
+        // Totals over longer horizons are larger (median of 1 mo > 1 w > 1 h).
+        let med = |h| s.horizon(h).unwrap().quantile(0.5).unwrap();
+        assert!(med(Horizon::Month) >= med(Horizon::Week), "{}", s.shard);
+        assert!(med(Horizon::Day) >= med(Horizon::Hour), "{}", s.shard);
+        assert!(s.history_hours > 17_000);
+    }
+    // The busiest shard is forecast busier than the quietest one.
+    let day = |id: &str| {
+        set.shards[id]
+            .horizon(Horizon::Day)
+            .unwrap()
+            .quantile(0.5)
+            .unwrap()
+    };
+    let (hi, lo) = set
+        .shards
+        .keys()
+        .fold((String::new(), String::new()), |(hi, lo), k| {
+            let hi = if hi.is_empty() || day(k) > day(&hi) {
+                k.clone()
+            } else {
+                hi
+            };
+            let lo = if lo.is_empty() || day(k) < day(&lo) {
+                k.clone()
+            } else {
+                lo
+            };
+            (hi, lo)
+        });
+    assert!(
+        day(&hi) > 5.0 * day(&lo).max(0.1),
+        "{hi} {} vs {lo} {}",
+        day(&hi),
+        day(&lo)
+    );
+    // Same inputs: the second cycle reuses the outputs and gives the same set.
+    let again = e.cycle(now_ms() + 5_000);
+    assert!(again.models.iter().all(|m| m.cached));
+    assert_eq!(again.shards, set.shards);
+    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    assert!(
+        text.contains("forecaster_forecasts{horizon=\"1w\",source=\"model\"} 14"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_model_path_falls_back_flagged() {
+    let (mut e, metrics) = engine(
+        seeded_store(),
+        Signals::default(),
+        root().join("forecaster/models/nope.json"),
+    );
+    let set = e.cycle(now_ms());
+    assert_valid(&set);
+    assert!(!set.models[0].loaded);
+    assert!(
+        set.models[0].detail.contains("nope.json"),
+        "{}",
+        set.models[0].detail
+    );
+    assert!(
+        set.models[1].loaded,
+        "the daily model still serves 1w / 1mo"
+    );
+    for s in set.shards.values() {
+        for h in &s.horizons {
+            let fallback = matches!(h.horizon, Horizon::Hour | Horizon::Day);
+            assert_eq!(h.is_fallback(), fallback, "{} {:?}", s.shard, h.horizon);
+            if let Source::SeasonalNaive { reason } = &h.source {
+                assert!(reason.contains("model unavailable"), "{reason}");
+            }
+        }
+    }
+    // Seasonal naive: the 1 d median is within the range of recent daily totals.
+    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    assert!(
+        text.contains("forecaster_forecasts{horizon=\"1h\",source=\"seasonal_naive\"} 14"),
+        "{text}"
+    );
+    assert!(
+        text.contains("forecaster_model_loaded{model=\"hourly\",name=\"nope\"} 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn missing_and_malformed_feeds_degrade_but_forecast() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("traffic.csv");
+    std::fs::write(&bad, "series_id,ds,value\nUK/X,2011-11-10 22:00:00,lots\n").unwrap();
+    let signals = signals_with(
+        Some(events_spec(dir.path().join("no-such-events.csv"))),
+        vec![FeedSpec {
+            name: "web_traffic".into(),
+            source: FeedSource::File(bad),
+            max_age: Duration::from_secs(0),
+        }],
+    )
+    .await;
+    let (mut e, metrics) = engine(seeded_store(), signals, hourly_model());
+    let set = e.cycle(now_ms());
+    assert_valid(&set);
+    let state = |n: &str| set.feeds.iter().find(|f| f.name == n).unwrap().state;
+    assert_eq!(state("events"), FeedState::Missing);
+    assert_eq!(state("web_traffic"), FeedState::Malformed);
+    assert_eq!(state("sentiment"), FeedState::Disabled);
+    assert!(set
+        .shards
+        .values()
+        .all(|s| s.horizons.iter().all(|h| !h.is_fallback())));
+    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    assert!(text.contains("forecaster_feed_state{feed=\"events\",state=\"missing\"} 1"));
+    assert!(text.contains("forecaster_feed_state{feed=\"web_traffic\",state=\"malformed\"} 1"));
+
+    // A valid covariate feed is used (known flags) and changes nothing else.
+    let good = dir.path().join("sentiment.csv");
+    let mut csv = String::from("ds,value\n");
+    for h in 0..24 {
+        csv.push_str(&format!("2011-11-10 {h:02}:00:00,{}\n", 10 + h));
+    }
+    std::fs::write(&good, csv).unwrap();
+    let signals = signals_with(
+        None,
+        vec![FeedSpec {
+            name: "sentiment".into(),
+            source: FeedSource::File(good),
+            max_age: Duration::from_secs(0),
+        }],
+    )
+    .await;
+    let (mut e, _) = engine(seeded_store(), signals, hourly_model());
+    let set = e.cycle(now_ms());
+    assert_valid(&set);
+    assert_eq!(
+        set.feeds
+            .iter()
+            .find(|f| f.name == "sentiment")
+            .unwrap()
+            .state,
+        FeedState::Ok
+    );
+    // A day later the same feed no longer reaches the origin: reported late.
+    let set = e.cycle(now_ms() + 86_400_000);
+    assert_eq!(
+        set.feeds
+            .iter()
+            .find(|f| f.name == "sentiment")
+            .unwrap()
+            .state,
+        FeedState::Late
+    );
+    assert_valid(&set);
+}
