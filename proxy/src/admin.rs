@@ -156,10 +156,48 @@ pub async fn serve(
         let shared = shared.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(shared.clone(), token.clone(), req));
+            let svc = service_fn(move |req: Request<Incoming>| handle(shared.clone(), token.clone(), req));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn shared() -> Arc<Shared> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "replication_factor = 1\n[listen]\nhttp = [\"127.0.0.1:1\"]\n[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\
+             [[shards]]\nid = \"s\"\ncategories = [\"X\"]\nregions = [\"UK\"]\n[[routes]]\nname = \"r\"\npath = \"/i/{sku}\"\n",
+        )
+        .unwrap();
+        crate::run::shared_for_tests(Path::new(&path)).unwrap()
+    }
+
+    async fn call(s: &Arc<Shared>, token: Option<&str>, auth: Option<&str>, path: &str) -> StatusCode {
+        let mut b = Request::get(path);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        let req = b.body(Full::new(Bytes::new())).unwrap();
+        handle(s.clone(), token.map(Arc::from), req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn bearer_token_is_required_when_set() {
+        let s = shared();
+        assert_eq!(call(&s, None, None, "/admin/table").await, StatusCode::OK);
+        assert_eq!(call(&s, Some("sekrit"), None, "/admin/table").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&s, Some("sekrit"), Some("Bearer nope"), "/metrics").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&s, Some("sekrit"), Some("Bearer sekrit"), "/metrics").await, StatusCode::OK);
+        assert_eq!(call(&s, None, None, "/nope").await, StatusCode::NOT_FOUND);
+        assert_eq!(call(&s, None, None, "/ready").await, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -66,6 +66,27 @@ pub fn check(args: &Args) -> Result<String, Vec<String>> {
     ))
 }
 
+/// The shared state `run` builds, without starting anything (for tests).
+pub fn shared_for_tests(config: &std::path::Path) -> Result<Arc<Shared>, Vec<String>> {
+    let prepared = reload::prepare(config, None)?;
+    let (nodes, stats) = (NodeRegistry::default(), StatsRegistry::default());
+    let snap = reload::initial(&prepared, &nodes, &stats)?;
+    Ok(Arc::new(Shared {
+        snapshot: arc_swap::ArcSwap::from_pointee(snap),
+        config_path: config.to_path_buf(),
+        nodes,
+        stats,
+        counters: GlobalCounters::default(),
+        export: ExportCounters::default(),
+        retry_budget: RetryBudget::default(),
+        reload_lock: tokio::sync::Mutex::new(()),
+        certs: vec![],
+        history: Default::default(),
+        ready: AtomicBool::new(false),
+        instance: "test".into(),
+    }))
+}
+
 /// Build everything and run until a terminating signal. Returns only on a
 /// start-up error (with every problem listed).
 pub fn run(args: Args) -> Result<(), Vec<String>> {
@@ -110,6 +131,9 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
     };
     let mut conf = ServerConf::default();
     conf.threads = cfg.listen.threads;
+    // One current-thread runtime per worker: no cross-thread task stealing
+    // on the request path (connections are spread by the listeners).
+    conf.work_stealing = false;
     conf.grace_period_seconds = Some(cfg.listen.grace_period.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(cfg.listen.grace_period.as_secs().max(1));
     // The proxy enforces its own, reloadable retry limit; this is the cap.

@@ -256,15 +256,15 @@ impl Catalog {
                 .ok_or_else(|| CatalogError::MissingColumn(name.into()))
         };
         let (si, ci) = (col(sku_col)?, col(cat_col)?);
-        // First pass: validate, intern categories, count rows.
+        // One pass: validate, intern, insert. Strings are borrowed from the
+        // record, so a million rows cost no allocation each. Only skus whose
+        // fingerprints collided (rare) need a second, exact pass.
+        let mut map = SkuMap::with_capacity((data.len() / 24).max(16));
+        let mut collided = std::collections::HashSet::new();
         let mut rec = csv::ByteRecord::new();
-        let mut rows = 0usize;
         while rdr.read_byte_record(&mut rec)? {
             let line = rec.position().map(|p| p.line()).unwrap_or(0);
-            let bad = |msg: &str| CatalogError::Row {
-                line,
-                msg: msg.into(),
-            };
+            let bad = |msg: &str| CatalogError::Row { line, msg: msg.into() };
             let sku = rec.get(si).ok_or_else(|| bad("missing sku column"))?;
             let cat = rec.get(ci).ok_or_else(|| bad("missing category column"))?;
             if sku.is_empty() || cat.is_empty() {
@@ -274,32 +274,34 @@ impl Catalog {
                 return Err(bad("sku longer than 128 bytes"));
             }
             let cat = std::str::from_utf8(cat).map_err(|_| bad("category is not UTF-8"))?;
-            std::str::from_utf8(sku).map_err(|_| bad("sku is not UTF-8"))?;
-            c.intern(cat)?;
-            rows += 1;
+            let sku = std::str::from_utf8(sku).map_err(|_| bad("sku is not UTF-8"))?;
+            let id = c.intern(cat)?;
+            if let Some(fp) = map.insert(sku, id) {
+                collided.insert(fp);
+            }
         }
-        for (_, cat) in extra {
-            c.intern(cat)?;
+        for (sku, cat) in extra {
+            let id = c.intern(cat)?;
+            if let Some(fp) = map.insert(sku, id) {
+                collided.insert(fp);
+            }
         }
-        let index = &c.index;
-        let pass = || {
-            csv::ReaderBuilder::new()
-                .has_headers(true)
-                .from_reader(data)
-                .into_byte_records()
-                .filter_map(Result::ok)
-                .map(move |rec| {
-                    let sku = String::from_utf8_lossy(&rec[si]).into_owned();
-                    let cat = index[String::from_utf8_lossy(&rec[ci]).as_ref()];
-                    (sku, cat)
-                })
-                .chain(
-                    extra
-                        .iter()
-                        .map(move |(s, k)| (s.clone(), index[k.as_str()])),
-                )
-        };
-        let map = SkuMap::build(rows + extra.len(), pass);
+        if !collided.is_empty() {
+            let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(data);
+            while rdr.read_byte_record(&mut rec)? {
+                let (Some(sku), Some(cat)) = (rec.get(si), rec.get(ci)) else { continue };
+                let (Ok(sku), Ok(cat)) = (std::str::from_utf8(sku), std::str::from_utf8(cat)) else { continue };
+                if collided.contains(&fingerprint(sku_hash(sku))) {
+                    let id = c.index[cat];
+                    map.exact.insert(sku.into(), id);
+                }
+            }
+            for (sku, cat) in extra {
+                if collided.contains(&fingerprint(sku_hash(sku))) {
+                    map.exact.insert(sku.as_str().into(), c.index[cat.as_str()]);
+                }
+            }
+        }
         c.skus = Some(map);
         Ok(c)
     }
