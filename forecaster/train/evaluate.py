@@ -278,6 +278,8 @@ def main(argv=None) -> None:
     ap.add_argument("--skip", default="", help="comma-separated setups to skip: h24,h1,d7,w (weekly)")
     ap.add_argument("--out", default=str(REPO / "forecaster" / "EVAL.md"))
     ap.add_argument("--json", default=None, help="also write the numbers as JSON here")
+    ap.add_argument("--notes", default=str(HERE / "eval_notes.md"),
+                    help="markdown appended to the report (hand-written notes on experiments); '' for none")
     ap.add_argument("--model-card", default=None,
                     help="write the model card here (default: MODEL_CARD.md in --models-dir when it is the "
                          "committed forecaster/models and every setup ran)")
@@ -341,6 +343,8 @@ def main(argv=None) -> None:
                                 lstm_origin=lstm_origin))
 
     text = report(setups, models, args, time.time() - t0)
+    if args.notes and Path(args.notes).exists() and Path(args.models_dir).resolve() == MODELS.resolve():
+        text += "\n" + Path(args.notes).read_text()
     Path(args.out).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps(setups, indent=1, default=str))
