@@ -21,23 +21,45 @@ struct Minimal {
 impl ProxyHttp for Minimal {
     type CTX = ();
     fn new_ctx(&self) {}
-    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> pingora_error::Result<Box<HttpPeer>> {
-        let h = s.req_header().uri.path().bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-        Ok(Box::new(self.peers[(h % self.peers.len() as u64) as usize].clone()))
+    async fn upstream_peer(
+        &self,
+        s: &mut Session,
+        _: &mut (),
+    ) -> pingora_error::Result<Box<HttpPeer>> {
+        let h = s
+            .req_header()
+            .uri
+            .path()
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        Ok(Box::new(
+            self.peers[(h % self.peers.len() as u64) as usize].clone(),
+        ))
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (listen, nodes) = args.split_first().expect("usage: minimal_pingora LISTEN NODE...");
+    let (listen, nodes) = args
+        .split_first()
+        .expect("usage: minimal_pingora LISTEN NODE...");
     let mut conf = ServerConf::default();
     conf.threads = 1;
     conf.work_stealing = false;
     conf.upgrade_sock = format!("/tmp/minimal_pingora_{}.sock", std::process::id());
-    let opt = Opt { upgrade: false, daemon: false, nocapture: false, test: false, conf: None };
+    let opt = Opt {
+        upgrade: false,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let peers = nodes.iter().map(|n| HttpPeer::new(n.as_str(), false, String::new())).collect();
+    let peers = nodes
+        .iter()
+        .map(|n| HttpPeer::new(n.as_str(), false, String::new()))
+        .collect();
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Minimal { peers });
     svc.add_tcp(listen);
     server.add_service(svc);

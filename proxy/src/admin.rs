@@ -51,11 +51,15 @@ pub fn table_view(shared: &Shared) -> TableView {
 }
 
 /// Handle one admin request (no socket needed: tests call this directly).
-pub async fn handle(
+pub async fn handle<B>(
     shared: Arc<Shared>,
     token: Option<Arc<str>>,
-    req: Request<Incoming>,
-) -> Result<Resp, Infallible> {
+    req: Request<B>,
+) -> Result<Resp, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Some(t) = &token {
         let ok = req
             .headers()
@@ -156,7 +160,9 @@ pub async fn serve(
         let shared = shared.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| handle(shared.clone(), token.clone(), req));
+            let svc = service_fn(move |req: Request<Incoming>| {
+                handle(shared.clone(), token.clone(), req)
+            });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -181,23 +187,43 @@ mod tests {
         crate::run::shared_for_tests(Path::new(&path)).unwrap()
     }
 
-    async fn call(s: &Arc<Shared>, token: Option<&str>, auth: Option<&str>, path: &str) -> StatusCode {
+    async fn call(
+        s: &Arc<Shared>,
+        token: Option<&str>,
+        auth: Option<&str>,
+        path: &str,
+    ) -> StatusCode {
         let mut b = Request::get(path);
         if let Some(a) = auth {
             b = b.header("authorization", a);
         }
         let req = b.body(Full::new(Bytes::new())).unwrap();
-        handle(s.clone(), token.map(Arc::from), req).await.unwrap().status()
+        handle(s.clone(), token.map(Arc::from), req)
+            .await
+            .unwrap()
+            .status()
     }
 
     #[tokio::test]
     async fn bearer_token_is_required_when_set() {
         let s = shared();
         assert_eq!(call(&s, None, None, "/admin/table").await, StatusCode::OK);
-        assert_eq!(call(&s, Some("sekrit"), None, "/admin/table").await, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(&s, Some("sekrit"), Some("Bearer nope"), "/metrics").await, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(&s, Some("sekrit"), Some("Bearer sekrit"), "/metrics").await, StatusCode::OK);
+        assert_eq!(
+            call(&s, Some("sekrit"), None, "/admin/table").await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&s, Some("sekrit"), Some("Bearer nope"), "/metrics").await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&s, Some("sekrit"), Some("Bearer sekrit"), "/metrics").await,
+            StatusCode::OK
+        );
         assert_eq!(call(&s, None, None, "/nope").await, StatusCode::NOT_FOUND);
-        assert_eq!(call(&s, None, None, "/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            call(&s, None, None, "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }
