@@ -38,7 +38,7 @@ pub async fn handle(s: Scheduler, req: Request<Incoming>) -> Resp {
     let decoded: Vec<String> = path
         .trim_matches('/')
         .split('/')
-        .map(|seg| http::percent_decode(seg).unwrap_or_default())
+        .map(|seg| http::percent_decode_path(seg).unwrap_or_default())
         .collect();
     let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();

@@ -68,8 +68,17 @@ pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
     }
 }
 
-/// Decode `%XX` and `+` in a query or path component.
+/// Decode `%XX` and `+` (a space) in a query component.
 pub fn percent_decode(s: &str) -> Option<String> {
+    decode(s, true)
+}
+
+/// Decode `%XX` in a path segment (`+` stays itself).
+pub fn percent_decode_path(s: &str) -> Option<String> {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> Option<String> {
     if !s.contains(['%', '+']) {
         return Some(s.to_string());
     }
@@ -83,7 +92,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
                 out.push(u8::from_str_radix(h, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

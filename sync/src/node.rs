@@ -187,7 +187,7 @@ impl Node {
                         .map(str::to_string)
                 })
                 .or_else(|| self.settings.default_region.clone());
-            let sku = http::percent_decode(rest);
+            let sku = http::percent_decode_path(rest);
             return self.inventory(sku, region).await;
         }
         match path {

@@ -473,9 +473,6 @@ impl Scheduler {
     }
 
     fn persist(&self) {
-        let Some(path) = &self.inner.cfg.state_file else {
-            return;
-        };
         let snapshot = {
             let mut st = self.inner.state.lock();
             // Bound the finished orders kept.
@@ -490,10 +487,16 @@ impl Scheduler {
                     st.orders.remove(id);
                 }
             }
+            if self.inner.cfg.state_file.is_none() {
+                return;
+            }
             Persisted {
                 next_id: st.next_id,
                 orders: st.orders.values().cloned().collect(),
             }
+        };
+        let Some(path) = &self.inner.cfg.state_file else {
+            return;
         };
         let tmp = path.with_extension("tmp");
         let res = serde_json::to_vec(&snapshot)
@@ -754,53 +757,53 @@ impl Scheduler {
             }
             free
         };
-        for (i, key) in pairs.iter().enumerate() {
-            let (node, shard_id) = key;
-            let cache = self.inner.nodes[node].clone();
-            let shard = self.inner.shards[shard_id].clone();
-            let noop = no_errors();
-            let res = catch_up(
-                self.inner.provider.clone(),
-                cache.clone(),
-                &shard,
-                &self.inner.bucket,
-                &self.inner.cfg.transfer,
-                &self.inner.metrics,
-                &self.inner.shutdown,
-                true,
-                &noop,
-                &|_| {},
-            )
-            .await;
-            let size = if res.is_ok() {
-                cache.size(shard_id).await.ok()
-            } else {
-                None
-            };
-            let mut st = self.inner.state.lock();
-            st.busy.remove(key);
-            match res {
-                Ok(p) => {
-                    if let Some(h) = st.hosted.get_mut(key) {
-                        h.cursor = p.cursor;
-                        h.state = HostedState::Warm;
-                        if let Some(n) = size {
-                            h.rows = n;
+        // Pairs refresh concurrently, so one node's cache outage (retried
+        // until it is back) does not hold up the others.
+        let tasks = pairs.iter().cloned().map(|key| {
+            let s = self.clone();
+            async move {
+                let (node, shard_id) = &key;
+                let cache = s.inner.nodes[node].clone();
+                let shard = s.inner.shards[shard_id].clone();
+                let res = catch_up(
+                    s.inner.provider.clone(),
+                    cache.clone(),
+                    &shard,
+                    &s.inner.bucket,
+                    &s.inner.cfg.transfer,
+                    &s.inner.metrics,
+                    &s.inner.shutdown,
+                    true,
+                    &no_errors(),
+                    &|_| {},
+                )
+                .await;
+                let size = if res.is_ok() {
+                    cache.size(shard_id).await.ok()
+                } else {
+                    None
+                };
+                let mut st = s.inner.state.lock();
+                st.busy.remove(&key);
+                match res {
+                    Ok(p) => {
+                        if let Some(h) = st.hosted.get_mut(&key) {
+                            h.cursor = p.cursor;
+                            h.state = HostedState::Warm;
+                            if let Some(n) = size {
+                                h.rows = n;
+                            }
+                            h.last_sync_unix_ms = now_ms();
                         }
-                        h.last_sync_unix_ms = now_ms();
                     }
-                }
-                Err(TransferError::NotHosted) => {
-                    st.hosted.remove(key);
-                }
-                Err(TransferError::Cancelled) => {
-                    for k in &pairs[i + 1..] {
-                        st.busy.remove(k);
+                    Err(TransferError::NotHosted) => {
+                        st.hosted.remove(&key);
                     }
-                    return;
+                    Err(TransferError::Cancelled) => {}
                 }
             }
-        }
+        });
+        futures::future::join_all(tasks).await;
         if !pairs.is_empty() {
             self.inner.wake.notify_one();
         }
