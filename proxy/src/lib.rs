@@ -11,6 +11,7 @@ pub mod deadline;
 pub mod framing;
 pub mod health;
 pub mod http_client;
+pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod proxy;

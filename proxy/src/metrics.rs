@@ -29,6 +29,7 @@ pub const TABLE_SKUS: &str = "shardcast_table_skus";
 pub const RELOADS: &str = "shardcast_config_reloads_total";
 pub const UPDATES: &str = "shardcast_table_updates_total";
 pub const TELEMETRY_FRAMES: &str = "shardcast_telemetry_frames_total";
+pub const METADATA: &str = "shardcast_metadata_total";
 
 /// Latency histogram bounds, µs.
 const BOUNDS_US: [u64; 14] = [
@@ -335,6 +336,23 @@ pub fn render(shared: &Shared) -> String {
         o,
         "{TELEMETRY_FRAMES}{{result=\"send_error\"}} {}",
         e.send_errors.load(Relaxed)
+    );
+    head(
+        &mut o,
+        METADATA,
+        "counter",
+        "Metadata store: tables applied and errors.",
+    );
+    let m = &shared.metadata;
+    let _ = writeln!(
+        o,
+        "{METADATA}{{result=\"applied\"}} {}",
+        m.applied.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "{METADATA}{{result=\"error\"}} {}",
+        m.errors.load(Relaxed)
     );
     o
 }

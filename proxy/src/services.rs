@@ -49,6 +49,10 @@ impl BackgroundService for Control {
         tasks.push(tokio::spawn(export_loop(shared.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(sighup_loop(shared.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(watch_loop(shared.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::metadata::run(
+            shared.clone(),
+            shutdown.clone(),
+        )));
         shared.ready.store(true, Relaxed);
         for t in tasks {
             let _ = t.await;

@@ -92,6 +92,7 @@ pub struct Shared {
     pub stats: StatsRegistry,
     pub counters: GlobalCounters,
     pub export: ExportCounters,
+    pub metadata: crate::metadata::MetadataCounters,
     pub retry_budget: RetryBudget,
     /// One reload or update at a time; async because a reload awaits its
     /// blocking build.

@@ -508,3 +508,89 @@ async fn telemetry_sink_down_drops_and_counts_without_blocking() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_converge_on_the_table_published_in_redis() {
+    let redis = shardcast_sync::testkit::Redis::start();
+    let nodes = [
+        TestNode::start("n1").await,
+        TestNode::start("n2").await,
+        TestNode::start("n3").await,
+    ];
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let mut o = opts();
+    o.extra = format!(
+        "{}\n[control]\nmetadata = \"{}\"\nprefix = \"t1\"\npoll_ms = 5000\n",
+        o.extra,
+        redis.url()
+    );
+    let a = Proxy::start(
+        &refs,
+        ProxyOpts {
+            extra: o.extra.clone(),
+            shards: o.shards.clone(),
+            catalog: o.catalog.clone(),
+            routes: o.routes.clone(),
+            https: None,
+        },
+    )
+    .await;
+    let b = Proxy::start(&refs, o).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (i, node) in ["n3", "n2"].iter().enumerate() {
+        let version = 100 + i as u64;
+        let update = serde_json::json!({"version": version, "shards": {"UK/ALPHA": [{"node": node, "state": "serving"}]}});
+        let _: () = redis::cmd("SET")
+            .arg("t1:table")
+            .arg(update.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("t1:table:changed")
+            .arg(version)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for p in [&a, &b] {
+            eventually(
+                Duration::from_secs(3),
+                "proxy applies the published table",
+                || async { (p.version().await == version).then_some(()) },
+            )
+            .await;
+            assert_eq!(p.replicas("UK/ALPHA").await, vec![node.to_string()]);
+        }
+        // notification-driven, not the 5 s poll
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "converged in {:?}",
+            t0.elapsed()
+        );
+    }
+    let r = reqwest::get(a.url("/inventory/A1")).await.unwrap();
+    assert_eq!(r.headers()["x-node"], "n2");
+    // A stale table in the store is ignored; Redis going away changes nothing.
+    let stale = serde_json::json!({"version": 5, "shards": {"UK/ALPHA": [{"node": "n1", "state": "serving"}]}});
+    let _: () = redis::cmd("SET")
+        .arg("t1:table")
+        .arg(stale.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("t1:table:changed")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for p in [&a, &b] {
+        assert_eq!(p.version().await, 101);
+        let r = reqwest::get(p.url("/inventory/A2")).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}

@@ -11,7 +11,15 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use shardmap::key::{extract, KeySource, PathPattern, RegionSource};
 use shardmap::{Catalog, Config, RoutingTable};
 
-const CATS: [&str; 7] = ["SEASONAL", "LIGHTING", "KITCHEN_DINING", "BAGS_STORAGE", "PAPER_PARTY_KIDS", "JEWELLERY_FASHION", "HOME_DECOR_OTHER"];
+const CATS: [&str; 7] = [
+    "SEASONAL",
+    "LIGHTING",
+    "KITCHEN_DINING",
+    "BAGS_STORAGE",
+    "PAPER_PARTY_KIDS",
+    "JEWELLERY_FASHION",
+    "HOME_DECOR_OTHER",
+];
 
 fn sku(i: u64) -> String {
     format!("{:05}{}", i % 100_000, i / 100_000)
@@ -21,7 +29,11 @@ fn catalog(n: u64) -> Catalog {
     let skus: Vec<String> = (0..n).map(sku).collect();
     let mut c = Catalog::default();
     let ids: Vec<u16> = CATS.iter().map(|k| c.intern(k).unwrap()).collect();
-    c.skus = Some(shardmap::SkuMap::build(n as usize, || skus.iter().enumerate().map(|(i, s)| (s.as_str(), ids[i % 7]))));
+    c.skus = Some(shardmap::SkuMap::build(n as usize, || {
+        skus.iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), ids[i % 7]))
+    }));
     c
 }
 
@@ -36,20 +48,31 @@ fn config() -> Config {
 }
 
 fn lookup(c: &mut Criterion) {
-    let n: u64 = std::env::var("SHARDCAST_BENCH_SKUS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let n: u64 = std::env::var("SHARDCAST_BENCH_SKUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
     let t0 = Instant::now();
     let cat = Arc::new(catalog(n));
     let build = t0.elapsed();
     let bytes = cat.skus.as_ref().unwrap().heap_bytes();
-    eprintln!("catalog: {n} skus built in {build:?}; sku map {bytes} bytes = {:.1} bytes/sku", bytes as f64 / n as f64);
+    eprintln!(
+        "catalog: {n} skus built in {build:?}; sku map {bytes} bytes = {:.1} bytes/sku",
+        bytes as f64 / n as f64
+    );
     let cfg = config();
     let t0 = Instant::now();
     let table = RoutingTable::build(&cfg, cat.clone(), 1);
-    eprintln!("table build over the catalog (catalog reused): {:?}", t0.elapsed());
+    eprintln!(
+        "table build over the catalog (catalog reused): {:?}",
+        t0.elapsed()
+    );
     // A million distinct probes: their slots do not fit in cache, so this
     // measures the cache-missing lookup a large catalog really costs.
     const P: usize = 1 << 20;
-    let probes: Vec<String> = (0..P as u64).map(|i| sku(i.wrapping_mul(2_654_435_761) % n)).collect();
+    let probes: Vec<String> = (0..P as u64)
+        .map(|i| sku(i.wrapping_mul(2_654_435_761) % n))
+        .collect();
     let mut g = c.benchmark_group("table");
     g.throughput(Throughput::Elements(1));
     let mut i = 0usize;
@@ -65,7 +88,9 @@ fn lookup(c: &mut Criterion) {
             black_box(table.route(black_box(&probes[i]), Some("UK")))
         })
     });
-    g.bench_function("route_unknown_sku", |b| b.iter(|| black_box(table.route(black_box("NOPE-XYZ"), Some("UK")))));
+    g.bench_function("route_unknown_sku", |b| {
+        b.iter(|| black_box(table.route(black_box("NOPE-XYZ"), Some("UK"))))
+    });
     g.finish();
 }
 
@@ -77,7 +102,17 @@ fn keys(c: &mut Criterion) {
     g.bench_function("extract_path_and_query_region", |b| {
         b.iter(|| {
             let (s, r) = p.matches(black_box("/inventory/85123A")).unwrap();
-            black_box(extract(&KeySource::Path, &rq, s, r, Some(black_box("region=UK")), |_| None).unwrap());
+            black_box(
+                extract(
+                    &KeySource::Path,
+                    &rq,
+                    s,
+                    r,
+                    Some(black_box("region=UK")),
+                    |_| None,
+                )
+                .unwrap(),
+            );
         })
     });
     let rs = RegionSource::Header("x-region".into());
@@ -98,7 +133,13 @@ fn build(c: &mut Criterion) {
     g.bench_function("sku_map_1M", |b| {
         b.iter_batched(
             || (),
-            |_| black_box(shardmap::SkuMap::build(skus.len(), || skus.iter().enumerate().map(|(i, s)| (s.as_str(), (i % 7) as u16)))),
+            |_| {
+                black_box(shardmap::SkuMap::build(skus.len(), || {
+                    skus.iter()
+                        .enumerate()
+                        .map(|(i, s)| (s.as_str(), (i % 7) as u16))
+                }))
+            },
             BatchSize::PerIteration,
         )
     });

@@ -18,21 +18,39 @@ fn vm(field: &str) -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let cats = ["SEASONAL", "LIGHTING", "KITCHEN_DINING", "BAGS_STORAGE", "PAPER_PARTY_KIDS", "JEWELLERY_FASHION", "HOME_DECOR_OTHER"];
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let cats = [
+        "SEASONAL",
+        "LIGHTING",
+        "KITCHEN_DINING",
+        "BAGS_STORAGE",
+        "PAPER_PARTY_KIDS",
+        "JEWELLERY_FASHION",
+        "HOME_DECOR_OTHER",
+    ];
     let mut csv = String::with_capacity(n * 24);
     csv.push_str("sku,category\n");
     for i in 0..n {
-        csv.push_str(&format!("{:05}{},{}\n", i % 100_000, i / 100_000, cats[i % 7]));
+        csv.push_str(&format!(
+            "{:05}{},{}\n",
+            i % 100_000,
+            i / 100_000,
+            cats[i % 7]
+        ));
     }
     let base_kb = vm("VmRSS:");
     let t0 = Instant::now();
-    let catalog = shardmap::Catalog::from_csv(csv.as_bytes(), "sku", "category", &[]).expect("catalog");
+    let catalog =
+        shardmap::Catalog::from_csv(csv.as_bytes(), "sku", "category", &[]).expect("catalog");
     let t_catalog = t0.elapsed();
     let mut toml = String::from("[listen]\nhttp=[\"127.0.0.1:1\"]\n[[nodes]]\nname=\"a\"\naddress=\"127.0.0.1:1\"\n[[nodes]]\nname=\"b\"\naddress=\"127.0.0.1:2\"\n[[routes]]\nname=\"r\"\npath=\"/inventory/{sku}\"\n");
     for r in ["UK", "INTL"] {
         for c in cats {
-            toml += &format!("[[shards]]\nid=\"{r}/{c}\"\ncategories=[\"{c}\"]\nregions=[\"{r}\"]\n");
+            toml +=
+                &format!("[[shards]]\nid=\"{r}/{c}\"\ncategories=[\"{c}\"]\nregions=[\"{r}\"]\n");
         }
     }
     let config = shardmap::Config::from_toml(&toml, Path::new("bench.toml")).expect("config");
@@ -40,7 +58,8 @@ fn main() {
     let catalog = Arc::new(catalog);
     let table = shardmap::RoutingTable::build(&config, catalog.clone(), 1);
     let t_table = t1.elapsed();
-    let cell = arc_swap::ArcSwap::from_pointee(shardmap::RoutingTable::build(&config, catalog.clone(), 0));
+    let cell =
+        arc_swap::ArcSwap::from_pointee(shardmap::RoutingTable::build(&config, catalog.clone(), 0));
     let t2 = Instant::now();
     cell.store(Arc::new(table));
     let t_swap = t2.elapsed();

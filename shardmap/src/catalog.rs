@@ -264,7 +264,10 @@ impl Catalog {
         let mut rec = csv::ByteRecord::new();
         while rdr.read_byte_record(&mut rec)? {
             let line = rec.position().map(|p| p.line()).unwrap_or(0);
-            let bad = |msg: &str| CatalogError::Row { line, msg: msg.into() };
+            let bad = |msg: &str| CatalogError::Row {
+                line,
+                msg: msg.into(),
+            };
             let sku = rec.get(si).ok_or_else(|| bad("missing sku column"))?;
             let cat = rec.get(ci).ok_or_else(|| bad("missing category column"))?;
             if sku.is_empty() || cat.is_empty() {
@@ -287,10 +290,17 @@ impl Catalog {
             }
         }
         if !collided.is_empty() {
-            let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(data);
+            let mut rdr = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .from_reader(data);
             while rdr.read_byte_record(&mut rec)? {
-                let (Some(sku), Some(cat)) = (rec.get(si), rec.get(ci)) else { continue };
-                let (Ok(sku), Ok(cat)) = (std::str::from_utf8(sku), std::str::from_utf8(cat)) else { continue };
+                let (Some(sku), Some(cat)) = (rec.get(si), rec.get(ci)) else {
+                    continue;
+                };
+                let (Ok(sku), Ok(cat)) = (std::str::from_utf8(sku), std::str::from_utf8(cat))
+                else {
+                    continue;
+                };
                 if collided.contains(&fingerprint(sku_hash(sku))) {
                     let id = c.index[cat];
                     map.exact.insert(sku.into(), id);

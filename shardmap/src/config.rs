@@ -98,6 +98,8 @@ pub struct ConfigFile {
     pub health: HealthFile,
     #[serde(default)]
     pub telemetry: TelemetryFile,
+    #[serde(default)]
+    pub control: ControlFile,
     /// Add `x-shardcast-shard` and `x-shardcast-node` to responses.
     #[serde(default)]
     pub response_headers: bool,
@@ -468,6 +470,42 @@ impl Default for TelemetryFile {
     }
 }
 
+/// Where the shard manager publishes table updates (the metadata store).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlFile {
+    /// `redis://host:port/db`: follow the table published there (every
+    /// proxy converges on the same version). Absent: config and
+    /// `PUT /admin/table` only.
+    #[serde(default)]
+    pub metadata: Option<String>,
+    /// Key prefix: the table lives at `<prefix>:table`, change
+    /// notifications on channel `<prefix>:table:changed`.
+    #[serde(default = "d_prefix")]
+    pub prefix: String,
+    /// Re-read the table this often even without a notification (a proxy
+    /// that missed a message catches up).
+    #[serde(default = "d_poll")]
+    pub poll_ms: u64,
+}
+
+fn d_prefix() -> String {
+    "shardcast".into()
+}
+fn d_poll() -> u64 {
+    1000
+}
+
+impl Default for ControlFile {
+    fn default() -> Self {
+        Self {
+            metadata: None,
+            prefix: d_prefix(),
+            poll_ms: d_poll(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Validated model
 // ---------------------------------------------------------------------------
@@ -488,6 +526,7 @@ pub struct Config {
     pub retry: RetryFile,
     pub health: Health,
     pub telemetry: Telemetry,
+    pub control: ControlFile,
     pub response_headers: bool,
     pub max_header_bytes: usize,
 }
@@ -1049,6 +1088,20 @@ impl ConfigFile {
         if self.telemetry.queue == 0 {
             errs.push("telemetry.queue", "must be at least 1");
         }
+        if let Some(m) = &self.control.metadata {
+            if !(m.starts_with("redis://") || m.starts_with("rediss://")) {
+                errs.push(
+                    "control.metadata",
+                    format!("`{m}`: expected redis://host:port/db"),
+                );
+            }
+        }
+        if self.control.prefix.is_empty() || self.control.prefix.contains(char::is_whitespace) {
+            errs.push("control.prefix", "must be non-empty without spaces");
+        }
+        if self.control.poll_ms < 50 {
+            errs.push("control.poll_ms", "at least 50");
+        }
         if self.max_header_bytes < 1024 || self.max_header_bytes > 1 << 20 {
             errs.push("max_header_bytes", "must be between 1024 and 1048576");
         }
@@ -1094,6 +1147,7 @@ impl ConfigFile {
                 top_k: self.telemetry.top_k,
                 queue: self.telemetry.queue,
             },
+            control: self.control,
             response_headers: self.response_headers,
             max_header_bytes: self.max_header_bytes,
         })

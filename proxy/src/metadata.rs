@@ -1,0 +1,114 @@
+//! Following the metadata store: the shard manager writes each new table
+//! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`])
+//! and publishes its version on `<prefix>:table:changed`. Every proxy
+//! subscribed applies it (only when newer), so all proxies converge on the
+//! same version; a proxy that missed a message catches up on the next one or
+//! on the periodic re-read. Redis being down never affects serving: the
+//! current table stays, errors are logged with backoff and counted.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::state::Shared;
+
+#[derive(Debug, Default)]
+pub struct MetadataCounters {
+    pub applied: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+async fn fetch_and_apply(
+    shared: &Arc<Shared>,
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Result<(), String> {
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(raw) = raw else { return Ok(()) };
+    let update: shardmap::TableUpdate =
+        serde_json::from_slice(&raw).map_err(|e| format!("{key}: not a table update: {e}"))?;
+    if update.version <= shared.current().table.version {
+        return Ok(());
+    }
+    match crate::reload::apply_update(shared, update).await {
+        Ok(v) => {
+            shared.metadata.applied.fetch_add(1, Relaxed);
+            info!(version = v, "table from the metadata store applied");
+            Ok(())
+        }
+        Err(shardmap::table::TableError::Stale { .. }) => Ok(()),
+        Err(e) => Err(format!("{key}: rejected: {e}")),
+    }
+}
+
+/// Follow the store named in the config until shutdown.
+pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let cfg = shared.current().config.control.clone();
+        let Some(url) = cfg.metadata.clone() else {
+            // Not configured (a reload may configure it later).
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = shutdown.changed() => return,
+            }
+        };
+        let key = format!("{}:table", cfg.prefix);
+        let channel = format!("{}:table:changed", cfg.prefix);
+        let poll = Duration::from_millis(cfg.poll_ms);
+        let session = async {
+            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+            pubsub
+                .subscribe(&channel)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut messages = pubsub.on_message();
+            fetch_and_apply(&shared, &mut conn, &key).await?;
+            loop {
+                let same =
+                    shared.current().config.control.metadata.as_deref() == Some(url.as_str());
+                if !same {
+                    return Ok::<(), String>(());
+                }
+                tokio::select! {
+                    m = messages.next() => {
+                        if m.is_none() {
+                            return Err("subscription closed".into());
+                        }
+                    }
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                fetch_and_apply(&shared, &mut conn, &key).await?;
+            }
+        };
+        let result = tokio::select! {
+            r = session => r,
+            _ = shutdown.changed() => return,
+        };
+        match result {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                shared.metadata.errors.fetch_add(1, Relaxed);
+                warn!(error = %e, retry_in = ?backoff, "metadata store unavailable; serving the current table");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
