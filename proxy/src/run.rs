@@ -96,7 +96,7 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
     let stats = StatsRegistry::default();
     let snap = reload::initial(&prepared, &nodes, &stats)?;
     let cfg = prepared.config.clone();
-    let admin = std::net::TcpListener::bind(cfg.listen.admin)
+    let admin = bind_admin(cfg.listen.admin)
         .map_err(|e| vec![format!("listen.admin {}: {e}", cfg.listen.admin)])?;
     let certs: Vec<Arc<CertResolver>> = prepared
         .certs
@@ -183,6 +183,18 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         "shardcast-proxy starting"
     );
     server.run_forever()
+}
+
+/// The admin socket, with SO_REUSEPORT so a process started with
+/// `--upgrade` can bind it while the old one is still draining.
+fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 fn hostname() -> String {

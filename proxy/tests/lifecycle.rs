@@ -130,3 +130,74 @@ fn opts_with(catalog: String) -> ProxyOpts {
     o.catalog = catalog;
     o
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_hands_over_the_listener_without_failures() {
+    let nodes = [TestNode::start("n1").await];
+    let mut o = opts();
+    o.extra = "replication_factor = 1\n".into();
+    let mut old = Proxy::start(&nodes.iter().collect::<Vec<_>>(), o).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let base = old.url("/inventory/A");
+    let s2 = stop.clone();
+    let load = tokio::spawn(async move {
+        let (mut ok, mut bad) = (0u64, vec![]);
+        while !s2.load(SeqCst) {
+            // a new connection each time: the listener itself is handed over
+            let c = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            match c.get(format!("{base}{}", ok % 100)).send().await {
+                Ok(r) if r.status() == 200 => ok += 1,
+                Ok(r) => bad.push(r.status().to_string()),
+                Err(e) => bad.push(e.to_string()),
+            }
+        }
+        (ok, bad)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // the new process waits for the sockets, then the old one hands them over
+    let log = old.dir.path().join("new.log");
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast-proxy"))
+        .arg("-c")
+        .arg(&old.config)
+        .arg("--upgrade")
+        .arg("--upgrade-sock")
+        .arg(old.dir.path().join("upgrade.sock"))
+        .stdout(std::process::Stdio::from(
+            std::fs::File::create(&log).unwrap(),
+        ))
+        .stderr(std::process::Stdio::from(
+            std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal("QUIT");
+    let t0 = Instant::now();
+    while old.child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "old process did not exit after SIGQUIT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, SeqCst);
+    let (ok, bad) = load.await.unwrap();
+    let alive = new.try_wait().unwrap().is_none();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        alive,
+        "new process died: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(ok > 20, "{ok}");
+    assert!(
+        bad.is_empty(),
+        "failed during upgrade: {:?}",
+        &bad[..bad.len().min(5)]
+    );
+}
