@@ -102,7 +102,11 @@ where
                 ),
                 Ok(u) => match reload::apply_update(&shared, u).await {
                     Ok(v) => json(StatusCode::OK, &serde_json::json!({"version": v})),
-                    Err(e @ shardmap::table::TableError::Stale { .. }) => json(
+                    Err(
+                        e @ reload::UpdateError::Table(shardmap::table::TableError::Stale {
+                            ..
+                        }),
+                    ) => json(
                         StatusCode::CONFLICT,
                         &serde_json::json!({"error": e.to_string(), "version": shared.current().table.version}),
                     ),

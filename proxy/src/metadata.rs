@@ -44,7 +44,7 @@ async fn fetch_and_apply(
             info!(version = v, "table from the metadata store applied");
             Ok(())
         }
-        Err(shardmap::table::TableError::Stale { .. }) => Ok(()),
+        Err(crate::reload::UpdateError::Table(shardmap::table::TableError::Stale { .. })) => Ok(()),
         Err(e) => Err(format!("{key}: rejected: {e}")),
     }
 }

@@ -403,7 +403,7 @@ impl ProxyHttp for ShardProxy {
 
     fn fail_to_connect(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
@@ -417,7 +417,6 @@ impl ProxyHttp for ShardProxy {
             // replica is left to try.
             e.set_retry(ctx.ntried <= snap.config.retry.max_retries as usize);
         }
-        let _ = session;
         e
     }
 

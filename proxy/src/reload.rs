@@ -182,15 +182,24 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
     }
 }
 
+/// Why a table update was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("cannot build the updated table: {0}")]
+    Build(String),
+}
+
 /// Apply a versioned table update from the shard manager.
-pub async fn apply_update(shared: &Arc<Shared>, update: TableUpdate) -> Result<u64, TableError> {
+pub async fn apply_update(shared: &Arc<Shared>, update: TableUpdate) -> Result<u64, UpdateError> {
     let _guard = shared.reload_lock.lock().await;
     let cur = shared.current();
     let table = match cur.table.apply(&cur.config, &update) {
         Ok(t) => t,
         Err(e) => {
             shared.counters.updates_rejected.fetch_add(1, Relaxed);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let version = table.version;
@@ -204,10 +213,7 @@ pub async fn apply_update(shared: &Arc<Shared>, update: TableUpdate) -> Result<u
         &shared.nodes,
         &shared.stats,
     )
-    .map_err(|_| TableError::Stale {
-        got: version,
-        current: cur.table.version,
-    })?;
+    .map_err(UpdateError::Build)?;
     shared.snapshot.store(Arc::new(snap));
     shared.counters.updates_ok.fetch_add(1, Relaxed);
     shared.record_version(version, "update");

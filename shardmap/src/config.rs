@@ -973,9 +973,6 @@ impl ConfigFile {
             } else {
                 RegionSource::None
             };
-            if region == RegionSource::None && r.default_region.is_none() {
-                // Allowed: unknown region falls back to the sku's first cell.
-            }
             let on_missing_key = match r.on_missing_key {
                 MissingKeyFile::Reject => {
                     if !r.default_pool.is_empty() {
