@@ -4,8 +4,9 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::node::now_ms;
+use crate::node::{now_ms, NodeRuntime};
 use crate::state::Shared;
+use crate::telemetry::ShardStats;
 
 pub const REQUESTS: &str = "shardcast_requests_total";
 pub const REJECTED: &str = "shardcast_rejected_total";
@@ -88,132 +89,83 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(o, "{NO_REPLICA} {}", c.no_replica.load(Relaxed));
 
     let now = now_ms();
-    head(
-        &mut o,
-        NODE_REQUESTS,
-        "counter",
-        "Requests sent to a node (attempts).",
-    );
-    for n in &snap.nodes {
-        let _ = writeln!(
-            o,
-            "{NODE_REQUESTS}{{node=\"{}\"}} {}",
-            n.name,
-            n.counters.requests.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        NODE_ERRORS,
-        "counter",
-        "Failed attempts on a node (connect errors, 502/503/504, broken connections).",
-    );
-    for n in &snap.nodes {
-        let _ = writeln!(
-            o,
-            "{NODE_ERRORS}{{node=\"{}\"}} {}",
-            n.name,
-            n.counters.errors.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        NODE_CONNECT_FAILURES,
-        "counter",
-        "Connect failures to a node.",
-    );
-    for n in &snap.nodes {
-        let _ = writeln!(
-            o,
-            "{NODE_CONNECT_FAILURES}{{node=\"{}\"}} {}",
-            n.name,
-            n.counters.connect_failures.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        NODE_RETRIES,
-        "counter",
-        "Retries that moved away from a node.",
-    );
-    for n in &snap.nodes {
-        let _ = writeln!(
-            o,
-            "{NODE_RETRIES}{{node=\"{}\"}} {}",
-            n.name,
-            n.counters.retries.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        NODE_EJECTIONS,
-        "counter",
-        "Passive ejections of a node.",
-    );
-    for n in &snap.nodes {
-        let _ = writeln!(
-            o,
-            "{NODE_EJECTIONS}{{node=\"{}\"}} {}",
-            n.name,
-            n.counters.ejections.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        NODE_IN_FLIGHT,
-        "gauge",
-        "Requests in flight to a node.",
-    );
-    for n in &snap.nodes {
-        let _ = writeln!(
-            o,
-            "{NODE_IN_FLIGHT}{{node=\"{}\"}} {}",
-            n.name,
-            n.in_flight()
-        );
-    }
-    head(
-        &mut o,
-        NODE_HEALTHY,
-        "gauge",
-        "1 when the node is in rotation.",
-    );
-    for n in &snap.nodes {
-        let _ = writeln!(
-            o,
-            "{NODE_HEALTHY}{{node=\"{}\"}} {}",
-            n.name,
-            u8::from(n.usable(now))
-        );
+    let nodes = &snap.nodes;
+    let node_families: [(&str, &str, &str, fn(&NodeRuntime, u64) -> u64); 7] = [
+        (
+            NODE_REQUESTS,
+            "counter",
+            "Requests sent to a node (attempts).",
+            |n, _| n.counters.requests.load(Relaxed),
+        ),
+        (
+            NODE_ERRORS,
+            "counter",
+            "Failed attempts on a node (connect errors, 502/503/504, broken connections).",
+            |n, _| n.counters.errors.load(Relaxed),
+        ),
+        (
+            NODE_CONNECT_FAILURES,
+            "counter",
+            "Connect failures to a node.",
+            |n, _| n.counters.connect_failures.load(Relaxed),
+        ),
+        (
+            NODE_RETRIES,
+            "counter",
+            "Retries that moved away from a node.",
+            |n, _| n.counters.retries.load(Relaxed),
+        ),
+        (
+            NODE_EJECTIONS,
+            "counter",
+            "Passive ejections of a node.",
+            |n, _| n.counters.ejections.load(Relaxed),
+        ),
+        (
+            NODE_IN_FLIGHT,
+            "gauge",
+            "Requests in flight to a node.",
+            |n, _| n.in_flight(),
+        ),
+        (
+            NODE_HEALTHY,
+            "gauge",
+            "1 when the node is in rotation.",
+            |n, now| u64::from(n.usable(now)),
+        ),
+    ];
+    for (name, kind, help, value) in node_families {
+        head(&mut o, name, kind, help);
+        for n in nodes.iter() {
+            let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", n.name, value(n, now));
+        }
     }
 
-    head(
-        &mut o,
-        SHARD_REQUESTS,
-        "counter",
-        "Requests routed to a shard.",
-    );
-    for s in &snap.stats {
-        let _ = writeln!(
-            o,
-            "{SHARD_REQUESTS}{{shard=\"{}\"}} {}",
-            s.id,
-            s.requests.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        SHARD_ERRORS,
-        "counter",
-        "Requests to a shard that failed (5xx or no response).",
-    );
-    for s in &snap.stats {
-        let _ = writeln!(
-            o,
-            "{SHARD_ERRORS}{{shard=\"{}\"}} {}",
-            s.id,
-            s.errors.load(Relaxed)
-        );
+    let shard_families: [(&str, &str, &str, fn(&ShardStats) -> u64); 3] = [
+        (
+            SHARD_REQUESTS,
+            "counter",
+            "Requests routed to a shard.",
+            |s| s.requests.load(Relaxed),
+        ),
+        (
+            SHARD_ERRORS,
+            "counter",
+            "Requests to a shard that failed (5xx or no response).",
+            |s| s.errors.load(Relaxed),
+        ),
+        (
+            SHARD_BYTES,
+            "counter",
+            "Response body bytes sent, per shard.",
+            |s| s.bytes.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in shard_families {
+        head(&mut o, name, kind, help);
+        for s in &snap.stats {
+            let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", s.id, value(s));
+        }
     }
     head(
         &mut o,
@@ -222,32 +174,14 @@ pub fn render(shared: &Shared) -> String {
         "Node cache results reported by x-cache, per shard.",
     );
     for s in &snap.stats {
-        let _ = writeln!(
-            o,
-            "{SHARD_CACHE}{{shard=\"{}\",result=\"hit\"}} {}",
-            s.id,
-            s.cache_hits.load(Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "{SHARD_CACHE}{{shard=\"{}\",result=\"miss\"}} {}",
-            s.id,
-            s.cache_misses.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        SHARD_BYTES,
-        "counter",
-        "Response body bytes sent, per shard.",
-    );
-    for s in &snap.stats {
-        let _ = writeln!(
-            o,
-            "{SHARD_BYTES}{{shard=\"{}\"}} {}",
-            s.id,
-            s.bytes.load(Relaxed)
-        );
+        for (result, v) in [("hit", &s.cache_hits), ("miss", &s.cache_misses)] {
+            let _ = writeln!(
+                o,
+                "{SHARD_CACHE}{{shard=\"{}\",result=\"{result}\"}} {}",
+                s.id,
+                v.load(Relaxed)
+            );
+        }
     }
     head(
         &mut o,
