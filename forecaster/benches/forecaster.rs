@@ -1,1 +1,231 @@
-fn main() {}
+//! Benchmarks of issue 4: a planning cycle for 10k shards × all horizons
+//! (cold: both models run; warm: inputs unchanged, outputs reused), ingest
+//! throughput (decode + store), and memory per shard (printed).
+//!
+//! `cargo bench -p shardcast-forecaster` — needs `.venv` (scripts/setup).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
+use shardcast_forecaster::engine::{Engine, EngineConfig, ForecastHandle};
+use shardcast_forecaster::feeds::{self, FeedSource, FeedSpec, Signals};
+use shardcast_forecaster::metrics::Metrics;
+use shardcast_forecaster::service::seed_history;
+use shardcast_forecaster::store::{Retention, Store};
+use shardcast_forecaster::time::parse_local;
+use shardmap::telemetry::{Frame, Latency, ShardSample, FRAME_VERSION};
+
+const SHARDS: usize = 10_000;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// 10k shards: the 14 real series (last 60 days), each copied with a
+/// per-copy scale and phase so rows differ.
+fn store_10k() -> Arc<Store> {
+    let real = Store::new(Retention::default(), 0, 100);
+    seed_history(
+        &real,
+        &HistoryConfig {
+            source: FeedSource::File(root().join("data/online_retail/shard_hourly.csv.gz")),
+            id_col: "shard_id".into(),
+            time_col: "ds".into(),
+            value_col: "lines".into(),
+            align: HistoryAlign::AsIs,
+        },
+        0,
+    );
+    let origin = parse_local("2011-11-10 23:00:00").unwrap() / 3600;
+    let first = origin - 60 * 24 + 1;
+    let ids = real.shard_ids();
+    let hist: Vec<Vec<f64>> = ids
+        .iter()
+        .map(|id| {
+            let mut v = vec![0.0; 60 * 24];
+            real.hourly_window(id, first, &mut v);
+            v
+        })
+        .collect();
+    let store = Arc::new(Store::new(Retention::default(), 0, SHARDS));
+    for i in 0..SHARDS {
+        let src = &hist[i % hist.len()];
+        let k = 0.2 + (i % 17) as f64 * 0.3;
+        let v: Vec<f64> = src.iter().map(|x| x * k).collect();
+        store.seed_hourly(&format!("R{}/C{i}", i % 7), first, &v);
+    }
+    store
+}
+
+fn engine(store: Arc<Store>, signals: Signals, threads: usize) -> Engine {
+    Engine::new(
+        EngineConfig {
+            hourly_contract: root().join("forecaster/models/shardcast_hourly.json"),
+            daily_contract: root().join("forecaster/models/shardcast_daily.json"),
+            onnxruntime_lib: None,
+            intra_threads: threads,
+            cycle: Duration::from_secs(10),
+            retry_load: Duration::from_secs(60),
+        },
+        store,
+        Arc::new(ArcSwap::from_pointee(signals)),
+        Arc::new(Metrics::default()),
+        ForecastHandle::new(),
+    )
+}
+
+fn inference(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let signals = rt.block_on(feeds::reload(
+        &Signals::default(),
+        Some(&FeedSpec {
+            name: "events".into(),
+            source: FeedSource::File(root().join("data/online_retail/events.csv")),
+            max_age: Duration::from_secs(0),
+        }),
+        &[],
+        Duration::from_secs(5),
+    ));
+    let store = store_10k();
+    let now = parse_local("2011-11-11 00:00:30").unwrap() * 1000;
+    let mut g = c.benchmark_group("planning_cycle_10k_shards");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(SHARDS as u64));
+    for threads in [1usize, 2] {
+        let mut e = engine(store.clone(), signals.clone(), threads);
+        let set = e.cycle(now);
+        assert_eq!(set.shards.len(), SHARDS);
+        assert!(
+            set.models.iter().all(|m| m.loaded && m.rows == SHARDS),
+            "{:?}",
+            set.models
+        );
+        let fallback = set
+            .shards
+            .values()
+            .flat_map(|s| &s.horizons)
+            .filter(|h| h.is_fallback())
+            .count();
+        eprintln!("intra_threads={threads}: cold cycle {:.1} ms, hourly run {:.1} ms, daily run {:.1} ms, fallback rows {fallback}",
+            set.cycle_ms, set.models[0].run_ms.unwrap_or(0.0), set.models[1].run_ms.unwrap_or(0.0));
+        g.bench_function(format!("cold_both_models_intra{threads}"), |b| {
+            b.iter(|| {
+                e.invalidate();
+                e.cycle(now)
+            })
+        });
+        g.bench_function(format!("warm_cached_intra{threads}"), |b| {
+            b.iter(|| e.cycle(now))
+        });
+    }
+    g.finish();
+}
+
+fn frame(seq: u64, shards: usize, t: u64) -> Frame {
+    Frame {
+        v: FRAME_VERSION,
+        source: "proxy-1".into(),
+        seq,
+        start_unix_ms: t,
+        interval_ms: 1000,
+        table_version: 1,
+        dropped_before: 0,
+        shards: (0..shards)
+            .map(|i| ShardSample {
+                shard: format!("REGION{}/CATEGORY_{i}", i % 5),
+                requests: 100 + i as u64,
+                errors: 1,
+                cache_hits: 90,
+                cache_misses: 10,
+                bytes: 123_456,
+                latency: Latency {
+                    count: 100,
+                    p50_us: 800,
+                    p90_us: 2_000,
+                    p99_us: 9_000,
+                    max_us: 20_000,
+                    mean_us: 1_000.5,
+                },
+                top_skus: (0..8)
+                    .map(|k| (format!("SKU{k:05}"), 10 - k as u64))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn ingest(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ingest");
+    for shards in [1usize, 100, 1_000] {
+        let store = Store::new(Retention::default(), 0, 100_000);
+        let t0 = 1_795_000_000_000u64;
+        let bytes = frame(0, shards, t0).encode();
+        g.throughput(Throughput::Elements(1));
+        let mut seq = 0u64;
+        g.bench_function(format!("decode_and_store_frame_{shards}_shards"), |b| {
+            b.iter_batched(
+                || {
+                    seq += 1;
+                    seq
+                },
+                |s| {
+                    let mut f = Frame::decode(&bytes).unwrap();
+                    f.seq = s;
+                    f.start_unix_ms = t0 + s * 1000;
+                    store.ingest(&f, (t0 + s * 1000) as i64)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        eprintln!("frame with {shards} shards: {} bytes encoded", bytes.len());
+    }
+    g.finish();
+
+    // Memory per shard (heap held by the rings), printed.
+    let store = Store::new(Retention::default(), 0, 100);
+    let r = Retention::default();
+    let t0 = 1_795_000_000_000u64;
+    // a shard that has filled every ring: a week of 1 s frames, then 3 years of hours
+    store.seed_hourly(
+        "full",
+        (t0 / 3_600_000) as i64 - r.hours as i64,
+        &vec![1.0; r.hours],
+    );
+    for s in 0..(r.minutes as u64 * 60 / 1000 + 1) {
+        let f = frame(s, 1, t0 + s * 60_000);
+        let mut f = f;
+        f.shards[0].shard = "full".into();
+        f.interval_ms = 60_000;
+        store.ingest(&f, (t0 + s * 60_000) as i64);
+    }
+    for s in 0..3_600u64 {
+        let mut f = frame(s, 1, t0 + 700_000_000 + s * 1000);
+        f.shards[0].shard = "full".into();
+        store.ingest(&f, 0);
+    }
+    let full = store.bytes();
+    let typical = Store::new(Retention::default(), 0, 100);
+    typical.seed_hourly("seeded-60d", 0, &vec![1.0; 60 * 24]);
+    eprintln!(
+        "memory per shard: full rings {} KiB (cap: {} s + {} min + {} h buckets × 4 B); 60 days seeded, no live data {} KiB",
+        full / 1024,
+        r.seconds,
+        r.minutes,
+        r.hours,
+        typical.bytes() / 1024
+    );
+}
+
+criterion_group!(benches, inference, ingest);
+criterion_main!(benches);

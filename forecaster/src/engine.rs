@@ -136,7 +136,7 @@ pub struct ModelStatus {
 }
 
 /// Everything one planning cycle produced. Immutable once published.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ForecastSet {
     pub generated_at_unix_ms: i64,
     pub generated_at: String,
@@ -146,7 +146,8 @@ pub struct ForecastSet {
     pub cycle_ms: f64,
     pub models: Vec<ModelStatus>,
     pub feeds: Vec<FeedStatus>,
-    pub shards: BTreeMap<String, ShardForecast>,
+    /// Per shard, by id. Shared between consecutive sets when nothing changed.
+    pub shards: Arc<BTreeMap<String, ShardForecast>>,
 }
 
 impl ForecastSet {
@@ -274,6 +275,8 @@ pub struct Engine {
     handle: ForecastHandle,
     slots: [Slot; 2],
     buf: Vec<f64>,
+    /// The last assembled shards and the model cache keys they came from.
+    last: Option<([CacheKey; 2], Arc<BTreeMap<String, ShardForecast>>)>,
 }
 
 /// Hours of history kept per shard for one cycle: enough for the daily
@@ -310,6 +313,7 @@ impl Engine {
             handle,
             slots,
             buf: Vec::new(),
+            last: None,
         }
     }
 
@@ -352,6 +356,14 @@ impl Engine {
         }
     }
 
+    /// Forget cached model outputs: the next cycle re-runs both models.
+    pub fn invalidate(&mut self) {
+        for s in &mut self.slots {
+            s.cache_key = None;
+        }
+        self.last = None;
+    }
+
     /// One planning cycle at wall time `now_unix_ms`: forecasts for every
     /// known shard, published and returned.
     pub fn cycle(&mut self, now_unix_ms: i64) -> Arc<ForecastSet> {
@@ -369,15 +381,6 @@ impl Engine {
             .model
             .as_ref()
             .map_or(35, |m| m.contract.history_needed());
-        let (buf_start, buf_len) = buffer_hours(origin_h, origin_d, hourly_need, daily_need);
-        // Snapshot the hourly history of every shard (one short lock each).
-        self.buf.clear();
-        self.buf.resize(ids.len() * buf_len, 0.0);
-        let mut hist = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let out = &mut self.buf[i * buf_len..(i + 1) * buf_len];
-            hist.push(self.store.hourly_window(id, buf_start, out));
-        }
         // Feed states as this origin sees them.
         let events = signals
             .events
@@ -406,28 +409,66 @@ impl Engine {
             self.store.counters.changes.load(Ordering::Relaxed),
             ids.len(),
         );
-        let mut models = Vec::new();
-        for si in 0..2 {
-            let origin = match self.slots[si].freq {
-                Freq::Hourly => origin_h,
-                Freq::Daily => origin_d,
-            };
-            let key = (origin, key_base.0, key_base.1, key_base.2);
-            let cached = self.slots[si].model.is_some() && self.slots[si].cache_key == Some(key);
-            if !cached {
-                self.run_slot(
-                    si,
-                    &ids,
-                    buf_start,
-                    buf_len,
-                    origin,
-                    events.as_deref().filter(|_| events_current),
-                    &signals,
-                );
-                self.slots[si].cache_key = self.slots[si].model.as_ref().map(|_| key);
+        let keys: [CacheKey; 2] =
+            [origin_h, origin_d].map(|o| (o, key_base.0, key_base.1, key_base.2));
+        let cached: [bool; 2] = [0, 1]
+            .map(|i| self.slots[i].model.is_some() && self.slots[i].cache_key == Some(keys[i]));
+        let reuse = match &self.last {
+            Some((k, shards)) if cached == [true, true] && *k == keys => Some(shards.clone()),
+            _ => None,
+        };
+        let shards = match reuse {
+            Some(shards) => shards,
+            None => {
+                let (buf_start, buf_len) =
+                    buffer_hours(origin_h, origin_d, hourly_need, daily_need);
+                // Snapshot the hourly history of every shard (one short lock each).
+                self.buf.clear();
+                self.buf.resize(ids.len() * buf_len, 0.0);
+                let mut hist = Vec::with_capacity(ids.len());
+                for (i, id) in ids.iter().enumerate() {
+                    let out = &mut self.buf[i * buf_len..(i + 1) * buf_len];
+                    hist.push(self.store.hourly_window(id, buf_start, out));
+                }
+                let ev = events.as_deref().filter(|_| events_current);
+                let (buf, metrics) = (&self.buf, &*self.metrics);
+                let [s0, s1] = &mut self.slots;
+                let runs = [!cached[0], !cached[1]];
+                let run = |slot: &mut Slot, key: CacheKey| {
+                    run_slot(
+                        slot, metrics, buf, &ids, buf_start, buf_len, key.0, ev, &signals,
+                    );
+                    slot.cache_key = slot.model.as_ref().map(|_| key);
+                };
+                match runs {
+                    // Two models, two threads: their runs are independent.
+                    [true, true] if s0.model.is_some() && s1.model.is_some() => {
+                        std::thread::scope(|sc| {
+                            let h = sc.spawn(|| run(s0, keys[0]));
+                            run(s1, keys[1]);
+                            let _ = h.join();
+                        });
+                    }
+                    _ => {
+                        if runs[0] {
+                            run(s0, keys[0]);
+                        }
+                        if runs[1] {
+                            run(s1, keys[1]);
+                        }
+                    }
+                }
+                let shards = Arc::new(self.assemble(&ids, &hist, buf_len));
+                let all_loaded = self.slots.iter().all(|s| s.model.is_some());
+                self.last = all_loaded.then(|| (keys, shards.clone()));
+                shards
             }
-            let s = &self.slots[si];
-            models.push(ModelStatus {
+        };
+        let models: Vec<ModelStatus> = self
+            .slots
+            .iter()
+            .zip(cached)
+            .map(|(s, cached)| ModelStatus {
                 name: s.model.as_ref().map_or_else(
                     || {
                         s.path
@@ -443,9 +484,30 @@ impl Engine {
                 cached,
                 rows: s.rows,
                 run_ms: s.run_ms,
-            });
-        }
-        // Assemble, falling back where the model has no answer.
+            })
+            .collect();
+        let set = Arc::new(ForecastSet {
+            generated_at_unix_ms: now_unix_ms.max(1),
+            generated_at: format_utc_ms(now_unix_ms),
+            origin_hour: format_local(origin_h * 3600),
+            origin_day: format_local(origin_d * 86_400)[..10].to_string(),
+            cycle_ms: t0.elapsed().as_secs_f64() * 1e3,
+            models,
+            feeds,
+            shards,
+        });
+        self.metrics.record_cycle(&set);
+        self.handle.publish(set.clone());
+        set
+    }
+
+    /// Per shard, the model's answer or the seasonal-naive fallback.
+    fn assemble(
+        &self,
+        ids: &[Arc<str>],
+        hist: &[usize],
+        buf_len: usize,
+    ) -> BTreeMap<String, ShardForecast> {
         let mut shards = BTreeMap::new();
         for (i, id) in ids.iter().enumerate() {
             let y = &self.buf[i * buf_len..(i + 1) * buf_len];
@@ -489,141 +551,131 @@ impl Engine {
                 },
             );
         }
-        let set = Arc::new(ForecastSet {
-            generated_at_unix_ms: now_unix_ms.max(1),
-            generated_at: format_utc_ms(now_unix_ms),
-            origin_hour: format_local(origin_h * 3600),
-            origin_day: format_local(origin_d * 86_400)[..10].to_string(),
-            cycle_ms: t0.elapsed().as_secs_f64() * 1e3,
-            models,
-            feeds,
-            shards,
-        });
-        self.metrics.record_cycle(&set);
-        self.handle.publish(set.clone());
-        set
+        shards
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_slot(
-        &mut self,
-        si: usize,
-        ids: &[Arc<str>],
-        buf_start: i64,
-        buf_len: usize,
-        origin: i64,
-        events: Option<&crate::feeds::Events>,
-        signals: &Signals,
-    ) {
-        let slot = &mut self.slots[si];
-        slot.cache.clear();
-        slot.rows = 0;
-        let Some(model) = slot.model.as_mut() else {
-            return;
-        };
-        let c = model.contract.clone();
-        let need = c.history_needed();
-        let cal = CalendarRows::new(&c, origin);
-        let per = c.freq.hours();
-        let first_period = origin - (c.context as i64 - 1);
-        let last_period = origin + c.horizon as i64;
-        let day_of = |p: i64| (p * per).div_euclid(24);
-        let window = events.map(|e| e.window(day_of(first_period), day_of(last_period)));
-        let covs: Vec<Option<&Arc<crate::feeds::Covariate>>> =
-            c.covariates.iter().map(|n| signals.covariate(n)).collect();
-        let mut batch = Batch::with_capacity(&c, ids.len());
-        let mut y = vec![0.0f64; need];
-        let mut ev: Vec<EventChannels> = Vec::with_capacity(c.context + c.horizon);
-        let mut order = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let hours = &self.buf[i * buf_len..(i + 1) * buf_len];
-            // Periods origin-need+1 ..= origin, from the hourly buffer.
-            for (k, slot_y) in y.iter_mut().enumerate() {
-                let p = origin - need as i64 + 1 + k as i64;
-                let h0 = p * per - buf_start;
-                *slot_y = (h0..h0 + per)
-                    .filter(|&h| h >= 0 && (h as usize) < buf_len)
-                    .map(|h| hours[h as usize])
-                    .sum();
-            }
-            ev.clear();
-            if let Some(w) = window.as_ref().filter(|w| w.any_for(id)) {
-                for p in first_period..=last_period {
-                    ev.push(w.channels(id, day_of(p)));
-                }
-            }
-            let cov: Vec<Option<Vec<f64>>> = covs
-                .iter()
-                .map(|f| {
-                    f.map(|f| {
-                        (0..c.context as i64)
-                            .map(|k| {
-                                f.value(id, (first_period + k) * per * 3600)
-                                    .unwrap_or(f64::NAN)
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            let input = SeriesInput {
-                y: &y,
-                events: &ev,
-                events_known: window.is_some(),
-                covariates: &cov,
-            };
-            if batch.push(&c, &cal, &input) {
-                order.push(id.clone());
+#[allow(clippy::too_many_arguments)]
+/// Build one model's batch over all shards, run it once, and cache each
+/// shard's answer (or why there is none).
+fn run_slot(
+    slot: &mut Slot,
+    metrics: &Metrics,
+    buf: &[f64],
+    ids: &[Arc<str>],
+    buf_start: i64,
+    buf_len: usize,
+    origin: i64,
+    events: Option<&crate::feeds::Events>,
+    signals: &Signals,
+) {
+    slot.cache.clear();
+    slot.rows = 0;
+    let Some(model) = slot.model.as_mut() else {
+        return;
+    };
+    let c = model.contract.clone();
+    let need = c.history_needed();
+    let cal = CalendarRows::new(&c, origin);
+    let per = c.freq.hours();
+    let first_period = origin - (c.context as i64 - 1);
+    let last_period = origin + c.horizon as i64;
+    let day_of = |p: i64| (p * per).div_euclid(24);
+    let window = events.map(|e| e.window(day_of(first_period), day_of(last_period)));
+    let covs: Vec<Option<&Arc<crate::feeds::Covariate>>> =
+        c.covariates.iter().map(|n| signals.covariate(n)).collect();
+    let mut batch = Batch::with_capacity(&c, ids.len());
+    let mut y = vec![0.0f64; need];
+    let mut ev: Vec<EventChannels> = Vec::with_capacity(c.context + c.horizon);
+    let mut order = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let hours = &buf[i * buf_len..(i + 1) * buf_len];
+        // Periods origin-need+1 ..= origin, from the hourly buffer.
+        for (k, slot_y) in y.iter_mut().enumerate() {
+            let p = origin - need as i64 + 1 + k as i64;
+            let h0 = p * per - buf_start;
+            *slot_y = (h0..h0 + per)
+                .filter(|&h| h >= 0 && (h as usize) < buf_len)
+                .map(|h| hours[h as usize])
+                .sum();
+        }
+        ev.clear();
+        if let Some(w) = window.as_ref().filter(|w| w.any_for(id)) {
+            for p in first_period..=last_period {
+                ev.push(w.channels(id, day_of(p)));
             }
         }
-        let rows = batch.rows;
-        let t = Instant::now();
-        let res = model.run(batch);
-        slot.run_ms = Some(t.elapsed().as_secs_f64() * 1e3);
-        slot.rows = rows;
-        self.metrics.record_run(&c.name, t.elapsed(), res.is_ok());
-        let out = match res {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(model = %c.name, error = %e, "model run failed; seasonal-naive fallback");
-                let reason: Arc<str> = Arc::from(format!("model run failed: {e}"));
-                for id in order {
-                    slot.cache
-                        .insert(id, [Err(reason.clone()), Err(reason.clone())]);
-                }
-                return;
-            }
-        };
-        let nq = c.quantiles.len();
-        let slots: Vec<Option<crate::contract::HorizonSlot>> = slot
-            .serves
+        let cov: Vec<Option<Vec<f64>>> = covs
             .iter()
-            .map(|(_, k)| c.horizon(k).cloned())
+            .map(|f| {
+                f.map(|f| {
+                    (0..c.context as i64)
+                        .map(|k| {
+                            f.value(id, (first_period + k) * per * 3600)
+                                .unwrap_or(f64::NAN)
+                        })
+                        .collect()
+                })
+            })
             .collect();
-        for (b, id) in order.into_iter().enumerate() {
-            let pick = |j: usize| -> Result<Vec<f32>, Arc<str>> {
-                let Some(hs) = &slots[j] else {
-                    return Err(Arc::from("model contract has no such horizon"));
-                };
-                let (data, per_row) = if hs.aggregate {
-                    (&out.agg_quantiles, c.aggregates.len())
-                } else {
-                    (&out.quantiles, c.horizon)
-                };
-                let at = (b * per_row + hs.index) * nq;
-                let v = &data[at..at + nq];
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err(Arc::from("model output not finite"));
-                }
-                if v.iter().any(|&x| x < 0.0) {
-                    return Err(Arc::from("model output negative"));
-                }
-                if v.windows(2).any(|p| p[1] < p[0]) {
-                    return Err(Arc::from("model quantiles cross"));
-                }
-                Ok(v.to_vec())
-            };
-            slot.cache.insert(id, [pick(0), pick(1)]);
+        let input = SeriesInput {
+            y: &y,
+            events: &ev,
+            events_known: window.is_some(),
+            covariates: &cov,
+        };
+        if batch.push(&c, &cal, &input) {
+            order.push(id.clone());
         }
+    }
+    let rows = batch.rows;
+    let t = Instant::now();
+    let res = model.run(batch);
+    slot.run_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+    slot.rows = rows;
+    metrics.record_run(&c.name, t.elapsed(), res.is_ok());
+    let out = match res {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(model = %c.name, error = %e, "model run failed; seasonal-naive fallback");
+            let reason: Arc<str> = Arc::from(format!("model run failed: {e}"));
+            for id in order {
+                slot.cache
+                    .insert(id, [Err(reason.clone()), Err(reason.clone())]);
+            }
+            return;
+        }
+    };
+    let nq = c.quantiles.len();
+    let slots: Vec<Option<crate::contract::HorizonSlot>> = slot
+        .serves
+        .iter()
+        .map(|(_, k)| c.horizon(k).cloned())
+        .collect();
+    for (b, id) in order.into_iter().enumerate() {
+        let pick = |j: usize| -> Result<Vec<f32>, Arc<str>> {
+            let Some(hs) = &slots[j] else {
+                return Err(Arc::from("model contract has no such horizon"));
+            };
+            let (data, per_row) = if hs.aggregate {
+                (&out.agg_quantiles, c.aggregates.len())
+            } else {
+                (&out.quantiles, c.horizon)
+            };
+            let at = (b * per_row + hs.index) * nq;
+            let v = &data[at..at + nq];
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(Arc::from("model output not finite"));
+            }
+            if v.iter().any(|&x| x < 0.0) {
+                return Err(Arc::from("model output negative"));
+            }
+            if v.windows(2).any(|p| p[1] < p[0]) {
+                return Err(Arc::from("model quantiles cross"));
+            }
+            Ok(v.to_vec())
+        };
+        slot.cache.insert(id, [pick(0), pick(1)]);
     }
 }
 

@@ -73,7 +73,7 @@ fn now_ms() -> i64 {
 
 fn assert_valid(set: &ForecastSet) {
     assert_eq!(set.shards.len(), 14);
-    for (id, s) in &set.shards {
+    for (id, s) in set.shards.iter() {
         assert_eq!(s.horizons.len(), 4, "{id}");
         for h in &s.horizons {
             assert_eq!(h.values.len(), h.levels.len());
