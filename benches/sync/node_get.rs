@@ -130,6 +130,7 @@ fn bench(cr: &mut Criterion) {
             start_node(sq, nf_sq).await,
         )
     });
+    let rt = &rt;
     let get = |url: String, want: &'static str| {
         let uri: hyper::Uri = url.parse().unwrap();
         let client = client.clone();

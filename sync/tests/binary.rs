@@ -5,6 +5,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+
+/// Kills the child process when dropped, so a failing test leaves nothing
+/// running.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 use std::time::Duration;
 
 use shardcast_sync::testkit::{eventually_async, workspace_root};
@@ -12,7 +23,7 @@ use shardcast_sync::testkit::{eventually_async, workspace_root};
 const BIN: &str = env!("CARGO_BIN_EXE_shardcast-sync");
 
 /// Spawn and collect the `… listening on ADDR` lines until `want` of them.
-fn spawn(args: &[&str], want: usize) -> (Child, Vec<(String, String)>) {
+fn spawn(args: &[&str], want: usize) -> (Proc, Vec<(String, String)>) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -30,7 +41,7 @@ fn spawn(args: &[&str], want: usize) -> (Child, Vec<(String, String)>) {
     }
     // Keep draining stdout so later prints never block or fail.
     std::thread::spawn(move || for _ in lines {});
-    (child, addrs)
+    (Proc(child), addrs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +69,7 @@ listen = "127.0.0.1:0"
         ),
     )
     .unwrap();
-    let (mut child, addrs) = spawn(&["serve", "--config", config.to_str().unwrap()], 2);
+    let (child, addrs) = spawn(&["serve", "--config", config.to_str().unwrap()], 2);
     let node = &addrs.iter().find(|(w, _)| w == "node node-a").unwrap().1;
     let control = &addrs.iter().find(|(w, _)| w == "control").unwrap().1;
     let http = reqwest::Client::new();
@@ -87,8 +98,7 @@ listen = "127.0.0.1:0"
         },
     )
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +123,7 @@ async fn load_changes_and_node_subcommands() {
         "loaded 17070 rows"
     );
 
-    let (mut child, addrs) = spawn(
+    let (child, addrs) = spawn(
         &[
             "node",
             "--listen",
@@ -176,8 +186,7 @@ async fn load_changes_and_node_subcommands() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "applied 3000 changes"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     // The replay really changed stock and prices.
     let p = shardcast_sync::provider::open(&db).await.unwrap();

@@ -6,6 +6,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+
+/// Kills the child process when dropped, so a failing test leaves nothing
+/// running.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 use std::time::Duration;
 
 use shardcast_sync::cache::{self, ShardCache};
@@ -13,7 +24,7 @@ use shardcast_sync::config::default_shards;
 use shardcast_sync::provider::{self, Change, Provider};
 use shardcast_sync::testkit::{self, eventually_async};
 
-fn spawn(config: &std::path::Path) -> Child {
+fn spawn(config: &std::path::Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast-sync"))
         .args(["serve", "--config"])
         .arg(config)
@@ -32,7 +43,7 @@ fn spawn(config: &std::path::Path) -> Child {
             _ => panic!("shardcast-sync exited before listening"),
         }
     }
-    child
+    Proc(child)
 }
 
 async fn metric(c: &reqwest::Client, base: &str, name: &str) -> u64 {
@@ -126,8 +137,8 @@ cache = "{}"
         (c2.size(&shard.id).await.ok()? > 300).then_some(())
     })
     .await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     let crashed_at = cache
         .cursor(&shard.id)
         .await
@@ -156,7 +167,7 @@ cache = "{}"
     );
 
     // Restart: the order resumes from the cache's cursor.
-    let mut child = spawn(&config);
+    let child = spawn(&config);
     let done = eventually_async(Duration::from_secs(60), "order done after restart", || {
         let http = http.clone();
         let url = format!("{base}/orders/{id}");
@@ -181,6 +192,5 @@ cache = "{}"
         "crashed at cursor {crashed_at}; {expected} rows left; resumed and finished: {}",
         done["report"]
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
