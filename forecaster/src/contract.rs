@@ -189,7 +189,7 @@ impl Contract {
                 "context, horizon and scale_window must be positive".into()
             ));
         }
-        if s.periods.iter().any(|&p| p == 0) {
+        if s.periods.contains(&0) {
             return Err(bad("seasonal periods must be positive".into()));
         }
         let need = (s.context + s.periods.iter().copied().max().unwrap_or(0)).max(s.scale_window);

@@ -221,6 +221,10 @@ pub struct EngineConfig {
 }
 
 type CacheKey = (i64, u64, u64, usize);
+/// Per served horizon: the model's quantiles, or why there are none.
+type Answers = [Result<Vec<f32>, Arc<str>>; 2];
+/// Shards by id, as published.
+type ShardMap = Arc<BTreeMap<String, ShardForecast>>;
 
 struct Slot {
     freq: Freq,
@@ -232,7 +236,7 @@ struct Slot {
     last_attempt: Option<Instant>,
     cache_key: Option<CacheKey>,
     /// Per shard, per served horizon: model values, or why not.
-    cache: HashMap<Arc<str>, [Result<Vec<f32>, Arc<str>>; 2]>,
+    cache: HashMap<Arc<str>, Answers>,
     run_ms: Option<f64>,
     rows: usize,
 }
@@ -276,7 +280,7 @@ pub struct Engine {
     slots: [Slot; 2],
     buf: Vec<f64>,
     /// The last assembled shards and the model cache keys they came from.
-    last: Option<([CacheKey; 2], Arc<BTreeMap<String, ShardForecast>>)>,
+    last: Option<([CacheKey; 2], ShardMap)>,
 }
 
 /// Hours of history kept per shard for one cycle: enough for the daily
@@ -387,7 +391,7 @@ impl Engine {
             .data
             .clone()
             .filter(|_| signals.events.status.state.usable());
-        let events_current = events.as_ref().is_some_and(|e| e.last_day >= origin_d + 1);
+        let events_current = events.as_ref().is_some_and(|e| e.last_day > origin_d);
         let mut feeds = signals.statuses();
         for f in &mut feeds {
             if f.state == FeedState::Ok {

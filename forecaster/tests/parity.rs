@@ -62,8 +62,8 @@ fn check_features(name: &str) {
                 .iter()
                 .map(|k| floats(&case[part][k]))
                 .collect();
-            for i in 0..ch[0].len() {
-                events.push([ch[0][i], ch[1][i], ch[2][i]]);
+            for ((h, c), e) in ch[0].iter().zip(&ch[1]).zip(&ch[2]) {
+                events.push([*h, *c, *e]);
             }
         }
         let cal = CalendarRows::new(&c, origin);
