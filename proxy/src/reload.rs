@@ -14,7 +14,7 @@ use shardmap::table::TableError;
 use shardmap::{Catalog, Config, RoutingTable, TableUpdate};
 use tracing::{info, warn};
 
-use crate::snapshot::{load_catalog, CatalogKey, Snapshot};
+use crate::snapshot::{load_catalog, CatalogKey, Snapshot, Source};
 use crate::state::Shared;
 use crate::tls::load_certified_key;
 
@@ -37,15 +37,10 @@ pub enum ReloadOutcome {
 
 /// Everything built from a config before anything is swapped in.
 pub struct Prepared {
-    /// The file's bytes, to tell a real change from a touch.
-    pub text: Arc<Vec<u8>>,
     pub config: Arc<Config>,
     pub catalog: Arc<Catalog>,
-    pub catalog_key: CatalogKey,
+    pub source: Source,
     pub certs: Vec<rustls::sign::CertifiedKey>,
-    /// Hash of the certificate and key files, to notice a renewed
-    /// certificate even when the config text is unchanged.
-    pub tls_key: u64,
 }
 
 /// Load and check a config and everything it points at. `reuse` is the
@@ -83,11 +78,13 @@ pub fn prepare(
         h.finish()
     };
     Ok(Prepared {
-        tls_key,
-        text: Arc::new(text),
+        source: Source {
+            text: Arc::new(text),
+            catalog: key,
+            tls: tls_key,
+        },
         config: Arc::new(config),
         catalog,
-        catalog_key: key,
         certs,
     })
 }
@@ -120,10 +117,9 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
         move || -> Result<Option<(Prepared, Snapshot)>, Vec<String>> {
             let p = prepare(
                 &sh.config_path,
-                Some((&cur2.catalog_key, &cur2.table.catalog)),
+                Some((&cur2.source.catalog, &cur2.table.catalog)),
             )?;
-            if p.text == cur2.text && p.catalog_key == cur2.catalog_key && p.tls_key == cur2.tls_key
-            {
+            if p.source == cur2.source {
                 return Ok(None);
             }
             let table = cur2
@@ -131,9 +127,8 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
                 .rebase(&p.config, p.catalog.clone(), cur2.table.version + 1);
             let snap = Snapshot::build(
                 p.config.clone(),
-                p.text.clone(),
+                p.source.clone(),
                 table,
-                p.catalog_key.clone(),
                 &sh.nodes,
                 &sh.stats,
             )
@@ -207,9 +202,8 @@ pub async fn apply_update(shared: &Arc<Shared>, update: TableUpdate) -> Result<u
     // differently, but keep the error path total.
     let snap = Snapshot::build(
         cur.config.clone(),
-        cur.text.clone(),
+        cur.source.clone(),
         table,
-        cur.catalog_key.clone(),
         &shared.nodes,
         &shared.stats,
     )
@@ -234,9 +228,8 @@ pub fn initial(
     let table = RoutingTable::build(&prepared.config, prepared.catalog.clone(), 1);
     Snapshot::build(
         prepared.config.clone(),
-        prepared.text.clone(),
+        prepared.source.clone(),
         table,
-        prepared.catalog_key.clone(),
         nodes,
         stats,
     )

@@ -46,6 +46,18 @@ impl CatalogKey {
     }
 }
 
+/// What a snapshot was built from. Two equal sources build the same
+/// snapshot, so a reload whose source is unchanged does nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The config file's bytes.
+    pub text: Arc<Vec<u8>>,
+    pub catalog: CatalogKey,
+    /// Hash of the certificate and key files, to notice a renewed
+    /// certificate even when the config text is unchanged.
+    pub tls: u64,
+}
+
 /// Load the catalog a config names (CSV, gzip if it ends in `.gz`, plus
 /// inline entries). Blocking: call off the async workers.
 pub fn load_catalog(config: &Config) -> Result<Catalog, String> {
@@ -78,12 +90,8 @@ pub fn load_catalog(config: &Config) -> Result<Catalog, String> {
 
 pub struct Snapshot {
     pub config: Arc<Config>,
-    /// The config file's bytes this snapshot was built from.
-    pub text: Arc<Vec<u8>>,
-    /// Hash of the TLS files in use (see `reload::Prepared::tls_key`).
-    pub tls_key: u64,
+    pub source: Source,
     pub table: RoutingTable,
-    pub catalog_key: CatalogKey,
     /// By table node index.
     pub nodes: Vec<Arc<NodeRuntime>>,
     pub capacity: Vec<f64>,
@@ -99,9 +107,8 @@ impl Snapshot {
     /// does not resolve.
     pub fn build(
         config: Arc<Config>,
-        text: Arc<Vec<u8>>,
+        source: Source,
         table: RoutingTable,
-        catalog_key: CatalogKey,
         nodes: &NodeRegistry,
         stats: &StatsRegistry,
     ) -> Result<Snapshot, String> {
@@ -147,10 +154,8 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             config,
-            text,
-            tls_key: 0,
+            source,
             table,
-            catalog_key,
             nodes: node_rt,
             capacity,
             peers,

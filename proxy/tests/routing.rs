@@ -321,7 +321,18 @@ async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
         errs.contains("unknown node `n9`") && errs.contains("capacity"),
         "{errs}"
     );
-    assert_eq!(p.version().await, v2);
+    let history = reqwest::get(p.admin_url("/admin/history"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        p.version().await,
+        v2,
+        "history: {history}\nlog: {}",
+        p.log_text()
+    );
 
     // 3. SIGHUP, with the file fixed again
     std::fs::write(
