@@ -19,9 +19,9 @@ impl Drop for Proc {
 }
 use std::time::Duration;
 
-use shardcast_sync::cache::{self, ShardCache};
+use shardcast_sync::cache;
 use shardcast_sync::config::default_shards;
-use shardcast_sync::provider::{self, Change, Provider};
+use shardcast_sync::provider::{self, Change};
 use shardcast_sync::testkit::{self, eventually_async};
 
 fn spawn(config: &std::path::Path) -> Proc {
