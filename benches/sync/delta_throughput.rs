@@ -47,7 +47,7 @@ fn redis_benchmark(port: u16, n: u64, value: usize) -> f64 {
             "1000000",
         ])
         .output()
-        .expect("redis-benchmark (scripts/setup-services.sh installs it)");
+        .expect("redis-benchmark (scripts/setup installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
     // "SET: 512820.53 requests per second, p50=..." (after \r progress lines)
     text.split(['\r', '\n'])

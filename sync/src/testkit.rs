@@ -3,7 +3,7 @@
 //! Each instance runs on a free port in its own temporary directory and is
 //! stopped and removed on drop. Nothing here skips: when the server
 //! binaries are missing, starting panics with a message naming the set-up
-//! script (`scripts/setup-services.sh`). Readiness is awaited with
+//! script (`scripts/setup`). Readiness is awaited with
 //! [`eventually`]-style polling, never a fixed sleep.
 //!
 //! ```no_run
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-const SETUP: &str = "run `scripts/setup-services.sh` (installs redis-server and postgresql)";
+const SETUP: &str = "run `scripts/setup` (installs redis-server and postgresql)";
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
