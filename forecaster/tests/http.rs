@@ -45,6 +45,23 @@ align = "now"
     Config::parse(&text, dir, "test.toml").expect("config")
 }
 
+async fn try_call(
+    method: &str,
+    url: String,
+    body: Vec<u8>,
+) -> Result<(u16, String), hyper_util::client::legacy::Error> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 async fn call(method: &str, url: String, body: Vec<u8>) -> (u16, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = http::Request::builder()
@@ -146,6 +163,19 @@ async fn ingest_forecast_and_restart() {
         (big, 413),
     ];
     for (body, want) in cases {
+        if want == 413 {
+            // The server answers 413 from the length alone and closes; the
+            // client may still be writing and see a broken pipe instead.
+            match try_call("POST", format!("{base}/ingest"), body).await {
+                Ok((st, text)) => assert_eq!(st, 413, "{text}"),
+                Err(e) => assert!(
+                    format!("{e:?}").contains("BrokenPipe")
+                        || format!("{e:?}").contains("ConnectionReset"),
+                    "{e:?}"
+                ),
+            }
+            continue;
+        }
         let (st, text) = call("POST", format!("{base}/ingest"), body).await;
         assert_eq!(st, want, "{text}");
     }
