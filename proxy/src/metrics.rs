@@ -2,7 +2,7 @@
 //! Labels are bounded: node names and shard ids come from config.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::node::{now_ms, NodeRuntime};
 use crate::state::Shared;
@@ -42,51 +42,58 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A counter family: one line per `(label value, counter)`; an empty label
+/// name writes the bare metric.
+fn family(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, &AtomicU64)]) {
+    head(out, name, "counter", help);
+    for (v, c) in values {
+        if label.is_empty() {
+            let _ = writeln!(out, "{name} {}", c.load(Relaxed));
+        } else {
+            let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
+        }
+    }
+}
+
 /// Render all metrics.
 pub fn render(shared: &Shared) -> String {
     let mut o = String::with_capacity(16 * 1024);
     let c = &shared.counters;
     let snap = shared.current();
 
-    head(&mut o, REQUESTS, "counter", "Requests received.");
-    let _ = writeln!(o, "{REQUESTS} {}", c.requests.load(Relaxed));
-    head(
-        &mut o,
-        REJECTED,
-        "counter",
-        "Requests answered by the proxy itself, by reason.",
-    );
-    let _ = writeln!(
-        o,
-        "{REJECTED}{{reason=\"no_key\"}} {}",
-        c.rejected_no_key.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "{REJECTED}{{reason=\"bad_request\"}} {}",
-        c.rejected_bad_request.load(Relaxed)
-    );
-    head(
-        &mut o,
-        RETRIES,
-        "counter",
-        "Requests retried on another replica.",
-    );
-    let _ = writeln!(o, "{RETRIES} {}", c.retries.load(Relaxed));
-    head(
-        &mut o,
-        RETRIES_DENIED,
-        "counter",
-        "Retries refused by the retry budget.",
-    );
-    let _ = writeln!(o, "{RETRIES_DENIED} {}", c.retries_denied.load(Relaxed));
-    head(
-        &mut o,
-        NO_REPLICA,
-        "counter",
-        "Requests with no replica left to try.",
-    );
-    let _ = writeln!(o, "{NO_REPLICA} {}", c.no_replica.load(Relaxed));
+    let counters: [(&str, &str, &str, &[(&str, &AtomicU64)]); 5] = [
+        (REQUESTS, "Requests received.", "", &[("", &c.requests)]),
+        (
+            REJECTED,
+            "Requests answered by the proxy itself, by reason.",
+            "reason",
+            &[
+                ("no_key", &c.rejected_no_key),
+                ("bad_request", &c.rejected_bad_request),
+            ],
+        ),
+        (
+            RETRIES,
+            "Requests retried on another replica.",
+            "",
+            &[("", &c.retries)],
+        ),
+        (
+            RETRIES_DENIED,
+            "Retries refused by the retry budget.",
+            "",
+            &[("", &c.retries_denied)],
+        ),
+        (
+            NO_REPLICA,
+            "Requests with no replica left to try.",
+            "",
+            &[("", &c.no_replica)],
+        ),
+    ];
+    for (name, help, label, values) in counters {
+        family(&mut o, name, help, label, values);
+    }
 
     let now = now_ms();
     let nodes = &snap.nodes;
@@ -222,71 +229,35 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(o, "{TABLE_VERSION} {}", snap.table.version);
     head(&mut o, TABLE_SKUS, "gauge", "Skus in the catalog in use.");
     let _ = writeln!(o, "{TABLE_SKUS} {}", snap.table.catalog.len());
-    head(&mut o, RELOADS, "counter", "Config reloads by result.");
-    let _ = writeln!(
-        o,
-        "{RELOADS}{{result=\"ok\"}} {}",
-        c.reloads_ok.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "{RELOADS}{{result=\"failed\"}} {}",
-        c.reloads_failed.load(Relaxed)
-    );
-    head(
-        &mut o,
-        UPDATES,
-        "counter",
-        "Table updates from the shard manager by result.",
-    );
-    let _ = writeln!(
-        o,
-        "{UPDATES}{{result=\"ok\"}} {}",
-        c.updates_ok.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "{UPDATES}{{result=\"rejected\"}} {}",
-        c.updates_rejected.load(Relaxed)
-    );
-    head(
-        &mut o,
-        TELEMETRY_FRAMES,
-        "counter",
-        "Telemetry frames by result.",
-    );
-    let e = &shared.export;
-    let _ = writeln!(
-        o,
-        "{TELEMETRY_FRAMES}{{result=\"sent\"}} {}",
-        e.frames_sent.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "{TELEMETRY_FRAMES}{{result=\"dropped\"}} {}",
-        e.frames_dropped.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "{TELEMETRY_FRAMES}{{result=\"send_error\"}} {}",
-        e.send_errors.load(Relaxed)
-    );
-    head(
-        &mut o,
-        METADATA,
-        "counter",
-        "Metadata store: tables applied and errors.",
-    );
-    let m = &shared.metadata;
-    let _ = writeln!(
-        o,
-        "{METADATA}{{result=\"applied\"}} {}",
-        m.applied.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "{METADATA}{{result=\"error\"}} {}",
-        m.errors.load(Relaxed)
-    );
+    let (e, m) = (&shared.export, &shared.metadata);
+    let by_result: [(&str, &str, &[(&str, &AtomicU64)]); 4] = [
+        (
+            RELOADS,
+            "Config reloads by result.",
+            &[("ok", &c.reloads_ok), ("failed", &c.reloads_failed)],
+        ),
+        (
+            UPDATES,
+            "Table updates from the shard manager by result.",
+            &[("ok", &c.updates_ok), ("rejected", &c.updates_rejected)],
+        ),
+        (
+            TELEMETRY_FRAMES,
+            "Telemetry frames by result.",
+            &[
+                ("sent", &e.frames_sent),
+                ("dropped", &e.frames_dropped),
+                ("send_error", &e.send_errors),
+            ],
+        ),
+        (
+            METADATA,
+            "Metadata store: tables applied and errors.",
+            &[("applied", &m.applied), ("error", &m.errors)],
+        ),
+    ];
+    for (name, help, values) in by_result {
+        family(&mut o, name, help, "result", values);
+    }
     o
 }
