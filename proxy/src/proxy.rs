@@ -54,8 +54,6 @@ pub struct Ctx {
     /// The sku, inline (no allocation); empty when longer than the buffer.
     sku: [u8; SKU_INLINE],
     sku_len: usize,
-    /// Status of the last upstream response that was passed on.
-    upstream_status: u16,
 }
 
 impl Ctx {
@@ -213,7 +211,6 @@ impl ProxyHttp for ShardProxy {
             cache_hit: None,
             sku: [0; SKU_INLINE],
             sku_len: 0,
-            upstream_status: 0,
         }
     }
 
@@ -352,7 +349,6 @@ impl ProxyHttp for ShardProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
-        ctx.upstream_status = status;
         let (Some(snap), Some(node)) = (ctx.snap.as_ref(), ctx.node) else {
             return Ok(());
         };
