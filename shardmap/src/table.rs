@@ -108,16 +108,7 @@ impl RoutingTable {
         let assignment: Vec<Vec<Replica>> = config
             .shards
             .iter()
-            .map(|s| {
-                s.replicas
-                    .iter()
-                    .filter_map(|n| config.node_index(n))
-                    .map(|i| Replica {
-                        node: i as NodeIdx,
-                        state: ReplicaState::Serving,
-                    })
-                    .collect()
-            })
+            .map(|s| configured(config, s))
             .collect();
         Self::assemble(config, catalog, version, assignment)
     }
@@ -257,16 +248,9 @@ impl RoutingTable {
             .shards
             .iter()
             .map(|s| {
-                by_id.remove(s.id.as_str()).unwrap_or_else(|| {
-                    s.replicas
-                        .iter()
-                        .filter_map(|n| config.node_index(n))
-                        .map(|i| Replica {
-                            node: i as NodeIdx,
-                            state: ReplicaState::Serving,
-                        })
-                        .collect()
-                })
+                by_id
+                    .remove(s.id.as_str())
+                    .unwrap_or_else(|| configured(config, s))
             })
             .collect();
         Ok(Self::assemble(
@@ -285,16 +269,7 @@ impl RoutingTable {
             .shards
             .iter()
             .map(|s| {
-                let from_config = || -> Vec<Replica> {
-                    s.replicas
-                        .iter()
-                        .filter_map(|n| config.node_index(n))
-                        .map(|i| Replica {
-                            node: i as NodeIdx,
-                            state: ReplicaState::Serving,
-                        })
-                        .collect()
-                };
+                let from_config = || configured(config, s);
                 let Some(&old) = self.shard_index.get(&s.id) else {
                     return from_config();
                 };
@@ -378,6 +353,18 @@ impl RoutingTable {
             self.region_index.get(r).copied()
         }
     }
+}
+
+/// The replicas a config gives a shard, all serving.
+fn configured(config: &Config, s: &crate::config::ShardSpec) -> Vec<Replica> {
+    s.replicas
+        .iter()
+        .filter_map(|n| config.node_index(n))
+        .map(|i| Replica {
+            node: i as NodeIdx,
+            state: ReplicaState::Serving,
+        })
+        .collect()
 }
 
 /// Jump consistent hash (Lamping & Veach): a bucket in `0..n` that moves
