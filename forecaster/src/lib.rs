@@ -22,6 +22,7 @@ pub mod feeds;
 pub mod metrics;
 pub mod model;
 pub mod persist;
+pub mod planner;
 pub mod service;
 pub mod store;
 pub mod time;

@@ -1,0 +1,1033 @@
+//! The planner: one pure function from what the shard manager knows (the
+//! current assignment, node health and capacity, forecasts, observed load,
+//! operator settings) to what it should do this round.
+//!
+//! It decides a replica count per shard — never below the replication
+//! factor, one more when predicted demand crosses the shard's threshold
+//! (the pre-fetch trigger), more when a high quantile exceeds what one node
+//! can serve — and an assignment that balances predicted load across nodes
+//! within capacity, keeps replicas on distinct nodes (distinct zones first),
+//! and adds at most `churn_budget` replicas per round. Each addition is a
+//! pre-fetch order with a priority (expected benefit × forecast skill ÷
+//! bytes) and a deadline (predicted rise − estimated transfer time).
+//!
+//! Removal is make-before-break: a replica leaves (is drained) only once
+//! enough serving replicas remain elsewhere. Scale-in happens only after
+//! *observed* demand falls below the threshold; a low forecast alone never
+//! removes a replica. The same input always gives the same plan: shards and
+//! nodes are visited in name order and every tie is broken by name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use shardmap::table::ReplicaState;
+
+/// Why the manager did something. Logged with every decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A node failed or was lost: restore the replication factor.
+    Failure,
+    /// An operator asked (pin, drain, threshold, manual order).
+    Operator,
+    /// Predicted demand (a forecast quantile) crossed the threshold or a
+    /// node's capacity.
+    Forecast,
+    /// Observed demand did (or fell back below it: scale-in).
+    Load,
+    /// A node is over capacity: a replica moves to a less loaded one.
+    Balance,
+    /// A replica in the table that its node's cache does not hold yet.
+    Initial,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Failure => "failure",
+            Reason::Operator => "operator",
+            Reason::Forecast => "forecast",
+            Reason::Load => "load",
+            Reason::Balance => "balance",
+            Reason::Initial => "initial",
+        }
+    }
+
+    /// How much an order for this reason outranks a forecast-driven one.
+    fn urgency(self) -> f64 {
+        match self {
+            Reason::Failure => 100.0,
+            Reason::Operator => 10.0,
+            _ => 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInput {
+    pub name: String,
+    /// Requests per second the node is sized for.
+    pub capacity: f64,
+    pub zone: Option<String>,
+    /// Passing health checks.
+    pub healthy: bool,
+    /// Drained by an operator: its replicas move away, nothing new lands.
+    pub drained: bool,
+}
+
+impl NodeInput {
+    fn usable(&self) -> bool {
+        self.healthy && !self.drained
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplicaInput {
+    pub node: String,
+    pub state: ReplicaState,
+}
+
+/// What the forecasts and the telemetry say about one shard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Demand {
+    /// The planning quantile of predicted demand, requests/s (the highest
+    /// rate over the horizons considered).
+    pub predicted_rps: f64,
+    /// When that predicted level starts, Unix ms.
+    pub rise_at_ms: i64,
+    /// Recent observed demand, requests/s.
+    pub observed_rps: f64,
+    /// Forecast skill in [0, 1] (1 = perfect); weights pre-fetch priority.
+    pub skill: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShardInput {
+    pub id: String,
+    /// Requests/s above which the shard gets an extra, pre-fetched replica.
+    pub threshold: f64,
+    pub replicas: Vec<ReplicaInput>,
+    pub demand: Demand,
+    /// Bytes a full copy of the shard takes (estimate).
+    pub bytes: u64,
+    /// Operator pin: the replicas must be exactly these nodes.
+    pub pinned: Option<Vec<String>>,
+    /// Nodes whose replica is being moved away (a replacement was added):
+    /// drained once enough replicas elsewhere serve.
+    pub leaving: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanInput {
+    pub now_ms: i64,
+    pub replication_factor: usize,
+    /// Replica additions (transfers) allowed per round.
+    pub churn_budget: usize,
+    /// Fraction of a node's capacity the planner fills, in (0, 1].
+    pub max_utilization: f64,
+    /// Scale in when observed demand is below `threshold × scale_in_ratio`.
+    pub scale_in_ratio: f64,
+    /// Transfer bandwidth, bytes/s, for deadline estimates.
+    pub bandwidth_bytes_per_s: f64,
+    pub nodes: Vec<NodeInput>,
+    pub shards: Vec<ShardInput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Pre-fetch the shard onto `node` (a warming replica), then route to it.
+    /// When `replaces` is set, that node's replica drains once this one serves.
+    Add {
+        shard: String,
+        node: String,
+        reason: Reason,
+        priority: f64,
+        deadline_ms: i64,
+        replaces: Option<String>,
+        /// No usable node had room: placed on the least loaded one.
+        over_capacity: bool,
+        detail: String,
+    },
+    /// Stop routing to the replica (it stays warm until evicted).
+    Drain {
+        shard: String,
+        node: String,
+        reason: Reason,
+        detail: String,
+    },
+    /// The replica's node is down: out of the table now.
+    Drop {
+        shard: String,
+        node: String,
+        reason: Reason,
+        detail: String,
+    },
+}
+
+impl Action {
+    pub fn shard(&self) -> &str {
+        match self {
+            Action::Add { shard, .. } | Action::Drain { shard, .. } | Action::Drop { shard, .. } => {
+                shard
+            }
+        }
+    }
+    pub fn node(&self) -> &str {
+        match self {
+            Action::Add { node, .. } | Action::Drain { node, .. } | Action::Drop { node, .. } => {
+                node
+            }
+        }
+    }
+    pub fn reason(&self) -> Reason {
+        match self {
+            Action::Add { reason, .. }
+            | Action::Drain { reason, .. }
+            | Action::Drop { reason, .. } => *reason,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Add { .. } => "add",
+            Action::Drain { .. } => "drain",
+            Action::Drop { .. } => "drop",
+        }
+    }
+}
+
+/// The planner's view of one shard after this round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShardPlan {
+    pub id: String,
+    /// Replicas wanted.
+    pub target: usize,
+    /// The load the target is sized for, requests/s.
+    pub load_rps: f64,
+    pub predicted_rps: f64,
+    pub observed_rps: f64,
+    pub threshold: f64,
+    pub reason: Option<Reason>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub shards: Vec<ShardPlan>,
+    /// Predicted load per node once the plan is carried out, requests/s.
+    pub node_load: BTreeMap<String, f64>,
+    /// Additions wanted but left for a later round (churn budget).
+    pub deferred: usize,
+}
+
+impl Plan {
+    pub fn adds(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Add { .. }))
+            .count()
+    }
+}
+
+/// Working state of one shard during planning.
+struct Work<'a> {
+    input: &'a ShardInput,
+    /// Nodes holding a live (warming or serving) replica on a healthy node.
+    live: Vec<String>,
+    /// Those of `live` that must go (drained node, off the pins, moving).
+    movers: BTreeSet<String>,
+    /// A replica was dropped this round (its node is down).
+    lost: bool,
+    target: usize,
+    load: f64,
+    reason: Option<Reason>,
+}
+
+impl Work<'_> {
+    fn per_replica(&self) -> f64 {
+        self.load / self.target.max(1) as f64
+    }
+    /// Every node the shard occupies in any state (a new replica must avoid them).
+    fn occupied(&self) -> BTreeSet<&str> {
+        self.input.replicas.iter().map(|r| r.node.as_str()).collect()
+    }
+}
+
+fn finite(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// Plan one round. Pure and deterministic.
+pub fn plan(input: &PlanInput) -> Plan {
+    let util = if input.max_utilization.is_finite() && input.max_utilization > 0.0 {
+        input.max_utilization.min(1.0)
+    } else {
+        1.0
+    };
+    let mut nodes: Vec<&NodeInput> = input.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes.dedup_by(|a, b| a.name == b.name);
+    let node_by_name: BTreeMap<&str, &NodeInput> =
+        nodes.iter().map(|n| (n.name.as_str(), *n)).collect();
+    let usable: Vec<&NodeInput> = nodes.iter().copied().filter(|n| n.usable()).collect();
+    // What one replica can serve: the median usable capacity.
+    let replica_capacity = {
+        let mut caps: Vec<f64> = usable.iter().map(|n| finite(n.capacity)).collect();
+        caps.sort_by(f64::total_cmp);
+        caps.get(caps.len() / 2).copied().unwrap_or(0.0) * util
+    };
+    let rf = input.replication_factor.max(1);
+
+    let mut shards: Vec<&ShardInput> = input.shards.iter().collect();
+    shards.sort_by(|a, b| a.id.cmp(&b.id));
+    shards.dedup_by(|a, b| a.id == b.id);
+
+    let mut out = Plan::default();
+    let mut work: Vec<Work> = Vec::with_capacity(shards.len());
+
+    // 1. Targets, and replicas on dead nodes out of the table.
+    for s in &shards {
+        let mut seen = BTreeSet::new();
+        let mut live = Vec::new();
+        let mut lost = false;
+        for r in &s.replicas {
+            if !seen.insert(r.node.as_str()) {
+                continue;
+            }
+            let healthy = node_by_name.get(r.node.as_str()).is_some_and(|n| n.healthy);
+            if !healthy {
+                lost = true;
+                out.actions.push(Action::Drop {
+                    shard: s.id.clone(),
+                    node: r.node.clone(),
+                    reason: Reason::Failure,
+                    detail: "node down or unknown".into(),
+                });
+                continue;
+            }
+            if r.state != ReplicaState::Draining {
+                live.push(r.node.clone());
+            }
+        }
+        let predicted = finite(s.demand.predicted_rps);
+        let observed = finite(s.demand.observed_rps);
+        let threshold = finite(s.threshold);
+        let load = predicted.max(observed);
+        let by_capacity = if replica_capacity > 0.0 {
+            (load / replica_capacity).ceil() as usize
+        } else {
+            0
+        };
+        let mut target = rf.max(by_capacity);
+        let mut reason = (by_capacity > rf).then_some(if predicted >= observed {
+            Reason::Forecast
+        } else {
+            Reason::Load
+        });
+        if threshold > 0.0 && predicted > threshold && target < rf + 1 {
+            target = rf + 1;
+            reason = Some(Reason::Forecast);
+        }
+        if threshold > 0.0 && observed > threshold && target < rf + 1 {
+            target = rf + 1;
+            reason = Some(Reason::Load);
+        }
+        let movers: BTreeSet<String> = live
+            .iter()
+            .filter(|n| {
+                let drained = node_by_name.get(n.as_str()).is_some_and(|n| n.drained);
+                let unpinned = s.pinned.as_ref().is_some_and(|p| !p.contains(n));
+                drained || unpinned || s.leaving.contains(n)
+            })
+            .cloned()
+            .collect();
+        // Scale in only on observed demand: hold the current count until
+        // what is observed (not just predicted) has fallen.
+        let current = live.iter().filter(|n| !movers.contains(*n)).count();
+        if target < current {
+            let calm = observed <= threshold * input.scale_in_ratio.max(0.0)
+                && (replica_capacity <= 0.0
+                    || (observed / replica_capacity).ceil() as usize <= target);
+            if !calm {
+                target = current;
+            }
+        }
+        if let Some(pins) = &s.pinned {
+            let pinned_ok = pins
+                .iter()
+                .filter(|p| node_by_name.get(p.as_str()).is_some_and(|n| n.usable()))
+                .count();
+            target = pinned_ok.max(1);
+            reason = Some(Reason::Operator);
+        }
+        target = target.min(usable.len()).max(1);
+        work.push(Work {
+            input: s,
+            live,
+            movers,
+            lost,
+            target,
+            load,
+            reason,
+        });
+    }
+
+    // Predicted load per node from the replicas that stay.
+    let mut load: BTreeMap<&str, f64> = nodes.iter().map(|n| (n.name.as_str(), 0.0)).collect();
+    for w in &work {
+        let per = w.per_replica();
+        for n in &w.live {
+            if let Some(l) = load.get_mut(n.as_str()) {
+                *l += per;
+            }
+        }
+    }
+
+    // 2. Candidate additions, most urgent first.
+    struct Want {
+        shard: usize,
+        reason: Reason,
+        replaces: Option<String>,
+        rank: (u8, f64),
+    }
+    let mut wants: Vec<Want> = Vec::new();
+    for (i, w) in work.iter().enumerate() {
+        let staying = w.live.len() - w.movers.len();
+        let missing = w.target.saturating_sub(staying);
+        // Movers without a replacement yet, in name order.
+        let mut unreplaced: Vec<&String> = w
+            .movers
+            .iter()
+            .filter(|n| !w.input.leaving.contains(n))
+            .collect();
+        unreplaced.reverse();
+        for k in 0..missing {
+            let replaces = unreplaced.pop().cloned();
+            let below_rf = staying + k < rf.min(usable.len());
+            let reason = if below_rf && w.lost {
+                Reason::Failure
+            } else if replaces.is_some() {
+                Reason::Operator
+            } else if let Some(r) = w.reason {
+                r
+            } else {
+                Reason::Initial
+            };
+            let class = match reason {
+                Reason::Failure => 0,
+                Reason::Operator => 1,
+                Reason::Forecast | Reason::Load => 2,
+                Reason::Balance | Reason::Initial => 3,
+            };
+            wants.push(Want {
+                shard: i,
+                reason,
+                replaces,
+                rank: (class, -(staying as f64) * 1e12 + w.load),
+            });
+        }
+    }
+    // Balance: a node over capacity hands its largest replica to the least
+    // loaded node that has room (one move per overloaded node per round).
+    for n in &usable {
+        let cap = finite(n.capacity) * util;
+        let l = load.get(n.name.as_str()).copied().unwrap_or(0.0);
+        if cap <= 0.0 || l <= cap {
+            continue;
+        }
+        let mut best: Option<(usize, f64)> = None;
+        for (i, w) in work.iter().enumerate() {
+            let moving = !w.movers.is_empty() || w.live.len() > w.target;
+            if w.input.pinned.is_some() || moving || !w.live.iter().any(|x| *x == n.name) {
+                continue;
+            }
+            let per = w.per_replica();
+            if best.is_none_or(|(_, p)| per > p) {
+                best = Some((i, per));
+            }
+        }
+        if let Some((i, per)) = best {
+            wants.push(Want {
+                shard: i,
+                reason: Reason::Balance,
+                replaces: Some(n.name.clone()),
+                rank: (3, per),
+            });
+        }
+    }
+    wants.sort_by(|a, b| {
+        a.rank
+            .0
+            .cmp(&b.rank.0)
+            .then(b.rank.1.total_cmp(&a.rank.1))
+            .then(work[a.shard].input.id.cmp(&work[b.shard].input.id))
+    });
+
+    // 3. Place additions within the churn budget.
+    let mut added: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut adds = 0usize;
+    for want in wants {
+        let w = &work[want.shard];
+        if adds >= input.churn_budget {
+            out.deferred += 1;
+            continue;
+        }
+        let per = w.per_replica();
+        let mut avoid = w.occupied();
+        let extra = added.get(&want.shard).cloned().unwrap_or_default();
+        avoid.extend(extra.iter().map(String::as_str));
+        let zones: BTreeSet<&str> = w
+            .live
+            .iter()
+            .chain(extra.iter())
+            .filter_map(|n| node_by_name.get(n.as_str()).and_then(|n| n.zone.as_deref()))
+            .collect();
+        let candidates: Vec<&NodeInput> = usable
+            .iter()
+            .copied()
+            .filter(|n| !avoid.contains(n.name.as_str()))
+            .filter(|n| {
+                w.input
+                    .pinned
+                    .as_ref()
+                    .is_none_or(|p| p.iter().any(|x| *x == n.name))
+            })
+            .collect();
+        let fits = |n: &NodeInput| {
+            let cap = finite(n.capacity) * util;
+            load.get(n.name.as_str()).copied().unwrap_or(0.0) + per <= cap + 1e-9
+        };
+        let rel = |n: &NodeInput| {
+            let cap = finite(n.capacity).max(1e-9);
+            (load.get(n.name.as_str()).copied().unwrap_or(0.0) + per) / cap
+        };
+        // Room first, then a zone the shard is not in yet, then the lowest
+        // relative load, then the name.
+        let pick = candidates.iter().copied().min_by(|a, b| {
+            let za = a.zone.as_deref().is_some_and(|z| zones.contains(z));
+            let zb = b.zone.as_deref().is_some_and(|z| zones.contains(z));
+            (!fits(a))
+                .cmp(&!fits(b))
+                .then(za.cmp(&zb))
+                .then(rel(a).total_cmp(&rel(b)))
+                .then(a.name.cmp(&b.name))
+        });
+        let Some(node) = pick else { continue };
+        if want.reason == Reason::Balance && !fits(node) {
+            // Moving would only overload another node.
+            continue;
+        }
+        let over = !fits(node);
+        *load.entry(node.name.as_str()).or_insert(0.0) += per;
+        if let Some(old) = &want.replaces {
+            if let Some(l) = load.get_mut(old.as_str()) {
+                *l = (*l - per).max(0.0);
+            }
+        }
+        added
+            .entry(want.shard)
+            .or_default()
+            .push(node.name.clone());
+        adds += 1;
+        let bytes = w.input.bytes.max(1);
+        let bw = if input.bandwidth_bytes_per_s > 0.0 {
+            input.bandwidth_bytes_per_s
+        } else {
+            f64::INFINITY
+        };
+        let transfer_ms = (bytes as f64 / bw * 1e3) as i64 + 500;
+        let deadline_ms = match want.reason {
+            Reason::Forecast => (w.input.demand.rise_at_ms - transfer_ms).max(input.now_ms),
+            _ => input.now_ms + transfer_ms,
+        };
+        let skill = w.input.demand.skill.clamp(0.05, 1.0);
+        let benefit = w.load.max(1e-3) * want.reason.urgency();
+        let priority = benefit * skill / (bytes as f64 / 1e6).max(1e-3);
+        let detail = match want.reason {
+            Reason::Forecast => format!(
+                "predicted {:.2} rps (threshold {:.2}, observed {:.2}) → {} replicas",
+                w.input.demand.predicted_rps, w.input.threshold, w.input.demand.observed_rps, w.target
+            ),
+            Reason::Load => format!(
+                "observed {:.2} rps (threshold {:.2}) → {} replicas",
+                w.input.demand.observed_rps, w.input.threshold, w.target
+            ),
+            Reason::Failure => format!("{} live replicas, replication factor {rf}", w.live.len()),
+            Reason::Operator => match &want.replaces {
+                Some(old) => format!("operator: move off {old}"),
+                None => "operator pin".into(),
+            },
+            Reason::Balance => format!(
+                "{} over capacity: move {:.2} rps",
+                want.replaces.as_deref().unwrap_or("?"),
+                per
+            ),
+            Reason::Initial => String::new(),
+        };
+        out.actions.push(Action::Add {
+            shard: w.input.id.clone(),
+            node: node.name.clone(),
+            reason: want.reason,
+            priority: if priority.is_finite() { priority } else { 1.0 },
+            deadline_ms,
+            replaces: want.replaces,
+            over_capacity: over,
+            detail,
+        });
+    }
+
+    // 4. Drains: replicas beyond the target, once enough others serve.
+    for w in &work {
+        let serving_on = |n: &str| {
+            w.input
+                .replicas
+                .iter()
+                .any(|r| r.node == n && r.state == ReplicaState::Serving)
+        };
+        let serving_staying = w
+            .live
+            .iter()
+            .filter(|n| !w.movers.contains(*n) && serving_on(n))
+            .count();
+        // Leaving replicas go only once the staying ones serve the target
+        // (make-before-break); the last serving replica never goes.
+        if serving_staying >= w.target.max(1) {
+            for n in &w.movers {
+                out.actions.push(Action::Drain {
+                    shard: w.input.id.clone(),
+                    node: n.clone(),
+                    reason: if w.input.leaving.contains(n) {
+                        Reason::Balance
+                    } else {
+                        Reason::Operator
+                    },
+                    detail: "replacement serving; moving off".into(),
+                });
+            }
+        }
+        // Scale in: more serving replicas than the target (observed demand
+        // fell, see the target rule); drop the most loaded node's copy.
+        let extra = serving_staying.saturating_sub(w.target);
+        if extra > 0 && w.movers.is_empty() {
+            let mut cands: Vec<&String> = w
+                .live
+                .iter()
+                .filter(|n| serving_on(n))
+                .collect();
+            cands.sort_by(|a, b| {
+                let ra = rel_load(&load, &node_by_name, a);
+                let rb = rel_load(&load, &node_by_name, b);
+                rb.total_cmp(&ra).then(a.cmp(b))
+            });
+            for n in cands.into_iter().take(extra) {
+                if let Some(l) = load.get_mut(n.as_str()) {
+                    *l = (*l - w.per_replica()).max(0.0);
+                }
+                out.actions.push(Action::Drain {
+                    shard: w.input.id.clone(),
+                    node: n.clone(),
+                    reason: Reason::Load,
+                    detail: format!(
+                        "observed {:.2} rps below {:.2} → {} replicas",
+                        w.input.demand.observed_rps,
+                        w.input.threshold * input.scale_in_ratio,
+                        w.target
+                    ),
+                });
+            }
+        }
+        out.shards.push(ShardPlan {
+            id: w.input.id.clone(),
+            target: w.target,
+            load_rps: w.load,
+            predicted_rps: finite(w.input.demand.predicted_rps),
+            observed_rps: finite(w.input.demand.observed_rps),
+            threshold: finite(w.input.threshold),
+            reason: w.reason,
+        });
+    }
+    out.node_load = load.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    out
+}
+
+fn rel_load(load: &BTreeMap<&str, f64>, nodes: &BTreeMap<&str, &NodeInput>, n: &str) -> f64 {
+    let cap = nodes.get(n).map_or(1.0, |n| finite(n.capacity).max(1e-9));
+    load.get(n).copied().unwrap_or(0.0) / cap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(name: &str, zone: &str) -> NodeInput {
+        NodeInput {
+            name: name.into(),
+            capacity: 100.0,
+            zone: Some(zone.into()),
+            healthy: true,
+            drained: false,
+        }
+    }
+
+    fn shard(id: &str, nodes: &[(&str, ReplicaState)]) -> ShardInput {
+        ShardInput {
+            id: id.into(),
+            threshold: 10.0,
+            replicas: nodes
+                .iter()
+                .map(|(n, s)| ReplicaInput {
+                    node: (*n).into(),
+                    state: *s,
+                })
+                .collect(),
+            demand: Demand {
+                skill: 0.8,
+                rise_at_ms: 10_000_000,
+                ..Demand::default()
+            },
+            bytes: 1_000_000,
+            pinned: None,
+            leaving: vec![],
+        }
+    }
+
+    fn input(nodes: Vec<NodeInput>, shards: Vec<ShardInput>) -> PlanInput {
+        PlanInput {
+            now_ms: 1_000_000,
+            replication_factor: 2,
+            churn_budget: 4,
+            max_utilization: 1.0,
+            scale_in_ratio: 0.5,
+            bandwidth_bytes_per_s: 1e6,
+            nodes,
+            shards,
+        }
+    }
+
+    use ReplicaState::{Draining, Serving, Warming};
+
+    fn three() -> Vec<NodeInput> {
+        vec![node("a", "z1"), node("b", "z2"), node("c", "z3")]
+    }
+
+    #[test]
+    fn steady_state_plans_nothing() {
+        let p = plan(&input(three(), vec![shard("s", &[("a", Serving), ("b", Serving)])]));
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        assert_eq!(p.shards[0].target, 2);
+    }
+
+    #[test]
+    fn predicted_demand_over_threshold_prefetches_to_a_new_node_before_the_rise() {
+        let mut s = shard("s", &[("a", Serving), ("b", Serving)]);
+        s.demand.predicted_rps = 30.0;
+        let p = plan(&input(three(), vec![s]));
+        let [Action::Add {
+            node,
+            reason,
+            deadline_ms,
+            priority,
+            ..
+        }] = p.actions.as_slice()
+        else {
+            panic!("{:?}", p.actions)
+        };
+        assert_eq!(node, "c");
+        assert_eq!(*reason, Reason::Forecast);
+        // 1 MB at 1 MB/s + 0.5 s margin before the rise
+        assert_eq!(*deadline_ms, 10_000_000 - 1_500);
+        assert!(*priority > 0.0);
+    }
+
+    #[test]
+    fn a_high_forecast_alone_never_scales_in_and_a_low_one_waits_for_observed_demand() {
+        let mut s = shard("s", &[("a", Serving), ("b", Serving), ("c", Serving)]);
+        s.demand.predicted_rps = 0.0;
+        s.demand.observed_rps = 20.0; // still busy
+        let p = plan(&input(three(), vec![s.clone()]));
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        s.demand.observed_rps = 1.0; // fell below threshold × ratio
+        let p = plan(&input(three(), vec![s]));
+        assert_eq!(p.actions.len(), 1);
+        assert!(matches!(&p.actions[0], Action::Drain { reason: Reason::Load, .. }));
+    }
+
+    #[test]
+    fn node_loss_drops_and_re_replicates() {
+        let mut nodes = three();
+        nodes[1].healthy = false;
+        let p = plan(&input(nodes, vec![shard("s", &[("a", Serving), ("b", Serving)])]));
+        let kinds: Vec<_> = p
+            .actions
+            .iter()
+            .map(|a| (a.kind(), a.node().to_string(), a.reason()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("drop", "b".into(), Reason::Failure),
+                ("add", "c".into(), Reason::Failure)
+            ]
+        );
+    }
+
+    #[test]
+    fn drain_is_make_before_break() {
+        let mut nodes = three();
+        nodes[0].drained = true;
+        // round 1: the replacement is added, nothing drained yet
+        let p = plan(&input(nodes.clone(), vec![shard("s", &[("a", Serving), ("b", Serving)])]));
+        assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
+        assert!(matches!(&p.actions[0], Action::Add { node, replaces: Some(old), .. } if node == "c" && old == "a"));
+        // round 2: replacement still warming → still nothing drained
+        let p = plan(&input(
+            nodes.clone(),
+            vec![shard("s", &[("a", Serving), ("b", Serving), ("c", Warming)])],
+        ));
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        // round 3: it serves → the old replica drains
+        let p = plan(&input(
+            nodes,
+            vec![shard("s", &[("a", Serving), ("b", Serving), ("c", Serving)])],
+        ));
+        assert_eq!(p.actions.len(), 1);
+        assert!(matches!(&p.actions[0], Action::Drain { node, .. } if node == "a"));
+    }
+
+    #[test]
+    fn pins_move_a_shard_to_exactly_the_pinned_nodes() {
+        let mut s = shard("s", &[("a", Serving), ("b", Serving)]);
+        s.pinned = Some(vec!["c".into()]);
+        let p = plan(&input(three(), vec![s.clone()]));
+        assert!(matches!(&p.actions[..], [Action::Add { node, reason: Reason::Operator, .. }] if node == "c"));
+        s.replicas.push(ReplicaInput {
+            node: "c".into(),
+            state: Serving,
+        });
+        let p = plan(&input(three(), vec![s]));
+        let drained: BTreeSet<&str> = p.actions.iter().map(Action::node).collect();
+        assert_eq!(drained, ["a", "b"].into());
+    }
+
+    #[test]
+    fn an_overloaded_node_hands_a_replica_over() {
+        let nodes = vec![node("a", "z1"), node("b", "z1"), node("c", "z1")];
+        let mut s1 = shard("s1", &[("a", Serving)]);
+        s1.demand.observed_rps = 90.0;
+        s1.threshold = 1000.0;
+        let mut s2 = shard("s2", &[("a", Serving)]);
+        s2.demand.observed_rps = 80.0;
+        s2.threshold = 1000.0;
+        let mut i = input(nodes, vec![s1, s2]);
+        i.replication_factor = 1;
+        let p = plan(&i);
+        assert!(
+            p.actions.iter().any(|a| matches!(a, Action::Add { reason: Reason::Balance, replaces: Some(o), .. } if o == "a")),
+            "{:?}",
+            p.actions
+        );
+    }
+
+    #[test]
+    fn draining_replicas_are_never_drained_twice_nor_counted() {
+        let p = plan(&input(
+            three(),
+            vec![shard("s", &[("a", Serving), ("b", Serving), ("c", Draining)])],
+        ));
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    // ---- properties ----
+
+    fn arb_input() -> impl Strategy<Value = PlanInput> {
+        (2usize..7, 1usize..4, 0usize..5, 1usize..25).prop_flat_map(|(n_nodes, rf, budget, n_shards)| {
+            let nodes = proptest::collection::vec(
+                (10.0f64..500.0, 0u8..3, proptest::bool::weighted(0.85), proptest::bool::weighted(0.1)),
+                n_nodes,
+            );
+            let shards = proptest::collection::vec(
+                (
+                    proptest::collection::vec((0..n_nodes, 0u8..3), 0..4),
+                    0.0f64..300.0,
+                    0.0f64..300.0,
+                    1.0f64..100.0,
+                    proptest::option::weighted(0.1, proptest::collection::vec(0..n_nodes, 1..3)),
+                ),
+                n_shards,
+            );
+            (nodes, shards, Just(rf), Just(budget))
+        })
+        .prop_map(|(nodes, shards, rf, budget)| {
+            let nodes: Vec<NodeInput> = nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (cap, zone, healthy, drained))| NodeInput {
+                    name: format!("n{i}"),
+                    capacity: cap,
+                    zone: Some(format!("z{zone}")),
+                    healthy,
+                    drained,
+                })
+                .collect();
+            let shards = shards
+                .into_iter()
+                .enumerate()
+                .map(|(i, (reps, pred, obs, thr, pins))| {
+                    let mut seen = BTreeSet::new();
+                    let replicas = reps
+                        .into_iter()
+                        .filter(|(n, _)| seen.insert(*n))
+                        .map(|(n, st)| ReplicaInput {
+                            node: format!("n{n}"),
+                            state: [Warming, Serving, Draining][st as usize],
+                        })
+                        .collect();
+                    ShardInput {
+                        id: format!("s{i:02}"),
+                        threshold: thr,
+                        replicas,
+                        demand: Demand {
+                            predicted_rps: pred,
+                            observed_rps: obs,
+                            rise_at_ms: 5_000_000,
+                            skill: 0.5,
+                        },
+                        bytes: 100_000,
+                        pinned: pins.map(|p| p.into_iter().map(|n| format!("n{n}")).collect()),
+                        leaving: vec![],
+                    }
+                })
+                .collect();
+            PlanInput {
+                now_ms: 1_000_000,
+                replication_factor: rf,
+                churn_budget: budget,
+                max_utilization: 0.9,
+                scale_in_ratio: 0.5,
+                bandwidth_bytes_per_s: 1e6,
+                nodes,
+                shards,
+            }
+        })
+    }
+
+    /// The replicas each shard has once the plan is carried out.
+    fn apply(i: &PlanInput, p: &Plan) -> BTreeMap<String, Vec<ReplicaInput>> {
+        let mut m: BTreeMap<String, Vec<ReplicaInput>> =
+            i.shards.iter().map(|s| (s.id.clone(), s.replicas.clone())).collect();
+        for a in &p.actions {
+            let reps = m.get_mut(a.shard()).expect("action on a known shard");
+            match a {
+                Action::Add { node, .. } => reps.push(ReplicaInput {
+                    node: node.clone(),
+                    state: Warming,
+                }),
+                Action::Drop { node, .. } => reps.retain(|r| r.node != *node),
+                Action::Drain { node, .. } => {
+                    for r in reps.iter_mut().filter(|r| r.node == *node) {
+                        r.state = Draining;
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn replicas_stay_on_distinct_healthy_usable_nodes(i in arb_input()) {
+            let p = plan(&i);
+            for (id, reps) in apply(&i, &p) {
+                let mut seen = BTreeSet::new();
+                for r in &reps {
+                    prop_assert!(seen.insert(r.node.clone()), "{id}: two replicas on {}", r.node);
+                }
+            }
+            for a in &p.actions {
+                if let Action::Add { node, .. } = a {
+                    let n = i.nodes.iter().find(|n| n.name == *node).unwrap();
+                    prop_assert!(n.healthy && !n.drained, "added to unusable {node}");
+                }
+            }
+        }
+
+        #[test]
+        fn churn_budget_is_kept(i in arb_input()) {
+            let p = plan(&i);
+            prop_assert!(p.adds() <= i.churn_budget);
+        }
+
+        #[test]
+        fn same_input_same_plan_whatever_the_order(i in arb_input()) {
+            let p1 = plan(&i);
+            let mut j = i.clone();
+            j.nodes.reverse();
+            j.shards.reverse();
+            prop_assert_eq!(p1, plan(&j));
+        }
+
+        #[test]
+        fn no_drain_leaves_a_shard_without_a_serving_replica(i in arb_input()) {
+            let p = plan(&i);
+            let after = apply(&i, &p);
+            for s in &i.shards {
+                let serving_before = s.replicas.iter().filter(|r| r.state == Serving
+                    && i.nodes.iter().any(|n| n.name == r.node && n.healthy)).count();
+                let serving_after = after[&s.id].iter().filter(|r| r.state == Serving).count();
+                let drained = p.actions.iter().any(|a| matches!(a, Action::Drain {..}) && a.shard() == s.id);
+                if drained {
+                    prop_assert!(serving_after >= 1, "{}: drained its last serving replica", s.id);
+                    prop_assert!(serving_after >= serving_before.min(i.replication_factor).min(1));
+                }
+            }
+        }
+
+        #[test]
+        fn scale_in_only_after_observed_demand_falls(i in arb_input()) {
+            let p = plan(&i);
+            for a in &p.actions {
+                if let Action::Drain { reason: Reason::Load, shard, .. } = a {
+                    let s = i.shards.iter().find(|s| s.id == *shard).unwrap();
+                    prop_assert!(s.demand.observed_rps <= s.threshold * i.scale_in_ratio);
+                }
+            }
+        }
+
+        #[test]
+        fn additions_go_where_there_is_room_when_there_is_room(i in arb_input()) {
+            // Cold start with room to spare: every node stays within capacity.
+            let mut i = i;
+            for n in &mut i.nodes { n.healthy = true; n.drained = false; n.capacity = 1000.0; }
+            let total_cap: f64 = i.nodes.iter().map(|n| n.capacity * 0.9).sum();
+            let n_shards = i.shards.len() as f64;
+            for s in &mut i.shards {
+                s.replicas.clear();
+                s.pinned = None;
+                s.demand.predicted_rps = s.demand.predicted_rps.min(total_cap / 4.0 / n_shards / 3.0);
+                s.demand.observed_rps = 0.0;
+                s.threshold = 1e9;
+            }
+            i.churn_budget = 1000;
+            let p = plan(&i);
+            for a in &p.actions {
+                if let Action::Add { over_capacity, .. } = a { prop_assert!(!over_capacity); }
+            }
+            for n in &i.nodes {
+                prop_assert!(p.node_load[&n.name] <= n.capacity * 0.9 + 1e-6,
+                    "{} at {} of {}", n.name, p.node_load[&n.name], n.capacity);
+            }
+            // and the replication factor is met everywhere
+            let after = apply(&i, &p);
+            for reps in after.values() {
+                prop_assert_eq!(reps.len(), i.replication_factor.min(i.nodes.len()));
+            }
+        }
+    }
+}
