@@ -26,6 +26,8 @@ pub struct App {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub forecasts: ForecastHandle,
+    /// The shard manager, when configured (`/manager` routes).
+    pub manager: Option<Arc<crate::manager::Manager>>,
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -183,6 +185,9 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path().to_string();
+        if path == "/manager" || path.starts_with("/manager/") {
+            return crate::manager::routes::handle(self.manager.as_deref(), req).await;
+        }
         match (req.method(), path.as_str()) {
             (&Method::POST, "/ingest") => self.ingest(req).await,
             (_, "/ingest") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),

@@ -25,6 +25,124 @@ struct Wire {
     planner: WirePlanner,
     #[serde(default)]
     feeds: WireFeeds,
+    #[serde(default)]
+    manager: Option<WireManager>,
+}
+
+/// `[manager]`: the shard manager. Absent → forecasts only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireManager {
+    /// The proxy's config file: nodes, shards, thresholds, replication
+    /// factor and the metadata prefix are read from it (one source of truth).
+    proxy_config: String,
+    /// The sync scheduler's control API, e.g. `http://127.0.0.1:9910`.
+    sync: String,
+    /// Metadata store (`redis://…`); default: the proxy config's `[control] metadata`.
+    #[serde(default)]
+    metadata: Option<String>,
+    /// Proxy admin URLs that also get each table update by `PUT /admin/table`
+    /// (for setups without a metadata store).
+    #[serde(default)]
+    proxies: Vec<String>,
+    #[serde(default)]
+    proxy_token: Option<String>,
+    #[serde(default = "d_interval_ms")]
+    interval_ms: u64,
+    #[serde(default = "d_churn")]
+    churn_budget: usize,
+    #[serde(default = "d_quantile")]
+    quantile: f32,
+    #[serde(default = "d_util")]
+    max_utilization: f64,
+    #[serde(default = "d_ratio")]
+    scale_in_ratio: f64,
+    /// Requests/s; shards without a threshold in the proxy config use it.
+    /// Default: half the median node capacity.
+    #[serde(default)]
+    default_threshold_rps: Option<f64>,
+    #[serde(default = "d_observe_s")]
+    observe_window_s: usize,
+    #[serde(default = "d_drain_ms")]
+    drain_ms: u64,
+    #[serde(default = "d_order_timeout_ms")]
+    order_timeout_ms: u64,
+    #[serde(default = "d_bandwidth")]
+    bandwidth_bytes_per_s: f64,
+    #[serde(default = "d_health_path")]
+    health_path: String,
+    #[serde(default = "d_health_timeout")]
+    health_timeout_ms: u64,
+    #[serde(default = "d_fail_after")]
+    fail_after: u32,
+    #[serde(default)]
+    dry_run: bool,
+    /// Bearer token for the operator endpoints (required when `listen` is
+    /// not loopback).
+    #[serde(default)]
+    admin_token: Option<String>,
+}
+
+fn d_interval_ms() -> u64 {
+    2000
+}
+fn d_churn() -> usize {
+    2
+}
+fn d_quantile() -> f32 {
+    0.9
+}
+fn d_util() -> f64 {
+    0.8
+}
+fn d_ratio() -> f64 {
+    0.5
+}
+fn d_observe_s() -> usize {
+    60
+}
+fn d_drain_ms() -> u64 {
+    5000
+}
+fn d_order_timeout_ms() -> u64 {
+    120_000
+}
+fn d_bandwidth() -> f64 {
+    50e6
+}
+fn d_health_path() -> String {
+    "/health".into()
+}
+fn d_health_timeout() -> u64 {
+    500
+}
+fn d_fail_after() -> u32 {
+    2
+}
+
+/// The shard manager's settings (validated).
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub proxy_config: PathBuf,
+    pub sync: String,
+    pub metadata: Option<String>,
+    pub proxies: Vec<String>,
+    pub proxy_token: Option<String>,
+    pub interval: Duration,
+    pub churn_budget: usize,
+    pub quantile: f32,
+    pub max_utilization: f64,
+    pub scale_in_ratio: f64,
+    pub default_threshold_rps: Option<f64>,
+    pub observe_window_s: usize,
+    pub drain: Duration,
+    pub order_timeout: Duration,
+    pub bandwidth_bytes_per_s: f64,
+    pub health_path: String,
+    pub health_timeout: Duration,
+    pub fail_after: u32,
+    pub dry_run: bool,
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +302,7 @@ pub struct Config {
     pub history: Option<HistoryConfig>,
     pub events: Option<FeedSpec>,
     pub covariates: Vec<FeedSpec>,
+    pub manager: Option<ManagerConfig>,
 }
 
 /// All problems found in a config file.
@@ -296,6 +415,110 @@ impl Config {
                 );
             }
         }
+        let manager = w.manager.as_ref().map(|m| {
+            let http = |v: &str| v.starts_with("http://");
+            if !http(&m.sync) {
+                err(
+                    "manager.sync",
+                    format!("{:?}: expected an http:// URL", m.sync),
+                );
+            }
+            for (i, p) in m.proxies.iter().enumerate() {
+                if !http(p) {
+                    err(
+                        &format!("manager.proxies[{i}]"),
+                        format!("{p:?}: expected an http:// URL"),
+                    );
+                }
+            }
+            if let Some(u) = &m.metadata {
+                if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+                    err(
+                        "manager.metadata",
+                        format!("{u:?}: expected a redis:// URL"),
+                    );
+                }
+            }
+            if m.interval_ms < 50 {
+                err(
+                    "manager.interval_ms",
+                    format!("{} is below 50", m.interval_ms),
+                );
+            }
+            if !(m.quantile > 0.0 && m.quantile < 1.0) {
+                err("manager.quantile", format!("{} not in (0, 1)", m.quantile));
+            }
+            if !(m.max_utilization > 0.0 && m.max_utilization <= 1.0) {
+                err(
+                    "manager.max_utilization",
+                    format!("{} not in (0, 1]", m.max_utilization),
+                );
+            }
+            if !(0.0..=1.0).contains(&m.scale_in_ratio) {
+                err(
+                    "manager.scale_in_ratio",
+                    format!("{} not in [0, 1]", m.scale_in_ratio),
+                );
+            }
+            if let Some(t) = m.default_threshold_rps {
+                if !(t.is_finite() && t > 0.0) {
+                    err(
+                        "manager.default_threshold_rps",
+                        "must be a positive number".into(),
+                    );
+                }
+            }
+            if !(m.bandwidth_bytes_per_s.is_finite() && m.bandwidth_bytes_per_s > 0.0) {
+                err(
+                    "manager.bandwidth_bytes_per_s",
+                    "must be a positive number".into(),
+                );
+            }
+            if m.observe_window_s == 0 || m.observe_window_s > 3600 {
+                err(
+                    "manager.observe_window_s",
+                    format!("{} not in 1..=3600", m.observe_window_s),
+                );
+            }
+            if !m.health_path.starts_with('/') {
+                err("manager.health_path", "must start with /".into());
+            }
+            if m.fail_after == 0 {
+                err("manager.fail_after", "must be at least 1".into());
+            }
+            if !listen.ip().is_loopback() && m.admin_token.as_deref().unwrap_or("").is_empty() {
+                err(
+                    "manager.admin_token",
+                    "required when `listen` is not a loopback address".into(),
+                );
+            }
+            ManagerConfig {
+                proxy_config: resolve(base, &m.proxy_config),
+                sync: m.sync.trim_end_matches('/').to_string(),
+                metadata: m.metadata.clone(),
+                proxies: m
+                    .proxies
+                    .iter()
+                    .map(|p| p.trim_end_matches('/').to_string())
+                    .collect(),
+                proxy_token: m.proxy_token.clone(),
+                interval: Duration::from_millis(m.interval_ms),
+                churn_budget: m.churn_budget,
+                quantile: m.quantile,
+                max_utilization: m.max_utilization,
+                scale_in_ratio: m.scale_in_ratio,
+                default_threshold_rps: m.default_threshold_rps,
+                observe_window_s: m.observe_window_s,
+                drain: Duration::from_millis(m.drain_ms),
+                order_timeout: Duration::from_millis(m.order_timeout_ms),
+                bandwidth_bytes_per_s: m.bandwidth_bytes_per_s,
+                health_path: m.health_path.clone(),
+                health_timeout: Duration::from_millis(m.health_timeout_ms),
+                fail_after: m.fail_after,
+                dry_run: m.dry_run,
+                admin_token: m.admin_token.clone().filter(|t| !t.is_empty()),
+            }
+        });
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -341,6 +564,7 @@ impl Config {
             .into_iter()
             .filter_map(|(n, f)| f.as_ref().map(|f| spec(n, f)))
             .collect(),
+            manager,
         })
     }
 }

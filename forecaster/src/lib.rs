@@ -19,6 +19,7 @@ pub mod engine;
 pub mod fallback;
 pub mod features;
 pub mod feeds;
+pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod persist;

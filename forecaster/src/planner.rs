@@ -168,9 +168,9 @@ pub enum Action {
 impl Action {
     pub fn shard(&self) -> &str {
         match self {
-            Action::Add { shard, .. } | Action::Drain { shard, .. } | Action::Drop { shard, .. } => {
-                shard
-            }
+            Action::Add { shard, .. }
+            | Action::Drain { shard, .. }
+            | Action::Drop { shard, .. } => shard,
         }
     }
     pub fn node(&self) -> &str {
@@ -249,7 +249,11 @@ impl Work<'_> {
     }
     /// Every node the shard occupies in any state (a new replica must avoid them).
     fn occupied(&self) -> BTreeSet<&str> {
-        self.input.replicas.iter().map(|r| r.node.as_str()).collect()
+        self.input
+            .replicas
+            .iter()
+            .map(|r| r.node.as_str())
+            .collect()
     }
 }
 
@@ -442,7 +446,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         let mut best: Option<(usize, f64)> = None;
         for (i, w) in work.iter().enumerate() {
             let moving = !w.movers.is_empty() || w.live.len() > w.target;
-            if w.input.pinned.is_some() || moving || !w.live.iter().any(|x| *x == n.name) {
+            if w.input.pinned.is_some() || moving || !w.live.contains(&n.name) {
                 continue;
             }
             let per = w.per_replica();
@@ -490,12 +494,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             .iter()
             .copied()
             .filter(|n| !avoid.contains(n.name.as_str()))
-            .filter(|n| {
-                w.input
-                    .pinned
-                    .as_ref()
-                    .is_none_or(|p| p.iter().any(|x| *x == n.name))
-            })
+            .filter(|n| w.input.pinned.as_ref().is_none_or(|p| p.contains(&n.name)))
             .collect();
         let fits = |n: &NodeInput| {
             let cap = finite(n.capacity) * util;
@@ -528,10 +527,7 @@ pub fn plan(input: &PlanInput) -> Plan {
                 *l = (*l - per).max(0.0);
             }
         }
-        added
-            .entry(want.shard)
-            .or_default()
-            .push(node.name.clone());
+        added.entry(want.shard).or_default().push(node.name.clone());
         adds += 1;
         let bytes = w.input.bytes.max(1);
         let bw = if input.bandwidth_bytes_per_s > 0.0 {
@@ -550,7 +546,10 @@ pub fn plan(input: &PlanInput) -> Plan {
         let detail = match want.reason {
             Reason::Forecast => format!(
                 "predicted {:.2} rps (threshold {:.2}, observed {:.2}) → {} replicas",
-                w.input.demand.predicted_rps, w.input.threshold, w.input.demand.observed_rps, w.target
+                w.input.demand.predicted_rps,
+                w.input.threshold,
+                w.input.demand.observed_rps,
+                w.target
             ),
             Reason::Load => format!(
                 "observed {:.2} rps (threshold {:.2}) → {} replicas",
@@ -613,11 +612,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         // fell, see the target rule); drop the most loaded node's copy.
         let extra = serving_staying.saturating_sub(w.target);
         if extra > 0 && w.movers.is_empty() {
-            let mut cands: Vec<&String> = w
-                .live
-                .iter()
-                .filter(|n| serving_on(n))
-                .collect();
+            let mut cands: Vec<&String> = w.live.iter().filter(|n| serving_on(n)).collect();
             cands.sort_by(|a, b| {
                 let ra = rel_load(&load, &node_by_name, a);
                 let rb = rel_load(&load, &node_by_name, b);
@@ -717,7 +712,10 @@ mod tests {
 
     #[test]
     fn steady_state_plans_nothing() {
-        let p = plan(&input(three(), vec![shard("s", &[("a", Serving), ("b", Serving)])]));
+        let p = plan(&input(
+            three(),
+            vec![shard("s", &[("a", Serving), ("b", Serving)])],
+        ));
         assert!(p.actions.is_empty(), "{:?}", p.actions);
         assert_eq!(p.shards[0].target, 2);
     }
@@ -754,14 +752,23 @@ mod tests {
         s.demand.observed_rps = 1.0; // fell below threshold × ratio
         let p = plan(&input(three(), vec![s]));
         assert_eq!(p.actions.len(), 1);
-        assert!(matches!(&p.actions[0], Action::Drain { reason: Reason::Load, .. }));
+        assert!(matches!(
+            &p.actions[0],
+            Action::Drain {
+                reason: Reason::Load,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn node_loss_drops_and_re_replicates() {
         let mut nodes = three();
         nodes[1].healthy = false;
-        let p = plan(&input(nodes, vec![shard("s", &[("a", Serving), ("b", Serving)])]));
+        let p = plan(&input(
+            nodes,
+            vec![shard("s", &[("a", Serving), ("b", Serving)])],
+        ));
         let kinds: Vec<_> = p
             .actions
             .iter()
@@ -781,19 +788,30 @@ mod tests {
         let mut nodes = three();
         nodes[0].drained = true;
         // round 1: the replacement is added, nothing drained yet
-        let p = plan(&input(nodes.clone(), vec![shard("s", &[("a", Serving), ("b", Serving)])]));
+        let p = plan(&input(
+            nodes.clone(),
+            vec![shard("s", &[("a", Serving), ("b", Serving)])],
+        ));
         assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
-        assert!(matches!(&p.actions[0], Action::Add { node, replaces: Some(old), .. } if node == "c" && old == "a"));
+        assert!(
+            matches!(&p.actions[0], Action::Add { node, replaces: Some(old), .. } if node == "c" && old == "a")
+        );
         // round 2: replacement still warming → still nothing drained
         let p = plan(&input(
             nodes.clone(),
-            vec![shard("s", &[("a", Serving), ("b", Serving), ("c", Warming)])],
+            vec![shard(
+                "s",
+                &[("a", Serving), ("b", Serving), ("c", Warming)],
+            )],
         ));
         assert!(p.actions.is_empty(), "{:?}", p.actions);
         // round 3: it serves → the old replica drains
         let p = plan(&input(
             nodes,
-            vec![shard("s", &[("a", Serving), ("b", Serving), ("c", Serving)])],
+            vec![shard(
+                "s",
+                &[("a", Serving), ("b", Serving), ("c", Serving)],
+            )],
         ));
         assert_eq!(p.actions.len(), 1);
         assert!(matches!(&p.actions[0], Action::Drain { node, .. } if node == "a"));
@@ -804,7 +822,9 @@ mod tests {
         let mut s = shard("s", &[("a", Serving), ("b", Serving)]);
         s.pinned = Some(vec!["c".into()]);
         let p = plan(&input(three(), vec![s.clone()]));
-        assert!(matches!(&p.actions[..], [Action::Add { node, reason: Reason::Operator, .. }] if node == "c"));
+        assert!(
+            matches!(&p.actions[..], [Action::Add { node, reason: Reason::Operator, .. }] if node == "c")
+        );
         s.replicas.push(ReplicaInput {
             node: "c".into(),
             state: Serving,
@@ -837,7 +857,10 @@ mod tests {
     fn draining_replicas_are_never_drained_twice_nor_counted() {
         let p = plan(&input(
             three(),
-            vec![shard("s", &[("a", Serving), ("b", Serving), ("c", Draining)])],
+            vec![shard(
+                "s",
+                &[("a", Serving), ("b", Serving), ("c", Draining)],
+            )],
         ));
         assert!(p.actions.is_empty(), "{:?}", p.actions);
     }
@@ -845,81 +868,93 @@ mod tests {
     // ---- properties ----
 
     fn arb_input() -> impl Strategy<Value = PlanInput> {
-        (2usize..7, 1usize..4, 0usize..5, 1usize..25).prop_flat_map(|(n_nodes, rf, budget, n_shards)| {
-            let nodes = proptest::collection::vec(
-                (10.0f64..500.0, 0u8..3, proptest::bool::weighted(0.85), proptest::bool::weighted(0.1)),
-                n_nodes,
-            );
-            let shards = proptest::collection::vec(
-                (
-                    proptest::collection::vec((0..n_nodes, 0u8..3), 0..4),
-                    0.0f64..300.0,
-                    0.0f64..300.0,
-                    1.0f64..100.0,
-                    proptest::option::weighted(0.1, proptest::collection::vec(0..n_nodes, 1..3)),
-                ),
-                n_shards,
-            );
-            (nodes, shards, Just(rf), Just(budget))
-        })
-        .prop_map(|(nodes, shards, rf, budget)| {
-            let nodes: Vec<NodeInput> = nodes
-                .into_iter()
-                .enumerate()
-                .map(|(i, (cap, zone, healthy, drained))| NodeInput {
-                    name: format!("n{i}"),
-                    capacity: cap,
-                    zone: Some(format!("z{zone}")),
-                    healthy,
-                    drained,
-                })
-                .collect();
-            let shards = shards
-                .into_iter()
-                .enumerate()
-                .map(|(i, (reps, pred, obs, thr, pins))| {
-                    let mut seen = BTreeSet::new();
-                    let replicas = reps
-                        .into_iter()
-                        .filter(|(n, _)| seen.insert(*n))
-                        .map(|(n, st)| ReplicaInput {
-                            node: format!("n{n}"),
-                            state: [Warming, Serving, Draining][st as usize],
-                        })
-                        .collect();
-                    ShardInput {
-                        id: format!("s{i:02}"),
-                        threshold: thr,
-                        replicas,
-                        demand: Demand {
-                            predicted_rps: pred,
-                            observed_rps: obs,
-                            rise_at_ms: 5_000_000,
-                            skill: 0.5,
-                        },
-                        bytes: 100_000,
-                        pinned: pins.map(|p| p.into_iter().map(|n| format!("n{n}")).collect()),
-                        leaving: vec![],
-                    }
-                })
-                .collect();
-            PlanInput {
-                now_ms: 1_000_000,
-                replication_factor: rf,
-                churn_budget: budget,
-                max_utilization: 0.9,
-                scale_in_ratio: 0.5,
-                bandwidth_bytes_per_s: 1e6,
-                nodes,
-                shards,
-            }
-        })
+        (2usize..7, 1usize..4, 0usize..5, 1usize..25)
+            .prop_flat_map(|(n_nodes, rf, budget, n_shards)| {
+                let nodes = proptest::collection::vec(
+                    (
+                        10.0f64..500.0,
+                        0u8..3,
+                        proptest::bool::weighted(0.85),
+                        proptest::bool::weighted(0.1),
+                    ),
+                    n_nodes,
+                );
+                let shards = proptest::collection::vec(
+                    (
+                        proptest::collection::vec((0..n_nodes, 0u8..3), 0..4),
+                        0.0f64..300.0,
+                        0.0f64..300.0,
+                        1.0f64..100.0,
+                        proptest::option::weighted(
+                            0.1,
+                            proptest::collection::vec(0..n_nodes, 1..3),
+                        ),
+                    ),
+                    n_shards,
+                );
+                (nodes, shards, Just(rf), Just(budget))
+            })
+            .prop_map(|(nodes, shards, rf, budget)| {
+                let nodes: Vec<NodeInput> = nodes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (cap, zone, healthy, drained))| NodeInput {
+                        name: format!("n{i}"),
+                        capacity: cap,
+                        zone: Some(format!("z{zone}")),
+                        healthy,
+                        drained,
+                    })
+                    .collect();
+                let shards = shards
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (reps, pred, obs, thr, pins))| {
+                        let mut seen = BTreeSet::new();
+                        let replicas = reps
+                            .into_iter()
+                            .filter(|(n, _)| seen.insert(*n))
+                            .map(|(n, st)| ReplicaInput {
+                                node: format!("n{n}"),
+                                state: [Warming, Serving, Draining][st as usize],
+                            })
+                            .collect();
+                        ShardInput {
+                            id: format!("s{i:02}"),
+                            threshold: thr,
+                            replicas,
+                            demand: Demand {
+                                predicted_rps: pred,
+                                observed_rps: obs,
+                                rise_at_ms: 5_000_000,
+                                skill: 0.5,
+                            },
+                            bytes: 100_000,
+                            pinned: pins.map(|p| p.into_iter().map(|n| format!("n{n}")).collect()),
+                            leaving: vec![],
+                        }
+                    })
+                    .collect();
+                PlanInput {
+                    now_ms: 1_000_000,
+                    replication_factor: rf,
+                    churn_budget: budget,
+                    max_utilization: 0.9,
+                    scale_in_ratio: 0.5,
+                    bandwidth_bytes_per_s: 1e6,
+                    nodes,
+                    shards,
+                }
+            })
     }
 
     /// The replicas each shard has once the plan is carried out.
     fn apply(i: &PlanInput, p: &Plan) -> BTreeMap<String, Vec<ReplicaInput>> {
-        let mut m: BTreeMap<String, Vec<ReplicaInput>> =
-            i.shards.iter().map(|s| (s.id.clone(), s.replicas.clone())).collect();
+        let mut m: BTreeMap<String, Vec<ReplicaInput>> = i
+            .shards
+            .iter()
+            .map(|s| (s.id.clone(), s.replicas.clone()))
+            .collect();
         for a in &p.actions {
             let reps = m.get_mut(a.shard()).expect("action on a known shard");
             match a {

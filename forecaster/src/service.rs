@@ -15,6 +15,7 @@ use crate::api::App;
 use crate::config::{Config, HistoryAlign};
 use crate::engine::{Engine, EngineConfig, EngineThread, ForecastHandle};
 use crate::feeds::{self, FeedSource, FeedState, FeedStatus, Signals};
+use crate::manager::Manager;
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub enum ServiceError {
     },
     #[error("starting the inference thread: {0}")]
     Thread(std::io::Error),
+    #[error("shard manager: {0}")]
+    Manager(crate::manager::ManagerError),
 }
 
 /// A running forecaster.
@@ -38,6 +41,7 @@ pub struct Service {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub signals: Arc<ArcSwap<Signals>>,
+    pub manager: Option<Arc<Manager>>,
     snapshot: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -198,10 +202,20 @@ impl Service {
             addr: cfg.listen,
             source,
         })?;
+        let manager = match &cfg.manager {
+            Some(mc) => {
+                let m = Manager::new(mc.clone(), store.clone(), forecasts.clone())
+                    .map_err(ServiceError::Manager)?;
+                tasks.push(tokio::spawn(m.clone().run(rx.clone())));
+                Some(m)
+            }
+            None => None,
+        };
         let app = App {
             store: store.clone(),
             metrics: metrics.clone(),
             forecasts: forecasts.clone(),
+            manager: manager.clone(),
         };
         tasks.push(tokio::spawn(crate::api::serve(app, listener, rx)));
         tracing::info!(%addr, shards = store.len(), "forecaster listening");
@@ -211,6 +225,7 @@ impl Service {
             store,
             metrics,
             signals,
+            manager,
             snapshot: cfg.snapshot.map(|(p, _)| p),
             shutdown: tx,
             tasks,

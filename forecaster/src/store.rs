@@ -411,6 +411,20 @@ impl Store {
         }
     }
 
+    /// Mean requests per second of a shard over the `window_s` whole seconds
+    /// before `now_unix_ms` (the second in progress is left out: frames for
+    /// it are still arriving). 0 for an unknown shard.
+    pub fn recent_rate(&self, id: &str, now_unix_ms: i64, window_s: usize) -> f64 {
+        let Some(s) = self.shard(id) else { return 0.0 };
+        let window_s = window_s.max(1);
+        let mut out = vec![0.0; window_s];
+        let now_s = self.local_ms(now_unix_ms).div_euclid(SECOND_MS);
+        s.lock()
+            .seconds
+            .copy_into(now_s - window_s as i64, &mut out);
+        out.iter().sum::<f64>() / window_s as f64
+    }
+
     /// Last sequence number per source (persisted for gap detection).
     pub fn sources(&self) -> HashMap<String, u64> {
         self.sources.lock().clone()

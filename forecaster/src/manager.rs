@@ -1,0 +1,1563 @@
+//! The shard manager: every round it observes (node health, what the sync
+//! scheduler holds, the orders in flight, forecasts and observed load),
+//! asks the [`planner`](crate::planner) what to do, carries it out, and
+//! publishes the resulting table.
+//!
+//! A replica's life is make-before-break: an *add* submits a pre-fetch
+//! order to sync and puts the replica in the table as `warming` (no
+//! traffic); when the order reports the shard warm the replica turns
+//! `serving`; a replica that leaves turns `draining` (routed to only when no
+//! serving replica is usable) for `drain_ms`, then goes from the table and
+//! is evicted from its node's cache. A node that fails its health checks
+//! loses its replicas at once (the proxies already eject it) and the
+//! planner restores the replication factor from the provider.
+//!
+//! Every decision is logged (tracing, and a bounded list on the API) with
+//! its reason: forecast, load, failure, operator, balance or initial.
+//! Operator controls: dry run (plans computed and shown, nothing done),
+//! pins, node drains and thresholds; they persist in the metadata store.
+
+pub mod client;
+pub mod metadata;
+pub mod routes;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::Method;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shardmap::control::ReplicaAssignment;
+use shardmap::table::ReplicaState;
+use shardmap::TableUpdate;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use crate::config::ManagerConfig;
+use crate::engine::{ForecastHandle, Horizon};
+use crate::planner::{self, Action, Demand, NodeInput, Plan, PlanInput, Reason, ShardInput};
+use crate::store::Store;
+use crate::time::{now_unix_ms, HOUR_MS};
+use client::Client;
+
+const DECISIONS_KEPT: usize = 500;
+const ORDERS_KEPT: usize = 200;
+const DEFAULT_SHARD_BYTES: u64 = 1 << 20;
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("proxy config {path}: {errors}")]
+    ProxyConfig { path: String, errors: String },
+}
+
+/// The proxy config parts the manager plans with.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub nodes: Vec<shardmap::config::NodeSpec>,
+    pub shards: Vec<shardmap::config::ShardSpec>,
+    pub replication_factor: usize,
+    pub prefix: String,
+    pub metadata: Option<String>,
+    modified: Option<SystemTime>,
+}
+
+impl Topology {
+    pub fn load(path: &Path) -> Result<Topology, ManagerError> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let c = shardmap::Config::load(path).map_err(|e| ManagerError::ProxyConfig {
+            path: path.display().to_string(),
+            errors: e.to_string(),
+        })?;
+        Ok(Topology {
+            nodes: c.nodes,
+            shards: c.shards,
+            replication_factor: c.replication_factor,
+            prefix: c.control.prefix,
+            metadata: c.control.metadata,
+            modified,
+        })
+    }
+}
+
+/// One logged decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub at_unix_ms: i64,
+    pub action: String,
+    pub shard: String,
+    pub node: String,
+    pub reason: Reason,
+    pub detail: String,
+    pub dry_run: bool,
+}
+
+/// A pre-fetch order the manager submitted, as it tracks it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    pub id: u64,
+    pub shard: String,
+    pub node: String,
+    /// queued | running | done | cancelled | failed
+    pub state: String,
+    pub priority: f64,
+    pub deadline_unix_ms: Option<i64>,
+    pub submitted_unix_ms: i64,
+    pub finished_unix_ms: Option<i64>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub reason: Reason,
+    /// The order's replica replaces this node's (a move).
+    pub replaces: Option<String>,
+    /// An add (new replica) or a refresh of one already in the table.
+    pub adds_replica: bool,
+    pub deadline_met: Option<bool>,
+}
+
+/// Operator settings; persisted in the metadata store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Operator {
+    pub dry_run: bool,
+    pub pins: BTreeMap<String, Vec<String>>,
+    pub drained: BTreeSet<String>,
+    pub thresholds: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeState {
+    pub healthy: bool,
+    pub fails: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostedView {
+    pub cursor: u64,
+    pub rows: u64,
+    pub warm: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Skill {
+    score: f64,
+    /// The hour (store-local index) and median forecast awaiting its actual.
+    pending: Option<(i64, f64)>,
+}
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    replicas: BTreeMap<String, Vec<ReplicaAssignment>>,
+    nodes: BTreeMap<String, NodeState>,
+    orders: VecDeque<OrderView>,
+    draining_since: BTreeMap<(String, String), i64>,
+    leaving: BTreeMap<String, BTreeSet<String>>,
+    operator: Operator,
+    decisions: VecDeque<Decision>,
+    last_plan: Option<Plan>,
+    last_dry_actions: Vec<Action>,
+    hosted: BTreeMap<String, BTreeMap<String, HostedView>>,
+    sync_error: Option<String>,
+    metadata_error: Option<String>,
+    skill: BTreeMap<String, Skill>,
+    bytes_per_row: Option<f64>,
+    rounds: u64,
+    last_round_unix_ms: i64,
+    /// Proxies whose last PUT failed (re-sent next round).
+    proxies_behind: BTreeSet<String>,
+    demand: BTreeMap<String, Demand>,
+}
+
+impl State {
+    fn decide(&mut self, d: Decision) {
+        info!(
+            action = %d.action,
+            shard = %d.shard,
+            node = %d.node,
+            reason = d.reason.as_str(),
+            dry_run = d.dry_run,
+            detail = %d.detail,
+            "shard manager decision"
+        );
+        if self.decisions.len() >= DECISIONS_KEPT {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(d);
+    }
+
+    fn update(&self) -> TableUpdate {
+        TableUpdate {
+            version: self.version,
+            shards: self.replicas.clone(),
+        }
+    }
+
+    fn open_order(&self, shard: &str, node: &str) -> Option<&OrderView> {
+        self.orders.iter().find(|o| {
+            o.shard == shard && o.node == node && matches!(o.state.as_str(), "queued" | "running")
+        })
+    }
+
+    fn push_order(&mut self, o: OrderView) {
+        if self.orders.len() >= ORDERS_KEPT {
+            if let Some(i) = self
+                .orders
+                .iter()
+                .position(|o| !matches!(o.state.as_str(), "queued" | "running"))
+            {
+                self.orders.remove(i);
+            }
+        }
+        self.orders.push_back(o);
+    }
+}
+
+/// Sync's view of an order (the fields the manager reads).
+#[derive(Debug, Deserialize)]
+struct SyncOrder {
+    id: u64,
+    state: String,
+    #[serde(default)]
+    rows: u64,
+    #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
+    finished_unix_ms: Option<i64>,
+    #[serde(default)]
+    report: Option<SyncReport>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncReport {
+    #[serde(default)]
+    deadline_met: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncHosted {
+    shard: String,
+    state: String,
+    cursor: u64,
+    rows: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncNode {
+    hosted: Vec<SyncHosted>,
+}
+
+/// The running manager; shared with the API.
+pub struct Manager {
+    cfg: ManagerConfig,
+    topology: Mutex<Arc<Topology>>,
+    store: Arc<Store>,
+    forecasts: ForecastHandle,
+    http: Client,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Manager {
+    /// Read the proxy config and build the starting assignment (all
+    /// configured replicas serving). The metadata store, when reachable,
+    /// replaces it with the stored table at [`Manager::run`] start.
+    pub fn new(
+        cfg: ManagerConfig,
+        store: Arc<Store>,
+        forecasts: ForecastHandle,
+    ) -> Result<Arc<Manager>, ManagerError> {
+        let topo = Topology::load(&cfg.proxy_config)?;
+        let mut st = State {
+            version: now_unix_ms().max(1) as u64,
+            ..State::default()
+        };
+        st.operator.dry_run = cfg.dry_run;
+        for s in &topo.shards {
+            st.replicas.insert(
+                s.id.clone(),
+                s.replicas
+                    .iter()
+                    .map(|n| ReplicaAssignment {
+                        node: n.clone(),
+                        state: ReplicaState::Serving,
+                    })
+                    .collect(),
+            );
+        }
+        for n in &topo.nodes {
+            st.nodes.insert(
+                n.name.clone(),
+                NodeState {
+                    healthy: true,
+                    ..NodeState::default()
+                },
+            );
+        }
+        Ok(Arc::new(Manager {
+            cfg,
+            topology: Mutex::new(Arc::new(topo)),
+            store,
+            forecasts,
+            http: Client::default(),
+            state: Mutex::new(st),
+            wake: Notify::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    fn topology(&self) -> Arc<Topology> {
+        self.topology.lock().clone()
+    }
+
+    fn metadata_url(&self) -> Option<String> {
+        self.cfg
+            .metadata
+            .clone()
+            .or_else(|| self.topology().metadata.clone())
+    }
+
+    /// Run a round now (operator changes take effect at once).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Re-read the proxy config when it changed on disk; a broken file
+    /// keeps the last good topology.
+    fn refresh_topology(&self) {
+        let path = &self.cfg.proxy_config;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified == self.topology().modified {
+            return;
+        }
+        match Topology::load(path) {
+            Ok(t) => {
+                let mut st = self.state.lock();
+                for n in &t.nodes {
+                    st.nodes.entry(n.name.clone()).or_insert(NodeState {
+                        healthy: true,
+                        ..NodeState::default()
+                    });
+                }
+                let known: BTreeSet<&str> = t.nodes.iter().map(|n| n.name.as_str()).collect();
+                st.nodes.retain(|n, _| known.contains(n.as_str()));
+                for s in &t.shards {
+                    st.replicas.entry(s.id.clone()).or_insert_with(|| {
+                        s.replicas
+                            .iter()
+                            .map(|n| ReplicaAssignment {
+                                node: n.clone(),
+                                state: ReplicaState::Serving,
+                            })
+                            .collect()
+                    });
+                }
+                let ids: BTreeSet<&str> = t.shards.iter().map(|s| s.id.as_str()).collect();
+                st.replicas.retain(|id, _| ids.contains(id.as_str()));
+                drop(st);
+                info!(path = %path.display(), "proxy config re-read");
+                *self.topology.lock() = Arc::new(t);
+            }
+            Err(e) => {
+                // keep the old topology; the next change is tried again
+                self.topology.lock().clone_from(&Arc::new(Topology {
+                    modified,
+                    ..(*self.topology()).clone()
+                }));
+                warn!(error = %e, "proxy config unreadable; planning with the last good one");
+            }
+        }
+    }
+
+    /// Until shutdown: a round every interval (or when woken).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+        let mut restored = false;
+        loop {
+            if !restored {
+                restored = self.restore(&mut conn).await;
+            }
+            self.round(&mut conn).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.interval) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Continue from the table (and operator settings) in the metadata
+    /// store. True when done or when there is no store.
+    async fn restore(&self, conn: &mut Option<redis::aio::MultiplexedConnection>) -> bool {
+        let Some(url) = self.metadata_url() else {
+            return true;
+        };
+        let prefix = self.topology().prefix.clone();
+        if conn.is_none() {
+            match metadata::connect(&url).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    self.state.lock().metadata_error = Some(e);
+                    return false;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { return false };
+        let table = match metadata::read_table(c, &prefix).await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "metadata table unreadable; starting from the proxy config");
+                None
+            }
+        };
+        let operator = metadata::read_operator(c, &prefix).await.ok().flatten();
+        let topo = self.topology();
+        let mut st = self.state.lock();
+        if let Some(raw) = operator {
+            match serde_json::from_slice::<Operator>(&raw) {
+                Ok(op) => {
+                    let dry = st.operator.dry_run || op.dry_run;
+                    st.operator = op;
+                    st.operator.dry_run = dry;
+                }
+                Err(e) => warn!(error = %e, "stored operator settings unreadable; ignored"),
+            }
+        }
+        if let Some(t) = table {
+            let nodes: BTreeSet<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
+            for (id, reps) in t.shards {
+                if let Some(cur) = st.replicas.get_mut(&id) {
+                    let reps: Vec<_> = reps
+                        .into_iter()
+                        .filter(|r| nodes.contains(r.node.as_str()))
+                        .collect();
+                    if !reps.is_empty() {
+                        *cur = reps;
+                    }
+                }
+            }
+            st.version = st.version.max(t.version + 1);
+            info!(
+                version = t.version,
+                "continuing from the table in the metadata store"
+            );
+        }
+        true
+    }
+
+    /// One observe → plan → act → publish round.
+    pub async fn round(&self, conn: &mut Option<redis::aio::MultiplexedConnection>) {
+        self.refresh_topology();
+        let topo = self.topology();
+        let now = now_unix_ms();
+        self.probe_nodes(&topo).await;
+        self.read_sync().await;
+        let mut changed = self.poll_orders(now).await;
+        changed |= self.expire_drains(now).await;
+
+        let input = self.plan_input(&topo, now);
+        let plan = planner::plan(&input);
+        let dry = self.state.lock().operator.dry_run;
+        if dry {
+            let mut st = self.state.lock();
+            if st.last_dry_actions != plan.actions {
+                for a in &plan.actions {
+                    st.decide(decision(a, now, true));
+                }
+                st.last_dry_actions = plan.actions.clone();
+            }
+        } else {
+            self.state.lock().last_dry_actions.clear();
+            changed |= self.execute(&plan, now).await;
+            self.refresh_unhosted(&topo, now).await;
+        }
+        {
+            let mut st = self.state.lock();
+            st.last_plan = Some(plan);
+            st.rounds += 1;
+            st.last_round_unix_ms = now;
+            if changed {
+                st.version += 1;
+            }
+        }
+        self.publish(conn, &topo, changed).await;
+    }
+
+    async fn probe_nodes(&self, topo: &Topology) {
+        let probes = topo.nodes.iter().map(|n| {
+            let url = format!("http://{}{}", n.address, self.cfg.health_path);
+            let http = self.http.clone();
+            let t = self.cfg.health_timeout;
+            async move {
+                let r = http.call(Method::GET, &url, None, None, t).await;
+                let ok = match r {
+                    Ok((s, _)) if (200..300).contains(&s) => Ok(()),
+                    Ok((s, _)) => Err(format!("health check answered {s}")),
+                    Err(e) => Err(e),
+                };
+                (n.name.clone(), ok)
+            }
+        });
+        let results = futures_join_all(probes).await;
+        let mut st = self.state.lock();
+        let now = now_unix_ms();
+        for (name, ok) in results {
+            let fail_after = self.cfg.fail_after;
+            let was;
+            let healthy;
+            let err;
+            {
+                let ns = st.nodes.entry(name.clone()).or_default();
+                was = ns.healthy;
+                match ok {
+                    Ok(()) => {
+                        ns.fails = 0;
+                        ns.healthy = true;
+                        ns.last_error = None;
+                    }
+                    Err(e) => {
+                        ns.fails = ns.fails.saturating_add(1);
+                        if ns.fails >= fail_after {
+                            ns.healthy = false;
+                        }
+                        ns.last_error = Some(e);
+                    }
+                }
+                healthy = ns.healthy;
+                err = ns.last_error.clone();
+            }
+            if was != healthy {
+                st.decide(Decision {
+                    at_unix_ms: now,
+                    action: if healthy { "node_up" } else { "node_down" }.into(),
+                    shard: String::new(),
+                    node: name,
+                    reason: Reason::Failure,
+                    detail: err.unwrap_or_else(|| "health checks pass again".into()),
+                    dry_run: false,
+                });
+            }
+        }
+    }
+
+    async fn read_sync(&self) {
+        let url = format!("{}/nodes", self.cfg.sync);
+        match self
+            .http
+            .get_json::<BTreeMap<String, SyncNode>>(&url, CALL_TIMEOUT)
+            .await
+        {
+            Ok(nodes) => {
+                let mut st = self.state.lock();
+                st.hosted = nodes
+                    .into_iter()
+                    .map(|(n, v)| {
+                        let m = v
+                            .hosted
+                            .into_iter()
+                            .map(|h| {
+                                (
+                                    h.shard,
+                                    HostedView {
+                                        cursor: h.cursor,
+                                        rows: h.rows,
+                                        warm: h.state == "warm",
+                                    },
+                                )
+                            })
+                            .collect();
+                        (n, m)
+                    })
+                    .collect();
+                st.sync_error = None;
+            }
+            Err(e) => {
+                let mut st = self.state.lock();
+                if st.sync_error.is_none() {
+                    warn!(error = %e, "sync scheduler unreachable; no new orders until it answers");
+                }
+                st.sync_error = Some(e);
+            }
+        }
+    }
+
+    /// Follow the orders in flight; a finished add turns its replica serving.
+    async fn poll_orders(&self, now: i64) -> bool {
+        let open: Vec<(u64, i64)> = self
+            .state
+            .lock()
+            .orders
+            .iter()
+            .filter(|o| matches!(o.state.as_str(), "queued" | "running"))
+            .map(|o| (o.id, o.submitted_unix_ms))
+            .collect();
+        let mut changed = false;
+        for (id, submitted) in open {
+            let url = format!("{}/orders/{id}", self.cfg.sync);
+            let got = self.http.get_json::<SyncOrder>(&url, CALL_TIMEOUT).await;
+            let timed_out = now - submitted > self.cfg.order_timeout.as_millis() as i64;
+            if self.settle_order(id, got, timed_out, now, &mut changed) {
+                let url = format!("{}/orders/{id}", self.cfg.sync);
+                let _ = self
+                    .http
+                    .call(Method::DELETE, &url, None, None, CALL_TIMEOUT)
+                    .await;
+            }
+        }
+        changed
+    }
+
+    /// Update one tracked order from sync's answer; true when it should be
+    /// cancelled at sync (it timed out).
+    fn settle_order(
+        &self,
+        id: u64,
+        got: Result<SyncOrder, String>,
+        timed_out: bool,
+        now: i64,
+        changed: &mut bool,
+    ) -> bool {
+        let mut st = self.state.lock();
+        let Some(i) = st.orders.iter().position(|o| o.id == id) else {
+            return false;
+        };
+        {
+            match got {
+                Ok(so) if so.state == "done" => {
+                    let o = &mut st.orders[i];
+                    o.state = "done".into();
+                    o.rows = so.rows;
+                    o.bytes = so.bytes;
+                    o.finished_unix_ms = so.finished_unix_ms.or(Some(now));
+                    o.deadline_met = so.report.and_then(|r| r.deadline_met);
+                    let o = o.clone();
+                    if o.rows > 0 {
+                        let bpr = o.bytes as f64 / o.rows as f64;
+                        st.bytes_per_row = Some(match st.bytes_per_row {
+                            Some(b) => 0.8 * b + 0.2 * bpr,
+                            None => bpr,
+                        });
+                    }
+                    let mut detail = format!(
+                        "order {} done: {} rows, {} bytes in {} ms",
+                        o.id,
+                        o.rows,
+                        o.bytes,
+                        o.finished_unix_ms.unwrap_or(now) - o.submitted_unix_ms
+                    );
+                    if let Some(m) = o.deadline_met {
+                        detail.push_str(if m {
+                            ", deadline met"
+                        } else {
+                            ", deadline missed"
+                        });
+                    }
+                    if o.adds_replica {
+                        let mut promoted = false;
+                        if let Some(reps) = st.replicas.get_mut(&o.shard) {
+                            for r in reps.iter_mut().filter(|r| r.node == o.node) {
+                                if r.state == ReplicaState::Warming {
+                                    r.state = ReplicaState::Serving;
+                                    promoted = true;
+                                }
+                            }
+                        }
+                        if promoted {
+                            *changed = true;
+                            if let Some(old) = &o.replaces {
+                                st.leaving
+                                    .entry(o.shard.clone())
+                                    .or_default()
+                                    .insert(old.clone());
+                            }
+                            st.decide(Decision {
+                                at_unix_ms: now,
+                                action: "serve".into(),
+                                shard: o.shard.clone(),
+                                node: o.node.clone(),
+                                reason: o.reason,
+                                detail,
+                                dry_run: false,
+                            });
+                        }
+                    } else {
+                        st.decide(Decision {
+                            at_unix_ms: now,
+                            action: "refreshed".into(),
+                            shard: o.shard.clone(),
+                            node: o.node.clone(),
+                            reason: o.reason,
+                            detail,
+                            dry_run: false,
+                        });
+                    }
+                }
+                Ok(so) if so.state == "cancelled" || timed_out => {
+                    let why = if so.state == "cancelled" {
+                        "cancelled by sync".to_string()
+                    } else {
+                        format!("not done within {:?}", self.cfg.order_timeout)
+                    };
+                    *changed |= fail_order(&mut st, i, now, &why);
+                    return timed_out && so.state != "cancelled";
+                }
+                Ok(so) => {
+                    let o = &mut st.orders[i];
+                    o.state = so.state;
+                    o.rows = so.rows;
+                    o.bytes = so.bytes;
+                    debug_assert_eq!(o.id, so.id);
+                }
+                Err(e) if timed_out || e.contains(": 404 ") => {
+                    *changed |= fail_order(&mut st, i, now, &e);
+                    return timed_out;
+                }
+                Err(_) => {} // sync unreachable: ask again next round
+            }
+        }
+        false
+    }
+
+    /// Draining replicas whose time is up leave the table and the cache.
+    async fn expire_drains(&self, now: i64) -> bool {
+        let due: Vec<(String, String)> = {
+            let st = self.state.lock();
+            st.draining_since
+                .iter()
+                .filter(|(_, &since)| now - since >= self.cfg.drain.as_millis() as i64)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        if due.is_empty() {
+            return false;
+        }
+        let mut changed = false;
+        for (shard, node) in due {
+            {
+                let mut st = self.state.lock();
+                st.draining_since.remove(&(shard.clone(), node.clone()));
+                if let Some(reps) = st.replicas.get_mut(&shard) {
+                    let before = reps.len();
+                    reps.retain(|r| !(r.node == node && r.state == ReplicaState::Draining));
+                    changed |= reps.len() != before;
+                }
+                st.decide(Decision {
+                    at_unix_ms: now,
+                    action: "evict".into(),
+                    shard: shard.clone(),
+                    node: node.clone(),
+                    reason: Reason::Balance,
+                    detail: format!("drained for {:?}; out of the table", self.cfg.drain),
+                    dry_run: false,
+                });
+            }
+            let url = format!(
+                "{}/nodes/{}/shards/{}",
+                self.cfg.sync,
+                pct(&node),
+                pct(&shard)
+            );
+            if let Err(e) = self
+                .http
+                .call(Method::DELETE, &url, None, None, CALL_TIMEOUT)
+                .await
+            {
+                warn!(shard, node, error = %e, "evicting from the node's cache failed; it stays until the node is reused");
+            }
+        }
+        changed
+    }
+
+    fn plan_input(&self, topo: &Topology, now: i64) -> PlanInput {
+        let set = self.forecasts.latest();
+        let median_cap = {
+            let mut c: Vec<f64> = topo.nodes.iter().map(|n| n.capacity).collect();
+            c.sort_by(f64::total_cmp);
+            c.get(c.len() / 2).copied().unwrap_or(1000.0)
+        };
+        let default_threshold = self.cfg.default_threshold_rps.unwrap_or(median_cap * 0.5);
+        let next_hour = (now.div_euclid(HOUR_MS) + 1) * HOUR_MS;
+        let store_hour = self.store.local_hour(now);
+        let mut st = self.state.lock();
+        let bytes_per_row = st.bytes_per_row;
+        let mut shards = Vec::with_capacity(topo.shards.len());
+        for s in &topo.shards {
+            let threshold = st
+                .operator
+                .thresholds
+                .get(&s.id)
+                .copied()
+                .or(s.threshold)
+                .unwrap_or(default_threshold);
+            let observed = self
+                .store
+                .recent_rate(&s.id, now, self.cfg.observe_window_s);
+            let mut predicted = 0.0f64;
+            let mut rise_at = next_hour;
+            let mut p50_hour = None;
+            if let Some(f) = set.shards.get(&s.id) {
+                for h in Horizon::ALL {
+                    let Some(hf) = f.horizon(h) else { continue };
+                    let q = quantile_at(&hf.levels, &hf.values, self.cfg.quantile);
+                    let rate = f64::from(q) / (h.hours() as f64 * 3600.0);
+                    if h == Horizon::Hour {
+                        p50_hour = Some(f64::from(quantile_at(&hf.levels, &hf.values, 0.5)));
+                        if rate > threshold {
+                            // the hour forecast is for the hour in progress
+                            rise_at = now;
+                        }
+                    }
+                    predicted = predicted.max(rate);
+                }
+            }
+            // Skill: the median hour forecast against what the hour brought.
+            let skill = {
+                let sk = st.skill.entry(s.id.clone()).or_insert(Skill {
+                    score: 0.5,
+                    pending: None,
+                });
+                if let Some((hour, f)) = sk.pending {
+                    if hour < store_hour {
+                        let mut a = [0.0];
+                        self.store.hourly_window(&s.id, hour, &mut a);
+                        let denom = a[0].abs() + f.abs();
+                        let s1 = if denom > 0.0 {
+                            1.0 - (a[0] - f).abs() / denom
+                        } else {
+                            1.0
+                        };
+                        sk.score = 0.8 * sk.score + 0.2 * s1;
+                        sk.pending = None;
+                    }
+                }
+                if sk.pending.is_none() {
+                    if let Some(p) = p50_hour {
+                        sk.pending = Some((store_hour, p));
+                    }
+                }
+                sk.score
+            };
+            let rows = st
+                .hosted
+                .values()
+                .filter_map(|m| m.get(&s.id).map(|h| h.rows))
+                .max();
+            let bytes = match (rows, bytes_per_row) {
+                (Some(r), Some(b)) if r > 0 => (r as f64 * b) as u64,
+                _ => DEFAULT_SHARD_BYTES,
+            };
+            let demand = Demand {
+                predicted_rps: predicted,
+                rise_at_ms: rise_at,
+                observed_rps: observed,
+                skill,
+            };
+            st.demand.insert(s.id.clone(), demand.clone());
+            shards.push(ShardInput {
+                id: s.id.clone(),
+                threshold,
+                replicas: st
+                    .replicas
+                    .get(&s.id)
+                    .map(|r| {
+                        r.iter()
+                            .map(|r| planner::ReplicaInput {
+                                node: r.node.clone(),
+                                state: r.state,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                demand,
+                bytes,
+                pinned: st.operator.pins.get(&s.id).cloned(),
+                leaving: st
+                    .leaving
+                    .get(&s.id)
+                    .map(|l| l.iter().cloned().collect())
+                    .unwrap_or_default(),
+            });
+        }
+        let nodes = topo
+            .nodes
+            .iter()
+            .map(|n| NodeInput {
+                name: n.name.clone(),
+                capacity: n.capacity,
+                zone: n.zone.clone(),
+                healthy: st.nodes.get(&n.name).is_none_or(|s| s.healthy),
+                drained: st.operator.drained.contains(&n.name),
+            })
+            .collect();
+        PlanInput {
+            now_ms: now,
+            replication_factor: topo.replication_factor,
+            churn_budget: self.cfg.churn_budget,
+            max_utilization: self.cfg.max_utilization,
+            scale_in_ratio: self.cfg.scale_in_ratio,
+            bandwidth_bytes_per_s: self.cfg.bandwidth_bytes_per_s,
+            nodes,
+            shards,
+        }
+    }
+
+    async fn execute(&self, plan: &Plan, now: i64) -> bool {
+        let mut changed = false;
+        for a in &plan.actions {
+            match a {
+                Action::Drop { shard, node, .. } => {
+                    let open = {
+                        let mut st = self.state.lock();
+                        if let Some(reps) = st.replicas.get_mut(shard) {
+                            reps.retain(|r| r.node != *node);
+                        }
+                        st.draining_since.remove(&(shard.clone(), node.clone()));
+                        if let Some(l) = st.leaving.get_mut(shard) {
+                            l.remove(node);
+                        }
+                        let open = st.open_order(shard, node).map(|o| o.id);
+                        if let Some(id) = open {
+                            if let Some(o) = st.orders.iter_mut().find(|o| o.id == id) {
+                                o.state = "cancelled".into();
+                            }
+                        }
+                        st.decide(decision(a, now, false));
+                        open
+                    };
+                    changed = true;
+                    if let Some(id) = open {
+                        let url = format!("{}/orders/{id}", self.cfg.sync);
+                        let _ = self
+                            .http
+                            .call(Method::DELETE, &url, None, None, CALL_TIMEOUT)
+                            .await;
+                    }
+                }
+                Action::Drain { shard, node, .. } => {
+                    let mut st = self.state.lock();
+                    let mut did = false;
+                    if let Some(reps) = st.replicas.get_mut(shard) {
+                        for r in reps.iter_mut().filter(|r| r.node == *node) {
+                            if r.state != ReplicaState::Draining {
+                                r.state = ReplicaState::Draining;
+                                did = true;
+                            }
+                        }
+                    }
+                    if did {
+                        st.draining_since.insert((shard.clone(), node.clone()), now);
+                        if let Some(l) = st.leaving.get_mut(shard) {
+                            l.remove(node);
+                        }
+                        st.decide(decision(a, now, false));
+                        changed = true;
+                    }
+                }
+                Action::Add {
+                    shard,
+                    node,
+                    reason,
+                    priority,
+                    deadline_ms,
+                    replaces,
+                    ..
+                } => match self.submit(shard, node, *priority, *deadline_ms).await {
+                    Ok(id) => {
+                        let mut st = self.state.lock();
+                        st.replicas
+                            .entry(shard.clone())
+                            .or_default()
+                            .push(ReplicaAssignment {
+                                node: node.clone(),
+                                state: ReplicaState::Warming,
+                            });
+                        st.push_order(OrderView {
+                            id,
+                            shard: shard.clone(),
+                            node: node.clone(),
+                            state: "queued".into(),
+                            priority: *priority,
+                            deadline_unix_ms: Some(*deadline_ms),
+                            submitted_unix_ms: now,
+                            finished_unix_ms: None,
+                            rows: 0,
+                            bytes: 0,
+                            reason: *reason,
+                            replaces: replaces.clone(),
+                            adds_replica: true,
+                            deadline_met: None,
+                        });
+                        let mut d = decision(a, now, false);
+                        d.detail = format!("{} (order {id})", d.detail);
+                        st.decide(d);
+                        changed = true;
+                    }
+                    Err(e) => {
+                        let mut st = self.state.lock();
+                        let mut d = decision(a, now, false);
+                        d.action = "add_failed".into();
+                        d.detail = format!("pre-fetch order refused: {e}");
+                        st.decide(d);
+                    }
+                },
+            }
+        }
+        changed
+    }
+
+    /// Replicas in the table that their node's cache does not hold (a
+    /// fresh start, or a cache that was lost): order a copy, keeping them
+    /// serving meanwhile (the node fills on miss).
+    async fn refresh_unhosted(&self, topo: &Topology, now: i64) {
+        let todo: Vec<(String, String)> = {
+            let st = self.state.lock();
+            if st.sync_error.is_some() {
+                return;
+            }
+            let mut v = Vec::new();
+            for s in &topo.shards {
+                for r in st.replicas.get(&s.id).into_iter().flatten() {
+                    let healthy = st.nodes.get(&r.node).is_some_and(|n| n.healthy);
+                    let hosted = st
+                        .hosted
+                        .get(&r.node)
+                        .is_some_and(|m| m.contains_key(&s.id));
+                    if r.state == ReplicaState::Serving
+                        && healthy
+                        && !hosted
+                        && st.open_order(&s.id, &r.node).is_none()
+                    {
+                        v.push((s.id.clone(), r.node.clone()));
+                    }
+                }
+            }
+            v
+        };
+        for (shard, node) in todo {
+            let deadline = now + 60_000;
+            match self.submit(&shard, &node, 0.01, deadline).await {
+                Ok(id) => {
+                    let mut st = self.state.lock();
+                    st.push_order(OrderView {
+                        id,
+                        shard: shard.clone(),
+                        node: node.clone(),
+                        state: "queued".into(),
+                        priority: 0.01,
+                        deadline_unix_ms: Some(deadline),
+                        submitted_unix_ms: now,
+                        finished_unix_ms: None,
+                        rows: 0,
+                        bytes: 0,
+                        reason: Reason::Initial,
+                        replaces: None,
+                        adds_replica: false,
+                        deadline_met: None,
+                    });
+                    st.decide(Decision {
+                        at_unix_ms: now,
+                        action: "refresh".into(),
+                        shard,
+                        node,
+                        reason: Reason::Initial,
+                        detail: format!("replica not in its node's cache yet (order {id})"),
+                        dry_run: false,
+                    });
+                }
+                Err(e) => {
+                    warn!(shard, node, error = %e, "refresh order refused");
+                }
+            }
+        }
+    }
+
+    async fn submit(
+        &self,
+        shard: &str,
+        node: &str,
+        priority: f64,
+        deadline: i64,
+    ) -> Result<u64, String> {
+        let body = serde_json::json!({
+            "shard": shard,
+            "node": node,
+            "priority": if priority.is_finite() && priority > 0.0 { priority } else { 1.0 },
+            "deadline_unix_ms": deadline.max(0),
+        });
+        let url = format!("{}/orders", self.cfg.sync);
+        let (status, body) = self
+            .http
+            .call(
+                Method::POST,
+                &url,
+                Some(body.to_string().into_bytes()),
+                None,
+                CALL_TIMEOUT,
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(format!("{status} {}", String::from_utf8_lossy(&body)));
+        }
+        let o: SyncOrder =
+            serde_json::from_slice(&body).map_err(|e| format!("order answer: {e}"))?;
+        Ok(o.id)
+    }
+
+    /// Table to the metadata store (and listed proxies) when it changed;
+    /// shard and node records every round.
+    async fn publish(
+        &self,
+        conn: &mut Option<redis::aio::MultiplexedConnection>,
+        topo: &Topology,
+        changed: bool,
+    ) {
+        let (update, behind) = {
+            let st = self.state.lock();
+            (st.update(), st.proxies_behind.clone())
+        };
+        if let Some(url) = self.metadata_url() {
+            if conn.is_none() {
+                match metadata::connect(&url).await {
+                    Ok(c) => *conn = Some(c),
+                    Err(e) => self.state.lock().metadata_error = Some(e),
+                }
+            }
+            if let Some(c) = conn.as_mut() {
+                let mut res = Ok(());
+                // Also re-written when the store lost it (restart, flush).
+                let stored = metadata::read_table(c, &topo.prefix).await;
+                let stale = !matches!(&stored, Ok(Some(t)) if t.version >= update.version);
+                if changed || stale {
+                    res = metadata::publish_table(c, &topo.prefix, &update).await;
+                }
+                if res.is_ok() {
+                    let (shards, nodes, op) = self.records(topo);
+                    res = metadata::write_state(
+                        c,
+                        &topo.prefix,
+                        update.version,
+                        &shards,
+                        &nodes,
+                        &op,
+                    )
+                    .await;
+                }
+                let mut st = self.state.lock();
+                match res {
+                    Ok(()) => st.metadata_error = None,
+                    Err(e) => {
+                        warn!(error = %e, "metadata store write failed; retrying next round");
+                        st.metadata_error = Some(e);
+                        *conn = None;
+                    }
+                }
+            }
+        }
+        if changed || !behind.is_empty() {
+            let body = serde_json::to_vec(&update).unwrap_or_default();
+            let targets: Vec<String> = if changed {
+                self.cfg.proxies.clone()
+            } else {
+                behind.into_iter().collect()
+            };
+            for p in targets {
+                let url = format!("{p}/admin/table");
+                let r = self
+                    .http
+                    .call(
+                        Method::PUT,
+                        &url,
+                        Some(body.clone()),
+                        self.cfg.proxy_token.as_deref(),
+                        CALL_TIMEOUT,
+                    )
+                    .await;
+                let ok = matches!(&r, Ok((s, _)) if (200..300).contains(s) || *s == 409);
+                let mut st = self.state.lock();
+                if ok {
+                    st.proxies_behind.remove(&p);
+                } else {
+                    if st.proxies_behind.insert(p.clone()) {
+                        warn!(proxy = %p, result = ?r.map(|(s, _)| s), "table push failed; retrying next round");
+                    }
+                }
+            }
+        }
+    }
+
+    fn records(
+        &self,
+        topo: &Topology,
+    ) -> (
+        Vec<metadata::ShardRecord>,
+        Vec<metadata::NodeRecord>,
+        Vec<u8>,
+    ) {
+        let st = self.state.lock();
+        let plan = st.last_plan.as_ref();
+        let shards = topo
+            .shards
+            .iter()
+            .map(|s| {
+                let reps = st.replicas.get(&s.id).cloned().unwrap_or_default();
+                let cursors: BTreeMap<&str, u64> = reps
+                    .iter()
+                    .filter_map(|r| {
+                        st.hosted
+                            .get(&r.node)
+                            .and_then(|m| m.get(&s.id))
+                            .map(|h| (r.node.as_str(), h.cursor))
+                    })
+                    .collect();
+                let d = st.demand.get(&s.id).cloned().unwrap_or_default();
+                metadata::ShardRecord {
+                    id: s.id.clone(),
+                    content: serde_json::json!({"categories": s.categories, "regions": s.regions})
+                        .to_string(),
+                    replicas: serde_json::to_string(&reps).unwrap_or_default(),
+                    cursors: serde_json::to_string(&cursors).unwrap_or_default(),
+                    observed_rps: d.observed_rps,
+                    predicted_rps: d.predicted_rps,
+                    target: plan
+                        .and_then(|p| p.shards.iter().find(|x| x.id == s.id))
+                        .map_or(reps.len(), |x| x.target),
+                }
+            })
+            .collect();
+        let nodes = topo
+            .nodes
+            .iter()
+            .map(|n| metadata::NodeRecord {
+                name: n.name.clone(),
+                address: n.address.clone(),
+                capacity: n.capacity,
+                zone: n.zone.clone().unwrap_or_default(),
+                health: if st.nodes.get(&n.name).is_none_or(|s| s.healthy) {
+                    "up"
+                } else {
+                    "down"
+                },
+                drained: st.operator.drained.contains(&n.name),
+                load_rps: plan
+                    .and_then(|p| p.node_load.get(&n.name).copied())
+                    .unwrap_or(0.0),
+            })
+            .collect();
+        let op = serde_json::to_vec(&st.operator).unwrap_or_default();
+        (shards, nodes, op)
+    }
+
+    // ---- operator controls and views (the API calls these) ----
+
+    /// The manager's state for `GET /manager`.
+    pub fn view(&self) -> serde_json::Value {
+        let topo = self.topology();
+        let st = self.state.lock();
+        let plan = st.last_plan.as_ref();
+        let mut shards = serde_json::Map::new();
+        for s in &topo.shards {
+            let p = plan.and_then(|p| p.shards.iter().find(|x| x.id == s.id));
+            let d = st.demand.get(&s.id).cloned().unwrap_or_default();
+            shards.insert(
+                s.id.clone(),
+                serde_json::json!({
+                    "replicas": st.replicas.get(&s.id).cloned().unwrap_or_default(),
+                    "target": p.map(|p| p.target),
+                    "predicted_rps": d.predicted_rps,
+                    "observed_rps": d.observed_rps,
+                    "threshold": p.map(|p| p.threshold),
+                    "skill": d.skill,
+                    "pinned": st.operator.pins.get(&s.id),
+                    "hosted": st.hosted.iter().filter_map(|(n, m)| m.get(&s.id).map(|h| (n.clone(), h.clone()))).collect::<BTreeMap<_, _>>(),
+                }),
+            );
+        }
+        let mut nodes = serde_json::Map::new();
+        for n in &topo.nodes {
+            let ns = st.nodes.get(&n.name).cloned().unwrap_or_default();
+            nodes.insert(
+                n.name.clone(),
+                serde_json::json!({
+                    "health": if ns.healthy { "up" } else { "down" },
+                    "last_error": ns.last_error,
+                    "drained": st.operator.drained.contains(&n.name),
+                    "load_rps": plan.and_then(|p| p.node_load.get(&n.name).copied()).unwrap_or(0.0),
+                    "capacity": n.capacity,
+                    "zone": n.zone,
+                }),
+            );
+        }
+        serde_json::json!({
+            "version": st.version,
+            "dry_run": st.operator.dry_run,
+            "rounds": st.rounds,
+            "last_round_unix_ms": st.last_round_unix_ms,
+            "replication_factor": topo.replication_factor,
+            "sync_error": st.sync_error,
+            "metadata_error": st.metadata_error,
+            "proxies_behind": st.proxies_behind,
+            "shards": shards,
+            "nodes": nodes,
+            "orders": st.orders,
+            "decisions": st.decisions.iter().rev().take(100).collect::<Vec<_>>(),
+            "deferred": plan.map_or(0, |p| p.deferred),
+            "operator": st.operator,
+        })
+    }
+
+    pub fn plan_view(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state.lock().last_plan).unwrap_or_default()
+    }
+
+    pub fn decisions(&self, limit: usize) -> Vec<Decision> {
+        self.state
+            .lock()
+            .decisions
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    fn operator_change(&self, what: &str, shard: &str, node: &str, detail: String) {
+        let mut st = self.state.lock();
+        st.decide(Decision {
+            at_unix_ms: now_unix_ms(),
+            action: what.into(),
+            shard: shard.into(),
+            node: node.into(),
+            reason: Reason::Operator,
+            detail,
+            dry_run: false,
+        });
+        drop(st);
+        self.wake();
+    }
+
+    pub fn set_dry_run(&self, on: bool) {
+        self.state.lock().operator.dry_run = on;
+        self.operator_change(
+            "dry_run",
+            "",
+            "",
+            format!("dry run {}", if on { "on" } else { "off" }),
+        );
+    }
+
+    pub fn pin(&self, shard: &str, nodes: Option<Vec<String>>) -> Result<(), String> {
+        let topo = self.topology();
+        if !topo.shards.iter().any(|s| s.id == shard) {
+            return Err(format!("unknown shard `{shard}`"));
+        }
+        if let Some(ns) = &nodes {
+            if ns.is_empty() {
+                return Err("a pin names at least one node".into());
+            }
+            let mut seen = BTreeSet::new();
+            for n in ns {
+                if !topo.nodes.iter().any(|x| x.name == *n) {
+                    return Err(format!("unknown node `{n}`"));
+                }
+                if !seen.insert(n) {
+                    return Err(format!("node `{n}` named twice"));
+                }
+            }
+        }
+        let detail = match &nodes {
+            Some(ns) => format!("pinned to {}", ns.join(", ")),
+            None => "pin removed".into(),
+        };
+        {
+            let mut st = self.state.lock();
+            match nodes {
+                Some(ns) => st.operator.pins.insert(shard.to_string(), ns),
+                None => st.operator.pins.remove(shard),
+            };
+        }
+        self.operator_change("pin", shard, "", detail);
+        Ok(())
+    }
+
+    pub fn drain_node(&self, node: &str, on: bool) -> Result<(), String> {
+        if !self.topology().nodes.iter().any(|x| x.name == node) {
+            return Err(format!("unknown node `{node}`"));
+        }
+        {
+            let mut st = self.state.lock();
+            if on {
+                st.operator.drained.insert(node.to_string());
+            } else {
+                st.operator.drained.remove(node);
+            }
+        }
+        let what = if on { "drain_node" } else { "undrain_node" };
+        self.operator_change(what, "", node, format!("{what} by operator"));
+        Ok(())
+    }
+
+    pub fn set_threshold(&self, shard: &str, rps: Option<f64>) -> Result<(), String> {
+        if !self.topology().shards.iter().any(|s| s.id == shard) {
+            return Err(format!("unknown shard `{shard}`"));
+        }
+        if let Some(v) = rps {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!(
+                    "threshold {v} must be a positive number of requests/s"
+                ));
+            }
+        }
+        {
+            let mut st = self.state.lock();
+            match rps {
+                Some(v) => st.operator.thresholds.insert(shard.to_string(), v),
+                None => st.operator.thresholds.remove(shard),
+            };
+        }
+        let detail = match rps {
+            Some(v) => format!("threshold set to {v} rps"),
+            None => "threshold back to the configured one".into(),
+        };
+        self.operator_change("threshold", shard, "", detail);
+        Ok(())
+    }
+}
+
+fn fail_order(st: &mut State, i: usize, now: i64, why: &str) -> bool {
+    let o = &mut st.orders[i];
+    o.state = "failed".into();
+    o.finished_unix_ms = Some(now);
+    let o = o.clone();
+    let mut changed = false;
+    if o.adds_replica {
+        if let Some(reps) = st.replicas.get_mut(&o.shard) {
+            let before = reps.len();
+            reps.retain(|r| !(r.node == o.node && r.state == ReplicaState::Warming));
+            changed = reps.len() != before;
+        }
+    }
+    st.decide(Decision {
+        at_unix_ms: now,
+        action: "order_failed".into(),
+        shard: o.shard,
+        node: o.node,
+        reason: o.reason,
+        detail: format!("order {}: {why}; warming replica withdrawn", o.id),
+        dry_run: false,
+    });
+    changed
+}
+
+fn decision(a: &Action, now: i64, dry_run: bool) -> Decision {
+    let detail = match a {
+        Action::Add {
+            detail,
+            priority,
+            deadline_ms,
+            over_capacity,
+            replaces,
+            ..
+        } => {
+            let mut d = format!(
+                "{detail}; priority {priority:.3}, deadline in {} ms",
+                deadline_ms - now
+            );
+            if let Some(r) = replaces {
+                d.push_str(&format!(", replaces {r}"));
+            }
+            if *over_capacity {
+                d.push_str(", no node had room");
+            }
+            d
+        }
+        Action::Drain { detail, .. } | Action::Drop { detail, .. } => detail.clone(),
+    };
+    Decision {
+        at_unix_ms: now,
+        action: a.kind().into(),
+        shard: a.shard().into(),
+        node: a.node().into(),
+        reason: a.reason(),
+        detail,
+        dry_run,
+    }
+}
+
+/// The value at the smallest served level ≥ `level` (the top one if none).
+fn quantile_at(levels: &[f32], values: &[f32], level: f32) -> f32 {
+    levels
+        .iter()
+        .position(|&l| l + 1e-6 >= level)
+        .or(levels.len().checked_sub(1))
+        .and_then(|i| values.get(i).copied())
+        .unwrap_or(0.0)
+}
+
+/// Percent-encode a path segment (shard ids hold `/`).
+fn pct(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    fs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = fs.into_iter().collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // Few nodes: run them concurrently with a join set of plain futures.
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = handles.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_picks_the_served_level_at_or_above() {
+        let l = [0.1, 0.5, 0.9];
+        let v = [1.0, 2.0, 3.0];
+        assert_eq!(quantile_at(&l, &v, 0.9), 3.0);
+        assert_eq!(quantile_at(&l, &v, 0.8), 3.0);
+        assert_eq!(quantile_at(&l, &v, 0.5), 2.0);
+        assert_eq!(quantile_at(&l, &v, 0.99), 3.0);
+        assert_eq!(quantile_at(&[], &[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn shard_ids_are_percent_encoded_for_paths() {
+        assert_eq!(pct("UK/SEASONAL"), "UK%2FSEASONAL");
+        assert_eq!(pct("node-a"), "node-a");
+    }
+}

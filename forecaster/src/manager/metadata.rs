@@ -1,0 +1,158 @@
+//! The metadata store (Redis): what the manager publishes for proxies and
+//! operators, under one prefix (the proxy config's `[control] prefix`).
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `<prefix>:table` | string | the current [`shardmap::TableUpdate`] (JSON); proxies follow it |
+//! | `<prefix>:table:changed` | channel | the new version, published after each write of `:table` |
+//! | `<prefix>:version` | string | the table version |
+//! | `<prefix>:shard:<id>` | hash | `content`, `replicas`, `cursors` (JSON), `observed_rps`, `predicted_rps`, `target`, `version` |
+//! | `<prefix>:node:<name>` | hash | `address`, `capacity`, `zone`, `health`, `drained`, `load_rps` |
+//! | `<prefix>:operator` | string | operator settings (JSON): dry run, pins, drained nodes, thresholds |
+//!
+//! The table and its version are written in one MULTI/EXEC, then published,
+//! so a proxy that reads after the message always sees that version or a
+//! newer one.
+
+use redis::aio::MultiplexedConnection;
+use shardmap::TableUpdate;
+
+pub struct ShardRecord {
+    pub id: String,
+    pub content: String,
+    pub replicas: String,
+    pub cursors: String,
+    pub observed_rps: f64,
+    pub predicted_rps: f64,
+    pub target: usize,
+}
+
+pub struct NodeRecord {
+    pub name: String,
+    pub address: String,
+    pub capacity: f64,
+    pub zone: String,
+    pub health: &'static str,
+    pub drained: bool,
+    pub load_rps: f64,
+}
+
+pub async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+    let fut = client.get_multiplexed_async_connection();
+    match tokio::time::timeout(std::time::Duration::from_secs(2), fut).await {
+        Ok(r) => r.map_err(|e| format!("{url}: {e}")),
+        Err(_) => Err(format!("{url}: no connection within 2 s")),
+    }
+}
+
+/// The table the store holds, if any.
+pub async fn read_table(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+) -> Result<Option<TableUpdate>, String> {
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("{prefix}:table"))
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    match raw {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{prefix}:table is not a table update: {e}")),
+    }
+}
+
+pub async fn read_operator(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    redis::cmd("GET")
+        .arg(format!("{prefix}:operator"))
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Write a new table and announce it.
+pub async fn publish_table(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    update: &TableUpdate,
+) -> Result<(), String> {
+    let json = serde_json::to_vec(update).map_err(|e| e.to_string())?;
+    redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(format!("{prefix}:table"))
+        .arg(json)
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{prefix}:version"))
+        .arg(update.version)
+        .ignore()
+        .query_async::<()>(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    redis::cmd("PUBLISH")
+        .arg(format!("{prefix}:table:changed"))
+        .arg(update.version)
+        .query_async::<i64>(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Refresh the per-shard and per-node records and the operator settings.
+pub async fn write_state(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    version: u64,
+    shards: &[ShardRecord],
+    nodes: &[NodeRecord],
+    operator: &[u8],
+) -> Result<(), String> {
+    let mut p = redis::pipe();
+    for s in shards {
+        p.cmd("HSET")
+            .arg(format!("{prefix}:shard:{}", s.id))
+            .arg("content")
+            .arg(&s.content)
+            .arg("replicas")
+            .arg(&s.replicas)
+            .arg("cursors")
+            .arg(&s.cursors)
+            .arg("observed_rps")
+            .arg(s.observed_rps)
+            .arg("predicted_rps")
+            .arg(s.predicted_rps)
+            .arg("target")
+            .arg(s.target)
+            .arg("version")
+            .arg(version)
+            .ignore();
+    }
+    for n in nodes {
+        p.cmd("HSET")
+            .arg(format!("{prefix}:node:{}", n.name))
+            .arg("address")
+            .arg(&n.address)
+            .arg("capacity")
+            .arg(n.capacity)
+            .arg("zone")
+            .arg(&n.zone)
+            .arg("health")
+            .arg(n.health)
+            .arg("drained")
+            .arg(u8::from(n.drained))
+            .arg("load_rps")
+            .arg(n.load_rps)
+            .ignore();
+    }
+    p.cmd("SET")
+        .arg(format!("{prefix}:operator"))
+        .arg(operator)
+        .ignore();
+    p.query_async::<()>(conn).await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,184 @@
+//! The manager's operator API, under `/manager` on the forecaster's
+//! listener. Errors map to statuses here.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /manager` | assignment, node health, demand, orders, recent decisions, operator settings |
+//! | `GET /manager/plan` | the last plan (also computed in dry run) |
+//! | `GET /manager/decisions?limit=N` | decisions, newest first |
+//! | `PUT /manager/dry-run` `{"enabled": bool}` | plan only, or plan and act |
+//! | `PUT /manager/pins/{shard}` `{"nodes": [..]}`, `DELETE` | pin a shard to nodes |
+//! | `PUT /manager/drain/{node}`, `DELETE` | move every replica off a node, or stop |
+//! | `PUT /manager/thresholds/{shard}` `{"rps": f64}`, `DELETE` | override a shard's threshold |
+//! | `POST /manager/round` | plan now |
+//!
+//! When `admin_token` is set every route needs `Authorization: Bearer <token>`.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Manager;
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: &str) -> Resp {
+    reply(status, &json!({ "error": msg }))
+}
+
+async fn body_json<T, B>(req: Request<B>) -> Result<T, Resp>
+where
+    T: serde::de::DeserializeOwned,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let b = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("reading body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&b).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DryRun {
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pin {
+    nodes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Threshold {
+    rps: f64,
+}
+
+// The error is the finished response; it is built once per bad request.
+#[allow(clippy::result_large_err)]
+fn decoded(seg: &str) -> Result<String, Resp> {
+    crate::api::percent_decode(seg)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad percent-encoding in path"))
+}
+
+/// Answer one `/manager…` request; `None` manager → 404 with a hint.
+pub async fn handle<B>(m: Option<&Manager>, req: Request<B>) -> Resp
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(m) = m else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no shard manager: add a [manager] section to the forecaster config",
+        );
+    };
+    if let Some(tok) = &m.config().admin_token {
+        let ok = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), tok.as_bytes()));
+        if !ok {
+            return error(StatusCode::UNAUTHORIZED, "bearer token required");
+        }
+    }
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let rest = path.trim_start_matches("/manager").trim_start_matches('/');
+    let parts: Vec<&str> = if rest.is_empty() {
+        vec![]
+    } else {
+        rest.split('/').collect()
+    };
+    let method = req.method().clone();
+    let ok = |r: Result<(), String>| match r {
+        Ok(()) => reply(StatusCode::OK, &json!({"ok": true})),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    };
+    match (&method, parts.as_slice()) {
+        (&Method::GET, []) => reply(StatusCode::OK, &m.view()),
+        (&Method::GET, ["plan"]) => reply(StatusCode::OK, &m.plan_view()),
+        (&Method::GET, ["decisions"]) => {
+            let limit = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("limit="))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(100)
+                .min(10_000);
+            reply(StatusCode::OK, &json!(m.decisions(limit)))
+        }
+        (&Method::PUT, ["dry-run"]) => match body_json::<DryRun, _>(req).await {
+            Ok(d) => {
+                m.set_dry_run(d.enabled);
+                reply(StatusCode::OK, &json!({"dry_run": d.enabled}))
+            }
+            Err(r) => r,
+        },
+        (&Method::PUT, ["pins", shard]) => {
+            let shard = match decoded(shard) {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            match body_json::<Pin, _>(req).await {
+                Ok(p) => ok(m.pin(&shard, Some(p.nodes))),
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, ["pins", shard]) => match decoded(shard) {
+            Ok(s) => ok(m.pin(&s, None)),
+            Err(r) => r,
+        },
+        (&Method::PUT, ["drain", node]) | (&Method::DELETE, ["drain", node]) => match decoded(node)
+        {
+            Ok(n) => ok(m.drain_node(&n, method == Method::PUT)),
+            Err(r) => r,
+        },
+        (&Method::PUT, ["thresholds", shard]) => {
+            let shard = match decoded(shard) {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            match body_json::<Threshold, _>(req).await {
+                Ok(t) => ok(m.set_threshold(&shard, Some(t.rps))),
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, ["thresholds", shard]) => match decoded(shard) {
+            Ok(s) => ok(m.set_threshold(&s, None)),
+            Err(r) => r,
+        },
+        (&Method::POST, ["round"]) => {
+            m.wake();
+            reply(StatusCode::ACCEPTED, &json!({"round": "requested"}))
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no route {method} {path} (see GET /manager)"),
+        ),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
