@@ -1,7 +1,9 @@
 -- wrk script: request /inventory/{sku}?region=R for a sku mix drawn from the
 -- Online Retail II trace. The paths file (one path per line, repeated in
 -- proportion to demand) comes from benches/wrk/make_paths.py; set
--- SHARDCAST_PATHS to use another.
+-- SHARDCAST_PATHS to use another. The minimal script (no response
+-- counting), as benches/peers uses it; benches/wrk/mix.lua replays the
+-- generated mixes and counts statuses, x-cache and shards.
 local paths = {}
 local file = os.getenv("SHARDCAST_PATHS") or "benches/wrk/paths.txt"
 for line in io.lines(file) do
