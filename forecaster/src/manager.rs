@@ -153,12 +153,15 @@ struct State {
     replicas: BTreeMap<String, Vec<ReplicaAssignment>>,
     nodes: BTreeMap<String, NodeState>,
     orders: VecDeque<OrderView>,
-    draining_since: BTreeMap<(String, String), i64>,
+    /// Draining replicas: since when, and why they leave.
+    draining_since: BTreeMap<(String, String), (i64, Reason)>,
     leaving: BTreeMap<String, BTreeSet<String>>,
     operator: Operator,
     decisions: VecDeque<Decision>,
     last_plan: Option<Plan>,
-    last_dry_actions: Vec<Action>,
+    /// The last dry-run plan's actions (kind, shard, node, reason), so an
+    /// unchanged plan is not logged again every round.
+    last_dry_actions: Vec<(&'static str, String, String, Reason)>,
     hosted: BTreeMap<String, BTreeMap<String, HostedView>>,
     sync_error: Option<String>,
     metadata_error: Option<String>,
@@ -465,11 +468,23 @@ impl Manager {
         let dry = self.state.lock().operator.dry_run;
         if dry {
             let mut st = self.state.lock();
-            if st.last_dry_actions != plan.actions {
+            let key: Vec<_> = plan
+                .actions
+                .iter()
+                .map(|a| {
+                    (
+                        a.kind(),
+                        a.shard().to_string(),
+                        a.node().to_string(),
+                        a.reason(),
+                    )
+                })
+                .collect();
+            if st.last_dry_actions != key {
                 for a in &plan.actions {
                     st.decide(decision(a, now, true));
                 }
-                st.last_dry_actions = plan.actions.clone();
+                st.last_dry_actions = key;
             }
         } else {
             self.state.lock().last_dry_actions.clear();
@@ -725,19 +740,19 @@ impl Manager {
 
     /// Draining replicas whose time is up leave the table and the cache.
     async fn expire_drains(&self, now: i64) -> bool {
-        let due: Vec<(String, String)> = {
+        let due: Vec<(String, String, Reason)> = {
             let st = self.state.lock();
             st.draining_since
                 .iter()
-                .filter(|(_, &since)| now - since >= self.cfg.drain.as_millis() as i64)
-                .map(|(k, _)| k.clone())
+                .filter(|(_, &(since, _))| now - since >= self.cfg.drain.as_millis() as i64)
+                .map(|(k, &(_, why))| (k.0.clone(), k.1.clone(), why))
                 .collect()
         };
         if due.is_empty() {
             return false;
         }
         let mut changed = false;
-        for (shard, node) in due {
+        for (shard, node, why) in due {
             {
                 let mut st = self.state.lock();
                 st.draining_since.remove(&(shard.clone(), node.clone()));
@@ -751,7 +766,7 @@ impl Manager {
                     action: "evict".into(),
                     shard: shard.clone(),
                     node: node.clone(),
-                    reason: Reason::Balance,
+                    reason: why,
                     detail: format!("drained for {:?}; out of the table", self.cfg.drain),
                     dry_run: false,
                 });
@@ -950,7 +965,8 @@ impl Manager {
                         }
                     }
                     if did {
-                        st.draining_since.insert((shard.clone(), node.clone()), now);
+                        st.draining_since
+                            .insert((shard.clone(), node.clone()), (now, a.reason()));
                         if let Some(l) = st.leaving.get_mut(shard) {
                             l.remove(node);
                         }

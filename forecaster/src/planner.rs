@@ -236,8 +236,6 @@ struct Work<'a> {
     live: Vec<String>,
     /// Those of `live` that must go (drained node, off the pins, moving).
     movers: BTreeSet<String>,
-    /// A replica was dropped this round (its node is down).
-    lost: bool,
     target: usize,
     load: f64,
     reason: Option<Reason>,
@@ -297,14 +295,12 @@ pub fn plan(input: &PlanInput) -> Plan {
     for s in &shards {
         let mut seen = BTreeSet::new();
         let mut live = Vec::new();
-        let mut lost = false;
         for r in &s.replicas {
             if !seen.insert(r.node.as_str()) {
                 continue;
             }
             let healthy = node_by_name.get(r.node.as_str()).is_some_and(|n| n.healthy);
             if !healthy {
-                lost = true;
                 out.actions.push(Action::Drop {
                     shard: s.id.clone(),
                     node: r.node.clone(),
@@ -373,7 +369,6 @@ pub fn plan(input: &PlanInput) -> Plan {
             input: s,
             live,
             movers,
-            lost,
             target,
             load,
             reason,
@@ -412,10 +407,10 @@ pub fn plan(input: &PlanInput) -> Plan {
         for k in 0..missing {
             let replaces = unreplaced.pop().cloned();
             let below_rf = staying + k < rf.min(usable.len());
-            let reason = if below_rf && w.lost {
-                Reason::Failure
-            } else if replaces.is_some() {
+            let reason = if replaces.is_some() {
                 Reason::Operator
+            } else if below_rf {
+                Reason::Failure
             } else if let Some(r) = w.reason {
                 r
             } else {
@@ -537,7 +532,11 @@ pub fn plan(input: &PlanInput) -> Plan {
         };
         let transfer_ms = (bytes as f64 / bw * 1e3) as i64 + 500;
         let deadline_ms = match want.reason {
-            Reason::Forecast => (w.input.demand.rise_at_ms - transfer_ms).max(input.now_ms),
+            // Land before the rise; when it is already under way, as soon
+            // as the transfer can.
+            Reason::Forecast => {
+                (w.input.demand.rise_at_ms - transfer_ms).max(input.now_ms + transfer_ms)
+            }
             _ => input.now_ms + transfer_ms,
         };
         let skill = w.input.demand.skill.clamp(0.05, 1.0);
@@ -592,6 +591,13 @@ pub fn plan(input: &PlanInput) -> Plan {
             .iter()
             .filter(|n| !w.movers.contains(*n) && serving_on(n))
             .count();
+        let operator_move = |n: &str| {
+            node_by_name.get(n).is_some_and(|x| x.drained)
+                || w.input
+                    .pinned
+                    .as_ref()
+                    .is_some_and(|p| !p.iter().any(|x| x == n))
+        };
         // Leaving replicas go only once the staying ones serve the target
         // (make-before-break); the last serving replica never goes.
         if serving_staying >= w.target.max(1) {
@@ -599,10 +605,10 @@ pub fn plan(input: &PlanInput) -> Plan {
                 out.actions.push(Action::Drain {
                     shard: w.input.id.clone(),
                     node: n.clone(),
-                    reason: if w.input.leaving.contains(n) {
-                        Reason::Balance
-                    } else {
+                    reason: if operator_move(n) {
                         Reason::Operator
+                    } else {
+                        Reason::Balance
                     },
                     detail: "replacement serving; moving off".into(),
                 });

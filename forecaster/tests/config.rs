@@ -73,3 +73,65 @@ cycle_s = 0
     );
     assert!(unknown.unwrap_err().to_string().contains("bogus"));
 }
+
+#[test]
+fn manager_errors_name_their_fields() {
+    let text = r#"
+listen = "0.0.0.0:9300"
+[model]
+hourly = "h.json"
+daily = "d.json"
+[manager]
+proxy_config = "proxy.toml"
+sync = "127.0.0.1:9910"
+metadata = "mysql://x"
+proxies = ["ftp://p"]
+interval_ms = 1
+quantile = 1.5
+max_utilization = 0
+scale_in_ratio = 2
+default_threshold_rps = -1
+observe_window_s = 0
+health_path = "health"
+fail_after = 0
+"#;
+    let err = Config::parse(text, Path::new("."), "m.toml")
+        .unwrap_err()
+        .to_string();
+    for field in [
+        "manager.sync",
+        "manager.metadata",
+        "manager.proxies[0]",
+        "manager.interval_ms",
+        "manager.quantile",
+        "manager.max_utilization",
+        "manager.scale_in_ratio",
+        "manager.default_threshold_rps",
+        "manager.observe_window_s",
+        "manager.health_path",
+        "manager.fail_after",
+        // not loopback, no token
+        "manager.admin_token",
+    ] {
+        assert!(
+            err.contains(&format!("m.toml: {field}:")),
+            "{field} missing in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn shipped_manager_sections_name_a_valid_proxy_config() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf");
+    for e in std::fs::read_dir(&conf).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("forecaster") && name.ends_with(".toml")) {
+            continue;
+        }
+        let c = Config::load(&e.path()).unwrap();
+        if let Some(m) = c.manager {
+            shardmap::Config::load(&m.proxy_config)
+                .unwrap_or_else(|err| panic!("{name}: manager.proxy_config: {err}"));
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Harness for the system tests: the whole shardcast stack as real
+//! processes — `shardcast-proxy`, `shardcast-sync` (scheduler and nodes),
+//! `shardcast-forecaster` — over a throwaway Redis and PostgreSQL (the sync
+//! crate's testkit), on free loopback ports.
+//!
+//! It lives in its own crate because no single process crate owns a test
+//! that spans all of them. The binaries are the workspace's own debug
+//! builds (`cargo build --workspace`, which `cargo nextest run --workspace`
+//! does); a missing one is a clear failure, never a skip.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use shardcast_sync::testkit::{free_port, workspace_root, Postgres, Redis};
+
+/// A workspace binary next to this test's executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable under target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` (or `cargo nextest run --workspace`) first",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed on drop; its output goes to a log file.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, dir: &Path, program: &Path, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(workspace_root())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({}): {e}", program.display()));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panic (with the log) if the process already exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                panic!("{} exited ({st}):\n{}", self.name, self.log_text());
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Poll `f` until it returns Some, or panic after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET a JSON document; None on any failure.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    let r = client
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// (sku, category) pairs of the project's catalog.
+pub fn catalog() -> Vec<(String, String)> {
+    let path = workspace_root().join("data/online_retail/catalog.csv.gz");
+    let f = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let r = BufReader::new(flate2::read::GzDecoder::new(f));
+    let mut out = Vec::new();
+    for (i, line) in r.lines().enumerate() {
+        let line = line.expect("catalog line");
+        if i == 0 {
+            continue;
+        }
+        let mut it = line.split(',');
+        let (Some(sku), Some(cat)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if sku.trim() != sku || sku.is_empty() {
+            continue;
+        }
+        out.push((sku.to_string(), cat.to_string()));
+    }
+    out
+}
+
+/// Outcome counts of a load loop.
+#[derive(Debug, Default, Clone)]
+pub struct LoadStats {
+    pub ok: u64,
+    /// 5xx answers and transport errors.
+    pub failed: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub by_node: std::collections::BTreeMap<String, u64>,
+    pub errors: Vec<String>,
+}
+
+impl LoadStats {
+    pub fn merge(&mut self, o: LoadStats) {
+        self.ok += o.ok;
+        self.failed += o.failed;
+        self.hits += o.hits;
+        self.misses += o.misses;
+        for (k, v) in o.by_node {
+            *self.by_node.entry(k).or_default() += v;
+        }
+        self.errors.extend(o.errors.into_iter().take(5));
+    }
+
+    pub fn hit_rate(&self) -> f64 {
+        self.hits as f64 / (self.hits + self.misses).max(1) as f64
+    }
+}
+
+/// GET `urls` round-robin with `workers` concurrent loops until `stop`.
+pub async fn load(
+    urls: Vec<String>,
+    workers: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> LoadStats {
+    let urls = std::sync::Arc::new(urls);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let urls = urls.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client");
+            let mut st = LoadStats::default();
+            let mut i = w * 7919;
+            let cap = Instant::now() + Duration::from_secs(120);
+            while !*stop.borrow() && Instant::now() < cap {
+                let url = &urls[i % urls.len()];
+                i += 1;
+                match client.get(url).send().await {
+                    Ok(r) => {
+                        let s = r.status();
+                        let cache = r
+                            .headers()
+                            .get("x-cache")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let node = r
+                            .headers()
+                            .get("x-shardcast-node")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?")
+                            .to_string();
+                        let _ = r.bytes().await;
+                        if s.is_server_error() {
+                            st.failed += 1;
+                            if st.errors.len() < 5 {
+                                st.errors.push(format!("{url}: {s}"));
+                            }
+                        } else {
+                            st.ok += 1;
+                            *st.by_node.entry(node).or_default() += 1;
+                            match cache.as_str() {
+                                "hit" => st.hits += 1,
+                                "miss" => st.misses += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        st.failed += 1;
+                        if st.errors.len() < 5 {
+                            st.errors.push(format!("{url}: {e}"));
+                        }
+                    }
+                }
+            }
+            st
+        }));
+    }
+    let mut total = LoadStats::default();
+    for t in tasks {
+        total.merge(t.await.expect("load task"));
+    }
+    total
+}
