@@ -73,6 +73,7 @@ fn engine(store: Arc<Store>, signals: Signals, threads: usize) -> Engine {
             intra_threads: threads,
             cycle: Duration::from_secs(10),
             retry_load: Duration::from_secs(60),
+            clock: shardcast_forecaster::time::Clock::real(),
         },
         store,
         Arc::new(ArcSwap::from_pointee(signals)),

@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 use crate::engine::{ForecastHandle, ForecastSet, ShardForecast};
 use crate::metrics::{Metrics, Reject};
 use crate::store::Store;
-use crate::time::now_unix_ms;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -28,6 +27,8 @@ pub struct App {
     pub forecasts: ForecastHandle,
     /// The shard manager, when configured (`/manager` routes).
     pub manager: Option<Arc<crate::manager::Manager>>,
+    /// Real time, or trace time when replaying (frames are re-timed onto it).
+    pub clock: crate::time::Clock,
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -156,8 +157,18 @@ impl App {
             }
         };
         match Frame::decode(&body) {
-            Ok(f) => {
-                let o = self.store.ingest(&f, now_unix_ms());
+            Ok(mut f) => {
+                if self.clock.is_replay() {
+                    f.start_unix_ms = self
+                        .clock
+                        .at(f.start_unix_ms.min(i64::MAX as u64) as i64)
+                        .max(0) as u64;
+                    f.interval_ms = self
+                        .clock
+                        .span(f.interval_ms.min(i64::MAX as u64) as i64)
+                        .max(1) as u64;
+                }
+                let o = self.store.ingest(&f, self.clock.now_ms());
                 json_reply(
                     StatusCode::OK,
                     &json!({ "samples": o.samples, "too_old": o.too_old, "over_capacity": o.over_capacity, "seq_gap": o.seq_gap }),

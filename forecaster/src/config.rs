@@ -27,6 +27,26 @@ struct Wire {
     feeds: WireFeeds,
     #[serde(default)]
     manager: Option<WireManager>,
+    #[serde(default)]
+    clock: Option<WireClock>,
+}
+
+/// `[clock]`: replay a recorded trace in compressed time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireClock {
+    /// Trace time when the forecaster starts, store-local `YYYY-MM-DD HH:MM:SS`.
+    start: String,
+    /// Trace seconds per real second.
+    speed: f64,
+}
+
+/// Replay settings (validated); the clock itself starts with the service.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClockConfig {
+    /// Trace time at start, unix ms (UTC; the store offset is applied).
+    pub start_ms: i64,
+    pub speed: f64,
 }
 
 /// `[manager]`: the shard manager. Absent → forecasts only.
@@ -77,10 +97,37 @@ struct WireManager {
     fail_after: u32,
     #[serde(default)]
     dry_run: bool,
+    /// What predicts demand: `forecast` (the model), `reactive` (observed
+    /// demand only), `oracle` (the actual demand in `oracle`, for
+    /// benchmarks), `none` (never pre-fetch).
+    #[serde(default)]
+    policy: Policy,
+    /// `shard_id,ds,lines` hourly actuals the oracle policy reads.
+    #[serde(default)]
+    oracle: Option<String>,
+    /// Pre-fetch every replica in the table (true), or only while a shard is
+    /// hot, evicting it when it cools (false: nodes fill on miss otherwise).
+    #[serde(default = "yes")]
+    host_baseline: bool,
     /// Bearer token for the operator endpoints (required when `listen` is
     /// not loopback).
     #[serde(default)]
     admin_token: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where the manager's demand prediction comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    #[default]
+    Forecast,
+    Reactive,
+    Oracle,
+    None,
 }
 
 fn d_interval_ms() -> u64 {
@@ -142,6 +189,9 @@ pub struct ManagerConfig {
     pub health_timeout: Duration,
     pub fail_after: u32,
     pub dry_run: bool,
+    pub policy: Policy,
+    pub oracle: Option<PathBuf>,
+    pub host_baseline: bool,
     pub admin_token: Option<String>,
 }
 
@@ -211,7 +261,7 @@ impl Default for WirePlanner {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireFeeds {
     #[serde(default = "default_refresh")]
@@ -224,6 +274,20 @@ struct WireFeeds {
 
 fn default_refresh() -> u64 {
     60
+}
+
+// Written out: a derived Default would make a config without `[feeds]`
+// fail validation with `refresh_s = 0`.
+impl Default for WireFeeds {
+    fn default() -> Self {
+        WireFeeds {
+            refresh_s: default_refresh(),
+            history: None,
+            events: None,
+            web_traffic: None,
+            sentiment: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +367,7 @@ pub struct Config {
     pub events: Option<FeedSpec>,
     pub covariates: Vec<FeedSpec>,
     pub manager: Option<ManagerConfig>,
+    pub clock: Option<ClockConfig>,
 }
 
 /// All problems found in a config file.
@@ -483,6 +548,12 @@ impl Config {
             if !m.health_path.starts_with('/') {
                 err("manager.health_path", "must start with /".into());
             }
+            if m.policy == Policy::Oracle && m.oracle.is_none() {
+                err(
+                    "manager.oracle",
+                    "the oracle policy needs the actual demand file".into(),
+                );
+            }
             if m.fail_after == 0 {
                 err("manager.fail_after", "must be at least 1".into());
             }
@@ -516,7 +587,28 @@ impl Config {
                 health_timeout: Duration::from_millis(m.health_timeout_ms),
                 fail_after: m.fail_after,
                 dry_run: m.dry_run,
+                policy: m.policy,
+                oracle: m.oracle.as_deref().map(|p| resolve(base, p)),
+                host_baseline: m.host_baseline,
                 admin_token: m.admin_token.clone().filter(|t| !t.is_empty()),
+            }
+        });
+        let clock = w.clock.as_ref().and_then(|c| {
+            if !(c.speed.is_finite() && c.speed > 0.0 && c.speed <= 1e7) {
+                err("clock.speed", format!("{} not in (0, 1e7]", c.speed));
+            }
+            match crate::time::parse_local(&c.start) {
+                Some(local_s) => Some(ClockConfig {
+                    start_ms: local_s * 1000 - i64::from(s.utc_offset_minutes) * 60_000,
+                    speed: c.speed,
+                }),
+                None => {
+                    err(
+                        "clock.start",
+                        format!("{:?}: expected YYYY-MM-DD HH:MM:SS", c.start),
+                    );
+                    None
+                }
             }
         });
         if !errs.is_empty() {
@@ -565,6 +657,7 @@ impl Config {
             .filter_map(|(n, f)| f.as_ref().map(|f| spec(n, f)))
             .collect(),
             manager,
+            clock,
         })
     }
 }

@@ -28,7 +28,7 @@ use crate::feeds::{FeedState, FeedStatus, Signals};
 use crate::metrics::Metrics;
 use crate::model::OnnxModel;
 use crate::store::Store;
-use crate::time::{format_local, format_utc_ms, now_unix_ms};
+use crate::time::{format_local, format_utc_ms};
 
 /// Quantile levels used when no model contract could be read.
 pub const DEFAULT_LEVELS: [f32; 9] = [0.01, 0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975, 0.99];
@@ -218,6 +218,8 @@ pub struct EngineConfig {
     pub cycle: Duration,
     /// How often a model that failed to load is retried.
     pub retry_load: Duration,
+    /// Real time, or trace time when replaying.
+    pub clock: crate::time::Clock,
 }
 
 type CacheKey = (i64, u64, u64, usize);
@@ -712,7 +714,7 @@ impl EngineThread {
                         | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                         Ok(Command::RunNow) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     }
-                    let set = engine.cycle(now_unix_ms());
+                    let set = engine.cycle(engine.cfg.clock.now_ms());
                     tracing::debug!(
                         shards = set.shards.len(),
                         ms = set.cycle_ms,

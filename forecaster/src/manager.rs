@@ -35,11 +35,11 @@ use shardmap::TableUpdate;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::config::ManagerConfig;
+use crate::config::{ManagerConfig, Policy};
 use crate::engine::{ForecastHandle, Horizon};
 use crate::planner::{self, Action, Demand, NodeInput, Plan, PlanInput, Reason, ShardInput};
 use crate::store::Store;
-use crate::time::{now_unix_ms, HOUR_MS};
+use crate::time::{now_unix_ms, Clock, HOUR_MS};
 use client::Client;
 
 const DECISIONS_KEPT: usize = 500;
@@ -51,6 +51,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ManagerError {
     #[error("proxy config {path}: {errors}")]
     ProxyConfig { path: String, errors: String },
+    #[error("oracle demand {0}")]
+    Oracle(String),
 }
 
 /// The proxy config parts the manager plans with.
@@ -261,6 +263,9 @@ pub struct Manager {
     http: Client,
     state: Mutex<State>,
     wake: Notify,
+    clock: Clock,
+    /// Actual hourly demand per shard (the oracle policy): first store-local hour, values.
+    oracle: BTreeMap<String, (i64, Vec<f64>)>,
 }
 
 impl Manager {
@@ -271,8 +276,18 @@ impl Manager {
         cfg: ManagerConfig,
         store: Arc<Store>,
         forecasts: ForecastHandle,
+        clock: Clock,
     ) -> Result<Arc<Manager>, ManagerError> {
         let topo = Topology::load(&cfg.proxy_config)?;
+        let oracle = match (&cfg.policy, &cfg.oracle) {
+            (Policy::Oracle, Some(p)) => crate::feeds::read_file(p)
+                .and_then(|b| crate::feeds::parse_history(&b, "shard_id", "ds", "lines"))
+                .map_err(|e| ManagerError::Oracle(e.to_string()))?
+                .into_iter()
+                .map(|(id, first, v)| (id, (first, v)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
         let mut st = State {
             version: now_unix_ms().max(1) as u64,
             ..State::default()
@@ -307,6 +322,8 @@ impl Manager {
             http: Client::default(),
             state: Mutex::new(st),
             wake: Notify::new(),
+            clock,
+            oracle,
         }))
     }
 
@@ -463,7 +480,7 @@ impl Manager {
         let mut changed = self.poll_orders(now).await;
         changed |= self.expire_drains(now).await;
 
-        let input = self.plan_input(&topo, now);
+        let input = self.plan_input(&topo, self.clock.now_ms());
         let plan = planner::plan(&input);
         let dry = self.state.lock().operator.dry_run;
         if dry {
@@ -482,14 +499,17 @@ impl Manager {
                 .collect();
             if st.last_dry_actions != key {
                 for a in &plan.actions {
-                    st.decide(decision(a, now, true));
+                    st.decide(decision(a, now, input.now_ms, true));
                 }
                 st.last_dry_actions = key;
             }
         } else {
             self.state.lock().last_dry_actions.clear();
-            changed |= self.execute(&plan, now).await;
-            self.refresh_unhosted(&topo, now).await;
+            changed |= self.execute(&plan, now, input.now_ms).await;
+            self.refresh_unhosted(&topo, &plan, now).await;
+            if !self.cfg.host_baseline {
+                self.evict_cold(&input, &plan, now).await;
+            }
         }
         {
             let mut st = self.state.lock();
@@ -788,6 +808,7 @@ impl Manager {
         changed
     }
 
+    /// The planner's input at `now` (clock time: trace time when replaying).
     fn plan_input(&self, topo: &Topology, now: i64) -> PlanInput {
         let set = self.forecasts.latest();
         let median_cap = {
@@ -815,7 +836,28 @@ impl Manager {
             let mut predicted = 0.0f64;
             let mut rise_at = next_hour;
             let mut p50_hour = None;
-            if let Some(f) = set.shards.get(&s.id) {
+            let forecast = match self.cfg.policy {
+                Policy::Forecast => set.shards.get(&s.id),
+                _ => None,
+            };
+            if self.cfg.policy == Policy::Oracle {
+                // Perfect foresight: the actual demand of this hour and the next.
+                if let Some((first, v)) = self.oracle.get(&s.id) {
+                    let at = |h: i64| {
+                        usize::try_from(h - first)
+                            .ok()
+                            .and_then(|i| v.get(i).copied())
+                            .unwrap_or(0.0)
+                            / 3600.0
+                    };
+                    let (this, next) = (at(store_hour), at(store_hour + 1));
+                    predicted = this.max(next);
+                    if this > threshold {
+                        rise_at = now;
+                    }
+                }
+            }
+            if let Some(f) = forecast {
                 for h in Horizon::ALL {
                     let Some(hf) = f.horizon(h) else { continue };
                     let q = quantile_at(&hf.levels, &hf.values, self.cfg.quantile);
@@ -872,6 +914,16 @@ impl Manager {
                 observed_rps: observed,
                 skill,
             };
+            // Never pre-fetch: the planner sees no demand at all.
+            let planned = if self.cfg.policy == Policy::None {
+                Demand {
+                    predicted_rps: 0.0,
+                    observed_rps: 0.0,
+                    ..demand.clone()
+                }
+            } else {
+                demand.clone()
+            };
             st.demand.insert(s.id.clone(), demand.clone());
             shards.push(ShardInput {
                 id: s.id.clone(),
@@ -888,7 +940,7 @@ impl Manager {
                             .collect()
                     })
                     .unwrap_or_default(),
-                demand,
+                demand: planned,
                 bytes,
                 pinned: st.operator.pins.get(&s.id).cloned(),
                 leaving: st
@@ -915,13 +967,15 @@ impl Manager {
             churn_budget: self.cfg.churn_budget,
             max_utilization: self.cfg.max_utilization,
             scale_in_ratio: self.cfg.scale_in_ratio,
-            bandwidth_bytes_per_s: self.cfg.bandwidth_bytes_per_s,
+            // bytes per clock second (deadlines are in clock time)
+            bandwidth_bytes_per_s: self.cfg.bandwidth_bytes_per_s / self.clock.speed(),
             nodes,
             shards,
         }
     }
 
-    async fn execute(&self, plan: &Plan, now: i64) -> bool {
+    /// Carry out a plan: `now` is real time, `tnow` the clock's (the plan's).
+    async fn execute(&self, plan: &Plan, now: i64, tnow: i64) -> bool {
         let mut changed = false;
         for a in &plan.actions {
             match a {
@@ -941,7 +995,7 @@ impl Manager {
                                 o.state = "cancelled".into();
                             }
                         }
-                        st.decide(decision(a, now, false));
+                        st.decide(decision(a, now, tnow, false));
                         open
                     };
                     changed = true;
@@ -970,7 +1024,7 @@ impl Manager {
                         if let Some(l) = st.leaving.get_mut(shard) {
                             l.remove(node);
                         }
-                        st.decide(decision(a, now, false));
+                        st.decide(decision(a, now, tnow, false));
                         changed = true;
                     }
                 }
@@ -982,7 +1036,10 @@ impl Manager {
                     deadline_ms,
                     replaces,
                     ..
-                } => match self.submit(shard, node, *priority, *deadline_ms).await {
+                } => match self
+                    .submit(shard, node, *priority, self.clock.to_real(*deadline_ms))
+                    .await
+                {
                     Ok(id) => {
                         let mut st = self.state.lock();
                         st.replicas
@@ -998,7 +1055,7 @@ impl Manager {
                             node: node.clone(),
                             state: "queued".into(),
                             priority: *priority,
-                            deadline_unix_ms: Some(*deadline_ms),
+                            deadline_unix_ms: Some(self.clock.to_real(*deadline_ms)),
                             submitted_unix_ms: now,
                             finished_unix_ms: None,
                             rows: 0,
@@ -1008,14 +1065,14 @@ impl Manager {
                             adds_replica: true,
                             deadline_met: None,
                         });
-                        let mut d = decision(a, now, false);
+                        let mut d = decision(a, now, tnow, false);
                         d.detail = format!("{} (order {id})", d.detail);
                         st.decide(d);
                         changed = true;
                     }
                     Err(e) => {
                         let mut st = self.state.lock();
-                        let mut d = decision(a, now, false);
+                        let mut d = decision(a, now, tnow, false);
                         d.action = "add_failed".into();
                         d.detail = format!("pre-fetch order refused: {e}");
                         st.decide(d);
@@ -1026,17 +1083,34 @@ impl Manager {
         changed
     }
 
-    /// Replicas in the table that their node's cache does not hold (a
-    /// fresh start, or a cache that was lost): order a copy, keeping them
-    /// serving meanwhile (the node fills on miss).
-    async fn refresh_unhosted(&self, topo: &Topology, now: i64) {
-        let todo: Vec<(String, String)> = {
+    /// Replicas in the table that their node's cache does not hold: order a
+    /// copy, keeping them serving meanwhile (the node fills on miss). With
+    /// `host_baseline` every replica is kept hosted (a fresh start, a lost
+    /// cache); without, only the replicas of shards that are hot now.
+    async fn refresh_unhosted(&self, topo: &Topology, plan: &Plan, now: i64) {
+        let todo: Vec<(String, String, Reason, f64, i64)> = {
             let st = self.state.lock();
             if st.sync_error.is_some() {
                 return;
             }
             let mut v = Vec::new();
             for s in &topo.shards {
+                let hot = plan.shards.iter().find(|p| p.id == s.id).and_then(|p| {
+                    p.reason
+                        .filter(|r| matches!(r, Reason::Forecast | Reason::Load))
+                        .map(|r| (r, p.load_rps))
+                });
+                let (reason, priority, deadline) = match (self.cfg.host_baseline, hot) {
+                    (_, Some((r, load))) => {
+                        let rise = st
+                            .demand
+                            .get(&s.id)
+                            .map_or(now, |d| self.clock.to_real(d.rise_at_ms));
+                        (r, load.max(0.01) * 10.0, rise.max(now + 1000))
+                    }
+                    (true, None) => (Reason::Initial, 0.01, now + 60_000),
+                    (false, None) => continue,
+                };
                 for r in st.replicas.get(&s.id).into_iter().flatten() {
                     let healthy = st.nodes.get(&r.node).is_some_and(|n| n.healthy);
                     let hosted = st
@@ -1048,15 +1122,14 @@ impl Manager {
                         && !hosted
                         && st.open_order(&s.id, &r.node).is_none()
                     {
-                        v.push((s.id.clone(), r.node.clone()));
+                        v.push((s.id.clone(), r.node.clone(), reason, priority, deadline));
                     }
                 }
             }
             v
         };
-        for (shard, node) in todo {
-            let deadline = now + 60_000;
-            match self.submit(&shard, &node, 0.01, deadline).await {
+        for (shard, node, reason, priority, deadline) in todo {
+            match self.submit(&shard, &node, priority, deadline).await {
                 Ok(id) => {
                     let mut st = self.state.lock();
                     st.push_order(OrderView {
@@ -1064,13 +1137,13 @@ impl Manager {
                         shard: shard.clone(),
                         node: node.clone(),
                         state: "queued".into(),
-                        priority: 0.01,
+                        priority,
                         deadline_unix_ms: Some(deadline),
                         submitted_unix_ms: now,
                         finished_unix_ms: None,
                         rows: 0,
                         bytes: 0,
-                        reason: Reason::Initial,
+                        reason,
                         replaces: None,
                         adds_replica: false,
                         deadline_met: None,
@@ -1080,13 +1153,85 @@ impl Manager {
                         action: "refresh".into(),
                         shard,
                         node,
-                        reason: Reason::Initial,
-                        detail: format!("replica not in its node's cache yet (order {id})"),
+                        reason,
+                        detail: format!("replica not in its node's cache (order {id})"),
                         dry_run: false,
                     });
+                    // it is in the cache as far as planning goes
                 }
                 Err(e) => {
                     warn!(shard, node, error = %e, "refresh order refused");
+                }
+            }
+        }
+    }
+
+    /// Without `host_baseline`: shards that cooled down (not hot, observed
+    /// demand below the scale-in level) leave the node caches; their
+    /// replicas keep serving by filling on miss.
+    async fn evict_cold(&self, input: &PlanInput, plan: &Plan, now: i64) {
+        let todo: Vec<(String, String, String)> = {
+            let st = self.state.lock();
+            if st.sync_error.is_some() {
+                return;
+            }
+            let mut v = Vec::new();
+            for s in &input.shards {
+                let hot = plan
+                    .shards
+                    .iter()
+                    .find(|p| p.id == s.id)
+                    .is_some_and(|p| matches!(p.reason, Some(Reason::Forecast | Reason::Load)));
+                let observed = st.demand.get(&s.id).map_or(0.0, |d| d.observed_rps);
+                let calm = observed <= s.threshold * self.cfg.scale_in_ratio
+                    || self.cfg.policy == Policy::None;
+                if hot || !calm {
+                    continue;
+                }
+                for (node, m) in &st.hosted {
+                    if m.contains_key(&s.id) && st.open_order(&s.id, node).is_none() {
+                        v.push((
+                            s.id.clone(),
+                            node.clone(),
+                            format!(
+                                "cold: observed {observed:.3} rps, threshold {:.3}",
+                                s.threshold
+                            ),
+                        ));
+                    }
+                }
+            }
+            v
+        };
+        for (shard, node, detail) in todo {
+            let url = format!(
+                "{}/nodes/{}/shards/{}",
+                self.cfg.sync,
+                pct(&node),
+                pct(&shard)
+            );
+            match self
+                .http
+                .call(Method::DELETE, &url, None, None, CALL_TIMEOUT)
+                .await
+            {
+                Ok((s, _)) if (200..300).contains(&s) => {
+                    let mut st = self.state.lock();
+                    if let Some(m) = st.hosted.get_mut(&node) {
+                        m.remove(&shard);
+                    }
+                    st.decide(Decision {
+                        at_unix_ms: now,
+                        action: "evict".into(),
+                        shard,
+                        node,
+                        reason: Reason::Load,
+                        detail,
+                        dry_run: false,
+                    });
+                }
+                other => {
+                    warn!(shard, node, result = ?other.map(|(s, _)| s), "evicting a cold shard failed")
                 }
             }
         }
@@ -1469,7 +1614,9 @@ fn fail_order(st: &mut State, i: usize, now: i64, why: &str) -> bool {
     changed
 }
 
-fn decision(a: &Action, now: i64, dry_run: bool) -> Decision {
+/// A plan action as a decision at real time `now`; `tnow` is the plan's
+/// clock time (deadlines are relative to it).
+fn decision(a: &Action, now: i64, tnow: i64, dry_run: bool) -> Decision {
     let detail = match a {
         Action::Add {
             detail,
@@ -1481,7 +1628,7 @@ fn decision(a: &Action, now: i64, dry_run: bool) -> Decision {
         } => {
             let mut d = format!(
                 "{detail}; priority {priority:.3}, deadline in {} ms",
-                deadline_ms - now
+                deadline_ms - tnow
             );
             if let Some(r) = replaces {
                 d.push_str(&format!(", replaces {r}"));

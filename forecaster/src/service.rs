@@ -19,7 +19,7 @@ use crate::manager::Manager;
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::store::Store;
-use crate::time::now_unix_ms;
+use crate::time::Clock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -112,6 +112,13 @@ impl Service {
     /// Build everything and start serving.
     pub async fn start(cfg: Config) -> Result<Service, ServiceError> {
         let metrics = Arc::new(Metrics::default());
+        let clock = match cfg.clock {
+            Some(c) => {
+                tracing::info!(start = %crate::time::format_utc_ms(c.start_ms), speed = c.speed, "replay clock");
+                Clock::replay(c.start_ms, c.speed)
+            }
+            None => Clock::real(),
+        };
         let store = Arc::new(Store::new(
             cfg.retention,
             cfg.utc_offset_minutes,
@@ -134,16 +141,17 @@ impl Service {
         let mut signals = Signals::default();
         if let Some(h) = &cfg.history {
             let (store2, h2) = (store.clone(), h.clone());
-            let st = tokio::task::spawn_blocking(move || seed_history(&store2, &h2, now_unix_ms()))
-                .await
-                .unwrap_or_else(|e| FeedStatus {
-                    name: "sales_history".into(),
-                    state: FeedState::Missing,
-                    source: h.source.to_string(),
-                    detail: e.to_string(),
-                    rows: 0,
-                    loaded_at_unix_ms: None,
-                });
+            let st =
+                tokio::task::spawn_blocking(move || seed_history(&store2, &h2, clock.now_ms()))
+                    .await
+                    .unwrap_or_else(|e| FeedStatus {
+                        name: "sales_history".into(),
+                        state: FeedState::Missing,
+                        source: h.source.to_string(),
+                        detail: e.to_string(),
+                        rows: 0,
+                        loaded_at_unix_ms: None,
+                    });
             if st.state != FeedState::Ok {
                 tracing::warn!(detail = %st.detail, "sales history not seeded");
             }
@@ -170,6 +178,7 @@ impl Service {
                 intra_threads: cfg.intra_threads,
                 cycle: cfg.cycle,
                 retry_load: cfg.retry_model,
+                clock,
             },
             store.clone(),
             signals.clone(),
@@ -204,7 +213,7 @@ impl Service {
         })?;
         let manager = match &cfg.manager {
             Some(mc) => {
-                let m = Manager::new(mc.clone(), store.clone(), forecasts.clone())
+                let m = Manager::new(mc.clone(), store.clone(), forecasts.clone(), clock)
                     .map_err(ServiceError::Manager)?;
                 tasks.push(tokio::spawn(m.clone().run(rx.clone())));
                 Some(m)
@@ -216,6 +225,7 @@ impl Service {
             metrics: metrics.clone(),
             forecasts: forecasts.clone(),
             manager: manager.clone(),
+            clock,
         };
         tasks.push(tokio::spawn(crate::api::serve(app, listener, rx)));
         tracing::info!(%addr, shards = store.len(), "forecaster listening");

@@ -411,18 +411,31 @@ impl Store {
         }
     }
 
-    /// Mean requests per second of a shard over the `window_s` whole seconds
-    /// before `now_unix_ms` (the second in progress is left out: frames for
-    /// it are still arriving). 0 for an unknown shard.
+    /// Mean requests per second of a shard over the last `window_s`
+    /// seconds of reported traffic: the window ends at the newest bucket
+    /// any frame reached (frames arrive after their interval closes), or at
+    /// `now` when that is older than a window (traffic stopped → 0).
+    /// Windows longer than half the second ring read the minute ring.
     pub fn recent_rate(&self, id: &str, now_unix_ms: i64, window_s: usize) -> f64 {
         let Some(s) = self.shard(id) else { return 0.0 };
         let window_s = window_s.max(1);
-        let mut out = vec![0.0; window_s];
-        let now_s = self.local_ms(now_unix_ms).div_euclid(SECOND_MS);
-        s.lock()
-            .seconds
-            .copy_into(now_s - window_s as i64, &mut out);
-        out.iter().sum::<f64>() / window_s as f64
+        let now = self.local_ms(now_unix_ms);
+        let g = s.lock();
+        let (ring, w_ms) = if window_s * 2 <= self.retention.seconds {
+            (&g.seconds, SECOND_MS)
+        } else {
+            (&g.minutes, MINUTE_MS)
+        };
+        let buckets = (window_s as i64 * SECOND_MS).div_euclid(w_ms).max(1);
+        let now_b = now.div_euclid(w_ms);
+        let end = if ring.is_empty() || ring.end() <= now_b - buckets {
+            now_b
+        } else {
+            ring.end().min(now_b + 1)
+        };
+        let mut out = vec![0.0; buckets as usize];
+        ring.copy_into(end - buckets, &mut out);
+        out.iter().sum::<f64>() / (buckets * w_ms / SECOND_MS) as f64
     }
 
     /// Last sequence number per source (persisted for gap detection).
@@ -494,5 +507,41 @@ mod tests {
         let mut got = Vec::new();
         spread(1_500, 1_000, 1_000, |b, f| got.push((b, f)));
         assert_eq!(got, vec![(1, 0.5), (2, 0.5)]);
+    }
+
+    fn frame(start_ms: u64, interval_ms: u64, shard: &str, requests: u64) -> Frame {
+        Frame {
+            v: shardmap::telemetry::FRAME_VERSION,
+            source: "p".into(),
+            seq: start_ms / interval_ms.max(1),
+            start_unix_ms: start_ms,
+            interval_ms,
+            shards: vec![shardmap::telemetry::ShardSample {
+                shard: shard.into(),
+                requests,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recent_rate_follows_what_was_reported_and_falls_to_zero_when_traffic_stops() {
+        let st = Store::new(Retention::default(), 0, 10);
+        let t0 = 1_000_000_000_000u64;
+        // 10 requests per second for 30 s, reported one second late
+        for k in 0..30 {
+            st.ingest(
+                &frame(t0 + k * 1000, 1000, "s", 10),
+                (t0 + k * 1000 + 1500) as i64,
+            );
+        }
+        let now = (t0 + 30_500) as i64; // the frame for second 30 has not arrived
+        assert!((st.recent_rate("s", now, 10) - 10.0).abs() < 1e-9);
+        // a long window reads the minute ring: 300 requests over 120 s
+        assert!((st.recent_rate("s", now, 3600) - 300.0 / 3600.0).abs() < 1e-9);
+        // traffic stopped a while ago → 0
+        assert_eq!(st.recent_rate("s", now + 60_000, 10), 0.0);
+        assert_eq!(st.recent_rate("unknown", now, 10), 0.0);
     }
 }

@@ -109,6 +109,94 @@ pub fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The forecaster's notion of "now". Real time, or — for replaying a
+/// recorded trace faster than it happened — trace time: `start` plus the
+/// real time since the clock started, times `speed`. In replay, telemetry
+/// frames are re-timed onto the trace, forecasts are made at trace time
+/// and the shard manager plans in it; deadlines handed to other processes
+/// are converted back to real time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clock {
+    replay: Option<Replay>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Replay {
+    /// Trace time at `t0`, unix ms.
+    start_ms: i64,
+    /// Real time the clock started, unix ms.
+    t0_ms: i64,
+    /// Trace milliseconds per real millisecond.
+    speed: f64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::real()
+    }
+}
+
+impl Clock {
+    pub fn real() -> Clock {
+        Clock { replay: None }
+    }
+
+    /// Trace time from `start_ms` on, `speed` times faster than real time,
+    /// starting now.
+    pub fn replay(start_ms: i64, speed: f64) -> Clock {
+        Clock::replay_from(start_ms, speed, now_unix_ms())
+    }
+
+    pub fn replay_from(start_ms: i64, speed: f64, t0_ms: i64) -> Clock {
+        Clock {
+            replay: Some(Replay {
+                start_ms,
+                t0_ms,
+                speed: if speed.is_finite() && speed > 0.0 {
+                    speed
+                } else {
+                    1.0
+                },
+            }),
+        }
+    }
+
+    pub fn is_replay(&self) -> bool {
+        self.replay.is_some()
+    }
+
+    /// Trace milliseconds per real millisecond (1 in real time).
+    pub fn speed(&self) -> f64 {
+        self.replay.map_or(1.0, |r| r.speed)
+    }
+
+    /// Now, on this clock (unix ms).
+    pub fn now_ms(&self) -> i64 {
+        self.at(now_unix_ms())
+    }
+
+    /// A real instant (unix ms) on this clock.
+    pub fn at(&self, real_ms: i64) -> i64 {
+        match self.replay {
+            None => real_ms,
+            Some(r) => r.start_ms + ((real_ms - r.t0_ms) as f64 * r.speed) as i64,
+        }
+    }
+
+    /// The real instant (unix ms) of a time on this clock.
+    pub fn to_real(&self, clock_ms: i64) -> i64 {
+        match self.replay {
+            None => clock_ms,
+            Some(r) => r.t0_ms + ((clock_ms - r.start_ms) as f64 / r.speed) as i64,
+        }
+    }
+
+    /// A real duration (ms) on this clock.
+    pub fn span(&self, real_ms: i64) -> i64 {
+        (real_ms as f64 * self.speed()) as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +219,18 @@ mod tests {
         assert!(parse_local("2011-13-01").is_none());
         assert!(parse_local("yesterday").is_none());
         assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn replay_clock_maps_both_ways() {
+        let c = Clock::replay_from(1_000_000, 3600.0, 50_000);
+        assert_eq!(c.at(50_000), 1_000_000);
+        assert_eq!(c.at(51_000), 1_000_000 + 3_600_000);
+        assert_eq!(c.to_real(1_000_000 + 7_200_000), 52_000);
+        assert_eq!(c.span(500), 1_800_000);
+        let r = Clock::real();
+        assert_eq!(r.at(123), 123);
+        assert_eq!(r.to_real(123), 123);
+        assert!(!r.is_replay() && c.is_replay());
     }
 }

@@ -135,3 +135,34 @@ fn shipped_manager_sections_name_a_valid_proxy_config() {
         }
     }
 }
+
+#[test]
+fn replay_clock_and_policy_are_validated() {
+    let base = "listen = \"127.0.0.1:1\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n";
+    let bad = format!(
+        "{base}[clock]\nstart = \"soon\"\nspeed = 0\n[manager]\nproxy_config = \"p.toml\"\nsync = \"http://127.0.0.1:1\"\npolicy = \"oracle\"\n"
+    );
+    let err = Config::parse(&bad, Path::new("."), "c.toml")
+        .unwrap_err()
+        .to_string();
+    for field in ["clock.start", "clock.speed", "manager.oracle"] {
+        assert!(
+            err.contains(&format!("c.toml: {field}:")),
+            "{field}:\n{err}"
+        );
+    }
+    let good = format!(
+        "{base}[clock]\nstart = \"2011-11-07 00:00:00\"\nspeed = 3600\n[manager]\nproxy_config = \"p.toml\"\nsync = \"http://127.0.0.1:1\"\npolicy = \"reactive\"\nhost_baseline = false\n"
+    );
+    let c = Config::parse(&good, Path::new("."), "c.toml").unwrap();
+    let clock = c.clock.unwrap();
+    assert_eq!(clock.speed, 3600.0);
+    assert_eq!(clock.start_ms, 1_320_624_000_000);
+    let m = c.manager.unwrap();
+    assert!(!m.host_baseline);
+    assert_eq!(m.policy, shardcast_forecaster::config::Policy::Reactive);
+    let unknown = format!(
+        "{base}[manager]\nproxy_config = \"p\"\nsync = \"http://x\"\npolicy = \"psychic\"\n"
+    );
+    assert!(Config::parse(&unknown, Path::new("."), "c.toml").is_err());
+}

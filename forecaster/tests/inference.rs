@@ -52,6 +52,7 @@ fn engine(store: Arc<Store>, signals: Signals, hourly: PathBuf) -> (Engine, Arc<
             intra_threads: 1,
             cycle: Duration::from_secs(10),
             retry_load: Duration::from_secs(60),
+            clock: shardcast_forecaster::time::Clock::real(),
         },
         store,
         Arc::new(ArcSwap::from_pointee(signals)),
