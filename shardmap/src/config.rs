@@ -932,7 +932,7 @@ impl ConfigFile {
             let path_has_sku = pattern.as_ref().is_some_and(|p| p.has_sku());
             if sku_sources > 1 || (sku_sources == 1 && path_has_sku) {
                 errs.push(
-                    format!("{f}"),
+                    f.clone(),
                     "take the sku from one place only: `{sku}` in path, `sku_query` or `sku_header`",
                 );
             }
@@ -960,7 +960,7 @@ impl ConfigFile {
             .count();
             if region_sources > 1 {
                 errs.push(
-                    format!("{f}"),
+                    f.clone(),
                     "take the region from one place only: `{region}` in path, `region_query` or `region_header`",
                 );
             }
