@@ -85,6 +85,7 @@ pub fn shared_for_tests(config: &std::path::Path) -> Result<Arc<Shared>, Vec<Str
         history: Default::default(),
         ready: AtomicBool::new(false),
         instance: "test".into(),
+        dashboard: Default::default(),
     }))
 }
 
@@ -121,6 +122,7 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         history: Default::default(),
         ready: AtomicBool::new(false),
         instance,
+        dashboard: Default::default(),
     });
     shared.record_version(1, "start");
 
