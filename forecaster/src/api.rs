@@ -1,6 +1,7 @@
 //! The HTTP surface (hyper): `POST /ingest`, `GET /forecast/{shard}`,
-//! `GET /forecasts`, `/metrics`, `/live`, `/ready`. Handlers only read
-//! snapshots and the store; errors map to statuses here and nowhere else.
+//! `GET /forecasts`, `GET /series[/{shard}]`, `/metrics`, `/live`, `/ready`.
+//! Handlers only read snapshots and the store; errors map to statuses here
+//! and nowhere else.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +19,14 @@ use tokio::net::TcpListener;
 use crate::engine::{ForecastHandle, ForecastSet, ShardForecast};
 use crate::metrics::{Metrics, Reject};
 use crate::store::Store;
+use crate::time::{HOUR_MS, MINUTE_MS};
+
+/// Hours of actual demand `GET /series` returns unless `?hours=` says.
+pub const SERIES_DEFAULT_HOURS: usize = 48;
+/// Upper bound on `?hours=` (larger values are capped): 30 days.
+pub const SERIES_MAX_HOURS: usize = 30 * 24;
+/// Minutes of fine-grained actuals returned beside the hours.
+pub const SERIES_MINUTES: usize = 60;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -116,7 +125,91 @@ fn set_json(set: &ForecastSet) -> Value {
     })
 }
 
+/// `?hours=N` of a query string: the default when absent, capped at
+/// [`SERIES_MAX_HOURS`], an error message when not a positive integer.
+fn series_hours(query: Option<&str>) -> Result<usize, String> {
+    let Some(v) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("hours="))
+    else {
+        return Ok(SERIES_DEFAULT_HOURS);
+    };
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n.min(SERIES_MAX_HOURS)),
+        _ => Err(format!(
+            "hours={v:?}: expected a positive integer (at most {SERIES_MAX_HOURS})"
+        )),
+    }
+}
+
+/// Buckets `[last - n + 1, last]` of one ring as unix-time JSON. The last
+/// bucket is the one in progress.
+fn ring_json(
+    ring: &crate::store::Ring,
+    last: i64,
+    n: usize,
+    step_ms: i64,
+    offset_ms: i64,
+) -> Value {
+    let mut vals = vec![0.0; n];
+    let first = last - n as i64 + 1;
+    ring.copy_into(first, &mut vals);
+    let vals: Vec<f64> = vals.iter().map(|v| (v * 1e3).round() / 1e3).collect();
+    json!({
+        "start_unix_ms": first * step_ms - offset_ms,
+        "step_ms": step_ms,
+        "values": vals,
+        "last_partial": true,
+    })
+}
+
+/// One shard's actual demand (requests per bucket): the last `hours`
+/// hours and [`SERIES_MINUTES`] minutes, both ending with the bucket in
+/// progress. `None` when the store has never seen the shard.
+fn series_json(store: &Store, id: &str, hours: usize, now_unix_ms: i64) -> Option<Value> {
+    let shard = store.shard(id)?;
+    let offset = store.local_ms(0);
+    let local = store.local_ms(now_unix_ms);
+    let g = shard.lock();
+    Some(json!({
+        "shard": id,
+        "history_hours": g.hours.len(),
+        "hourly": ring_json(&g.hours, local.div_euclid(HOUR_MS), hours, HOUR_MS, offset),
+        "minutes": ring_json(&g.minutes, local.div_euclid(MINUTE_MS), SERIES_MINUTES, MINUTE_MS, offset),
+    }))
+}
+
 impl App {
+    /// `GET /series` (every shard) and `GET /series/{shard}`: read-only
+    /// actuals for the proxy's dashboard (forecast against actual).
+    fn series(&self, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+        let hours = match series_hours(query) {
+            Ok(h) => h,
+            Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+        };
+        let now = self.clock.now_ms();
+        if path == "/series" {
+            let shards: serde_json::Map<String, Value> = self
+                .store
+                .shard_ids()
+                .iter()
+                .filter_map(|id| Some((id.to_string(), series_json(&self.store, id, hours, now)?)))
+                .collect();
+            return json_reply(StatusCode::OK, &json!({ "hours": hours, "shards": shards }));
+        }
+        let Some(id) = percent_decode(&path["/series/".len()..]) else {
+            return error(StatusCode::BAD_REQUEST, "bad percent-encoding in shard id");
+        };
+        match series_json(&self.store, &id, hours, now) {
+            Some(v) => json_reply(StatusCode::OK, &v),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no series for shard {id:?}"),
+            ),
+        }
+    }
+
     async fn ingest<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
@@ -242,6 +335,12 @@ impl App {
                     ),
                 }
             }
+            (&Method::GET, p) if p == "/series" || p.starts_with("/series/") => {
+                self.series(p, req.uri().query())
+            }
+            (_, p) if p == "/series" || p.starts_with("/series/") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            }
             (_, "/live" | "/ready" | "/metrics" | "/forecasts") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
             }
@@ -288,5 +387,122 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Retention;
+    use crate::time::now_unix_ms;
+    use shardmap::telemetry::{Latency, ShardSample, FRAME_VERSION};
+
+    fn app() -> App {
+        App {
+            store: Arc::new(Store::new(Retention::default(), 60, 16)),
+            metrics: Arc::new(Metrics::default()),
+            forecasts: ForecastHandle::new(),
+            manager: None,
+            clock: crate::time::Clock::real(),
+        }
+    }
+
+    async fn get(app: &App, uri: &str) -> (StatusCode, Value) {
+        let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+        let resp = app.handle(req).await;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn frame(start_unix_ms: i64, requests: u64) -> Frame {
+        Frame {
+            v: FRAME_VERSION,
+            source: "p".into(),
+            seq: 1,
+            start_unix_ms: start_unix_ms as u64,
+            interval_ms: 1000,
+            table_version: 1,
+            dropped_before: 0,
+            shards: vec![ShardSample {
+                shard: "UK/SEASONAL".into(),
+                requests,
+                errors: 0,
+                cache_hits: requests,
+                cache_misses: 0,
+                bytes: 0,
+                latency: Latency {
+                    count: requests,
+                    p50_us: 1,
+                    p90_us: 1,
+                    p99_us: 1,
+                    max_us: 1,
+                    mean_us: 1.0,
+                },
+                top_skus: vec![],
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn series_returns_hourly_and_minute_actuals() {
+        let app = app();
+        let now = now_unix_ms();
+        let hour = app.store.local_hour(now);
+        // Seeded history for the two hours before the current one, then a
+        // frame in the current minute.
+        assert!(app.store.seed_hourly("UK/SEASONAL", hour - 2, &[5.0, 7.0]));
+        app.store.ingest(&frame(now - 1000, 3), now);
+
+        let (st, v) = get(&app, "/series/UK%2FSEASONAL?hours=4").await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let h = &v["hourly"];
+        assert_eq!(h["step_ms"], HOUR_MS);
+        let vals: Vec<f64> = serde_json::from_value(h["values"].clone()).unwrap();
+        assert_eq!(vals.len(), 4);
+        // hour - 3 (nothing), hour - 2, hour - 1, then the current hour
+        // (the frame may straddle an hour boundary: its total is what counts).
+        assert_eq!(&vals[..2], &[0.0, 5.0]);
+        assert!((vals[2] + vals[3] - 10.0).abs() < 1e-3, "{vals:?}");
+        // Bucket starts are unix times: the current hour contains `now`.
+        let start = h["start_unix_ms"].as_i64().unwrap();
+        let cur = start + 3 * HOUR_MS;
+        assert!(cur <= now && now < cur + HOUR_MS + 1000, "{start} {now}");
+        let m: Vec<f64> = serde_json::from_value(v["minutes"]["values"].clone()).unwrap();
+        assert_eq!(m.len(), SERIES_MINUTES);
+        assert!((m.iter().sum::<f64>() - 3.0).abs() < 1e-3, "{m:?}");
+
+        // Raw slash, the default window, every shard at once.
+        let (st, v) = get(&app, "/series/UK/SEASONAL").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(
+            v["hourly"]["values"].as_array().unwrap().len(),
+            SERIES_DEFAULT_HOURS
+        );
+        let (st, v) = get(&app, "/series?hours=100000").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(v["hours"], SERIES_MAX_HOURS);
+        let all = &v["shards"]["UK/SEASONAL"]["hourly"]["values"];
+        assert_eq!(all.as_array().unwrap().len(), SERIES_MAX_HOURS);
+    }
+
+    #[tokio::test]
+    async fn series_rejects_bad_input() {
+        let app = app();
+        assert_eq!(get(&app, "/series/NOPE").await.0, StatusCode::NOT_FOUND);
+        app.store
+            .ingest(&frame(now_unix_ms() - 1000, 1), now_unix_ms());
+        for q in ["hours=0", "hours=-1", "hours=x", "hours="] {
+            let (st, v) = get(&app, &format!("/series/UK/SEASONAL?{q}")).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{q}: {v}");
+        }
+        assert_eq!(get(&app, "/series/%zz").await.0, StatusCode::BAD_REQUEST);
+        let req = Request::post("/series")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            app.handle(req).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

@@ -43,10 +43,12 @@ fn main() {
     let (listen, nodes) = args
         .split_first()
         .expect("usage: minimal_pingora LISTEN NODE...");
-    let mut conf = ServerConf::default();
-    conf.threads = 1;
-    conf.work_stealing = false;
-    conf.upgrade_sock = format!("/tmp/minimal_pingora_{}.sock", std::process::id());
+    let conf = ServerConf {
+        threads: 1,
+        work_stealing: false,
+        upgrade_sock: format!("/tmp/minimal_pingora_{}.sock", std::process::id()),
+        ..ServerConf::default()
+    };
     let opt = Opt {
         upgrade: false,
         daemon: false,

@@ -1,5 +1,7 @@
 //! The admin listener: `/live`, `/ready`, `/metrics`, `GET|PUT /admin/table`,
-//! `POST /admin/reload`, `GET /admin/history`. Loopback by default; when
+//! `POST /admin/reload`, `GET /admin/history`, and the operator dashboard
+//! (`GET /dashboard`, `GET /dashboard/data`, see [`crate::dashboard`]).
+//! Loopback by default; when
 //! bound elsewhere every request needs `Authorization: Bearer <token>`
 //! (config validation enforces that a token exists).
 
@@ -20,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::node::now_ms;
 use crate::reload::{self, ReloadOutcome};
+use crate::snapshot::Snapshot;
 use crate::state::Shared;
 
 type Resp = Response<Full<Bytes>>;
@@ -43,7 +46,11 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
 
 /// The current table as JSON.
 pub fn table_view(shared: &Shared) -> TableView {
-    let snap = shared.current();
+    snapshot_view(&shared.current())
+}
+
+/// The table of `snap` as JSON, with node health and in-flight counts now.
+pub fn snapshot_view(snap: &Snapshot) -> TableView {
     let now = now_ms();
     TableView::of(&snap.table, |i| {
         (snap.nodes[i].health(now), snap.nodes[i].in_flight())
@@ -86,6 +93,30 @@ where
             .body(Full::new(Bytes::from(crate::metrics::render(&shared))))
             .unwrap_or_default(),
         (&Method::GET, "/admin/table") => json(StatusCode::OK, &table_view(&shared)),
+        (&Method::GET, "/dashboard") => Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            .header("x-content-type-options", "nosniff")
+            // The page loads nothing from anywhere: enforce it.
+            .header(
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            )
+            .body(Full::new(Bytes::from_static(
+                crate::dashboard::HTML.as_bytes(),
+            )))
+            .unwrap_or_default(),
+        (&Method::GET, "/dashboard/data") => {
+            let body =
+                serde_json::to_vec(&crate::dashboard::data(&shared).await).unwrap_or_default();
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("cache-control", "no-store")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_default()
+        }
         (&Method::GET, "/admin/history") => {
             let h: Vec<_> = shared.history.lock().iter().cloned().collect();
             json(StatusCode::OK, &h)
@@ -127,7 +158,8 @@ where
         }
         (
             _,
-            "/live" | "/ready" | "/metrics" | "/admin/table" | "/admin/reload" | "/admin/history",
+            "/live" | "/ready" | "/metrics" | "/admin/table" | "/admin/reload" | "/admin/history"
+            | "/dashboard" | "/dashboard/data",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 client for the proxy's own background calls: active
-//! health checks and the telemetry sink. Never used on the request path.
+//! health checks, the telemetry sink and the dashboard's reads of the
+//! forecaster. Never used on the request path.
 
 use std::time::Duration;
 
@@ -45,6 +46,33 @@ impl Client {
             .map_err(|_| format!("timed out after {timeout:?}"))?
     }
 
+    /// GET `url` and read at most `limit` body bytes, all within `timeout`:
+    /// Ok((status, body)) or a message.
+    pub async fn get_body(
+        &self,
+        url: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(u16, Bytes), String> {
+        let req = http::Request::get(url)
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self.inner.request(req).await.map_err(|e| chain(&e))?;
+            let status = resp.status().as_u16();
+            let body = http_body_util::Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading body: {e}"))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| format!("timed out after {timeout:?}"))?
+    }
+
     /// POST a JSON body; Ok when the peer answered 2xx.
     pub async fn post_json(
         &self,
@@ -70,4 +98,17 @@ impl Client {
             .await
             .map_err(|_| format!("timed out after {timeout:?}"))?
     }
+}
+
+/// An error with its sources (hyper's own message is only "client error
+/// (Connect)"; the cause is what an operator needs).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }

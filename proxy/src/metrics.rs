@@ -55,13 +55,22 @@ fn family(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str
     }
 }
 
+/// Counter values with the label value each is written under.
+type Labelled<'a> = &'a [(&'a str, &'a AtomicU64)];
+/// (name, help, label name, values) of a counter family.
+type CounterFamily<'a> = (&'a str, &'a str, &'a str, Labelled<'a>);
+/// (name, type, help, value) of a per-node or per-shard family.
+type Family<T> = (&'static str, &'static str, &'static str, T);
+type NodeValue = fn(&NodeRuntime, u64) -> u64;
+type ShardValue = fn(&ShardStats) -> u64;
+
 /// Render all metrics.
 pub fn render(shared: &Shared) -> String {
     let mut o = String::with_capacity(16 * 1024);
     let c = &shared.counters;
     let snap = shared.current();
 
-    let counters: [(&str, &str, &str, &[(&str, &AtomicU64)]); 5] = [
+    let counters: [CounterFamily; 5] = [
         (REQUESTS, "Requests received.", "", &[("", &c.requests)]),
         (
             REJECTED,
@@ -97,7 +106,7 @@ pub fn render(shared: &Shared) -> String {
 
     let now = now_ms();
     let nodes = &snap.nodes;
-    let node_families: [(&str, &str, &str, fn(&NodeRuntime, u64) -> u64); 7] = [
+    let node_families: [Family<NodeValue>; 7] = [
         (
             NODE_REQUESTS,
             "counter",
@@ -148,7 +157,7 @@ pub fn render(shared: &Shared) -> String {
         }
     }
 
-    let shard_families: [(&str, &str, &str, fn(&ShardStats) -> u64); 3] = [
+    let shard_families: [Family<ShardValue>; 3] = [
         (
             SHARD_REQUESTS,
             "counter",
@@ -230,7 +239,7 @@ pub fn render(shared: &Shared) -> String {
     head(&mut o, TABLE_SKUS, "gauge", "Skus in the catalog in use.");
     let _ = writeln!(o, "{TABLE_SKUS} {}", snap.table.catalog.len());
     let (e, m) = (&shared.export, &shared.metadata);
-    let by_result: [(&str, &str, &[(&str, &AtomicU64)]); 4] = [
+    let by_result: [(&str, &str, Labelled); 4] = [
         (
             RELOADS,
             "Config reloads by result.",

@@ -85,6 +85,7 @@ pub fn shared_for_tests(config: &std::path::Path) -> Result<Arc<Shared>, Vec<Str
         history: Default::default(),
         ready: AtomicBool::new(false),
         instance: "test".into(),
+        dashboard: Default::default(),
     }))
 }
 
@@ -121,6 +122,7 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         history: Default::default(),
         ready: AtomicBool::new(false),
         instance,
+        dashboard: Default::default(),
     });
     shared.record_version(1, "start");
 
@@ -131,17 +133,20 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         test: false,
         conf: None,
     };
-    let mut conf = ServerConf::default();
-    conf.threads = cfg.listen.threads;
-    // One current-thread runtime per worker: no cross-thread task stealing
-    // on the request path (connections are spread by the listeners).
-    conf.work_stealing = false;
-    conf.grace_period_seconds = Some(cfg.listen.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(cfg.listen.grace_period.as_secs().max(1));
-    // The proxy enforces its own, reloadable retry limit; this is the cap.
-    conf.max_retries = 11;
-    conf.upstream_keepalive_pool_size = 1024;
-    conf.upgrade_sock = args.upgrade_sock.clone();
+    let conf = ServerConf {
+        threads: cfg.listen.threads,
+        // One current-thread runtime per worker: no cross-thread task
+        // stealing on the request path (connections are spread by the
+        // listeners).
+        work_stealing: false,
+        grace_period_seconds: Some(cfg.listen.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.listen.grace_period.as_secs().max(1)),
+        // The proxy enforces its own, reloadable retry limit; this is the cap.
+        max_retries: 11,
+        upstream_keepalive_pool_size: 1024,
+        upgrade_sock: args.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let sconf = server.configuration.clone();

@@ -1,6 +1,6 @@
 //! The proxy's background work, run by Pingora as one background service:
-//! the admin API, active health checks, the telemetry exporter and the
-//! reload triggers (SIGHUP and config-file changes). Each loop ends when
+//! the admin API, active health checks, the telemetry exporter, the
+//! dashboard's per-second sampler and the reload triggers (SIGHUP and config-file changes). Each loop ends when
 //! Pingora signals shutdown.
 
 use std::path::PathBuf;
@@ -47,6 +47,10 @@ impl BackgroundService for Control {
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(export_loop(shared.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::dashboard::sample_loop(
+            shared.clone(),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(sighup_loop(shared.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(watch_loop(shared.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(crate::metadata::run(

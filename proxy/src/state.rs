@@ -103,6 +103,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Name this proxy reports itself as (telemetry source).
     pub instance: String,
+    /// The dashboard's cached read of the forecaster.
+    pub dashboard: crate::dashboard::DashState,
 }
 
 impl Shared {

@@ -62,7 +62,68 @@ impl TopK {
 #[derive(Debug)]
 struct Window {
     hist: Histogram<u64>,
+    /// Since the last dashboard tick (independent of the export interval,
+    /// which may be a minute or more).
+    recent: Histogram<u64>,
     top: TopK,
+}
+
+/// Dashboard ticks kept per shard: with one tick a second, rates and
+/// latency quantiles cover the last ten seconds.
+pub const RECENT_TICKS: usize = 11;
+
+/// One dashboard tick: counter values at `at_ms` and the latencies recorded
+/// since the previous tick, as (µs, count) pairs (a few hundred at most,
+/// where a full histogram would be ~20 KiB).
+#[derive(Debug, Clone)]
+struct Tick {
+    at_ms: u64,
+    /// requests, errors, cache hits, cache misses
+    counts: [u64; 4],
+    latencies: Vec<(u64, u64)>,
+}
+
+/// A shard's activity over the last few seconds (see [`RECENT_TICKS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Recent {
+    /// Seconds covered; 0 until two ticks exist.
+    pub window_s: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+impl Recent {
+    /// Requests per second over the window, if there is one.
+    pub fn requests_per_s(&self) -> Option<f64> {
+        (self.window_s > 0.0).then(|| self.requests as f64 / self.window_s)
+    }
+
+    /// Hits ÷ (hits + misses) over the window, if any response said.
+    pub fn hit_rate(&self) -> Option<f64> {
+        hit_rate(self.cache_hits, self.cache_misses)
+    }
+
+    pub fn add(&mut self, o: &Recent) {
+        self.window_s = self.window_s.max(o.window_s);
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.cache_hits += o.cache_hits;
+        self.cache_misses += o.cache_misses;
+    }
+}
+
+/// Hits ÷ (hits + misses), `None` when both are 0.
+pub fn hit_rate(hits: u64, misses: u64) -> Option<f64> {
+    let n = hits + misses;
+    (n > 0).then(|| hits as f64 / n as f64)
+}
+
+/// An empty latency histogram with the bounds every shard uses (for
+/// merging recent windows across shards).
+pub fn latency_histogram() -> Histogram<u64> {
+    new_hist()
 }
 
 /// Counters of one shard, shared by every table that has the shard.
@@ -80,6 +141,8 @@ pub struct ShardStats {
     window: Mutex<Window>,
     /// Counter values at the last export.
     exported: Mutex<[u64; 5]>,
+    /// The last dashboard ticks, oldest first.
+    ticks: Mutex<VecDeque<Tick>>,
 }
 
 /// What a finished request contributes.
@@ -105,12 +168,14 @@ impl ShardStats {
             lifetime: Mutex::new(new_hist()),
             window: Mutex::new(Window {
                 hist: new_hist(),
+                recent: new_hist(),
                 top: TopK {
                     cap: (top_k * 4).max(8),
                     counts: HashMap::new(),
                 },
             }),
             exported: Mutex::new([0; 5]),
+            ticks: Mutex::new(VecDeque::with_capacity(RECENT_TICKS)),
         }
     }
 
@@ -135,6 +200,7 @@ impl ShardStats {
         {
             let mut w = self.window.lock();
             let _ = w.hist.record(us);
+            let _ = w.recent.record(us);
             if n % TOPK_SAMPLE == 0 && !o.sku.is_empty() {
                 w.top.add(o.sku, TOPK_SAMPLE);
             }
@@ -147,6 +213,71 @@ impl ShardStats {
         let h = self.lifetime.lock();
         let counts = bounds_us.iter().map(|&b| h.count_between(0, b)).collect();
         (counts, h.len(), h.mean() * h.len() as f64)
+    }
+
+    /// Requests, errors, cache hits and cache misses since start.
+    pub fn totals(&self) -> [u64; 4] {
+        [
+            self.requests.load(Relaxed),
+            self.errors.load(Relaxed),
+            self.cache_hits.load(Relaxed),
+            self.cache_misses.load(Relaxed),
+        ]
+    }
+
+    /// Close the dashboard's current tick at `at_ms` (monotonic ms, see
+    /// [`crate::node::now_ms`]). Called about once a second by the
+    /// dashboard sampler, off the request path.
+    pub fn tick(&self, at_ms: u64) {
+        let hist = {
+            let mut w = self.window.lock();
+            if w.recent.is_empty() {
+                None
+            } else {
+                Some(std::mem::replace(&mut w.recent, new_hist()))
+            }
+        };
+        let latencies = hist
+            .map(|h| {
+                h.iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let t = Tick {
+            at_ms,
+            counts: self.totals(),
+            latencies,
+        };
+        let mut ticks = self.ticks.lock();
+        if ticks.len() >= RECENT_TICKS {
+            ticks.pop_front();
+        }
+        ticks.push_back(t);
+    }
+
+    /// Activity between the oldest and the newest tick; latencies recorded
+    /// in that span are added to `latency` (when given).
+    pub fn recent(&self, latency: Option<&mut Histogram<u64>>) -> Recent {
+        let ticks = self.ticks.lock();
+        let (Some(first), Some(last)) = (ticks.front(), ticks.back()) else {
+            return Recent::default();
+        };
+        if let Some(h) = latency {
+            for t in ticks.iter().skip(1) {
+                for &(v, c) in &t.latencies {
+                    let _ = h.record_n(v, c);
+                }
+            }
+        }
+        let d = |i: usize| last.counts[i].saturating_sub(first.counts[i]);
+        Recent {
+            window_s: last.at_ms.saturating_sub(first.at_ms) as f64 / 1e3,
+            requests: d(0),
+            errors: d(1),
+            cache_hits: d(2),
+            cache_misses: d(3),
+        }
     }
 
     /// Close the current window: its sample, or None if idle.
@@ -340,6 +471,42 @@ mod tests {
         assert!(s.take_sample(2).is_none(), "idle window reports nothing");
         let (b, n, _) = s.cumulative_buckets(&[1_000_000]);
         assert_eq!((b[0], n), (800, 800));
+    }
+
+    #[test]
+    fn recent_window_rates_and_latency() {
+        let s = ShardStats::new("UK/X", 2);
+        assert_eq!(s.recent(None), Recent::default());
+        s.tick(1_000);
+        for i in 0..100u64 {
+            s.record(Outcome {
+                sku: "a",
+                error: false,
+                cache_hit: Some(i % 4 != 0),
+                bytes: 1,
+                latency_us: if i < 98 { 1_000 } else { 50_000 },
+            });
+        }
+        s.tick(3_000);
+        let mut h = latency_histogram();
+        let r = s.recent(Some(&mut h));
+        assert_eq!((r.window_s, r.requests, r.cache_hits), (2.0, 100, 75));
+        assert_eq!(r.requests_per_s(), Some(50.0));
+        assert_eq!(r.hit_rate(), Some(0.75));
+        assert_eq!(h.len(), 100);
+        let p99 = h.value_at_quantile(0.99);
+        assert!((49_000..=51_000).contains(&p99), "{p99}");
+        // the export window still sees every request
+        assert_eq!(s.take_sample(2).unwrap().latency.count, 100);
+        // old ticks fall out: an idle shard goes back to zero
+        for t in 0..RECENT_TICKS as u64 {
+            s.tick(4_000 + t * 1_000);
+        }
+        let mut h = latency_histogram();
+        let r = s.recent(Some(&mut h));
+        assert_eq!((r.requests, h.len()), (0, 0));
+        assert_eq!(r.requests_per_s(), Some(0.0));
+        assert_eq!(r.hit_rate(), None);
     }
 
     #[test]

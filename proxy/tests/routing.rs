@@ -170,7 +170,7 @@ async fn finish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_fails_no_get_and_returns_after_recovery() {
-    let mut nodes = vec![
+    let mut nodes = [
         TestNode::start("n1").await,
         TestNode::start("n2").await,
         TestNode::start("n3").await,

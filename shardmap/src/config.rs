@@ -100,6 +100,8 @@ pub struct ConfigFile {
     pub telemetry: TelemetryFile,
     #[serde(default)]
     pub control: ControlFile,
+    #[serde(default)]
+    pub dashboard: DashboardFile,
     /// Add `x-shardcast-shard` and `x-shardcast-node` to responses.
     #[serde(default)]
     pub response_headers: bool,
@@ -506,6 +508,34 @@ impl Default for ControlFile {
     }
 }
 
+/// The operator dashboard on the admin listener (`GET /dashboard`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardFile {
+    /// Base URL of the forecaster sidecar, `http://host:port`: the dashboard
+    /// shows its forecasts, actual demand, pre-fetch orders and placement
+    /// decisions. Absent: the dashboard shows the proxy's own view only.
+    #[serde(default)]
+    pub forecaster: Option<String>,
+    /// How long one dashboard refresh waits for the forecaster before
+    /// showing it as unreachable.
+    #[serde(default = "d_dash_timeout")]
+    pub forecaster_timeout_ms: u64,
+}
+
+fn d_dash_timeout() -> u64 {
+    250
+}
+
+impl Default for DashboardFile {
+    fn default() -> Self {
+        Self {
+            forecaster: None,
+            forecaster_timeout_ms: d_dash_timeout(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Validated model
 // ---------------------------------------------------------------------------
@@ -527,6 +557,7 @@ pub struct Config {
     pub health: Health,
     pub telemetry: Telemetry,
     pub control: ControlFile,
+    pub dashboard: Dashboard,
     pub response_headers: bool,
     pub max_header_bytes: usize,
 }
@@ -618,6 +649,13 @@ pub enum TelemetrySink {
     None,
     Http(String),
     File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dashboard {
+    /// Forecaster base URL without a trailing `/` (`http://host:port`).
+    pub forecaster: Option<String>,
+    pub forecaster_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -932,7 +970,7 @@ impl ConfigFile {
             let path_has_sku = pattern.as_ref().is_some_and(|p| p.has_sku());
             if sku_sources > 1 || (sku_sources == 1 && path_has_sku) {
                 errs.push(
-                    f.to_string(),
+                    f.clone(),
                     "take the sku from one place only: `{sku}` in path, `sku_query` or `sku_header`",
                 );
             }
@@ -960,7 +998,7 @@ impl ConfigFile {
             .count();
             if region_sources > 1 {
                 errs.push(
-                    f.to_string(),
+                    f.clone(),
                     "take the region from one place only: `{region}` in path, `region_query` or `region_header`",
                 );
             }
@@ -1099,6 +1137,22 @@ impl ConfigFile {
         if self.control.poll_ms < 50 {
             errs.push("control.poll_ms", "at least 50");
         }
+        let forecaster = match self.dashboard.forecaster.as_deref() {
+            None | Some("") => None,
+            Some(u) => match check_base_url(u) {
+                Ok(base) => Some(base),
+                Err(m) => {
+                    errs.push("dashboard.forecaster", m);
+                    None
+                }
+            },
+        };
+        if self.dashboard.forecaster_timeout_ms == 0 || self.dashboard.forecaster_timeout_ms > 300 {
+            errs.push(
+                "dashboard.forecaster_timeout_ms",
+                "must be between 1 and 300: a dashboard refresh must not hang on the forecaster",
+            );
+        }
         if self.max_header_bytes < 1024 || self.max_header_bytes > 1 << 20 {
             errs.push("max_header_bytes", "must be between 1024 and 1048576");
         }
@@ -1145,6 +1199,10 @@ impl ConfigFile {
                 queue: self.telemetry.queue,
             },
             control: self.control,
+            dashboard: Dashboard {
+                forecaster,
+                forecaster_timeout: ms(self.dashboard.forecaster_timeout_ms),
+            },
             response_headers: self.response_headers,
             max_header_bytes: self.max_header_bytes,
         })
@@ -1166,6 +1224,22 @@ fn check_host_port(s: &str) -> Result<(), String> {
         Ok(p) if p > 0 => Ok(()),
         _ => Err(format!("`{s}`: `{port}` is not a port")),
     }
+}
+
+/// A base URL `http://host:port` (an optional trailing `/` is dropped; no
+/// path, query or credentials, since paths are appended to it).
+fn check_base_url(u: &str) -> Result<String, String> {
+    let rest = u
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{u}`: expected http://host:port"))?;
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    if hostport.contains(['/', '?', '#', '@']) || hostport.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{u}`: expected http://host:port with no path, query or user"
+        ));
+    }
+    check_host_port(hostport)?;
+    Ok(format!("http://{hostport}"))
 }
 
 /// Give every shard without explicit replicas `rf` distinct nodes, spreading
@@ -1277,6 +1351,39 @@ path = "inventory"
             assert!(fields.contains(&want), "missing {want} in {fields:?}");
         }
         assert!(e.to_string().starts_with("bad.toml: "));
+    }
+
+    #[test]
+    fn dashboard_forecaster_is_optional_and_checked() {
+        let c = Config::from_toml(MIN, Path::new("t.toml")).unwrap();
+        assert_eq!(c.dashboard.forecaster, None);
+        assert_eq!(c.dashboard.forecaster_timeout, Duration::from_millis(250));
+        let ok = format!("{MIN}\n[dashboard]\nforecaster = \"http://127.0.0.1:9300/\"\n");
+        let c = Config::from_toml(&ok, Path::new("t.toml")).unwrap();
+        assert_eq!(
+            c.dashboard.forecaster.as_deref(),
+            Some("http://127.0.0.1:9300")
+        );
+        let bad = format!(
+            "{MIN}\n[dashboard]\nforecaster = \"https://f:9300/x\"\nforecaster_timeout_ms = 5000\n"
+        );
+        let e = Config::from_toml(&bad, Path::new("t.toml")).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["dashboard.forecaster", "dashboard.forecaster_timeout_ms"],
+            "{e}"
+        );
+        for u in [
+            "http://f:9300/forecasts",
+            "http://f",
+            "http://:1",
+            "http://u@f:1",
+        ] {
+            assert!(check_base_url(u).is_err(), "{u} accepted");
+        }
+        let typo = format!("{MIN}\n[dashboard]\nforcaster = \"http://f:1\"\n");
+        assert!(Config::from_toml(&typo, Path::new("t.toml")).is_err());
     }
 
     #[test]

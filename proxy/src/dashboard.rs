@@ -1,0 +1,729 @@
+//! The operator dashboard on the admin listener: `GET /dashboard` is one
+//! self-contained HTML page embedded in the binary (inline CSS, JS and SVG;
+//! nothing fetched from elsewhere), which polls `GET /dashboard/data` every
+//! second and redraws.
+//!
+//! The data joins the proxy's own view — the routing table with node health
+//! and in-flight counts, the table version history, per-shard traffic over
+//! the last seconds ([`ShardStats::recent`]) — with the forecaster's when
+//! `[dashboard] forecaster` is set: quantile forecasts, actual demand
+//! (`/series`) and the shard manager's replicas, pre-fetch orders and
+//! decisions (`/manager`). The forecaster is read only from here, on the
+//! admin listener, with a timeout of at most 300 ms and a one-second cache
+//! shared by every viewer; when it is down the data says so and the page
+//! shows "forecaster unreachable". The request path never waits on it.
+//!
+//! [`ShardStats::recent`]: crate::telemetry::ShardStats::recent
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use shardmap::config::Dashboard;
+use shardmap::TableView;
+use tokio::sync::watch;
+
+use crate::http_client::Client;
+use crate::node::now_ms;
+use crate::state::{Shared, VersionEvent};
+use crate::telemetry::{hit_rate, latency_histogram, Recent};
+
+/// The page, served as is.
+pub const HTML: &str = include_str!("dashboard.html");
+
+/// How long one read of the forecaster is reused (the page polls every
+/// second; several viewers share one read).
+const CACHE_FOR: Duration = Duration::from_millis(900);
+/// Largest forecaster response read.
+const MAX_BODY: usize = 8 << 20;
+/// Most orders and decisions passed on (the newest).
+const MAX_ROWS: usize = 200;
+/// Hours of actual demand asked for per shard.
+const SERIES_HOURS: usize = 48;
+/// Forecast quantiles the page draws: the p10–p90 band and the median.
+const QUANTILES: [(&str, f64); 3] = [("p10", 0.1), ("p50", 0.5), ("p90", 0.9)];
+
+/// Dashboard state kept in [`Shared`]: the last read of the forecaster.
+#[derive(Default)]
+pub struct DashState {
+    last: tokio::sync::Mutex<Option<Arc<Fetched>>>,
+    client: OnceLock<Client>,
+}
+
+/// One read of the forecaster's three endpoints.
+struct Fetched {
+    at: Instant,
+    url: String,
+    status: ForecasterStatus,
+    forecasts: Option<Value>,
+    manager: Option<Value>,
+    series: Option<Value>,
+}
+
+/// How one forecaster endpoint answered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Part {
+    /// It answered 200 with a JSON object.
+    pub available: bool,
+    pub error: Option<String>,
+}
+
+/// What the dashboard knows about the forecaster.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForecasterStatus {
+    /// `[dashboard] forecaster` is set.
+    pub configured: bool,
+    pub url: Option<String>,
+    /// At least one endpoint answered over HTTP.
+    pub reachable: bool,
+    /// Why it is unreachable.
+    pub error: Option<String>,
+    pub fetched_unix_ms: u64,
+    pub forecasts: Part,
+    pub series: Part,
+    pub manager: Part,
+    /// From `/forecasts`: when the forecasts were made, and the last
+    /// complete (store-local) hour they start after.
+    pub generated_at: Option<Value>,
+    pub origin_hour: Option<Value>,
+}
+
+/// Traffic counters of one shard, or of all of them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Traffic {
+    /// Since the proxy started.
+    pub requests: u64,
+    pub errors: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub hit_rate: Option<f64>,
+    /// Seconds the `recent_*` and rate fields cover (0 until known).
+    pub window_s: f64,
+    pub requests_per_s: Option<f64>,
+    pub errors_per_s: Option<f64>,
+    pub recent_hit_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Traffic {
+    fn of(totals: [u64; 4], recent: &Recent, latency: &hdrhistogram::Histogram<u64>) -> Traffic {
+        let q = |q: f64| (!latency.is_empty()).then(|| latency.value_at_quantile(q) as f64 / 1e3);
+        Traffic {
+            requests: totals[0],
+            errors: totals[1],
+            cache_hits: totals[2],
+            cache_misses: totals[3],
+            hit_rate: hit_rate(totals[2], totals[3]),
+            window_s: recent.window_s,
+            requests_per_s: recent.requests_per_s(),
+            errors_per_s: (recent.window_s > 0.0).then(|| recent.errors as f64 / recent.window_s),
+            recent_hit_rate: recent.hit_rate(),
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+        }
+    }
+}
+
+/// One shard on the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardData {
+    pub id: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+    /// Per horizon (`1h`, `1d`, `1w`, `1mo`): `p10`, `p50`, `p90`,
+    /// `fallback`, `source`. Absent without forecasts.
+    pub forecast: Option<Value>,
+    /// `hourly` and `minutes` actuals from the forecaster's `/series`.
+    pub actual: Option<Value>,
+    /// The shard manager's entry for the shard, as it sent it.
+    pub manager: Option<Value>,
+}
+
+/// Everything but the requests the proxy refused itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    /// Requests received, including those answered by the proxy itself.
+    pub received: u64,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// `GET /dashboard/data`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Data {
+    pub generated_unix_ms: u64,
+    pub instance: String,
+    pub table: TableView,
+    /// Oldest first.
+    pub history: Vec<VersionEvent>,
+    pub totals: Totals,
+    /// In table order.
+    pub shards: Vec<ShardData>,
+    pub forecaster: ForecasterStatus,
+    /// The manager's `version`, `dry_run` and `nodes`, when it answered.
+    pub manager: Option<Value>,
+    /// The manager's newest pre-fetch orders and decisions, in its order.
+    pub orders: Vec<Value>,
+    pub decisions: Vec<Value>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Close a dashboard tick on every shard about once a second, so rates and
+/// p99 cover the last seconds whatever the telemetry interval. Ends when
+/// `shutdown` turns true.
+pub async fn sample_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = now_ms();
+        for s in &shared.current().stats {
+            s.tick(now);
+        }
+    }
+}
+
+/// Interpret one endpoint's answer: (answered over HTTP, part, JSON object).
+fn part(r: Result<(u16, Bytes), String>) -> (bool, Part, Option<Value>) {
+    let fail = |e: String| Part {
+        available: false,
+        error: Some(e),
+    };
+    match r {
+        Err(e) => (false, fail(e), None),
+        Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
+            Ok(v) if v.is_object() => (
+                true,
+                Part {
+                    available: true,
+                    error: None,
+                },
+                Some(v),
+            ),
+            Ok(_) => (true, fail("not a JSON object".into()), None),
+            Err(e) => (true, fail(format!("invalid JSON: {e}")), None),
+        },
+        Ok((status, body)) => {
+            let why = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            (true, fail(format!("HTTP {status}{why}")), None)
+        }
+    }
+}
+
+async fn fetch(client: &Client, base: &str, timeout: Duration) -> Fetched {
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        async move { client.get_body(&url, timeout, MAX_BODY).await }
+    };
+    let (f, s, m) = tokio::join!(
+        get("/forecasts".into()),
+        get(format!("/series?hours={SERIES_HOURS}")),
+        get("/manager".into()),
+    );
+    let (fa, fp, forecasts) = part(f);
+    let (sa, sp, series) = part(s);
+    let (ma, mp, manager) = part(m);
+    let reachable = fa || sa || ma;
+    let top = |k: &str| forecasts.as_ref().and_then(|v| v.get(k)).cloned();
+    Fetched {
+        at: Instant::now(),
+        url: base.to_string(),
+        status: ForecasterStatus {
+            configured: true,
+            url: Some(base.to_string()),
+            reachable,
+            error: (!reachable).then(|| fp.error.clone().unwrap_or_default()),
+            fetched_unix_ms: unix_ms(),
+            generated_at: top("generated_at"),
+            origin_hour: top("origin_hour"),
+            forecasts: fp,
+            series: sp,
+            manager: mp,
+        },
+        forecasts,
+        manager,
+        series,
+    }
+}
+
+impl DashState {
+    /// The forecaster's state, read at most once per [`CACHE_FOR`] (one
+    /// read at a time; concurrent viewers wait for it and share it).
+    async fn forecaster(&self, cfg: &Dashboard) -> Option<Arc<Fetched>> {
+        let base = cfg.forecaster.as_deref()?;
+        let mut last = self.last.lock().await;
+        if let Some(f) = last.as_ref() {
+            if f.url == base && f.at.elapsed() < CACHE_FOR {
+                return Some(f.clone());
+            }
+        }
+        let client = self.client.get_or_init(Client::default);
+        let f = Arc::new(fetch(client, base, cfg.forecaster_timeout).await);
+        *last = Some(f.clone());
+        Some(f)
+    }
+}
+
+/// p10/p50/p90 of every horizon of one shard in a `/forecasts` answer.
+fn forecast_of(forecasts: &Value, id: &str) -> Option<Value> {
+    let shard = forecasts.get("shards")?.get(id)?;
+    let mut out = Map::new();
+    for (name, h) in shard.get("horizons")?.as_object()? {
+        let (Some(levels), Some(values)) = (
+            h.get("levels").and_then(Value::as_array),
+            h.get("values").and_then(Value::as_array),
+        ) else {
+            continue;
+        };
+        let mut q = Map::new();
+        for (key, want) in QUANTILES {
+            let v = levels
+                .iter()
+                .position(|l| l.as_f64().is_some_and(|l| (l - want).abs() < 1e-3))
+                .and_then(|i| values.get(i)?.as_f64());
+            q.insert(key.into(), json!(v));
+        }
+        q.insert(
+            "fallback".into(),
+            h.get("fallback").cloned().unwrap_or(Value::Null),
+        );
+        q.insert(
+            "source".into(),
+            h.get("source")
+                .and_then(|s| s.get("kind"))
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+        out.insert(name.clone(), Value::Object(q));
+    }
+    if let Some(h) = shard.get("history_hours") {
+        out.insert("history_hours".into(), h.clone());
+    }
+    Some(Value::Object(out))
+}
+
+/// The last [`MAX_ROWS`] entries of an array field.
+fn newest(v: Option<&Value>, key: &str) -> Vec<Value> {
+    let Some(a) = v.and_then(|v| v.get(key)).and_then(Value::as_array) else {
+        return vec![];
+    };
+    a[a.len().saturating_sub(MAX_ROWS)..].to_vec()
+}
+
+/// Build the dashboard data. Waits for the forecaster at most its
+/// configured timeout (when its last read is older than a second).
+pub async fn data(shared: &Shared) -> Data {
+    let cfg = shared.current().config.dashboard.clone();
+    let fetched = shared.dashboard.forecaster(&cfg).await;
+    let f = fetched.as_deref();
+
+    let snap = shared.current();
+    let table = crate::admin::snapshot_view(&snap);
+    let mut all_latency = latency_histogram();
+    let mut all_recent = Recent::default();
+    let mut all_totals = [0u64; 4];
+    let mut shards = Vec::with_capacity(snap.stats.len());
+    for (entry, stats) in snap.table.shards.iter().zip(&snap.stats) {
+        let mut latency = latency_histogram();
+        let recent = stats.recent(Some(&mut latency));
+        let _ = all_latency.add(&latency);
+        all_recent.add(&recent);
+        let totals = stats.totals();
+        for (a, b) in all_totals.iter_mut().zip(totals) {
+            *a += b;
+        }
+        let id = &entry.id;
+        shards.push(ShardData {
+            id: id.clone(),
+            traffic: Traffic::of(totals, &recent, &latency),
+            forecast: f
+                .and_then(|f| f.forecasts.as_ref())
+                .and_then(|v| forecast_of(v, id)),
+            actual: f
+                .and_then(|f| f.series.as_ref())
+                .and_then(|v| v.get("shards")?.get(id))
+                .map(|s| {
+                    json!({
+                        "hourly": s.get("hourly"),
+                        "minutes": s.get("minutes"),
+                    })
+                }),
+            manager: f
+                .and_then(|f| f.manager.as_ref())
+                .and_then(|v| v.get("shards")?.get(id))
+                .cloned(),
+        });
+    }
+    let manager = f.and_then(|f| f.manager.as_ref());
+    Data {
+        generated_unix_ms: unix_ms(),
+        instance: shared.instance.clone(),
+        table,
+        history: shared.history.lock().iter().cloned().collect(),
+        totals: Totals {
+            received: shared
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            traffic: Traffic::of(all_totals, &all_recent, &all_latency),
+        },
+        shards,
+        forecaster: f.map(|f| f.status.clone()).unwrap_or_default(),
+        manager: manager.map(|m| {
+            json!({
+                "version": m.get("version"),
+                "dry_run": m.get("dry_run"),
+                "nodes": m.get("nodes"),
+            })
+        }),
+        orders: newest(manager, "orders"),
+        decisions: newest(manager, "decisions"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::path::Path;
+
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use crate::telemetry::Outcome;
+
+    const CONFIG: &str = "replication_factor = 1\n[listen]\nhttp = [\"127.0.0.1:1\"]\n\
+        [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[nodes]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n\
+        [[shards]]\nid = \"UK/SEASONAL\"\ncategories = [\"SEASONAL\"]\nregions = [\"UK\"]\nreplicas = [\"a\"]\n\
+        [[shards]]\nid = \"UK/LIGHTING\"\ncategories = [\"LIGHTING\"]\nregions = [\"UK\"]\nreplicas = [\"b\"]\n\
+        [[routes]]\nname = \"r\"\npath = \"/i/{sku}\"\n";
+
+    fn shared(extra: &str) -> (tempfile::TempDir, Arc<Shared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, format!("{CONFIG}{extra}")).unwrap();
+        let s = crate::run::shared_for_tests(Path::new(&path)).unwrap();
+        s.record_version(1, "start");
+        (dir, s)
+    }
+
+    async fn get(s: &Arc<Shared>, path: &str) -> (StatusCode, String, Bytes) {
+        let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+        let resp = crate::admin::handle(s.clone(), None, req).await.unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ctype, body)
+    }
+
+    async fn data_json(s: &Arc<Shared>) -> Value {
+        let (st, ctype, body) = get(s, "/dashboard/data").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(ctype, "application/json");
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// A stand-in forecaster on port 0 answering `path → (status, body)`;
+    /// anything else is a 404. `delay` holds every answer back.
+    async fn fake_forecaster(
+        routes: Vec<(&'static str, u16, String)>,
+        delay: Duration,
+    ) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let routes = Arc::new(routes);
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let routes = routes.clone();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let (code, body) = routes
+                                .iter()
+                                .find(|(p, _, _)| req.uri().path() == *p)
+                                .map(|(_, c, b)| (*c, b.clone()))
+                                .unwrap_or((404, "{\"error\":\"no such endpoint\"}".into()));
+                            Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .status(code)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn forecasts_body() -> String {
+        let levels = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99];
+        json!({
+            "generated_at": "2025-01-01T10:00:00Z",
+            "origin_hour": "2025-01-01 09:00",
+            "shards": {
+                "UK/SEASONAL": {
+                    "history_hours": 72,
+                    "horizons": {
+                        "1h": {"levels": levels, "values": [1, 10, 20, 30, 40, 50, 90], "source": {"kind": "model", "model": "m"}, "fallback": false},
+                        "1d": {"levels": levels, "values": [1, 100, 200, 300, 400, 500, 900], "source": {"kind": "seasonal_naive"}, "fallback": true},
+                        "1w": {"levels": "broken"}
+                    }
+                }
+            }
+        })
+        .to_string()
+    }
+
+    fn manager_body() -> String {
+        json!({
+            "version": 7,
+            "dry_run": true,
+            "shards": {"UK/SEASONAL": {"target": 2, "threshold": 40.0, "replicas": [{"node": "a", "state": "serving"}]}},
+            "nodes": {"a": {"health": "up", "load_rps": 3.5}},
+            "orders": [
+                {"id": 1, "shard": "UK/SEASONAL", "node": "b", "state": "running", "priority": 0.5},
+                {"id": 2}
+            ],
+            "decisions": [{"at_unix_ms": 1, "action": "add_replica", "reason": "forecast"}]
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn page_is_self_contained_html() {
+        let (_d, s) = shared("");
+        let (st, ctype, body) = get(&s, "/dashboard").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(ctype, "text/html; charset=utf-8");
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        for id in [
+            "id=\"table-version\"",
+            "id=\"total-requests\"",
+            "id=\"shard-map\"",
+            "id=\"orders\"",
+            "id=\"decisions\"",
+            "id=\"forecaster-status\"",
+        ] {
+            assert!(html.contains(id), "page lacks {id}");
+        }
+        // Nothing is loaded from anywhere else: the only absolute URL is
+        // the SVG namespace name, which is an identifier, not a fetch.
+        let without_ns = html.replace("http://www.w3.org/2000/svg", "");
+        for bad in ["http://", "https://", "src=", "@import", "url("] {
+            assert!(!without_ns.contains(bad), "page references {bad:?}");
+        }
+        let req = Request::post("/dashboard")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = crate::admin::handle(s.clone(), None, req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn dashboard_needs_the_bearer_token_like_the_rest() {
+        let (_d, s) = shared("");
+        for path in ["/dashboard", "/dashboard/data"] {
+            let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+            let resp = crate::admin::handle(s.clone(), Some(Arc::from("t")), req)
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+            let req = Request::get(path)
+                .header("authorization", "Bearer t")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = crate::admin::handle(s.clone(), Some(Arc::from("t")), req)
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn data_has_the_table_history_and_traffic() {
+        let (_d, s) = shared("");
+        let v = data_json(&s).await;
+        assert_eq!(v["table"]["version"], 1);
+        let ids: Vec<&str> = v["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["UK/SEASONAL", "UK/LIGHTING"]);
+        assert_eq!(v["table"]["shards"][0]["replicas"][0]["node"], "a");
+        assert_eq!(v["table"]["shards"][0]["replicas"][0]["state"], "serving");
+        assert_eq!(v["table"]["nodes"][1]["health"], "healthy");
+        assert_eq!(v["history"][0]["cause"], "start");
+        assert_eq!(v["totals"]["requests"], 0);
+        assert_eq!(v["shards"][0]["p99_ms"], Value::Null);
+        assert_eq!(v["forecaster"]["configured"], false);
+        assert_eq!(v["orders"], json!([]));
+
+        // 100 requests on UK/SEASONAL: 3 of 4 hits, 2 slow ones.
+        let snap = s.current();
+        snap.stats[0].tick(now_ms());
+        for i in 0..100u64 {
+            snap.stats[0].record(Outcome {
+                sku: "x",
+                error: i == 0,
+                cache_hit: Some(i % 4 != 0),
+                bytes: 1,
+                latency_us: if i < 98 { 2_000 } else { 80_000 },
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        snap.stats[0].tick(now_ms());
+        snap.stats[1].tick(now_ms());
+        s.counters
+            .requests
+            .fetch_add(101, std::sync::atomic::Ordering::Relaxed);
+        let v = data_json(&s).await;
+        let sh = &v["shards"][0];
+        assert_eq!(sh["requests"], 100);
+        assert_eq!(sh["errors"], 1);
+        assert_eq!(sh["hit_rate"], 0.75);
+        assert_eq!(sh["recent_hit_rate"], 0.75);
+        assert!(sh["requests_per_s"].as_f64().unwrap() > 100.0, "{sh}");
+        let p99 = sh["p99_ms"].as_f64().unwrap();
+        assert!((79.0..=81.0).contains(&p99), "{p99}");
+        let p50 = sh["p50_ms"].as_f64().unwrap();
+        assert!((1.9..=2.1).contains(&p50), "{p50}");
+        assert_eq!(v["shards"][1]["requests"], 0);
+        assert_eq!(v["totals"]["requests"], 100);
+        assert_eq!(v["totals"]["received"], 101);
+        assert_eq!(v["totals"]["p99_ms"], sh["p99_ms"]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_forecaster_is_reported_quickly() {
+        // A port nothing listens on, and one that answers too late.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let slow = fake_forecaster(
+            vec![("/forecasts", 200, forecasts_body())],
+            Duration::from_secs(5),
+        )
+        .await;
+        for addr in [closed, slow] {
+            let (_d, s) = shared(&format!(
+                "[dashboard]\nforecaster = \"http://{addr}\"\nforecaster_timeout_ms = 200\n"
+            ));
+            let t = Instant::now();
+            let v = data_json(&s).await;
+            assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+            let f = &v["forecaster"];
+            assert_eq!(f["configured"], true);
+            assert_eq!(f["reachable"], false, "{f}");
+            assert!(f["error"].as_str().is_some_and(|e| !e.is_empty()), "{f}");
+            assert_eq!(v["shards"][0]["forecast"], Value::Null);
+            // the proxy's own view is still all there
+            assert_eq!(v["table"]["version"], 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn forecasts_series_and_manager_are_joined_per_shard() {
+        let series = json!({"hours": 48, "shards": {"UK/SEASONAL": {
+            "hourly": {"start_unix_ms": 0, "step_ms": 3600000, "values": [1.0, 2.0]},
+            "minutes": {"start_unix_ms": 0, "step_ms": 60000, "values": [0.5]}}}})
+        .to_string();
+        let addr = fake_forecaster(
+            vec![
+                ("/forecasts", 200, forecasts_body()),
+                ("/series", 200, series),
+                ("/manager", 200, manager_body()),
+            ],
+            Duration::ZERO,
+        )
+        .await;
+        let (_d, s) = shared(&format!("[dashboard]\nforecaster = \"http://{addr}/\"\n"));
+        let v = data_json(&s).await;
+        let f = &v["forecaster"];
+        assert_eq!(f["reachable"], true, "{f}");
+        assert_eq!(f["url"], format!("http://{addr}"));
+        for p in ["forecasts", "series", "manager"] {
+            assert_eq!(f[p]["available"], true, "{p}: {f}");
+        }
+        assert_eq!(f["origin_hour"], "2025-01-01 09:00");
+        let fc = &v["shards"][0]["forecast"];
+        assert_eq!(
+            fc["1h"],
+            json!({"p10": 10.0, "p50": 30.0, "p90": 50.0, "fallback": false, "source": "model"})
+        );
+        assert_eq!(fc["1d"]["p90"], 500.0);
+        assert_eq!(fc["1d"]["fallback"], true);
+        assert_eq!(fc["history_hours"], 72);
+        assert!(fc.get("1w").is_none(), "malformed horizon skipped: {fc}");
+        assert_eq!(
+            v["shards"][0]["actual"]["hourly"]["values"],
+            json!([1.0, 2.0])
+        );
+        assert_eq!(v["shards"][0]["manager"]["target"], 2);
+        assert_eq!(v["shards"][1]["forecast"], Value::Null);
+        assert_eq!(v["shards"][1]["manager"], Value::Null);
+        assert_eq!(v["manager"]["version"], 7);
+        assert_eq!(v["manager"]["nodes"]["a"]["load_rps"], 3.5);
+        assert_eq!(v["orders"].as_array().unwrap().len(), 2);
+        assert_eq!(v["orders"][0]["state"], "running");
+        assert_eq!(v["decisions"][0]["reason"], "forecast");
+    }
+
+    #[tokio::test]
+    async fn missing_manager_and_early_forecaster_are_parts_not_failures() {
+        // A forecaster without /manager (404) and before its first cycle (503).
+        let addr = fake_forecaster(
+            vec![(
+                "/forecasts",
+                503,
+                "{\"error\":\"no forecast cycle yet\"}".into(),
+            )],
+            Duration::ZERO,
+        )
+        .await;
+        let (_d, s) = shared(&format!("[dashboard]\nforecaster = \"http://{addr}\"\n"));
+        let v = data_json(&s).await;
+        let f = &v["forecaster"];
+        assert_eq!(f["reachable"], true, "{f}");
+        assert_eq!(f["forecasts"]["available"], false);
+        assert_eq!(f["forecasts"]["error"], "HTTP 503: no forecast cycle yet");
+        assert_eq!(f["manager"]["error"], "HTTP 404: no such endpoint");
+        assert_eq!(v["manager"], Value::Null);
+        assert_eq!(v["orders"], json!([]));
+    }
+}
