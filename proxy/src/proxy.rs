@@ -435,7 +435,18 @@ impl ProxyHttp for ShardProxy {
                     snap.nodes[node as usize].record_failure(h.eject_after_failures, h.ejection);
                 }
             }
-            e.retry.decide_reuse(client_reused);
+            // A node that dies before answering (reset, EOF before the
+            // response head) is retried on another replica like a connect
+            // error: the method is idempotent and nothing reached the client.
+            let max = ctx
+                .snap
+                .as_ref()
+                .map_or(0, |s| s.config.retry.max_retries as usize);
+            if session.response_written().is_none() && ctx.ntried <= max {
+                e.set_retry(true);
+            } else {
+                e.retry.decide_reuse(client_reused);
+            }
         }
         e
     }

@@ -267,6 +267,27 @@ async fn a_503_is_retried_on_another_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dropping_the_connection_before_answering_is_retried_elsewhere() {
+    let nodes = [TestNode::start("n1").await, TestNode::start("n2").await];
+    let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), opts()).await;
+    nodes[0].mode.store(RESET, SeqCst);
+    let c = client();
+    for i in 0..40 {
+        let r = c
+            .get(p.url(&format!("/inventory/A{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.headers()["x-node"], "n2");
+    }
+    assert!(
+        nodes[0].hits.load(SeqCst) > 0,
+        "n1 was tried and dropped requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
     let nodes = [
         TestNode::start("n1").await,

@@ -47,6 +47,9 @@ pub fn free_port() -> u16 {
 
 pub const OK: u8 = 0;
 pub const FAIL_503: u8 = 1;
+/// Read the request, then drop the connection without answering (a node
+/// that dies mid-request).
+pub const RESET: u8 = 2;
 
 /// A stand-in storefront node: answers `GET /inventory/{sku}` with its own
 /// name, `/health` with 200, and counts what it served.
@@ -109,7 +112,7 @@ impl TestNode {
                             let path = req.uri().path().to_string();
                             if path == "/health" {
                                 let code = if mode.load(SeqCst) == OK { 200 } else { 503 };
-                                return Ok::<_, Infallible>(
+                                return Ok::<_, std::io::Error>(
                                     http::Response::builder()
                                         .status(code)
                                         .body(Full::new(Bytes::from_static(b"ok")))
@@ -120,6 +123,9 @@ impl TestNode {
                             paths.lock().push(req.uri().to_string());
                             if path.contains("slow") {
                                 tokio::time::sleep(Duration::from_millis(1500)).await;
+                            }
+                            if mode.load(SeqCst) == RESET {
+                                return Err(std::io::Error::other("dropped without answering"));
                             }
                             if mode.load(SeqCst) == FAIL_503 {
                                 return Ok(http::Response::builder()
