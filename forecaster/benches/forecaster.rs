@@ -41,7 +41,8 @@ fn store_10k() -> Arc<Store> {
             value_col: "lines".into(),
             align: HistoryAlign::AsIs,
         },
-        0,
+        // after the data ends: seeding keeps only hours before "now"
+        parse_local("2012-01-01 00:00:00").unwrap() * 1000,
     );
     let origin = parse_local("2011-11-10 23:00:00").unwrap() / 3600;
     let first = origin - 60 * 24 + 1;

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::contract::Freq;
-use crate::fallback::seasonal_naive;
+use crate::fallback::{seasonal_naive, seasonal_naive_ahead};
 use crate::features::{Batch, CalendarRows, EventChannels, SeriesInput};
 use crate::feeds::{FeedState, FeedStatus, Signals};
 use crate::metrics::Metrics;
@@ -36,9 +36,13 @@ pub const DEFAULT_LEVELS: [f32; 9] = [0.01, 0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.
 /// The forecast horizons served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Horizon {
-    /// Demand of the next hour.
+    /// Demand of the next hour (the hour in progress: the origin is the
+    /// last complete hour).
     #[serde(rename = "1h")]
     Hour,
+    /// Demand of the hour after that: the lead a pre-fetch needs.
+    #[serde(rename = "next_1h")]
+    NextHour,
     /// Total demand of the next 24 hours.
     #[serde(rename = "1d")]
     Day,
@@ -51,11 +55,18 @@ pub enum Horizon {
 }
 
 impl Horizon {
-    pub const ALL: [Horizon; 4] = [Horizon::Hour, Horizon::Day, Horizon::Week, Horizon::Month];
+    pub const ALL: [Horizon; 5] = [
+        Horizon::Hour,
+        Horizon::NextHour,
+        Horizon::Day,
+        Horizon::Week,
+        Horizon::Month,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Horizon::Hour => "1h",
+            Horizon::NextHour => "next_1h",
             Horizon::Day => "1d",
             Horizon::Week => "1w",
             Horizon::Month => "1mo",
@@ -65,7 +76,7 @@ impl Horizon {
     /// Length in hours.
     pub fn hours(self) -> usize {
         match self {
-            Horizon::Hour => 1,
+            Horizon::Hour | Horizon::NextHour => 1,
             Horizon::Day => 24,
             Horizon::Week => 168,
             Horizon::Month => 672,
@@ -224,7 +235,7 @@ pub struct EngineConfig {
 
 type CacheKey = (i64, u64, u64, usize);
 /// Per served horizon: the model's quantiles, or why there are none.
-type Answers = [Result<Vec<f32>, Arc<str>>; 2];
+type Answers = Vec<Result<Vec<f32>, Arc<str>>>;
 /// Shards by id, as published.
 type ShardMap = Arc<BTreeMap<String, ShardForecast>>;
 
@@ -232,7 +243,7 @@ struct Slot {
     freq: Freq,
     path: PathBuf,
     /// Horizons this model answers: (our horizon, contract horizon key).
-    serves: [(Horizon, &'static str); 2],
+    serves: Vec<(Horizon, &'static str)>,
     model: Option<OnnxModel>,
     detail: String,
     last_attempt: Option<Instant>,
@@ -246,8 +257,13 @@ struct Slot {
 impl Slot {
     fn new(freq: Freq, path: PathBuf) -> Slot {
         let serves = match freq {
-            Freq::Hourly => [(Horizon::Hour, "1h"), (Horizon::Day, "1d")],
-            Freq::Daily => [(Horizon::Week, "1w"), (Horizon::Month, "1mo")],
+            // The next hour is step 2 of the hourly profile ("1h" is step 1).
+            Freq::Hourly => vec![
+                (Horizon::Hour, "1h"),
+                (Horizon::NextHour, "1h+1"),
+                (Horizon::Day, "1d"),
+            ],
+            Freq::Daily => vec![(Horizon::Week, "1w"), (Horizon::Month, "1mo")],
         };
         Slot {
             freq,
@@ -539,7 +555,10 @@ impl Engine {
                         Err(reason) => HorizonForecast {
                             horizon: *h,
                             levels: levels.clone(),
-                            values: seasonal_naive(y, h.hours(), &levels),
+                            values: match h {
+                                Horizon::NextHour => seasonal_naive_ahead(y, 2, &levels),
+                                _ => seasonal_naive(y, h.hours(), &levels),
+                            },
                             source: Source::SeasonalNaive {
                                 reason: reason.to_string(),
                             },
@@ -647,7 +666,7 @@ fn run_slot(
             let reason: Arc<str> = Arc::from(format!("model run failed: {e}"));
             for id in order {
                 slot.cache
-                    .insert(id, [Err(reason.clone()), Err(reason.clone())]);
+                    .insert(id, vec![Err(reason.clone()); slot.serves.len()]);
             }
             return;
         }
@@ -656,7 +675,18 @@ fn run_slot(
     let slots: Vec<Option<crate::contract::HorizonSlot>> = slot
         .serves
         .iter()
-        .map(|(_, k)| c.horizon(k).cloned())
+        .map(|(_, k)| match k.strip_suffix("+1") {
+            // one step further along the same output
+            Some(base) => {
+                c.horizon(base)
+                    .filter(|s| !s.aggregate)
+                    .map(|s| crate::contract::HorizonSlot {
+                        aggregate: false,
+                        index: s.index + 1,
+                    })
+            }
+            None => c.horizon(k).cloned(),
+        })
         .collect();
     for (b, id) in order.into_iter().enumerate() {
         let pick = |j: usize| -> Result<Vec<f32>, Arc<str>> {
@@ -668,6 +698,9 @@ fn run_slot(
             } else {
                 (&out.quantiles, c.horizon)
             };
+            if hs.index >= per_row {
+                return Err(Arc::from("model output has no such step"));
+            }
             let at = (b * per_row + hs.index) * nq;
             let v = &data[at..at + nq];
             if v.iter().any(|x| !x.is_finite()) {
@@ -681,7 +714,8 @@ fn run_slot(
             }
             Ok(v.to_vec())
         };
-        slot.cache.insert(id, [pick(0), pick(1)]);
+        let answers = (0..slots.len()).map(pick).collect();
+        slot.cache.insert(id, answers);
     }
 }
 

@@ -39,6 +39,22 @@ fn window(y: &[f64], end: usize, len: usize) -> f64 {
     y[end.saturating_sub(len)..end].iter().sum()
 }
 
+/// Fallback quantiles for the single hour `ahead` hours after the origin
+/// (1 = the hour [`seasonal_naive`] gives for `hours = 1`): the same hour
+/// yesterday, with the spread of day-over-day changes in the last week.
+pub fn seasonal_naive_ahead(y: &[f64], ahead: usize, levels: &[f32]) -> Vec<f32> {
+    let n = y.len();
+    if n == 0 || ahead == 0 || ahead > 24 {
+        return vec![0.0; levels.len()];
+    }
+    let back = 25 - ahead;
+    let point = if n >= back { y[n - back] } else { 0.0 };
+    let resid: Vec<f64> = (n.saturating_sub(168).max(24)..n)
+        .map(|t| y[t] - y[t - 24])
+        .collect();
+    finish(point, resid, 1.0, levels)
+}
+
 /// Fallback quantiles for a horizon of `hours` hours (1, 24, 168 or 672),
 /// from hourly history `y` ending at the origin (oldest first).
 pub fn seasonal_naive(y: &[f64], hours: usize, levels: &[f32]) -> Vec<f32> {
@@ -82,6 +98,10 @@ mod tests {
         let y: Vec<f64> = (0..24 * 35).map(|t| (t % 24) as f64).collect();
         let q = seasonal_naive(&y, 1, &levels);
         assert_eq!(q, vec![0.0, 0.0, 0.0]); // next hour is hour 0 of the day
+                                            // and the hour after it is hour 1 (same hour yesterday, one later)
+        assert_eq!(seasonal_naive_ahead(&y, 2, &levels), vec![1.0; 3]);
+        assert_eq!(seasonal_naive_ahead(&y, 1, &levels), q);
+        assert_eq!(seasonal_naive_ahead(&y, 0, &levels), vec![0.0; 3]);
         let d = seasonal_naive(&y, 24, &levels);
         assert_eq!(d, vec![276.0; 3]);
         let w = seasonal_naive(&y, 168, &levels);

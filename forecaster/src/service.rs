@@ -94,9 +94,14 @@ pub fn seed_history(
         }
     };
     let mut seeded = 0;
+    // History ends before the current hour: hours from now on are for
+    // telemetry to fill (a replay must not see the future, nor count it twice).
+    let now_h = store.local_hour(now_unix_ms);
     for (id, first, v) in &series {
-        st.rows += v.len();
-        if store.seed_hourly(id, first + shift, v) {
+        let first = first + shift;
+        let keep = usize::try_from(now_h - first).unwrap_or(0).min(v.len());
+        st.rows += keep;
+        if keep > 0 && store.seed_hourly(id, first, &v[..keep]) {
             seeded += 1;
         }
     }

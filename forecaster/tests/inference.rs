@@ -35,7 +35,8 @@ fn seeded_store() -> Arc<Store> {
             value_col: "lines".into(),
             align: HistoryAlign::AsIs,
         },
-        0,
+        // after the data ends: seeding keeps only hours before "now"
+        shardcast_forecaster::time::parse_local("2012-01-01 00:00:00").unwrap() * 1000,
     );
     assert_eq!(st.state, FeedState::Ok, "{}", st.detail);
     assert_eq!(store.len(), 14);
@@ -75,7 +76,7 @@ fn now_ms() -> i64 {
 fn assert_valid(set: &ForecastSet) {
     assert_eq!(set.shards.len(), 14);
     for (id, s) in set.shards.iter() {
-        assert_eq!(s.horizons.len(), 4, "{id}");
+        assert_eq!(s.horizons.len(), 5, "{id}");
         for h in &s.horizons {
             assert_eq!(h.values.len(), h.levels.len());
             assert!(h.levels.windows(2).all(|p| p[0] < p[1]));
@@ -210,7 +211,7 @@ async fn wrong_model_path_falls_back_flagged() {
     );
     for s in set.shards.values() {
         for h in &s.horizons {
-            let fallback = matches!(h.horizon, Horizon::Hour | Horizon::Day);
+            let fallback = matches!(h.horizon, Horizon::Hour | Horizon::NextHour | Horizon::Day);
             assert_eq!(h.is_fallback(), fallback, "{} {:?}", s.shard, h.horizon);
             if let Source::SeasonalNaive { reason } = &h.source {
                 assert!(reason.contains("model unavailable"), "{reason}");
