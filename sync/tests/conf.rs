@@ -29,3 +29,31 @@ fn every_shipped_sync_and_node_config_is_valid() {
         "expected conf/sync.toml, conf/sync-postgres-redis.toml, conf/node.toml; checked {checked}"
     );
 }
+
+/// The demo runs `shardcast-sync serve --config conf/sync.toml` behind
+/// `shardcast-proxy -c conf/proxy-demo.toml`: the in-process nodes must be
+/// the proxy's nodes, on the proxy's addresses, with the proxy's shards.
+#[test]
+fn demo_sync_serves_the_demo_proxys_nodes_and_shards() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf");
+    let sync = SyncConfig::load(&dir.join("sync.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let proxy =
+        shardmap::Config::load(&dir.join("proxy-demo.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let served: Vec<(String, String)> = sync
+        .nodes
+        .iter()
+        .map(|n| {
+            let addr = n.listen.map(|a| a.to_string()).unwrap_or_default();
+            (n.name.clone(), addr)
+        })
+        .collect();
+    let routed: Vec<(String, String)> = proxy
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.address.clone()))
+        .collect();
+    assert_eq!(served, routed);
+    let sync_ids: Vec<&str> = sync.shards.iter().map(|s| s.id.as_str()).collect();
+    let proxy_ids: Vec<&str> = proxy.shards.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(sync_ids, proxy_ids);
+}

@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""The replay benchmark: the real demand trace through the real stack under
+four shard-manager policies, compared.
+
+    benches/replay/run.py                       # 4 policies x one week (2011-11-07..14), 1 trace h per s
+    benches/replay/run.py --policies none,forecast --days 2 --scale 3
+    benches/replay/run.py --no-policy --no-clock --debug --no-build   # today's real-time forecaster
+
+For each policy: a fresh stack (scripts/stack --free-ports, its own var
+dir, fresh caches and provider), the trace slice replayed through the
+proxy (benches/replay/replay.py: every invoice line → GET
+/inventory/{sku}?region=R at its trace time), then sync's /metrics and
+/orders, the nodes' /metrics, the manager's /manager and decisions, and the
+proxy's table history are collected, and the stack is stopped.
+
+Policies are passed to the forecaster as `[manager] policy = "…"`
+(none | reactive | forecast | oracle), `host_baseline = false` and, for
+oracle, `oracle = "<csv shard_id,ds,lines>"` (the slice's real hourly
+demand, written by this harness); the virtual clock as `[clock] start`
+and `speed`. A forecaster that does not know these keys rejects them:
+the harness then retries without them (or `--no-policy` / `--no-clock`
+leaves them out) and marks the run `policy_applied: false` — every run is
+then the same real-time manager, and the table says so.
+
+Spikes are defined from the trace itself: a shard-hour is a spike when the
+shard's demand (invoice lines) in that hour is above the shard's 90th
+percentile hour over the replayed slice (every hour counts, quiet ones too)
+and above zero.
+
+Output: benches/replay/results/<date>/summary.json, summary.md, and SVG
+plots (spike_hit_rate.svg, hit_timeline.svg). Python standard library only.
+"""
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import replay  # noqa: E402
+
+POLICIES = ["none", "reactive", "forecast", "oracle"]
+HOURLY = ROOT / "data/online_retail/shard_hourly.csv.gz"
+
+
+def log(msg):
+    print(f"replay-bench: {msg}", file=sys.stderr, flush=True)
+
+
+def get(url, timeout=5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def get_json(url, timeout=5.0):
+    try:
+        return json.loads(get(url, timeout))
+    except Exception as e:  # noqa: BLE001 — reported in the summary
+        return {"error": f"{url}: {e}"}
+
+
+def prom(text):
+    """Prometheus text → {name{labels}: value} (counters and gauges)."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^(\S+)\s+(\S+)$", line)
+        if m:
+            try:
+                out[m.group(1)] = float(m.group(2))
+            except ValueError:
+                pass
+    return out
+
+
+def psum(metrics, name):
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
+
+
+def quantile(xs, q):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    i = min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))
+    return xs[i]
+
+
+# --------------------------------------------------------------------------
+# Inputs from the trace.
+
+def hourly(start, end):
+    """{shard: {hour epoch s: lines}} for start <= ds < end (every hour present)."""
+    out = defaultdict(dict)
+    s0, s1 = replay.to_sec(start), replay.to_sec(end)
+    with gzip.open(HOURLY, "rt") as f:
+        head = f.readline().strip().split(",")
+        i_s, i_ds, i_l = head.index("shard_id"), head.index("ds"), head.index("lines")
+        for line in f:
+            p = line.rstrip("\n").split(",")
+            ds = p[i_ds]
+            if ds < start.strftime("%Y-%m-%d %H:%M:%S") or ds >= end.strftime("%Y-%m-%d %H:%M:%S"):
+                continue
+            h = replay.to_sec(replay.parse_time(ds))
+            if s0 <= h < s1:
+                out[p[i_s]][h] = int(float(p[i_l]))
+    return out
+
+
+def write_history(path, before):
+    """The sales history up to the replay's start: the forecaster must not
+    see the hours it is about to be tested on."""
+    cut = before.strftime("%Y-%m-%d %H:%M:%S")
+    with gzip.open(HOURLY, "rt") as f, gzip.open(path, "wt") as o:
+        head = f.readline()
+        cols = head.strip().split(",")
+        i_ds = cols.index("ds")
+        o.write(head)
+        for line in f:
+            if line.split(",")[i_ds] < cut:
+                o.write(line)
+
+
+def write_oracle(path, demand, scale):
+    with open(path, "w") as o:
+        o.write("shard_id,ds,lines\n")
+        for s in sorted(demand):
+            for h in sorted(demand[s]):
+                o.write(f"{s},{replay.from_sec(h):%Y-%m-%d %H:%M:%S},{demand[s][h] * scale:g}\n")
+
+
+def spike_hours(demand):
+    """{shard: set(hour)}: hours above the shard's 90th percentile hour."""
+    out = {}
+    for s, hours in demand.items():
+        v = sorted(hours.values())
+        p90 = quantile(v, 0.9) if v else 0
+        out[s] = {h for h, x in hours.items() if x > p90 and x > 0}
+    return out
+
+
+def thresholds(start, demand_before_days, scale, speed, clock):
+    """Per-shard thresholds (req/s): the shard's 90th percentile hour over
+    the weeks before the slice, as a request rate — in trace time with the
+    virtual clock, in real time without it (an hour lasts 3600/speed s)."""
+    d = hourly(start - dt.timedelta(days=demand_before_days), start)
+    out = {}
+    for s, hours in d.items():
+        p90 = quantile(sorted(hours.values()), 0.9)
+        per_s = p90 * scale / 3600.0 * (1.0 if clock else speed)
+        out[s] = round(max(per_s, 1e-3), 4)
+    return out
+
+
+# --------------------------------------------------------------------------
+# One policy.
+
+class Run:
+    def __init__(self, a, policy, out_dir, demand, spikes):
+        self.a, self.policy = a, policy
+        self.var = (ROOT / "var/replay" / policy).resolve()
+        self.out_dir = out_dir
+        self.demand, self.spikes = demand, spikes
+        self.proc = None
+        self.info = None
+
+    def stack_args(self, with_policy, with_clock):
+        a = self.a
+        args = [str(ROOT / "scripts/stack"), "--free-ports", "--var", str(self.var), "--quiet",
+                "--no-build", "--max-seconds", str(a.max_minutes * 60 + 300),
+                "--backend", a.backend]
+        if a.bin_dir:
+            args += ["--bin-dir", a.bin_dir]
+        elif a.debug:
+            args += ["--debug"]
+        sets = [
+            f'feeds.history.source="{self.var / "history.csv.gz"}"',
+            f"manager.interval_ms={a.interval_ms}",
+            "planner.cycle_s=1",
+        ]
+        if not with_clock:
+            # "Observed" load = the last trace hour, in real seconds.
+            sets += [f"manager.observe_window_s={max(1, round(3600 / a.speed))}"]
+        if with_clock:
+            sets += [f'clock.start="{self.start:%Y-%m-%d %H:%M:%S}"', f"clock.speed={a.speed}",
+                     'feeds.history.align="as_is"']
+        if with_policy:
+            sets += [f'manager.policy="{self.policy}"', "manager.host_baseline=false"]
+            if self.policy == "oracle":
+                sets += [f'manager.oracle="{self.var / "oracle.csv"}"']
+        for s in sets + a.set:
+            args += ["--set", s]
+        args += ["--shard-thresholds", str(self.var / "thresholds.json")]
+        for s in a.proxy_set:
+            args += ["--proxy-set", s]
+        return args
+
+    def start_stack(self, with_policy, with_clock):
+        ready = self.var / "stack.json"
+        ready.unlink(missing_ok=True)
+        logf = open(self.var / "stack.out", "w")
+        self.proc = subprocess.Popen(self.stack_args(with_policy, with_clock), cwd=ROOT,
+                                     stdout=logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if ready.exists():
+                self.info = json.loads(ready.read_text())
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.3)
+        self.stop_stack()
+        return False
+
+    def stop_stack(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log(f"{self.policy}: launcher did not stop; killing it and its processes")
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                for pid in (self.info or {}).get("pids", {}).values():
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        self.proc = None
+
+    def settle(self, timeout_s=60):
+        """Wait until sync has no queued or running orders (the initial
+        copies of a policy that makes them), bounded."""
+        sync = self.info["urls"]["sync"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            orders = get_json(sync + "/orders")
+            if isinstance(orders, list) and orders and not any(
+                    o.get("state") in ("queued", "running") for o in orders):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def execute(self):
+        a = self.a
+        self.start = replay.parse_time(a.start)
+        self.end = self.start + dt.timedelta(days=a.days)
+        if self.var.exists():
+            subprocess.run(["rm", "-rf", str(self.var)], check=True)
+        self.var.mkdir(parents=True)
+        write_history(self.var / "history.csv.gz", self.start)
+        write_oracle(self.var / "oracle.csv", self.demand, a.scale)
+        with_policy, with_clock = not a.no_policy, not a.no_clock
+        notes = []
+        # Degrade step by step: a forecaster without the virtual clock may
+        # still know the policies, and the other way round.
+        for _attempt in range(3):
+            self.thr = thresholds(self.start, a.threshold_weeks * 7, a.scale, a.speed, with_clock)
+            (self.var / "thresholds.json").write_text(json.dumps(self.thr, indent=1))
+            ok = self.start_stack(with_policy, with_clock)
+            if ok or not (with_policy or with_clock):
+                break
+            self.stop_stack()
+            out = (self.var / "stack.out").read_text(errors="replace")
+            unknown = sorted(set(re.findall(r"unknown field `(\w+)`", out)))
+            if not unknown:
+                break  # some other failure: reported below
+            if "clock" in unknown and with_clock:
+                with_clock = False
+            elif with_policy and set(unknown) & {"policy", "oracle", "host_baseline"}:
+                with_policy = False
+            else:
+                break
+            note = (f"forecaster rejected {', '.join(unknown)}: ran without "
+                    + ("[clock]" if "clock" in unknown else "[manager] policy"))
+            log(f"{self.policy}: {note}; retrying")
+            notes.append(note)
+        if not ok:
+            tail = (self.var / "stack.out").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"replay-bench: {self.policy}: the stack did not start:\n{tail}")
+        try:
+            return self.measure(with_policy, with_clock, notes)
+        finally:
+            self.stop_stack()
+
+    def measure(self, with_policy, with_clock, notes):
+        a, u = self.a, self.info["urls"]
+        settled = self.settle()
+        if not settled:
+            notes.append("sync still had open orders when the replay began")
+        log(f"{self.policy}: stack ready ({u['storefront']}); replaying "
+            f"{self.start:%Y-%m-%d} + {a.days:g} days at {a.speed:g}x, scale {a.scale:g}")
+        rp = replay.Replayer(u["storefront"], self.start, self.end, speed=a.speed, scale=a.scale,
+                             workers=a.workers, max_rps=a.max_rps, max_seconds=a.max_minutes * 60,
+                             record=True)
+        t0 = time.monotonic()
+        tot = rp.run(progress_s=a.every, label=f"  {self.policy}")
+        wall = time.monotonic() - t0
+        time.sleep(1.5)  # last telemetry frame, last manager round
+        recs = rp.all_records()
+        sync_metrics = prom(get(u["sync"] + "/metrics"))
+        orders = get_json(u["sync"] + "/orders")
+        nodes_hosted = get_json(u["sync"] + "/nodes")
+        node_metrics = {n: prom(get(x + "/metrics")) for n, x in u["nodes"].items()}
+        manager = get_json(u["forecaster"] + "/manager")
+        decisions = get_json(u["forecaster"] + "/manager/decisions?limit=10000")
+        history = get_json(u["admin"] + "/admin/history")
+        raw = {"manager": manager, "decisions": decisions, "orders": orders,
+               "nodes": nodes_hosted, "table_history": history}
+        (self.out_dir / f"raw-{self.policy}.json").write_text(json.dumps(raw, indent=1))
+        return self.report(recs, tot, rp, wall, sync_metrics, orders, nodes_hosted, node_metrics,
+                           manager, decisions, history, with_policy, with_clock, notes)
+
+    def report(self, recs, tot, rp, wall, sm, orders, hosted, nm, manager, decisions, history,
+               with_policy, with_clock, notes):
+        hit = miss = sh_hit = sh_miss = 0
+        lat, failed, non2xx = [], 0, 0
+        by_hour = defaultdict(lambda: [0, 0, 0])  # hour → [requests, hit, miss]
+        for tsec, shard, cache, ms, status in recs:
+            h = int(tsec) // 3600 * 3600
+            b = by_hour[h]
+            b[0] += 1
+            lat.append(ms)
+            if status == 0 or status >= 500:
+                failed += 1
+            if not (200 <= status < 300):
+                non2xx += 1
+            spike = h in self.spikes.get(shard, ())
+            if cache == "hit":
+                hit += 1
+                b[1] += 1
+                sh_hit += spike
+            elif cache == "miss":
+                miss += 1
+                b[2] += 1
+                sh_miss += spike
+        # Transfers: what sync copied, against full copies of the same shards.
+        shard_rows = {}
+        if isinstance(hosted, dict):
+            for n in hosted.values():
+                for h in (n.get("hosted") or []) if isinstance(n, dict) else []:
+                    shard_rows[h["shard"]] = max(shard_rows.get(h["shard"], 0), h.get("rows", 0))
+        done = [o for o in orders if o.get("state") == "done"] if isinstance(orders, list) else []
+        for o in done:
+            shard_rows[o["shard"]] = max(shard_rows.get(o["shard"], 0), o.get("rows", 0))
+        rows = sum(o.get("rows", 0) for o in done)
+        nbytes = sum(o.get("bytes", 0) for o in done)
+        bpr = nbytes / rows if rows else 0.0
+        full_rows = sum(shard_rows.get(o["shard"], 0) for o in done)
+        dec = decisions if isinstance(decisions, list) else []
+        actions = defaultdict(int)
+        for d in dec:
+            actions[f"{d.get('action')}/{d.get('reason')}"] += 1
+        versions = history if isinstance(history, list) else []
+        return {
+            "policy": self.policy,
+            "policy_applied": with_policy,
+            "virtual_clock": with_clock,
+            "thresholds_rps": self.thr,
+            "notes": notes,
+            "wall_s": round(wall, 1),
+            "requests": tot.sent,
+            "ok": tot.ok,
+            "non_2xx": non2xx,
+            "failed": failed,
+            "skipped_lines": rp.skipped,
+            "max_lag_s": round(rp.max_lag_s, 2),
+            "hit_rate": hit / (hit + miss) if hit + miss else None,
+            "hit_rate_spikes": sh_hit / (sh_hit + sh_miss) if sh_hit + sh_miss else None,
+            "spike_requests": sh_hit + sh_miss,
+            "latency_ms": {"p50": quantile(lat, 0.5), "p90": quantile(lat, 0.9),
+                           "p99": quantile(lat, 0.99), "max": max(lat) if lat else None},
+            "provider_reads": {
+                "slow_path": miss,
+                "sync_rows": rows,
+                "total": miss + rows,
+                "node_misses_metric": sum(v.get('shardcast_node_requests_total{outcome="miss"}', 0)
+                                          for v in nm.values()),
+            },
+            "transfers": {
+                "orders_done": len(done),
+                "rows": rows,
+                "bytes": nbytes,
+                "full_copy_rows": full_rows,
+                "full_copy_bytes": round(full_rows * bpr),
+                "delta_ratio": rows / full_rows if full_rows else None,
+                "sync_bytes_metric": psum(sm, "shardcast_sync_bytes_copied_total"),
+                "sync_rows_metric": psum(sm, "shardcast_sync_rows_copied_total"),
+            },
+            "manager": {
+                "decisions": dict(sorted(actions.items())),
+                "table_version": manager.get("version") if isinstance(manager, dict) else None,
+                "proxy_table_versions": len(versions),
+                "rounds": manager.get("rounds") if isinstance(manager, dict) else None,
+            },
+            "timeline": [
+                {"hour": f"{replay.from_sec(h):%Y-%m-%d %H:00}", "requests": b[0],
+                 "hit_rate": b[1] / (b[1] + b[2]) if b[1] + b[2] else None}
+                for h, b in sorted(by_hour.items())
+            ],
+        }
+
+
+# --------------------------------------------------------------------------
+# Output.
+
+def pct(x):
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def markdown(summary):
+    s = summary["settings"]
+    lines = [
+        f"Replay {s['start']} + {s['days']:g} days at {s['speed']:g}x (1 trace hour = "
+        f"{3600 / s['speed']:.2f} s), scale {s['scale']:g}, {s['backend']} backend, "
+        f"{summary['date']}.",
+        "",
+        "| policy | applied | hit rate | hit rate in spikes | provider reads (slow path + sync rows) "
+        "| bytes transferred (full copies) | p50 / p99 ms | failed / non-2xx | requests |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["runs"]:
+        t, p, lt = r["transfers"], r["provider_reads"], r["latency_ms"]
+        lines.append(
+            f"| {r['policy']} | {'yes' if r['policy_applied'] else 'no'} | {pct(r['hit_rate'])} "
+            f"| {pct(r['hit_rate_spikes'])} | {p['total']:,} ({p['slow_path']:,} + {p['sync_rows']:,}) "
+            f"| {t['bytes']:,} ({t['full_copy_bytes']:,}) | {lt['p50']:.1f} / {lt['p99']:.1f} "
+            f"| {r['failed']} / {r['non_2xx']} | {r['requests']:,} |")
+    notes = sorted({n for r in summary["runs"] for n in r["notes"]})
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    lines += ["", f"Spikes: {summary['spikes']['definition']} "
+              f"({summary['spikes']['shard_hours']} shard-hours)."]
+    return "\n".join(lines) + "\n"
+
+
+COLORS = {"none": "#888888", "reactive": "#e08a00", "forecast": "#1f77b4", "oracle": "#2ca02c"}
+
+
+def svg_bars(summary):
+    runs = summary["runs"]
+    w, h, left, bottom, top = 640, 320, 60, 50, 40
+    bw = (w - left - 20) / max(1, len(runs))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">'
+           'Node cache hit rate: overall (light) and during spikes (dark)</text>']
+    ph = h - top - bottom
+    for i in range(0, 101, 20):
+        y = top + ph * (1 - i / 100)
+        out.append(f'<line x1="{left}" x2="{w - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{i} %</text>')
+    for k, r in enumerate(runs):
+        x = left + k * bw
+        c = COLORS.get(r["policy"], "#444")
+        for j, (key, op) in enumerate((("hit_rate", 0.4), ("hit_rate_spikes", 1.0))):
+            v = r[key] or 0.0
+            bh = ph * v
+            bx = x + bw * 0.15 + j * bw * 0.35
+            out.append(f'<rect x="{bx:.1f}" y="{top + ph - bh:.1f}" width="{bw * 0.33:.1f}" '
+                       f'height="{bh:.1f}" fill="{c}" fill-opacity="{op}"/>')
+            out.append(f'<text x="{bx + bw * 0.165:.1f}" y="{top + ph - bh - 4:.1f}" '
+                       f'text-anchor="middle" font-size="10">{100 * v:.0f}</text>')
+        label = r["policy"] + ("" if r["policy_applied"] else " *")
+        out.append(f'<text x="{x + bw / 2:.1f}" y="{h - bottom + 18}" text-anchor="middle">{label}</text>')
+    if any(not r["policy_applied"] for r in runs):
+        out.append(f'<text x="{left}" y="{h - 10}" font-size="10">* policy not applied '
+                   '(forecaster without [manager] policy): the same real-time manager</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def svg_timeline(summary, demand_total):
+    runs = summary["runs"]
+    hours = sorted({p["hour"] for r in runs for p in r["timeline"]} | set(demand_total))
+    if not hours:
+        return "<svg xmlns=\"http://www.w3.org/2000/svg\"/>\n"
+    idx = {hh: i for i, hh in enumerate(hours)}
+    w, h, left, bottom, top = 900, 360, 60, 60, 40
+    pw, ph = w - left - 20, h - top - bottom
+    x = lambda i: left + pw * (i + 0.5) / len(hours)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">'
+           'Hit rate per trace hour (lines) over demand (grey bars, invoice lines)</text>']
+    dmax = max(demand_total.values() or [1]) or 1
+    for hh, v in demand_total.items():
+        bh = ph * 0.9 * v / dmax
+        out.append(f'<rect x="{x(idx[hh]) - pw / len(hours) / 2:.1f}" y="{top + ph - bh:.1f}" '
+                   f'width="{pw / len(hours):.2f}" height="{bh:.1f}" fill="#ccc"/>')
+    for i in range(0, 101, 25):
+        y = top + ph * (1 - i / 100)
+        out.append(f'<line x1="{left}" x2="{w - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{i} %</text>')
+    for k, r in enumerate(runs):
+        pts = [f"{x(idx[p['hour']]):.1f},{top + ph * (1 - p['hit_rate']):.1f}"
+               for p in r["timeline"] if p["hit_rate"] is not None]
+        c = COLORS.get(r["policy"], "#444")
+        if pts:
+            out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{" ".join(pts)}"/>')
+        out.append(f'<text x="{left + 10 + k * 110}" y="{h - 12}" fill="{c}">■ {r["policy"]}</text>')
+    for i, hh in enumerate(hours):
+        if hh.endswith("00:00"):
+            out.append(f'<text x="{x(i):.1f}" y="{top + ph + 16}" text-anchor="middle" '
+                       f'font-size="10">{hh[5:10]}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--start", default="2011-11-07", help="trace time (store-local)")
+    ap.add_argument("--days", type=float, default=7.0)
+    ap.add_argument("--speed", type=float, default=3600.0, help="trace seconds per real second")
+    ap.add_argument("--scale", type=float, default=1.0, help="requests per invoice line")
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--max-rps", type=float, default=3000.0)
+    ap.add_argument("--max-minutes", type=float, default=4.0,
+                    help="bound on each policy's replay (real minutes)")
+    ap.add_argument("--interval-ms", type=int, default=500, help="manager round interval")
+    ap.add_argument("--threshold-weeks", type=float, default=4.0,
+                    help="per-shard thresholds: p90 hour of this many weeks before the slice")
+    ap.add_argument("--no-policy", action="store_true", help="do not pass [manager] policy")
+    ap.add_argument("--no-clock", action="store_true", help="do not pass [clock] (real-time forecaster)")
+    ap.add_argument("--debug", action="store_true", help="debug binaries")
+    ap.add_argument("--bin-dir")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--backend", choices=["embedded", "redis-postgres"], default="embedded")
+    ap.add_argument("--set", action="append", default=[], help="extra forecaster override (scripts/stack --set)")
+    ap.add_argument("--proxy-set", action="append", default=[])
+    ap.add_argument("--out", help="results directory (default benches/replay/results/<date>)")
+    ap.add_argument("--every", type=float, default=10.0, help="progress line every S seconds")
+    a = ap.parse_args()
+    policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        raise SystemExit(f"replay-bench: unknown policies {bad}; choose from {POLICIES}")
+    if a.days <= 0 or a.days * 24 * 3600 / a.speed > a.max_minutes * 60 * 1.5:
+        raise SystemExit(f"replay-bench: {a.days:g} days at {a.speed:g}x take "
+                         f"{a.days * 24 * 3600 / a.speed / 60:.1f} min, over --max-minutes {a.max_minutes:g}")
+    date = dt.date.today().isoformat()
+    out_dir = Path(a.out) if a.out else HERE / "results" / date
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if not a.no_build and not a.bin_dir:
+        cmd = ["cargo", "build", "--workspace", "--bins"] + ([] if a.debug else ["--release"])
+        log(" ".join(cmd))
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            raise SystemExit("replay-bench: build failed")
+
+    start = replay.parse_time(a.start)
+    end = start + dt.timedelta(days=a.days)
+    demand = hourly(start, end)
+    spikes = spike_hours(demand)
+    demand_total = defaultdict(int)
+    for s, hours in demand.items():
+        for hh, v in hours.items():
+            demand_total[f"{replay.from_sec(hh):%Y-%m-%d %H:00}"] += v
+    log(f"{len(policies)} policies x {a.days:g} trace days at {a.speed:g}x "
+        f"(~{a.days * 24 * 3600 / a.speed / 60:.1f} min each); results in {out_dir}")
+    runs = []
+    thr = {}
+    interrupted = False
+    current = None
+
+    def on_signal(_s, _f):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for p in policies:
+            current = Run(a, p, out_dir, demand, spikes)
+            r = current.execute()
+            thr = current.thr
+            current = None
+            runs.append(r)
+            log(f"{p}: hit {pct(r['hit_rate'])}, in spikes {pct(r['hit_rate_spikes'])}, "
+                f"{r['transfers']['bytes']:,} bytes in {r['transfers']['orders_done']} orders, "
+                f"p99 {r['latency_ms']['p99']:.1f} ms, failed {r['failed']}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping the stack, writing what was measured")
+        if current is not None:
+            current.stop_stack()
+    summary = {
+        "date": date,
+        "settings": {"start": a.start, "days": a.days, "speed": a.speed, "scale": a.scale,
+                     "backend": a.backend, "workers": a.workers, "max_rps": a.max_rps,
+                     "interval_ms": a.interval_ms, "thresholds_rps": thr,
+                     "binaries": a.bin_dir or ("debug" if a.debug else "release")},
+        "spikes": {
+            "definition": "shard-hours whose demand (invoice lines) is above the shard's 90th "
+                          "percentile hour over the replayed slice, and above zero",
+            "shard_hours": sum(len(v) for v in spikes.values()),
+            "per_shard": {s: len(v) for s, v in sorted(spikes.items())},
+        },
+        "interrupted": interrupted,
+        "runs": runs,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "summary.md").write_text(markdown(summary))
+    (out_dir / "spike_hit_rate.svg").write_text(svg_bars(summary))
+    (out_dir / "hit_timeline.svg").write_text(svg_timeline(summary, dict(demand_total)))
+    print(markdown(summary))
+    log(f"wrote {out_dir}/summary.json, summary.md, spike_hit_rate.svg, hit_timeline.svg")
+    return 1 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
