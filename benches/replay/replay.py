@@ -289,10 +289,18 @@ class Replayer:
                 setattr(t, f, getattr(t, f) + getattr(s, f))
         return t
 
-    def run(self, progress_s=5.0, label="replay", out=sys.stderr):
-        """Replay until the slice ends, `max_seconds` pass, or stop()."""
+    def run(self, progress_s=5.0, label="replay", out=sys.stderr, trace_now=None):
+        """Replay until the slice ends, `max_seconds` pass, or stop().
+
+        `trace_now`, when given, is called once the slice is open and returns
+        the trace time (seconds) another clock reads now — the forecaster's
+        replay clock — so requests go out when that clock reaches them."""
         lap = self._lap()
         self.t0 = time.monotonic() + 0.2
+        if trace_now is not None:
+            now_s = trace_now()
+            if now_s is not None:
+                self.t0 = time.monotonic() + (to_sec(self.start) - now_s) / self.speed
         threads = [threading.Thread(target=self._worker, args=(k,), daemon=True)
                    for k in range(self.workers)]
         disp = threading.Thread(target=self._dispatch, args=(lap,), daemon=True)

@@ -194,8 +194,12 @@ class Run:
             # "Observed" load = the last trace hour, in real seconds.
             sets += [f"manager.observe_window_s={max(1, round(3600 / a.speed))}"]
         if with_clock:
+            # Trace time throughout: forecasts every quarter trace hour, a
+            # leaving replica drains for about one trace hour.
             sets += [f'clock.start="{self.start:%Y-%m-%d %H:%M:%S}"', f"clock.speed={a.speed}",
-                     'feeds.history.align="as_is"']
+                     'feeds.history.align="as_is"',
+                     f"planner.cycle_s={max(0.1, 900 / a.speed):g}",
+                     f"manager.drain_ms={max(200, round(3600_000 / a.speed))}"]
         if with_policy:
             sets += [f'manager.policy="{self.policy}"', "manager.host_baseline=false"]
             if self.policy == "oracle":
@@ -300,16 +304,34 @@ class Run:
 
     def measure(self, with_policy, with_clock, notes):
         a, u = self.a, self.info["urls"]
-        settled = self.settle()
-        if not settled:
-            notes.append("sync still had open orders when the replay began")
+        start = self.start
+        if with_clock:
+            # The forecaster's trace clock runs from its start: begin the
+            # replay where that clock is now, so telemetry, forecasts and
+            # plans line up with the requests (the skipped first hours of the
+            # Monday are the quiet night).
+            clock = get_json(u["forecaster"] + "/clock")
+            if "now_unix_ms" in clock:
+                start = max(self.start, dt.datetime.fromtimestamp(
+                    clock["now_unix_ms"] / 1000 + 60 / a.speed, dt.timezone.utc).replace(tzinfo=None))
+                notes.append(f"replay started at trace time {start:%Y-%m-%d %H:%M} (forecaster clock)")
+            else:
+                notes.append(f"no forecaster clock: {clock.get('error')}")
+        else:
+            settled = self.settle()
+            if not settled:
+                notes.append("sync still had open orders when the replay began")
         log(f"{self.policy}: stack ready ({u['storefront']}); replaying "
-            f"{self.start:%Y-%m-%d} + {a.days:g} days at {a.speed:g}x, scale {a.scale:g}")
-        rp = replay.Replayer(u["storefront"], self.start, self.end, speed=a.speed, scale=a.scale,
+            f"{start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d} at {a.speed:g}x, scale {a.scale:g}")
+        rp = replay.Replayer(u["storefront"], start, self.end, speed=a.speed, scale=a.scale,
                              workers=a.workers, max_rps=a.max_rps, max_seconds=a.max_minutes * 60,
                              record=True)
         t0 = time.monotonic()
-        tot = rp.run(progress_s=a.every, label=f"  {self.policy}")
+        def trace_now():
+            c = get_json(u["forecaster"] + "/clock")
+            return c["now_unix_ms"] / 1000 if with_clock and "now_unix_ms" in c else None
+
+        tot = rp.run(progress_s=a.every, label=f"  {self.policy}", trace_now=trace_now)
         wall = time.monotonic() - t0
         time.sleep(1.5)  # last telemetry frame, last manager round
         recs = rp.all_records()

@@ -296,6 +296,20 @@ impl App {
             (&Method::POST, "/ingest") => self.ingest(req).await,
             (_, "/ingest") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::GET, "/clock") => {
+                // The forecaster's "now": trace time when replaying, so a
+                // replayer can start in step with it.
+                let now = self.clock.now_ms();
+                json_reply(
+                    StatusCode::OK,
+                    &json!({
+                        "now_unix_ms": now,
+                        "now": crate::time::format_local(self.store.local_ms(now).div_euclid(1000)),
+                        "replay": self.clock.is_replay(),
+                        "speed": self.clock.speed(),
+                    }),
+                )
+            }
             (&Method::GET, "/ready") => {
                 if self.forecasts.ready() {
                     reply(StatusCode::OK, "text/plain", "ready\n")
