@@ -41,6 +41,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -331,7 +332,26 @@ class Run:
             c = get_json(u["forecaster"] + "/clock")
             return c["now_unix_ms"] / 1000 if with_clock and "now_unix_ms" in c else None
 
-        tot = rp.run(progress_s=a.every, label=f"  {self.policy}", trace_now=trace_now)
+        # Cache cost: how many (shard, node) copies sync keeps hosted, sampled
+        # through the replay (a policy that hosts everything always hits).
+        samples, stop = [], threading.Event()
+
+        def sample():
+            while not stop.wait(0.25):
+                n = get_json(u["sync"] + "/nodes", timeout=2.0)
+                if isinstance(n, dict) and "error" not in n:
+                    samples.append(sum(len(v.get("hosted") or []) for v in n.values()
+                                       if isinstance(v, dict)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            tot = rp.run(progress_s=a.every, label=f"  {self.policy}", trace_now=trace_now)
+        finally:
+            stop.set()
+            sampler.join(timeout=3)
+        self.hosted_mean = sum(samples) / len(samples) if samples else None
+        self.hosted_samples = len(samples)
         wall = time.monotonic() - t0
         time.sleep(1.5)  # last telemetry frame, last manager round
         recs = rp.all_records()
@@ -396,6 +416,12 @@ class Run:
             "thresholds_rps": self.thr,
             "notes": notes,
             "wall_s": round(wall, 1),
+            "cache": {
+                "mean_hosted_copies": self.hosted_mean,
+                "samples": self.hosted_samples,
+                "copy_hours": (self.hosted_mean * wall * self.a.speed / 3600
+                               if self.hosted_mean is not None else None),
+            },
             "requests": tot.sent,
             "ok": tot.ok,
             "non_2xx": non2xx,
@@ -453,15 +479,17 @@ def markdown(summary):
         f"{summary['date']}.",
         "",
         "| policy | applied | hit rate | hit rate in spikes | provider reads (slow path + sync rows) "
-        "| bytes transferred (full copies) | p50 / p99 ms | failed / non-2xx | requests |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bytes transferred (full copies) | mean hosted copies | p50 / p99 ms | failed / non-2xx | requests |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["runs"]:
         t, p, lt = r["transfers"], r["provider_reads"], r["latency_ms"]
         lines.append(
             f"| {r['policy']} | {'yes' if r['policy_applied'] else 'no'} | {pct(r['hit_rate'])} "
             f"| {pct(r['hit_rate_spikes'])} | {p['total']:,} ({p['slow_path']:,} + {p['sync_rows']:,}) "
-            f"| {t['bytes']:,} ({t['full_copy_bytes']:,}) | {lt['p50']:.1f} / {lt['p99']:.1f} "
+            f"| {t['bytes']:,} ({t['full_copy_bytes']:,}) "
+            f"| {(r.get('cache') or {}).get('mean_hosted_copies') or 0:.1f} "
+            f"| {lt['p50']:.1f} / {lt['p99']:.1f} "
             f"| {r['failed']} / {r['non_2xx']} | {r['requests']:,} |")
     notes = sorted({n for r in summary["runs"] for n in r["notes"]})
     if notes:

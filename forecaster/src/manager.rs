@@ -63,6 +63,8 @@ pub struct Topology {
     pub replication_factor: usize,
     pub prefix: String,
     pub metadata: Option<String>,
+    /// How often proxies send telemetry: observed load needs at least one frame.
+    pub telemetry_interval: Duration,
     modified: Option<SystemTime>,
 }
 
@@ -79,6 +81,7 @@ impl Topology {
             replication_factor: c.replication_factor,
             prefix: c.control.prefix,
             metadata: c.control.metadata,
+            telemetry_interval: c.telemetry.interval,
             modified,
         })
     }
@@ -821,6 +824,10 @@ impl Manager {
         let store_hour = self.store.local_hour(now);
         let mut st = self.state.lock();
         let bytes_per_row = st.bytes_per_row;
+        // At least one telemetry frame's span, on this clock (a frame every
+        // second spans an hour of trace time at 3600x).
+        let frame_s = (topo.telemetry_interval.as_secs_f64() * self.clock.speed()).ceil() as usize;
+        let observe_window_s = self.cfg.observe_window_s.max(frame_s);
         let mut shards = Vec::with_capacity(topo.shards.len());
         for s in &topo.shards {
             let threshold = st
@@ -830,9 +837,7 @@ impl Manager {
                 .copied()
                 .or(s.threshold)
                 .unwrap_or(default_threshold);
-            let observed = self
-                .store
-                .recent_rate(&s.id, now, self.cfg.observe_window_s);
+            let observed = self.store.recent_rate(&s.id, now, observe_window_s);
             let mut predicted = 0.0f64;
             let mut rise_at = next_hour;
             let mut p50_hour = None;

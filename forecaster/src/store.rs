@@ -414,7 +414,7 @@ impl Store {
     /// Mean requests per second of a shard over the last `window_s`
     /// seconds of reported traffic: the window ends at the newest bucket
     /// any frame reached (frames arrive after their interval closes), or at
-    /// `now` when that is older than a window (traffic stopped → 0).
+    /// `now` when that is older than two windows (traffic stopped → 0).
     /// Windows longer than half the second ring read the minute ring.
     pub fn recent_rate(&self, id: &str, now_unix_ms: i64, window_s: usize) -> f64 {
         let Some(s) = self.shard(id) else { return 0.0 };
@@ -428,7 +428,7 @@ impl Store {
         };
         let buckets = (window_s as i64 * SECOND_MS).div_euclid(w_ms).max(1);
         let now_b = now.div_euclid(w_ms);
-        let end = if ring.is_empty() || ring.end() <= now_b - buckets {
+        let end = if ring.is_empty() || ring.end() <= now_b - 2 * buckets {
             now_b
         } else {
             ring.end().min(now_b + 1)
@@ -540,7 +540,8 @@ mod tests {
         assert!((st.recent_rate("s", now, 10) - 10.0).abs() < 1e-9);
         // a long window reads the minute ring: 300 requests over 120 s
         assert!((st.recent_rate("s", now, 3600) - 300.0 / 3600.0).abs() < 1e-9);
-        // traffic stopped a while ago → 0
+        // the last frame a window old still counts; two windows → stopped → 0
+        assert!((st.recent_rate("s", now + 10_000, 10) - 10.0).abs() < 1e-9);
         assert_eq!(st.recent_rate("s", now + 60_000, 10), 0.0);
         assert_eq!(st.recent_rate("unknown", now, 10), 0.0);
     }
