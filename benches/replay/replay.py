@@ -58,6 +58,11 @@ def parse_time(s):
     raise ValueError(f"`{s}` is not YYYY-MM-DD[ HH:MM[:SS]]")
 
 
+def pct(x):
+    """A share as a percentage; "–" when nothing was counted."""
+    return "–" if x != x else f"{x:.1%}"
+
+
 def to_sec(t):
     return int((t - EPOCH).total_seconds())
 
@@ -333,7 +338,7 @@ class Replayer:
         trace = from_sec(int(self.trace_sent)).strftime("%Y-%m-%d %H:%M")
         return (f"{label}: {time.monotonic() - self.t0:6.0f}s  trace {trace}  requests {cur.sent:,} "
                 f"({d_sent / dt_s:.0f}/s)  non-2xx {cur.non2xx}  errors {cur.errors}  "
-                f"x-cache hit {hit:.1%} (last {dt_s:.0f}s {hit_w:.1%})  lag {self.lag_s:.1f}s")
+                f"x-cache hit {pct(hit)} (last {dt_s:.0f}s {pct(hit_w)})  lag {self.lag_s:.1f}s")
 
     def stop(self):
         self.stop_ev.set()
