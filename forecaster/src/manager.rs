@@ -387,11 +387,13 @@ impl Manager {
                 *self.topology.lock() = Arc::new(t);
             }
             Err(e) => {
-                // keep the old topology; the next change is tried again
-                self.topology.lock().clone_from(&Arc::new(Topology {
+                // Keep the old topology (remembering this file version, so
+                // it is not re-read every round); the next change is tried.
+                let kept = Arc::new(Topology {
                     modified,
                     ..(*self.topology()).clone()
-                }));
+                });
+                *self.topology.lock() = kept;
                 warn!(error = %e, "proxy config unreadable; planning with the last good one");
             }
         }
@@ -1721,6 +1723,62 @@ mod tests {
         assert_eq!(quantile_at(&l, &v, 0.5), 2.0);
         assert_eq!(quantile_at(&l, &v, 0.99), 3.0);
         assert_eq!(quantile_at(&[], &[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn a_broken_proxy_config_keeps_the_last_good_topology() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = dir.path().join("proxy.toml");
+        let good = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/proxy-demo.toml"),
+        )
+        .unwrap()
+        .replace(
+            "../data/online_retail/catalog.csv.gz",
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../data/online_retail/catalog.csv.gz")
+                .display()
+                .to_string(),
+        );
+        std::fs::write(&proxy, &good).unwrap();
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n[manager]\nproxy_config = \"{}\"\nsync = \"http://127.0.0.1:1\"\n",
+            proxy.display()
+        );
+        let cfg = crate::config::Config::parse(&text, dir.path(), "f.toml")
+            .unwrap()
+            .manager
+            .unwrap();
+        let store = Arc::new(Store::new(crate::store::Retention::default(), 0, 100));
+        let m = Manager::new(cfg, store, ForecastHandle::new(), Clock::real()).unwrap();
+        assert_eq!(m.topology().shards.len(), 14);
+        // a broken edit (with a new mtime) is refused and the old topology kept
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&proxy, "replication_factor = \"two\"\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&proxy)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        m.refresh_topology();
+        assert_eq!(m.topology().shards.len(), 14);
+        assert_eq!(m.topology().modified, Some(later));
+        // a good edit is taken
+        std::fs::write(
+            &proxy,
+            good.replace("replication_factor = 2", "replication_factor = 3"),
+        )
+        .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&proxy)
+            .unwrap()
+            .set_modified(later + Duration::from_secs(5))
+            .unwrap();
+        m.refresh_topology();
+        assert_eq!(m.topology().replication_factor, 3);
     }
 
     #[test]
