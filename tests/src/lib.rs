@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use shardcast_sync::testkit::{free_port, workspace_root, Postgres, Redis};
+pub use shardcast_sync::testkit::{
+    eventually_async as eventually, free_port, workspace_root, Postgres, Redis,
+};
 
 /// A workspace binary next to this test's executable.
 pub fn bin(name: &str) -> PathBuf {
@@ -99,24 +101,6 @@ impl Drop for Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// Poll `f` until it returns Some, or panic after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
