@@ -12,7 +12,8 @@
 //!   requests, a stalled write) and for an HTTP/2 connection's preface;
 //! - [`http1`]: the one accept loop of the processes' own HTTP APIs (hyper,
 //!   HTTP/1.1), built from the two above, with graceful shutdown;
-//! - [`auth`]: bearer-token checks in constant time;
+//! - [`auth`]: bearer-token checks in constant time; [`body`]: JSON bodies
+//!   that must be objects;
 //! - [`fd`]: the open-file limit raised to its hard limit at start;
 //! - [`supervise`]: background loops that are restarted with backoff when
 //!   they panic or end, and counted.
@@ -22,6 +23,7 @@
 //! No piece here knows about shards: this crate is the edge, not the product.
 
 pub mod auth;
+pub mod body;
 pub mod deadline;
 pub mod fd;
 pub mod http1;

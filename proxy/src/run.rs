@@ -71,6 +71,7 @@ pub fn shared_for_tests(config: &std::path::Path) -> Result<Arc<Shared>, Vec<Str
     let prepared = reload::prepare(config, None)?;
     let (nodes, stats) = (NodeRegistry::default(), StatsRegistry::default());
     let snap = reload::initial(&prepared, &nodes, &stats)?;
+    let edge = crate::state::Edge::new(&snap.config);
     Ok(Arc::new(Shared {
         snapshot: arc_swap::ArcSwap::from_pointee(snap),
         config_path: config.to_path_buf(),
@@ -86,6 +87,8 @@ pub fn shared_for_tests(config: &std::path::Path) -> Result<Arc<Shared>, Vec<Str
         ready: AtomicBool::new(false),
         instance: "test".into(),
         dashboard: Default::default(),
+        edge,
+        tasks: shardcast_edge::supervise::Tasks::new(),
     }))
 }
 
@@ -123,6 +126,8 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         ready: AtomicBool::new(false),
         instance,
         dashboard: Default::default(),
+        edge: crate::state::Edge::new(&cfg),
+        tasks: shardcast_edge::supervise::Tasks::new(),
     });
     shared.record_version(1, "start");
 

@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use shardcast_edge::limit::{ConnLimiter, Limits};
+
 use crate::node::{now_ms, NodeRegistry};
 use crate::snapshot::Snapshot;
 use crate::telemetry::{ExportCounters, StatsRegistry};
@@ -37,6 +39,9 @@ pub struct GlobalCounters {
     pub reloads_failed: AtomicU64,
     pub updates_ok: AtomicU64,
     pub updates_rejected: AtomicU64,
+    /// Requests whose client hung up (or failed to read or write) before
+    /// the answer was delivered: never retried, never charged to a node.
+    pub client_aborted: AtomicU64,
 }
 
 /// Retries allowed per one-second window: `min_per_second` plus
@@ -105,6 +110,60 @@ pub struct Shared {
     pub instance: String,
     /// The dashboard's cached read of the forecaster.
     pub dashboard: crate::dashboard::DashState,
+    /// Open-connection bounds and counters of every listener.
+    pub edge: Edge,
+    /// The supervised background loops; `/ready` waits for them.
+    pub tasks: Arc<shardcast_edge::supervise::Tasks>,
+}
+
+/// The connection bounds of the proxy's listeners. Built once at start
+/// (listeners are fixed for the life of the process); their limits follow
+/// config reloads.
+pub struct Edge {
+    /// One per traffic listener, in config order: every `listen.http`
+    /// address, then every `listen.https`.
+    pub traffic: Vec<Arc<ConnLimiter>>,
+    pub admin: Arc<ConnLimiter>,
+}
+
+impl Edge {
+    pub fn new(cfg: &shardmap::Config) -> Self {
+        let (traffic_limits, admin_limits) = limits_of(cfg);
+        let mut traffic = vec![];
+        for a in &cfg.listen.http {
+            traffic.push(ConnLimiter::new(format!("http {a}"), traffic_limits));
+        }
+        for h in &cfg.listen.https {
+            traffic.push(ConnLimiter::new(format!("https {}", h.addr), traffic_limits));
+        }
+        Self {
+            traffic,
+            admin: ConnLimiter::new("admin", admin_limits),
+        }
+    }
+
+    /// Apply the limits of a reloaded config to the running listeners.
+    pub fn set_limits(&self, cfg: &shardmap::Config) {
+        let (t, a) = limits_of(cfg);
+        for l in &self.traffic {
+            l.set_limits(t);
+        }
+        self.admin.set_limits(a);
+    }
+}
+
+fn limits_of(cfg: &shardmap::Config) -> (Limits, Limits) {
+    let l = &cfg.limits;
+    (
+        Limits {
+            max_connections: l.max_connections,
+            max_per_client: l.max_connections_per_client,
+        },
+        Limits {
+            max_connections: l.admin_max_connections,
+            max_per_client: l.admin_max_connections,
+        },
+    )
 }
 
 impl Shared {

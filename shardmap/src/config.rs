@@ -93,6 +93,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub timeouts: TimeoutsFile,
     #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
     pub retry: RetryFile,
     #[serde(default)]
     pub health: HealthFile,
@@ -305,15 +307,29 @@ pub struct TimeoutsFile {
     /// Idle keep-alive connections to nodes are closed after this.
     #[serde(default = "d_idle")]
     pub upstream_idle_ms: u64,
-    /// A client must send its complete request head within this.
+    /// A TLS client must finish its handshake within this of connecting.
+    #[serde(default = "d_handshake")]
+    pub client_handshake_ms: u64,
+    /// A client must send the first byte of its first request within this
+    /// of connecting (or of its TLS handshake), and then the whole request
+    /// head within this of its first byte. Also bounds the wait for the
+    /// HTTP/2 preface on a new connection.
     #[serde(default = "d_header")]
     pub client_header_ms: u64,
-    /// A client must send its complete request body within this.
+    /// A client must send its complete request body within this of the end
+    /// of the head (HTTP/1 and each HTTP/2 stream).
     #[serde(default = "d_body")]
     pub client_body_ms: u64,
-    /// Idle time allowed between requests on a client connection.
+    /// Idle time allowed between requests on an HTTP/1 client connection.
     #[serde(default = "d_keepalive")]
     pub client_keepalive_ms: u64,
+    /// Idle time allowed on an HTTP/2 client connection with no open stream.
+    #[serde(default = "d_keepalive")]
+    pub client_h2_idle_ms: u64,
+    /// A write to a client that makes no progress (the client does not
+    /// read) for this long ends the connection.
+    #[serde(default = "d_client_write")]
+    pub client_write_ms: u64,
 }
 
 fn d_connect() -> u64 {
@@ -328,14 +344,20 @@ fn d_write() -> u64 {
 fn d_idle() -> u64 {
     60_000
 }
+fn d_handshake() -> u64 {
+    10_000
+}
 fn d_header() -> u64 {
     10_000
+}
+fn d_client_write() -> u64 {
+    30_000
 }
 fn d_body() -> u64 {
     30_000
 }
 fn d_keepalive() -> u64 {
-    60_000
+    10_000
 }
 
 impl Default for TimeoutsFile {
@@ -345,9 +367,53 @@ impl Default for TimeoutsFile {
             read_ms: d_read(),
             write_ms: d_write(),
             upstream_idle_ms: d_idle(),
+            client_handshake_ms: d_handshake(),
             client_header_ms: d_header(),
             client_body_ms: d_body(),
             client_keepalive_ms: d_keepalive(),
+            client_h2_idle_ms: d_keepalive(),
+            client_write_ms: d_client_write(),
+        }
+    }
+}
+
+/// Bounds on open client connections. A connection past a bound is
+/// closed at accept (a TCP reset), before any handshake or buffer.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Open connections per traffic listener (each `listen.http` address and
+    /// each `listen.https`). Capped at start to what the open-file limit
+    /// leaves room for.
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64) on each traffic
+    /// listener. Behind a CDN or an L4 balancer that does not pass client
+    /// addresses, raise it to `max_connections`.
+    #[serde(default = "d_max_per_client")]
+    pub max_connections_per_client: usize,
+    /// Open connections on the admin listener (kept apart, so `/live`,
+    /// `/ready` and `/metrics` answer while the traffic listeners are full).
+    #[serde(default = "d_admin_max_connections")]
+    pub admin_max_connections: usize,
+}
+
+fn d_max_connections() -> usize {
+    10_000
+}
+fn d_max_per_client() -> usize {
+    512
+}
+fn d_admin_max_connections() -> usize {
+    128
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_connections: d_max_connections(),
+            max_connections_per_client: d_max_per_client(),
+            admin_max_connections: d_admin_max_connections(),
         }
     }
 }
@@ -553,6 +619,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub catalog: CatalogSource,
     pub timeouts: Timeouts,
+    pub limits: LimitsFile,
     pub retry: RetryFile,
     pub health: Health,
     pub telemetry: Telemetry,
@@ -630,9 +697,12 @@ pub struct Timeouts {
     pub read: Duration,
     pub write: Duration,
     pub upstream_idle: Duration,
+    pub client_handshake: Duration,
     pub client_header: Duration,
     pub client_body: Duration,
     pub client_keepalive: Duration,
+    pub client_h2_idle: Duration,
+    pub client_write: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1074,9 +1144,12 @@ impl ConfigFile {
             ("read_ms", t.read_ms),
             ("write_ms", t.write_ms),
             ("upstream_idle_ms", t.upstream_idle_ms),
+            ("client_handshake_ms", t.client_handshake_ms),
             ("client_header_ms", t.client_header_ms),
             ("client_body_ms", t.client_body_ms),
             ("client_keepalive_ms", t.client_keepalive_ms),
+            ("client_h2_idle_ms", t.client_h2_idle_ms),
+            ("client_write_ms", t.client_write_ms),
         ] {
             if v == 0 || v > 3_600_000 {
                 errs.push(
@@ -1084,6 +1157,22 @@ impl ConfigFile {
                     "must be between 1 ms and 1 hour",
                 );
             }
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("max_connections", l.max_connections),
+            ("max_connections_per_client", l.max_connections_per_client),
+            ("admin_max_connections", l.admin_max_connections),
+        ] {
+            if v == 0 || v > 1_000_000 {
+                errs.push(format!("limits.{name}"), "must be between 1 and 1000000");
+            }
+        }
+        if l.max_connections_per_client > l.max_connections {
+            errs.push(
+                "limits.max_connections_per_client",
+                "cannot exceed limits.max_connections",
+            );
         }
         if !(0.0..=1.0).contains(&self.retry.budget_ratio) {
             errs.push("retry.budget_ratio", "must be between 0 and 1");
@@ -1180,10 +1269,14 @@ impl ConfigFile {
                 read: ms(t.read_ms),
                 write: ms(t.write_ms),
                 upstream_idle: ms(t.upstream_idle_ms),
+                client_handshake: ms(t.client_handshake_ms),
                 client_header: ms(t.client_header_ms),
                 client_body: ms(t.client_body_ms),
                 client_keepalive: ms(t.client_keepalive_ms),
+                client_h2_idle: ms(t.client_h2_idle_ms),
+                client_write: ms(t.client_write_ms),
             },
+            limits: self.limits,
             retry: self.retry,
             health: Health {
                 path: self.health.path,
