@@ -257,9 +257,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                     if this.wrote {
                         // Still answering, or just done: idle from now.
                         this.wrote = false;
-                        this.sleep
-                            .as_mut()
-                            .reset(Instant::now() + this.d.keepalive);
+                        this.sleep.as_mut().reset(Instant::now() + this.d.keepalive);
                         continue;
                     }
                     // Nothing to read for the whole idle time: end of

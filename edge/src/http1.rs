@@ -63,9 +63,7 @@ pub async fn serve<S, B>(
             Ok(g) => g,
             Err(why) => {
                 limiter.log_refusal(why, peer);
-                if let Ok(s) = tcp.into_std() {
-                    limit::reset(s);
-                }
+                limit::reset(&tcp);
                 continue;
             }
         };
@@ -153,7 +151,10 @@ mod tests {
     async fn until(f: impl Fn() -> bool) {
         let t0 = std::time::Instant::now();
         while !f() {
-            assert!(t0.elapsed() < Duration::from_secs(3), "condition not reached");
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "condition not reached"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -198,7 +199,9 @@ mod tests {
             .unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.0 200"), "{:?}", &buf[..n]);
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let t = closed_after(&mut s).await;
         assert!(
             t >= Duration::from_millis(250) && t < Duration::from_secs(2),

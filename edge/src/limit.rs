@@ -232,12 +232,117 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Prometheus text for listeners: open connections, accepted, refused by
+/// reason, closed by a deadline by stage, accept errors; and the process's
+/// open-file limit. Metric names are `{prefix}_connections_*`.
+pub fn render_metrics(prefix: &str, listeners: &[&ConnLimiter], out: &mut String) {
+    use std::fmt::Write;
+    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} {kind}"
+        );
+    };
+    head(
+        out,
+        "connections_open",
+        "gauge",
+        "Open client connections, per listener.",
+    );
+    for l in listeners {
+        let _ = writeln!(
+            out,
+            "{prefix}_connections_open{{listener=\"{}\"}} {}",
+            l.name,
+            l.open()
+        );
+    }
+    head(
+        out,
+        "connections_accepted_total",
+        "counter",
+        "Client connections accepted, per listener.",
+    );
+    for l in listeners {
+        let v = l.counters.accepted.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{prefix}_connections_accepted_total{{listener=\"{}\"}} {v}",
+            l.name
+        );
+    }
+    head(
+        out,
+        "connections_refused_total",
+        "counter",
+        "Client connections reset at accept: past the listener's bound or the client address's.",
+    );
+    for l in listeners {
+        let c = &l.counters;
+        for (why, v) in [
+            ("listener", &c.refused_listener),
+            ("client", &c.refused_client),
+        ] {
+            let _ = writeln!(
+                out,
+                "{prefix}_connections_refused_total{{listener=\"{}\",reason=\"{why}\"}} {}",
+                l.name,
+                v.load(Relaxed)
+            );
+        }
+    }
+    head(
+        out,
+        "connections_closed_total",
+        "counter",
+        "Client connections closed by a deadline, by stage.",
+    );
+    for l in listeners {
+        let c = &l.counters;
+        for (stage, v) in [
+            ("idle", &c.closed_idle),
+            ("header", &c.closed_header),
+            ("body", &c.closed_body),
+            ("handshake", &c.closed_handshake),
+            ("write", &c.closed_write),
+        ] {
+            let _ = writeln!(
+                out,
+                "{prefix}_connections_closed_total{{listener=\"{}\",stage=\"{stage}\"}} {}",
+                l.name,
+                v.load(Relaxed)
+            );
+        }
+    }
+    head(
+        out,
+        "accept_errors_total",
+        "counter",
+        "Failed accept calls (out of file descriptors and the like).",
+    );
+    for l in listeners {
+        let v = l.counters.accept_errors.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{prefix}_accept_errors_total{{listener=\"{}\"}} {v}",
+            l.name
+        );
+    }
+    head(
+        out,
+        "open_files_limit",
+        "gauge",
+        "The process's soft open-file limit.",
+    );
+    let _ = writeln!(out, "{prefix}_open_files_limit {}", crate::fd::nofile());
+}
+
 /// Close a refused socket with a reset (SO_LINGER 0): no FIN handshake and
 /// no TIME_WAIT left on this side, so a flood of refusals costs nothing
 /// after the `close`.
-pub fn reset(stream: std::net::TcpStream) {
-    let s = socket2::Socket::from(stream);
-    let _ = s.set_linger(Some(std::time::Duration::ZERO));
+/// Call it, then drop the socket.
+pub fn reset<S: std::os::fd::AsFd>(stream: &S) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
 #[cfg(test)]

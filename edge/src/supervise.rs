@@ -96,7 +96,11 @@ impl Tasks {
                     Err(e) if e.is_panic() => {
                         state.panics.fetch_add(1, Relaxed);
                         let p = e.into_panic();
-                        error!(task = name, panic = panic_message(p.as_ref()), "background loop panicked; starting it again");
+                        error!(
+                            task = name,
+                            panic = panic_message(p.as_ref()),
+                            "background loop panicked; starting it again"
+                        );
                     }
                     Err(_) => return, // cancelled: the runtime is going away
                 }
@@ -127,20 +131,41 @@ impl Tasks {
     pub fn render_metrics(&self, prefix: &str, out: &mut String) {
         use std::fmt::Write;
         let states = self.states();
-        let _ = writeln!(out, "# HELP {prefix}_task_running 1 while the background loop runs.");
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_task_running 1 while the background loop runs."
+        );
         let _ = writeln!(out, "# TYPE {prefix}_task_running gauge");
         for s in &states {
-            let _ = writeln!(out, "{prefix}_task_running{{task=\"{}\"}} {}", s.name, u8::from(s.running()));
+            let _ = writeln!(
+                out,
+                "{prefix}_task_running{{task=\"{}\"}} {}",
+                s.name,
+                u8::from(s.running())
+            );
         }
         let _ = writeln!(out, "# HELP {prefix}_task_restarts_total Background loops that ended or panicked and were started again.");
         let _ = writeln!(out, "# TYPE {prefix}_task_restarts_total counter");
         for s in &states {
-            let _ = writeln!(out, "{prefix}_task_restarts_total{{task=\"{}\"}} {}", s.name, s.restarts.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{prefix}_task_restarts_total{{task=\"{}\"}} {}",
+                s.name,
+                s.restarts.load(Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP {prefix}_task_panics_total Background loop runs that ended in a panic.");
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_task_panics_total Background loop runs that ended in a panic."
+        );
         let _ = writeln!(out, "# TYPE {prefix}_task_panics_total counter");
         for s in &states {
-            let _ = writeln!(out, "{prefix}_task_panics_total{{task=\"{}\"}} {}", s.name, s.panics.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{prefix}_task_panics_total{{task=\"{}\"}} {}",
+                s.name,
+                s.panics.load(Relaxed)
+            );
         }
     }
 }

@@ -1,123 +1,63 @@
-//! Slow-client deadlines for HTTP/1.x: a request head must arrive whole
-//! within `client_header`, and its body within `client_body` after the head.
+//! Pingora's view of a client connection with deadlines.
 //!
-//! Pingora's downstream read timeout restarts on every read, so a client
-//! that trickles one byte at a time (slowloris, slow POST) would hold a
-//! connection forever. [`Front`] wraps every accepted connection in a
-//! [`DeadlineStream`] that measures from a request's first byte, and hands
-//! it to the Pingora HTTP proxy unchanged otherwise. HTTP/2 connections
-//! (ALPN or the h2c preface) are passed through: h2 has its own flow control
-//! and Pingora's per-stream handling.
+//! [`DeadlineStream`] is `shardcast_edge`'s [`DeadlineIo`] (a deadline at
+//! every stage of a connection: first byte, head, body, keep-alive idle,
+//! stalled writes, the HTTP/2 preface) around a Pingora [`Stream`], with
+//! the traits Pingora's HTTP server needs passed through. It also answers
+//! Pingora's h2c sniff: the listener has already told HTTP/1 from h2c
+//! (within the header deadline, and without waiting for 24 bytes when the
+//! first bytes cannot be the preface), so [`Peek::try_peek`] reports that
+//! decision instead of blocking on a 24-byte read.
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::TlsRef;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
 };
 use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN};
-use pingora_core::server::ShutdownWatch;
+use shardcast_edge::{ConnGuard, DeadlineIo, Deadlines, Mode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Between requests: Pingora's keep-alive timeout applies.
-    Idle,
-    /// Reading a request head; `matched` bytes of CRLFCRLF seen so far.
-    Head { matched: u8 },
-    /// Head complete; reading the body until the response starts.
-    Body,
-    /// HTTP/2: no deadlines here.
-    Off,
-}
-
-/// A connection with per-request read deadlines.
+/// A client connection with per-stage deadlines, as Pingora sees it.
 pub struct DeadlineStream {
-    inner: Stream,
-    phase: Phase,
-    header: Duration,
-    body: Duration,
-    sleep: Pin<Box<Sleep>>,
+    io: DeadlineIo<Stream>,
+    /// Cleartext HTTP/2 (prior knowledge), decided by the listener.
+    h2c: bool,
 }
 
 impl fmt::Debug for DeadlineStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineStream")
-            .field("phase", &self.phase)
+            .field("io", &self.io)
+            .field("h2c", &self.h2c)
             .finish()
     }
 }
 
 impl DeadlineStream {
-    pub fn new(inner: Stream, header: Duration, body: Duration) -> Self {
-        let off = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+    /// `h2c`: a cleartext connection that opened with the HTTP/2 preface.
+    /// A TLS connection speaks HTTP/2 when ALPN chose it.
+    pub fn new(inner: Stream, h2c: bool, d: Deadlines, guard: Option<ConnGuard>) -> Self {
+        let h2 = h2c || matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let mode = if h2 { Mode::H2 } else { Mode::Http1 };
         Self {
-            inner,
-            phase: if off { Phase::Off } else { Phase::Idle },
-            header,
-            body,
-            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            io: DeadlineIo::new(inner, mode, d, guard),
+            h2c,
         }
     }
 
-    #[cfg(test)]
-    fn observe(&mut self, data: &[u8]) {
-        observe(
-            &mut self.phase,
-            &mut self.sleep,
-            self.header,
-            self.body,
-            data,
-        )
-    }
-}
-
-/// Advance the request phase over bytes just read.
-fn observe(
-    phase: &mut Phase,
-    sleep: &mut Pin<Box<Sleep>>,
-    header: Duration,
-    body: Duration,
-    data: &[u8],
-) {
-    if data.is_empty() {
-        return;
-    }
-    if *phase == Phase::Idle {
-        if data.len() >= 3 && data.starts_with(&H2_PREFACE[..data.len().min(H2_PREFACE.len())]) {
-            *phase = Phase::Off;
-            return;
-        }
-        *phase = Phase::Head { matched: 0 };
-        sleep.as_mut().reset(Instant::now() + header);
-    }
-    if let Phase::Head { mut matched } = *phase {
-        for &b in data {
-            matched = match (matched, b) {
-                (0 | 2, b'\r') => matched + 1,
-                (1 | 3, b'\n') => matched + 1,
-                (_, b'\r') => 1,
-                _ => 0,
-            };
-            if matched == 4 {
-                *phase = Phase::Body;
-                sleep.as_mut().reset(Instant::now() + body);
-                return;
-            }
-        }
-        *phase = Phase::Head { matched };
+    fn inner(&self) -> &Stream {
+        self.io.get_ref()
     }
 }
 
@@ -127,31 +67,7 @@ impl AsyncRead for DeadlineStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if matches!(this.phase, Phase::Head { .. } | Phase::Body)
-            && this.sleep.as_mut().poll(cx).is_ready()
-        {
-            let what = if matches!(this.phase, Phase::Body) {
-                "request body deadline"
-            } else {
-                "request header deadline"
-            };
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
-        }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            if this.phase != Phase::Off {
-                observe(
-                    &mut this.phase,
-                    &mut this.sleep,
-                    this.header,
-                    this.body,
-                    &buf.filled()[before..],
-                );
-            }
-        }
-        r
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -161,130 +77,74 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        // The response has started: the request is no longer the client's
-        // to deliver.
-        if matches!(self.phase, Phase::Head { .. } | Phase::Body) {
-            self.phase = Phase::Idle;
-        }
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        Pin::new(&mut self.io).poll_write(cx, data)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if matches!(self.phase, Phase::Head { .. } | Phase::Body) {
-            self.phase = Phase::Idle;
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 
 #[async_trait]
 impl Shutdown for DeadlineStream {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        self.io.get_mut().shutdown().await
     }
 }
 impl UniqueID for DeadlineStream {
     fn id(&self) -> UniqueIDType {
-        self.inner.id()
+        self.inner().id()
     }
 }
 impl Ssl for DeadlineStream {
     fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
+        self.inner().get_ssl()
     }
     fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
+        self.inner().get_ssl_digest()
     }
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+        self.inner().selected_alpn_proto()
     }
 }
 impl GetTimingDigest for DeadlineStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
+        self.inner().get_timing_digest()
     }
 }
 impl GetProxyDigest for DeadlineStream {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
+        self.inner().get_proxy_digest()
     }
 }
 impl GetSocketDigest for DeadlineStream {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
+        self.inner().get_socket_digest()
     }
 }
 #[async_trait]
 impl Peek for DeadlineStream {
+    /// Pingora peeks 24 bytes to tell h2c from HTTP/1; the listener already
+    /// knows. Reports "peeked" with the preface for h2c and with bytes that
+    /// are not the preface otherwise; nothing is consumed either way.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
-
-/// The traffic listener's app: deadlines around the Pingora HTTP proxy.
-pub struct Front<A> {
-    pub inner: Arc<A>,
-    pub header: Duration,
-    pub body: Duration,
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Front<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let mut stream: Stream = if stream.as_any().is::<DeadlineStream>() {
-            stream
-        } else {
-            Box::new(DeadlineStream::new(stream, self.header, self.body))
-        };
-        // Keep-alive loop here rather than in the service, so the stream is
-        // wrapped once per connection.
-        loop {
-            match self.inner.process_new(stream, shutdown).await {
-                Some(s) => stream = s,
-                None => return None,
-            }
+        buf.fill(0);
+        if self.h2c {
+            let n = buf.len().min(H2_PREFACE.len());
+            buf[..n].copy_from_slice(&H2_PREFACE[..n]);
         }
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn phases_follow_the_request() {
-        // Phase logic only; the I/O path is covered by the slow-client tests.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let s: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(c));
-        let mut d = DeadlineStream::new(s, Duration::from_secs(1), Duration::from_secs(2));
-        d.observe(b"GET / HTTP/1.1\r\nHost: x\r");
-        assert_eq!(d.phase, Phase::Head { matched: 1 });
-        d.observe(b"\n\r\n");
-        assert_eq!(d.phase, Phase::Body);
-        d.phase = Phase::Idle;
-        d.observe(b"PRI * HTTP/2.0\r\n");
-        assert_eq!(d.phase, Phase::Off);
+        Ok(true)
     }
 }

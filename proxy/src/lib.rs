@@ -12,6 +12,7 @@ pub mod deadline;
 pub mod framing;
 pub mod health;
 pub mod http_client;
+pub mod listener;
 pub mod metadata;
 pub mod metrics;
 pub mod node;

@@ -13,6 +13,11 @@ pub const REJECTED: &str = "shardcast_rejected_total";
 pub const RETRIES: &str = "shardcast_retries_total";
 pub const RETRIES_DENIED: &str = "shardcast_retries_denied_total";
 pub const NO_REPLICA: &str = "shardcast_no_replica_total";
+pub const CLIENT_ABORTED: &str = "shardcast_client_aborted_total";
+/// Prefix of the listener families (`shardcast_connections_*`, see
+/// `shardcast_edge::limit::render_metrics`) and of the background loops'
+/// (`shardcast_task_*`).
+pub const PREFIX: &str = "shardcast";
 pub const NODE_REQUESTS: &str = "shardcast_node_requests_total";
 pub const NODE_ERRORS: &str = "shardcast_node_errors_total";
 pub const NODE_CONNECT_FAILURES: &str = "shardcast_node_connect_failures_total";
@@ -70,7 +75,7 @@ pub fn render(shared: &Shared) -> String {
     let c = &shared.counters;
     let snap = shared.current();
 
-    let counters: [CounterFamily; 5] = [
+    let counters: [CounterFamily; 6] = [
         (REQUESTS, "Requests received.", "", &[("", &c.requests)]),
         (
             REJECTED,
@@ -99,10 +104,22 @@ pub fn render(shared: &Shared) -> String {
             "",
             &[("", &c.no_replica)],
         ),
+        (
+            CLIENT_ABORTED,
+            "Requests whose client hung up or failed before the answer was delivered (never retried, never charged to a node).",
+            "",
+            &[("", &c.client_aborted)],
+        ),
     ];
     for (name, help, label, values) in counters {
         family(&mut o, name, help, label, values);
     }
+
+    let mut listeners: Vec<&shardcast_edge::ConnLimiter> =
+        shared.edge.traffic.iter().map(|l| &**l).collect();
+    listeners.push(&shared.edge.admin);
+    shardcast_edge::limit::render_metrics(PREFIX, &listeners, &mut o);
+    shared.tasks.render_metrics(PREFIX, &mut o);
 
     let now = now_ms();
     let nodes = &snap.nodes;

@@ -51,6 +51,9 @@ pub struct Ctx {
     tried: [NodeIdx; MAX_TRIED],
     ntried: usize,
     cache_hit: Option<bool>,
+    /// The client hung up, or failed a read or write: the request ends
+    /// here, is not retried, and costs no node a health mark.
+    client_aborted: bool,
     /// The sku, inline (no allocation); empty when longer than the buffer.
     sku: [u8; SKU_INLINE],
     sku_len: usize,
@@ -191,6 +194,13 @@ fn describe(k: &shardmap::key::KeySource) -> String {
     }
 }
 
+/// A failure on the client's side of the request: it hung up or reset, a
+/// read or write to it failed or timed out, or it broke the protocol
+/// mid-request. Only upstream failures count against nodes.
+fn is_client_gone(e: &Error) -> bool {
+    matches!(e.esource(), ErrorSource::Downstream)
+}
+
 fn is_idempotent(req: &RequestHeader) -> bool {
     req.method.is_idempotent()
 }
@@ -209,6 +219,7 @@ impl ProxyHttp for ShardProxy {
             tried: [0; MAX_TRIED],
             ntried: 0,
             cache_hit: None,
+            client_aborted: false,
             sku: [0; SKU_INLINE],
             sku_len: 0,
         }
@@ -219,6 +230,13 @@ impl ProxyHttp for ShardProxy {
         shared.counters.requests.fetch_add(1, Relaxed);
         shared.retry_budget.on_request();
         let snap = shared.snapshot.load_full();
+        // Pingora bounds each read between requests by its keep-alive
+        // (60 s by default); the connection's own idle deadline must be the
+        // one that fires.
+        let keepalive = snap.config.timeouts.client_keepalive;
+        if keepalive >= std::time::Duration::from_secs(60) {
+            session.set_keepalive(Some(keepalive.as_secs() + 1));
+        }
         let h2 = session.is_http2();
         let raw_cl = !h2
             && session
@@ -249,9 +267,22 @@ impl ProxyHttp for ShardProxy {
         // lets an idempotent request be retried on another replica.
         if !session.as_mut().is_body_empty() {
             session.as_mut().enable_retry_buffering();
+            // The whole body within `client_body_ms`: the connection's
+            // deadline covers HTTP/1; this covers each HTTP/2 stream too.
+            let deadline = tokio::time::Instant::now() + snap.config.timeouts.client_body;
             let mut total = 0usize;
             loop {
-                match session.read_request_body().await {
+                let chunk = match tokio::time::timeout_at(deadline, session.read_request_body())
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        shared.counters.rejected_bad_request.fetch_add(1, Relaxed);
+                        let _ = respond(session, 408, "request body deadline exceeded", true).await;
+                        return Ok(true);
+                    }
+                };
+                match chunk {
                     Ok(Some(chunk)) => {
                         total += chunk.len();
                         if total > MAX_BODY_BYTES {
@@ -261,6 +292,10 @@ impl ProxyHttp for ShardProxy {
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        if is_client_gone(&e) {
+                            ctx.client_aborted = true;
+                            return Ok(true);
+                        }
                         shared.counters.rejected_bad_request.fetch_add(1, Relaxed);
                         let msg = match e.etype() {
                             ErrorType::ReadTimedout => "request body deadline exceeded",
@@ -424,6 +459,14 @@ impl ProxyHttp for ShardProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        if is_client_gone(&e) {
+            // The client's failure is the client's: no retry (nobody is
+            // waiting for the answer) and no health mark on the node.
+            ctx.client_aborted = true;
+            let mut e = e;
+            e.set_retry(false);
+            return e;
+        }
         let mut e = e.more_context(format!("node {peer}"));
         if !is_idempotent(session.req_header()) || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
@@ -451,7 +494,10 @@ impl ProxyHttp for ShardProxy {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if is_client_gone(e) {
+            ctx.client_aborted = true;
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
             _ => match e.esource() {
@@ -481,11 +527,19 @@ impl ProxyHttp for ShardProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.in_flight = None;
+        if ctx.client_aborted {
+            self.shared.counters.client_aborted.fetch_add(1, Relaxed);
+            tracing::debug!(
+                error = %e.map(|e| e.to_string()).unwrap_or_default(),
+                "client gone before the answer was delivered"
+            );
+        }
         let (Some(snap), Pool::Shard(s)) = (ctx.snap.as_ref(), ctx.pool) else {
             return;
         };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let error = e.is_some() || status >= 500 || status == 0;
+        // A client that hung up says nothing about the shard's nodes.
+        let error = !ctx.client_aborted && (e.is_some() || status >= 500 || status == 0);
         snap.stats[s as usize].record(Outcome {
             sku: ctx.sku(),
             error,

@@ -13,9 +13,8 @@ use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
-use pingora_core::services::listening::Service;
 
-use crate::deadline::Front;
+use crate::listener::{Endpoint, TrafficService};
 use crate::node::NodeRegistry;
 use crate::proxy::ShardProxy;
 use crate::reload;
@@ -130,6 +129,27 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         tasks: shardcast_edge::supervise::Tasks::new(),
     });
     shared.record_version(1, "start");
+    // Every connection is a file descriptor: take all the kernel allows,
+    // then fit the connection bounds into it.
+    let nofile = shardcast_edge::fd::raise_nofile().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+        shardcast_edge::fd::nofile()
+    });
+    let cap = shared.edge.fit_to_open_files(&cfg, nofile);
+    if cap < cfg.limits.max_connections {
+        tracing::warn!(
+            open_files = nofile,
+            max_connections = cfg.limits.max_connections,
+            effective = cap,
+            "limits.max_connections is more than the open-file limit leaves room for; using the lower bound (raise `ulimit -Hn` / LimitNOFILE)"
+        );
+    }
+    tracing::info!(
+        open_files = nofile,
+        max_connections = cfg.limits.max_connections.min(cap),
+        max_connections_per_client = cfg.limits.max_connections_per_client.min(cap),
+        "connection bounds per traffic listener"
+    );
 
     let opt = Opt {
         upgrade: args.upgrade,
@@ -159,15 +179,21 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
     let mut proxy = pingora_proxy::http_proxy(&sconf, ShardProxy::new(shared.clone()));
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
+    // An HTTP/2 connection with no open stream is closed after this.
+    opts.h2_idle_timeout = Some(cfg.timeouts.client_h2_idle);
     proxy.server_options = Some(opts);
-    let front = Front {
-        inner: Arc::new(proxy),
-        header: cfg.timeouts.client_header,
-        body: cfg.timeouts.client_body,
-    };
-    let mut svc = Service::new("shardcast proxy".to_string(), front);
+    let mut endpoints = vec![];
+    let mut limiters = shared.edge.traffic.iter();
     for a in &cfg.listen.http {
-        svc.add_tcp(&a.to_string());
+        endpoints.push(Endpoint {
+            addr: *a,
+            tls: None,
+            limiter: limiters
+                .next()
+                .cloned()
+                .ok_or_else(|| vec!["listener bounds".to_string()])?,
+            socket: None,
+        });
     }
     for (h, resolver) in cfg.listen.https.iter().zip(&certs) {
         let mut tls = TlsSettings::intermediate("", "").map_err(|e| vec![format!("tls: {e}")])?;
@@ -175,9 +201,27 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         if h.h2 {
             tls.enable_h2();
         }
-        svc.add_tls_with_settings(&h.addr.to_string(), None, tls);
+        endpoints.push(Endpoint {
+            addr: h.addr,
+            tls: Some(Arc::new(tls.build())),
+            limiter: limiters
+                .next()
+                .cloned()
+                .ok_or_else(|| vec!["listener bounds".to_string()])?,
+            socket: None,
+        });
     }
-    server.add_service(svc);
+    // Bind now, so a busy port is a start-up error; on upgrade the
+    // sockets come from the previous process instead.
+    if !args.upgrade {
+        for ep in &mut endpoints {
+            ep.socket = Some(
+                crate::listener::bind(ep.addr)
+                    .map_err(|e| vec![format!("listen {}: {e}", ep.addr)])?,
+            );
+        }
+    }
+    server.add_service(TrafficService::new(endpoints, proxy, shared.clone()));
     server.add_service(background_service(
         "control",
         Control {

@@ -1,7 +1,9 @@
 //! The proxy's background work, run by Pingora as one background service:
 //! the admin API, active health checks, the telemetry exporter, the
-//! dashboard's per-second sampler and the reload triggers (SIGHUP and config-file changes). Each loop ends when
-//! Pingora signals shutdown.
+//! dashboard's per-second sampler, the reload triggers (SIGHUP and
+//! config-file changes) and the metadata follower. Each loop is supervised
+//! (restarted with backoff if it panics or ends) and ends when Pingora
+//! signals shutdown.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,7 +14,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::http_client::Client;
 use crate::state::Shared;
@@ -28,39 +30,51 @@ pub struct Control {
 impl BackgroundService for Control {
     async fn start(&self, shutdown: ShutdownWatch) {
         let shared = self.shared.clone();
-        let mut tasks = vec![];
+        let mut admin = None;
         if let Some(l) = self.admin.lock().take() {
             match l
                 .set_nonblocking(true)
                 .and_then(|_| tokio::net::TcpListener::from_std(l))
             {
-                Ok(l) => tasks.push(tokio::spawn(crate::admin::serve(
-                    shared.clone(),
-                    l,
-                    shutdown.clone(),
-                ))),
+                Ok(l) => {
+                    admin = Some(tokio::spawn(crate::admin::serve(
+                        shared.clone(),
+                        l,
+                        shutdown.clone(),
+                    )))
+                }
                 Err(e) => warn!(error = %e, "admin listener unusable"),
             }
         }
-        tasks.push(tokio::spawn(crate::health::run(
-            shared.clone(),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(export_loop(shared.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(crate::dashboard::sample_loop(
-            shared.clone(),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(sighup_loop(shared.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(watch_loop(shared.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(crate::metadata::run(
-            shared.clone(),
-            shutdown.clone(),
-        )));
-        shared.ready.store(true, Relaxed);
-        for t in tasks {
-            let _ = t.await;
+        // Every loop supervised: one that panics or ends is logged, counted
+        // (`shardcast_task_*`) and started again with backoff.
+        let tasks = &shared.tasks;
+        macro_rules! supervise {
+            ($name:literal, $f:path) => {{
+                let (sh, sd) = (shared.clone(), shutdown.clone());
+                tasks.spawn($name, shutdown.clone(), move || $f(sh.clone(), sd.clone()))
+            }};
         }
+        let loops = vec![
+            supervise!("health", crate::health::run),
+            supervise!("telemetry", export_loop),
+            supervise!("dashboard", crate::dashboard::sample_loop),
+            supervise!("sighup", sighup_loop),
+            supervise!("config_watch", watch_loop),
+            supervise!("metadata", crate::metadata::run),
+        ];
+        shared.ready.store(true, Relaxed);
+        if let Some(admin) = admin {
+            // The admin listener cannot be restarted in place (its socket
+            // goes with it); if it stops while the proxy runs, exit so the
+            // process supervisor starts a whole new one.
+            let r = admin.await;
+            if !*shutdown.borrow() {
+                error!(result = ?r.map_err(|e| e.to_string()), "admin listener stopped; exiting");
+                std::process::exit(70);
+            }
+        }
+        futures::future::join_all(loops).await;
     }
 }
 
@@ -115,6 +129,7 @@ async fn sighup_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot listen for SIGHUP; reload via the admin API or file changes");
+            let _ = shutdown.wait_for(|s| *s).await;
             return;
         }
     };
@@ -136,6 +151,7 @@ async fn watch_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let path: PathBuf =
         std::fs::canonicalize(&shared.config_path).unwrap_or_else(|_| shared.config_path.clone());
     let Some(dir) = path.parent().map(|p| p.to_path_buf()) else {
+        let _ = shutdown.wait_for(|s| *s).await;
         return;
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
@@ -156,11 +172,13 @@ async fn watch_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         Ok(w) => w,
         Err(e) => {
             warn!(error = %e, "cannot watch the config file; reload via SIGHUP or the admin API");
+            let _ = shutdown.wait_for(|s| *s).await;
             return;
         }
     };
     if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
         warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
+        let _ = shutdown.wait_for(|s| *s).await;
         return;
     }
     let mut last = std::fs::read(&path).ok();

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -124,27 +124,54 @@ pub struct Edge {
     /// address, then every `listen.https`.
     pub traffic: Vec<Arc<ConnLimiter>>,
     pub admin: Arc<ConnLimiter>,
+    /// Open connections per traffic listener the open-file limit leaves
+    /// room for (see [`Edge::fit_to_open_files`]); caps `max_connections`.
+    fd_cap: AtomicUsize,
 }
+
+/// File descriptors kept back from client connections: the upstream
+/// keep-alive pool, the admin listener, config, catalog and log files.
+const FD_RESERVE: usize = 1024 + 512;
 
 impl Edge {
     pub fn new(cfg: &shardmap::Config) -> Self {
-        let (traffic_limits, admin_limits) = limits_of(cfg);
+        let fd_cap = AtomicUsize::new(usize::MAX);
+        let (traffic_limits, admin_limits) = limits_of(cfg, &fd_cap);
         let mut traffic = vec![];
         for a in &cfg.listen.http {
             traffic.push(ConnLimiter::new(format!("http {a}"), traffic_limits));
         }
         for h in &cfg.listen.https {
-            traffic.push(ConnLimiter::new(format!("https {}", h.addr), traffic_limits));
+            traffic.push(ConnLimiter::new(
+                format!("https {}", h.addr),
+                traffic_limits,
+            ));
         }
         Self {
             traffic,
             admin: ConnLimiter::new("admin", admin_limits),
+            fd_cap,
         }
+    }
+
+    /// Cap the traffic listeners' bounds to what `nofile` open files leave
+    /// room for: each client connection may need an upstream connection
+    /// too, so half of what is left after [`FD_RESERVE`] and the admin
+    /// listener, shared among the traffic listeners. Returns the cap.
+    pub fn fit_to_open_files(&self, cfg: &shardmap::Config, nofile: u64) -> usize {
+        let n = self.traffic.len().max(1);
+        let left = usize::try_from(nofile)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(FD_RESERVE + cfg.limits.admin_max_connections);
+        let cap = (left / 2 / n).max(1);
+        self.fd_cap.store(cap, Relaxed);
+        self.set_limits(cfg);
+        cap
     }
 
     /// Apply the limits of a reloaded config to the running listeners.
     pub fn set_limits(&self, cfg: &shardmap::Config) {
-        let (t, a) = limits_of(cfg);
+        let (t, a) = limits_of(cfg, &self.fd_cap);
         for l in &self.traffic {
             l.set_limits(t);
         }
@@ -152,12 +179,13 @@ impl Edge {
     }
 }
 
-fn limits_of(cfg: &shardmap::Config) -> (Limits, Limits) {
+fn limits_of(cfg: &shardmap::Config, fd_cap: &AtomicUsize) -> (Limits, Limits) {
     let l = &cfg.limits;
+    let cap = fd_cap.load(Relaxed);
     (
         Limits {
-            max_connections: l.max_connections,
-            max_per_client: l.max_connections_per_client,
+            max_connections: l.max_connections.min(cap),
+            max_per_client: l.max_connections_per_client.min(cap),
         },
         Limits {
             max_connections: l.admin_max_connections,
