@@ -42,6 +42,25 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    serve_with(listener, limiter, move || deadlines, svc, shutdown).await
+}
+
+/// [`serve`] with the deadlines read per connection from `deadlines`, so a
+/// config reload applies to the connections that follow it.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    limiter: Arc<ConnLimiter>,
+    deadlines: impl Fn() -> Deadlines,
+    svc: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     if let Ok(a) = listener.local_addr() {
@@ -68,6 +87,7 @@ pub async fn serve<S, B>(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let deadlines = deadlines();
         let svc = svc.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -110,10 +130,9 @@ pub async fn accept_failed(limiter: &ConnLimiter, e: &std::io::Error) {
     if n % 1000 == 1 {
         warn!(listener = %limiter.name, error = %e, errors = n, "accept failed");
     }
-    match e.raw_os_error() {
-        // EMFILE, ENFILE, ENOBUFS, ENOMEM
-        Some(24 | 23 | 105 | 12) => tokio::time::sleep(Duration::from_millis(10)).await,
-        _ => {}
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    if let Some(24 | 23 | 105 | 12) = e.raw_os_error() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

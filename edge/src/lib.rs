@@ -16,7 +16,9 @@
 //!   that must be objects;
 //! - [`fd`]: the open-file limit raised to its hard limit at start;
 //! - [`supervise`]: background loops that are restarted with backoff when
-//!   they panic or end, and counted.
+//!   they panic or end, and counted;
+//! - `testkit` (feature `testkit`): client-side probes for the tests of
+//!   a listener built from these pieces.
 //!
 //! The proxy's traffic listeners use [`limit`] and [`deadline`] directly
 //! around Pingora's HTTP server; see `shardcast-proxy`'s `listener` module.
@@ -29,6 +31,8 @@ pub mod fd;
 pub mod http1;
 pub mod limit;
 pub mod supervise;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use deadline::{DeadlineIo, Deadlines, Mode};
 pub use limit::{ConnGuard, ConnLimiter, Limits, Refused};

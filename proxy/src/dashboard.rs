@@ -427,7 +427,7 @@ mod tests {
 
     async fn get(s: &Arc<Shared>, path: &str) -> (StatusCode, String, Bytes) {
         let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
-        let resp = crate::admin::handle(s.clone(), None, req).await.unwrap();
+        let resp = crate::admin::handle(s.clone(), req).await.unwrap();
         let status = resp.status();
         let ctype = resp
             .headers()
@@ -548,26 +548,29 @@ mod tests {
         let req = Request::post("/dashboard")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let resp = crate::admin::handle(s.clone(), None, req).await.unwrap();
+        let resp = crate::admin::handle(s.clone(), req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[tokio::test]
     async fn dashboard_needs_the_bearer_token_like_the_rest() {
-        let (_d, s) = shared("");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            CONFIG.replace("[listen]\n", "[listen]\nadmin_token = \"t\"\n"),
+        )
+        .unwrap();
+        let s = crate::run::shared_for_tests(Path::new(&path)).unwrap();
         for path in ["/dashboard", "/dashboard/data"] {
             let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
-            let resp = crate::admin::handle(s.clone(), Some(Arc::from("t")), req)
-                .await
-                .unwrap();
+            let resp = crate::admin::handle(s.clone(), req).await.unwrap();
             assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
             let req = Request::get(path)
                 .header("authorization", "Bearer t")
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            let resp = crate::admin::handle(s.clone(), Some(Arc::from("t")), req)
-                .await
-                .unwrap();
+            let resp = crate::admin::handle(s.clone(), req).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "{path}");
         }
     }

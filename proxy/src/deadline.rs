@@ -33,6 +33,9 @@ pub struct DeadlineStream {
     io: DeadlineIo<Stream>,
     /// Cleartext HTTP/2 (prior knowledge), decided by the listener.
     h2c: bool,
+    /// HTTP/1 only: chunk-size lines ended by CRLF alone (Pingora's parser
+    /// takes a bare LF in an extension; see [`crate::framing::ChunkedFraming`]).
+    chunks: Option<crate::framing::ChunkedFraming>,
 }
 
 impl fmt::Debug for DeadlineStream {
@@ -40,6 +43,7 @@ impl fmt::Debug for DeadlineStream {
         f.debug_struct("DeadlineStream")
             .field("io", &self.io)
             .field("h2c", &self.h2c)
+            .field("chunks", &self.chunks)
             .finish()
     }
 }
@@ -53,6 +57,7 @@ impl DeadlineStream {
         Self {
             io: DeadlineIo::new(inner, mode, d, guard),
             h2c,
+            chunks: (!h2).then(crate::framing::ChunkedFraming::new),
         }
     }
 
@@ -67,7 +72,8 @@ impl AsyncRead for DeadlineStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        crate::framing::poll_read_checked(this.chunks.as_mut(), Pin::new(&mut this.io), cx, buf)
     }
 }
 
@@ -77,6 +83,9 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(c) = self.chunks.as_mut() {
+            c.wrote(data);
+        }
         Pin::new(&mut self.io).poll_write(cx, data)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -90,6 +99,11 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(c) = self.chunks.as_mut() {
+            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+                c.wrote(first);
+            }
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

@@ -54,8 +54,22 @@ impl Client {
         timeout: Duration,
         limit: usize,
     ) -> Result<(u16, Bytes), String> {
-        let req = http::Request::get(url)
-            .header("accept", "application/json")
+        self.get_body_with_token(url, None, timeout, limit).await
+    }
+
+    /// [`Self::get_body`] with `Authorization: Bearer <token>` when given.
+    pub async fn get_body_with_token(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(u16, Bytes), String> {
+        let mut req = http::Request::get(url).header("accept", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let fut = async {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod reload;
+pub mod restart;
 pub mod run;
 pub mod selection;
 pub mod services;

@@ -468,11 +468,18 @@ impl ProxyHttp for ShardProxy {
             return e;
         }
         let mut e = e.more_context(format!("node {peer}"));
-        if !is_idempotent(session.req_header()) || session.as_ref().retry_buffer_truncated() {
+        if session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
+        } else if !is_idempotent(session.req_header()) {
+            // A pooled keep-alive connection the node closed while idle:
+            // the request never reached it, so a new connection may carry
+            // it (Pingora's own rule). Anything else is not retried.
+            e.retry
+                .decide_reuse(client_reused && session.response_written().is_none());
         } else {
-            // A broken connection mid-request is a node failure too.
-            if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            // A broken connection mid-request is a node failure too — but
+            // not a stale pooled one (the node closed it while idle).
+            if !matches!(e.etype(), ErrorType::HTTPStatus(_)) && !client_reused {
                 if let (Some(snap), Some(node)) = (ctx.snap.as_ref(), ctx.node) {
                     let h = &snap.config.health;
                     snap.nodes[node as usize].record_failure(h.eject_after_failures, h.ejection);

@@ -4,6 +4,12 @@
 //! snapshot serving and says why, field by field. The expensive part (the
 //! catalog, possibly millions of skus) runs on a blocking thread and is
 //! reused when the catalog did not change.
+//!
+//! A reload never reports plain success for a setting it did not apply:
+//! what only a restart applies (see [`crate::restart`]) is compared with
+//! what the process started with, and named in
+//! [`ReloadOutcome::NeedsRestart`] for as long as the file and the process
+//! disagree — also when the file has not changed since the last reload.
 
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,24 +20,31 @@ use shardmap::table::TableError;
 use shardmap::{Catalog, Config, RoutingTable, TableUpdate};
 use tracing::{info, warn};
 
+use crate::restart::{needs_restart, PendingChange, RestartOnly};
 use crate::snapshot::{load_catalog, CatalogKey, Snapshot, Source};
 use crate::state::Shared;
 use crate::tls::load_certified_key;
 
-/// What a reload did.
+/// What a reload did. JSON with an `outcome` tag; `POST /admin/reload`
+/// answers 200 for `applied` and `unchanged`, 202 for `needs_restart`, 422
+/// for `rejected`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ReloadOutcome {
-    /// The new config serves from `version` on.
-    Applied {
+    /// The whole file serves from `version` on.
+    Applied { version: u64 },
+    /// Everything in the file that can apply live serves from `version` on
+    /// (applied now, or by an earlier reload of the same file); the settings
+    /// in `needs_restart` keep their running values until a restart or a
+    /// graceful upgrade. Said again by every reload until the file and the
+    /// process agree.
+    NeedsRestart {
         version: u64,
-        /// Settings that only a restart or graceful upgrade applies.
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        needs_restart: Vec<String>,
+        needs_restart: Vec<PendingChange>,
     },
     /// The config was invalid; the previous one keeps serving.
     Rejected { version: u64, errors: Vec<String> },
-    /// Neither the config file nor the catalog changed: nothing to do.
+    /// The file is what is running, and nothing in it waits for a restart.
     Unchanged { version: u64 },
 }
 
@@ -89,22 +102,20 @@ pub fn prepare(
     })
 }
 
-fn listener_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut v = vec![];
-    if old.listen.http != new.listen.http {
-        v.push("listen.http".into());
+/// The restart-only settings of `file` the process does not run, logged
+/// at warn level one by one.
+fn pending(shared: &Shared, file: &Config, trigger: &str) -> Vec<PendingChange> {
+    let p = needs_restart(&shared.edge.started, &RestartOnly::of(file));
+    for c in &p {
+        warn!(
+            trigger,
+            setting = %c.field,
+            running = %c.running,
+            file = %c.file,
+            "config reload: this setting applies only after a restart or graceful upgrade; the running value stays"
+        );
     }
-    let addrs = |c: &Config| c.listen.https.iter().map(|h| h.addr).collect::<Vec<_>>();
-    if addrs(old) != addrs(new) {
-        v.push("listen.https".into());
-    }
-    if old.listen.admin != new.listen.admin || old.listen.admin_token != new.listen.admin_token {
-        v.push("listen.admin".into());
-    }
-    if old.listen.threads != new.listen.threads {
-        v.push("listen.threads".into());
-    }
-    v
+    p
 }
 
 /// Reload the config file; `trigger` names what asked (sighup, file, api).
@@ -149,11 +160,21 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
                 errors,
             }
         }
-        Ok(None) => ReloadOutcome::Unchanged {
-            version: cur.table.version,
-        },
+        Ok(None) => {
+            // The file is the running snapshot's: still say what it holds
+            // that the process does not run.
+            let version = cur.table.version;
+            let needs_restart = pending(shared, &cur.config, trigger);
+            if needs_restart.is_empty() {
+                ReloadOutcome::Unchanged { version }
+            } else {
+                ReloadOutcome::NeedsRestart {
+                    version,
+                    needs_restart,
+                }
+            }
+        }
         Ok(Some((p, snap))) => {
-            let needs_restart = listener_changes(&cur.config, &p.config);
             // Certificates for listeners that exist now; new listeners need
             // a graceful upgrade anyway.
             for (r, k) in shared.certs.iter().zip(p.certs) {
@@ -162,16 +183,22 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
             let version = snap.table.version;
             let names: Vec<&str> = snap.table.nodes.iter().map(|n| n.name.as_str()).collect();
             shared.nodes.retain(&names);
+            // The admin token is read from the snapshot per request, and the
+            // traffic listeners read their deadlines per connection: storing
+            // the snapshot applies both. Connection bounds are atomics.
             shared.snapshot.store(Arc::new(snap));
+            shared.edge.set_limits(&p.config);
             shared.counters.reloads_ok.fetch_add(1, Relaxed);
             shared.record_version(version, &format!("reload:{trigger}"));
-            for n in &needs_restart {
-                warn!(setting = %n, "changed in config; applies after a restart or graceful upgrade");
-            }
             info!(trigger, version, "config reloaded");
-            ReloadOutcome::Applied {
-                version,
-                needs_restart,
+            let needs_restart = pending(shared, &p.config, trigger);
+            if needs_restart.is_empty() {
+                ReloadOutcome::Applied { version }
+            } else {
+                ReloadOutcome::NeedsRestart {
+                    version,
+                    needs_restart,
+                }
             }
         }
     }

@@ -50,11 +50,16 @@ pub struct Args {
     pub instance: Option<String>,
 }
 
-/// Validate only (for `-t`): Ok(summary) or every error.
+/// Validate only (for `-t`): Ok(summary) or every error. A valid file is
+/// then compared with the instance running on the admin listener it names:
+/// the summary lists each restart-only setting the file changes
+/// (`needs_restart: <field> (running X, file Y)`), or says that no instance
+/// answers and which settings apply only at start. Either way the file is
+/// valid (exit 0).
 pub fn check(args: &Args) -> Result<String, Vec<String>> {
     let p = reload::prepare(&args.config, None)?;
     let snap = reload::initial(&p, &NodeRegistry::default(), &StatsRegistry::default())?;
-    Ok(format!(
+    let mut out = format!(
         "{}: ok: {} nodes, {} shards, {} routes, {} skus in {} categories",
         args.config.display(),
         snap.table.nodes.len(),
@@ -62,7 +67,12 @@ pub fn check(args: &Args) -> Result<String, Vec<String>> {
         snap.config.routes.len(),
         snap.table.catalog.len(),
         snap.table.catalog.categories.len()
-    ))
+    );
+    for line in crate::restart::compare_with_running(&p.config) {
+        out.push('\n');
+        out.push_str(&line);
+    }
+    Ok(out)
 }
 
 /// The shared state `run` builds, without starting anything (for tests).

@@ -12,6 +12,7 @@ use serde::Serialize;
 use shardcast_edge::limit::{ConnLimiter, Limits};
 
 use crate::node::{now_ms, NodeRegistry};
+use crate::restart::RestartOnly;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{ExportCounters, StatsRegistry};
 use crate::tls::CertResolver;
@@ -127,6 +128,9 @@ pub struct Edge {
     /// Open connections per traffic listener the open-file limit leaves
     /// room for (see [`Edge::fit_to_open_files`]); caps `max_connections`.
     fd_cap: AtomicUsize,
+    /// The restart-only settings of the config the process started with:
+    /// what it runs, whatever later reloads say (`GET /admin/config`).
+    pub started: RestartOnly,
 }
 
 /// File descriptors kept back from client connections: the upstream
@@ -151,6 +155,7 @@ impl Edge {
             traffic,
             admin: ConnLimiter::new("admin", admin_limits),
             fd_cap,
+            started: RestartOnly::of(cfg),
         }
     }
 

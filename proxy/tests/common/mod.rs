@@ -240,6 +240,18 @@ impl Proxy {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, config: PathBuf, hp: u16, ap: u16) -> Proxy {
+        Self::start_with_token(dir, config, hp, ap, None).await
+    }
+
+    /// [`Proxy::start_with`] for a config with `admin_token`: the readiness
+    /// poll sends it.
+    pub async fn start_with_token(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        hp: u16,
+        ap: u16,
+        token: Option<&str>,
+    ) -> Proxy {
         let log = dir.path().join("proxy.log");
         let child = Command::new(env!("CARGO_BIN_EXE_shardcast-proxy"))
             .arg("-c")
@@ -265,13 +277,19 @@ impl Proxy {
         let url = p.admin_url("/ready");
         let http = format!("http://{}/", p.http);
         let logp = p.log.clone();
+        let auth = token.map(|t| format!("Bearer {t}"));
         eventually(
             Duration::from_secs(20),
             &format!("proxy ready (log: {})", logp.display()),
             || {
                 let (client, url, http) = (client.clone(), url.clone(), http.clone());
+                let auth = auth.clone();
                 async move {
-                    let ready = client.get(&url).send().await.ok()?.status().is_success();
+                    let mut get = client.get(&url);
+                    if let Some(a) = auth {
+                        get = get.header("authorization", a);
+                    }
+                    let ready = get.send().await.ok()?.status().is_success();
                     // the data listener too
                     let _ = client.get(&http).send().await.ok()?;
                     ready.then_some(())
@@ -404,4 +422,82 @@ pub fn count_by<'a>(it: impl Iterator<Item = &'a str>) -> HashMap<String, usize>
 
 pub fn read_file(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Run `shardcast-proxy -t -c config` (bounded in time): (exit code, stdout).
+pub fn check_config(config: &Path) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast-proxy"))
+        .arg("-t")
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn shardcast-proxy -t");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                let _ = std::io::Read::read_to_string(&mut o, &mut out);
+            }
+            return (status.code().unwrap_or(-1), out);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shardcast-proxy -t still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A self-signed certificate for `localhost`: (cert path, key path, DER).
+pub fn self_signed(dir: &std::path::Path, tag: &str) -> (String, String, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.join(format!("{tag}.crt"));
+    let key = dir.join(format!("{tag}.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (
+        cert.display().to_string(),
+        key.display().to_string(),
+        ck.cert.der().to_vec(),
+    )
+}
+
+#[derive(Debug)]
+pub struct AcceptAny;
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
