@@ -1,10 +1,10 @@
 //! The HTTP surface (hyper): `POST /ingest`, `GET /forecast/{shard}`,
 //! `GET /forecasts`, `GET /series[/{shard}]`, `/metrics`, `/live`, `/ready`.
 //! Handlers only read snapshots and the store; errors map to statuses here
-//! and nowhere else.
+//! and nowhere else. The listener is the workspace's shared one
+//! ([`shardcast_edge::http1::serve`], started by the service): HTTP/1.1,
+//! bounded, with a deadline at every connection stage.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,8 +13,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use serde_json::{json, Value};
+use shardcast_edge::supervise::Tasks;
+use shardcast_edge::ConnLimiter;
 use shardmap::telemetry::{Frame, FrameError, MAX_FRAME_BYTES};
-use tokio::net::TcpListener;
 
 use crate::engine::{ForecastHandle, ForecastSet, ShardForecast};
 use crate::metrics::{Metrics, Reject};
@@ -38,6 +39,10 @@ pub struct App {
     pub manager: Option<Arc<crate::manager::Manager>>,
     /// Real time, or trace time when replaying (frames are re-timed onto it).
     pub clock: crate::time::Clock,
+    /// The API listener's connections, for `/metrics`.
+    pub conns: Arc<ConnLimiter>,
+    /// The supervised background loops: `/ready` waits for them all.
+    pub tasks: Arc<Tasks>,
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -249,6 +254,11 @@ impl App {
                 return error(StatusCode::BAD_REQUEST, &format!("reading body: {e}"));
             }
         };
+        // serde would also take a JSON array of a frame's fields in order.
+        if let Err(why) = shardcast_edge::body::require_json_object(&body) {
+            m.reject(Reject::Json);
+            return error(StatusCode::BAD_REQUEST, why);
+        }
         match Frame::decode(&body) {
             Ok(mut f) => {
                 if self.clock.is_replay() {
@@ -311,21 +321,27 @@ impl App {
                 )
             }
             (&Method::GET, "/ready") => {
-                if self.forecasts.ready() {
-                    reply(StatusCode::OK, "text/plain", "ready\n")
-                } else {
+                if !self.forecasts.ready() {
                     reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain",
                         "no forecast cycle yet\n",
                     )
+                } else if !self.tasks.all_running() {
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "a background loop is not running (see /metrics)\n",
+                    )
+                } else {
+                    reply(StatusCode::OK, "text/plain", "ready\n")
                 }
             }
-            (&Method::GET, "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(&self.store),
-            ),
+            (&Method::GET, "/metrics") => {
+                let mut o = self.metrics.render(&self.store);
+                crate::metrics::render_edge(&mut o, &self.conns, &self.tasks);
+                reply(StatusCode::OK, "text/plain; version=0.0.4", o)
+            }
             (&Method::GET, "/forecasts") => {
                 let set = self.forecasts.latest();
                 if !self.forecasts.ready() {
@@ -363,47 +379,6 @@ impl App {
     }
 }
 
-/// Serve `app` on `listener` until `shutdown` turns true.
-pub async fn serve(
-    app: App,
-    listener: TcpListener,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let (io, peer): (_, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let app = app.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended") },
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +393,14 @@ mod tests {
             forecasts: ForecastHandle::new(),
             manager: None,
             clock: crate::time::Clock::real(),
+            conns: ConnLimiter::new(
+                "api",
+                shardcast_edge::Limits {
+                    max_connections: 8,
+                    max_per_client: 8,
+                },
+            ),
+            tasks: Tasks::new(),
         }
     }
 

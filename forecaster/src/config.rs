@@ -29,6 +29,64 @@ struct Wire {
     manager: Option<WireManager>,
     #[serde(default)]
     clock: Option<WireClock>,
+    #[serde(default)]
+    timeouts: WireTimeouts,
+    #[serde(default)]
+    limits: WireLimits,
+}
+
+/// `[timeouts]`: deadlines on the API's client connections. A client that
+/// sends nothing, trickles its head or body, idles between requests or
+/// does not read is cut off (counted in `/metrics`). Each 1 ms ..= 1 hour.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WireTimeouts {
+    /// Accept → first byte of a request, and first byte → end of its head.
+    /// Default 10000.
+    client_header_ms: u64,
+    /// End of the head → the whole body (a telemetry frame). Default 30000.
+    client_body_ms: u64,
+    /// Idle time between requests on a keep-alive connection. Default 10000.
+    client_keepalive_ms: u64,
+    /// A response write that makes no progress (the client does not read).
+    /// Default 30000.
+    client_write_ms: u64,
+}
+
+impl Default for WireTimeouts {
+    fn default() -> Self {
+        WireTimeouts {
+            client_header_ms: 10_000,
+            client_body_ms: 30_000,
+            client_keepalive_ms: 10_000,
+            client_write_ms: 30_000,
+        }
+    }
+}
+
+/// `[limits]`: bounds on the API's open client connections; one past a
+/// bound is reset at accept. The clients are a few hosts: the proxies'
+/// telemetry senders (one keep-alive connection each), their dashboards,
+/// operators and Prometheus. 1024 is far above what they hold and still
+/// bounds a leak or a flood; per client the same, since one host may run
+/// several proxies and refusing it would only hide where a leak is.
+/// Each 1 ..= 1000000; per client at most the listener's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WireLimits {
+    /// Open connections on the API listener. Default 1024.
+    max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64). Default 1024.
+    max_connections_per_client: usize,
+}
+
+impl Default for WireLimits {
+    fn default() -> Self {
+        WireLimits {
+            max_connections: 1024,
+            max_connections_per_client: 1024,
+        }
+    }
 }
 
 /// `[clock]`: replay a recorded trace in compressed time.
@@ -368,6 +426,10 @@ pub struct Config {
     pub covariates: Vec<FeedSpec>,
     pub manager: Option<ManagerConfig>,
     pub clock: Option<ClockConfig>,
+    /// Deadlines of the API's client connections (`[timeouts]`).
+    pub deadlines: shardcast_edge::Deadlines,
+    /// Bounds on the API's open connections (`[limits]`).
+    pub limits: shardcast_edge::Limits,
 }
 
 /// All problems found in a config file.
@@ -611,6 +673,43 @@ impl Config {
                 }
             }
         });
+        let t = &w.timeouts;
+        let mut ms = |field: &str, v: u64| {
+            if v == 0 || v > 3_600_000 {
+                err(
+                    &format!("timeouts.{field}"),
+                    format!("{v} not between 1 ms and 1 hour"),
+                );
+            }
+            Duration::from_millis(v.clamp(1, 3_600_000))
+        };
+        let deadlines = shardcast_edge::Deadlines {
+            header: ms("client_header_ms", t.client_header_ms),
+            body: ms("client_body_ms", t.client_body_ms),
+            keepalive: ms("client_keepalive_ms", t.client_keepalive_ms),
+            write: ms("client_write_ms", t.client_write_ms),
+        };
+        let l = &w.limits;
+        for (f, v) in [
+            ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_connections_per_client",
+                l.max_connections_per_client,
+            ),
+        ] {
+            if v == 0 || v > 1_000_000 {
+                err(f, format!("{v} not in 1..=1000000"));
+            }
+        }
+        if l.max_connections_per_client > l.max_connections {
+            err(
+                "limits.max_connections_per_client",
+                format!(
+                    "{} exceeds limits.max_connections ({})",
+                    l.max_connections_per_client, l.max_connections
+                ),
+            );
+        }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -658,6 +757,11 @@ impl Config {
             .collect(),
             manager,
             clock,
+            deadlines,
+            limits: shardcast_edge::Limits {
+                max_connections: l.max_connections,
+                max_per_client: l.max_connections_per_client,
+            },
         })
     }
 }

@@ -654,6 +654,11 @@ fn run_slot(
         }
     }
     let rows = batch.rows;
+    if rows == 0 {
+        // No shard to forecast (an empty store): ONNX Runtime aborts the
+        // process on a zero-row batch, and there is nothing to answer.
+        return;
+    }
     let t = Instant::now();
     let res = model.run(batch);
     slot.run_ms = Some(t.elapsed().as_secs_f64() * 1e3);
@@ -726,41 +731,79 @@ pub enum Command {
     Shutdown,
 }
 
-/// The running inference thread.
+/// The running inference thread, supervised (task `inference`): a panic
+/// in a cycle ends the thread, and the supervisor logs it, counts it and,
+/// after a backoff, starts a fresh engine (models loaded again) on a new
+/// thread; the last published forecasts keep serving meanwhile.
 pub struct EngineThread {
     tx: std::sync::mpsc::Sender<Command>,
-    join: Option<std::thread::JoinHandle<()>>,
+    join: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The thread's loop: a cycle at once, then every `cfg.cycle` (or when
+/// asked); returns on `Shutdown` or when every sender is gone.
+fn run_thread(mut engine: Engine, rx: &std::sync::mpsc::Receiver<Command>) {
+    let every = engine.cfg.cycle;
+    let mut next = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Command::Shutdown) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(Command::RunNow) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let set = engine.cycle(engine.cfg.clock.now_ms());
+        tracing::debug!(
+            shards = set.shards.len(),
+            ms = set.cycle_ms,
+            "planning cycle"
+        );
+        next = Instant::now() + every;
+    }
 }
 
 impl EngineThread {
-    /// Start the thread: a cycle at once, then every `cfg.cycle`.
-    pub fn spawn(mut engine: Engine) -> std::io::Result<EngineThread> {
+    /// Start the thread under `tasks`; `make` builds the engine for each
+    /// start. It runs until [`EngineThread::shutdown`] (with `shutdown`
+    /// already `true`, so that end is not taken for a failure).
+    pub fn spawn<F>(
+        make: F,
+        tasks: &shardcast_edge::supervise::Tasks,
+        shutdown: watch::Receiver<bool>,
+    ) -> EngineThread
+    where
+        F: Fn() -> Engine + Send + Sync + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::channel();
-        let every = engine.cfg.cycle;
-        let join = std::thread::Builder::new()
-            .name("forecaster-inference".into())
-            .spawn(move || {
-                let mut next = Instant::now();
-                loop {
-                    let wait = next.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(wait) {
-                        Ok(Command::Shutdown)
-                        | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                        Ok(Command::RunNow) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    }
-                    let set = engine.cycle(engine.cfg.clock.now_ms());
-                    tracing::debug!(
-                        shards = set.shards.len(),
-                        ms = set.cycle_ms,
-                        "planning cycle"
-                    );
-                    next = Instant::now() + every;
+        // One receiver for every run: commands sent while a thread is being
+        // replaced wait for the next one.
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        let make = Arc::new(make);
+        let join = tasks.spawn("inference", shutdown, move || {
+            let (make, rx) = (make.clone(), rx.clone());
+            async move {
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                let started = std::thread::Builder::new()
+                    .name("forecaster-inference".into())
+                    .spawn(move || {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            run_thread(make(), &rx.lock())
+                        }));
+                        let _ = done_tx.send(r);
+                    });
+                if let Err(e) = started {
+                    tracing::error!(error = %e, "cannot start the inference thread");
+                    return;
                 }
-            })?;
-        Ok(EngineThread {
+                // Hand a panic on to the supervisor, which logs and counts it.
+                if let Ok(Err(panic)) = done_rx.await {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        });
+        EngineThread {
             tx,
             join: Some(join),
-        })
+        }
     }
 
     /// Ask for a cycle now (e.g. after feeds changed).
@@ -768,11 +811,11 @@ impl EngineThread {
         let _ = self.tx.send(Command::RunNow);
     }
 
-    /// Stop and join.
-    pub fn shutdown(mut self) {
+    /// Stop the thread and wait for it (the cycle in progress finishes).
+    pub async fn shutdown(mut self) {
         let _ = self.tx.send(Command::Shutdown);
         if let Some(j) = self.join.take() {
-            let _ = j.join();
+            let _ = j.await;
         }
     }
 }

@@ -40,6 +40,18 @@ async fn main() -> anyhow::Result<()> {
         println!("{}: ok", args.config.display());
         return Ok(());
     }
+    // Every connection is a file descriptor: take the hard limit.
+    match shardcast_edge::fd::raise_nofile() {
+        Ok(n) => {
+            tracing::info!(limit = n, "open-file limit");
+            if n < cfg.limits.max_connections as u64 {
+                tracing::warn!(limit = n, max_connections = cfg.limits.max_connections, "open-file limit below limits.max_connections: accepts will fail before the bound is reached");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, limit = shardcast_edge::fd::nofile(), "cannot raise the open-file limit")
+        }
+    }
     let svc = Service::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

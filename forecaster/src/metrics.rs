@@ -311,6 +311,23 @@ impl Metrics {
     }
 }
 
+/// The API listener's connections (shardcast-edge's renderer, the names
+/// every shardcast process uses) and the supervised background loops:
+/// `forecaster_connections_open`, `forecaster_connections_accepted_total`,
+/// `forecaster_connections_refused_total{reason="listener"|"client"}`,
+/// `forecaster_connections_closed_total{stage}` (closed by a deadline),
+/// `forecaster_accept_errors_total`, each labelled with the listener;
+/// `forecaster_open_files_limit`; and `forecaster_task_running`,
+/// `forecaster_task_restarts_total`, `forecaster_task_panics_total` by task.
+pub fn render_edge(
+    o: &mut String,
+    conns: &shardcast_edge::ConnLimiter,
+    tasks: &shardcast_edge::supervise::Tasks,
+) {
+    shardcast_edge::limit::render_metrics("forecaster", &[conns], o);
+    tasks.render_metrics("forecaster", o);
+}
+
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {

@@ -1,6 +1,13 @@
 //! Wiring: config → store (restored from the snapshot, seeded from the
 //! sales history) → feeds task → inference thread → HTTP server → periodic
 //! snapshots; and an orderly stop that writes a final snapshot.
+//!
+//! Every background loop (feeds, snapshots, the inference thread, the
+//! shard manager) runs under [`Tasks`]: one that panics or ends before
+//! shutdown is logged, counted and started again, and `/ready` waits until
+//! they all run. The listener is the shared one
+//! ([`shardcast_edge::http1::serve`]) with the config's `[timeouts]` and
+//! `[limits]`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -8,6 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use shardcast_edge::supervise::Tasks;
+use shardcast_edge::ConnLimiter;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -28,8 +37,6 @@ pub enum ServiceError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("starting the inference thread: {0}")]
-    Thread(std::io::Error),
     #[error("shard manager: {0}")]
     Manager(crate::manager::ManagerError),
 }
@@ -42,6 +49,10 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     pub signals: Arc<ArcSwap<Signals>>,
     pub manager: Option<Arc<Manager>>,
+    /// The API listener's connections (bounds and counters).
+    pub conns: Arc<ConnLimiter>,
+    /// The supervised background loops.
+    pub loops: Arc<Tasks>,
     snapshot: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -166,43 +177,73 @@ impl Service {
         let first = feeds::reload(&signals, cfg.events.as_ref(), &cfg.covariates, timeout).await;
         let signals = Arc::new(ArcSwap::from_pointee(first));
         let (tx, rx) = watch::channel(false);
+        let loops = Tasks::new();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(feeds::run(
-            signals.clone(),
-            cfg.events.clone(),
-            cfg.covariates.clone(),
-            cfg.refresh,
-            rx.clone(),
-        )));
+        {
+            let (signals, events, covariates, every, rx2) = (
+                signals.clone(),
+                cfg.events.clone(),
+                cfg.covariates.clone(),
+                cfg.refresh,
+                rx.clone(),
+            );
+            tasks.push(loops.spawn("feeds", rx.clone(), move || {
+                feeds::run(
+                    signals.clone(),
+                    events.clone(),
+                    covariates.clone(),
+                    every,
+                    rx2.clone(),
+                )
+            }));
+        }
         let forecasts = ForecastHandle::new();
-        let engine = Engine::new(
-            EngineConfig {
-                hourly_contract: cfg.hourly_contract.clone(),
-                daily_contract: cfg.daily_contract.clone(),
-                onnxruntime_lib: cfg.onnxruntime_lib.clone(),
-                intra_threads: cfg.intra_threads,
-                cycle: cfg.cycle,
-                retry_load: cfg.retry_model,
-                clock,
-            },
-            store.clone(),
-            signals.clone(),
-            metrics.clone(),
-            forecasts.clone(),
-        );
-        let engine = EngineThread::spawn(engine).map_err(ServiceError::Thread)?;
+        let engine_cfg = EngineConfig {
+            hourly_contract: cfg.hourly_contract.clone(),
+            daily_contract: cfg.daily_contract.clone(),
+            onnxruntime_lib: cfg.onnxruntime_lib.clone(),
+            intra_threads: cfg.intra_threads,
+            cycle: cfg.cycle,
+            retry_load: cfg.retry_model,
+            clock,
+        };
+        let engine = {
+            let (store, signals, metrics, forecasts) = (
+                store.clone(),
+                signals.clone(),
+                metrics.clone(),
+                forecasts.clone(),
+            );
+            EngineThread::spawn(
+                move || {
+                    Engine::new(
+                        engine_cfg.clone(),
+                        store.clone(),
+                        signals.clone(),
+                        metrics.clone(),
+                        forecasts.clone(),
+                    )
+                },
+                &loops,
+                rx.clone(),
+            )
+        };
         if let Some((path, every)) = cfg.snapshot.clone() {
-            let (store, metrics, mut rx) = (store.clone(), metrics.clone(), rx.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = rx.changed() => return,
+            let (store, metrics, rx2) = (store.clone(), metrics.clone(), rx.clone());
+            tasks.push(loops.spawn("snapshots", rx.clone(), move || {
+                let (store, metrics, path, mut rx) =
+                    (store.clone(), metrics.clone(), path.clone(), rx2.clone());
+                async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.tick().await;
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            _ = rx.changed() => return,
+                        }
+                        let (s, m, p) = (store.clone(), metrics.clone(), path.clone());
+                        let _ = tokio::task::spawn_blocking(move || snapshot(&s, &m, &p)).await;
                     }
-                    let (s, m, p) = (store.clone(), metrics.clone(), path.clone());
-                    let _ = tokio::task::spawn_blocking(move || snapshot(&s, &m, &p)).await;
                 }
             }));
         }
@@ -220,19 +261,34 @@ impl Service {
             Some(mc) => {
                 let m = Manager::new(mc.clone(), store.clone(), forecasts.clone(), clock)
                     .map_err(ServiceError::Manager)?;
-                tasks.push(tokio::spawn(m.clone().run(rx.clone())));
+                let (m2, rx2) = (m.clone(), rx.clone());
+                tasks.push(loops.spawn("manager", rx.clone(), move || m2.clone().run(rx2.clone())));
                 Some(m)
             }
             None => None,
         };
+        let conns = ConnLimiter::new("api", cfg.limits);
         let app = App {
             store: store.clone(),
             metrics: metrics.clone(),
             forecasts: forecasts.clone(),
             manager: manager.clone(),
             clock,
+            conns: conns.clone(),
+            tasks: loops.clone(),
         };
-        tasks.push(tokio::spawn(crate::api::serve(app, listener, rx)));
+        let svc = hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(app.handle(req).await) }
+        });
+        let mut stop = rx;
+        tasks.push(tokio::spawn(shardcast_edge::http1::serve(
+            listener,
+            conns.clone(),
+            cfg.deadlines,
+            svc,
+            async move { shardcast_edge::http1::stopped(&mut stop).await },
+        )));
         tracing::info!(%addr, shards = store.len(), "forecaster listening");
         Ok(Service {
             addr,
@@ -241,6 +297,8 @@ impl Service {
             metrics,
             signals,
             manager,
+            conns,
+            loops,
             snapshot: cfg.snapshot.map(|(p, _)| p),
             shutdown: tx,
             tasks,
@@ -262,7 +320,7 @@ impl Service {
             let _ = t.await;
         }
         if let Some(e) = self.engine.take() {
-            let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+            e.shutdown().await;
         }
         if let Some(p) = self.snapshot.clone() {
             let (s, m) = (self.store.clone(), self.metrics.clone());

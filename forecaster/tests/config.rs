@@ -166,3 +166,41 @@ fn replay_clock_and_policy_are_validated() {
     );
     assert!(Config::parse(&unknown, Path::new("."), "c.toml").is_err());
 }
+
+#[test]
+fn client_deadlines_and_connection_bounds_default_and_are_validated() {
+    let base = "listen = \"127.0.0.1:1\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n";
+    let c = Config::parse(base, Path::new("."), "c.toml").unwrap();
+    assert_eq!(c.deadlines, shardcast_edge::Deadlines::default());
+    assert_eq!(c.deadlines.keepalive, std::time::Duration::from_secs(10));
+    assert_eq!(
+        (c.limits.max_connections, c.limits.max_per_client),
+        (1024, 1024)
+    );
+    let bad = format!(
+        "{base}[timeouts]\nclient_header_ms = 0\nclient_write_ms = 3600001\n[limits]\nmax_connections = 10\nmax_connections_per_client = 11\n"
+    );
+    let err = Config::parse(&bad, Path::new("."), "c.toml")
+        .unwrap_err()
+        .to_string();
+    for field in [
+        "timeouts.client_header_ms",
+        "timeouts.client_write_ms",
+        "limits.max_connections_per_client",
+    ] {
+        assert!(
+            err.contains(&format!("c.toml: {field}:")),
+            "{field}:\n{err}"
+        );
+    }
+    let zero = format!("{base}[limits]\nmax_connections = 0\nmax_connections_per_client = 0\n");
+    let err = Config::parse(&zero, Path::new("."), "c.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("c.toml: limits.max_connections: 0"), "{err}");
+    let unknown = format!("{base}[timeouts]\nclient_idle_ms = 5\n");
+    let err = Config::parse(&unknown, Path::new("."), "c.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("client_idle_ms"), "{err}");
+}

@@ -298,3 +298,70 @@ async fn missing_and_malformed_feeds_degrade_but_forecast() {
     );
     assert_valid(&set);
 }
+
+/// An empty store (no history, no telemetry yet) cycles and publishes an
+/// empty set: the models are not run on a zero-row batch, which ONNX
+/// Runtime answers by aborting the process.
+#[test]
+fn an_empty_store_cycles_without_running_the_models() {
+    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let (mut e, _) = engine(store, Signals::default(), hourly_model());
+    let set = e.cycle(now_ms());
+    assert!(set.shards.is_empty());
+    assert!(set.generated_at_unix_ms != 0, "published");
+}
+
+/// The inference thread runs supervised: when it panics (here its first
+/// engine cannot be built) the panic is counted and a new thread with a
+/// fresh engine takes over, which then publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inference_thread_that_panics_is_started_again() {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    let tasks = shardcast_edge::supervise::Tasks::new();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let handle = ForecastHandle::new();
+    let starts = Arc::new(AtomicU32::new(0));
+    let thread = {
+        let (store, handle, starts) = (store.clone(), handle.clone(), starts.clone());
+        shardcast_forecaster::engine::EngineThread::spawn(
+            move || {
+                assert!(starts.fetch_add(1, Relaxed) > 0, "first start fails");
+                Engine::new(
+                    EngineConfig {
+                        hourly_contract: root().join("missing.json"),
+                        daily_contract: root().join("missing.json"),
+                        onnxruntime_lib: None,
+                        intra_threads: 1,
+                        cycle: Duration::from_secs(10),
+                        retry_load: Duration::from_secs(60),
+                        clock: shardcast_forecaster::time::Clock::real(),
+                    },
+                    store.clone(),
+                    Arc::new(ArcSwap::from_pointee(Signals::default())),
+                    Arc::new(Metrics::default()),
+                    handle.clone(),
+                )
+            },
+            &tasks,
+            rx,
+        )
+    };
+    let t = std::time::Instant::now();
+    while !handle.ready() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no cycle after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = &tasks.states()[0];
+    assert_eq!(st.name, "inference");
+    assert_eq!(st.panics.load(Relaxed), 1);
+    assert_eq!(st.restarts.load(Relaxed), 1);
+    assert!(tasks.all_running());
+    assert_eq!(starts.load(Relaxed), 2);
+    stop.send(true).unwrap();
+    thread.shutdown().await;
+    assert!(!tasks.all_running());
+}

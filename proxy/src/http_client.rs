@@ -21,7 +21,9 @@ impl Default for Client {
         conn.set_nodelay(true);
         Self {
             inner: HyperClient::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                // Below the forecaster's keep-alive (10 s): never pick a
+                // connection the server is closing.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build(conn),
         }
     }

@@ -11,12 +11,18 @@
 //! | `GET /nodes/{node}/shards` | hosted shards of a node (state, cursor, rows) |
 //! | `DELETE /nodes/{node}/shards/{shard}` | evict a shard from a node → 202 (`/` in a shard id as `%2F`) |
 //! | `GET /shards` | configured shards and their cells |
-//! | `GET /health`, `/live`, `/ready`, `/metrics` | admin |
+//! | `GET /health`, `/live`, `/ready`, `/metrics` | admin (`/ready`: every background loop runs) |
+//!
+//! The listener is [`http::serve`]'s: HTTP/1.1, bounded, with deadlines
+//! (`[timeouts]`, `[limits]` of the sync config).
+
+use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
+use shardcast_edge::ConnLimiter;
 
-use crate::http::{self, Resp};
+use crate::http::{self, ListenerConfig, Resp};
 use crate::scheduler::{OrderError, OrderRequest, OrderState, Scheduler};
 
 fn order_error(e: &OrderError) -> Resp {
@@ -31,8 +37,8 @@ fn order_error(e: &OrderError) -> Resp {
     http::error(status, &e.to_string())
 }
 
-/// Answer one control request.
-pub async fn handle(s: Scheduler, req: Request<Incoming>) -> Resp {
+/// Answer one control request; `conns` is the listener's, for `/metrics`.
+pub async fn handle(s: Scheduler, conns: Arc<ConnLimiter>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     // Segments are percent-decoded: shard ids hold `/` (`UK%2FLIGHTING`).
     let decoded: Vec<String> = path
@@ -48,6 +54,11 @@ pub async fn handle(s: Scheduler, req: Request<Incoming>) -> Resp {
                 Ok(b) => b,
                 Err(r) => return r,
             };
+            // serde would also take a JSON array of the fields in order.
+            if let Err(why) = shardcast_edge::body::require_json_object(&body) {
+                crate::metrics::Metrics::inc(&s.metrics().orders_rejected);
+                return http::error(StatusCode::BAD_REQUEST, &format!("order body: {why}"));
+            }
             let order: OrderRequest = match serde_json::from_slice(&body) {
                 Ok(o) => o,
                 Err(e) => {
@@ -120,19 +131,44 @@ pub async fn handle(s: Scheduler, req: Request<Incoming>) -> Resp {
             Err(e) => order_error(&e),
         },
         (&Method::GET, ["shards"]) => http::json(StatusCode::OK, &s.shard_ids()),
-        (&Method::GET, ["health"]) | (&Method::GET, ["live"]) | (&Method::GET, ["ready"]) => {
+        (&Method::GET, ["health"]) | (&Method::GET, ["live"]) => {
             http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
-        (&Method::GET, ["metrics"]) => http::text(s.render_metrics()),
+        (&Method::GET, ["ready"]) => {
+            if s.tasks().all_running() {
+                http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            } else {
+                http::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "a background loop is not running (see /metrics)",
+                )
+            }
+        }
+        (&Method::GET, ["metrics"]) => {
+            let mut out = s.render_metrics();
+            crate::metrics::render_listener(&mut out, "shardcast_sync", &conns);
+            http::text(out)
+        }
         _ => http::error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")),
     }
 }
 
-/// Serve the control API until `shutdown`.
+/// Serve the control API until `shutdown`, with `edge`'s connection
+/// deadlines and bounds.
 pub async fn run(
     listener: tokio::net::TcpListener,
     s: Scheduler,
+    edge: ListenerConfig,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    http::serve(listener, move |req| handle(s.clone(), req), shutdown).await
+    let conns = ConnLimiter::new("control", edge.limits);
+    let c = conns.clone();
+    http::serve(
+        listener,
+        conns,
+        edge.deadlines,
+        move |req| handle(s.clone(), c.clone(), req),
+        shutdown,
+    )
+    .await
 }

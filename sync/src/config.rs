@@ -6,6 +6,11 @@
 //! `[[shards]]`, or read from another file's `[[shards]]` (e.g. the proxy
 //! config) with `shards_file`, or, absent both, the 14 `REGION/CATEGORY`
 //! shards of the Online Retail data.
+//!
+//! Every listener has client-connection deadlines (`[timeouts]`, shared by
+//! the listeners of one process) and connection bounds (`[limits]` for the
+//! control API or a standalone node, `[node.limits]` for in-process nodes);
+//! see [`TimeoutsFile`] and [`LimitsFile`] for the fields and defaults.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shardmap::config::ShardFile;
 
+use crate::http::{ListenerConfig, CONTROL_MAX_CONNECTIONS, NODE_MAX_CONNECTIONS};
 use crate::model::{check_shards, ShardDef};
 use crate::scheduler::SchedulerConfig;
 use crate::transfer::TransferParams;
@@ -139,6 +145,127 @@ impl Default for TransferFile {
     }
 }
 
+/// `[timeouts]`: deadlines on client connections, for every listener of
+/// the process (a client that sends nothing, trickles its head or body,
+/// idles between requests, or does not read, is cut off; counted in
+/// `/metrics`). Each 1 ms ..= 1 hour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// Accept → first byte of a request, and first byte → end of its
+    /// head. Default 10000.
+    #[serde(default = "d_client_header")]
+    pub client_header_ms: u64,
+    /// End of the head → the whole body. Default 30000.
+    #[serde(default = "d_client_body")]
+    pub client_body_ms: u64,
+    /// Idle time between requests on a keep-alive connection. Default
+    /// 75000 (nginx's): longer than a proxy keeps an idle upstream
+    /// connection in its pool (`upstream_idle_ms`, 60000 by default), so a
+    /// node never closes a pooled connection just as the proxy picks it.
+    #[serde(default = "d_client_keepalive")]
+    pub client_keepalive_ms: u64,
+    /// A response write that makes no progress (the client does not read).
+    /// Default 30000.
+    #[serde(default = "d_client_write")]
+    pub client_write_ms: u64,
+}
+
+fn d_client_header() -> u64 {
+    10_000
+}
+fn d_client_body() -> u64 {
+    30_000
+}
+/// Default keep-alive idle of every sync listener, ms (see
+/// [`TimeoutsFile::client_keepalive_ms`]).
+pub const CLIENT_KEEPALIVE_MS: u64 = 75_000;
+
+fn d_client_keepalive() -> u64 {
+    CLIENT_KEEPALIVE_MS
+}
+fn d_client_write() -> u64 {
+    30_000
+}
+
+impl Default for TimeoutsFile {
+    fn default() -> Self {
+        TimeoutsFile {
+            client_header_ms: d_client_header(),
+            client_body_ms: d_client_body(),
+            client_keepalive_ms: d_client_keepalive(),
+            client_write_ms: d_client_write(),
+        }
+    }
+}
+
+/// Bounds on open client connections of one listener (`[limits]` for the
+/// control API or a standalone node, `[node.limits]` for each in-process
+/// node). A connection past a bound is reset at accept. Each 1 ..= 1000000,
+/// and the per-client bound at most the listener's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Open connections on the listener. Default 1024 on the control API,
+    /// 4096 on a node (see [`CONTROL_MAX_CONNECTIONS`],
+    /// [`NODE_MAX_CONNECTIONS`]).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (IPv6: one /64). Default:
+    /// the same as the listener's default (a node's clients are proxies,
+    /// each with an upstream pool of up to 1024 connections).
+    #[serde(default)]
+    pub max_connections_per_client: Option<usize>,
+}
+
+/// Validate `[timeouts]` (errors name `timeouts.<field>`).
+fn deadlines(errs: &mut Vec<String>, t: &TimeoutsFile) -> shardcast_edge::Deadlines {
+    let mut ms = |name: &str, v: u64| {
+        if v == 0 || v > 3_600_000 {
+            errs.push(format!(
+                "timeouts.{name}: {v} must be between 1 ms and 1 hour"
+            ));
+        }
+        Duration::from_millis(v.clamp(1, 3_600_000))
+    };
+    shardcast_edge::Deadlines {
+        header: ms("client_header_ms", t.client_header_ms),
+        body: ms("client_body_ms", t.client_body_ms),
+        keepalive: ms("client_keepalive_ms", t.client_keepalive_ms),
+        write: ms("client_write_ms", t.client_write_ms),
+    }
+}
+
+/// Validate one listener's limits table (`field` names it in errors);
+/// `default_max` for a bound not set (the per-client default is never
+/// above the listener's bound).
+fn limits(
+    errs: &mut Vec<String>,
+    l: &LimitsFile,
+    field: &str,
+    default_max: usize,
+) -> shardcast_edge::Limits {
+    let max = l.max_connections.unwrap_or(default_max);
+    let per = l.max_connections_per_client.unwrap_or(default_max.min(max));
+    for (name, v) in [
+        ("max_connections", max),
+        ("max_connections_per_client", per),
+    ] {
+        if v == 0 || v > 1_000_000 {
+            errs.push(format!("{field}.{name}: {v} must be between 1 and 1000000"));
+        }
+    }
+    if per > max {
+        errs.push(format!(
+            "{field}.max_connections_per_client: {per} exceeds {field}.max_connections ({max})"
+        ));
+    }
+    shardcast_edge::Limits {
+        max_connections: max,
+        max_per_client: per,
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncNodeFile {
@@ -178,6 +305,13 @@ pub struct SyncFile {
     /// Node settings for in-process nodes.
     #[serde(default)]
     pub node: NodeOptions,
+    /// Client-connection deadlines of the control API and the in-process
+    /// nodes.
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// Connection bounds of the control API (default 1024 / 1024).
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 fn d_control() -> String {
@@ -192,6 +326,10 @@ pub struct NodeOptions {
     /// Seconds a slow-path fill of a shard not hosted is kept.
     #[serde(default = "d_ttl")]
     pub fill_ttl_s: u64,
+    /// `[node.limits]`: connection bounds of each in-process node's
+    /// listener (default 4096 / 4096).
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 fn d_region() -> Option<String> {
@@ -206,6 +344,7 @@ impl Default for NodeOptions {
         NodeOptions {
             default_region: d_region(),
             fill_ttl_s: d_ttl(),
+            limits: LimitsFile::default(),
         }
     }
 }
@@ -230,6 +369,10 @@ pub struct SyncConfig {
     pub nodes: Vec<SyncNode>,
     pub shards: Vec<ShardDef>,
     pub node: NodeOptions,
+    /// The control API's connection deadlines and bounds.
+    pub control_listener: ListenerConfig,
+    /// Each in-process node's connection deadlines and bounds.
+    pub node_listener: ListenerConfig,
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -388,6 +531,20 @@ impl SyncConfig {
             errs.push("nodes: no nodes to pre-fetch into".into());
         }
         let shards = load_shards(base, &f.shards, f.shards_file.as_deref(), &mut errs);
+        let deadlines = deadlines(&mut errs, &f.timeouts);
+        let control_listener = ListenerConfig {
+            deadlines,
+            limits: limits(&mut errs, &f.limits, "limits", CONTROL_MAX_CONNECTIONS),
+        };
+        let node_listener = ListenerConfig {
+            deadlines,
+            limits: limits(
+                &mut errs,
+                &f.node.limits,
+                "node.limits",
+                NODE_MAX_CONNECTIONS,
+            ),
+        };
         if !errs.is_empty() {
             return Err(ConfigError { file, errors: errs });
         }
@@ -412,6 +569,8 @@ impl SyncConfig {
             nodes,
             shards,
             node: f.node,
+            control_listener,
+            node_listener,
         })
     }
 }
@@ -453,6 +612,12 @@ pub struct NodeFile {
     pub shards: Vec<ShardFile>,
     #[serde(default)]
     pub shards_file: Option<String>,
+    /// Client-connection deadlines of the node's listener.
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// Connection bounds of the node's listener (default 4096 / 4096).
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 /// The validated node config.
@@ -491,6 +656,10 @@ impl NodeConfig {
             errs.push("max_value_bytes: must be at least 256".into());
         }
         let shards = load_shards(base, &f.shards, f.shards_file.as_deref(), &mut errs);
+        let listener = ListenerConfig {
+            deadlines: deadlines(&mut errs, &f.timeouts),
+            limits: limits(&mut errs, &f.limits, "limits", NODE_MAX_CONNECTIONS),
+        };
         if !errs.is_empty() {
             return Err(ConfigError { file, errors: errs });
         }
@@ -505,6 +674,7 @@ impl NodeConfig {
                 default_region: f.default_region,
                 fill_ttl: Duration::from_secs(f.fill_ttl_s.max(1)),
                 max_value_bytes: f.max_value_bytes,
+                listener,
             },
             shards,
         })
@@ -544,6 +714,63 @@ regions = ["UK"]
         ] {
             assert!(all.contains(want), "missing {want} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn listener_deadlines_and_bounds_have_per_listener_defaults_and_are_checked() {
+        let c = SyncConfig::from_toml(
+            "[[nodes]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.control_listener, ListenerConfig::control());
+        assert_eq!(c.node_listener, ListenerConfig::node());
+        assert_eq!(c.control_listener.limits.max_per_client, 1024);
+        assert_eq!(c.node_listener.limits.max_per_client, 4096);
+        assert_eq!(
+            c.control_listener.deadlines.keepalive,
+            Duration::from_secs(75)
+        );
+        let bad = r#"
+[timeouts]
+client_header_ms = 0
+client_keepalive_ms = 7200000
+[limits]
+max_connections = 10
+max_connections_per_client = 20
+[node.limits]
+max_connections = 0
+[[nodes]]
+name = "a"
+listen = "127.0.0.1:0"
+"#;
+        let e = SyncConfig::from_toml(bad, Path::new("x.toml")).unwrap_err();
+        let all = e.errors.join("\n");
+        for want in [
+            "timeouts.client_header_ms:",
+            "timeouts.client_keepalive_ms:",
+            "limits.max_connections_per_client: 20 exceeds",
+            "node.limits.max_connections: 0",
+        ] {
+            assert!(all.contains(want), "missing {want} in:\n{all}");
+        }
+        // A lower listener bound lowers the per-client default with it.
+        let n = NodeConfig::from_toml(
+            "name = \"n\"\nlisten = \"127.0.0.1:0\"\n[timeouts]\nclient_body_ms = 500\n[limits]\nmax_connections = 100\n",
+            Path::new("node.toml"),
+        )
+        .unwrap();
+        assert_eq!(n.settings.listener.limits.max_per_client, 100);
+        assert_eq!(
+            n.settings.listener.deadlines.body,
+            Duration::from_millis(500)
+        );
+        let e = NodeConfig::from_toml(
+            "name = \"n\"\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_connections_per_client = 0\nbogus = 1\n",
+            Path::new("node.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 
     #[test]

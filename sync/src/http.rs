@@ -1,7 +1,8 @@
-//! The small HTTP layer the node and the control API share: hyper 1 with
-//! HTTP/1.1 and HTTP/2 (prior knowledge) on one listener, JSON helpers, and
-//! a bounded body reader. Kept lean: the node is the upstream in the
-//! proxy's benchmarks.
+//! The small HTTP layer the node and the control API share: the workspace's
+//! one accept loop ([`shardcast_edge::http1::serve`]: HTTP/1.1, a bound on
+//! open connections per listener and per client, a deadline at every
+//! connection stage), JSON helpers, and a bounded body reader. Kept lean:
+//! the node is the upstream in the proxy's benchmarks.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,9 +13,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Serialize;
+use shardcast_edge::{ConnLimiter, Deadlines, Limits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -113,42 +113,77 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
+/// Open connections on the control API (and per client). Its clients are
+/// a few hosts (the shard manager, operators, Prometheus), each with a
+/// handful of keep-alive connections: 1024 is far above what they use and
+/// still bounds a leak or a flood. Per client the same, since one host may
+/// hold all of them and refusing it would only hide the leak's source.
+pub const CONTROL_MAX_CONNECTIONS: usize = 1024;
+
+/// Open connections on a node (and per client). Every proxy keeps an
+/// upstream keep-alive pool of up to 1024 connections per node, so a
+/// per-client bound below that would refuse a busy proxy's own pool; 4096
+/// leaves room for a few proxies on one host (or behind one NAT address).
+pub const NODE_MAX_CONNECTIONS: usize = 4096;
+
+/// One listener's connection deadlines and bounds, validated from a
+/// config's `[timeouts]` and `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub deadlines: Deadlines,
+    pub limits: Limits,
+}
+
+impl ListenerConfig {
+    /// The control API's defaults.
+    pub fn control() -> Self {
+        Self::bounded(CONTROL_MAX_CONNECTIONS)
+    }
+
+    /// A node's defaults.
+    pub fn node() -> Self {
+        Self::bounded(NODE_MAX_CONNECTIONS)
+    }
+
+    fn bounded(n: usize) -> Self {
+        ListenerConfig {
+            deadlines: Deadlines {
+                keepalive: std::time::Duration::from_millis(crate::config::CLIENT_KEEPALIVE_MS),
+                ..Deadlines::default()
+            },
+            limits: Limits {
+                max_connections: n,
+                max_per_client: n,
+            },
+        }
+    }
+}
+
 /// Accept connections until `shutdown` fires; each request goes to
-/// `handler`. HTTP/1.1 keep-alive and HTTP/2 are both served.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken)
-where
+/// `handler`. HTTP/1.1 with keep-alive; every connection holds a place on
+/// `limiter` and runs under `deadlines` (see [`shardcast_edge::http1`]).
+/// Returns when the accept loop stops; requests in progress finish.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    limiter: Arc<ConnLimiter>,
+    deadlines: Deadlines,
+    handler: H,
+    shutdown: CancellationToken,
+) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Resp> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let h = handler.clone();
-                async move { Ok::<_, Infallible>(h(req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
-    }
+    let svc = hyper::service::service_fn(move |req| {
+        let h = handler.clone();
+        async move { Ok::<_, Infallible>(h(req).await) }
+    });
+    shardcast_edge::http1::serve(
+        listener,
+        limiter,
+        deadlines,
+        svc,
+        shutdown.cancelled_owned(),
+    )
+    .await
 }

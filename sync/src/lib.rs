@@ -14,6 +14,8 @@
 //! - [`node`]: the reference service-provider node the proxy routes to;
 //! - [`load`]: seeding the provider from the Online Retail II data and
 //!   replaying realistic changes;
+//! - [`http`] and [`supervise`]: the listeners (one shared accept loop with
+//!   connection bounds and deadlines) and the supervised background loops;
 //! - [`testkit`] (feature `testkit`): throwaway PostgreSQL and Redis for tests.
 //!
 //! The binary `shardcast-sync` (`serve`, `node`, `load`, `changes`) is a
@@ -29,6 +31,7 @@ pub mod model;
 pub mod node;
 pub mod provider;
 pub mod scheduler;
+pub mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transfer;

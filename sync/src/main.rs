@@ -121,8 +121,30 @@ async fn open_provider(url: &str, shutdown: &CancellationToken) -> Result<Arc<dy
     }
 }
 
+/// Raise the open-file limit to its hard limit (every connection is a
+/// descriptor) and say what it is; warn when it is below the connection
+/// bounds of the process's listeners.
+fn raise_nofile(max_connections: usize) {
+    match shardcast_edge::fd::raise_nofile() {
+        Ok(n) => {
+            tracing::info!(limit = n, "open-file limit");
+            if n < max_connections as u64 {
+                tracing::warn!(limit = n, max_connections, "open-file limit below the connection bounds: accepts will fail before the bounds are reached");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, limit = shardcast_edge::fd::nofile(), "cannot raise the open-file limit")
+        }
+    }
+}
+
 async fn serve(config: PathBuf) -> Result<()> {
     let cfg = SyncConfig::load(&config)?;
+    let in_process = cfg.nodes.iter().filter(|n| n.listen.is_some()).count();
+    raise_nofile(
+        cfg.control_listener.limits.max_connections
+            + in_process * cfg.node_listener.limits.max_connections,
+    );
     let shutdown = CancellationToken::new();
     signals(shutdown.clone());
     let provider = open_provider(&cfg.provider_url, &shutdown).await?;
@@ -148,6 +170,7 @@ async fn serve(config: PathBuf) -> Result<()> {
                 default_region: cfg.node.default_region.clone(),
                 fill_ttl: Duration::from_secs(cfg.node.fill_ttl_s.max(1)),
                 max_value_bytes: cfg.scheduler.transfer.max_value_bytes,
+                listener: cfg.node_listener,
             };
             let nd = Node::new(
                 provider.clone(),
@@ -173,7 +196,7 @@ async fn serve(config: PathBuf) -> Result<()> {
         .with_context(|| format!("control: bind {}", cfg.control))?;
     println!("control listening on {}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, nodes = cfg.nodes.len(), shards = cfg.shards.len(), provider = provider.kind(), "scheduler up");
-    api::run(listener, sched, shutdown.clone()).await;
+    api::run(listener, sched, cfg.control_listener, shutdown.clone()).await;
     Ok(())
 }
 
@@ -215,6 +238,7 @@ async fn run_node(
     } else {
         cfg.prefix
     });
+    raise_nofile(cfg.settings.listener.limits.max_connections);
     let shutdown = CancellationToken::new();
     signals(shutdown.clone());
     let provider = open_provider(&cfg.provider_url, &shutdown).await?;

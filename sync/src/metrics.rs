@@ -101,6 +101,19 @@ pub struct Metrics {
     pub node_latency_miss: Histogram,
 }
 
+/// Prometheus text for one listener's connections (shardcast-edge's
+/// renderer, the names every shardcast process uses): with `prefix` the
+/// component's (`shardcast_sync` for the control API, `shardcast_node` for
+/// a node), `{prefix}_connections_open`,
+/// `{prefix}_connections_accepted_total`,
+/// `{prefix}_connections_refused_total{reason="listener"|"client"}`,
+/// `{prefix}_connections_closed_total{stage}` (closed by a deadline),
+/// `{prefix}_accept_errors_total`, each labelled with the listener, and
+/// `{prefix}_open_files_limit`.
+pub fn render_listener(out: &mut String, prefix: &str, l: &shardcast_edge::ConnLimiter) {
+    shardcast_edge::limit::render_metrics(prefix, &[l], out);
+}
+
 fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
     let _ = writeln!(
         out,

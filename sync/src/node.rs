@@ -21,8 +21,11 @@ use parking_lot::RwLock;
 use shardmap::catalog::{CategoryId, SkuMap};
 use tokio_util::sync::CancellationToken;
 
+use shardcast_edge::supervise::Tasks;
+use shardcast_edge::ConnLimiter;
+
 use crate::cache::ShardCache;
-use crate::http::{self, Resp};
+use crate::http::{self, ListenerConfig, Resp};
 use crate::metrics::Metrics;
 use crate::model::{encode_value, field, ShardDef, MAX_SKU_LEN};
 use crate::provider::Provider;
@@ -36,6 +39,8 @@ pub struct NodeSettings {
     /// Lifetime of slow-path fills for shards this node does not host.
     pub fill_ttl: Duration,
     pub max_value_bytes: usize,
+    /// The listener's connection deadlines and bounds.
+    pub listener: ListenerConfig,
 }
 
 impl Default for NodeSettings {
@@ -45,6 +50,7 @@ impl Default for NodeSettings {
             default_region: Some("UK".into()),
             fill_ttl: Duration::from_secs(30),
             max_value_bytes: 64 * 1024,
+            listener: ListenerConfig::node(),
         }
     }
 }
@@ -68,6 +74,10 @@ pub struct Node {
     settings: NodeSettings,
     metrics: Arc<Metrics>,
     ready: std::sync::atomic::AtomicBool,
+    /// Open connections of the node's listener, for `/metrics`.
+    conns: Arc<ConnLimiter>,
+    /// The catalog loader, supervised once [`run`] starts it.
+    tasks: Arc<Tasks>,
 }
 
 const LEARNED_MAX: usize = 200_000;
@@ -89,6 +99,7 @@ impl Node {
             .collect();
         categories.sort();
         categories.dedup();
+        let settings_limits = settings.listener.limits;
         Arc::new(Node {
             provider,
             cache,
@@ -99,6 +110,8 @@ impl Node {
             settings,
             metrics,
             ready: std::sync::atomic::AtomicBool::new(false),
+            conns: ConnLimiter::new("node", settings_limits),
+            tasks: Tasks::new(),
         })
     }
 
@@ -196,15 +209,22 @@ impl Node {
                 &serde_json::json!({"status": "ok", "node": self.settings.name}),
             ),
             "/ready" => {
-                if self.ready.load(std::sync::atomic::Ordering::Acquire) {
-                    http::json(StatusCode::OK, &serde_json::json!({"ready": true}))
-                } else {
+                if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
                     http::error(StatusCode::SERVICE_UNAVAILABLE, "catalog not loaded yet")
+                } else if !self.tasks.all_running() {
+                    http::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "a background loop is not running (see /metrics)",
+                    )
+                } else {
+                    http::json(StatusCode::OK, &serde_json::json!({"ready": true}))
                 }
             }
             "/metrics" => {
-                let mut out = String::with_capacity(4096);
+                let mut out = String::with_capacity(8192);
                 self.metrics.render_node(&mut out);
+                crate::metrics::render_listener(&mut out, "shardcast_node", &self.conns);
+                self.tasks.render_metrics("shardcast_node", &mut out);
                 http::text(out)
             }
             _ => http::error(
@@ -327,16 +347,28 @@ fn not_found(sku: &str, region: &str) -> Resp {
     )
 }
 
-/// Serve `node` on `listener` until `shutdown`; loads the catalog in the
-/// background.
+/// Serve `node` on `listener` until `shutdown`, with the settings'
+/// connection deadlines and bounds; loads the catalog in the background
+/// (supervised: a panic is logged, counted and the load started again).
 pub async fn run(listener: tokio::net::TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+    let sup = crate::supervise::Supervisor::new(node.tasks.clone(), shutdown.clone());
     {
-        let node = node.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { node.load_catalog(&shutdown).await });
+        let (node, shutdown, stopped) = (node.clone(), shutdown.clone(), sup.stopped());
+        sup.spawn("catalog", move || {
+            let (node, shutdown, mut stopped) = (node.clone(), shutdown.clone(), stopped.clone());
+            // Loaded once; then the task stays up until shutdown, so an
+            // end is never mistaken for a failure.
+            async move {
+                node.load_catalog(&shutdown).await;
+                shardcast_edge::http1::stopped(&mut stopped).await;
+            }
+        });
     }
+    let (conns, deadlines) = (node.conns.clone(), node.settings.listener.deadlines);
     http::serve(
         listener,
+        conns,
+        deadlines,
         move |req| {
             let node = node.clone();
             node.handle(req)

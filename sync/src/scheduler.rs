@@ -195,6 +195,8 @@ struct Inner {
     wake: Notify,
     shutdown: CancellationToken,
     reports: tokio::sync::broadcast::Sender<Report>,
+    /// The supervised loops (recovery, dispatcher, freshness).
+    tasks: Arc<shardcast_edge::supervise::Tasks>,
 }
 
 /// Handle to a running scheduler (cheap to clone).
@@ -205,7 +207,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Build and start the background tasks (dispatcher, freshness,
-    /// recovery). They stop when `shutdown` fires.
+    /// recovery), supervised: one that panics or ends early is logged,
+    /// counted and started again. They stop when `shutdown` fires.
     pub fn start(
         provider: Arc<dyn Provider>,
         nodes: BTreeMap<String, Arc<dyn ShardCache>>,
@@ -252,14 +255,38 @@ impl Scheduler {
             metrics,
             state: Mutex::new(state),
             wake: Notify::new(),
-            shutdown,
+            shutdown: shutdown.clone(),
             reports,
+            tasks: shardcast_edge::supervise::Tasks::new(),
         });
         let s = Scheduler { inner };
-        tokio::spawn(s.clone().recover());
-        tokio::spawn(s.clone().dispatch());
-        tokio::spawn(s.clone().freshness());
+        let sup = crate::supervise::Supervisor::new(s.inner.tasks.clone(), shutdown);
+        {
+            let (s, stopped) = (s.clone(), sup.stopped());
+            sup.spawn("recover", move || {
+                let (s, mut stopped) = (s.clone(), stopped.clone());
+                // One pass at start; then up until shutdown, so its end is
+                // not taken for a failure.
+                async move {
+                    s.recover().await;
+                    shardcast_edge::http1::stopped(&mut stopped).await;
+                }
+            });
+        }
+        {
+            let s = s.clone();
+            sup.spawn("dispatch", move || s.clone().dispatch());
+        }
+        {
+            let s = s.clone();
+            sup.spawn("freshness", move || s.clone().freshness());
+        }
         s
+    }
+
+    /// The supervised background loops (`/ready` waits for them).
+    pub fn tasks(&self) -> &Arc<shardcast_edge::supervise::Tasks> {
+        &self.inner.tasks
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -842,6 +869,8 @@ impl Scheduler {
             "# HELP shardcast_sync_bandwidth_bytes_per_second Configured budget (0 = unlimited).\n# TYPE shardcast_sync_bandwidth_bytes_per_second gauge\nshardcast_sync_bandwidth_bytes_per_second {}\n",
             self.inner.bucket.rate()
         ));
+        drop(st);
+        self.inner.tasks.render_metrics("shardcast_sync", &mut out);
         out
     }
 

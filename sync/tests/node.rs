@@ -1,5 +1,5 @@
 //! The reference node over real sockets: hit, miss, fill, 404, health,
-//! metrics, HTTP/2; with the embedded pair and with PostgreSQL + Redis.
+//! metrics, no HTTP/2; with the embedded pair and with PostgreSQL + Redis.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -209,7 +209,8 @@ async fn node_suite(r: Running) {
         "{m}"
     );
 
-    // HTTP/2 (prior knowledge) on the same port.
+    // HTTP/1.1 only (the shared accept loop of shardcast's own APIs): an
+    // HTTP/2 prior-knowledge client gets no HTTP/2 answer.
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -217,10 +218,12 @@ async fn node_suite(r: Running) {
     let resp = h2
         .get(format!("{b}/inventory/85123A?region=UK"))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-    assert_eq!(resp.headers()["x-cache"], "hit");
+        .await;
+    assert!(
+        resp.as_ref()
+            .map_or(true, |r| r.version() != reqwest::Version::HTTP_2),
+        "{resp:?}"
+    );
     r.shutdown.cancel();
 }
 

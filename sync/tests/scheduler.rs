@@ -171,7 +171,12 @@ async fn control_api_orders_reports_eviction_and_4xx() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::run(listener, env.sched.clone(), env.shutdown.clone()));
+    tokio::spawn(api::run(
+        listener,
+        env.sched.clone(),
+        shardcast_sync::http::ListenerConfig::control(),
+        env.shutdown.clone(),
+    ));
     let c = reqwest::Client::new();
     let post = |body: serde_json::Value| {
         let c = c.clone();
@@ -204,6 +209,11 @@ async fn control_api_orders_reports_eviction_and_4xx() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // A JSON array of the fields in order is not an order (serde's derive
+    // alone would take it).
+    let (s, j) = post(serde_json::json!(["UK/LIGHTING", "node-a"])).await;
+    assert_eq!(s, 400, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("JSON object"), "{j}");
     let r = c.get(format!("{b}/orders/999")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let r = c
@@ -275,7 +285,7 @@ async fn control_api_orders_reports_eviction_and_4xx() {
         .await
         .unwrap();
     assert!(m.contains("shardcast_sync_orders_done_total 2"), "{m}");
-    assert!(m.contains("shardcast_sync_orders_rejected_total 5"), "{m}");
+    assert!(m.contains("shardcast_sync_orders_rejected_total 6"), "{m}");
     assert!(
         m.contains("shardcast_sync_deadlines_total{outcome=\"missed\"} 1"),
         "{m}"

@@ -24,7 +24,10 @@ impl Default for Client {
         conn.set_nodelay(true);
         Client {
             inner: HyperClient::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                // Below the servers' keep-alive deadline (10 s by default on
+                // every shardcast listener), so an idle connection is dropped
+                // here before the server closes it under a request.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build(conn),
         }
     }

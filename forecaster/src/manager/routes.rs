@@ -12,7 +12,10 @@
 //! | `PUT /manager/thresholds/{shard}` `{"rps": f64}`, `DELETE` | override a shard's threshold |
 //! | `POST /manager/round` | plan now |
 //!
-//! When `admin_token` is set every route needs `Authorization: Bearer <token>`.
+//! When `admin_token` is set every route needs `Authorization: Bearer <token>`
+//! (the scheme in any case, the token compared in constant time); a refusal
+//! is 401 with `WWW-Authenticate: Bearer realm="shardcast"`. Request bodies
+//! must be JSON objects.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -52,6 +55,9 @@ where
         .await
         .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("reading body: {e}")))?
         .to_bytes();
+    // serde would also take a JSON array of the fields in order.
+    shardcast_edge::body::require_json_object(&b)
+        .map_err(|why| error(StatusCode::BAD_REQUEST, &format!("body: {why}")))?;
     serde_json::from_slice(&b).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body: {e}")))
 }
 
@@ -93,14 +99,13 @@ where
         );
     };
     if let Some(tok) = &m.config().admin_token {
-        let ok = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), tok.as_bytes()));
-        if !ok {
-            return error(StatusCode::UNAUTHORIZED, "bearer token required");
+        if !shardcast_edge::auth::bearer_ok(req.headers(), tok) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "bearer token required");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(shardcast_edge::auth::CHALLENGE),
+            );
+            return r;
         }
     }
     let path = req.uri().path().to_string();
@@ -177,8 +182,4 @@ where
             &format!("no route {method} {path} (see GET /manager)"),
         ),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
