@@ -297,11 +297,17 @@ impl ProxyHttp for ShardProxy {
                             return Ok(true);
                         }
                         shared.counters.rejected_bad_request.fetch_add(1, Relaxed);
-                        let msg = match e.etype() {
-                            ErrorType::ReadTimedout => "request body deadline exceeded",
-                            _ => "malformed request body",
+                        // The connection's body deadline fires as a timed-out read.
+                        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout)
+                            || e.root_cause()
+                                .downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                        let (code, msg) = if timed_out {
+                            (408, "request body deadline exceeded")
+                        } else {
+                            (400, "malformed request body")
                         };
-                        let _ = respond(session, 400, msg, true).await;
+                        let _ = respond(session, code, msg, true).await;
                         return Ok(true);
                     }
                 }

@@ -93,6 +93,23 @@ async fn every_stage_of_a_connection_has_a_deadline() {
         t0.elapsed()
     );
 
+    // An HTTP/1 body that stops short: 408 at the body deadline.
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(b"PUT /inventory/A1 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let n = tokio::time::timeout(limit, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    within(t0.elapsed(), 550, "stalled HTTP/1 body");
+
     // Keep-alive: open after a response, closed once idle for client_keepalive_ms.
     let mut s = TcpStream::connect(p.http).await.unwrap();
     s.write_all(b"GET /inventory/A1 HTTP/1.1\r\nHost: x\r\n\r\n")
