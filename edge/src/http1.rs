@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::deadline::{DeadlineIo, Deadlines, Mode};
-use crate::limit::{self, ConnLimiter};
+use crate::limit::{self, ConnGuard, ConnLimiter};
 
 /// Largest request head these APIs read (hyper's buffer bound).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -67,24 +67,9 @@ pub async fn serve_with<S, B>(
         info!(listener = %limiter.name, addr = %a, "listening");
     }
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (tcp, peer, guard) = tokio::select! {
+            a = accept(&listener, &limiter) => a,
             _ = &mut shutdown => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                accept_failed(&limiter, &e).await;
-                continue;
-            }
-        };
-        let guard = match limiter.try_acquire(peer.ip()) {
-            Ok(g) => g,
-            Err(why) => {
-                limiter.log_refusal(why, peer);
-                limit::reset(&tcp);
-                continue;
-            }
         };
         let _ = tcp.set_nodelay(true);
         let deadlines = deadlines();
@@ -113,6 +98,27 @@ pub async fn serve_with<S, B>(
         });
     }
     let _ = stop_tx.send(true);
+}
+
+/// The next connection that fits `limiter`'s bounds, with its place.
+/// Connections past a bound are reset here (and logged, rate-limited);
+/// failed accepts are counted and backed off. Cancel-safe.
+pub async fn accept(
+    listener: &TcpListener,
+    limiter: &Arc<ConnLimiter>,
+) -> (tokio::net::TcpStream, std::net::SocketAddr, ConnGuard) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => match limiter.try_acquire(peer.ip()) {
+                Ok(guard) => return (tcp, peer, guard),
+                Err(why) => {
+                    limiter.log_refusal(why, peer);
+                    limit::reset(&tcp);
+                }
+            },
+            Err(e) => accept_failed(limiter, &e).await,
+        }
+    }
 }
 
 /// Resolves once `rx` holds `true` (or its sender is gone).

@@ -9,7 +9,8 @@
 //! keep-alive, HTTP/2, the proxy phases):
 //!
 //! 1. accept; past the listener's or the client address's bound
-//!    ([`ConnLimiter`]), reset the socket at once — no handshake, no task;
+//!    ([`ConnLimiter`]), reset the socket at once — no handshake, no task
+//!    (`shardcast_edge::http1::accept`, shared with every other listener);
 //! 2. TLS: the handshake within `timeouts.client_handshake_ms`;
 //!    cleartext: read the first bytes within `timeouts.client_header_ms` and
 //!    decide h2c or HTTP/1 as soon as they can no longer be the HTTP/2
@@ -34,7 +35,7 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_proxy::HttpProxy;
-use shardcast_edge::limit::{self, Closed, ConnGuard, ConnLimiter};
+use shardcast_edge::limit::{Closed, ConnGuard, ConnLimiter};
 use shardcast_edge::Deadlines;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -185,24 +186,9 @@ async fn accept_loop(
 ) {
     let limiter = ep.limiter.clone();
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (tcp, peer, guard) = tokio::select! {
+            a = shardcast_edge::http1::accept(&listener, &limiter) => a,
             _ = shardcast_edge::http1::stopped(&mut shutdown) => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                shardcast_edge::http1::accept_failed(&limiter, &e).await;
-                continue;
-            }
-        };
-        let guard = match limiter.try_acquire(peer.ip()) {
-            Ok(g) => g,
-            Err(why) => {
-                limiter.log_refusal(why, peer);
-                limit::reset(&tcp);
-                continue;
-            }
         };
         let (app, shared, tls, shutdown) = (
             app.clone(),
