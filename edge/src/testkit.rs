@@ -14,11 +14,23 @@ use tokio::net::TcpStream;
 /// Longest any probe waits for the server to act.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
+/// A connection that holds a place: a connect reset because the listener
+/// has not yet seen an earlier probe close (its place not yet given back)
+/// is tried again, within [`PATIENCE`].
 async fn connect(addr: SocketAddr) -> TcpStream {
-    tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
-        .await
-        .unwrap_or_else(|_| panic!("{addr}: connect timed out"))
-        .unwrap_or_else(|e| panic!("{addr}: connect: {e}"))
+    let t0 = Instant::now();
+    loop {
+        match tokio::time::timeout(PATIENCE, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return s,
+            Ok(Err(e))
+                if e.kind() == std::io::ErrorKind::ConnectionReset && t0.elapsed() < PATIENCE =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Ok(Err(e)) => panic!("{addr}: connect: {e}"),
+            Err(_) => panic!("{addr}: connect timed out"),
+        }
+    }
 }
 
 /// Read until the server closes (end of stream or reset); how long that

@@ -90,7 +90,9 @@ async fn api_refuses_connections_past_the_per_client_bound() {
         assert!(t.elapsed() < Duration::from_secs(5), "no room again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(metric(&m, name), Some(1.0), "{m}");
+    // (a /metrics poll above refused while the held connections closed
+    // counts too)
+    assert!(metric(&m, name).is_some_and(|v| v >= 1.0), "{m}");
     assert_eq!(
         metric(
             &m,
