@@ -452,7 +452,8 @@ class Run:
             },
             "manager": {
                 "decisions": dict(sorted(actions.items())),
-                "table_version": manager.get("version") if isinstance(manager, dict) else None,
+                "assignment_version": (manager.get("assignment_version")
+                                       if isinstance(manager, dict) else None),
                 "proxy_table_versions": len(versions),
                 "rounds": manager.get("rounds") if isinstance(manager, dict) else None,
             },

@@ -340,6 +340,9 @@ impl App {
             (&Method::GET, "/metrics") => {
                 let mut o = self.metrics.render(&self.store);
                 crate::metrics::render_edge(&mut o, &self.conns, &self.tasks);
+                if let Some(m) = &self.manager {
+                    crate::metrics::render_manager(&mut o, m.refusals());
+                }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", o)
             }
             (&Method::GET, "/forecasts") => {

@@ -116,6 +116,10 @@ struct WireManager {
     proxy_config: String,
     /// The sync scheduler's control API, e.g. `http://127.0.0.1:9910`.
     sync: String,
+    /// Bearer token for sync's control API (its `control_token`), sent
+    /// with every call to `sync`.
+    #[serde(default)]
+    sync_token: Option<String>,
     /// Metadata store (`redis://…`); default: the proxy config's `[control] metadata`.
     #[serde(default)]
     metadata: Option<String>,
@@ -230,6 +234,8 @@ fn d_fail_after() -> u32 {
 pub struct ManagerConfig {
     pub proxy_config: PathBuf,
     pub sync: String,
+    /// The token sync's control API asks for (`None`: none).
+    pub sync_token: Option<String>,
     pub metadata: Option<String>,
     pub proxies: Vec<String>,
     pub proxy_token: Option<String>,
@@ -628,6 +634,7 @@ impl Config {
             ManagerConfig {
                 proxy_config: resolve(base, &m.proxy_config),
                 sync: m.sync.trim_end_matches('/').to_string(),
+                sync_token: m.sync_token.clone().filter(|t| !t.is_empty()),
                 metadata: m.metadata.clone(),
                 proxies: m
                     .proxies

@@ -20,9 +20,11 @@
 pub mod client;
 pub mod metadata;
 pub mod routes;
+pub mod versions;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -31,7 +33,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shardmap::control::ReplicaAssignment;
 use shardmap::table::ReplicaState;
-use shardmap::TableUpdate;
+use shardmap::{AssignmentVersion, TableUpdate, UpdateAnswer};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
@@ -41,6 +43,7 @@ use crate::planner::{self, Action, Demand, NodeInput, Plan, PlanInput, Reason, S
 use crate::store::Store;
 use crate::time::{now_unix_ms, Clock, HOUR_MS};
 use client::Client;
+use versions::{on_refusal, Refusal, Refusals};
 
 const DECISIONS_KEPT: usize = 500;
 const ORDERS_KEPT: usize = 200;
@@ -154,7 +157,9 @@ struct Skill {
 
 #[derive(Default)]
 struct State {
-    version: u64,
+    /// The version of `replicas` as published: this manager's epoch and a
+    /// counter, moved by a change, or past a target that refused it.
+    version: AssignmentVersion,
     replicas: BTreeMap<String, Vec<ReplicaAssignment>>,
     nodes: BTreeMap<String, NodeState>,
     orders: VecDeque<OrderView>,
@@ -269,6 +274,8 @@ pub struct Manager {
     clock: Clock,
     /// Actual hourly demand per shard (the oracle policy): first store-local hour, values.
     oracle: BTreeMap<String, (i64, Vec<f64>)>,
+    /// Tables refused as not newer, by target.
+    refusals: Refusals,
 }
 
 impl Manager {
@@ -291,8 +298,10 @@ impl Manager {
                 .collect(),
             _ => BTreeMap::new(),
         };
+        // A counter from the clock: a restart without the metadata store
+        // still numbers its assignments past its previous life's.
         let mut st = State {
-            version: now_unix_ms().max(1) as u64,
+            version: AssignmentVersion::new(versions::EPOCH, now_unix_ms().max(1) as u64),
             ..State::default()
         };
         st.operator.dry_run = cfg.dry_run;
@@ -317,21 +326,29 @@ impl Manager {
                 },
             );
         }
+        // Every call to sync's control API carries `sync_token`.
+        let http = Client::default().with_bearer(&cfg.sync, cfg.sync_token.clone());
         Ok(Arc::new(Manager {
             cfg,
             topology: Mutex::new(Arc::new(topo)),
             store,
             forecasts,
-            http: Client::default(),
+            http,
             state: Mutex::new(st),
             wake: Notify::new(),
             clock,
             oracle,
+            refusals: Refusals::default(),
         }))
     }
 
     pub fn config(&self) -> &ManagerConfig {
         &self.cfg
+    }
+
+    /// Tables refused as not newer, by target.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     fn topology(&self) -> Arc<Topology> {
@@ -466,9 +483,17 @@ impl Manager {
                     }
                 }
             }
-            st.version = st.version.max(t.version + 1);
+            match st.version.past(t.version) {
+                Some(v) => st.version = v,
+                None => warn!(
+                    stored = %t.version,
+                    ours = %st.version,
+                    "the metadata store holds a table of a higher epoch: another manager leads"
+                ),
+            }
             info!(
-                version = t.version,
+                stored = %t.version,
+                version = %st.version,
                 "continuing from the table in the metadata store"
             );
         }
@@ -522,7 +547,7 @@ impl Manager {
             st.rounds += 1;
             st.last_round_unix_ms = now;
             if changed {
-                st.version += 1;
+                st.version = st.version.next();
             }
         }
         self.publish(conn, &topo, changed).await;
@@ -1278,12 +1303,53 @@ impl Manager {
 
     /// Table to the metadata store (and listed proxies) when it changed;
     /// shard and node records every round.
+    ///
+    /// A target that refuses the table as not newer (a proxy's 409, a newer
+    /// table in the store) has not received it. When the target already
+    /// holds exactly this version, it has; when it holds a newer version of
+    /// this manager's epoch, the counter moves past it and the same
+    /// assignment goes out again to every target at once — a few passes at
+    /// most, then the next round carries on.
     async fn publish(
         &self,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
         topo: &Topology,
         changed: bool,
     ) {
+        let mut changed = changed;
+        for _ in 0..3 {
+            if !self.publish_once(conn, topo, changed).await {
+                return;
+            }
+            changed = true;
+        }
+    }
+
+    /// Move the manager's version to `v` (past a target's), if it is newer.
+    /// Every proxy is behind until it has `v`.
+    fn outrank(&self, v: AssignmentVersion, target: &str, theirs: AssignmentVersion) {
+        let mut st = self.state.lock();
+        if v > st.version {
+            info!(
+                target,
+                theirs = %theirs,
+                ours = %st.version,
+                next = %v,
+                "table refused as not newer; re-sending it past the target's version"
+            );
+            st.version = v;
+        }
+        st.proxies_behind.extend(self.cfg.proxies.iter().cloned());
+    }
+
+    /// One pass of [`Manager::publish`]: true when a refusal moved the
+    /// version, so the table must go out again.
+    async fn publish_once(
+        &self,
+        conn: &mut Option<redis::aio::MultiplexedConnection>,
+        topo: &Topology,
+        changed: bool,
+    ) -> bool {
         let (update, behind) = {
             let st = self.state.lock();
             (st.update(), st.proxies_behind.clone())
@@ -1296,32 +1362,77 @@ impl Manager {
                 }
             }
             if let Some(c) = conn.as_mut() {
-                let mut res = Ok(());
-                // Also re-written when the store lost it (restart, flush).
+                // Also re-written when the store lost it (restart, flush) or
+                // holds an older one.
                 let stored = metadata::read_table(c, &topo.prefix).await;
-                let stale = !matches!(&stored, Ok(Some(t)) if t.version >= update.version);
-                if changed || stale {
-                    res = metadata::publish_table(c, &topo.prefix, &update).await;
+                let mut write = changed;
+                let mut fenced = None;
+                match &stored {
+                    // Newer than ours, or ours by number with other content
+                    // (another writer): refused, not delivered.
+                    Ok(Some(t))
+                        if t.version > update.version
+                            || (t.version == update.version && t.shards != update.shards) =>
+                    {
+                        self.refusals.metadata.fetch_add(1, Relaxed);
+                        let refusal = if t.version == update.version {
+                            update
+                                .version
+                                .past(t.version)
+                                .map_or(Refusal::Fenced, Refusal::Outrank)
+                        } else {
+                            on_refusal(update.version, t.version)
+                        };
+                        match refusal {
+                            Refusal::Outrank(v) => {
+                                self.outrank(v, "metadata", t.version);
+                                return true;
+                            }
+                            Refusal::Current | Refusal::Retry => {}
+                            Refusal::Fenced => {
+                                fenced = Some(format!(
+                                    "the store holds table version {}, which version {} cannot outrank: another manager leads",
+                                    t.version, update.version
+                                ));
+                            }
+                        }
+                    }
+                    Ok(Some(t)) if t.version == update.version => {}
+                    _ => write = true,
                 }
-                if res.is_ok() {
-                    let (shards, nodes, op) = self.records(topo);
-                    res = metadata::write_state(
-                        c,
-                        &topo.prefix,
-                        update.version,
-                        &shards,
-                        &nodes,
-                        &op,
-                    )
-                    .await;
-                }
-                let mut st = self.state.lock();
-                match res {
-                    Ok(()) => st.metadata_error = None,
-                    Err(e) => {
-                        warn!(error = %e, "metadata store write failed; retrying next round");
-                        st.metadata_error = Some(e);
-                        *conn = None;
+                if let Some(e) = fenced {
+                    // Writing would change nothing (proxies skip what is not
+                    // newer) and would overwrite the leader's records.
+                    let mut st = self.state.lock();
+                    if st.metadata_error.as_deref() != Some(e.as_str()) {
+                        warn!(error = %e, "table not published");
+                    }
+                    st.metadata_error = Some(e);
+                } else {
+                    let mut res = Ok(());
+                    if write {
+                        res = metadata::publish_table(c, &topo.prefix, &update).await;
+                    }
+                    if res.is_ok() {
+                        let (shards, nodes, op) = self.records(topo);
+                        res = metadata::write_state(
+                            c,
+                            &topo.prefix,
+                            update.version,
+                            &shards,
+                            &nodes,
+                            &op,
+                        )
+                        .await;
+                    }
+                    let mut st = self.state.lock();
+                    match res {
+                        Ok(()) => st.metadata_error = None,
+                        Err(e) => {
+                            warn!(error = %e, "metadata store write failed; retrying next round");
+                            st.metadata_error = Some(e);
+                            *conn = None;
+                        }
                     }
                 }
             }
@@ -1345,17 +1456,38 @@ impl Manager {
                         CALL_TIMEOUT,
                     )
                     .await;
-                let ok = matches!(&r, Ok((s, _)) if (200..300).contains(s) || *s == 409);
-                let mut st = self.state.lock();
-                if ok {
-                    st.proxies_behind.remove(&p);
-                } else {
-                    if st.proxies_behind.insert(p.clone()) {
-                        warn!(proxy = %p, result = ?r.map(|(s, _)| s), "table push failed; retrying next round");
+                let delivered = match &r {
+                    Ok((s, _)) if (200..300).contains(s) => true,
+                    // Not newer than what the proxy holds: delivered only if
+                    // it holds this very version.
+                    Ok((409, answer)) => {
+                        self.refusals.proxy.fetch_add(1, Relaxed);
+                        match serde_json::from_slice::<UpdateAnswer>(answer) {
+                            Ok(a) => match on_refusal(update.version, a.assignment_version) {
+                                Refusal::Current => true,
+                                Refusal::Outrank(v) => {
+                                    self.outrank(v, &p, a.assignment_version);
+                                    return true;
+                                }
+                                Refusal::Fenced | Refusal::Retry => false,
+                            },
+                            Err(e) => {
+                                warn!(proxy = %p, error = %e, "a 409 without the proxy's assignment version");
+                                false
+                            }
+                        }
                     }
+                    _ => false,
+                };
+                let mut st = self.state.lock();
+                if delivered {
+                    st.proxies_behind.remove(&p);
+                } else if st.proxies_behind.insert(p.clone()) {
+                    warn!(proxy = %p, result = ?r.map(|(s, _)| s), "table push failed; retrying next round");
                 }
             }
         }
+        false
     }
 
     fn records(
@@ -1426,6 +1558,7 @@ impl Manager {
     pub fn view(&self) -> serde_json::Value {
         let topo = self.topology();
         let st = self.state.lock();
+        let (refused_proxy, refused_metadata) = self.refusals.snapshot();
         let plan = st.last_plan.as_ref();
         let mut shards = serde_json::Map::new();
         for s in &topo.shards {
@@ -1461,7 +1594,8 @@ impl Manager {
             );
         }
         serde_json::json!({
-            "version": st.version,
+            "assignment_version": st.version,
+            "table_refusals": {"proxy": refused_proxy, "metadata": refused_metadata},
             "dry_run": st.operator.dry_run,
             "rounds": st.rounds,
             "last_round_unix_ms": st.last_round_unix_ms,

@@ -311,6 +311,22 @@ impl Metrics {
     }
 }
 
+/// The shard manager's table publishing:
+/// `forecaster_manager_table_refusals_total{target="proxy"|"metadata"}`,
+/// tables refused as not newer (a proxy's 409; a newer table, or another
+/// one at the same version, in the metadata store). None of them counts as
+/// delivered; see `manager::versions`.
+pub fn render_manager(o: &mut String, refusals: &crate::manager::versions::Refusals) {
+    let (proxy, metadata) = refusals.snapshot();
+    let name = "forecaster_manager_table_refusals_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Table publishes refused as not newer, by target.\n# TYPE {name} counter"
+    );
+    let _ = writeln!(o, "{name}{{target=\"proxy\"}} {proxy}");
+    let _ = writeln!(o, "{name}{{target=\"metadata\"}} {metadata}");
+}
+
 /// The API listener's connections (shardcast-edge's renderer, the names
 /// every shardcast process uses) and the supervised background loops:
 /// `forecaster_connections_open`, `forecaster_connections_accepted_total`,

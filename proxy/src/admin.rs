@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use shardcast_edge::{auth, http1, Deadlines};
-use shardmap::{TableUpdate, TableView};
+use shardmap::{TableUpdate, TableView, UpdateAnswer};
 use tokio::net::TcpListener;
 
 use crate::node::now_ms;
@@ -145,14 +145,21 @@ where
                     &serde_json::json!({"error": format!("invalid table update: {e}")}),
                 ),
                 Ok(u) => match reload::apply_update(&shared, u).await {
-                    Ok(v) => json(StatusCode::OK, &serde_json::json!({"version": v})),
+                    Ok(answer) => json(StatusCode::OK, &answer),
+                    // Not newer than the assignment this proxy holds: say
+                    // which, so the manager can number its next one past it.
                     Err(
                         e @ reload::UpdateError::Table(shardmap::table::TableError::Stale {
+                            current,
                             ..
                         }),
                     ) => json(
                         StatusCode::CONFLICT,
-                        &serde_json::json!({"error": e.to_string(), "version": shared.current().table.version}),
+                        &UpdateAnswer {
+                            error: Some(e.to_string()),
+                            assignment_version: current,
+                            config_generation: shared.current().table.config_generation,
+                        },
                     ),
                     Err(e) => json(
                         StatusCode::UNPROCESSABLE_ENTITY,
@@ -328,7 +335,10 @@ mod tests {
             String::from_utf8_lossy(&body).contains("must be a JSON object"),
             "{body:?}"
         );
-        assert_eq!(s.current().table.version, 1);
+        assert_eq!(
+            s.current().table.assignment_version,
+            shardmap::AssignmentVersion::NONE
+        );
         assert_eq!(
             put("{\"version\": 2}").await.unwrap().status(),
             StatusCode::OK

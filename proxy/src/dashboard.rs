@@ -163,7 +163,8 @@ pub struct Data {
     /// In table order.
     pub shards: Vec<ShardData>,
     pub forecaster: ForecasterStatus,
-    /// The manager's `version`, `dry_run` and `nodes`, when it answered.
+    /// The manager's `assignment_version`, `dry_run` and `nodes`, when it
+    /// answered.
     pub manager: Option<Value>,
     /// The manager's newest pre-fetch orders and decisions, in its order.
     pub orders: Vec<Value>,
@@ -387,7 +388,7 @@ pub async fn data(shared: &Shared) -> Data {
         forecaster: f.map(|f| f.status.clone()).unwrap_or_default(),
         manager: manager.map(|m| {
             json!({
-                "version": m.get("version"),
+                "assignment_version": m.get("assignment_version"),
                 "dry_run": m.get("dry_run"),
                 "nodes": m.get("nodes"),
             })
@@ -421,7 +422,7 @@ mod tests {
         let path = dir.path().join("p.toml");
         std::fs::write(&path, format!("{CONFIG}{extra}")).unwrap();
         let s = crate::run::shared_for_tests(Path::new(&path)).unwrap();
-        s.record_version(1, "start");
+        s.record_version(&s.current().table, "start");
         (dir, s)
     }
 
@@ -509,7 +510,7 @@ mod tests {
 
     fn manager_body() -> String {
         json!({
-            "version": 7,
+            "assignment_version": {"epoch": 1, "counter": 7},
             "dry_run": true,
             "shards": {"UK/SEASONAL": {"target": 2, "threshold": 40.0, "replicas": [{"node": "a", "state": "serving"}]}},
             "nodes": {"a": {"health": "up", "load_rps": 3.5}},
@@ -530,7 +531,8 @@ mod tests {
         assert_eq!(ctype, "text/html; charset=utf-8");
         let html = String::from_utf8(body.to_vec()).unwrap();
         for id in [
-            "id=\"table-version\"",
+            "id=\"assignment-version\"",
+            "id=\"config-generation\"",
             "id=\"total-requests\"",
             "id=\"shard-map\"",
             "id=\"orders\"",
@@ -579,7 +581,11 @@ mod tests {
     async fn data_has_the_table_history_and_traffic() {
         let (_d, s) = shared("");
         let v = data_json(&s).await;
-        assert_eq!(v["table"]["version"], 1);
+        assert_eq!(
+            v["table"]["assignment_version"],
+            json!({"epoch": 0, "counter": 0})
+        );
+        assert_eq!(v["table"]["config_generation"], 1);
         let ids: Vec<&str> = v["shards"]
             .as_array()
             .unwrap()
@@ -591,6 +597,8 @@ mod tests {
         assert_eq!(v["table"]["shards"][0]["replicas"][0]["state"], "serving");
         assert_eq!(v["table"]["nodes"][1]["health"], "healthy");
         assert_eq!(v["history"][0]["cause"], "start");
+        assert_eq!(v["history"][0]["config_generation"], 1);
+        assert_eq!(v["history"][0]["assignment_version"]["counter"], 0);
         assert_eq!(v["totals"]["requests"], 0);
         assert_eq!(v["shards"][0]["p99_ms"], Value::Null);
         assert_eq!(v["forecaster"]["configured"], false);
@@ -656,7 +664,7 @@ mod tests {
             assert!(f["error"].as_str().is_some_and(|e| !e.is_empty()), "{f}");
             assert_eq!(v["shards"][0]["forecast"], Value::Null);
             // the proxy's own view is still all there
-            assert_eq!(v["table"]["version"], 1);
+            assert_eq!(v["table"]["config_generation"], 1);
         }
     }
 
@@ -700,7 +708,7 @@ mod tests {
         assert_eq!(v["shards"][0]["manager"]["target"], 2);
         assert_eq!(v["shards"][1]["forecast"], Value::Null);
         assert_eq!(v["shards"][1]["manager"], Value::Null);
-        assert_eq!(v["manager"]["version"], 7);
+        assert_eq!(v["manager"]["assignment_version"]["counter"], 7);
         assert_eq!(v["manager"]["nodes"]["a"]["load_rps"], 3.5);
         assert_eq!(v["orders"].as_array().unwrap().len(), 2);
         assert_eq!(v["orders"][0]["state"], "running");

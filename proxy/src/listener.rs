@@ -199,8 +199,9 @@ async fn accept_loop(
         // Spread connections over the worker threads (one runtime each).
         // ~800 bytes per task until the first request (measured with
         // size_of_val): what an idle connection costs.
-        pingora_runtime::current_handle()
-            .spawn(serve_connection(tcp, peer, guard, tls, app, shared, shutdown));
+        pingora_runtime::current_handle().spawn(serve_connection(
+            tcp, peer, guard, tls, app, shared, shutdown,
+        ));
     }
     info!(listener = %limiter.name, "stopped accepting");
 }

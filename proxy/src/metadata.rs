@@ -1,10 +1,12 @@
 //! Following the metadata store: the shard manager writes each new table
 //! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`])
 //! and publishes its version on `<prefix>:table:changed`. Every proxy
-//! subscribed applies it (only when newer), so all proxies converge on the
-//! same version; a proxy that missed a message catches up on the next one or
-//! on the periodic re-read. Redis being down never affects serving: the
-//! current table stays, errors are logged with backoff and counted.
+//! subscribed applies it (only when its assignment version is newer than
+//! the table's; the config generation plays no part), so all proxies
+//! converge on the same assignment version; a proxy that missed a message
+//! catches up on the next one or on the periodic re-read. Redis being down
+//! never affects serving: the current table stays, errors are logged with
+//! backoff and counted.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -35,13 +37,16 @@ async fn fetch_and_apply(
     let Some(raw) = raw else { return Ok(()) };
     let update: shardmap::TableUpdate =
         serde_json::from_slice(&raw).map_err(|e| format!("{key}: not a table update: {e}"))?;
-    if update.version <= shared.current().table.version {
+    if update.version <= shared.current().table.assignment_version {
         return Ok(());
     }
     match crate::reload::apply_update(shared, update).await {
         Ok(v) => {
             shared.metadata.applied.fetch_add(1, Relaxed);
-            info!(version = v, "table from the metadata store applied");
+            info!(
+                assignment_version = %v.assignment_version,
+                "table from the metadata store applied"
+            );
             Ok(())
         }
         Err(crate::reload::UpdateError::Table(shardmap::table::TableError::Stale { .. })) => Ok(()),

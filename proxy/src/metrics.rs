@@ -30,7 +30,9 @@ pub const SHARD_ERRORS: &str = "shardcast_shard_errors_total";
 pub const SHARD_CACHE: &str = "shardcast_shard_cache_total";
 pub const SHARD_BYTES: &str = "shardcast_shard_response_bytes_total";
 pub const SHARD_LATENCY: &str = "shardcast_shard_latency_seconds";
-pub const TABLE_VERSION: &str = "shardcast_table_version";
+pub const TABLE_ASSIGNMENT_EPOCH: &str = "shardcast_table_assignment_epoch";
+pub const TABLE_ASSIGNMENT_COUNTER: &str = "shardcast_table_assignment_counter";
+pub const CONFIG_GENERATION: &str = "shardcast_config_generation";
 pub const TABLE_SKUS: &str = "shardcast_table_skus";
 pub const RELOADS: &str = "shardcast_config_reloads_total";
 pub const UPDATES: &str = "shardcast_table_updates_total";
@@ -246,13 +248,28 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(o, "{SHARD_LATENCY}_count{{shard=\"{}\"}} {n}", s.id);
     }
 
+    let v = snap.table.assignment_version;
     head(
         &mut o,
-        TABLE_VERSION,
+        TABLE_ASSIGNMENT_EPOCH,
         "gauge",
-        "Version of the routing table in use.",
+        "Epoch of the shard manager's assignment in the table (0 before the first).",
     );
-    let _ = writeln!(o, "{TABLE_VERSION} {}", snap.table.version);
+    let _ = writeln!(o, "{TABLE_ASSIGNMENT_EPOCH} {}", v.epoch);
+    head(
+        &mut o,
+        TABLE_ASSIGNMENT_COUNTER,
+        "gauge",
+        "Counter of the shard manager's assignment in the table, within its epoch.",
+    );
+    let _ = writeln!(o, "{TABLE_ASSIGNMENT_COUNTER} {}", v.counter);
+    head(
+        &mut o,
+        CONFIG_GENERATION,
+        "gauge",
+        "Config generation of the table: 1 at start, one more per applied reload.",
+    );
+    let _ = writeln!(o, "{CONFIG_GENERATION} {}", snap.table.config_generation);
     head(&mut o, TABLE_SKUS, "gauge", "Skus in the catalog in use.");
     let _ = writeln!(o, "{TABLE_SKUS} {}", snap.table.catalog.len());
     let (e, m) = (&shared.export, &shared.metadata);

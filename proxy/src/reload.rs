@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use shardmap::table::TableError;
-use shardmap::{Catalog, Config, RoutingTable, TableUpdate};
+use shardmap::{Catalog, Config, RoutingTable, TableUpdate, UpdateAnswer};
 use tracing::{info, warn};
 
 use crate::restart::{needs_restart, PendingChange, RestartOnly};
@@ -27,25 +27,29 @@ use crate::tls::load_certified_key;
 
 /// What a reload did. JSON with an `outcome` tag; `POST /admin/reload`
 /// answers 200 for `applied` and `unchanged`, 202 for `needs_restart`, 422
-/// for `rejected`.
+/// for `rejected`. `config_generation` is the running one after the
+/// reload; a reload never moves the assignment version.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ReloadOutcome {
-    /// The whole file serves from `version` on.
-    Applied { version: u64 },
-    /// Everything in the file that can apply live serves from `version` on
-    /// (applied now, or by an earlier reload of the same file); the settings
-    /// in `needs_restart` keep their running values until a restart or a
-    /// graceful upgrade. Said again by every reload until the file and the
-    /// process agree.
+    /// The whole file serves from `config_generation` on.
+    Applied { config_generation: u64 },
+    /// Everything in the file that can apply live serves from
+    /// `config_generation` on (applied now, or by an earlier reload of the
+    /// same file); the settings in `needs_restart` keep their running
+    /// values until a restart or a graceful upgrade. Said again by every
+    /// reload until the file and the process agree.
     NeedsRestart {
-        version: u64,
+        config_generation: u64,
         needs_restart: Vec<PendingChange>,
     },
     /// The config was invalid; the previous one keeps serving.
-    Rejected { version: u64, errors: Vec<String> },
+    Rejected {
+        config_generation: u64,
+        errors: Vec<String>,
+    },
     /// The file is what is running, and nothing in it waits for a restart.
-    Unchanged { version: u64 },
+    Unchanged { config_generation: u64 },
 }
 
 /// Everything built from a config before anything is swapped in.
@@ -133,9 +137,9 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
             if p.source == cur2.source {
                 return Ok(None);
             }
-            let table = cur2
-                .table
-                .rebase(&p.config, p.catalog.clone(), cur2.table.version + 1);
+            // The next config generation; the manager's assignment (and its
+            // version) stays wherever it still applies.
+            let table = cur2.table.rebase(&p.config, p.catalog.clone());
             let snap = Snapshot::build(
                 p.config.clone(),
                 p.source.clone(),
@@ -156,20 +160,20 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
                 warn!(trigger, error = %e, "config reload rejected; previous config keeps serving");
             }
             ReloadOutcome::Rejected {
-                version: cur.table.version,
+                config_generation: cur.table.config_generation,
                 errors,
             }
         }
         Ok(None) => {
             // The file is the running snapshot's: still say what it holds
             // that the process does not run.
-            let version = cur.table.version;
+            let config_generation = cur.table.config_generation;
             let needs_restart = pending(shared, &cur.config, trigger);
             if needs_restart.is_empty() {
-                ReloadOutcome::Unchanged { version }
+                ReloadOutcome::Unchanged { config_generation }
             } else {
                 ReloadOutcome::NeedsRestart {
-                    version,
+                    config_generation,
                     needs_restart,
                 }
             }
@@ -180,7 +184,8 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
             for (r, k) in shared.certs.iter().zip(p.certs) {
                 r.set(k);
             }
-            let version = snap.table.version;
+            let config_generation = snap.table.config_generation;
+            let assignment_version = snap.table.assignment_version;
             let names: Vec<&str> = snap.table.nodes.iter().map(|n| n.name.as_str()).collect();
             shared.nodes.retain(&names);
             // The admin token is read from the snapshot per request, and the
@@ -189,14 +194,20 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
             shared.snapshot.store(Arc::new(snap));
             shared.edge.set_limits(&p.config);
             shared.counters.reloads_ok.fetch_add(1, Relaxed);
-            shared.record_version(version, &format!("reload:{trigger}"));
-            info!(trigger, version, "config reloaded");
+            // Under the reload lock: the snapshot is the one just stored.
+            shared.record_version(&shared.current().table, &format!("reload:{trigger}"));
+            info!(
+                trigger,
+                config_generation,
+                %assignment_version,
+                "config reloaded"
+            );
             let needs_restart = pending(shared, &p.config, trigger);
             if needs_restart.is_empty() {
-                ReloadOutcome::Applied { version }
+                ReloadOutcome::Applied { config_generation }
             } else {
                 ReloadOutcome::NeedsRestart {
-                    version,
+                    config_generation,
                     needs_restart,
                 }
             }
@@ -213,8 +224,13 @@ pub enum UpdateError {
     Build(String),
 }
 
-/// Apply a versioned table update from the shard manager.
-pub async fn apply_update(shared: &Arc<Shared>, update: TableUpdate) -> Result<u64, UpdateError> {
+/// Apply a versioned table update from the shard manager: compare-and-set
+/// on the assignment version alone (the config generation does not take
+/// part). The versions now serving, or why not.
+pub async fn apply_update(
+    shared: &Arc<Shared>,
+    update: TableUpdate,
+) -> Result<UpdateAnswer, UpdateError> {
     let _guard = shared.reload_lock.lock().await;
     let cur = shared.current();
     let table = match cur.table.apply(&cur.config, &update) {
@@ -224,7 +240,11 @@ pub async fn apply_update(shared: &Arc<Shared>, update: TableUpdate) -> Result<u
             return Err(e.into());
         }
     };
-    let version = table.version;
+    let answer = UpdateAnswer {
+        error: None,
+        assignment_version: table.assignment_version,
+        config_generation: table.config_generation,
+    };
     // Same nodes as the running snapshot: address resolution cannot fail
     // differently, but keep the error path total.
     let snap = Snapshot::build(
@@ -237,13 +257,14 @@ pub async fn apply_update(shared: &Arc<Shared>, update: TableUpdate) -> Result<u
     .map_err(UpdateError::Build)?;
     shared.snapshot.store(Arc::new(snap));
     shared.counters.updates_ok.fetch_add(1, Relaxed);
-    shared.record_version(version, "update");
+    shared.record_version(&shared.current().table, "update");
     info!(
-        version,
+        assignment_version = %answer.assignment_version,
+        config_generation = answer.config_generation,
         shards = update.shards.len(),
         "table update applied"
     );
-    Ok(version)
+    Ok(answer)
 }
 
 /// Build the first snapshot at start-up.

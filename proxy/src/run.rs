@@ -138,7 +138,7 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         edge: crate::state::Edge::new(&cfg),
         tasks: shardcast_edge::supervise::Tasks::new(),
     });
-    shared.record_version(1, "start");
+    shared.record_version(&shared.current().table, "start");
     // Every connection is a file descriptor: take all the kernel allows,
     // then fit the connection bounds into it.
     let nofile = shardcast_edge::fd::raise_nofile().unwrap_or_else(|e| {

@@ -93,7 +93,7 @@ async fn export_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             &snap.stats,
             t.interval,
             t.top_k,
-            snap.table.version,
+            snap.table.assignment_version.counter,
             t.queue,
             &shared.export,
         );

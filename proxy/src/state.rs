@@ -18,10 +18,13 @@ use crate::telemetry::{ExportCounters, StatsRegistry};
 use crate::tls::CertResolver;
 
 /// One entry of the table version history (shown by the admin API and the
-/// dashboard).
+/// dashboard): both of the table's numbers after the event.
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionEvent {
-    pub version: u64,
+    /// The manager's assignment in the table (moved by `update`).
+    pub assignment_version: shardmap::AssignmentVersion,
+    /// The config generation (moved by `reload:*`).
+    pub config_generation: u64,
     pub unix_ms: u64,
     /// `start`, `reload:<trigger>` or `update`.
     pub cause: String,
@@ -200,13 +203,15 @@ fn limits_of(cfg: &shardmap::Config, fd_cap: &AtomicUsize) -> (Limits, Limits) {
 }
 
 impl Shared {
-    pub fn record_version(&self, version: u64, cause: &str) {
+    /// Note the versions of `table`, now serving because of `cause`.
+    pub fn record_version(&self, table: &shardmap::RoutingTable, cause: &str) {
         let mut h = self.history.lock();
         if h.len() >= 256 {
             h.pop_front();
         }
         h.push_back(VersionEvent {
-            version,
+            assignment_version: table.assignment_version,
+            config_generation: table.config_generation,
             unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

@@ -189,10 +189,11 @@ async fn dashboard_renders_in_chromium_and_follows_traffic() {
         "the page never rendered its data:\n{dom}"
     );
     assert_every_shard_shown(&dom);
-    assert_eq!(value(&dom, "table-version"), Some(1.0));
+    assert_eq!(text_of(&dom, "assignment-version"), "0:0");
+    assert_eq!(value(&dom, "config-generation"), Some(1.0));
     assert!(
-        dom.contains("data-version=\"1\""),
-        "history lacks version 1"
+        dom.contains("data-assignment=\"0:0\" data-generation=\"1\""),
+        "history lacks the start"
     );
     let status = tags_with(&dom, "id=\"forecaster-status\"")[0];
     assert_eq!(attr(status, "data-state"), Some("unreachable"));
@@ -269,10 +270,12 @@ async fn dashboard_renders_in_chromium_and_follows_traffic() {
         value(&dom, "total-rps").unwrap_or(0.0) > 0.0,
         "req/s not shown"
     );
-    assert_eq!(value(&dom, "table-version"), Some(2.0));
+    // A bare counter is epoch 0; the update moved no config generation.
+    assert_eq!(text_of(&dom, "assignment-version"), "0:2");
+    assert_eq!(value(&dom, "config-generation"), Some(1.0));
     assert!(
-        dom.contains("data-version=\"2\""),
-        "history lacks version 2"
+        dom.contains("data-assignment=\"0:2\" data-generation=\"1\""),
+        "history lacks the update"
     );
     assert!(
         value(&dom, "total-hit-rate").is_some(),
@@ -347,7 +350,7 @@ async fn dashboard_shows_forecasts_orders_and_decisions() {
     }}});
     // Fields left out on purpose: the page must show what is there.
     let manager = json!({
-        "version": 3,
+        "assignment_version": {"epoch": 1, "counter": 3},
         "dry_run": false,
         "shards": {"UK/ALPHA": {"target": 3, "predicted_rps": 12.5, "threshold": 10.0}},
         "nodes": {"n1": {"health": "up", "drained": false, "load_rps": 4.0, "capacity": 100.0}},

@@ -83,7 +83,8 @@ async fn reloads_with_a_million_sku_catalog_fail_no_request() {
         })
         .collect();
     let c = reqwest::Client::new();
-    let v0 = p.version().await;
+    let g0 = p.config_generation().await;
+    let a0 = p.assignment_version().await;
     // 1. assignment change, catalog reused
     let text = std::fs::read_to_string(&p.config).unwrap();
     std::fs::write(
@@ -107,7 +108,12 @@ async fn reloads_with_a_million_sku_catalog_fail_no_request() {
     assert_eq!(r.status(), 200);
     let r = c.get(p.url("/inventory/NEWSKU")).send().await.unwrap();
     assert_eq!(r.headers()["x-shardcast-shard"], "UK/BETA");
-    assert!(p.version().await >= v0 + 2);
+    assert!(p.config_generation().await >= g0 + 2);
+    assert_eq!(
+        p.assignment_version().await,
+        a0,
+        "a reload is no assignment"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, SeqCst);
     let (mut ok, mut bad) = (0, vec![]);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use shardmap::AssignmentVersion;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -297,7 +298,7 @@ async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
     let refs: Vec<&TestNode> = nodes.iter().collect();
     let mut o = opts();
     let p = Proxy::start(&refs, opts()).await;
-    let v1 = p.version().await;
+    let v1 = p.config_generation().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = load(format!("http://{}", p.http), 4, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -313,7 +314,7 @@ async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
     let c = client();
     let r = c.post(p.admin_url("/admin/reload")).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let v2 = p.version().await;
+    let v2 = p.config_generation().await;
     assert!(v2 > v1);
     assert_eq!(p.replicas("UK/ALPHA").await, vec!["n3"]);
     for i in 0..20 {
@@ -325,7 +326,7 @@ async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
         assert_eq!(r.headers()["x-node"], "n3", "new routing visible");
     }
 
-    // 2. an invalid config: rejected with its errors, version unchanged
+    // 2. an invalid config: rejected with its errors, generation unchanged
     let good = std::fs::read_to_string(&p.config).unwrap();
     std::fs::write(
         &p.config,
@@ -349,7 +350,7 @@ async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
         .await
         .unwrap();
     assert_eq!(
-        p.version().await,
+        p.config_generation().await,
         v2,
         "history: {history}\nlog: {}",
         p.log_text()
@@ -369,7 +370,7 @@ async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
         || async { (p.replicas("UK/ALPHA").await == vec!["n1"]).then_some(()) },
     )
     .await;
-    let v3 = p.version().await;
+    let v3 = p.config_generation().await;
     assert!(v3 > v2);
 
     // 4. a file change alone
@@ -411,21 +412,26 @@ async fn table_updates_apply_only_when_newer() {
     ];
     let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), opts()).await;
     let c = client();
-    let v = p.version().await;
-    let upd = |version: u64, node: &str| {
+    // No manager has assigned anything yet: every update is newer.
+    assert_eq!(p.assignment_version().await, AssignmentVersion::NONE);
+    let upd = |version: AssignmentVersion, node: &str| {
         serde_json::json!({"version": version, "shards": {"UK/BETA": [
             {"node": node, "state": "serving"},
             {"node": "n1", "state": "warming"}
         ]}})
     };
+    let v = AssignmentVersion::new(1, 10);
     let r = c
         .put(p.admin_url("/admin/table"))
-        .json(&upd(v + 10, "n3"))
+        .json(&upd(v, "n3"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(p.version().await, v + 10);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["assignment_version"], serde_json::json!(v));
+    assert_eq!(answer["config_generation"], 1);
+    assert_eq!(p.assignment_version().await, v);
     for i in 0..20 {
         let r = c
             .get(p.url(&format!("/inventory/B{i}")))
@@ -438,16 +444,36 @@ async fn table_updates_apply_only_when_newer() {
             "warming replica gets no traffic"
         );
     }
+    // Older, equal, and of a lower epoch (a bare counter is epoch 0),
+    // however high its counter: 409 with the version the proxy keeps.
+    for stale in [
+        serde_json::json!(AssignmentVersion::new(1, 5)),
+        serde_json::json!(v),
+        serde_json::json!(1_000_000_u64),
+    ] {
+        let mut body = upd(v, "n2");
+        body["version"] = stale.clone();
+        let r = c
+            .put(p.admin_url("/admin/table"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409, "{stale}");
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            answer["assignment_version"],
+            serde_json::json!(v),
+            "{answer}"
+        );
+        assert!(
+            answer["error"].as_str().unwrap().contains("not newer"),
+            "{answer}"
+        );
+    }
     let r = c
         .put(p.admin_url("/admin/table"))
-        .json(&upd(v + 5, "n2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let r = c
-        .put(p.admin_url("/admin/table"))
-        .json(&upd(v + 11, "zz"))
+        .json(&upd(v.next(), "zz"))
         .send()
         .await
         .unwrap();
@@ -459,8 +485,120 @@ async fn table_updates_apply_only_when_newer() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(p.version().await, v + 10);
+    assert_eq!(p.assignment_version().await, v);
     assert_eq!(p.replicas("UK/BETA").await, vec!["n3", "n1"]);
+    // A higher epoch outranks any counter of a lower one.
+    let r = c
+        .put(p.admin_url("/admin/table"))
+        .json(&upd(AssignmentVersion::new(2, 0), "n2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(p.replicas("UK/BETA").await, vec!["n2", "n1"]);
+}
+
+/// The dropped update: a proxy holds the manager's assignment at V; a
+/// config reload (a file change) must not move the number the manager
+/// compares against, so the manager's next assignment (V + 1) applies,
+/// and one at V or below is refused with the proxy's V in the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_keeps_the_managers_next_assignment() {
+    let nodes = [
+        TestNode::start("n1").await,
+        TestNode::start("n2").await,
+        TestNode::start("n3").await,
+    ];
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let o = opts();
+    let p = Proxy::start(&refs, opts()).await;
+    let c = client();
+    let put = |version: AssignmentVersion, node: &str| {
+        let body = serde_json::json!({"version": version, "shards": {"UK/ALPHA": [
+            {"node": node, "state": "serving"}
+        ]}});
+        c.put(p.admin_url("/admin/table")).json(&body).send()
+    };
+    let v = AssignmentVersion::new(1, 5);
+    assert_eq!(put(v, "n3").await.unwrap().status(), 200);
+    assert_eq!(p.assignment_version().await, v);
+    let g = p.config_generation().await;
+
+    // A config reload by file change (the file watcher, not the API).
+    let (hp, ap) = (p.http.port(), p.admin.port());
+    let text = Proxy::config_text(hp, ap, &refs, &o);
+    std::fs::write(&p.config, text.replace("capacity = 100", "capacity = 90")).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the file change reloaded",
+        || async { (p.config_generation().await > g).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        p.assignment_version().await,
+        v,
+        "a reload moved the assignment version"
+    );
+    assert_eq!(p.replicas("UK/ALPHA").await, ["n3"], "the assignment stays");
+
+    // The manager's next assignment applies, and is what the proxy shows.
+    let r = put(v.next(), "n2").await.unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    let t = p.table().await;
+    assert_eq!(t["assignment_version"], serde_json::json!(v.next()), "{t}");
+    assert!(t["config_generation"].as_u64().unwrap() > g, "{t}");
+    assert_eq!(p.replicas("UK/ALPHA").await, ["n2"]);
+    for i in 0..10 {
+        let r = c
+            .get(p.url(&format!("/inventory/A{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-node"], "n2");
+    }
+
+    // At or below the assignment version: 409 with the proxy's version.
+    for stale in [v.next(), v] {
+        let r = put(stale, "n1").await.unwrap();
+        assert_eq!(r.status(), 409);
+        let answer: shardmap::UpdateAnswer = r.json().await.unwrap();
+        assert_eq!(answer.assignment_version, v.next());
+        assert!(answer.error.is_some());
+    }
+    assert_eq!(p.replicas("UK/ALPHA").await, ["n2"]);
+
+    // History has both numbers for every event.
+    let h: serde_json::Value = reqwest::get(p.admin_url("/admin/history"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let causes: Vec<(String, serde_json::Value, u64)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["cause"].as_str().unwrap().to_string(),
+                e["assignment_version"].clone(),
+                e["config_generation"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        causes[0],
+        (
+            "start".into(),
+            serde_json::json!(AssignmentVersion::NONE),
+            1
+        )
+    );
+    assert_eq!(causes[1], ("update".into(), serde_json::json!(v), 1));
+    assert!(causes[2].0.starts_with("reload:"), "{h}");
+    assert_eq!(causes[2].1, serde_json::json!(v));
+    assert_eq!(causes.last().unwrap().1, serde_json::json!(v.next()), "{h}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,10 +725,12 @@ async fn proxies_converge_on_the_table_published_in_redis() {
             .await
             .unwrap();
         for p in [&a, &b] {
+            // A bare counter in the store: epoch 0.
+            let version = AssignmentVersion::new(0, version);
             eventually(
                 Duration::from_secs(3),
                 "proxy applies the published table",
-                || async { (p.version().await == version).then_some(()) },
+                || async { (p.assignment_version().await == version).then_some(()) },
             )
             .await;
             assert_eq!(p.replicas("UK/ALPHA").await, vec![node.to_string()]);
@@ -621,7 +761,7 @@ async fn proxies_converge_on_the_table_published_in_redis() {
     drop(redis);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for p in [&a, &b] {
-        assert_eq!(p.version().await, 101);
+        assert_eq!(p.assignment_version().await, AssignmentVersion::new(0, 101));
         let r = reqwest::get(p.url("/inventory/A2")).await.unwrap();
         assert_eq!(r.status(), 200);
     }

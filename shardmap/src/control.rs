@@ -1,8 +1,16 @@
 //! Control-plane wire types: versioned table updates from the shard manager
-//! (`PUT /admin/table`) and the table view the proxy exposes
-//! (`GET /admin/table`). JSON; field names are part of the API.
+//! (`PUT /admin/table`), the proxy's answer to one, and the table view the
+//! proxy exposes (`GET /admin/table`). JSON; field names are part of the API.
+//!
+//! A table carries two numbers (DESIGN.md, "Versions"): the
+//! [`AssignmentVersion`], owned by the leading shard manager and changed
+//! only by an applied [`TableUpdate`], and the proxy's config generation,
+//! bumped by every applied config reload. Compare-and-set looks at the
+//! assignment version only, so a reload never invalidates the manager's
+//! next assignment.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,14 +24,117 @@ pub struct ReplicaAssignment {
     pub state: ReplicaState,
 }
 
+/// The version of a replica assignment: the epoch of the manager that made
+/// it (its fencing token), then a counter that manager advances. Ordered
+/// lexicographically, epoch first, so a manager of a higher epoch outranks
+/// every assignment of a lower one whatever their counters.
+///
+/// JSON: `{"epoch": 1, "counter": 42}`; a bare integer `42` reads as epoch
+/// 0 (hand-written updates and tables written before epochs existed).
+/// Shown as `1:42`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+#[serde(from = "WireVersion")]
+pub struct AssignmentVersion {
+    pub epoch: u64,
+    pub counter: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an assignment version: {\"epoch\": E, \"counter\": N}, or a bare counter N (epoch 0)"
+)]
+enum WireVersion {
+    Bare(u64),
+    Full(WireVersionFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireVersionFull {
+    epoch: u64,
+    counter: u64,
+}
+
+impl From<WireVersion> for AssignmentVersion {
+    fn from(w: WireVersion) -> Self {
+        match w {
+            WireVersion::Bare(counter) => AssignmentVersion { epoch: 0, counter },
+            WireVersion::Full(f) => AssignmentVersion {
+                epoch: f.epoch,
+                counter: f.counter,
+            },
+        }
+    }
+}
+
+impl AssignmentVersion {
+    /// The version of a table no manager has assigned yet (the config's
+    /// replicas): every update is newer.
+    pub const NONE: AssignmentVersion = AssignmentVersion {
+        epoch: 0,
+        counter: 0,
+    };
+
+    pub const fn new(epoch: u64, counter: u64) -> Self {
+        AssignmentVersion { epoch, counter }
+    }
+
+    /// The next version of the same epoch.
+    pub fn next(self) -> Self {
+        AssignmentVersion {
+            counter: self.counter.saturating_add(1),
+            ..self
+        }
+    }
+
+    /// The smallest version of this epoch that is at least `self` and newer
+    /// than `other`: what a manager at `self` sends to outrank a table at
+    /// `other`. `None` when no version of this epoch can (`other` has a
+    /// higher epoch: another manager leads).
+    pub fn past(self, other: AssignmentVersion) -> Option<AssignmentVersion> {
+        if other < self {
+            return Some(self);
+        }
+        if other.epoch > self.epoch {
+            return None;
+        }
+        Some(AssignmentVersion {
+            epoch: self.epoch,
+            counter: other.counter.checked_add(1)?,
+        })
+    }
+}
+
+impl fmt::Display for AssignmentVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.counter)
+    }
+}
+
 /// A versioned replica assignment. Applied only when `version` is newer than
-/// the table's; shards it does not name keep their replicas.
+/// the table's assignment version; shards it does not name keep their
+/// replicas.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableUpdate {
-    pub version: u64,
+    pub version: AssignmentVersion,
     #[serde(default)]
     pub shards: BTreeMap<String, Vec<ReplicaAssignment>>,
+}
+
+/// The proxy's answer to `PUT /admin/table`: the versions its table has
+/// after the request. 200 when the update applied (`assignment_version` is
+/// the update's); 409 when it was not newer, with `error` and the
+/// assignment version the proxy keeps, which a manager must outrank.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct UpdateAnswer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub assignment_version: AssignmentVersion,
+    pub config_generation: u64,
 }
 
 /// Health of a node as the proxy sees it.
@@ -58,7 +169,12 @@ pub struct ShardView {
 /// `GET /admin/table`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TableView {
-    pub version: u64,
+    /// The version of the shard manager's assignment in the table
+    /// ([`AssignmentVersion::NONE`] before the first update).
+    pub assignment_version: AssignmentVersion,
+    /// Config reloads applied since the proxy started, counting its start
+    /// as 1.
+    pub config_generation: u64,
     pub skus: usize,
     pub shards: Vec<ShardView>,
     pub nodes: Vec<NodeView>,
@@ -68,7 +184,8 @@ impl TableView {
     /// The view of `table`, with node health and load from `node_state`.
     pub fn of(table: &RoutingTable, node_state: impl Fn(usize) -> (NodeHealth, u64)) -> TableView {
         TableView {
-            version: table.version,
+            assignment_version: table.assignment_version,
+            config_generation: table.config_generation,
             skus: table.catalog.len(),
             shards: table
                 .shards

@@ -16,6 +16,6 @@ pub mod telemetry;
 
 pub use catalog::{Catalog, CategoryId, SkuMap};
 pub use config::{Config, ConfigErrors};
-pub use control::{NodeHealth, TableUpdate, TableView};
+pub use control::{AssignmentVersion, NodeHealth, TableUpdate, TableView, UpdateAnswer};
 pub use table::{ReplicaState, RouteHow, RoutingTable, ShardIdx};
 pub use telemetry::Frame;

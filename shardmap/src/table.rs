@@ -4,6 +4,12 @@
 //! Built whole by [`RoutingTable::build`] off the request path, then stored
 //! in an `ArcSwap` by the proxy; a lookup ([`RoutingTable::route`]) takes no
 //! lock, does no I/O and allocates nothing.
+//!
+//! A table carries two numbers: the [`AssignmentVersion`] of the shard
+//! manager's assignment in it, moved only by [`RoutingTable::apply`], and
+//! the config generation, moved only by [`RoutingTable::rebase`] (a
+//! reload). A reload keeps the assignment and its version, so the manager's
+//! next update still applies.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{sku_hash, Catalog, CategoryId};
 use crate::config::{Config, NodeSpec, Volatility};
-use crate::control::{ReplicaAssignment, TableUpdate};
+use crate::control::{AssignmentVersion, ReplicaAssignment, TableUpdate};
 
 /// Index of a shard within one table.
 pub type ShardIdx = u32;
@@ -71,7 +77,12 @@ pub enum RouteHow {
 /// The immutable routing snapshot.
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
-    pub version: u64,
+    /// The version of the manager's assignment this table holds; set only
+    /// by [`RoutingTable::apply`], kept by [`RoutingTable::rebase`].
+    pub assignment_version: AssignmentVersion,
+    /// The config this table was built from: 1 at start, one more per
+    /// applied reload.
+    pub config_generation: u64,
     pub catalog: Arc<Catalog>,
     pub regions: Vec<String>,
     region_index: HashMap<String, u16>,
@@ -90,8 +101,13 @@ pub struct RoutingTable {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TableError {
-    #[error("table update version {got} is not newer than the current version {current}")]
-    Stale { got: u64, current: u64 },
+    #[error(
+        "table update version {got} is not newer than the current assignment version {current}"
+    )]
+    Stale {
+        got: AssignmentVersion,
+        current: AssignmentVersion,
+    },
     #[error("table update names unknown shard `{0}`")]
     UnknownShard(String),
     #[error("table update names unknown node `{node}` for shard `{shard}`")]
@@ -103,20 +119,27 @@ pub enum TableError {
 }
 
 impl RoutingTable {
-    /// Build a table from a validated config and a catalog, at `version`.
-    pub fn build(config: &Config, catalog: Arc<Catalog>, version: u64) -> RoutingTable {
+    /// Build a table from a validated config and a catalog: the config's
+    /// replicas, no manager assignment yet ([`AssignmentVersion::NONE`]), at
+    /// config generation `config_generation`.
+    pub fn build(config: &Config, catalog: Arc<Catalog>, config_generation: u64) -> RoutingTable {
         let assignment: Vec<Vec<Replica>> = config
             .shards
             .iter()
             .map(|s| configured(config, s))
             .collect();
-        Self::assemble(config, catalog, version, assignment)
+        Self::assemble(
+            config,
+            catalog,
+            (AssignmentVersion::NONE, config_generation),
+            assignment,
+        )
     }
 
     fn assemble(
         config: &Config,
         catalog: Arc<Catalog>,
-        version: u64,
+        (assignment_version, config_generation): (AssignmentVersion, u64),
         assignment: Vec<Vec<Replica>>,
     ) -> RoutingTable {
         let mut regions: Vec<String> = vec![];
@@ -182,7 +205,8 @@ impl RoutingTable {
             .map(|(i, n)| (n.name.clone(), i as NodeIdx))
             .collect();
         RoutingTable {
-            version,
+            assignment_version,
+            config_generation,
             catalog,
             regions,
             region_index,
@@ -198,14 +222,16 @@ impl RoutingTable {
     }
 
     /// Apply a versioned update from the shard manager: a new table with the
-    /// update's replica assignment, at the update's version. Rejected when
-    /// not newer, or when it names shards or nodes this table does not know.
-    /// Shards the update does not mention keep their replicas.
+    /// update's replica assignment, at the update's assignment version and
+    /// this table's config generation. Rejected when its version is not
+    /// newer than this table's assignment version, or when it names shards
+    /// or nodes this table does not know. Shards the update does not
+    /// mention keep their replicas.
     pub fn apply(&self, config: &Config, update: &TableUpdate) -> Result<RoutingTable, TableError> {
-        if update.version <= self.version {
+        if update.version <= self.assignment_version {
             return Err(TableError::Stale {
                 got: update.version,
-                current: self.version,
+                current: self.assignment_version,
             });
         }
         let mut assignment: Vec<Vec<Replica>> =
@@ -256,15 +282,18 @@ impl RoutingTable {
         Ok(Self::assemble(
             config,
             self.catalog.clone(),
-            update.version,
+            (update.version, self.config_generation),
             assignment,
         ))
     }
 
-    /// Rebuild this table's assignment on a new config (reload): shards and
-    /// nodes that survive keep their current replicas; new shards take the
-    /// config's. The version is `version`.
-    pub fn rebase(&self, config: &Config, catalog: Arc<Catalog>, version: u64) -> RoutingTable {
+    /// Rebuild this table on a new config (reload), as the next config
+    /// generation: shards and nodes that survive keep their current
+    /// replicas, and the table keeps its assignment version, so the
+    /// manager's next update (numbered after the one applied) still
+    /// applies; new shards, and shards whose configured replicas changed,
+    /// take the config's.
+    pub fn rebase(&self, config: &Config, catalog: Arc<Catalog>) -> RoutingTable {
         let assignment = config
             .shards
             .iter()
@@ -291,7 +320,15 @@ impl RoutingTable {
                     .collect()
             })
             .collect();
-        Self::assemble(config, catalog, version, assignment)
+        Self::assemble(
+            config,
+            catalog,
+            (
+                self.assignment_version,
+                self.config_generation.saturating_add(1),
+            ),
+            assignment,
+        )
     }
 
     /// The shard for a request's sku and region. Never fails: an unknown sku
@@ -453,19 +490,27 @@ path = "/inventory/{sku}"
         assert_eq!(t.route("unknown", Some("MARS")).1, RouteHow::Hash);
     }
 
+    fn v(epoch: u64, counter: u64) -> AssignmentVersion {
+        AssignmentVersion::new(epoch, counter)
+    }
+
     #[test]
     fn updates_are_versioned_and_checked() {
         let c = config();
-        let t = RoutingTable::build(&c, catalog(), 5);
+        let t = RoutingTable::build(&c, catalog(), 1);
+        assert_eq!(t.assignment_version, AssignmentVersion::NONE);
         let mut u = TableUpdate {
-            version: 5,
+            version: AssignmentVersion::NONE,
             shards: Default::default(),
         };
         assert_eq!(
             t.apply(&c, &u).unwrap_err(),
-            TableError::Stale { got: 5, current: 5 }
+            TableError::Stale {
+                got: AssignmentVersion::NONE,
+                current: AssignmentVersion::NONE
+            }
         );
-        u.version = 6;
+        u.version = v(1, 6);
         u.shards.insert(
             "UK/X".into(),
             vec![
@@ -480,14 +525,15 @@ path = "/inventory/{sku}"
             ],
         );
         let t2 = t.apply(&c, &u).unwrap();
-        assert_eq!(t2.version, 6);
+        assert_eq!(t2.assignment_version, v(1, 6));
+        assert_eq!(t2.config_generation, 1, "an update is not a reload");
         let s = t2.shard(t2.shard_by_id("UK/X").unwrap());
         assert_eq!(s.serving, vec![2]);
         assert_eq!(s.draining, vec![0]);
         // untouched shards keep their replicas
         let y = t.shard_by_id("ALL/Y").unwrap();
         assert_eq!(t2.shard(y).replicas, t.shard(y).replicas);
-        u.version = 7;
+        u.version = v(1, 7);
         u.shards.insert(
             "UK/X".into(),
             vec![ReplicaAssignment {
@@ -500,8 +546,146 @@ path = "/inventory/{sku}"
             Err(TableError::UnknownNode { .. })
         ));
         // rebase keeps the manager's assignment across a reload
-        let t3 = t2.rebase(&c, catalog(), 7);
+        let t3 = t2.rebase(&c, catalog());
         assert_eq!(t3.shard(t3.shard_by_id("UK/X").unwrap()).serving, vec![2]);
+    }
+
+    #[test]
+    fn versions_order_by_epoch_then_counter() {
+        assert!(v(0, 0) < v(0, 1));
+        assert!(
+            v(0, u64::MAX) < v(1, 0),
+            "a higher epoch outranks any counter"
+        );
+        assert!(v(1, 5) < v(1, 6));
+        assert!(v(2, 1) > v(1, 1_000_000));
+        assert_eq!(AssignmentVersion::NONE, v(0, 0));
+        assert_eq!(AssignmentVersion::NONE, AssignmentVersion::default());
+        assert_eq!(v(1, 5).next(), v(1, 6));
+        // What a manager sends to outrank a table: its own version when
+        // already newer, else one past the table's counter in its epoch.
+        assert_eq!(v(1, 9).past(v(1, 5)), Some(v(1, 9)));
+        assert_eq!(v(1, 9).past(v(0, 50)), Some(v(1, 9)));
+        assert_eq!(v(1, 9).past(v(1, 9)), Some(v(1, 10)));
+        assert_eq!(v(1, 9).past(v(1, 40)), Some(v(1, 41)));
+        assert_eq!(v(1, 9).past(v(2, 0)), None, "a lower epoch cannot outrank");
+        assert_eq!(v(1, 9).past(v(1, u64::MAX)), None);
+        assert_eq!(v(1, 42).to_string(), "1:42");
+    }
+
+    #[test]
+    fn versions_read_as_objects_or_bare_counters() {
+        let read = |j: &str| serde_json::from_str::<AssignmentVersion>(j);
+        assert_eq!(read(r#"{"epoch": 1, "counter": 42}"#).unwrap(), v(1, 42));
+        assert_eq!(read("42").unwrap(), v(0, 42), "a bare counter is epoch 0");
+        assert!(read(r#"{"epoch": 1}"#).is_err());
+        assert!(read(r#"{"epoch": 1, "counter": 2, "x": 3}"#).is_err());
+        assert!(read("-1").is_err() && read("\"1:2\"").is_err());
+        assert_eq!(
+            serde_json::to_value(v(1, 42)).unwrap(),
+            serde_json::json!({"epoch": 1, "counter": 42})
+        );
+        let u: TableUpdate = serde_json::from_str(r#"{"version": 7}"#).unwrap();
+        assert_eq!(u.version, v(0, 7));
+        let u: TableUpdate =
+            serde_json::from_str(r#"{"version": {"epoch": 1, "counter": 7}, "shards": {}}"#)
+                .unwrap();
+        assert_eq!(u.version, v(1, 7));
+        let back: TableUpdate = serde_json::from_slice(&serde_json::to_vec(&u).unwrap()).unwrap();
+        assert_eq!(back, u);
+    }
+
+    /// The dropped update: an assignment at V, then a reload, then the
+    /// manager's next assignment (numbered V+1) must still apply.
+    #[test]
+    fn a_reload_keeps_the_assignment_and_its_version() {
+        let c = config();
+        let t = RoutingTable::build(&c, catalog(), 1);
+        let assign = |version, node: &str| TableUpdate {
+            version,
+            shards: [(
+                "UK/X".to_string(),
+                vec![ReplicaAssignment {
+                    node: node.into(),
+                    state: ReplicaState::Serving,
+                }],
+            )]
+            .into(),
+        };
+        let t = t.apply(&c, &assign(v(1, 5), "c")).unwrap();
+        let reloaded = t.rebase(&c, catalog());
+        assert_eq!(reloaded.assignment_version, v(1, 5));
+        assert_eq!(reloaded.config_generation, 2);
+        let ukx = |t: &RoutingTable| t.shard(t.shard_by_id("UK/X").unwrap()).serving.clone();
+        assert_eq!(ukx(&reloaded), vec![2], "the manager's replicas survive");
+        // The manager's next assignment applies on the reloaded table...
+        let next = reloaded.apply(&c, &assign(v(1, 6), "b")).unwrap();
+        assert_eq!(next.assignment_version, v(1, 6));
+        assert_eq!(next.config_generation, 2);
+        assert_eq!(ukx(&next), vec![1]);
+        // ...and one that is not newer than the assignment is still refused.
+        assert_eq!(
+            reloaded.apply(&c, &assign(v(1, 5), "b")).unwrap_err(),
+            TableError::Stale {
+                got: v(1, 5),
+                current: v(1, 5)
+            }
+        );
+    }
+
+    /// A reload that drops a node and changes one shard's configured
+    /// replicas: the assignment version stays, and the manager's replicas
+    /// stay wherever they still apply.
+    #[test]
+    fn a_reload_keeps_what_still_applies_of_the_assignment() {
+        let text = |nodes: &[&str], intl: &str| {
+            let mut t = String::from(
+                "replication_factor = 1\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+                 [[routes]]\nname = \"inv\"\npath = \"/inventory/{sku}\"\n",
+            );
+            for (i, n) in nodes.iter().enumerate() {
+                t += &format!(
+                    "[[nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:{}\"\n",
+                    i + 1
+                );
+            }
+            t += "[[shards]]\nid = \"UK/X\"\ncategories = [\"X\"]\nregions = [\"UK\"]\nreplicas = [\"a\"]\n";
+            t += &format!("[[shards]]\nid = \"INTL/X\"\ncategories = [\"X\"]\nregions = [\"INTL\"]\nreplicas = [\"{intl}\"]\n");
+            t += "[[shards]]\nid = \"ALL/Y\"\ncategories = [\"Y\"]\nregions = [\"UK\"]\nreplicas = [\"c\"]\n";
+            Config::from_toml(&t, Path::new("t.toml")).unwrap()
+        };
+        let c1 = text(&["a", "b", "c"], "a");
+        let serving = |node: &str| ReplicaAssignment {
+            node: node.into(),
+            state: ReplicaState::Serving,
+        };
+        let t = RoutingTable::build(&c1, catalog(), 1)
+            .apply(
+                &c1,
+                &TableUpdate {
+                    version: v(1, 7),
+                    shards: [
+                        ("UK/X".to_string(), vec![serving("b"), serving("c")]),
+                        ("INTL/X".to_string(), vec![serving("b")]),
+                        ("ALL/Y".to_string(), vec![serving("c"), serving("a")]),
+                    ]
+                    .into(),
+                },
+            )
+            .unwrap();
+        let r = t.rebase(&text(&["a", "c"], "c"), catalog());
+        assert_eq!(r.assignment_version, v(1, 7));
+        assert_eq!(r.config_generation, 2);
+        let names = |id: &str| -> Vec<String> {
+            let s = r.shard(r.shard_by_id(id).unwrap());
+            s.serving
+                .iter()
+                .map(|&n| r.nodes[n as usize].name.clone())
+                .collect()
+        };
+        assert_eq!(names("UK/X"), ["c"], "node b left the config");
+        assert_eq!(names("INTL/X"), ["c"], "the config changed INTL/X");
+        assert_eq!(names("ALL/Y"), ["c", "a"], "untouched by the reload");
     }
 
     #[test]

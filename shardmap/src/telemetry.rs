@@ -54,7 +54,7 @@ pub struct Frame {
     pub seq: u64,
     pub start_unix_ms: u64,
     pub interval_ms: u64,
-    /// Table version the proxy routed with.
+    /// The counter of the assignment version the proxy routed with.
     pub table_version: u64,
     /// Frames the sender dropped before this one (sink down or slow).
     #[serde(default)]

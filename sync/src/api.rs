@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /orders` | submit `{shard, node, priority?, deadline_unix_ms? \| deadline_in_ms?}` → 202 + order |
 //! | `GET /orders` | every order (`?state=queued\|running\|done\|cancelled` filters) |
-//! | `GET /orders/{id}` | one order, with its report once done |
+//! | `GET /orders/{id}` | one order, with its report once done (a cancelled one with its `reason`) |
 //! | `DELETE /orders/{id}` | cancel a queued or running order |
 //! | `GET /nodes` | node names and their hosted shards |
 //! | `GET /nodes/{node}/shards` | hosted shards of a node (state, cursor, rows) |
@@ -15,12 +15,21 @@
 //!
 //! The listener is [`http::serve`]'s: HTTP/1.1, bounded, with deadlines
 //! (`[timeouts]`, `[limits]` of the sync config).
+//!
+//! When `control_token` is set every route needs `Authorization: Bearer
+//! <token>` (the scheme in any case, the token compared in constant time,
+//! [`shardcast_edge::auth`]); a refusal is 401 with `WWW-Authenticate:
+//! Bearer realm="shardcast"`, counted in
+//! `shardcast_sync_control_unauthorized_total`. Config validation asks for
+//! a token when the control address is not loopback, as the proxy's and
+//! the manager's admin APIs do.
 
 use std::sync::Arc;
 
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
-use shardcast_edge::ConnLimiter;
+use shardcast_edge::{auth, ConnLimiter};
 
 use crate::http::{self, ListenerConfig, Resp};
 use crate::scheduler::{OrderError, OrderRequest, OrderState, Scheduler};
@@ -37,8 +46,23 @@ fn order_error(e: &OrderError) -> Resp {
     http::error(status, &e.to_string())
 }
 
-/// Answer one control request; `conns` is the listener's, for `/metrics`.
-pub async fn handle(s: Scheduler, conns: Arc<ConnLimiter>, req: Request<Incoming>) -> Resp {
+/// Answer one control request; `conns` is the listener's, for `/metrics`;
+/// with a `token`, a request without it is refused.
+pub async fn handle(
+    s: Scheduler,
+    conns: Arc<ConnLimiter>,
+    token: Option<&str>,
+    req: Request<Incoming>,
+) -> Resp {
+    if let Some(t) = token {
+        if !auth::bearer_ok(req.headers(), t) {
+            crate::metrics::Metrics::inc(&s.metrics().control_unauthorized);
+            let mut r = http::error(StatusCode::UNAUTHORIZED, "bearer token required");
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
+            return r;
+        }
+    }
     let path = req.uri().path().to_string();
     // Segments are percent-decoded: shard ids hold `/` (`UK%2FLIGHTING`).
     let decoded: Vec<String> = path
@@ -154,20 +178,26 @@ pub async fn handle(s: Scheduler, conns: Arc<ConnLimiter>, req: Request<Incoming
 }
 
 /// Serve the control API until `shutdown`, with `edge`'s connection
-/// deadlines and bounds.
+/// deadlines and bounds; with a `token` (the config's `control_token`)
+/// every request must carry it.
 pub async fn run(
     listener: tokio::net::TcpListener,
     s: Scheduler,
     edge: ListenerConfig,
+    token: Option<String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let conns = ConnLimiter::new("control", edge.limits);
     let c = conns.clone();
+    let token: Option<Arc<str>> = token.map(Arc::from);
     http::serve(
         listener,
         conns,
         edge.deadlines,
-        move |req| handle(s.clone(), c.clone(), req),
+        move |req| {
+            let (s, c, token) = (s.clone(), c.clone(), token.clone());
+            async move { handle(s, c, token.as_deref(), req).await }
+        },
         shutdown,
     )
     .await

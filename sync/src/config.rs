@@ -294,6 +294,12 @@ pub struct SyncFile {
     /// Control API address.
     #[serde(default = "d_control")]
     pub control: String,
+    /// Bearer token every control API request must carry
+    /// (`Authorization: Bearer <token>`, the scheme in any case); required
+    /// when `control` is not a loopback address. Unset or empty: no token
+    /// (loopback only).
+    #[serde(default)]
+    pub control_token: Option<String>,
     #[serde(default)]
     pub transfer: TransferFile,
     #[serde(default)]
@@ -365,6 +371,8 @@ pub struct SyncConfig {
     pub seed_catalog: Option<PathBuf>,
     pub seed_scale: u32,
     pub control: SocketAddr,
+    /// The control API's bearer token (`None`: none asked, loopback only).
+    pub control_token: Option<String>,
     pub scheduler: SchedulerConfig,
     pub nodes: Vec<SyncNode>,
     pub shards: Vec<ShardDef>,
@@ -485,6 +493,14 @@ impl SyncConfig {
         let mut errs = vec![];
         check_provider_url(&mut errs, &f.provider.url);
         let control = addr(&mut errs, "control", &f.control);
+        let control_token = f.control_token.clone().filter(|t| !t.is_empty());
+        if let Some(a) = control {
+            if !a.ip().is_loopback() && control_token.is_none() {
+                errs.push(format!(
+                    "control_token: required when `control` ({a}) is not a loopback address: the control API can evict any shard"
+                ));
+            }
+        }
         let t = &f.transfer;
         if t.concurrency == 0 {
             errs.push("transfer.concurrency: must be at least 1".into());
@@ -553,6 +569,7 @@ impl SyncConfig {
             seed_catalog: f.provider.seed_catalog.as_deref().map(|p| resolve(base, p)),
             seed_scale: f.provider.seed_scale,
             control: control.unwrap_or_else(|| ([127, 0, 0, 1], 9910).into()),
+            control_token,
             scheduler: SchedulerConfig {
                 bandwidth_bytes_per_s: t.bandwidth_bytes_per_s,
                 concurrency: t.concurrency,
@@ -562,6 +579,7 @@ impl SyncConfig {
                     max_value_bytes: t.max_value_bytes,
                     backoff_min: Duration::from_millis(100),
                     backoff_max: Duration::from_millis(t.max_backoff_ms.max(100)),
+                    urgency: Default::default(),
                 },
                 state_file: t.state_file.as_deref().map(|p| resolve(base, p)),
                 keep_finished: 1000,
@@ -771,6 +789,33 @@ listen = "127.0.0.1:0"
         )
         .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn a_control_api_off_loopback_needs_a_token() {
+        let nodes = "[[nodes]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n";
+        for (head, ok) in [
+            ("control = \"0.0.0.0:9910\"\n", false),
+            ("control = \"10.1.2.3:9910\"\ncontrol_token = \"\"\n", false),
+            ("control = \"[::]:9910\"\n", false),
+            (
+                "control = \"0.0.0.0:9910\"\ncontrol_token = \"s3cret\"\n",
+                true,
+            ),
+            ("control = \"127.0.0.1:9910\"\n", true),
+            ("control = \"[::1]:9910\"\n", true),
+        ] {
+            let r = SyncConfig::from_toml(&format!("{head}{nodes}"), Path::new("sync.toml"));
+            match (r, ok) {
+                (Ok(c), true) => assert_eq!(c.control_token.is_some(), head.contains("s3cret")),
+                (Err(e), false) => {
+                    let all = e.errors.join("\n");
+                    assert!(all.contains("control_token: required"), "{head}: {all}");
+                }
+                (Ok(_), false) => panic!("{head}: accepted without a token"),
+                (Err(e), true) => panic!("{head}: {e}"),
+            }
+        }
     }
 
     #[test]

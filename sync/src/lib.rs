@@ -7,10 +7,12 @@
 //!   reader ([`provider::Provider`]) for PostgreSQL and embedded SQLite;
 //! - [`cache`]: a node's cache ([`cache::ShardCache`]) in Redis or in
 //!   process; a batch and its cursor are applied atomically;
-//! - [`transfer`]: one shard's catch-up, under a bandwidth budget, with
-//!   retries through outages;
+//! - [`transfer`]: one shard's catch-up, under a bandwidth budget
+//!   ([`budget`]: waiters served by priority and deadline), with retries
+//!   through outages;
 //! - [`scheduler`] and [`api`]: pre-fetch orders by priority and deadline,
 //!   freshness of hosted shards, eviction, the HTTP/JSON control API;
+//!   [`persist`]: the state file orders survive restarts in;
 //! - [`node`]: the reference service-provider node the proxy routes to;
 //! - [`load`]: seeding the provider from the Online Retail II data and
 //!   replaying realistic changes;
@@ -22,6 +24,7 @@
 //! thin shell over these.
 
 pub mod api;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod http;
@@ -29,6 +32,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod persist;
 pub mod provider;
 pub mod scheduler;
 pub mod supervise;

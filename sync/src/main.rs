@@ -196,7 +196,21 @@ async fn serve(config: PathBuf) -> Result<()> {
         .with_context(|| format!("control: bind {}", cfg.control))?;
     println!("control listening on {}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, nodes = cfg.nodes.len(), shards = cfg.shards.len(), provider = provider.kind(), "scheduler up");
-    api::run(listener, sched, cfg.control_listener, shutdown.clone()).await;
+    if cfg.control_token.is_some() {
+        tracing::info!("control API: bearer token required");
+    }
+    api::run(
+        listener,
+        sched.clone(),
+        cfg.control_listener,
+        cfg.control_token.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    // The last changes (orders queued again at shutdown) reach the file.
+    if !sched.flush(Duration::from_secs(5)).await {
+        tracing::warn!("scheduler state not written within 5 s of shutdown");
+    }
     Ok(())
 }
 

@@ -90,6 +90,12 @@ pub struct Metrics {
     pub wakeups_notify: AtomicU64,
     pub budget_wait_us: AtomicU64,
     pub transfer_seconds: Histogram,
+    // the state file and the control API
+    pub state_writes: AtomicU64,
+    pub state_write_errors: AtomicU64,
+    pub state_file_corrupt: AtomicU64,
+    pub orders_invalidated: AtomicU64,
+    pub control_unauthorized: AtomicU64,
     // node
     pub node_hits: AtomicU64,
     pub node_misses: AtomicU64,
@@ -234,6 +240,31 @@ impl Metrics {
             out,
             "# HELP shardcast_sync_budget_wait_seconds_total Time transfers waited for bandwidth.\n# TYPE shardcast_sync_budget_wait_seconds_total counter\nshardcast_sync_budget_wait_seconds_total {}",
             self.budget_wait_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardcast_sync_state_writes_total Writes of the scheduler state file by outcome.\n# TYPE shardcast_sync_state_writes_total counter\n\
+             shardcast_sync_state_writes_total{{outcome=\"ok\"}} {}\nshardcast_sync_state_writes_total{{outcome=\"error\"}} {}",
+            self.state_writes.load(Relaxed),
+            self.state_write_errors.load(Relaxed)
+        );
+        counter(
+            out,
+            "shardcast_sync_state_file_corrupt_total",
+            "State files found unreadable at start (moved aside).",
+            &self.state_file_corrupt,
+        );
+        counter(
+            out,
+            "shardcast_sync_orders_invalidated_total",
+            "Reloaded orders cancelled because their shard or node is no longer configured.",
+            &self.orders_invalidated,
+        );
+        counter(
+            out,
+            "shardcast_sync_control_unauthorized_total",
+            "Control API requests refused for a missing or wrong bearer token.",
+            &self.control_unauthorized,
         );
         let _ = writeln!(
             out,

@@ -11,7 +11,12 @@
 //!
 //! On start the scheduler finds hosted shards by their cursors in the node
 //! caches and reloads unfinished orders from its state file, so a crash
-//! (even `kill -9` mid-transfer) resumes from the cache's cursor.
+//! (even `kill -9` mid-transfer) resumes from the cache's cursor. A
+//! reloaded order whose shard or node is no longer configured is cancelled
+//! with a `reason`, never run. The state file has one writer, off the
+//! async workers ([`crate::persist`]). A running order holds its slot
+//! (the concurrency bound, its (node, shard) pair) through a guard, freed
+//! on every way out of the transfer, a panic included.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -27,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::ShardCache;
 use crate::metrics::Metrics;
 use crate::model::ShardDef;
+use crate::persist::{self, Loaded, Persister};
 use crate::provider::Provider;
 use crate::transfer::{
     catch_up, no_errors, retry, ErrorSink, Progress, TokenBucket, TransferError, TransferParams,
+    Urgency,
 };
 
 pub fn now_ms() -> u64 {
@@ -101,6 +108,9 @@ pub struct Order {
     pub bytes: u64,
     /// The last provider/cache error while retrying (cleared on recovery).
     pub last_error: Option<String>,
+    /// Why a cancelled order was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub report: Option<Report>,
 }
 
@@ -197,6 +207,89 @@ struct Inner {
     reports: tokio::sync::broadcast::Sender<Report>,
     /// The supervised loops (recovery, dispatcher, freshness).
     tasks: Arc<shardcast_edge::supervise::Tasks>,
+    /// The state file's writer (`None`: orders live in memory only).
+    persister: Option<Persister<Persisted>>,
+}
+
+/// Why a reloaded order cannot run with the current config, if it cannot.
+fn stale_reason(
+    o: &Order,
+    shards: &BTreeMap<String, ShardDef>,
+    nodes: &BTreeMap<String, Arc<dyn ShardCache>>,
+) -> Option<String> {
+    if !shards.contains_key(&o.shard) {
+        Some(format!(
+            "shard `{}` is no longer configured (order reloaded from the state file)",
+            o.shard
+        ))
+    } else if !nodes.contains_key(&o.node) {
+        Some(format!(
+            "node `{}` is no longer configured (order reloaded from the state file)",
+            o.node
+        ))
+    } else {
+        None
+    }
+}
+
+/// A running order's hold on the scheduler: one of the `concurrency`
+/// slots, its (node, shard) pair and its cancel token. Released with the
+/// state lock held on the normal way out ([`RunningSlot::release`]); on
+/// any other (an early return, a panic, the task dropped at shutdown) the
+/// drop releases it and finishes the order: queued again at shutdown,
+/// otherwise cancelled with a reason.
+struct RunningSlot {
+    inner: Arc<Inner>,
+    id: u64,
+    key: (String, String),
+    released: bool,
+}
+
+impl RunningSlot {
+    fn release(&mut self, st: &mut State) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        st.running_orders = st.running_orders.saturating_sub(1);
+        st.busy.remove(&self.key);
+        st.cancels.remove(&self.id);
+    }
+}
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let inner = self.inner.clone();
+        {
+            let mut st = inner.state.lock();
+            self.release(&mut st);
+            if let Some(o) = st.orders.get_mut(&self.id) {
+                if o.state == OrderState::Running {
+                    if inner.shutdown.is_cancelled() {
+                        o.state = OrderState::Queued;
+                    } else {
+                        o.state = OrderState::Cancelled;
+                        o.finished_unix_ms = Some(now_ms());
+                        o.reason = Some(if std::thread::panicking() {
+                            "the transfer failed unexpectedly (internal error; see the log)".into()
+                        } else {
+                            "the transfer stopped unexpectedly".into()
+                        });
+                        Metrics::inc(&inner.metrics.orders_failed);
+                    }
+                }
+            }
+        }
+        tracing::error!(order = self.id, node = %self.key.0, shard = %self.key.1,
+            panicked = std::thread::panicking(), "transfer ended without finishing its order; slot freed");
+        Scheduler {
+            inner: inner.clone(),
+        }
+        .persist();
+        inner.wake.notify_one();
+    }
 }
 
 /// Handle to a running scheduler (cheap to clone).
@@ -221,35 +314,53 @@ impl Scheduler {
             next_id: 1,
             ..State::default()
         };
+        let shards: BTreeMap<String, ShardDef> =
+            shards.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let mut invalidated = 0usize;
         if let Some(path) = &cfg.state_file {
-            match std::fs::read(path) {
-                Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
-                    Ok(p) => {
-                        state.next_id = p.next_id.max(1);
-                        for mut o in p.orders {
-                            if o.state == OrderState::Running {
+            match persist::load::<Persisted>(path, &metrics) {
+                Loaded::Found(p) => {
+                    state.next_id = p.next_id.max(1);
+                    let now = now_ms();
+                    for mut o in p.orders {
+                        if matches!(o.state, OrderState::Queued | OrderState::Running) {
+                            if let Some(why) = stale_reason(&o, &shards, &nodes) {
+                                tracing::warn!(order = o.id, shard = %o.shard, node = %o.node, reason = %why,
+                                    "reloaded order cancelled: its shard or node is no longer configured");
+                                o.state = OrderState::Cancelled;
+                                o.finished_unix_ms = Some(now);
+                                o.reason = Some(why);
+                                invalidated += 1;
+                            } else if o.state == OrderState::Running {
                                 o.state = OrderState::Queued;
                             }
-                            state.next_id = state.next_id.max(o.id + 1);
-                            state.orders.insert(o.id, o);
                         }
-                        tracing::info!(path = %path.display(), orders = state.orders.len(), "scheduler state reloaded");
+                        state.next_id = state.next_id.max(o.id.saturating_add(1));
+                        state.orders.insert(o.id, o);
                     }
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "scheduler state file unreadable; starting empty")
-                    }
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read scheduler state file")
+                    tracing::info!(path = %path.display(), orders = state.orders.len(), invalidated, "scheduler state reloaded");
+                }
+                Loaded::Missing => {}
+                Loaded::Corrupt { .. } => {
+                    // The orders are gone; ids must not repeat the lost
+                    // ones, which a manager may still be asking about.
+                    state.next_id = now_ms().max(1);
                 }
             }
         }
+        for _ in 0..invalidated {
+            Metrics::inc(&metrics.orders_invalidated);
+            Metrics::inc(&metrics.orders_failed);
+        }
+        let persister = cfg
+            .state_file
+            .clone()
+            .map(|p| Persister::start(p, metrics.clone()));
         let (reports, _) = tokio::sync::broadcast::channel(256);
         let inner = Arc::new(Inner {
             provider,
             nodes,
-            shards: shards.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            shards,
             bucket: TokenBucket::new(cfg.bandwidth_bytes_per_s),
             cfg,
             metrics,
@@ -258,8 +369,12 @@ impl Scheduler {
             shutdown: shutdown.clone(),
             reports,
             tasks: shardcast_edge::supervise::Tasks::new(),
+            persister,
         });
         let s = Scheduler { inner };
+        if invalidated > 0 {
+            s.persist();
+        }
         let sup = crate::supervise::Supervisor::new(s.inner.tasks.clone(), shutdown);
         {
             let (s, stopped) = (s.clone(), sup.stopped());
@@ -365,6 +480,7 @@ impl Scheduler {
                     rows: 0,
                     bytes: 0,
                     last_error: None,
+                    reason: None,
                     report: None,
                 };
                 st.orders.insert(id, o.clone());
@@ -395,8 +511,11 @@ impl Scheduler {
                 OrderState::Queued => {
                     o.state = OrderState::Cancelled;
                     o.finished_unix_ms = Some(now_ms());
+                    o.reason = Some("cancelled through the control API".into());
                 }
-                OrderState::Running => {}
+                OrderState::Running => {
+                    o.reason = Some("cancelled through the control API".into());
+                }
             }
             let o = o.clone();
             if let Some(c) = st.cancels.get(&id) {
@@ -451,6 +570,7 @@ impl Scheduler {
                     c.cancel();
                 }
                 if let Some(o) = st.orders.get_mut(&id) {
+                    o.reason = Some("the shard was evicted from the node".into());
                     if o.state == OrderState::Queued {
                         o.state = OrderState::Cancelled;
                         o.finished_unix_ms = Some(now);
@@ -499,40 +619,43 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Hand the current orders to the state file's writer (which writes
+    /// only the latest of a burst). Taken and handed over under the state
+    /// lock, so the writer never gets an older snapshot after a newer one.
     fn persist(&self) {
-        let snapshot = {
-            let mut st = self.inner.state.lock();
-            // Bound the finished orders kept.
-            let finished: Vec<u64> = st
-                .orders
-                .values()
-                .filter(|o| matches!(o.state, OrderState::Done | OrderState::Cancelled))
-                .map(|o| o.id)
-                .collect();
-            if finished.len() > self.inner.cfg.keep_finished {
-                for id in &finished[..finished.len() - self.inner.cfg.keep_finished] {
-                    st.orders.remove(id);
-                }
+        let mut st = self.inner.state.lock();
+        // Bound the finished orders kept.
+        let finished: Vec<u64> = st
+            .orders
+            .values()
+            .filter(|o| matches!(o.state, OrderState::Done | OrderState::Cancelled))
+            .map(|o| o.id)
+            .collect();
+        if finished.len() > self.inner.cfg.keep_finished {
+            for id in &finished[..finished.len() - self.inner.cfg.keep_finished] {
+                st.orders.remove(id);
             }
-            if self.inner.cfg.state_file.is_none() {
-                return;
-            }
-            Persisted {
+        }
+        if let Some(p) = &self.inner.persister {
+            p.save(Persisted {
                 next_id: st.next_id,
                 orders: st.orders.values().cloned().collect(),
-            }
-        };
-        let Some(path) = &self.inner.cfg.state_file else {
-            return;
-        };
-        let tmp = path.with_extension("tmp");
-        let res = serde_json::to_vec(&snapshot)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = res {
-            tracing::error!(path = %path.display(), error = %e, "cannot write scheduler state");
+            });
         }
+    }
+
+    /// Wait (at most `within`) until the state file holds every change so
+    /// far; false on timeout. For a clean shutdown.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || {
+            s.inner
+                .persister
+                .as_ref()
+                .is_none_or(|p| p.flush_blocking(within))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Find hosted shards by their cursors in every node's cache.
@@ -574,7 +697,7 @@ impl Scheduler {
 
     /// Pick the best runnable order: highest priority, then earliest
     /// deadline, then oldest.
-    fn pick(&self) -> Option<(Order, CancellationToken)> {
+    fn pick(&self) -> Option<(Order, CancellationToken, RunningSlot)> {
         let mut st = self.inner.state.lock();
         if st.running_orders >= self.inner.cfg.concurrency.max(1) {
             return None;
@@ -597,14 +720,20 @@ impl Scheduler {
                     .then(a.id.cmp(&b.id))
             })
             .map(|o| o.id)?;
-        let token = self.inner.shutdown.child_token();
-        st.cancels.insert(best, token.clone());
-        st.running_orders += 1;
         let o = st.orders.get_mut(&best)?;
         o.state = OrderState::Running;
         o.started_unix_ms = Some(now_ms());
         let o = o.clone();
+        let token = self.inner.shutdown.child_token();
+        st.cancels.insert(best, token.clone());
+        st.running_orders += 1;
         st.busy.insert((o.node.clone(), o.shard.clone()));
+        let slot = RunningSlot {
+            inner: self.inner.clone(),
+            id: best,
+            key: (o.node.clone(), o.shard.clone()),
+            released: false,
+        };
         st.hosted
             .entry((o.node.clone(), o.shard.clone()))
             .or_insert(HostedShard {
@@ -614,7 +743,7 @@ impl Scheduler {
                 rows: 0,
                 last_sync_unix_ms: 0,
             });
-        Some((o, token))
+        Some((o, token, slot))
     }
 
     async fn dispatch(self) {
@@ -622,9 +751,9 @@ impl Scheduler {
             let notified = self.inner.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            while let Some((o, token)) = self.pick() {
+            while let Some((o, token, slot)) = self.pick() {
                 self.persist();
-                tokio::spawn(self.clone().run_order(o, token));
+                tokio::spawn(self.clone().run_order(o, token, slot));
             }
             tokio::select! {
                 _ = notified => {}
@@ -633,10 +762,40 @@ impl Scheduler {
         }
     }
 
-    async fn run_order(self, o: Order, token: CancellationToken) {
+    async fn run_order(self, o: Order, token: CancellationToken, mut slot: RunningSlot) {
         let started = Instant::now();
-        let shard = self.inner.shards[&o.shard].clone();
-        let cache = self.inner.nodes[&o.node].clone();
+        // Validated on submit and on reload; an order that still names
+        // something unknown is cancelled, never indexed.
+        let found = (
+            self.inner.shards.get(&o.shard).cloned(),
+            self.inner.nodes.get(&o.node).cloned(),
+        );
+        let (Some(shard), Some(cache)) = found else {
+            let why = stale_reason(&o, &self.inner.shards, &self.inner.nodes)
+                .unwrap_or_else(|| "unknown shard or node".into());
+            tracing::warn!(order = o.id, shard = %o.shard, node = %o.node, reason = %why, "order cancelled");
+            {
+                let mut st = self.inner.state.lock();
+                slot.release(&mut st);
+                st.hosted.remove(&(o.node.clone(), o.shard.clone()));
+                if let Some(ord) = st.orders.get_mut(&o.id) {
+                    ord.state = OrderState::Cancelled;
+                    ord.finished_unix_ms = Some(now_ms());
+                    ord.reason = Some(why);
+                }
+            }
+            Metrics::inc(&self.inner.metrics.orders_failed);
+            self.persist();
+            self.inner.wake.notify_one();
+            return;
+        };
+        let params = TransferParams {
+            urgency: Urgency {
+                priority: o.priority,
+                deadline_unix_ms: o.deadline_unix_ms,
+            },
+            ..self.inner.cfg.transfer.clone()
+        };
         tracing::info!(order = o.id, shard = %o.shard, node = %o.node, priority = o.priority, "pre-fetch started");
         let id = o.id;
         let on_error: ErrorSink = {
@@ -659,7 +818,7 @@ impl Scheduler {
             cache.clone(),
             &shard,
             &self.inner.bucket,
-            &self.inner.cfg.transfer,
+            &params,
             &self.inner.metrics,
             &token,
             false,
@@ -674,9 +833,7 @@ impl Scheduler {
         let key = (o.node.clone(), o.shard.clone());
         let report = {
             let mut st = self.inner.state.lock();
-            st.running_orders -= 1;
-            st.busy.remove(&key);
-            st.cancels.remove(&id);
+            slot.release(&mut st);
             let now = now_ms();
             match res {
                 Ok(p) => {
@@ -717,6 +874,7 @@ impl Scheduler {
                         } else {
                             ord.state = OrderState::Cancelled;
                             ord.finished_unix_ms = Some(now);
+                            ord.reason.get_or_insert_with(|| "cancelled".into());
                         }
                     }
                     None
@@ -790,8 +948,16 @@ impl Scheduler {
             let s = self.clone();
             async move {
                 let (node, shard_id) = &key;
-                let cache = s.inner.nodes[node].clone();
-                let shard = s.inner.shards[shard_id].clone();
+                let found = (
+                    s.inner.nodes.get(node).cloned(),
+                    s.inner.shards.get(shard_id).cloned(),
+                );
+                let (Some(cache), Some(shard)) = found else {
+                    let mut st = s.inner.state.lock();
+                    st.busy.remove(&key);
+                    st.hosted.remove(&key);
+                    return;
+                };
                 let res = catch_up(
                     s.inner.provider.clone(),
                     cache.clone(),

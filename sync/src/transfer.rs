@@ -3,7 +3,8 @@
 //! [`catch_up`] reads batches from the cache's cursor on, in version order,
 //! and applies each one atomically with its cursor. Reading runs one batch
 //! ahead of writing (the provider query overlaps the cache write). Every
-//! batch is charged to a shared [`TokenBucket`] before it is written.
+//! batch is charged to a shared [`TokenBucket`] before it is written, at
+//! the transfer's [`Urgency`] (see [`crate::budget`]).
 //! Provider or cache outages are retried with capped exponential backoff
 //! and a log line; the transfer resumes where the cursor is.
 
@@ -11,7 +12,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -20,52 +21,7 @@ use crate::metrics::Metrics;
 use crate::model::{encode_batch, CacheBatch, ShardDef};
 use crate::provider::Provider;
 
-/// A bandwidth budget in bytes per second; `0` means unlimited. Waiters are
-/// served in arrival order (the lock is fair), and a take larger than the
-/// burst runs the bucket into debt that later takes wait out.
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    state: tokio::sync::Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    pub fn new(bytes_per_s: u64) -> TokenBucket {
-        let rate = bytes_per_s as f64;
-        // A quarter second of burst keeps the rate smooth at the scale of
-        // a few batches.
-        let burst = (rate / 4.0).max(64.0 * 1024.0);
-        TokenBucket {
-            rate,
-            burst,
-            state: tokio::sync::Mutex::new((burst, Instant::now())),
-        }
-    }
-
-    pub fn rate(&self) -> u64 {
-        self.rate as u64
-    }
-
-    /// Wait until `n` bytes may be sent; returns how long it waited.
-    pub async fn take(&self, n: usize) -> Duration {
-        if self.rate <= 0.0 {
-            return Duration::ZERO;
-        }
-        let start = Instant::now();
-        let mut g = self.state.lock().await;
-        let now = Instant::now();
-        g.0 = (g.0 + now.duration_since(g.1).as_secs_f64() * self.rate).min(self.burst);
-        g.1 = now;
-        g.0 -= n as f64;
-        if g.0 < 0.0 {
-            let wait = Duration::from_secs_f64(-g.0 / self.rate);
-            tokio::time::sleep(wait).await;
-            g.0 = 0.0;
-            g.1 = Instant::now();
-        }
-        start.elapsed()
-    }
-}
+pub use crate::budget::{TokenBucket, Urgency};
 
 /// How transfers read and write.
 #[derive(Debug, Clone)]
@@ -74,6 +30,9 @@ pub struct TransferParams {
     pub max_value_bytes: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The transfer's place among the budget's waiters (the scheduler sets
+    /// an order's priority and deadline; default: a freshness refresh).
+    pub urgency: Urgency,
 }
 
 impl Default for TransferParams {
@@ -83,6 +42,7 @@ impl Default for TransferParams {
             max_value_bytes: 64 * 1024,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            urgency: Urgency::default(),
         }
     }
 }
@@ -244,7 +204,7 @@ pub async fn catch_up(
         let _guard = reader_cancel.clone().drop_guard();
 
         while let Some(cb) = rx.recv().await {
-            let waited = bucket.take(cb.bytes).await;
+            let waited = bucket.take(cb.bytes, params.urgency).await;
             metrics
                 .budget_wait_us
                 .fetch_add(waited.as_micros() as u64, Relaxed);

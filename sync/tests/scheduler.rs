@@ -175,6 +175,7 @@ async fn control_api_orders_reports_eviction_and_4xx() {
         listener,
         env.sched.clone(),
         shardcast_sync::http::ListenerConfig::control(),
+        None,
         env.shutdown.clone(),
     ));
     let c = reqwest::Client::new();
@@ -499,4 +500,159 @@ async fn redis_outage_mid_transfer_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_mid_transfer_resumes() {
     outage_mid_transfer(false).await;
+}
+
+/// With the budget saturated by low-priority transfers already under way,
+/// an urgent order that arrives later gets the bandwidth first: it
+/// finishes before any of them, though they started well before it and
+/// copy the same shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_order_overtakes_low_priority_transfers_for_bandwidth() {
+    let (p, _dir) = sqlite_seeded().await;
+    let mut caches = BTreeMap::new();
+    for n in ["a", "b", "c", "urgent"] {
+        caches.insert(n.to_string(), cache::open("memory", "").await.unwrap());
+    }
+    let env = start(
+        p,
+        caches,
+        SchedulerConfig {
+            bandwidth_bytes_per_s: 300_000,
+            concurrency: 4,
+            transfer: TransferParams {
+                batch_rows: 20,
+                ..TransferParams::default()
+            },
+            ..SchedulerConfig::default()
+        },
+    );
+    let s = &env.sched;
+    let shard = "UK/HOME_DECOR_OTHER";
+    let lows: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| s.submit(order(shard, n, 1.0)).unwrap())
+        .collect();
+    eventually_async(
+        Duration::from_secs(20),
+        "low transfers under way",
+        || async {
+            lows.iter()
+                .all(|o| s.order(o.id).is_some_and(|o| o.cursor > 0))
+                .then_some(())
+        },
+    )
+    .await;
+    let urgent = s
+        .submit(OrderRequest {
+            deadline_in_ms: Some(1_000),
+            ..order(shard, "urgent", 50.0)
+        })
+        .unwrap();
+    let u = wait_done(s, urgent.id, Duration::from_secs(60)).await;
+    for o in &lows {
+        let o = s.order(o.id).unwrap();
+        assert_eq!(
+            o.state,
+            OrderState::Running,
+            "low order {} finished before the urgent one ({} of {} bytes copied)",
+            o.id,
+            o.bytes,
+            u.bytes
+        );
+        assert!(o.started_unix_ms < u.started_unix_ms);
+    }
+    for o in &lows {
+        wait_done(s, o.id, Duration::from_secs(60)).await;
+    }
+    env.shutdown.cancel();
+}
+
+/// A cache that panics on writes to one shard: a bug in a driver.
+struct PanickingCache {
+    inner: Arc<dyn ShardCache>,
+    shard: &'static str,
+}
+
+#[async_trait::async_trait]
+impl ShardCache for PanickingCache {
+    async fn apply(
+        &self,
+        shard: &str,
+        batch: &shardcast_sync::CacheBatch,
+    ) -> Result<cache::Applied, cache::CacheError> {
+        if shard == self.shard {
+            panic!("driver bug writing {shard}");
+        }
+        self.inner.apply(shard, batch).await
+    }
+    async fn get(
+        &self,
+        shard: &str,
+        field: &str,
+    ) -> Result<Option<bytes::Bytes>, cache::CacheError> {
+        self.inner.get(shard, field).await
+    }
+    async fn fill(
+        &self,
+        shard: &str,
+        field: &str,
+        value: bytes::Bytes,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<(), cache::CacheError> {
+        self.inner.fill(shard, field, value, version, ttl).await
+    }
+    async fn evict(&self, shard: &str) -> Result<(), cache::CacheError> {
+        self.inner.evict(shard).await
+    }
+    async fn cursor(&self, shard: &str) -> Result<Option<u64>, cache::CacheError> {
+        self.inner.cursor(shard).await
+    }
+    async fn size(&self, shard: &str) -> Result<u64, cache::CacheError> {
+        self.inner.size(shard).await
+    }
+    async fn dump(&self, shard: &str) -> Result<Vec<(String, bytes::Bytes)>, cache::CacheError> {
+        self.inner.dump(shard).await
+    }
+    fn kind(&self) -> &'static str {
+        "panicking"
+    }
+}
+
+/// A transfer that panics gives its running slot back: with concurrency 1
+/// the next order still runs, and the failed one is cancelled with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_that_panics_frees_its_slot() {
+    let (p, _dir) = sqlite_seeded().await;
+    let mut caches: BTreeMap<String, Arc<dyn ShardCache>> = BTreeMap::new();
+    caches.insert(
+        "a".to_string(),
+        Arc::new(PanickingCache {
+            inner: cache::open("memory", "").await.unwrap(),
+            shard: "UK/SEASONAL",
+        }),
+    );
+    let env = start(
+        p,
+        caches,
+        SchedulerConfig {
+            concurrency: 1,
+            ..SchedulerConfig::default()
+        },
+    );
+    let s = &env.sched;
+    let bad = s.submit(order("UK/SEASONAL", "a", 9.0)).unwrap();
+    let good = s.submit(order("UK/LIGHTING", "a", 1.0)).unwrap();
+    wait_done(s, good.id, Duration::from_secs(30)).await;
+    let bad = s.order(bad.id).unwrap();
+    assert_eq!(bad.state, OrderState::Cancelled, "{bad:?}");
+    assert!(
+        bad.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("internal error"),
+        "{bad:?}"
+    );
+    assert_eq!(s.running(), 0);
+    env.shutdown.cancel();
 }

@@ -118,6 +118,16 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json:
     r.json().await.ok()
 }
 
+/// An assignment version as JSON (`{"epoch": E, "counter": N}`, or a bare
+/// counter N for epoch 0) as `(epoch, counter)`, which orders as the
+/// versions do: epoch first.
+pub fn assignment_version(v: &serde_json::Value) -> Option<(u64, u64)> {
+    if let Some(n) = v.as_u64() {
+        return Some((0, n));
+    }
+    Some((v["epoch"].as_u64()?, v["counter"].as_u64()?))
+}
+
 /// (sku, category) pairs of the project's catalog.
 pub fn catalog() -> Vec<(String, String)> {
     let path = workspace_root().join("data/online_retail/catalog.csv.gz");

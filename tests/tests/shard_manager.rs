@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use system::{
-    bin, catalog, eventually, free_port, get_json, load, workspace_root, LoadStats, Postgres, Proc,
-    Redis,
+    assignment_version, bin, catalog, eventually, free_port, get_json, load, workspace_root,
+    LoadStats, Postgres, Proc, Redis,
 };
 
 const SPIKE_SHARD: &str = "UK/SEASONAL";
@@ -178,7 +178,7 @@ impl Stack {
 
         // Sync: the provider into each node's Redis cache.
         let mut sync_toml = format!(
-            "control = \"127.0.0.1:{sync_port}\"\nshards_file = \"{}\"\n[provider]\nurl = \"{}\"\n\
+            "control = \"127.0.0.1:{sync_port}\"\ncontrol_token = \"sync-s3cret\"\nshards_file = \"{}\"\n[provider]\nurl = \"{}\"\n\
              [transfer]\nbandwidth_bytes_per_s = 50000000\nconcurrency = 4\nbatch_rows = 2000\n\
              poll_interval_ms = 1000\nstate_file = \"{}\"\n",
             proxy_files[0].display(),
@@ -207,7 +207,7 @@ impl Stack {
              [model]\nhourly = \"{m}/shardcast_hourly.json\"\ndaily = \"{m}/shardcast_daily.json\"\n\
              [planner]\ncycle_s = 1\n\
              [feeds.history]\nsource = \"{h}\"\nid_col = \"shard_id\"\ntime_col = \"ds\"\nvalue_col = \"lines\"\nalign = \"as_is\"\n\
-             [manager]\nproxy_config = \"{p}\"\nsync = \"http://127.0.0.1:{sync_port}\"\n\
+             [manager]\nproxy_config = \"{p}\"\nsync = \"http://127.0.0.1:{sync_port}\"\nsync_token = \"sync-s3cret\"\n\
              interval_ms = 300\nchurn_budget = 3\ndrain_ms = 1000\nobserve_window_s = 5\n\
              health_timeout_ms = 300\nfail_after = 2\n",
             m = root.join("forecaster/models").display(),
@@ -289,7 +289,7 @@ impl Stack {
     }
 
     /// Wait until the manager's assignment satisfies `pred` and both
-    /// proxies run its version; returns (manager view, seconds from the
+    /// proxies run its assignment version; returns (manager view, seconds from the
     /// manager reaching it to the last proxy having it).
     async fn settle(
         &self,
@@ -303,14 +303,14 @@ impl Stack {
         })
         .await;
         let t0 = Instant::now();
-        let version = view["version"].as_u64().unwrap();
+        let version = assignment_version(&view["assignment_version"]).unwrap();
         eventually(
             Duration::from_secs(10),
             "both proxies on the manager's version",
             || async {
                 for i in 0..self.proxies.len() {
                     let t = self.proxy_table(i).await?;
-                    if t["version"].as_u64()? < version {
+                    if assignment_version(&t["assignment_version"])? < version {
                         return None;
                     }
                 }
@@ -462,12 +462,13 @@ async fn forecast_prefetch_migration_and_node_loss_with_zero_failed_requests() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let version: u64 = redis::cmd("GET")
+    let version: String = redis::cmd("GET")
         .arg(format!("{PREFIX}:version"))
         .query_async(&mut r)
         .await
         .unwrap();
-    assert!(version >= view["version"].as_u64().unwrap());
+    let version = assignment_version(&serde_json::from_str(&version).unwrap()).unwrap();
+    assert!(version >= assignment_version(&view["assignment_version"]).unwrap());
     let rec: BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(format!("{PREFIX}:shard:{SPIKE_SHARD}"))
         .query_async(&mut r)
@@ -499,7 +500,7 @@ async fn forecast_prefetch_migration_and_node_loss_with_zero_failed_requests() {
             assert!(r.status().is_success(), "DELETE {url}");
         }
     };
-    let before = stack.manager().await["version"].as_u64().unwrap();
+    let before = stack.manager().await["assignment_version"].clone();
     put(
         "/manager/dry-run".into(),
         serde_json::json!({"enabled": true}),
@@ -538,8 +539,7 @@ async fn forecast_prefetch_migration_and_node_loss_with_zero_failed_requests() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let after = stack.manager().await;
     assert_eq!(
-        after["version"].as_u64().unwrap(),
-        before,
+        after["assignment_version"], before,
         "dry run changed the table: {plan:#}"
     );
     assert_eq!(serving(&after, pin_shard), on);

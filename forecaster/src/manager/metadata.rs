@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `<prefix>:table` | string | the current [`shardmap::TableUpdate`] (JSON); proxies follow it |
 //! | `<prefix>:table:changed` | channel | the new version, published after each write of `:table` |
-//! | `<prefix>:version` | string | the table version |
-//! | `<prefix>:shard:<id>` | hash | `content`, `replicas`, `cursors` (JSON), `observed_rps`, `predicted_rps`, `target`, `version` |
+//! | `<prefix>:version` | string | the table's assignment version, JSON: `{"epoch": 1, "counter": 42}` |
+//! | `<prefix>:shard:<id>` | hash | `content`, `replicas`, `cursors`, `version` (JSON), `observed_rps`, `predicted_rps`, `target` |
 //! | `<prefix>:node:<name>` | hash | `address`, `capacity`, `zone`, `health`, `drained`, `load_rps` |
 //! | `<prefix>:operator` | string | operator settings (JSON): dry run, pins, drained nodes, thresholds |
 //!
@@ -15,7 +15,7 @@
 //! newer one.
 
 use redis::aio::MultiplexedConnection;
-use shardmap::TableUpdate;
+use shardmap::{AssignmentVersion, TableUpdate};
 
 pub struct ShardRecord {
     pub id: String,
@@ -82,6 +82,7 @@ pub async fn publish_table(
     update: &TableUpdate,
 ) -> Result<(), String> {
     let json = serde_json::to_vec(update).map_err(|e| e.to_string())?;
+    let version = serde_json::to_string(&update.version).map_err(|e| e.to_string())?;
     redis::pipe()
         .atomic()
         .cmd("SET")
@@ -90,14 +91,14 @@ pub async fn publish_table(
         .ignore()
         .cmd("SET")
         .arg(format!("{prefix}:version"))
-        .arg(update.version)
+        .arg(&version)
         .ignore()
         .query_async::<()>(conn)
         .await
         .map_err(|e| e.to_string())?;
     redis::cmd("PUBLISH")
         .arg(format!("{prefix}:table:changed"))
-        .arg(update.version)
+        .arg(&version)
         .query_async::<i64>(conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -108,11 +109,12 @@ pub async fn publish_table(
 pub async fn write_state(
     conn: &mut MultiplexedConnection,
     prefix: &str,
-    version: u64,
+    version: AssignmentVersion,
     shards: &[ShardRecord],
     nodes: &[NodeRecord],
     operator: &[u8],
 ) -> Result<(), String> {
+    let version = serde_json::to_string(&version).map_err(|e| e.to_string())?;
     let mut p = redis::pipe();
     for s in shards {
         p.cmd("HSET")
@@ -130,7 +132,7 @@ pub async fn write_state(
             .arg("target")
             .arg(s.target)
             .arg("version")
-            .arg(version)
+            .arg(&version)
             .ignore();
     }
     for n in nodes {

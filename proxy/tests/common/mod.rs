@@ -321,8 +321,15 @@ impl Proxy {
             .unwrap()
     }
 
-    pub async fn version(&self) -> u64 {
-        self.table().await["version"].as_u64().unwrap()
+    /// The version of the manager's assignment in the table (moved only
+    /// by applied table updates).
+    pub async fn assignment_version(&self) -> shardmap::AssignmentVersion {
+        serde_json::from_value(self.table().await["assignment_version"].clone()).unwrap()
+    }
+
+    /// The config generation (moved only by applied reloads).
+    pub async fn config_generation(&self) -> u64 {
+        self.table().await["config_generation"].as_u64().unwrap()
     }
 
     /// Replica node names of `shard` in the current table.
