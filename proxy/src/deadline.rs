@@ -34,8 +34,8 @@ pub struct DeadlineStream {
     /// Cleartext HTTP/2 (prior knowledge), decided by the listener.
     h2c: bool,
     /// HTTP/1 only: chunk-size lines ended by CRLF alone (Pingora's parser
-    /// takes a bare LF in an extension; see [`crate::framing::ChunkedFraming`]).
-    chunks: Option<crate::framing::ChunkedFraming>,
+    /// takes a bare LF in an extension; see [`crate::chunked::ChunkedFraming`]).
+    chunks: Option<crate::chunked::ChunkedFraming>,
 }
 
 impl fmt::Debug for DeadlineStream {
@@ -57,7 +57,7 @@ impl DeadlineStream {
         Self {
             io: DeadlineIo::new(inner, mode, d, guard),
             h2c,
-            chunks: (!h2).then(crate::framing::ChunkedFraming::new),
+            chunks: (!h2).then(crate::chunked::ChunkedFraming::new),
         }
     }
 
@@ -73,7 +73,7 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        crate::framing::poll_read_checked(this.chunks.as_mut(), Pin::new(&mut this.io), cx, buf)
+        crate::chunked::poll_read_checked(this.chunks.as_mut(), Pin::new(&mut this.io), cx, buf)
     }
 }
 

@@ -7,6 +7,7 @@
 //! `main.rs` only parses flags and calls [`run::run`].
 
 pub mod admin;
+pub mod chunked;
 pub mod dashboard;
 pub mod deadline;
 pub mod framing;

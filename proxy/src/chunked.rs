@@ -1,0 +1,631 @@
+//! Chunked request bodies, checked byte by byte before Pingora parses them.
+//!
+//! Pingora 0.9.1 parses chunk-size lines with `httparse::parse_chunk_size`,
+//! which is lenient where nginx and HAProxy are strict (see
+//! [`ChunkedFraming`]). The check follows each HTTP/1 connection's requests
+//! through the bytes read and fails the read that would deliver a bad line
+//! ([`poll_read_checked`], called by `crate::deadline::DeadlineStream`).
+
+/// Why bytes a client sent break HTTP/1 chunked framing: `at` is the offset
+/// (in the data just fed) of the first byte that does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadChunk {
+    pub at: usize,
+    pub reason: &'static str,
+}
+
+/// Follows the HTTP/1 requests of one client connection through the bytes
+/// read from it and refuses a chunked body whose chunk-size line is not
+/// ended by CRLF alone.
+///
+/// Pingora 0.9.1 parses chunk-size lines with `httparse::parse_chunk_size`,
+/// which takes any octet after `;` as extension text — a bare LF included —
+/// and ends the line only at CRLF. A front that ends the line at that LF
+/// (as Go's net/http did before CVE-2025-22871, and Kestrel before
+/// CVE-2025-55315) frames the body differently: request smuggling. nginx
+/// and HAProxy answer 400; so does shardcast, by failing the read that
+/// would deliver the bad line, which `request_filter` answers with 400 and
+/// a closed connection. Pingora has no option to be strict here and does
+/// not expose the raw body bytes, so the check sits in the connection
+/// wrapper ([`poll_read_checked`]).
+///
+/// Refused in a chunk-size line: a bare LF, a CR not followed by LF, a
+/// control character in an extension, a size that is not 1 to 16 hex
+/// digits (optionally followed by whitespace, then `;` or the line end);
+/// after chunk data, anything but CRLF; in the trailer section, a bare LF or
+/// CR. The head is only read for `Transfer-Encoding`, `Content-Length` and
+/// `Upgrade`; requests that [`crate::framing::check`] or Pingora refuse (and close) are not
+/// followed further. Cost: one pass over each byte read, no allocation.
+#[derive(Debug, Clone)]
+pub struct ChunkedFraming {
+    st: St,
+    head: HeadScan,
+    /// The chunk being read: its size, then the bytes of it left.
+    chunk: u64,
+    /// The last request asked for `Upgrade`: a `101` written means the
+    /// bytes that follow are another protocol's.
+    await_101: bool,
+    refused: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    /// Between requests: empty lines before a request line are skipped.
+    Idle,
+    Head,
+    /// A Content-Length body: `chunk` bytes left.
+    Fixed,
+    /// Chunk-size digits so far.
+    SizeDigits(u8),
+    /// Whitespace after the size.
+    SizeWs,
+    Ext,
+    SizeCr,
+    /// Chunk data: `chunk` bytes left.
+    Data,
+    DataCr,
+    DataLf,
+    /// Trailer section; `true` at the start of a line.
+    Trailer(bool),
+    /// CR in the trailer section; `true` when it ends an empty line.
+    TrailerCr(bool),
+    /// Not HTTP/1 requests any more (HTTP/2 preface, upgraded, or a head
+    /// that is refused and closed): nothing to check.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Other,
+    Te,
+    Cl,
+    Upgrade,
+}
+
+/// What the head scan keeps: bounded, and enough to frame the body.
+#[derive(Debug, Clone, Default)]
+struct HeadScan {
+    request_line: bool,
+    line_len: usize,
+    prefix: [u8; 14],
+    name: [u8; 17],
+    name_len: usize,
+    name_over: bool,
+    in_value: bool,
+    field: Option<Field>,
+    /// A TE or CL value with outer whitespace dropped and inner runs of it
+    /// kept as one space; `value_len` past the array means "too long to be
+    /// `chunked` or a length".
+    value: [u8; 24],
+    value_len: usize,
+    value_ws: bool,
+    te: u32,
+    te_chunked: bool,
+    cl: u32,
+    cl_value: Option<u64>,
+    upgrade: bool,
+    folded: bool,
+}
+
+const H2_REQUEST_LINE: &[u8; 14] = b"PRI * HTTP/2.0";
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+impl HeadScan {
+    fn new() -> Self {
+        Self {
+            request_line: true,
+            ..Self::default()
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        if b == b'\r' {
+            // Part of the line end (a bare CR is refused by Pingora).
+            return;
+        }
+        let first = self.line_len == 0;
+        self.line_len = self.line_len.saturating_add(1);
+        if self.request_line {
+            if let Some(p) = self.prefix.get_mut(self.line_len - 1) {
+                *p = b;
+            }
+            return;
+        }
+        if first && is_ows(b) {
+            self.folded = true;
+        }
+        if !self.in_value {
+            if b == b':' {
+                self.in_value = true;
+                let name = &self.name[..self.name_len];
+                self.field = Some(if self.name_over {
+                    Field::Other
+                } else if name == b"transfer-encoding" {
+                    Field::Te
+                } else if name == b"content-length" {
+                    Field::Cl
+                } else if name == b"upgrade" {
+                    Field::Upgrade
+                } else {
+                    Field::Other
+                });
+            } else if self.name_len < self.name.len() {
+                self.name[self.name_len] = b.to_ascii_lowercase();
+                self.name_len += 1;
+            } else {
+                self.name_over = true;
+            }
+            return;
+        }
+        if !matches!(self.field, Some(Field::Te | Field::Cl)) {
+            return;
+        }
+        if is_ows(b) {
+            self.value_ws = self.value_len > 0;
+            return;
+        }
+        if std::mem::take(&mut self.value_ws) {
+            self.push_value(b' ');
+        }
+        self.push_value(b);
+    }
+
+    fn push_value(&mut self, b: u8) {
+        if let Some(v) = self.value.get_mut(self.value_len) {
+            *v = b;
+        }
+        self.value_len = self.value_len.saturating_add(1);
+    }
+
+    /// A line ended; `true` when it was the empty line ending the head.
+    fn line_end(&mut self) -> bool {
+        if self.line_len == 0 && !self.request_line {
+            return true;
+        }
+        if !self.request_line {
+            let v = (self.value_len <= self.value.len()).then(|| &self.value[..self.value_len]);
+            match self.field {
+                Some(Field::Te) => {
+                    self.te += 1;
+                    self.te_chunked = v.is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
+                }
+                Some(Field::Cl) => {
+                    self.cl += 1;
+                    self.cl_value = v
+                        .filter(|v| {
+                            !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit)
+                        })
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+                }
+                Some(Field::Upgrade) => self.upgrade = true,
+                Some(Field::Other) => {}
+                // A field line without a colon: refused by Pingora.
+                None => self.folded = true,
+            }
+        }
+        *self = Self {
+            request_line: false,
+            prefix: self.prefix,
+            te: self.te,
+            te_chunked: self.te_chunked,
+            cl: self.cl,
+            cl_value: self.cl_value,
+            upgrade: self.upgrade,
+            folded: self.folded,
+            ..Self::default()
+        };
+        false
+    }
+}
+
+impl Default for ChunkedFraming {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedFraming {
+    /// For a new HTTP/1 connection (not for HTTP/2).
+    pub fn new() -> Self {
+        Self {
+            st: St::Idle,
+            head: HeadScan::new(),
+            chunk: 0,
+            await_101: false,
+            refused: None,
+        }
+    }
+
+    /// Why the connection's framing was refused, once it was.
+    pub fn refused(&self) -> Option<&'static str> {
+        self.refused
+    }
+
+    /// Bytes just read from the client, in order. Once it returns an error,
+    /// every later call does too (with `at` 0).
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), BadChunk> {
+        if let Some(reason) = self.refused {
+            return Err(BadChunk { at: 0, reason });
+        }
+        let mut i = 0;
+        while i < data.len() {
+            match self.st {
+                St::Off => return Ok(()),
+                St::Fixed | St::Data => {
+                    let left = usize::try_from(self.chunk).unwrap_or(usize::MAX);
+                    let n = left.min(data.len() - i);
+                    i += n;
+                    self.chunk -= n as u64;
+                    if self.chunk == 0 {
+                        self.st = if self.st == St::Fixed {
+                            St::Idle
+                        } else {
+                            St::DataCr
+                        };
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if let Err(reason) = self.step(data[i]) {
+                self.refused = Some(reason);
+                return Err(BadChunk { at: i, reason });
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, b: u8) -> Result<(), &'static str> {
+        const BARE_LF: &str = "bare LF in a chunk-size line";
+        const LONE_CR: &str = "CR without LF in a chunk-size line";
+        const BAD_SIZE: &str = "malformed chunk size";
+        self.st = match (self.st, b) {
+            (St::Idle, b'\r' | b'\n') => St::Idle,
+            (St::Idle, _) => {
+                self.head = HeadScan::new();
+                self.head.byte(b);
+                St::Head
+            }
+            (St::Head, b'\n') => {
+                let was_request_line = self.head.request_line;
+                if self.head.line_end() {
+                    self.body()
+                } else if was_request_line && self.head.prefix == *H2_REQUEST_LINE {
+                    St::Off
+                } else {
+                    St::Head
+                }
+            }
+            (St::Head, _) => {
+                self.head.byte(b);
+                St::Head
+            }
+            (St::SizeDigits(n), _) if hex(b).is_some() => {
+                if n >= 16 {
+                    return Err("chunk size of more than 16 hex digits");
+                }
+                self.chunk = (self.chunk << 4) | hex(b).unwrap_or(0);
+                St::SizeDigits(n + 1)
+            }
+            (St::SizeDigits(0), _) => return Err(BAD_SIZE),
+            (St::SizeDigits(_) | St::SizeWs, b' ' | b'\t') => St::SizeWs,
+            (St::SizeDigits(_) | St::SizeWs, b';') => St::Ext,
+            (St::SizeDigits(_) | St::SizeWs | St::Ext, b'\r') => St::SizeCr,
+            (St::SizeDigits(_) | St::SizeWs, b'\n') => return Err(BARE_LF),
+            (St::SizeDigits(_) | St::SizeWs, _) => return Err(BAD_SIZE),
+            (St::Ext, b'\n') => return Err("bare LF in a chunk extension"),
+            (St::Ext, b'\t') => St::Ext,
+            (St::Ext, 0..=0x1f | 0x7f) => return Err("control character in a chunk extension"),
+            (St::Ext, _) => St::Ext,
+            (St::SizeCr, b'\n') if self.chunk == 0 => St::Trailer(true),
+            (St::SizeCr, b'\n') => St::Data,
+            (St::SizeCr, _) => return Err(LONE_CR),
+            (St::DataCr, b'\r') => St::DataLf,
+            (St::DataLf, b'\n') => St::SizeDigits(0),
+            (St::DataCr | St::DataLf, _) => return Err("chunk data not followed by CRLF"),
+            (St::Trailer(_), b'\n') => return Err("bare LF in the trailer section"),
+            (St::Trailer(start), b'\r') => St::TrailerCr(start),
+            (St::Trailer(_), _) => St::Trailer(false),
+            (St::TrailerCr(true), b'\n') => St::Idle,
+            (St::TrailerCr(false), b'\n') => St::Trailer(true),
+            (St::TrailerCr(_), _) => return Err("CR without LF in the trailer section"),
+            (St::Fixed | St::Data | St::Off, _) => self.st,
+        };
+        if self.st == St::SizeDigits(0) || self.st == St::Idle {
+            self.chunk = 0;
+        }
+        Ok(())
+    }
+
+    /// The head just ended: how its body is framed.
+    fn body(&mut self) -> St {
+        let h = &self.head;
+        self.await_101 = h.upgrade;
+        if h.folded || h.cl > 1 || h.te > 1 {
+            // Refused by Pingora or by `framing::check`, and the connection closed.
+            return St::Off;
+        }
+        if h.te == 1 {
+            return if h.te_chunked && h.cl == 0 {
+                self.chunk = 0;
+                St::SizeDigits(0)
+            } else {
+                St::Off
+            };
+        }
+        match (h.cl, h.cl_value) {
+            (0, _) | (1, Some(0)) => St::Idle,
+            (1, Some(n)) => {
+                self.chunk = n;
+                St::Fixed
+            }
+            _ => St::Off,
+        }
+    }
+
+    /// Bytes just written to the client: after an `Upgrade` request, a
+    /// `101` response means the connection is no longer HTTP/1.
+    pub fn wrote(&mut self, data: &[u8]) {
+        if !self.await_101 || data.len() < 12 || !data.starts_with(b"HTTP/1.") {
+            return;
+        }
+        match &data[9..12] {
+            b"101" => self.st = St::Off,
+            [b'1', _, _] => {}
+            _ => self.await_101 = false,
+        }
+    }
+}
+
+/// `poll_read` of a client connection with [`ChunkedFraming`] (`None`: not
+/// checked, e.g. HTTP/2). A read that holds a refused byte returns the bytes
+/// before it; the next read fails with `InvalidData` without reading, so a
+/// request body being read ends in an error (400 from `request_filter`)
+/// and nothing after the bad line reaches Pingora's parser.
+pub fn poll_read_checked<R: tokio::io::AsyncRead + ?Sized>(
+    check: Option<&mut ChunkedFraming>,
+    io: std::pin::Pin<&mut R>,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut tokio::io::ReadBuf<'_>,
+) -> std::task::Poll<std::io::Result<()>> {
+    use std::task::Poll;
+    let Some(check) = check else {
+        return io.poll_read(cx, buf);
+    };
+    let refused = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("request body: {why}"),
+        )
+    };
+    if let Some(why) = check.refused() {
+        return Poll::Ready(Err(refused(why)));
+    }
+    let before = buf.filled().len();
+    let r = io.poll_read(cx, buf);
+    if let Poll::Ready(Ok(())) = r {
+        if let Err(bad) = check.feed(&buf.filled()[before..]) {
+            if bad.at == 0 {
+                buf.set_filled(before);
+                return Poll::Ready(Err(refused(bad.reason)));
+            }
+            buf.set_filled(before + bad.at);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `data` whole and in every two-piece split: the verdict and the
+    /// absolute offset do not depend on how the bytes arrive.
+    fn verdict(data: &[u8]) -> Result<(), (usize, &'static str)> {
+        let whole = {
+            let mut c = ChunkedFraming::new();
+            c.feed(data).map_err(|b| (b.at, b.reason))
+        };
+        for cut in 0..=data.len() {
+            let mut c = ChunkedFraming::new();
+            let r = c
+                .feed(&data[..cut])
+                .map_err(|b| (b.at, b.reason))
+                .and_then(|()| c.feed(&data[cut..]).map_err(|b| (cut + b.at, b.reason)));
+            assert_eq!(
+                r,
+                whole,
+                "split at {cut} of {:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        whole
+    }
+
+    const CHUNKED: &str = "POST /i/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    #[test]
+    fn well_formed_requests_pass() {
+        for body in [
+            "3\r\nabc\r\n0\r\n\r\n",
+            "3;ext\r\nabc\r\n0\r\n\r\n",
+            "3 ;a=b;c=\"d e\"\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n",
+            "3\t\r\nabc\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n",
+            "000000000000003\r\nabc\r\n0;x\r\n\r\n",
+        ] {
+            let req = format!("{CHUNKED}{body}GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(verdict(req.as_bytes()), Ok(()), "{body:?}");
+        }
+        // keep-alive: a Content-Length body (holding what would be a bad
+        // chunk line), then a chunked request
+        let req = format!(
+            "\r\nPOST /a HTTP/1.1\nHost: x\ncontent-length:  7 \n\n3;x\nabc{CHUNKED}1\r\nz\r\n0\r\n\r\n"
+        );
+        assert_eq!(verdict(req.as_bytes()), Ok(()));
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn bare_lf_and_stray_bytes_in_chunk_lines_are_refused() {
+        let at = CHUNKED.len();
+        let cases: &[(&str, usize, &str)] = &[
+            ("3;ext\nabc\r\n0\r\n\r\n", 5, "bare LF in a chunk extension"),
+            ("3\nabc\r\n0\r\n\r\n", 1, "bare LF in a chunk-size line"),
+            ("3 \nabc\r\n0\r\n\r\n", 2, "bare LF in a chunk-size line"),
+            (
+                "3;a\rb\r\nabc\r\n0\r\n\r\n",
+                4,
+                "CR without LF in a chunk-size line",
+            ),
+            (
+                "3;a\x00\r\nabc\r\n0\r\n\r\n",
+                3,
+                "control character in a chunk extension",
+            ),
+            ("3x\r\nabc\r\n0\r\n\r\n", 1, "malformed chunk size"),
+            (";3\r\nabc\r\n0\r\n\r\n", 0, "malformed chunk size"),
+            (
+                "10000000000000000\r\n",
+                16,
+                "chunk size of more than 16 hex digits",
+            ),
+            (
+                "3\r\nabcd\r\n0\r\n\r\n",
+                6,
+                "chunk data not followed by CRLF",
+            ),
+            ("3\r\nabc\n0\r\n\r\n", 6, "chunk data not followed by CRLF"),
+            ("0\r\nX: 1\n\r\n", 7, "bare LF in the trailer section"),
+            ("0\r\n\n", 3, "bare LF in the trailer section"),
+            // the second chunk of a body
+            (
+                "1\r\na\r\n2;x\nbc\r\n0\r\n\r\n",
+                9,
+                "bare LF in a chunk extension",
+            ),
+        ];
+        for (body, off, why) in cases {
+            let req = format!("{CHUNKED}{body}");
+            assert_eq!(verdict(req.as_bytes()), Err((at + off, *why)), "{body:?}");
+        }
+        // the second request on a connection
+        let req = format!("GET / HTTP/1.1\r\nHost: x\r\n\r\n{CHUNKED}3;x\nabc\r\n0\r\n\r\n");
+        assert!(verdict(req.as_bytes()).is_err());
+        // header names in any case, a value with whitespace around it
+        let req = "POST / HTTP/1.1\r\nHost: x\r\nTRANSFER-encoding:   Chunked  \r\n\r\n3;x\nabc\r\n0\r\n\r\n";
+        assert!(verdict(req.as_bytes()).is_err());
+        let mut c = ChunkedFraming::new();
+        assert!(c.feed(format!("{CHUNKED}3;\n").as_bytes()).is_err());
+        assert_eq!(c.feed(b"more").unwrap_err().at, 0);
+        assert!(c.refused().is_some());
+    }
+
+    #[test]
+    fn what_is_not_followed() {
+        // HTTP/2 prior knowledge
+        let req = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\n\n";
+        assert_eq!(verdict(req), Ok(()));
+        // heads Pingora or `check` refuse and close: not followed further
+        for head in [
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3x\r\n\r\n",
+        ] {
+            let req = format!("{head}3;x\nabc\r\n0\r\n\r\n");
+            assert_eq!(verdict(req.as_bytes()), Ok(()), "{head:?}");
+        }
+        // a long value is not cut into `chunked`
+        let req = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: {}chunked\r\n\r\n3;x\nabc",
+            "x".repeat(40)
+        );
+        assert_eq!(verdict(req.as_bytes()), Ok(()));
+        // but a long run of whitespace around `chunked` is still chunked
+        let req = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding:{}chunked{}\r\n\r\n3;x\nabc",
+            " ".repeat(300),
+            "\t".repeat(300)
+        );
+        assert!(verdict(req.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn an_upgrade_is_followed_until_its_101() {
+        let mut c = ChunkedFraming::new();
+        let up =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        c.feed(up).unwrap();
+        c.wrote(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        // not upgraded: still HTTP/1
+        assert!(c.feed(format!("{CHUNKED}3;x\n").as_bytes()).is_err());
+        let mut c = ChunkedFraming::new();
+        c.feed(up).unwrap();
+        c.wrote(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        c.feed(b"\x81\x05hello 3;x\n\r\n\n").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_holding_a_bad_line_ends_before_it_and_the_next_fails() {
+        use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+        struct Checked<R> {
+            io: R,
+            check: Option<ChunkedFraming>,
+        }
+        impl<R: AsyncRead + Unpin> AsyncRead for Checked<R> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let this = &mut *self;
+                poll_read_checked(
+                    this.check.as_mut(),
+                    std::pin::Pin::new(&mut this.io),
+                    cx,
+                    buf,
+                )
+            }
+        }
+
+        let req = format!("{CHUNKED}3;ext\nabc\r\n0\r\n\r\n");
+        let mut s = Checked {
+            io: req.as_bytes(),
+            check: Some(ChunkedFraming::new()),
+        };
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], format!("{CHUNKED}3;ext").as_bytes());
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string().contains("bare LF in a chunk extension"),
+            "{e}"
+        );
+        // unchecked: everything passes
+        let mut s = Checked {
+            io: req.as_bytes(),
+            check: None,
+        };
+        let mut all = vec![];
+        s.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, req.as_bytes());
+    }
+}
