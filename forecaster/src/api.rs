@@ -342,6 +342,7 @@ impl App {
                 crate::metrics::render_edge(&mut o, &self.conns, &self.tasks);
                 if let Some(m) = &self.manager {
                     crate::metrics::render_manager(&mut o, m.refusals());
+                    crate::metrics::render_lease(&mut o, m.lease());
                 }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", o)
             }

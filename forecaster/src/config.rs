@@ -131,6 +131,11 @@ struct WireManager {
     proxy_token: Option<String>,
     #[serde(default = "d_interval_ms")]
     interval_ms: u64,
+    /// The leadership lease in the metadata store (DESIGN.md, "Managers"):
+    /// renewed every third of it; a leader that cannot renew stops writing
+    /// before it ends.
+    #[serde(default = "d_lease_ms")]
+    lease_ms: u64,
     #[serde(default = "d_churn")]
     churn_budget: usize,
     #[serde(default = "d_quantile")]
@@ -195,6 +200,9 @@ pub enum Policy {
 fn d_interval_ms() -> u64 {
     2000
 }
+fn d_lease_ms() -> u64 {
+    3000
+}
 fn d_churn() -> usize {
     2
 }
@@ -240,6 +248,7 @@ pub struct ManagerConfig {
     pub proxies: Vec<String>,
     pub proxy_token: Option<String>,
     pub interval: Duration,
+    pub lease: Duration,
     pub churn_budget: usize,
     pub quantile: f32,
     pub max_utilization: f64,
@@ -572,6 +581,9 @@ impl Config {
                     );
                 }
             }
+            if m.lease_ms < 300 {
+                err("manager.lease_ms", format!("{} is below 300", m.lease_ms));
+            }
             if m.interval_ms < 50 {
                 err(
                     "manager.interval_ms",
@@ -643,6 +655,7 @@ impl Config {
                     .collect(),
                 proxy_token: m.proxy_token.clone(),
                 interval: Duration::from_millis(m.interval_ms),
+                lease: Duration::from_millis(m.lease_ms),
                 churn_budget: m.churn_budget,
                 quantile: m.quantile,
                 max_utilization: m.max_utilization,

@@ -16,8 +16,13 @@
 //! its reason: forecast, load, failure, operator, balance or initial.
 //! Operator controls: dry run (plans computed and shown, nothing done),
 //! pins, node drains and thresholds; they persist in the metadata store.
+//!
+//! Several managers may run on one metadata store; only the holder of the
+//! lease ([`lease`]) writes, each write carrying its epoch as a fencing
+//! token. A standby observes and plans, and writes nothing.
 
 pub mod client;
+pub mod lease;
 pub mod metadata;
 pub mod routes;
 pub mod versions;
@@ -43,6 +48,7 @@ use crate::planner::{self, Action, Demand, NodeInput, Plan, PlanInput, Reason, S
 use crate::store::Store;
 use crate::time::{now_unix_ms, Clock, HOUR_MS};
 use client::Client;
+use lease::Lease;
 use versions::{on_refusal, Refusal, Refusals};
 
 const DECISIONS_KEPT: usize = 500;
@@ -181,6 +187,9 @@ struct State {
     last_round_unix_ms: i64,
     /// Proxies whose last PUT failed (re-sent next round).
     proxies_behind: BTreeSet<String>,
+    /// The epoch sync has been told leads (`POST /epoch`); until it is the
+    /// current one, no orders.
+    sync_epoch: u64,
     demand: BTreeMap<String, Demand>,
 }
 
@@ -276,6 +285,8 @@ pub struct Manager {
     oracle: BTreeMap<String, (i64, Vec<f64>)>,
     /// Tables refused as not newer, by target.
     refusals: Refusals,
+    /// Leadership: only the leader writes, in its epoch.
+    lease: Lease,
 }
 
 impl Manager {
@@ -326,6 +337,11 @@ impl Manager {
                 },
             );
         }
+        let lease = Lease::new(cfg.lease);
+        if cfg.metadata.is_none() && topo.metadata.is_none() {
+            // No metadata store, no lease: the one manager leads in epoch 1.
+            lease.lead_alone(versions::EPOCH);
+        }
         // Every call to sync's control API carries `sync_token`.
         let http = Client::default().with_bearer(&cfg.sync, cfg.sync_token.clone());
         Ok(Arc::new(Manager {
@@ -339,6 +355,7 @@ impl Manager {
             clock,
             oracle,
             refusals: Refusals::default(),
+            lease,
         }))
     }
 
@@ -349,6 +366,11 @@ impl Manager {
     /// Tables refused as not newer, by target.
     pub fn refusals(&self) -> &Refusals {
         &self.refusals
+    }
+
+    /// Leadership (`/manager`, `/metrics`).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
     }
 
     fn topology(&self) -> Arc<Topology> {
@@ -420,7 +442,16 @@ impl Manager {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut conn: Option<redis::aio::MultiplexedConnection> = None;
         let mut restored = false;
+        let lease_loop = tokio::spawn(self.clone().hold_lease(shutdown.clone()));
         loop {
+            if let Some(epoch) = self.lease.take_fresh() {
+                // A new term: continue from the store's table (the last
+                // leader's), numbered in the new epoch, sent to every proxy.
+                let mut st = self.state.lock();
+                st.version = AssignmentVersion::new(epoch, 1);
+                st.proxies_behind = self.cfg.proxies.iter().cloned().collect();
+                restored = false;
+            }
             if !restored {
                 restored = self.restore(&mut conn).await;
             }
@@ -428,7 +459,72 @@ impl Manager {
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.interval) => {}
                 _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    let _ = lease_loop.await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Until shutdown, every third of the lease: renew it when leading,
+    /// else try to take it (DESIGN.md, "Managers"); release it at the end.
+    /// Without a metadata store there is nothing to hold.
+    async fn hold_lease(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.metadata_url().is_none() {
+            return;
+        }
+        let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+        let mut last_error: Option<String> = None;
+        loop {
+            let prefix = self.topology().prefix.clone();
+            if conn.is_none() {
+                if let Some(url) = self.metadata_url() {
+                    match metadata::connect(&url).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            self.lease.renew_failures.fetch_add(1, Relaxed);
+                            // The lease ends by itself; may_write sees to it.
+                            self.lease.tick_unreachable();
+                            if last_error.as_deref() != Some(e.as_str()) {
+                                warn!(error = %e, "metadata store unreachable; the lease cannot be renewed");
+                            }
+                            last_error = Some(e);
+                        }
+                    }
+                }
+            }
+            if let Some(c) = conn.as_mut() {
+                let was = self.lease.may_write().is_some();
+                let fut = self.lease.tick(c, &prefix);
+                match tokio::time::timeout(self.lease.period(), fut).await {
+                    Ok(Ok(())) => last_error = None,
+                    Ok(Err(e)) => {
+                        self.lease.tick_unreachable();
+                        if last_error.as_deref() != Some(e.as_str()) {
+                            warn!(error = %e, "lease");
+                        }
+                        last_error = Some(e);
+                        conn = None;
+                    }
+                    Err(_) => {
+                        self.lease.renew_failures.fetch_add(1, Relaxed);
+                        self.lease.tick_unreachable();
+                        conn = None;
+                    }
+                }
+                if !was && self.lease.may_write().is_some() {
+                    self.wake();
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.lease.period()) => {}
+                _ = shutdown.changed() => {
+                    if let Some(c) = conn.as_mut() {
+                        let _ = self.lease.release(c, &prefix).await;
+                    }
+                    return;
+                }
             }
         }
     }
@@ -507,6 +603,18 @@ impl Manager {
         let now = now_unix_ms();
         self.probe_nodes(&topo).await;
         self.read_sync().await;
+        if self.lease.may_write().is_none() {
+            // A standby (or a leader whose lease is ending): plans are
+            // computed and shown; nothing is written.
+            let input = self.plan_input(&topo, self.clock.now_ms());
+            let plan = planner::plan(&input);
+            let mut st = self.state.lock();
+            st.last_plan = Some(plan);
+            st.rounds += 1;
+            st.last_round_unix_ms = now;
+            return;
+        }
+        self.announce_epoch().await;
         let mut changed = self.poll_orders(now).await;
         changed |= self.expire_drains(now).await;
 
@@ -1269,6 +1377,36 @@ impl Manager {
         }
     }
 
+    /// A new term tells sync its epoch before ordering anything, so the
+    /// orders of every older leader are refused from then on. Tried every
+    /// round until sync answers.
+    async fn announce_epoch(&self) {
+        let Some(epoch) = self.lease.may_write() else {
+            return;
+        };
+        if self.state.lock().sync_epoch >= epoch {
+            return;
+        }
+        let url = format!("{}/epoch", self.cfg.sync);
+        let body = serde_json::json!({ "epoch": epoch })
+            .to_string()
+            .into_bytes();
+        match self
+            .http
+            .call(Method::POST, &url, Some(body), None, CALL_TIMEOUT)
+            .await
+        {
+            Ok((s, _)) if (200..300).contains(&s) => {
+                info!(epoch, "sync fenced: orders of older epochs are refused");
+                self.state.lock().sync_epoch = epoch;
+            }
+            Ok((409, _)) => self.lease.fenced("sync has seen a higher epoch"),
+            other => {
+                warn!(result = ?other.map(|(s, _)| s), "announcing the epoch to sync failed; no orders until it answers");
+            }
+        }
+    }
+
     async fn submit(
         &self,
         shard: &str,
@@ -1276,11 +1414,18 @@ impl Manager {
         priority: f64,
         deadline: i64,
     ) -> Result<u64, String> {
+        let Some(epoch) = self.lease.may_write() else {
+            return Err("not leading: no orders".into());
+        };
+        if self.state.lock().sync_epoch < epoch {
+            return Err(format!("epoch {epoch} not yet announced to sync"));
+        }
         let body = serde_json::json!({
             "shard": shard,
             "node": node,
             "priority": if priority.is_finite() && priority > 0.0 { priority } else { 1.0 },
             "deadline_unix_ms": deadline.max(0),
+            "epoch": epoch,
         });
         let url = format!("{}/orders", self.cfg.sync);
         let (status, body) = self
@@ -1293,6 +1438,11 @@ impl Manager {
                 CALL_TIMEOUT,
             )
             .await?;
+        if status == 409 {
+            // Sync has seen a higher epoch: another manager leads.
+            self.lease
+                .fenced("sync refused a pre-fetch order of this epoch");
+        }
         if !(200..300).contains(&status) {
             return Err(format!("{status} {}", String::from_utf8_lossy(&body)));
         }
@@ -1400,9 +1550,13 @@ impl Manager {
                     Ok(Some(t)) if t.version == update.version => {}
                     _ => write = true,
                 }
+                if self.lease.may_write().is_none() {
+                    return false;
+                }
                 if let Some(e) = fenced {
                     // Writing would change nothing (proxies skip what is not
                     // newer) and would overwrite the leader's records.
+                    self.lease.fenced(&e);
                     let mut st = self.state.lock();
                     if st.metadata_error.as_deref() != Some(e.as_str()) {
                         warn!(error = %e, "table not published");
@@ -1411,7 +1565,17 @@ impl Manager {
                 } else {
                     let mut res = Ok(());
                     if write {
-                        res = metadata::publish_table(c, &topo.prefix, &update).await;
+                        res = match metadata::publish_table(c, &topo.prefix, &update).await {
+                            Ok(metadata::Published::Written) => Ok(()),
+                            Ok(metadata::Published::Fenced(why)) => {
+                                self.refusals.metadata.fetch_add(1, Relaxed);
+                                self.lease.fenced(&why);
+                                warn!(reason = %why, version = %update.version, "table refused by the store: a newer leader");
+                                self.state.lock().metadata_error = Some(why);
+                                return false;
+                            }
+                            Err(e) => Err(e),
+                        };
                     }
                     if res.is_ok() {
                         let (shards, nodes, op) = self.records(topo);
@@ -1445,6 +1609,9 @@ impl Manager {
                 behind.into_iter().collect()
             };
             for p in targets {
+                if self.lease.may_write().is_none() {
+                    return false;
+                }
                 let url = format!("{p}/admin/table");
                 let r = self
                     .http
@@ -1469,7 +1636,11 @@ impl Manager {
                                     self.outrank(v, &p, a.assignment_version);
                                     return true;
                                 }
-                                Refusal::Fenced | Refusal::Retry => false,
+                                Refusal::Fenced => {
+                                    self.lease.fenced("a proxy holds a table of a higher epoch");
+                                    false
+                                }
+                                Refusal::Retry => false,
                             },
                             Err(e) => {
                                 warn!(proxy = %p, error = %e, "a 409 without the proxy's assignment version");
@@ -1593,7 +1764,12 @@ impl Manager {
                 }),
             );
         }
+        let lease = self.lease.view();
         serde_json::json!({
+            "leader": lease.leader,
+            "epoch": lease.epoch,
+            "holder": lease.holder,
+            "lease": lease,
             "assignment_version": st.version,
             "table_refusals": {"proxy": refused_proxy, "metadata": refused_metadata},
             "dry_run": st.operator.dry_run,

@@ -327,6 +327,29 @@ pub fn render_manager(o: &mut String, refusals: &crate::manager::versions::Refus
     let _ = writeln!(o, "{name}{{target=\"metadata\"}} {metadata}");
 }
 
+/// Leadership (DESIGN.md, "Managers"): `forecaster_manager_leader` (1
+/// while this manager leads and may write), `forecaster_manager_epoch`
+/// (its current or last term), `forecaster_manager_lease_renew_failures_total`,
+/// `forecaster_manager_fenced_writes_total` (writes refused because a
+/// higher epoch leads), `forecaster_manager_step_downs_total`.
+pub fn render_lease(o: &mut String, lease: &crate::manager::lease::Lease) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let v = lease.view();
+    let leading = u8::from(v.leader && lease.may_write().is_some());
+    let _ = writeln!(
+        o,
+        "# HELP forecaster_manager_leader 1 while this manager holds the lease and writes.\n# TYPE forecaster_manager_leader gauge\nforecaster_manager_leader {leading}\n\
+         # HELP forecaster_manager_epoch The epoch (fencing token) of this manager's current or last term.\n# TYPE forecaster_manager_epoch gauge\nforecaster_manager_epoch {}\n\
+         # HELP forecaster_manager_lease_renew_failures_total Lease renewals that failed (store unreachable or erroring).\n# TYPE forecaster_manager_lease_renew_failures_total counter\nforecaster_manager_lease_renew_failures_total {}\n\
+         # HELP forecaster_manager_fenced_writes_total Writes refused because a higher epoch leads.\n# TYPE forecaster_manager_fenced_writes_total counter\nforecaster_manager_fenced_writes_total {}\n\
+         # HELP forecaster_manager_step_downs_total Terms ended: lease lost or a write fenced.\n# TYPE forecaster_manager_step_downs_total counter\nforecaster_manager_step_downs_total {}",
+        v.epoch,
+        lease.renew_failures.load(Relaxed),
+        lease.fenced_writes.load(Relaxed),
+        lease.step_downs.load(Relaxed),
+    );
+}
+
 /// The API listener's connections (shardcast-edge's renderer, the names
 /// every shardcast process uses) and the supervised background loops:
 /// `forecaster_connections_open`, `forecaster_connections_accepted_total`,

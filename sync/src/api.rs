@@ -3,7 +3,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /orders` | submit `{shard, node, priority?, deadline_unix_ms? \| deadline_in_ms?}` → 202 + order |
+//! | `POST /orders` | submit `{shard, node, priority?, deadline_unix_ms? \| deadline_in_ms?, epoch?}` → 202 + order; 409 when `epoch` is below the highest seen (a fenced, stale manager) |
+//! | `POST /epoch` | `{epoch}`: a new leading manager fences the old one's orders before it orders → 200 `{epoch}`; 409 when lower than the highest seen |
+//! | `GET /epoch` | `{epoch}`: the highest manager epoch seen (persisted with the orders) |
 //! | `GET /orders` | every order (`?state=queued\|running\|done\|cancelled` filters) |
 //! | `GET /orders/{id}` | one order, with its report once done (a cancelled one with its `reason`) |
 //! | `DELETE /orders/{id}` | cancel a queued or running order |
@@ -41,7 +43,7 @@ fn order_error(e: &OrderError) -> Resp {
         | OrderError::BadPriority(_)
         | OrderError::TwoDeadlines => StatusCode::UNPROCESSABLE_ENTITY,
         OrderError::NoOrder(_) | OrderError::NotHosted { .. } => StatusCode::NOT_FOUND,
-        OrderError::Finished(_) => StatusCode::CONFLICT,
+        OrderError::Finished(_) | OrderError::StaleEpoch { .. } => StatusCode::CONFLICT,
     };
     http::error(status, &e.to_string())
 }
@@ -97,6 +99,28 @@ pub async fn handle(
                     order_error(&e)
                 }
             }
+        }
+        (&Method::POST, ["epoch"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Fence {
+                epoch: u64,
+            }
+            let body = match http::body(req, 4 * 1024).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let f: Fence = match serde_json::from_slice(&body) {
+                Ok(f) => f,
+                Err(e) => return http::error(StatusCode::BAD_REQUEST, &format!("epoch body: {e}")),
+            };
+            match s.fence(f.epoch) {
+                Ok(e) => http::json(StatusCode::OK, &serde_json::json!({"epoch": e})),
+                Err(e) => order_error(&e),
+            }
+        }
+        (&Method::GET, ["epoch"]) => {
+            http::json(StatusCode::OK, &serde_json::json!({"epoch": s.epoch()}))
         }
         (&Method::GET, ["orders"]) => {
             let want = http::query_param(req.uri().query(), "state");

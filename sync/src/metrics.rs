@@ -81,6 +81,7 @@ pub struct Metrics {
     pub cache_errors: AtomicU64,
     pub orders_submitted: AtomicU64,
     pub orders_rejected: AtomicU64,
+    pub orders_fenced: AtomicU64,
     pub orders_done: AtomicU64,
     pub orders_failed: AtomicU64,
     pub deadlines_met: AtomicU64,
@@ -198,6 +199,12 @@ impl Metrics {
             "shardcast_sync_orders_rejected_total",
             "Pre-fetch orders refused (4xx).",
             &self.orders_rejected,
+        );
+        counter(
+            out,
+            "shardcast_sync_orders_fenced_total",
+            "Pre-fetch orders refused for a manager epoch below the highest seen (409).",
+            &self.orders_fenced,
         );
         counter(
             out,

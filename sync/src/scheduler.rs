@@ -61,6 +61,12 @@ pub struct OrderRequest {
     /// Deadline relative to submission, milliseconds.
     #[serde(default)]
     pub deadline_in_ms: Option<u64>,
+    /// The fencing token of the manager that sends the order: its
+    /// leadership epoch (DESIGN.md, "Managers"). An order of an epoch below
+    /// the highest seen is refused ([`OrderError::StaleEpoch`]); 0 (the
+    /// default: clients without epochs) passes only until an epoch is seen.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 fn one() -> f64 {
@@ -112,6 +118,10 @@ pub struct Order {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub report: Option<Report>,
+    /// The epoch of the manager that ordered it (the latest, when an
+    /// order was submitted again).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +159,10 @@ pub enum OrderError {
     Finished(u64),
     #[error("shard `{shard}` is not hosted on node `{node}`")]
     NotHosted { shard: String, node: String },
+    #[error(
+        "order of manager epoch {epoch} refused: epoch {highest} leads (a stale manager; fenced)"
+    )]
+    StaleEpoch { epoch: u64, highest: u64 },
 }
 
 /// Scheduler settings.
@@ -181,11 +195,16 @@ impl Default for SchedulerConfig {
 struct Persisted {
     next_id: u64,
     orders: Vec<Order>,
+    /// The highest manager epoch seen (fencing survives a restart).
+    #[serde(default)]
+    epoch: u64,
 }
 
 #[derive(Default)]
 struct State {
     next_id: u64,
+    /// The highest manager epoch an order carried.
+    epoch: u64,
     orders: BTreeMap<u64, Order>,
     /// (node, shard) pairs a transfer or refresh is working on.
     busy: HashSet<(String, String)>,
@@ -321,6 +340,7 @@ impl Scheduler {
             match persist::load::<Persisted>(path, &metrics) {
                 Loaded::Found(p) => {
                     state.next_id = p.next_id.max(1);
+                    state.epoch = p.epoch;
                     let now = now_ms();
                     for mut o in p.orders {
                         if matches!(o.state, OrderState::Queued | OrderState::Running) {
@@ -453,6 +473,21 @@ impl Scheduler {
         };
         let order = {
             let mut st = self.inner.state.lock();
+            if req.epoch < st.epoch {
+                Metrics::inc(&self.inner.metrics.orders_fenced);
+                return Err(OrderError::StaleEpoch {
+                    epoch: req.epoch,
+                    highest: st.epoch,
+                });
+            }
+            if req.epoch > st.epoch {
+                tracing::info!(
+                    epoch = req.epoch,
+                    previous = st.epoch,
+                    "a new manager epoch orders"
+                );
+                st.epoch = req.epoch;
+            }
             let existing = st.orders.values_mut().find(|o| {
                 o.state == OrderState::Queued && o.shard == req.shard && o.node == req.node
             });
@@ -462,6 +497,7 @@ impl Scheduler {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                o.epoch = req.epoch;
                 o.clone()
             } else {
                 let id = st.next_id;
@@ -482,6 +518,7 @@ impl Scheduler {
                     last_error: None,
                     reason: None,
                     report: None,
+                    epoch: req.epoch,
                 };
                 st.orders.insert(id, o.clone());
                 o
@@ -499,6 +536,35 @@ impl Scheduler {
 
     pub fn order(&self, id: u64) -> Option<Order> {
         self.inner.state.lock().orders.get(&id).cloned()
+    }
+
+    /// Raise the highest manager epoch seen to `epoch`, before any order of
+    /// it: a new leader announces its term, so orders of the old one are
+    /// refused from then on. Refused (the highest stays) when `epoch` is
+    /// lower; returns the highest.
+    pub fn fence(&self, epoch: u64) -> Result<u64, OrderError> {
+        {
+            let mut st = self.inner.state.lock();
+            if epoch < st.epoch {
+                Metrics::inc(&self.inner.metrics.orders_fenced);
+                return Err(OrderError::StaleEpoch {
+                    epoch,
+                    highest: st.epoch,
+                });
+            }
+            if epoch == st.epoch {
+                return Ok(epoch);
+            }
+            tracing::info!(epoch, previous = st.epoch, "a new manager epoch announced");
+            st.epoch = epoch;
+        }
+        self.persist();
+        Ok(epoch)
+    }
+
+    /// The highest manager epoch seen.
+    pub fn epoch(&self) -> u64 {
+        self.inner.state.lock().epoch
     }
 
     /// Cancel a queued or running order.
@@ -640,6 +706,7 @@ impl Scheduler {
             p.save(Persisted {
                 next_id: st.next_id,
                 orders: st.orders.values().cloned().collect(),
+                epoch: st.epoch,
             });
         }
     }
@@ -1014,8 +1081,10 @@ impl Scheduler {
             .count();
         out.push_str(&format!(
             "# HELP shardcast_sync_orders Orders by state now.\n# TYPE shardcast_sync_orders gauge\n\
-             shardcast_sync_orders{{state=\"queued\"}} {queued}\nshardcast_sync_orders{{state=\"running\"}} {}\n",
-            st.running_orders
+             shardcast_sync_orders{{state=\"queued\"}} {queued}\nshardcast_sync_orders{{state=\"running\"}} {}\n\
+             # HELP shardcast_sync_manager_epoch The highest manager epoch an order carried.\n# TYPE shardcast_sync_manager_epoch gauge\n\
+             shardcast_sync_manager_epoch {}\n",
+            st.running_orders, st.epoch
         ));
         out.push_str("# HELP shardcast_sync_hosted_cursor Cursor of a hosted shard on a node.\n# TYPE shardcast_sync_hosted_cursor gauge\n");
         for ((n, s), h) in &st.hosted {

@@ -61,6 +61,7 @@ fn order(shard: &str, node: &str, priority: f64) -> OrderRequest {
         priority,
         deadline_unix_ms: None,
         deadline_in_ms: None,
+        epoch: 0,
     }
 }
 
@@ -654,5 +655,63 @@ async fn a_transfer_that_panics_frees_its_slot() {
         "{bad:?}"
     );
     assert_eq!(s.running(), 0);
+    env.shutdown.cancel();
+}
+
+/// Fencing (DESIGN.md, "Managers"): once an order of epoch 3 arrived, an
+/// order of epoch 2 (a stale manager) is refused, and stays refused after
+/// a restart from the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_of_a_lower_manager_epoch_are_refused_across_a_restart() {
+    use shardcast_sync::scheduler::OrderError;
+    let (p, dir) = sqlite_seeded().await;
+    let state_file = dir.path().join("sched.json");
+    let cfg = || SchedulerConfig {
+        state_file: Some(state_file.clone()),
+        ..SchedulerConfig::default()
+    };
+    let mut caches = BTreeMap::new();
+    caches.insert("a".to_string(), cache::open("memory", "").await.unwrap());
+    let env = start(p.clone(), caches.clone(), cfg());
+    let s = &env.sched;
+    let at = |epoch: u64, shard: &str| OrderRequest {
+        epoch,
+        ..order(shard, "a", 1.0)
+    };
+    // An old client (epoch 0) passes until an epoch is seen.
+    s.submit(at(0, "UK/LIGHTING")).unwrap();
+    let o = s.submit(at(3, "UK/SEASONAL")).unwrap();
+    assert_eq!(o.epoch, 3);
+    assert_eq!(
+        s.submit(at(2, "UK/SEASONAL")).unwrap_err(),
+        OrderError::StaleEpoch {
+            epoch: 2,
+            highest: 3
+        }
+    );
+    assert!(
+        s.submit(at(0, "UK/SEASONAL")).is_err(),
+        "epoch 0 is below 3"
+    );
+    assert!(s
+        .render_metrics()
+        .contains("shardcast_sync_orders_fenced_total 2"));
+    assert!(s.flush(Duration::from_secs(5)).await);
+    env.shutdown.cancel();
+    drop(env);
+
+    let env = start(p, caches, cfg());
+    let s = &env.sched;
+    assert!(matches!(
+        s.submit(at(2, "UK/SEASONAL")),
+        Err(OrderError::StaleEpoch { highest: 3, .. })
+    ));
+    // A new leader announces its epoch before it orders anything: the old
+    // one's orders are refused from then on.
+    assert_eq!(s.fence(5), Ok(5));
+    assert!(s.fence(4).is_err());
+    assert!(s.submit(at(4, "UK/SEASONAL")).is_err());
+    s.submit(at(5, "UK/SEASONAL")).unwrap();
+    assert_eq!(s.epoch(), 5);
     env.shutdown.cancel();
 }

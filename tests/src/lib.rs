@@ -63,6 +63,11 @@ impl Proc {
         }
     }
 
+    /// The process id, while it runs (for signals: SIGSTOP, SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

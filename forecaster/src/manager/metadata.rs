@@ -10,9 +10,12 @@
 //! | `<prefix>:node:<name>` | hash | `address`, `capacity`, `zone`, `health`, `drained`, `load_rps` |
 //! | `<prefix>:operator` | string | operator settings (JSON): dry run, pins, drained nodes, thresholds |
 //!
-//! The table and its version are written in one MULTI/EXEC, then published,
-//! so a proxy that reads after the message always sees that version or a
-//! newer one.
+//! | `<prefix>:leader`, `<prefix>:epoch` | string, integer | the leadership lease and the last epoch taken ([`super::lease`]) |
+//!
+//! The table and its version are written, and the version published, by
+//! one script that refuses a writer of a lower epoch than the store's (the
+//! fencing token, DESIGN.md "Managers"), so a proxy that reads after the
+//! message always sees that version or a newer one.
 
 use redis::aio::MultiplexedConnection;
 use shardmap::{AssignmentVersion, TableUpdate};
@@ -75,34 +78,62 @@ pub async fn read_operator(
         .map_err(|e| e.to_string())
 }
 
-/// Write a new table and announce it.
+/// Write `<prefix>:table` and `<prefix>:version` and announce the version,
+/// in one script, fenced: refused when the stored version's epoch, or the
+/// last epoch a leader took (`<prefix>:epoch`), is above the writer's, so a
+/// stale leader waking up cannot overwrite a newer leader's table.
+/// Returns `{1, ""}` when written, `{0, what}` when fenced.
+const PUBLISH: &str = r"
+local e = tonumber(ARGV[3])
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  local ok, v = pcall(cjson.decode, cur)
+  if ok and type(v) == 'table' and tonumber(v.epoch) and tonumber(v.epoch) > e then
+    return {0, 'the store holds table version ' .. cur}
+  end
+end
+local led = tonumber(redis.call('GET', KEYS[4]) or '0')
+if led and led > e then
+  return {0, 'epoch ' .. led .. ' was taken by a newer leader'}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[3], ARGV[2])
+return {1, ''}
+";
+
+/// What [`publish_table`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    Written,
+    /// Refused by fencing: a higher epoch leads (why, for the log).
+    Fenced(String),
+}
+
+/// Write a new table and announce it, fenced by the update's epoch.
 pub async fn publish_table(
     conn: &mut MultiplexedConnection,
     prefix: &str,
     update: &TableUpdate,
-) -> Result<(), String> {
+) -> Result<Published, String> {
     let json = serde_json::to_vec(update).map_err(|e| e.to_string())?;
     let version = serde_json::to_string(&update.version).map_err(|e| e.to_string())?;
-    redis::pipe()
-        .atomic()
-        .cmd("SET")
-        .arg(format!("{prefix}:table"))
+    let (written, why): (i64, String) = redis::Script::new(PUBLISH)
+        .key(format!("{prefix}:table"))
+        .key(format!("{prefix}:version"))
+        .key(format!("{prefix}:table:changed"))
+        .key(format!("{prefix}:epoch"))
         .arg(json)
-        .ignore()
-        .cmd("SET")
-        .arg(format!("{prefix}:version"))
         .arg(&version)
-        .ignore()
-        .query_async::<()>(conn)
+        .arg(update.version.epoch)
+        .invoke_async(conn)
         .await
         .map_err(|e| e.to_string())?;
-    redis::cmd("PUBLISH")
-        .arg(format!("{prefix}:table:changed"))
-        .arg(&version)
-        .query_async::<i64>(conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(if written == 1 {
+        Published::Written
+    } else {
+        Published::Fenced(why)
+    })
 }
 
 /// Refresh the per-shard and per-node records and the operator settings.

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use shardmap::AssignmentVersion;
 
-/// The manager's epoch. Until managers lead by a lease in the metadata store
-/// (DESIGN.md, "Managers"), the one manager is epoch 1: above the epoch 0
-/// of hand-written updates (a bare-integer version) and of tables written
-/// before epochs existed.
+/// The epoch of a manager without a metadata store (no lease to hold: it
+/// is the one manager): above the epoch 0 of hand-written updates (a
+/// bare-integer version) and of tables written before epochs existed. With
+/// a store, each term takes its epoch from `<prefix>:epoch`
+/// ([`super::lease`]), which starts at 1 too.
 pub const EPOCH: u64 = 1;
 
 /// What a target's refusal of the manager's assignment at `ours` means,
