@@ -180,7 +180,21 @@ impl<T> DeadlineIo<T> {
             return;
         };
         // s: 0 inside a line, 1 just after a line end, 2 after LF then CR.
-        for &b in data {
+        let mut i = 0;
+        while i < data.len() {
+            if s == 0 {
+                // Inside a line only its end matters: jump to it.
+                match memchr::memchr(b'\n', &data[i..]) {
+                    Some(j) => {
+                        i += j + 1;
+                        s = 1;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let b = data[i];
+            i += 1;
             s = match (s, b) {
                 (1 | 2, b'\n') => {
                     self.phase = Phase::Body;

@@ -35,7 +35,9 @@ pub struct BadChunk {
 /// after chunk data, anything but CRLF; in the trailer section, a bare LF or
 /// CR. The head is only read for `Transfer-Encoding`, `Content-Length` and
 /// `Upgrade`; requests that [`crate::framing::check`] or Pingora refuse (and close) are not
-/// followed further. Cost: one pass over each byte read, no allocation.
+/// followed further. Cost: a state step per byte of chunk-size lines and of the field names
+/// and the `Transfer-Encoding`/`Content-Length` values of a head; the rest of
+/// each line is skipped with `memchr`; no allocation.
 #[derive(Debug, Clone)]
 pub struct ChunkedFraming {
     st: St,
@@ -141,10 +143,21 @@ impl HeadScan {
             if let Some(p) = self.prefix.get_mut(self.line_len - 1) {
                 *p = b;
             }
+            if first && b != H2_REQUEST_LINE[0] {
+                // Cannot be `PRI * HTTP/2.0`: skip the rest of the line.
+                self.line_len = self.prefix.len();
+            }
             return;
         }
         if first && is_ows(b) {
             self.folded = true;
+        }
+        if first && !matches!(b, b't' | b'T' | b'c' | b'C' | b'u' | b'U') {
+            // Not a field this scan reads (it can only be refused by
+            // Pingora, if malformed): the rest of the line is skipped.
+            self.in_value = true;
+            self.field = Some(Field::Other);
+            return;
         }
         if !self.in_value {
             if b == b':' {
@@ -182,6 +195,20 @@ impl HeadScan {
         self.push_value(b);
     }
 
+    /// Nothing before the next LF changes what the scan keeps: the rest of
+    /// a request line past its prefix, or the value of a field that is not
+    /// `Transfer-Encoding` or `Content-Length`. [`ChunkedFraming::feed`]
+    /// jumps to the LF (most of a head's bytes).
+    fn rest_of_line_ignored(&self) -> bool {
+        if self.line_len == 0 {
+            return false;
+        }
+        if self.request_line {
+            return self.line_len >= self.prefix.len();
+        }
+        self.in_value && !matches!(self.field, Some(Field::Te | Field::Cl))
+    }
+
     fn push_value(&mut self, b: u8) {
         if let Some(v) = self.value.get_mut(self.value_len) {
             *v = b;
@@ -215,17 +242,16 @@ impl HeadScan {
                 None => self.folded = true,
             }
         }
-        *self = Self {
-            request_line: false,
-            prefix: self.prefix,
-            te: self.te,
-            te_chunked: self.te_chunked,
-            cl: self.cl,
-            cl_value: self.cl_value,
-            upgrade: self.upgrade,
-            folded: self.folded,
-            ..Self::default()
-        };
+        // The next line: reset what is per line (the arrays are read only
+        // up to their lengths, so they need no clearing).
+        self.request_line = false;
+        self.line_len = 0;
+        self.name_len = 0;
+        self.name_over = false;
+        self.in_value = false;
+        self.field = None;
+        self.value_len = 0;
+        self.value_ws = false;
         false
     }
 }
@@ -276,6 +302,13 @@ impl ChunkedFraming {
                         };
                     }
                     continue;
+                }
+                St::Head if self.head.rest_of_line_ignored() => {
+                    // Only the line end matters from here: jump to it.
+                    match memchr::memchr(b'\n', &data[i..]) {
+                        Some(j) => i += j,
+                        None => return Ok(()),
+                    }
                 }
                 _ => {}
             }
