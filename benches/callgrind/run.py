@@ -21,31 +21,15 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import free_port, origin_conf, wait_port  # noqa: E402
 
 
-def wait_port(port, timeout=60):
-    t = time.time() + timeout
-    while time.time() < t:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"port {port} did not open")
 
 
 def h2load(port, n, conns, uris):
@@ -75,16 +59,8 @@ def main():
     results = []
     try:
         ports = [free_port() for _ in range(4)]
-        servers = "\n".join(
-            f"""server {{ listen 127.0.0.1:{p} backlog=4096; keepalive_requests 1000000;
-                 location /health {{ return 200 "ok"; }}
-                 location / {{ add_header x-cache hit; return 200 '{{"node":{i},"stock":12}}'; }} }}"""
-            for i, p in enumerate(ports))
-        (tmp / "origin.conf").write_text(f"""
-worker_processes 1; daemon off; pid {tmp}/origin.pid; error_log {tmp}/origin.err;
-events {{ worker_connections 4096; }}
-http {{ access_log off; {servers} }}""")
-        procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "origin.conf"), "-p", str(tmp)]))
+        conf = origin_conf(tmp, ports)
+        procs.append(subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)]))
         for p in ports:
             wait_port(p)
         rng = random.Random(7)

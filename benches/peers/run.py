@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,28 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import free_port, origin_conf, wait_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/shardcast/target"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, timeout=10):
-    t = time.time() + timeout
-    while time.time() < t:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} did not open")
 
 
 def cpu_ticks(pid):
@@ -128,16 +113,8 @@ def main():
                        stdout=subprocess.DEVNULL)
         # Origins: one nginx worker serving three node ports with a fixed body.
         origin_ports = [free_port() for _ in range(3)]
-        servers = "\n".join(
-            f"""server {{ listen 127.0.0.1:{p} backlog=4096 reuseport; keepalive_requests 1000000;
-                 location /health {{ return 200 "ok"; }}
-                 location / {{ add_header x-cache hit; return 200 '{{"node":{i},"stock":12,"price":2.55}}'; }} }}"""
-            for i, p in enumerate(origin_ports))
-        (tmp / "origin.conf").write_text(f"""
-worker_processes 1; daemon off; pid {tmp}/origin.pid; error_log {tmp}/origin.err;
-events {{ worker_connections 4096; }}
-http {{ access_log off; {servers} }}""")
-        spawn(["nginx", "-c", str(tmp / "origin.conf"), "-p", str(tmp)])
+        conf = origin_conf(tmp, origin_ports, body='{{"node":{i},"stock":12,"price":2.55}}')
+        spawn(["nginx", "-c", str(conf), "-p", str(tmp)])
         for p in origin_ports:
             wait_port(p)
         direct_port = origin_ports[0]
