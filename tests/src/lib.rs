@@ -255,3 +255,52 @@ pub async fn load(
     }
     total
 }
+
+/// A stand-in node that answers every request `200 ok` (`x-cache: hit`,
+/// one request per connection) until dropped.
+pub struct FakeNode {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeNode {
+    pub async fn start() -> FakeNode {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tokio::io::AsyncWriteExt::write_all(
+                        &mut s,
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-cache: hit\r\nconnection: close\r\n\r\nok\n",
+                    )
+                    .await;
+                });
+            }
+        });
+        FakeNode { addr, task }
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The value of the sample `name` (with its labels) in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}

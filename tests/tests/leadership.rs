@@ -13,70 +13,18 @@
 //!    proxy's 409, sync's 409). No order runs twice.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shardcast_forecaster::manager::metadata::{self, Published};
 use shardmap::{AssignmentVersion, TableUpdate};
-use system::{assignment_version, bin, eventually, free_port, get_json, load, Proc, Redis};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use system::{
+    assignment_version, bin, eventually, free_port, get_json, load, metric, FakeNode, Proc, Redis,
+};
 
 const PREFIX: &str = "ha";
 const LEASE_MS: u64 = 800;
 const SYNC_TOKEN: &str = "sync-s3cret";
-
-/// A node that answers every request `200 ok` until dropped.
-struct FakeNode {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeNode {
-    async fn start() -> FakeNode {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let mut head = Vec::new();
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        if s.write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-cache: hit\r\n\r\nok\n",
-                        )
-                        .await
-                        .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        FakeNode { addr, task }
-    }
-}
-
-impl Drop for FakeNode {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
 
 fn signal(p: &Proc, sig: &str) {
     let pid = p.pid().expect("running");

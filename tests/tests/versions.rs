@@ -13,59 +13,12 @@
 //! The manager changes its table when a node fails its health checks (its
 //! replicas leave at once); sync is down, so nothing else changes.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use system::{assignment_version, bin, eventually, free_port, get_json, Proc, Redis};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A node that answers every request `200 ok` until dropped.
-struct FakeNode {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeNode {
-    async fn start() -> FakeNode {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-cache: hit\r\nconnection: close\r\n\r\nok\n",
-                        )
-                        .await;
-                });
-            }
-        });
-        FakeNode { addr, task }
-    }
-}
-
-impl Drop for FakeNode {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
+use system::{
+    assignment_version, bin, eventually, free_port, get_json, metric, FakeNode, Proc, Redis,
+};
 
 /// The replica nodes of `shard` in a proxy's `/admin/table`.
 fn replicas(table: &Value, shard: &str) -> Vec<String> {
