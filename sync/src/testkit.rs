@@ -431,3 +431,43 @@ pub async fn seed_catalog(p: &dyn crate::provider::ProviderAdmin) -> u64 {
         .await
         .unwrap_or_else(|e| panic!("seeding from {}: {e}", cat.display()))
 }
+
+/// A child process that is killed (and reaped) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `bin` with `args` and collect its `WHO listening on ADDR` lines
+/// until there are `want` of them; its stdout keeps being drained after.
+pub fn spawn_listening(
+    bin: &str,
+    args: &[&str],
+    want: usize,
+) -> (Proc, Vec<(String, std::net::SocketAddr)>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let proc = Proc(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addrs = vec![];
+    while addrs.len() < want {
+        let l = lines.next().expect("exited before listening").unwrap();
+        if let Some((who, addr)) = l.split_once(" listening on ") {
+            addrs.push((who.to_string(), addr.parse().expect("listening address")));
+        }
+    }
+    // Keep draining stdout so later prints never block or fail.
+    std::thread::spawn(move || for _ in lines {});
+    (proc, addrs)
+}

@@ -3,45 +3,21 @@
 //! served by `serve`) and the standalone `node`, `load` and `changes`
 //! subcommands. No Redis or PostgreSQL involved.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-/// Kills the child process when dropped, so a failing test leaves nothing
-/// running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::Command;
 use std::time::Duration;
 
-use shardcast_sync::testkit::{eventually_async, workspace_root};
+use shardcast_sync::testkit::{eventually_async, spawn_listening, workspace_root, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardcast-sync");
-
-/// Spawn and collect the `… listening on ADDR` lines until `want` of them.
 fn spawn(args: &[&str], want: usize) -> (Proc, Vec<(String, String)>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addrs = vec![];
-    while addrs.len() < want {
-        let l = lines.next().expect("exited before listening").unwrap();
-        if let Some((who, addr)) = l.split_once(" listening on ") {
-            addrs.push((who.to_string(), format!("http://{addr}")));
-        }
-    }
-    // Keep draining stdout so later prints never block or fail.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addrs)
+    let (p, addrs) = spawn_listening(BIN, args, want);
+    (
+        p,
+        addrs
+            .into_iter()
+            .map(|(w, a)| (w, format!("http://{a}")))
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

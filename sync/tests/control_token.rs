@@ -5,21 +5,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shardcast_sync::testkit::workspace_root;
+use shardcast_sync::testkit::{workspace_root, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardcast-sync");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(dir: &Path, head: &str) -> std::path::PathBuf {
     let cat = workspace_root().join("data/online_retail/catalog.csv.gz");

@@ -5,24 +5,13 @@
 //! against PostgreSQL and Redis.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-/// Kills the child process when dropped, so a failing test leaves nothing
-/// running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shardcast_sync::cache;
 use shardcast_sync::config::default_shards;
 use shardcast_sync::provider::{self, Change};
-use shardcast_sync::testkit::{self, eventually_async};
+use shardcast_sync::testkit::{self, eventually_async, Proc};
 
 fn spawn(config: &std::path::Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast-sync"))

@@ -4,13 +4,11 @@
 //! 0, configured through their config files: one with small deadlines, one
 //! with small per-client bounds (so each test times one thing).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shardcast_edge::testkit::{self, metric};
-use shardcast_sync::testkit::eventually_async;
+use shardcast_sync::testkit::{eventually_async, spawn_listening, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardcast-sync");
 
@@ -18,35 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_shardcast-sync");
 const DEADLINE: Duration = Duration::from_millis(300);
 const FAST: &str = "[timeouts]\nclient_header_ms = 300\nclient_body_ms = 300\nclient_keepalive_ms = 300\nclient_write_ms = 300\n";
 
-/// Kills the child process when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start the binary and collect its `WHO listening on ADDR` lines.
 fn spawn(args: &[&str], want: usize) -> (Proc, Vec<(String, SocketAddr)>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addrs = vec![];
-    while addrs.len() < want {
-        let l = lines.next().expect("exited before listening").unwrap();
-        if let Some((who, addr)) = l.split_once(" listening on ") {
-            addrs.push((who.to_string(), addr.parse().unwrap()));
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addrs)
+    spawn_listening(BIN, args, want)
 }
 
 /// `shardcast-sync serve` with one in-process node and an empty SQLite

@@ -10,23 +10,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardcast_sync::testkit::{eventually_async, workspace_root};
-
-/// Kills the child process when dropped, so a failing test leaves nothing
-/// running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use shardcast_sync::testkit::{eventually_async, workspace_root, Proc};
 
 /// A sync config in `dir` with in-process nodes `nodes` and the state file
 /// `state.json`.
