@@ -343,6 +343,7 @@ impl App {
                 if let Some(m) = &self.manager {
                     crate::metrics::render_manager(&mut o, m.refusals());
                     crate::metrics::render_lease(&mut o, m.lease());
+                    crate::metrics::render_manager_state(&mut o, m);
                 }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", o)
             }

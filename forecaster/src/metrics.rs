@@ -327,6 +327,12 @@ pub fn render_manager(o: &mut String, refusals: &crate::manager::versions::Refus
     let _ = writeln!(o, "{name}{{target=\"metadata\"}} {metadata}");
 }
 
+/// The shard manager's rounds, decisions, orders, publishes and leadership
+/// (`shardcast_manager_*`, named in `manager::metrics`).
+pub fn render_manager_state(o: &mut String, m: &crate::manager::Manager) {
+    crate::manager::metrics::render(o, m);
+}
+
 /// Leadership (DESIGN.md, "Managers"): `forecaster_manager_leader` (1
 /// while this manager leads and may write), `forecaster_manager_epoch`
 /// (its current or last term), `forecaster_manager_lease_renew_failures_total`,

@@ -1,0 +1,415 @@
+//! Demand: what the planner is told each shard will need. A policy is a
+//! type behind [`DemandPolicy`] (the `[manager] policy` setting picks one):
+//!
+//! | policy | predicted demand | the planner sees |
+//! |---|---|---|
+//! | [`Forecast`] | the planning quantile of the forecasts, highest over the horizons | predicted and observed |
+//! | [`Reactive`] | none | observed only |
+//! | [`Oracle`] | the actual demand of this hour and the next (a file) | predicted and observed |
+//! | [`NoDemand`] | none | nothing: no pre-fetch, every shard not hot is cold |
+//!
+//! Forecast skill (the median hour forecast against what the hour brought)
+//! weights pre-fetch priority; it is tracked here for any policy that
+//! gives an hour median.
+
+use std::collections::BTreeMap;
+
+use crate::config::{ManagerConfig, Policy};
+use crate::engine::{ForecastSet, Horizon};
+use crate::planner::{self, Demand, NodeInput, PlanInput, ShardInput};
+use crate::store::Store;
+use crate::time::{Clock, HOUR_MS};
+
+use super::state::{ShardDemand, State};
+use super::topology::Topology;
+use super::ManagerError;
+
+const DEFAULT_SHARD_BYTES: u64 = 1 << 20;
+
+/// Where one shard's prediction is made.
+pub struct At<'a> {
+    pub shard: &'a str,
+    /// Clock time, Unix ms.
+    pub now: i64,
+    /// The store-local hour index of `now`.
+    pub store_hour: i64,
+    /// The shard's threshold, requests/s.
+    pub threshold: f64,
+    pub forecasts: &'a ForecastSet,
+}
+
+/// One shard's predicted demand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    pub predicted_rps: f64,
+    /// When it starts (clock time); `None`: the next hour.
+    pub rise_at_ms: Option<i64>,
+    /// The median forecast of the hour in progress (for skill).
+    pub p50_hour: Option<f64>,
+}
+
+/// How the manager predicts demand.
+pub trait DemandPolicy: Send + Sync {
+    fn predict(&self, at: &At) -> Prediction;
+    /// What the planner is shown of a shard's demand.
+    fn planned(&self, d: &Demand) -> Demand {
+        d.clone()
+    }
+    /// False: demand never keeps a shard hot (every shard not hot is cold).
+    fn plans_demand(&self) -> bool {
+        true
+    }
+}
+
+const NOTHING: Prediction = Prediction {
+    predicted_rps: 0.0,
+    rise_at_ms: None,
+    p50_hour: None,
+};
+
+/// Forecasts at the planning quantile.
+pub struct Forecast {
+    pub quantile: f32,
+}
+
+impl DemandPolicy for Forecast {
+    fn predict(&self, at: &At) -> Prediction {
+        let mut p = NOTHING;
+        let Some(f) = at.forecasts.shards.get(at.shard) else {
+            return p;
+        };
+        for h in Horizon::ALL {
+            let Some(hf) = f.horizon(h) else { continue };
+            let q = quantile_at(&hf.levels, &hf.values, self.quantile);
+            let rate = f64::from(q) / (h.hours() as f64 * 3600.0);
+            if h == Horizon::Hour {
+                p.p50_hour = Some(f64::from(quantile_at(&hf.levels, &hf.values, 0.5)));
+                if rate > at.threshold {
+                    // the hour forecast is for the hour in progress
+                    p.rise_at_ms = Some(at.now);
+                }
+            }
+            p.predicted_rps = p.predicted_rps.max(rate);
+        }
+        p
+    }
+}
+
+/// Observed load only: replicas follow demand once it is there.
+pub struct Reactive;
+
+impl DemandPolicy for Reactive {
+    fn predict(&self, _: &At) -> Prediction {
+        NOTHING
+    }
+}
+
+/// Perfect foresight from a file of actual hourly demand.
+pub struct Oracle {
+    /// Per shard: the first store-local hour, and the hourly values.
+    pub actual: BTreeMap<String, (i64, Vec<f64>)>,
+}
+
+impl DemandPolicy for Oracle {
+    fn predict(&self, at: &At) -> Prediction {
+        let mut p = NOTHING;
+        if let Some((first, v)) = self.actual.get(at.shard) {
+            let rate = |h: i64| {
+                usize::try_from(h - first)
+                    .ok()
+                    .and_then(|i| v.get(i).copied())
+                    .unwrap_or(0.0)
+                    / 3600.0
+            };
+            let (this, next) = (rate(at.store_hour), rate(at.store_hour + 1));
+            p.predicted_rps = this.max(next);
+            if this > at.threshold {
+                p.rise_at_ms = Some(at.now);
+            }
+        }
+        p
+    }
+}
+
+/// Never pre-fetch: the planner sees no demand at all.
+pub struct NoDemand;
+
+impl DemandPolicy for NoDemand {
+    fn predict(&self, _: &At) -> Prediction {
+        NOTHING
+    }
+    fn planned(&self, d: &Demand) -> Demand {
+        Demand {
+            predicted_rps: 0.0,
+            observed_rps: 0.0,
+            ..d.clone()
+        }
+    }
+    fn plans_demand(&self) -> bool {
+        false
+    }
+}
+
+/// The configured policy (the oracle reads its file now).
+pub fn policy(cfg: &ManagerConfig) -> Result<Box<dyn DemandPolicy>, ManagerError> {
+    Ok(match (&cfg.policy, &cfg.oracle) {
+        (Policy::Forecast, _) => Box::new(Forecast {
+            quantile: cfg.quantile,
+        }),
+        (Policy::Reactive, _) => Box::new(Reactive),
+        (Policy::None, _) => Box::new(NoDemand),
+        (Policy::Oracle, path) => Box::new(Oracle {
+            actual: match path {
+                Some(p) => crate::feeds::read_file(p)
+                    .and_then(|b| crate::feeds::parse_history(&b, "shard_id", "ds", "lines"))
+                    .map_err(|e| ManagerError::Oracle(e.to_string()))?
+                    .into_iter()
+                    .map(|(id, first, v)| (id, (first, v)))
+                    .collect(),
+                None => BTreeMap::new(),
+            },
+        }),
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Skill {
+    score: f64,
+    /// The hour (store-local index) and median forecast awaiting its actual.
+    pending: Option<(i64, f64)>,
+}
+
+/// The policy and the forecast skill it has earned, per shard.
+pub struct DemandModel {
+    pub policy: Box<dyn DemandPolicy>,
+    skill: BTreeMap<String, Skill>,
+}
+
+impl DemandModel {
+    pub fn new(policy: Box<dyn DemandPolicy>) -> DemandModel {
+        DemandModel {
+            policy,
+            skill: BTreeMap::new(),
+        }
+    }
+
+    /// Score the pending median against the hour's actual once it closed;
+    /// then await this hour's.
+    fn skill(&mut self, shard: &str, store_hour: i64, p50: Option<f64>, store: &Store) -> f64 {
+        let sk = self.skill.entry(shard.to_string()).or_insert(Skill {
+            score: 0.5,
+            pending: None,
+        });
+        if let Some((hour, f)) = sk.pending {
+            if hour < store_hour {
+                let mut a = [0.0];
+                store.hourly_window(shard, hour, &mut a);
+                let denom = a[0].abs() + f.abs();
+                let s1 = if denom > 0.0 {
+                    1.0 - (a[0] - f).abs() / denom
+                } else {
+                    1.0
+                };
+                sk.score = 0.8 * sk.score + 0.2 * s1;
+                sk.pending = None;
+            }
+        }
+        if sk.pending.is_none() {
+            if let Some(p) = p50 {
+                sk.pending = Some((store_hour, p));
+            }
+        }
+        sk.score
+    }
+}
+
+/// What the planner input is built from, besides the state.
+pub struct Inputs<'a> {
+    pub cfg: &'a ManagerConfig,
+    pub topo: &'a Topology,
+    pub store: &'a Store,
+    pub forecasts: &'a ForecastSet,
+    pub clock: Clock,
+    /// Clock time, Unix ms.
+    pub now: i64,
+}
+
+/// The planner's input at `inputs.now`, and each shard's demand as seen.
+pub fn plan_input(
+    inputs: &Inputs,
+    st: &State,
+    model: &mut DemandModel,
+) -> (PlanInput, Vec<ShardDemand>) {
+    let Inputs {
+        cfg,
+        topo,
+        store,
+        forecasts,
+        clock,
+        now,
+    } = *inputs;
+    let median_cap = {
+        let mut c: Vec<f64> = topo.nodes.iter().map(|n| n.capacity).collect();
+        c.sort_by(f64::total_cmp);
+        c.get(c.len() / 2).copied().unwrap_or(1000.0)
+    };
+    let default_threshold = cfg.default_threshold_rps.unwrap_or(median_cap * 0.5);
+    let next_hour = (now.div_euclid(HOUR_MS) + 1) * HOUR_MS;
+    let store_hour = store.local_hour(now);
+    // At least one telemetry frame's span, on this clock (a frame every
+    // second spans an hour of trace time at 3600x).
+    let frame_s = (topo.telemetry_interval.as_secs_f64() * clock.speed()).ceil() as usize;
+    let observe_window_s = cfg.observe_window_s.max(frame_s);
+    let mut shards = Vec::with_capacity(topo.shards.len());
+    let mut seen = Vec::with_capacity(topo.shards.len());
+    for s in &topo.shards {
+        let threshold = st
+            .operator
+            .thresholds
+            .get(&s.id)
+            .copied()
+            .or(s.threshold)
+            .unwrap_or(default_threshold);
+        let at = At {
+            shard: &s.id,
+            now,
+            store_hour,
+            threshold,
+            forecasts,
+        };
+        let p = model.policy.predict(&at);
+        let skill = model.skill(&s.id, store_hour, p.p50_hour, store);
+        let rows = st
+            .hosted
+            .values()
+            .filter_map(|m| m.get(&s.id).map(|h| h.rows))
+            .max();
+        let bytes = match (rows, st.bytes_per_row) {
+            (Some(r), Some(b)) if r > 0 => (r as f64 * b) as u64,
+            _ => DEFAULT_SHARD_BYTES,
+        };
+        let demand = Demand {
+            predicted_rps: p.predicted_rps,
+            rise_at_ms: p.rise_at_ms.unwrap_or(next_hour),
+            observed_rps: store.recent_rate(&s.id, now, observe_window_s),
+            skill,
+        };
+        shards.push(ShardInput {
+            id: s.id.clone(),
+            threshold,
+            replicas: st
+                .replicas
+                .get(&s.id)
+                .map(|r| {
+                    r.iter()
+                        .map(|r| planner::ReplicaInput {
+                            node: r.node.clone(),
+                            state: r.state,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            demand: model.policy.planned(&demand),
+            bytes,
+            pinned: st.operator.pins.get(&s.id).cloned(),
+            leaving: st
+                .leaving
+                .get(&s.id)
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default(),
+        });
+        seen.push(ShardDemand {
+            id: s.id.clone(),
+            threshold,
+            demand,
+        });
+    }
+    let nodes = topo
+        .nodes
+        .iter()
+        .map(|n| NodeInput {
+            name: n.name.clone(),
+            capacity: n.capacity,
+            zone: n.zone.clone(),
+            healthy: st.nodes.get(&n.name).is_none_or(|s| s.healthy),
+            drained: st.operator.drained.contains(&n.name),
+        })
+        .collect();
+    let input = PlanInput {
+        now_ms: now,
+        replication_factor: topo.replication_factor,
+        churn_budget: cfg.churn_budget,
+        max_utilization: cfg.max_utilization,
+        scale_in_ratio: cfg.scale_in_ratio,
+        // bytes per clock second (deadlines are in clock time)
+        bandwidth_bytes_per_s: cfg.bandwidth_bytes_per_s / clock.speed(),
+        nodes,
+        shards,
+    };
+    (input, seen)
+}
+
+/// The value at the smallest served level ≥ `level` (the top one if none).
+fn quantile_at(levels: &[f32], values: &[f32], level: f32) -> f32 {
+    levels
+        .iter()
+        .position(|&l| l + 1e-6 >= level)
+        .or(levels.len().checked_sub(1))
+        .and_then(|i| values.get(i).copied())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_picks_the_served_level_at_or_above() {
+        let l = [0.1, 0.5, 0.9];
+        let v = [1.0, 2.0, 3.0];
+        assert_eq!(quantile_at(&l, &v, 0.9), 3.0);
+        assert_eq!(quantile_at(&l, &v, 0.8), 3.0);
+        assert_eq!(quantile_at(&l, &v, 0.5), 2.0);
+        assert_eq!(quantile_at(&l, &v, 0.99), 3.0);
+        assert_eq!(quantile_at(&[], &[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn no_demand_shows_the_planner_nothing_and_keeps_nothing_hot() {
+        let d = Demand {
+            predicted_rps: 5.0,
+            rise_at_ms: 7,
+            observed_rps: 3.0,
+            skill: 0.9,
+        };
+        let p = NoDemand.planned(&d);
+        assert_eq!((p.predicted_rps, p.observed_rps), (0.0, 0.0));
+        assert_eq!((p.rise_at_ms, p.skill), (7, 0.9));
+        assert!(!NoDemand.plans_demand());
+        assert_eq!(Reactive.planned(&d), d);
+        assert!(Reactive.plans_demand());
+    }
+
+    #[test]
+    fn the_oracle_rises_now_when_this_hour_is_over_the_threshold() {
+        let o = Oracle {
+            actual: [("s".to_string(), (10, vec![3600.0, 36_000.0]))].into(),
+        };
+        let set = ForecastSet::default();
+        let at = |store_hour, threshold| At {
+            shard: "s",
+            now: 99,
+            store_hour,
+            threshold,
+            forecasts: &set,
+        };
+        let p = o.predict(&at(10, 0.5));
+        assert_eq!(
+            p.predicted_rps, 10.0,
+            "the higher of this hour and the next"
+        );
+        assert_eq!(p.rise_at_ms, Some(99));
+        assert_eq!(o.predict(&at(10, 2.0)).rise_at_ms, None);
+        assert_eq!(o.predict(&at(50, 0.5)).predicted_rps, 0.0);
+    }
+}

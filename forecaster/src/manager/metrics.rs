@@ -1,0 +1,180 @@
+//! The shard manager's metrics, every name here, rendered on the
+//! forecaster's `/metrics` (Prometheus text). Labels are bounded: actions
+//! are a fixed set of names, reasons, outcomes and targets are enums.
+//!
+//! | metric | type | what |
+//! |---|---|---|
+//! | `shardcast_manager_rounds_total` | counter | rounds run (leading or standing by) |
+//! | `shardcast_manager_round_seconds` | summary | wall time of a round: p50, p99 over the last 1024, sum, count |
+//! | `shardcast_manager_decisions_total{action,reason}` | counter | decisions logged |
+//! | `shardcast_manager_orders_total{outcome}` | counter | pre-fetch orders by how they ended: done, failed, cancelled, refused |
+//! | `shardcast_manager_orders_open` | gauge | orders sync still holds |
+//! | `shardcast_manager_publish_failures_total{target}` | counter | table publishes not delivered: metadata, proxy |
+//! | `shardcast_manager_proxies_behind` | gauge | listed proxies without the current version |
+//! | `shardcast_manager_leader` | gauge | 1 while this manager leads and may write |
+//! | `shardcast_manager_epoch` | gauge | the epoch of its current or last term |
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::state::Decision;
+use super::Manager;
+
+const ROUNDS_KEPT: usize = 1024;
+
+/// Where a publish was not delivered (the `target` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Metadata,
+    Proxy,
+}
+
+/// Counters the manager's loop keeps (the rest is read from its state).
+#[derive(Default)]
+pub struct ManagerMetrics {
+    round_seconds: Mutex<VecDeque<f64>>,
+    round_sum_us: AtomicU64,
+    round_count: AtomicU64,
+    decisions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    publish_failures: [AtomicU64; 2],
+}
+
+impl ManagerMetrics {
+    pub fn round(&self, d: Duration) {
+        self.round_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.round_count.fetch_add(1, Relaxed);
+        let mut q = self.round_seconds.lock();
+        if q.len() >= ROUNDS_KEPT {
+            q.pop_front();
+        }
+        q.push_back(d.as_secs_f64());
+    }
+
+    pub fn decision(&self, d: &Decision) {
+        *self
+            .decisions
+            .lock()
+            .entry((d.action, d.reason.as_str()))
+            .or_default() += 1;
+    }
+
+    pub fn publish_failed(&self, t: Target) {
+        self.publish_failures[t as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The `q` quantile (nearest rank) of the rounds kept; 0 without any.
+    fn round_quantile(&self, q: f64) -> f64 {
+        let mut v: Vec<f64> = self.round_seconds.lock().iter().copied().collect();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+}
+
+fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Append the manager's metrics to `o`.
+pub fn render(o: &mut String, m: &Manager) {
+    let st = m.snapshot();
+    let mm = &m.metrics;
+    let name = "shardcast_manager_rounds_total";
+    head(o, name, "counter", "Rounds run, leading or standing by.");
+    let _ = writeln!(o, "{name} {}", st.rounds);
+
+    let name = "shardcast_manager_round_seconds";
+    head(
+        o,
+        name,
+        "summary",
+        "Wall time of a round (quantiles over the last 1024 rounds).",
+    );
+    for q in [0.5, 0.99] {
+        let _ = writeln!(o, "{name}{{quantile=\"{q}\"}} {}", mm.round_quantile(q));
+    }
+    let _ = writeln!(
+        o,
+        "{name}_sum {}\n{name}_count {}",
+        mm.round_sum_us.load(Relaxed) as f64 / 1e6,
+        mm.round_count.load(Relaxed)
+    );
+
+    let name = "shardcast_manager_decisions_total";
+    head(
+        o,
+        name,
+        "counter",
+        "Decisions logged, by action and reason.",
+    );
+    for ((action, reason), n) in mm.decisions.lock().iter() {
+        let _ = writeln!(o, "{name}{{action=\"{action}\",reason=\"{reason}\"}} {n}");
+    }
+
+    let name = "shardcast_manager_orders_total";
+    head(o, name, "counter", "Pre-fetch orders by how they ended.");
+    let out = st.outcomes;
+    for (outcome, n) in [
+        ("done", out.done),
+        ("failed", out.failed),
+        ("cancelled", out.cancelled),
+        ("refused", out.refused),
+    ] {
+        let _ = writeln!(o, "{name}{{outcome=\"{outcome}\"}} {n}");
+    }
+    let name = "shardcast_manager_orders_open";
+    head(o, name, "gauge", "Pre-fetch orders sync still holds.");
+    let open = st.orders.iter().filter(|o| o.state.is_open()).count();
+    let _ = writeln!(o, "{name} {open}");
+
+    let name = "shardcast_manager_publish_failures_total";
+    head(
+        o,
+        name,
+        "counter",
+        "Table publishes not delivered, by target.",
+    );
+    for (label, t) in [("metadata", Target::Metadata), ("proxy", Target::Proxy)] {
+        let n = mm.publish_failures[t as usize].load(Relaxed);
+        let _ = writeln!(o, "{name}{{target=\"{label}\"}} {n}");
+    }
+
+    let name = "shardcast_manager_proxies_behind";
+    head(
+        o,
+        name,
+        "gauge",
+        "Listed proxies without the current table version.",
+    );
+    let _ = writeln!(o, "{name} {}", st.proxies_behind.len());
+
+    let lease = m.lease();
+    let v = lease.view();
+    let name = "shardcast_manager_leader";
+    head(
+        o,
+        name,
+        "gauge",
+        "1 while this manager holds the lease and writes.",
+    );
+    let _ = writeln!(
+        o,
+        "{name} {}",
+        u8::from(v.leader && lease.may_write().is_some())
+    );
+    let name = "shardcast_manager_epoch";
+    head(
+        o,
+        name,
+        "gauge",
+        "The epoch (fencing token) of this manager's current or last term.",
+    );
+    let _ = writeln!(o, "{name} {}", v.epoch);
+}

@@ -1,0 +1,243 @@
+//! The table publisher: the assignment to the metadata store
+//! (`<prefix>:table`, by the fencing script in [`super::metadata`]) and to
+//! each listed proxy (`PUT /admin/table`), with the shard and node records.
+//!
+//! A target that refuses the table as not newer (a proxy's 409, a newer
+//! table in the store) has not received it. When the target already holds
+//! exactly this version, it has; when it holds a newer version of this
+//! manager's epoch, the counter moves past it and the same assignment goes
+//! out again to every target at once; a higher epoch fences this manager.
+//! What a pass learnt comes back as state machine events.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use http::Method;
+use redis::aio::MultiplexedConnection;
+use shardmap::{TableUpdate, UpdateAnswer};
+use tracing::warn;
+
+use super::client::Client;
+use super::lease::Lease;
+use super::metadata::{self, NodeRecord, ShardRecord};
+use super::state::Event;
+use super::versions::{on_refusal, Refusal, Refusals};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The records written beside the table.
+pub type Records = (Vec<ShardRecord>, Vec<NodeRecord>, Vec<u8>);
+
+/// What one pass is to publish.
+pub struct Pass<'a> {
+    pub update: TableUpdate,
+    /// Proxies without the current version (the only ones pushed to when
+    /// nothing changed).
+    pub behind: Vec<String>,
+    pub changed: bool,
+    pub prefix: &'a str,
+    pub metadata_url: Option<String>,
+    /// The last metadata store error (a repeated one is not logged again).
+    pub metadata_error: Option<String>,
+}
+
+/// What a pass learnt, and whether the table must go out again (a refusal
+/// moved the version).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub events: Vec<Event>,
+    pub again: bool,
+}
+
+/// Publishes to the metadata store and the proxies.
+pub struct Publisher {
+    http: Client,
+    proxies: Vec<String>,
+    token: Option<String>,
+}
+
+impl Publisher {
+    pub fn new(proxies: Vec<String>, token: Option<String>) -> Publisher {
+        Publisher {
+            http: Client::default(),
+            proxies,
+            token,
+        }
+    }
+
+    /// One pass: the store (when there is one), then the proxies.
+    pub async fn publish_once(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        pass: Pass<'_>,
+        records: impl FnOnce() -> Records,
+        lease: &Lease,
+        refusals: &Refusals,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        let Pass {
+            update,
+            behind,
+            changed,
+            prefix,
+            metadata_url,
+            metadata_error,
+        } = pass;
+        if let Some(url) = metadata_url {
+            if conn.is_none() {
+                match metadata::connect(&url).await {
+                    Ok(c) => *conn = Some(c),
+                    Err(e) => out.events.push(Event::MetadataStatus(Err(e))),
+                }
+            }
+            if let Some(c) = conn.as_mut() {
+                // Also re-written when the store lost it (restart, flush) or
+                // holds an older one.
+                let stored = metadata::read_table(c, prefix).await;
+                let mut write = changed;
+                let mut fenced = None;
+                match &stored {
+                    // Newer than ours, or ours by number with other content
+                    // (another writer): refused, not delivered.
+                    Ok(Some(t))
+                        if t.version > update.version
+                            || (t.version == update.version && t.shards != update.shards) =>
+                    {
+                        refusals.metadata.fetch_add(1, Relaxed);
+                        let refusal = if t.version == update.version {
+                            update
+                                .version
+                                .past(t.version)
+                                .map_or(Refusal::Fenced, Refusal::Outrank)
+                        } else {
+                            on_refusal(update.version, t.version)
+                        };
+                        match refusal {
+                            Refusal::Outrank(v) => {
+                                out.events.push(Event::Outranked {
+                                    version: v,
+                                    target: "metadata".into(),
+                                    theirs: t.version,
+                                });
+                                out.again = true;
+                                return out;
+                            }
+                            Refusal::Current | Refusal::Retry => {}
+                            Refusal::Fenced => {
+                                fenced = Some(format!(
+                                    "the store holds table version {}, which version {} cannot outrank: another manager leads",
+                                    t.version, update.version
+                                ));
+                            }
+                        }
+                    }
+                    Ok(Some(t)) if t.version == update.version => {}
+                    _ => write = true,
+                }
+                if lease.may_write().is_none() {
+                    return out;
+                }
+                if let Some(e) = fenced {
+                    // Writing would change nothing (proxies skip what is not
+                    // newer) and would overwrite the leader's records.
+                    lease.fenced(&e);
+                    if metadata_error.as_deref() != Some(e.as_str()) {
+                        warn!(error = %e, "table not published");
+                    }
+                    out.events.push(Event::MetadataStatus(Err(e)));
+                } else {
+                    let mut res = Ok(());
+                    if write {
+                        res = match metadata::publish_table(c, prefix, &update).await {
+                            Ok(metadata::Published::Written) => Ok(()),
+                            Ok(metadata::Published::Fenced(why)) => {
+                                refusals.metadata.fetch_add(1, Relaxed);
+                                lease.fenced(&why);
+                                warn!(reason = %why, version = %update.version, "table refused by the store: a newer leader");
+                                out.events.push(Event::MetadataStatus(Err(why)));
+                                return out;
+                            }
+                            Err(e) => Err(e),
+                        };
+                    }
+                    if res.is_ok() {
+                        let (shards, nodes, op) = records();
+                        res =
+                            metadata::write_state(c, prefix, update.version, &shards, &nodes, &op)
+                                .await;
+                    }
+                    if let Err(e) = &res {
+                        warn!(error = %e, "metadata store write failed; retrying next round");
+                        *conn = None;
+                    }
+                    out.events.push(Event::MetadataStatus(res));
+                }
+            }
+        }
+        if changed || !behind.is_empty() {
+            let body = serde_json::to_vec(&update).unwrap_or_default();
+            let targets: Vec<String> = if changed {
+                self.proxies.clone()
+            } else {
+                behind.clone()
+            };
+            for p in targets {
+                if lease.may_write().is_none() {
+                    return out;
+                }
+                let url = format!("{p}/admin/table");
+                let r = self
+                    .http
+                    .call(
+                        Method::PUT,
+                        &url,
+                        Some(body.clone()),
+                        self.token.as_deref(),
+                        CALL_TIMEOUT,
+                    )
+                    .await;
+                let delivered = match &r {
+                    Ok((s, _)) if (200..300).contains(s) => true,
+                    // Not newer than what the proxy holds: delivered only if
+                    // it holds this very version.
+                    Ok((409, answer)) => {
+                        refusals.proxy.fetch_add(1, Relaxed);
+                        match serde_json::from_slice::<UpdateAnswer>(answer) {
+                            Ok(a) => match on_refusal(update.version, a.assignment_version) {
+                                Refusal::Current => true,
+                                Refusal::Outrank(v) => {
+                                    out.events.push(Event::Outranked {
+                                        version: v,
+                                        target: p.clone(),
+                                        theirs: a.assignment_version,
+                                    });
+                                    out.again = true;
+                                    return out;
+                                }
+                                Refusal::Fenced => {
+                                    lease.fenced("a proxy holds a table of a higher epoch");
+                                    false
+                                }
+                                Refusal::Retry => false,
+                            },
+                            Err(e) => {
+                                warn!(proxy = %p, error = %e, "a 409 without the proxy's assignment version");
+                                false
+                            }
+                        }
+                    }
+                    _ => false,
+                };
+                if delivered {
+                    out.events.push(Event::Delivered { proxy: p });
+                } else {
+                    if !behind.contains(&p) {
+                        warn!(proxy = %p, result = ?r.map(|(s, _)| s), "table push failed; retrying next round");
+                    }
+                    out.events.push(Event::NotDelivered { proxy: p });
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,269 @@
+//! The order life cycle: submitted → queued/running → done (an add's
+//! replica turns serving; a move's old replica starts leaving), or failed
+//! (timed out, cancelled by sync, lost: an add's warming replica is
+//! withdrawn), or cancelled (its replica's node went down).
+
+use shardmap::control::ReplicaAssignment;
+use shardmap::table::ReplicaState;
+
+use super::{Decision, Effect, OrderState, OrderView, State, ORDERS_KEPT};
+use crate::planner::Reason;
+
+/// A pre-fetch order to send to sync.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderRequest {
+    pub shard: String,
+    pub node: String,
+    pub priority: f64,
+    /// Real time, Unix ms.
+    pub deadline_unix_ms: i64,
+    pub reason: Reason,
+    /// A move: this node's replica drains once the new one serves.
+    pub replaces: Option<String>,
+    /// An add puts a warming replica in the table; a refresh re-fills the
+    /// cache of one already there.
+    pub adds_replica: bool,
+    /// The plan's decision for an add (its detail gets the order id).
+    pub decision: Option<Decision>,
+}
+
+/// Sync's answer about one order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderReport {
+    Done {
+        rows: u64,
+        bytes: u64,
+        finished_unix_ms: Option<i64>,
+        deadline_met: Option<bool>,
+    },
+    Cancelled,
+    /// Still queued or running.
+    Progress {
+        running: bool,
+        rows: u64,
+        bytes: u64,
+    },
+    /// Sync does not know the order (it lost it).
+    Missing(String),
+    /// Sync did not answer; ask again next round.
+    Unreachable(String),
+}
+
+impl State {
+    pub(super) fn push_order(&mut self, o: OrderView) {
+        if self.orders.len() >= ORDERS_KEPT {
+            if let Some(i) = self.orders.iter().position(|o| !o.state.is_open()) {
+                self.orders.remove(i);
+            }
+        }
+        self.orders.push_back(o);
+    }
+
+    pub(super) fn submitted(&mut self, o: OrderRequest, id: u64, now: i64, fx: &mut Vec<Effect>) {
+        let view = OrderView {
+            id,
+            shard: o.shard.clone(),
+            node: o.node.clone(),
+            state: OrderState::Queued,
+            priority: o.priority,
+            deadline_unix_ms: Some(o.deadline_unix_ms),
+            submitted_unix_ms: now,
+            finished_unix_ms: None,
+            rows: 0,
+            bytes: 0,
+            reason: o.reason,
+            replaces: o.replaces.clone(),
+            adds_replica: o.adds_replica,
+            deadline_met: None,
+        };
+        if o.adds_replica {
+            let reps = self.replicas.entry(o.shard.clone()).or_default();
+            if !reps.iter().any(|r| r.node == o.node) {
+                reps.push(ReplicaAssignment {
+                    node: o.node.clone(),
+                    state: ReplicaState::Warming,
+                });
+            }
+            self.push_order(view);
+            if let Some(mut d) = o.decision {
+                d.detail = format!("{} (order {id})", d.detail);
+                fx.push(Effect::Record(d));
+            }
+            self.dirty = true;
+        } else {
+            self.push_order(view);
+            fx.push(Effect::Record(Decision {
+                at_unix_ms: now,
+                action: "refresh",
+                shard: o.shard,
+                node: o.node,
+                reason: o.reason,
+                detail: format!("replica not in its node's cache (order {id})"),
+                dry_run: false,
+            }));
+        }
+    }
+
+    pub(super) fn refused(&mut self, o: OrderRequest, e: String, fx: &mut Vec<Effect>) {
+        self.outcomes.refused += 1;
+        if let Some(mut d) = o.decision.filter(|_| o.adds_replica) {
+            d.action = "add_failed";
+            d.detail = format!("pre-fetch order refused: {e}");
+            fx.push(Effect::Record(d));
+        }
+    }
+
+    /// Update one tracked order from sync's answer; an order that timed
+    /// out is cancelled at sync.
+    pub(super) fn reported(
+        &mut self,
+        id: u64,
+        report: OrderReport,
+        now: i64,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(i) = self.orders.iter().position(|o| o.id == id) else {
+            return;
+        };
+        let timeout = self.settings.order_timeout;
+        let timed_out = now - self.orders[i].submitted_unix_ms > timeout.as_millis() as i64;
+        match report {
+            OrderReport::Done {
+                rows,
+                bytes,
+                finished_unix_ms,
+                deadline_met,
+            } => self.done(i, rows, bytes, finished_unix_ms, deadline_met, now, fx),
+            OrderReport::Cancelled => self.fail(i, now, "cancelled by sync", fx),
+            OrderReport::Progress { .. } if timed_out => {
+                self.fail(i, now, &format!("not done within {timeout:?}"), fx);
+                fx.push(Effect::Cancel { id });
+            }
+            OrderReport::Progress {
+                running,
+                rows,
+                bytes,
+            } => {
+                let o = &mut self.orders[i];
+                o.state = if running {
+                    OrderState::Running
+                } else {
+                    OrderState::Queued
+                };
+                o.rows = rows;
+                o.bytes = bytes;
+            }
+            OrderReport::Missing(e) => {
+                self.fail(i, now, &e, fx);
+                if timed_out {
+                    fx.push(Effect::Cancel { id });
+                }
+            }
+            OrderReport::Unreachable(e) if timed_out => {
+                self.fail(i, now, &e, fx);
+                fx.push(Effect::Cancel { id });
+            }
+            OrderReport::Unreachable(_) => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn done(
+        &mut self,
+        i: usize,
+        rows: u64,
+        bytes: u64,
+        finished: Option<i64>,
+        deadline_met: Option<bool>,
+        now: i64,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.outcomes.done += 1;
+        let o = &mut self.orders[i];
+        o.state = OrderState::Done;
+        o.rows = rows;
+        o.bytes = bytes;
+        o.finished_unix_ms = finished.or(Some(now));
+        o.deadline_met = deadline_met;
+        let o = o.clone();
+        if o.rows > 0 {
+            let bpr = o.bytes as f64 / o.rows as f64;
+            self.bytes_per_row = Some(match self.bytes_per_row {
+                Some(b) => 0.8 * b + 0.2 * bpr,
+                None => bpr,
+            });
+        }
+        let mut detail = format!(
+            "order {} done: {} rows, {} bytes in {} ms",
+            o.id,
+            o.rows,
+            o.bytes,
+            o.finished_unix_ms.unwrap_or(now) - o.submitted_unix_ms
+        );
+        if let Some(m) = o.deadline_met {
+            detail.push_str(if m {
+                ", deadline met"
+            } else {
+                ", deadline missed"
+            });
+        }
+        let action = if o.adds_replica {
+            let mut promoted = false;
+            if let Some(reps) = self.replicas.get_mut(&o.shard) {
+                for r in reps.iter_mut().filter(|r| r.node == o.node) {
+                    if r.state == ReplicaState::Warming {
+                        r.state = ReplicaState::Serving;
+                        promoted = true;
+                    }
+                }
+            }
+            if !promoted {
+                return;
+            }
+            self.dirty = true;
+            if let Some(old) = &o.replaces {
+                self.leaving
+                    .entry(o.shard.clone())
+                    .or_default()
+                    .insert(old.clone());
+            }
+            "serve"
+        } else {
+            "refreshed"
+        };
+        fx.push(Effect::Record(Decision {
+            at_unix_ms: now,
+            action,
+            shard: o.shard,
+            node: o.node,
+            reason: o.reason,
+            detail,
+            dry_run: false,
+        }));
+    }
+
+    /// The order failed: an add's warming replica is withdrawn.
+    fn fail(&mut self, i: usize, now: i64, why: &str, fx: &mut Vec<Effect>) {
+        self.outcomes.failed += 1;
+        let o = &mut self.orders[i];
+        o.state = OrderState::Failed;
+        o.finished_unix_ms = Some(now);
+        let o = o.clone();
+        if o.adds_replica {
+            if let Some(reps) = self.replicas.get_mut(&o.shard) {
+                let before = reps.len();
+                reps.retain(|r| !(r.node == o.node && r.state == ReplicaState::Warming));
+                self.dirty |= reps.len() != before;
+            }
+        }
+        fx.push(Effect::Record(Decision {
+            at_unix_ms: now,
+            action: "order_failed",
+            shard: o.shard,
+            node: o.node,
+            reason: o.reason,
+            detail: format!("order {}: {why}; warming replica withdrawn", o.id),
+            dry_run: false,
+        }));
+    }
+}

@@ -1,0 +1,253 @@
+//! A plan carried into the state: drops and drains at once, additions as
+//! orders to submit (a warming replica enters the table when sync takes the
+//! order), then refreshes of replicas the caches lack and evictions of
+//! shards that cooled.
+
+use std::collections::BTreeSet;
+
+use shardmap::table::ReplicaState;
+
+use super::{Decision, Effect, OrderRequest, OrderState, State};
+use crate::planner::{Action, Plan, Reason};
+
+impl State {
+    /// The plan's actions; `now` is real time, `tnow` the plan's clock time.
+    pub(super) fn carry_out(&mut self, plan: &Plan, now: i64, tnow: i64, fx: &mut Vec<Effect>) {
+        if self.operator.dry_run {
+            self.round_dry = true;
+            let key: Vec<_> = plan
+                .actions
+                .iter()
+                .map(|a| {
+                    (
+                        a.kind(),
+                        a.shard().to_string(),
+                        a.node().to_string(),
+                        a.reason(),
+                    )
+                })
+                .collect();
+            if self.last_dry_actions != key {
+                for a in &plan.actions {
+                    fx.push(Effect::Record(decision(a, now, tnow, true)));
+                }
+                self.last_dry_actions = key;
+            }
+            return;
+        }
+        self.round_dry = false;
+        self.last_dry_actions.clear();
+        // Additions of this plan not yet in the table (their orders are out).
+        let mut adding: BTreeSet<(String, String)> = BTreeSet::new();
+        for a in &plan.actions {
+            match a {
+                Action::Drop { shard, node, .. } => {
+                    if let Some(reps) = self.replicas.get_mut(shard) {
+                        reps.retain(|r| r.node != *node);
+                    }
+                    self.draining_since.remove(&(shard.clone(), node.clone()));
+                    if let Some(l) = self.leaving.get_mut(shard) {
+                        l.remove(node);
+                    }
+                    let open = self.open_order(shard, node).map(|o| o.id);
+                    if let Some(id) = open {
+                        if let Some(o) = self.orders.iter_mut().find(|o| o.id == id) {
+                            o.state = OrderState::Cancelled;
+                        }
+                        self.outcomes.cancelled += 1;
+                    }
+                    fx.push(Effect::Record(decision(a, now, tnow, false)));
+                    self.dirty = true;
+                    if let Some(id) = open {
+                        fx.push(Effect::Cancel { id });
+                    }
+                }
+                Action::Drain { shard, node, .. } => {
+                    let mut did = false;
+                    if let Some(reps) = self.replicas.get_mut(shard) {
+                        for r in reps.iter_mut().filter(|r| r.node == *node) {
+                            if r.state != ReplicaState::Draining {
+                                r.state = ReplicaState::Draining;
+                                did = true;
+                            }
+                        }
+                    }
+                    if did {
+                        self.draining_since
+                            .insert((shard.clone(), node.clone()), (now, a.reason()));
+                        if let Some(l) = self.leaving.get_mut(shard) {
+                            l.remove(node);
+                        }
+                        fx.push(Effect::Record(decision(a, now, tnow, false)));
+                        self.dirty = true;
+                    }
+                }
+                Action::Add {
+                    shard,
+                    node,
+                    reason,
+                    priority,
+                    deadline_ms,
+                    replaces,
+                    ..
+                } => {
+                    let d = decision(a, now, tnow, false);
+                    // The planner never asks for these; the state keeps its
+                    // invariants whatever it is asked.
+                    let refusal = if self
+                        .replicas
+                        .get(shard)
+                        .is_some_and(|r| r.iter().any(|r| r.node == *node))
+                        || adding.contains(&(shard.clone(), node.clone()))
+                    {
+                        Some(format!("the shard already has a replica on {node}"))
+                    } else if let Some(o) = self.open_order(shard, node) {
+                        Some(format!("order {} for this shard and node is open", o.id))
+                    } else if adding.len() >= self.settings.churn_budget {
+                        Some("over the churn budget of this round".to_string())
+                    } else {
+                        None
+                    };
+                    if let Some(why) = refusal {
+                        fx.push(Effect::Record(Decision {
+                            action: "add_failed",
+                            detail: format!("not ordered: {why}"),
+                            ..d
+                        }));
+                        continue;
+                    }
+                    adding.insert((shard.clone(), node.clone()));
+                    fx.push(Effect::Submit(OrderRequest {
+                        shard: shard.clone(),
+                        node: node.clone(),
+                        priority: *priority,
+                        deadline_unix_ms: self.settings.clock.to_real(*deadline_ms),
+                        reason: *reason,
+                        replaces: replaces.clone(),
+                        adds_replica: true,
+                        decision: Some(d),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Replicas in the table that their node's cache does not hold: order a
+    /// copy, keeping them serving meanwhile (the node fills on miss). With
+    /// `host_baseline` every replica is kept hosted (a fresh start, a lost
+    /// cache); without, only the replicas of shards that are hot now.
+    pub(super) fn refresh_unhosted(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        if self.round_dry || self.sync_error.is_some() {
+            return;
+        }
+        let Some(plan) = &self.last_plan else { return };
+        for p in &plan.shards {
+            let hot = p
+                .reason
+                .filter(|r| matches!(r, Reason::Forecast | Reason::Load))
+                .map(|r| (r, p.load_rps));
+            let (reason, priority, deadline) = match (self.settings.host_baseline, hot) {
+                (_, Some((r, load))) => {
+                    let rise = self
+                        .demand
+                        .get(&p.id)
+                        .map_or(now, |d| self.settings.clock.to_real(d.rise_at_ms));
+                    (r, load.max(0.01) * 10.0, rise.max(now + 1000))
+                }
+                (true, None) => (Reason::Initial, 0.01, now + 60_000),
+                (false, None) => continue,
+            };
+            for r in self.replicas.get(&p.id).into_iter().flatten() {
+                let healthy = self.nodes.get(&r.node).is_some_and(|n| n.healthy);
+                let hosted = self
+                    .hosted
+                    .get(&r.node)
+                    .is_some_and(|m| m.contains_key(&p.id));
+                if r.state == ReplicaState::Serving
+                    && healthy
+                    && !hosted
+                    && self.open_order(&p.id, &r.node).is_none()
+                {
+                    fx.push(Effect::Submit(OrderRequest {
+                        shard: p.id.clone(),
+                        node: r.node.clone(),
+                        priority,
+                        deadline_unix_ms: deadline,
+                        reason,
+                        replaces: None,
+                        adds_replica: false,
+                        decision: None,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Without `host_baseline`: shards that cooled down (not hot, observed
+    /// demand below the scale-in level) leave the node caches; their
+    /// replicas keep serving by filling on miss.
+    pub(super) fn evict_cold(&mut self, _now: i64, fx: &mut Vec<Effect>) {
+        if self.round_dry || self.settings.host_baseline || self.sync_error.is_some() {
+            return;
+        }
+        let Some(plan) = &self.last_plan else { return };
+        for p in &plan.shards {
+            let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
+            let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
+            let threshold = self.thresholds.get(&p.id).copied().unwrap_or(p.threshold);
+            let calm =
+                observed <= threshold * self.settings.scale_in_ratio || !self.settings.plans_demand;
+            if hot || !calm {
+                continue;
+            }
+            for (node, m) in &self.hosted {
+                if m.contains_key(&p.id) && self.open_order(&p.id, node).is_none() {
+                    fx.push(Effect::Evict {
+                        shard: p.id.clone(),
+                        node: node.clone(),
+                        cold: Some(format!(
+                            "cold: observed {observed:.3} rps, threshold {threshold:.3}"
+                        )),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A plan action as a decision at real time `now`; `tnow` is the plan's
+/// clock time (deadlines are relative to it).
+pub(super) fn decision(a: &Action, now: i64, tnow: i64, dry_run: bool) -> Decision {
+    let detail = match a {
+        Action::Add {
+            detail,
+            priority,
+            deadline_ms,
+            over_capacity,
+            replaces,
+            ..
+        } => {
+            let mut d = format!(
+                "{detail}; priority {priority:.3}, deadline in {} ms",
+                deadline_ms - tnow
+            );
+            if let Some(r) = replaces {
+                d.push_str(&format!(", replaces {r}"));
+            }
+            if *over_capacity {
+                d.push_str(", no node had room");
+            }
+            d
+        }
+        Action::Drain { detail, .. } | Action::Drop { detail, .. } => detail.clone(),
+    };
+    Decision {
+        at_unix_ms: now,
+        action: a.kind(),
+        shard: a.shard().into(),
+        node: a.node().into(),
+        reason: a.reason(),
+        detail,
+        dry_run,
+    }
+}
