@@ -32,6 +32,7 @@
 pub mod client;
 pub mod demand;
 pub mod health;
+mod leading;
 pub mod lease;
 pub mod metadata;
 pub mod metrics;
@@ -44,7 +45,6 @@ pub mod versions;
 pub mod view;
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -232,68 +232,6 @@ impl Manager {
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => {
                     let _ = lease_loop.await;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Until shutdown, every third of the lease: renew it when leading,
-    /// else try to take it (DESIGN.md, "Managers"); release it at the end.
-    /// Without a metadata store there is nothing to hold.
-    async fn hold_lease(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        if self.metadata_url().is_none() {
-            return;
-        }
-        let mut conn: Option<Conn> = None;
-        let mut last_error: Option<String> = None;
-        loop {
-            let prefix = self.topology().prefix.clone();
-            if conn.is_none() {
-                if let Some(url) = self.metadata_url() {
-                    match metadata::connect(&url).await {
-                        Ok(c) => conn = Some(c),
-                        Err(e) => {
-                            self.lease.renew_failures.fetch_add(1, Relaxed);
-                            // The lease ends by itself; may_write sees to it.
-                            self.lease.tick_unreachable();
-                            if last_error.as_deref() != Some(e.as_str()) {
-                                warn!(error = %e, "metadata store unreachable; the lease cannot be renewed");
-                            }
-                            last_error = Some(e);
-                        }
-                    }
-                }
-            }
-            if let Some(c) = conn.as_mut() {
-                let was = self.lease.may_write().is_some();
-                let fut = self.lease.tick(c, &prefix);
-                match tokio::time::timeout(self.lease.period(), fut).await {
-                    Ok(Ok(())) => last_error = None,
-                    Ok(Err(e)) => {
-                        self.lease.tick_unreachable();
-                        if last_error.as_deref() != Some(e.as_str()) {
-                            warn!(error = %e, "lease");
-                        }
-                        last_error = Some(e);
-                        conn = None;
-                    }
-                    Err(_) => {
-                        self.lease.renew_failures.fetch_add(1, Relaxed);
-                        self.lease.tick_unreachable();
-                        conn = None;
-                    }
-                }
-                if !was && self.lease.may_write().is_some() {
-                    self.wake();
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.lease.period()) => {}
-                _ = shutdown.changed() => {
-                    if let Some(c) = conn.as_mut() {
-                        let _ = self.lease.release(c, &prefix).await;
-                    }
                     return;
                 }
             }
@@ -618,63 +556,4 @@ impl Manager {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn a_broken_proxy_config_keeps_the_last_good_topology() {
-        let dir = tempfile::tempdir().unwrap();
-        let proxy = dir.path().join("proxy.toml");
-        let good = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/proxy-demo.toml"),
-        )
-        .unwrap()
-        .replace(
-            "../data/online_retail/catalog.csv.gz",
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../data/online_retail/catalog.csv.gz")
-                .display()
-                .to_string(),
-        );
-        std::fs::write(&proxy, &good).unwrap();
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n[manager]\nproxy_config = \"{}\"\nsync = \"http://127.0.0.1:1\"\n",
-            proxy.display()
-        );
-        let cfg = crate::config::Config::parse(&text, dir.path(), "f.toml")
-            .unwrap()
-            .manager
-            .unwrap();
-        let store = Arc::new(Store::new(crate::store::Retention::default(), 0, 100));
-        let m = Manager::new(cfg, store, ForecastHandle::new(), Clock::real()).unwrap();
-        assert_eq!(m.topology().shards.len(), 14);
-        // a broken edit (with a new mtime) is refused and the old topology kept
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&proxy, "replication_factor = \"two\"\n").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&proxy)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
-        m.refresh_topology();
-        assert_eq!(m.topology().shards.len(), 14);
-        assert_eq!(m.topology().modified, Some(later));
-        // a good edit is taken
-        std::fs::write(
-            &proxy,
-            good.replace("replication_factor = 2", "replication_factor = 3"),
-        )
-        .unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&proxy)
-            .unwrap()
-            .set_modified(later + Duration::from_secs(5))
-            .unwrap();
-        m.refresh_topology();
-        assert_eq!(m.topology().replication_factor, 3);
-    }
-}
+mod tests;

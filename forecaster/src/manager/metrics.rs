@@ -178,3 +178,122 @@ pub fn render(o: &mut String, m: &Manager) {
     );
     let _ = writeln!(o, "{name} {}", v.epoch);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::state::{Effect, Event, OrderReport};
+    use crate::planner::{Action, Plan, Reason};
+
+    /// The value of the sample `series` (name and labels as rendered).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_real_managers_rounds_decisions_orders_and_leadership_are_rendered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _, _) = crate::manager::tests::demo_manager(dir.path());
+        let topo = m.topology();
+        let shard = topo.shards[0].id.clone();
+        let node = topo
+            .nodes
+            .iter()
+            .find(|n| !topo.shards[0].replicas.contains(&n.name))
+            .unwrap()
+            .name
+            .clone();
+        // An operator command, and an add carried through to done.
+        m.drain_node(&topo.nodes[0].name, true).unwrap();
+        let plan = Plan {
+            actions: vec![Action::Add {
+                shard: shard.clone(),
+                node: node.clone(),
+                reason: Reason::Forecast,
+                priority: 1.0,
+                deadline_ms: 10_000,
+                replaces: None,
+                over_capacity: false,
+                detail: "test".into(),
+            }],
+            ..Plan::default()
+        };
+        let fx = m.apply(Event::PlanComputed {
+            plan,
+            shards: vec![],
+            now: 1,
+            tnow: 1,
+        });
+        let Some(Effect::Submit(order)) = fx.into_iter().next() else {
+            panic!("an order")
+        };
+        for e in m.apply(Event::OrderSubmitted {
+            order,
+            id: 9,
+            now: 2,
+        }) {
+            if let Effect::Record(d) = e {
+                m.metrics.decision(&d);
+            }
+        }
+        m.apply(Event::OrderReported {
+            id: 9,
+            report: OrderReport::Done {
+                rows: 1,
+                bytes: 1,
+                finished_unix_ms: None,
+                deadline_met: None,
+            },
+            now: 3,
+        });
+        // A round that could not reach its proxy.
+        m.apply(Event::RoundFinished { now: 4 });
+        m.apply(Event::NotDelivered {
+            proxy: "http://127.0.0.1:1".into(),
+        });
+        m.metrics.publish_failed(Target::Proxy);
+        for ms in [10, 20, 30, 1000] {
+            m.metrics.round(Duration::from_millis(ms));
+        }
+
+        let mut o = String::new();
+        crate::metrics::render_manager_state(&mut o, &m);
+        let at = |s: &str| sample(&o, s).unwrap_or_else(|| panic!("{s} in\n{o}"));
+        assert_eq!(at("shardcast_manager_rounds_total"), 1.0);
+        assert_eq!(at("shardcast_manager_round_seconds_count"), 4.0);
+        assert_eq!(
+            at("shardcast_manager_round_seconds{quantile=\"0.5\"}"),
+            0.02
+        );
+        assert_eq!(
+            at("shardcast_manager_round_seconds{quantile=\"0.99\"}"),
+            1.0
+        );
+        assert_eq!(
+            at("shardcast_manager_decisions_total{action=\"drain_node\",reason=\"operator\"}"),
+            1.0
+        );
+        assert_eq!(
+            at("shardcast_manager_decisions_total{action=\"add\",reason=\"forecast\"}"),
+            1.0
+        );
+        assert_eq!(at("shardcast_manager_orders_total{outcome=\"done\"}"), 1.0);
+        assert_eq!(
+            at("shardcast_manager_orders_total{outcome=\"failed\"}"),
+            0.0
+        );
+        assert_eq!(at("shardcast_manager_orders_open"), 0.0);
+        assert_eq!(
+            at("shardcast_manager_publish_failures_total{target=\"proxy\"}"),
+            1.0
+        );
+        assert_eq!(at("shardcast_manager_proxies_behind"), 1.0);
+        // No metadata store: it leads alone, in epoch 1.
+        assert_eq!(at("shardcast_manager_leader"), 1.0);
+        assert_eq!(at("shardcast_manager_epoch"), 1.0);
+        for l in o.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.starts_with("shardcast_manager_"), "{l}");
+        }
+    }
+}

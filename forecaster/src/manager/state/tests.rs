@@ -1,1 +1,405 @@
+//! The state machine alone: the order life cycle step by step.
 
+use std::time::Duration;
+
+use shardmap::table::ReplicaState::{self, Draining, Serving, Warming};
+use shardmap::AssignmentVersion;
+
+use super::*;
+use crate::planner::Action;
+
+pub(super) const NODES: [&str; 4] = ["a", "b", "c", "d"];
+const DRAIN_MS: i64 = 1_000;
+const TIMEOUT_MS: i64 = 10_000;
+
+fn settings(churn_budget: usize) -> Settings {
+    Settings {
+        fail_after: 2,
+        drain: Duration::from_millis(DRAIN_MS as u64),
+        order_timeout: Duration::from_millis(TIMEOUT_MS as u64),
+        host_baseline: true,
+        scale_in_ratio: 0.5,
+        churn_budget,
+        plans_demand: true,
+        proxies: vec!["http://p1".into(), "http://p2".into()],
+        clock: Clock::real(),
+    }
+}
+
+/// Four nodes; shard `s<i>` on nodes a and b.
+pub(super) fn state(shards: usize, churn_budget: usize) -> State {
+    let mut st = State::new(settings(churn_budget), AssignmentVersion::new(1, 1), false);
+    st.apply(Event::Topology {
+        nodes: NODES.iter().map(|n| n.to_string()).collect(),
+        shards: (0..shards)
+            .map(|i| (format!("s{i}"), vec!["a".into(), "b".into()]))
+            .collect(),
+    });
+    st
+}
+
+fn add(shard: &str, node: &str, replaces: Option<&str>) -> Action {
+    Action::Add {
+        shard: shard.into(),
+        node: node.into(),
+        reason: Reason::Forecast,
+        priority: 1.0,
+        deadline_ms: 5_000,
+        replaces: replaces.map(Into::into),
+        over_capacity: false,
+        detail: "test".into(),
+    }
+}
+
+fn plan_of(actions: Vec<Action>) -> Plan {
+    Plan {
+        actions,
+        ..Plan::default()
+    }
+}
+
+fn computed(st: &mut State, actions: Vec<Action>, now: i64) -> Vec<Effect> {
+    st.apply(Event::PlanComputed {
+        plan: plan_of(actions),
+        shards: vec![],
+        now,
+        tnow: now,
+    })
+}
+
+fn submits(fx: &[Effect]) -> Vec<OrderRequest> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Submit(o) => Some(o.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn actions(fx: &[Effect]) -> Vec<&'static str> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Record(d) => Some(d.action),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replica(st: &State, shard: &str, node: &str) -> Option<ReplicaState> {
+    st.replicas[shard]
+        .iter()
+        .find(|r| r.node == node)
+        .map(|r| r.state)
+}
+
+/// Submit an add of `shard` on `node` at `now` and let sync take it as `id`.
+fn ordered(st: &mut State, shard: &str, node: &str, replaces: Option<&str>, id: u64, now: i64) {
+    let fx = computed(st, vec![add(shard, node, replaces)], now);
+    let [order] = &submits(&fx)[..] else {
+        panic!("one order: {fx:?}")
+    };
+    let fx = st.apply(Event::OrderSubmitted {
+        order: order.clone(),
+        id,
+        now,
+    });
+    assert_eq!(actions(&fx), ["add"]);
+}
+
+pub(super) fn done() -> OrderReport {
+    OrderReport::Done {
+        rows: 10,
+        bytes: 1_000,
+        finished_unix_ms: None,
+        deadline_met: Some(true),
+    }
+}
+
+#[test]
+fn an_add_warms_then_serves_and_its_old_replica_starts_leaving() {
+    let mut st = state(1, 4);
+    let v0 = st.version;
+    ordered(&mut st, "s0", "c", Some("a"), 7, 100);
+    assert_eq!(replica(&st, "s0", "c"), Some(Warming));
+    assert_eq!(st.open_order("s0", "c").map(|o| o.id), Some(7));
+    // The new replica is in the table: a new version goes out.
+    assert_eq!(
+        st.apply(Event::RoundFinished { now: 100 }),
+        [Effect::Publish { changed: true }]
+    );
+    assert_eq!(st.version, v0.next());
+    // Still running: nothing changes.
+    let fx = st.apply(Event::OrderReported {
+        id: 7,
+        report: OrderReport::Progress {
+            running: true,
+            rows: 3,
+            bytes: 30,
+        },
+        now: 200,
+    });
+    assert!(fx.is_empty());
+    assert_eq!(st.orders[0].state, OrderState::Running);
+    assert_eq!(
+        st.apply(Event::RoundFinished { now: 200 }),
+        [Effect::Publish { changed: false }]
+    );
+    // Done: it serves, and a's replica leaves once the planner drains it.
+    let fx = st.apply(Event::OrderReported {
+        id: 7,
+        report: done(),
+        now: 300,
+    });
+    assert_eq!(actions(&fx), ["serve"]);
+    assert_eq!(replica(&st, "s0", "c"), Some(Serving));
+    assert!(st.leaving["s0"].contains("a"));
+    assert_eq!(st.outcomes.done, 1);
+    assert_eq!(st.bytes_per_row, Some(100.0));
+    assert!(st.open_order("s0", "c").is_none());
+}
+
+#[test]
+fn an_order_that_times_out_is_cancelled_and_its_replica_withdrawn() {
+    let mut st = state(1, 4);
+    ordered(&mut st, "s0", "c", None, 7, 100);
+    let fx = st.apply(Event::OrderReported {
+        id: 7,
+        report: OrderReport::Progress {
+            running: false,
+            rows: 0,
+            bytes: 0,
+        },
+        now: 100 + TIMEOUT_MS + 1,
+    });
+    assert_eq!(actions(&fx), ["order_failed"]);
+    assert!(fx.contains(&Effect::Cancel { id: 7 }));
+    assert_eq!(replica(&st, "s0", "c"), None);
+    assert_eq!(st.orders[0].state, OrderState::Failed);
+    assert_eq!(st.outcomes.failed, 1);
+}
+
+#[test]
+fn an_order_cancelled_or_lost_by_sync_fails_without_a_cancel() {
+    for report in [OrderReport::Cancelled, OrderReport::Missing("404".into())] {
+        let mut st = state(1, 4);
+        ordered(&mut st, "s0", "c", None, 7, 100);
+        let fx = st.apply(Event::OrderReported {
+            id: 7,
+            report: report.clone(),
+            now: 200,
+        });
+        assert_eq!(actions(&fx), ["order_failed"], "{report:?}");
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Cancel { .. })));
+        assert_eq!(replica(&st, "s0", "c"), None);
+    }
+    // Sync not answering is no failure, until the order times out.
+    let mut st = state(1, 4);
+    ordered(&mut st, "s0", "c", None, 7, 100);
+    let down = || OrderReport::Unreachable("connection refused".into());
+    let fx = st.apply(Event::OrderReported {
+        id: 7,
+        report: down(),
+        now: 200,
+    });
+    assert!(fx.is_empty());
+    assert_eq!(replica(&st, "s0", "c"), Some(Warming));
+    let fx = st.apply(Event::OrderReported {
+        id: 7,
+        report: down(),
+        now: 100 + TIMEOUT_MS + 1,
+    });
+    assert!(fx.contains(&Effect::Cancel { id: 7 }));
+    assert_eq!(replica(&st, "s0", "c"), None);
+}
+
+#[test]
+fn a_refused_add_is_logged_and_changes_nothing() {
+    let mut st = state(1, 4);
+    let fx = computed(&mut st, vec![add("s0", "c", None)], 100);
+    let order = submits(&fx).remove(0);
+    let fx = st.apply(Event::OrderRefused {
+        order,
+        error: "503".into(),
+        now: 100,
+    });
+    assert_eq!(actions(&fx), ["add_failed"]);
+    assert_eq!(replica(&st, "s0", "c"), None);
+    assert_eq!(st.outcomes.refused, 1);
+    assert_eq!(
+        st.apply(Event::RoundFinished { now: 100 }),
+        [Effect::Publish { changed: false }]
+    );
+}
+
+#[test]
+fn a_drop_cancels_the_open_order_and_a_drain_ends_after_its_time() {
+    let mut st = state(1, 4);
+    ordered(&mut st, "s0", "c", None, 7, 100);
+    let drop = Action::Drop {
+        shard: "s0".into(),
+        node: "c".into(),
+        reason: Reason::Failure,
+        detail: "down".into(),
+    };
+    let drain = Action::Drain {
+        shard: "s0".into(),
+        node: "a".into(),
+        reason: Reason::Load,
+        detail: "calm".into(),
+    };
+    let fx = computed(&mut st, vec![drop, drain], 200);
+    assert_eq!(actions(&fx), ["drop", "drain"]);
+    assert!(fx.contains(&Effect::Cancel { id: 7 }));
+    assert_eq!(st.orders[0].state, OrderState::Cancelled);
+    assert_eq!(replica(&st, "s0", "c"), None);
+    assert_eq!(replica(&st, "s0", "a"), Some(Draining));
+    // Not yet due.
+    assert!(st
+        .apply(Event::DrainsDue {
+            now: 200 + DRAIN_MS - 1
+        })
+        .is_empty());
+    let fx = st.apply(Event::DrainsDue {
+        now: 200 + DRAIN_MS,
+    });
+    assert_eq!(actions(&fx), ["evict"]);
+    assert!(fx.contains(&Effect::Evict {
+        shard: "s0".into(),
+        node: "a".into(),
+        cold: None
+    }));
+    assert_eq!(replica(&st, "s0", "a"), None);
+}
+
+#[test]
+fn adds_that_would_break_an_invariant_are_not_ordered() {
+    let mut st = state(2, 2);
+    ordered(&mut st, "s0", "c", None, 7, 100);
+    let fx = computed(
+        &mut st,
+        vec![
+            add("s0", "a", None), // a replica there already
+            add("s0", "c", None), // warming there, its order open
+            add("s1", "c", None),
+            add("s1", "c", None), // twice in one plan
+            add("s1", "d", None),
+            add("s0", "d", None), // over the budget of 2
+        ],
+        200,
+    );
+    let out: Vec<_> = submits(&fx)
+        .into_iter()
+        .map(|o| (o.shard, o.node))
+        .collect();
+    assert_eq!(
+        out,
+        [
+            ("s1".to_string(), "c".to_string()),
+            ("s1".into(), "d".into())
+        ]
+    );
+    assert_eq!(
+        actions(&fx).iter().filter(|a| **a == "add_failed").count(),
+        4
+    );
+}
+
+#[test]
+fn a_node_is_down_after_fail_after_failures_and_up_after_one_success() {
+    let mut st = state(1, 4);
+    let probe = |st: &mut State, ok: bool| {
+        st.apply(Event::NodeProbed {
+            node: "a".into(),
+            result: if ok { Ok(()) } else { Err("refused".into()) },
+            now: 1,
+        })
+    };
+    assert!(probe(&mut st, false).is_empty());
+    assert!(st.nodes["a"].healthy);
+    assert_eq!(actions(&probe(&mut st, false)), ["node_down"]);
+    assert!(!st.nodes["a"].healthy);
+    assert_eq!(actions(&probe(&mut st, true)), ["node_up"]);
+}
+
+#[test]
+fn operator_commands_are_checked_then_persisted() {
+    let mut st = state(1, 4);
+    let cmd = |st: &mut State, command| st.apply(Event::Operator { command, now: 1 });
+    let fx = cmd(
+        &mut st,
+        Command::Pin {
+            shard: "nope".into(),
+            nodes: Some(vec!["a".into()]),
+        },
+    );
+    assert_eq!(fx, [Effect::Refused("unknown shard `nope`".into())]);
+    let fx = cmd(
+        &mut st,
+        Command::Pin {
+            shard: "s0".into(),
+            nodes: Some(vec!["a".into(), "a".into()]),
+        },
+    );
+    assert_eq!(fx, [Effect::Refused("node `a` named twice".into())]);
+    let fx = cmd(
+        &mut st,
+        Command::Threshold {
+            shard: "s0".into(),
+            rps: Some(-1.0),
+        },
+    );
+    assert!(matches!(&fx[..], [Effect::Refused(_)]));
+    assert_eq!(st.operator, Operator::default());
+    let fx = cmd(
+        &mut st,
+        Command::DrainNode {
+            node: "b".into(),
+            on: true,
+        },
+    );
+    assert_eq!(actions(&fx), ["drain_node"]);
+    assert_eq!(fx.last(), Some(&Effect::PersistOperator));
+    assert!(st.operator.drained.contains("b"));
+}
+
+#[test]
+fn a_dry_run_orders_nothing_and_logs_an_unchanged_plan_once() {
+    let mut st = state(1, 4);
+    st.apply(Event::Operator {
+        command: Command::DryRun(true),
+        now: 1,
+    });
+    for round in 0..3 {
+        let fx = computed(&mut st, vec![add("s0", "c", None)], 100 + round);
+        assert!(submits(&fx).is_empty());
+        let logged = fx
+            .iter()
+            .filter(|e| matches!(e, Effect::Record(d) if d.dry_run))
+            .count();
+        assert_eq!(logged, usize::from(round == 0));
+        assert!(st.apply(Event::PlanCarriedOut { now: 100 }).is_empty());
+    }
+    assert_eq!(replica(&st, "s0", "c"), None);
+}
+
+#[test]
+fn a_refusal_moves_the_version_past_the_target_and_every_proxy_is_behind() {
+    let mut st = state(1, 4);
+    st.apply(Event::Delivered {
+        proxy: "http://p1".into(),
+    });
+    st.apply(Event::Outranked {
+        version: AssignmentVersion::new(1, 50),
+        target: "http://p2".into(),
+        theirs: AssignmentVersion::new(1, 49),
+    });
+    assert_eq!(st.version, AssignmentVersion::new(1, 50));
+    assert_eq!(st.proxies_behind.len(), 2);
+    // An older "past" never moves the version back.
+    st.apply(Event::Outranked {
+        version: AssignmentVersion::new(1, 3),
+        target: "metadata".into(),
+        theirs: AssignmentVersion::new(1, 2),
+    });
+    assert_eq!(st.version, AssignmentVersion::new(1, 50));
+}
