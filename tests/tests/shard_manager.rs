@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use system::{
-    assignment_version, bin, catalog, eventually, free_port, get_json, load, workspace_root,
-    LoadStats, Postgres, Proc, Redis,
+    assignment_version, bin, catalog, eventually, free_port, get_json, load, metric,
+    workspace_root, LoadStats, Postgres, Proc, Redis,
 };
 
 const SPIKE_SHARD: &str = "UK/SEASONAL";
@@ -424,6 +424,24 @@ async fn forecast_prefetch_migration_and_node_loss_with_zero_failed_requests() {
                 && d["reason"] == "forecast"),
         "the add is logged with its reason: {decisions:#}"
     );
+    // The same, counted on the forecaster's /metrics.
+    let text = stack
+        .client
+        .get(format!("{}/metrics", stack.fc))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+    assert!(at("shardcast_manager_rounds_total") >= 1.0);
+    assert!(at("shardcast_manager_round_seconds_count") >= 1.0);
+    assert!(at("shardcast_manager_decisions_total{action=\"add\",reason=\"forecast\"}") >= 1.0);
+    assert!(at("shardcast_manager_orders_total{outcome=\"done\"}") >= 1.0);
+    assert_eq!(at("shardcast_manager_leader"), 1.0);
+    assert!(at("shardcast_manager_epoch") >= 1.0);
     // The other shards stay at the replication factor (nothing predicted).
     for s in &stack.shards {
         if s != SPIKE_SHARD {
