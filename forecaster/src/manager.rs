@@ -290,8 +290,11 @@ impl Manager {
         let probed = self.prober.probe(&topo.nodes).await;
         let at = now_unix_ms();
         for (node, result) in probed {
-            let now = at;
-            let fx = self.apply(Event::NodeProbed { node, result, now });
+            let fx = self.apply(Event::NodeProbed {
+                node,
+                result,
+                now: at,
+            });
             self.carry_out(fx).await;
         }
         let hosted = self.sync.hosted().await;

@@ -9,7 +9,7 @@ use shardmap::table::ReplicaState::Serving;
 
 use super::tests::{done, state, NODES};
 use super::*;
-use crate::planner::{self, NodeInput, PlanInput, ReplicaInput, ShardInput};
+use crate::planner::{self, Action, NodeInput, PlanInput, ReplicaInput, ShardInput};
 
 /// One step of a run.
 #[derive(Debug, Clone)]
@@ -306,6 +306,64 @@ proptest! {
                     run.st.replicas.get(&id)
                 );
             }
+        }
+    }
+}
+
+fn arb_action(shards: usize) -> impl Strategy<Value = Action> {
+    (0..shards, 0..NODES.len(), 0u8..4).prop_map(|(s, n, kind)| {
+        let (shard, node) = (format!("s{s}"), NODES[n].to_string());
+        let (reason, detail) = (Reason::Balance, String::new());
+        match kind {
+            0 => Action::Drain {
+                shard,
+                node,
+                reason,
+                detail,
+            },
+            1 => Action::Drop {
+                shard,
+                node,
+                reason,
+                detail,
+            },
+            _ => Action::Add {
+                shard,
+                node,
+                reason,
+                priority: 1.0,
+                deadline_ms: 0,
+                replaces: None,
+                over_capacity: false,
+                detail,
+            },
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Plans the planner would never make (adds onto occupied nodes, twice,
+    /// over the budget) still leave replicas on distinct nodes, one open
+    /// order per shard and node, and at most the budget of adds.
+    #[test]
+    fn arbitrary_plans_cannot_break_the_state(
+        shards in 1usize..4,
+        budget in 0usize..3,
+        plans in prop::collection::vec(prop::collection::vec(arb_action(3), 0..8), 1..12),
+    ) {
+        let mut run = Run { st: state(shards, budget), now: 1_000_000, next_id: 0, budget };
+        for actions in plans {
+            let plan = Plan { actions, ..Plan::default() };
+            let now = run.now;
+            let fx = run.feed(Event::PlanComputed { plan, shards: vec![], now, tnow: now }, false);
+            let adds = fx.iter().filter(|e| matches!(e, Effect::Submit(o) if o.adds_replica)).count();
+            prop_assert!(adds <= budget, "{adds} adds, budget {budget}");
+            check(&run.st)?;
+            run.now += 700;
+            run.feed(Event::DrainsDue { now: run.now }, false);
+            check(&run.st)?;
         }
     }
 }
