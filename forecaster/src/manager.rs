@@ -22,13 +22,13 @@
 //! token. A standby observes and plans, and writes nothing.
 
 pub mod client;
+pub mod health;
 pub mod lease;
 pub mod metadata;
 pub mod routes;
 pub mod versions;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -58,13 +58,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("proxy config {path}: {errors}")]
-    ProxyConfig { path: String, errors: String },
+    #[error("topology {path}: {errors}")]
+    Topology { path: String, errors: String },
     #[error("oracle demand {0}")]
     Oracle(String),
 }
 
-/// The proxy config parts the manager plans with.
+/// What the manager plans with: the topology file every process reads
+/// (`[manager] topology`, validated by `shardmap::topology`), and where
+/// its table goes.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub nodes: Vec<shardmap::config::NodeSpec>,
@@ -78,19 +80,21 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn load(path: &Path) -> Result<Topology, ManagerError> {
+    /// Read the topology file `cfg` names; the rest from `cfg` itself.
+    pub fn load(cfg: &ManagerConfig) -> Result<Topology, ManagerError> {
+        let path = cfg.topology.as_path();
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let c = shardmap::Config::load(path).map_err(|e| ManagerError::ProxyConfig {
+        let t = shardmap::Topology::load(path).map_err(|e| ManagerError::Topology {
             path: path.display().to_string(),
             errors: e.to_string(),
         })?;
         Ok(Topology {
-            nodes: c.nodes,
-            shards: c.shards,
-            replication_factor: c.replication_factor,
-            prefix: c.control.prefix,
-            metadata: c.control.metadata,
-            telemetry_interval: c.telemetry.interval,
+            nodes: t.nodes,
+            shards: t.shards,
+            replication_factor: t.replication_factor,
+            prefix: cfg.prefix.clone(),
+            metadata: cfg.metadata.clone(),
+            telemetry_interval: cfg.telemetry_interval,
             modified,
         })
     }
@@ -299,7 +303,7 @@ impl Manager {
         forecasts: ForecastHandle,
         clock: Clock,
     ) -> Result<Arc<Manager>, ManagerError> {
-        let topo = Topology::load(&cfg.proxy_config)?;
+        let topo = Topology::load(&cfg)?;
         let oracle = match (&cfg.policy, &cfg.oracle) {
             (Policy::Oracle, Some(p)) => crate::feeds::read_file(p)
                 .and_then(|b| crate::feeds::parse_history(&b, "shard_id", "ds", "lines"))
@@ -389,15 +393,15 @@ impl Manager {
         self.wake.notify_one();
     }
 
-    /// Re-read the proxy config when it changed on disk; a broken file
+    /// Re-read the topology file when it changed on disk; a broken file
     /// keeps the last good topology.
     fn refresh_topology(&self) {
-        let path = &self.cfg.proxy_config;
+        let path = &self.cfg.topology;
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         if modified == self.topology().modified {
             return;
         }
-        match Topology::load(path) {
+        match Topology::load(&self.cfg) {
             Ok(t) => {
                 let mut st = self.state.lock();
                 for n in &t.nodes {
@@ -422,7 +426,7 @@ impl Manager {
                 let ids: BTreeSet<&str> = t.shards.iter().map(|s| s.id.as_str()).collect();
                 st.replicas.retain(|id, _| ids.contains(id.as_str()));
                 drop(st);
-                info!(path = %path.display(), "proxy config re-read");
+                info!(path = %path.display(), "topology re-read");
                 *self.topology.lock() = Arc::new(t);
             }
             Err(e) => {
@@ -433,7 +437,7 @@ impl Manager {
                     ..(*self.topology()).clone()
                 });
                 *self.topology.lock() = kept;
-                warn!(error = %e, "proxy config unreadable; planning with the last good one");
+                warn!(error = %e, "topology unreadable; planning with the last good one");
             }
         }
     }
@@ -601,7 +605,7 @@ impl Manager {
         self.refresh_topology();
         let topo = self.topology();
         let now = now_unix_ms();
-        self.probe_nodes(&topo).await;
+        self.probe_nodes(conn.as_mut(), &topo).await;
         self.read_sync().await;
         if self.lease.may_write().is_none() {
             // A standby (or a leader whose lease is ending): plans are
@@ -661,22 +665,33 @@ impl Manager {
         self.publish(conn, &topo, changed).await;
     }
 
-    async fn probe_nodes(&self, topo: &Topology) {
-        let probes = topo.nodes.iter().map(|n| {
-            let url = format!("http://{}{}", n.address, self.cfg.health_path);
-            let http = self.http.clone();
-            let t = self.cfg.health_timeout;
-            async move {
-                let r = http.call(Method::GET, &url, None, None, t).await;
-                let ok = match r {
-                    Ok((s, _)) if (200..300).contains(&s) => Ok(()),
-                    Ok((s, _)) => Err(format!("health check answered {s}")),
-                    Err(e) => Err(e),
-                };
-                (n.name.clone(), ok)
+    /// Node health from the proxies' own checks ([`health`]): their
+    /// reports in the metadata store, or (no store reachable) their
+    /// `/admin/table`. Nodes no fresh report names keep their state.
+    async fn probe_nodes(
+        &self,
+        conn: Option<&mut redis::aio::MultiplexedConnection>,
+        topo: &Topology,
+    ) {
+        let now_ms = now_unix_ms().max(0) as u64;
+        let reports = match conn {
+            Some(c) => health::read_store(c, &topo.prefix, now_ms)
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(error = %e, "node health unreadable from the metadata store");
+                    vec![]
+                }),
+            None => {
+                let token = self.cfg.proxy_token.as_deref();
+                let t = self.cfg.health_timeout;
+                health::read_proxies(&self.http, &self.cfg.proxies, token, t, now_ms).await
             }
-        });
-        let results = futures_join_all(probes).await;
+        };
+        let known: BTreeSet<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
+        let results: Vec<_> = health::verdicts(&reports, now_ms, self.cfg.health_max_age)
+            .into_iter()
+            .filter(|(n, _)| known.contains(n.as_str()))
+            .collect();
         let mut st = self.state.lock();
         let now = now_unix_ms();
         for (name, ok) in results {
@@ -1991,35 +2006,6 @@ fn pct(s: &str) -> String {
     out
 }
 
-async fn futures_join_all<F: std::future::Future>(
-    fs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let handles: Vec<_> = fs.into_iter().collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Few nodes: run them concurrently with a join set of plain futures.
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = handles.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => results[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.extend(results.into_iter().flatten());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2036,39 +2022,31 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_proxy_config_keeps_the_last_good_topology() {
+    fn a_broken_topology_keeps_the_last_good_one() {
         let dir = tempfile::tempdir().unwrap();
-        let proxy = dir.path().join("proxy.toml");
+        let topo = dir.path().join("topology.toml");
         let good = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/proxy-demo.toml"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/topology.toml"),
         )
-        .unwrap()
-        .replace(
-            "../data/online_retail/catalog.csv.gz",
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../data/online_retail/catalog.csv.gz")
-                .display()
-                .to_string(),
-        );
-        std::fs::write(&proxy, &good).unwrap();
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n[manager]\nproxy_config = \"{}\"\nsync = \"http://127.0.0.1:1\"\n",
-            proxy.display()
-        );
-        let cfg = crate::config::Config::parse(&text, dir.path(), "f.toml")
+        .unwrap();
+        std::fs::write(&topo, &good).unwrap();
+        let text = "listen = \"127.0.0.1:0\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n[manager]\ntopology = \"topology.toml\"\nsync = \"http://127.0.0.1:1\"\nprefix = \"p1\"\n";
+        let cfg = crate::config::Config::parse(text, dir.path(), "f.toml")
             .unwrap()
             .manager
             .unwrap();
         let store = Arc::new(Store::new(crate::store::Retention::default(), 0, 100));
         let m = Manager::new(cfg, store, ForecastHandle::new(), Clock::real()).unwrap();
         assert_eq!(m.topology().shards.len(), 14);
+        assert_eq!(m.topology().nodes.len(), 3);
+        assert_eq!(m.topology().prefix, "p1");
         // a broken edit (with a new mtime) is refused and the old topology kept
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&proxy, "replication_factor = \"two\"\n").unwrap();
+        std::fs::write(&topo, "replication_factor = \"two\"\n").unwrap();
         let later = SystemTime::now() + Duration::from_secs(5);
         std::fs::File::options()
             .write(true)
-            .open(&proxy)
+            .open(&topo)
             .unwrap()
             .set_modified(later)
             .unwrap();
@@ -2077,13 +2055,13 @@ mod tests {
         assert_eq!(m.topology().modified, Some(later));
         // a good edit is taken
         std::fs::write(
-            &proxy,
+            &topo,
             good.replace("replication_factor = 2", "replication_factor = 3"),
         )
         .unwrap();
         std::fs::File::options()
             .write(true)
-            .open(&proxy)
+            .open(&topo)
             .unwrap()
             .set_modified(later + Duration::from_secs(5))
             .unwrap();

@@ -1,7 +1,7 @@
 //! shardmap: the domain model every shardcast process shares — shards,
 //! nodes, the catalog, the routing table and its builder, the config schema
 //! and its validation, the topology every process reads ([`topology`]),
-//! and the telemetry and control wire types.
+//! and the telemetry, control and node-health wire types.
 //!
 //! No I/O happens here beyond reading a config file when asked
 //! ([`config::Config::load`]); the proxy, the forecaster and the sync
@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod key;
 pub mod table;
 pub mod telemetry;
