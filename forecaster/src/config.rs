@@ -111,16 +111,30 @@ pub struct ClockConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireManager {
-    /// The proxy's config file: nodes, shards, thresholds, replication
-    /// factor and the metadata prefix are read from it (one source of truth).
-    proxy_config: String,
+    /// The topology file (nodes, shards, thresholds, replication factor)
+    /// the proxies and sync read too: one source, one validator
+    /// (`shardmap::topology`). Re-read when it changes.
+    #[serde(default)]
+    topology: Option<String>,
+    /// Replaced by `topology`: the manager no longer reads the proxy's
+    /// config. Kept only to say so.
+    #[serde(default)]
+    proxy_config: Option<String>,
+    /// Key prefix in the metadata store; the proxies' `[control] prefix`.
+    #[serde(default = "d_prefix")]
+    prefix: String,
+    /// How often the proxies send telemetry (their `[telemetry]
+    /// interval_s`): observed load needs at least one frame.
+    #[serde(default = "d_telemetry_s")]
+    telemetry_interval_s: u64,
     /// The sync scheduler's control API, e.g. `http://127.0.0.1:9910`.
     sync: String,
     /// Bearer token for sync's control API (its `control_token`), sent
     /// with every call to `sync`.
     #[serde(default)]
     sync_token: Option<String>,
-    /// Metadata store (`redis://…`); default: the proxy config's `[control] metadata`.
+    /// Metadata store (`redis://…`), the proxies' `[control] metadata`:
+    /// tables, the lease and the proxies' node-health reports.
     #[serde(default)]
     metadata: Option<String>,
     /// Proxy admin URLs that also get each table update by `PUT /admin/table`
@@ -144,7 +158,7 @@ struct WireManager {
     max_utilization: f64,
     #[serde(default = "d_ratio")]
     scale_in_ratio: f64,
-    /// Requests/s; shards without a threshold in the proxy config use it.
+    /// Requests/s; shards without a threshold in the topology use it.
     /// Default: half the median node capacity.
     #[serde(default)]
     default_threshold_rps: Option<f64>,
@@ -156,10 +170,19 @@ struct WireManager {
     order_timeout_ms: u64,
     #[serde(default = "d_bandwidth")]
     bandwidth_bytes_per_s: f64,
-    #[serde(default = "d_health_path")]
-    health_path: String,
+    /// Ignored: the manager has no health checker of its own; node health
+    /// comes from the proxies' checks (their `[health] path`).
+    #[serde(default)]
+    health_path: Option<String>,
+    /// How long reading one proxy's `GET /admin/table` for node health may
+    /// take (when there is no metadata store).
     #[serde(default = "d_health_timeout")]
     health_timeout_ms: u64,
+    /// A proxy's node-health report older than this is ignored.
+    #[serde(default = "d_health_max_age")]
+    health_max_age_ms: u64,
+    /// Rounds in a row the proxies must report a node failing before its
+    /// replicas leave the table.
     #[serde(default = "d_fail_after")]
     fail_after: u32,
     #[serde(default)]
@@ -227,8 +250,14 @@ fn d_order_timeout_ms() -> u64 {
 fn d_bandwidth() -> f64 {
     50e6
 }
-fn d_health_path() -> String {
-    "/health".into()
+fn d_prefix() -> String {
+    "shardcast".into()
+}
+fn d_telemetry_s() -> u64 {
+    1
+}
+fn d_health_max_age() -> u64 {
+    5000
 }
 fn d_health_timeout() -> u64 {
     500
@@ -240,7 +269,10 @@ fn d_fail_after() -> u32 {
 /// The shard manager's settings (validated).
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    pub proxy_config: PathBuf,
+    /// The topology file (validated at load; re-read by the manager).
+    pub topology: PathBuf,
+    pub prefix: String,
+    pub telemetry_interval: Duration,
     pub sync: String,
     /// The token sync's control API asks for (`None`: none).
     pub sync_token: Option<String>,
@@ -258,8 +290,8 @@ pub struct ManagerConfig {
     pub drain: Duration,
     pub order_timeout: Duration,
     pub bandwidth_bytes_per_s: f64,
-    pub health_path: String,
     pub health_timeout: Duration,
+    pub health_max_age: Duration,
     pub fail_after: u32,
     pub dry_run: bool,
     pub policy: Policy,
@@ -625,8 +657,48 @@ impl Config {
                     format!("{} not in 1..=3600", m.observe_window_s),
                 );
             }
-            if !m.health_path.starts_with('/') {
-                err("manager.health_path", "must start with /".into());
+            let topology = match (&m.topology, &m.proxy_config) {
+                (Some(t), _) => {
+                    let p = resolve(base, t);
+                    if let Err(e) = shardmap::Topology::load(&p) {
+                        for line in e.lines() {
+                            err("manager.topology", line);
+                        }
+                    }
+                    p
+                }
+                (None, Some(_)) => {
+                    err(
+                        "manager.proxy_config",
+                        "replaced by `topology`: name the topology file the proxies' `topology` key names (nodes, shards, replication factor); set `prefix` and `metadata` here".into(),
+                    );
+                    PathBuf::new()
+                }
+                (None, None) => {
+                    err(
+                        "manager.topology",
+                        "required: the topology file (nodes, shards, replication factor) the proxies and sync read".into(),
+                    );
+                    PathBuf::new()
+                }
+            };
+            if m.prefix.is_empty() || m.prefix.contains(char::is_whitespace) {
+                err("manager.prefix", "must be non-empty without spaces".into());
+            }
+            if m.telemetry_interval_s == 0 || m.telemetry_interval_s > 3600 {
+                err(
+                    "manager.telemetry_interval_s",
+                    format!("{} not in 1..=3600", m.telemetry_interval_s),
+                );
+            }
+            if m.health_max_age_ms < 100 {
+                err(
+                    "manager.health_max_age_ms",
+                    format!("{} is below 100", m.health_max_age_ms),
+                );
+            }
+            if m.health_path.is_some() {
+                tracing::warn!("manager.health_path is ignored: node health comes from the proxies' checks");
             }
             if m.policy == Policy::Oracle && m.oracle.is_none() {
                 err(
@@ -644,7 +716,9 @@ impl Config {
                 );
             }
             ManagerConfig {
-                proxy_config: resolve(base, &m.proxy_config),
+                topology,
+                prefix: m.prefix.clone(),
+                telemetry_interval: Duration::from_secs(m.telemetry_interval_s),
                 sync: m.sync.trim_end_matches('/').to_string(),
                 sync_token: m.sync_token.clone().filter(|t| !t.is_empty()),
                 metadata: m.metadata.clone(),
@@ -665,8 +739,8 @@ impl Config {
                 drain: Duration::from_millis(m.drain_ms),
                 order_timeout: Duration::from_millis(m.order_timeout_ms),
                 bandwidth_bytes_per_s: m.bandwidth_bytes_per_s,
-                health_path: m.health_path.clone(),
                 health_timeout: Duration::from_millis(m.health_timeout_ms),
+                health_max_age: Duration::from_millis(m.health_max_age_ms),
                 fail_after: m.fail_after,
                 dry_run: m.dry_run,
                 policy: m.policy,

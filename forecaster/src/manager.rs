@@ -15,7 +15,7 @@
 //! The pieces: [`state`] is the replica/order/operator state machine, pure
 //! data with `apply(event) → effects`; the round here gathers observations
 //! through the adapters — [`sync`] (orders, hosted shards), [`health`]
-//! (node probes), [`publish`] (metadata store and proxies) — feeds them to
+//! (node health as the proxies report it), [`publish`] (metadata store and proxies) — feeds them to
 //! the state as events and carries out the effects through the same
 //! adapters. [`demand`] holds the demand policies, one type each. Views
 //! ([`view`]) and metrics ([`metrics`]) read a snapshot of the state.
@@ -76,8 +76,8 @@ type Conn = redis::aio::MultiplexedConnection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("proxy config {path}: {errors}")]
-    ProxyConfig { path: String, errors: String },
+    #[error("topology {path}: {errors}")]
+    Topology { path: String, errors: String },
     #[error("oracle demand {0}")]
     Oracle(String),
 }
@@ -116,7 +116,7 @@ impl Manager {
         forecasts: ForecastHandle,
         clock: Clock,
     ) -> Result<Arc<Manager>, ManagerError> {
-        let topology = topology::Source::open(&cfg.proxy_config)?;
+        let topology = topology::Source::open(&cfg)?;
         let policy = demand::policy(&cfg)?;
         let settings = Settings {
             fail_after: cfg.fail_after,
@@ -142,7 +142,12 @@ impl Manager {
         Ok(Arc::new(Manager {
             // Every call to sync's control API carries `sync_token`.
             sync: SyncClient::new(&cfg.sync, cfg.sync_token.clone()),
-            prober: Prober::new(&cfg.health_path, cfg.health_timeout),
+            prober: Prober::new(
+                cfg.proxies.clone(),
+                cfg.proxy_token.clone(),
+                cfg.health_timeout,
+                cfg.health_max_age,
+            ),
             publisher: Publisher::new(cfg.proxies.clone(), cfg.proxy_token.clone()),
             cfg,
             topology,
@@ -287,7 +292,10 @@ impl Manager {
         self.refresh_topology();
         let topo = self.topology();
         let now = now_unix_ms();
-        let probed = self.prober.probe(&topo.nodes).await;
+        let now_ms = now_unix_ms().max(0) as u64;
+        let probed = (self.prober)
+            .probe(conn.as_mut(), &topo.prefix, &topo.nodes, now_ms)
+            .await;
         let at = now_unix_ms();
         for (node, result) in probed {
             let fx = self.apply(Event::NodeProbed {

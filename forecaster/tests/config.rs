@@ -83,6 +83,9 @@ hourly = "h.json"
 daily = "d.json"
 [manager]
 proxy_config = "proxy.toml"
+prefix = "a b"
+telemetry_interval_s = 0
+health_max_age_ms = 1
 sync = "127.0.0.1:9910"
 metadata = "mysql://x"
 proxies = ["ftp://p"]
@@ -92,7 +95,6 @@ max_utilization = 0
 scale_in_ratio = 2
 default_threshold_rps = -1
 observe_window_s = 0
-health_path = "health"
 fail_after = 0
 "#;
     let err = Config::parse(text, Path::new("."), "m.toml")
@@ -108,7 +110,11 @@ fail_after = 0
         "manager.scale_in_ratio",
         "manager.default_threshold_rps",
         "manager.observe_window_s",
-        "manager.health_path",
+        // the manager reads the topology file, not the proxy's config
+        "manager.proxy_config",
+        "manager.prefix",
+        "manager.telemetry_interval_s",
+        "manager.health_max_age_ms",
         "manager.fail_after",
         // not loopback, no token
         "manager.admin_token",
@@ -120,9 +126,12 @@ fail_after = 0
     }
 }
 
+/// The shipped manager plans with the topology the demo proxy routes by.
 #[test]
-fn shipped_manager_sections_name_a_valid_proxy_config() {
+fn shipped_manager_sections_name_the_proxies_topology() {
     let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf");
+    let proxy = shardmap::Config::load(&conf.join("proxy-demo.toml")).unwrap();
+    let mut seen = 0;
     for e in std::fs::read_dir(&conf).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !(name.starts_with("forecaster") && name.ends_with(".toml")) {
@@ -130,19 +139,51 @@ fn shipped_manager_sections_name_a_valid_proxy_config() {
         }
         let c = Config::load(&e.path()).unwrap();
         if let Some(m) = c.manager {
-            shardmap::Config::load(&m.proxy_config)
-                .unwrap_or_else(|err| panic!("{name}: manager.proxy_config: {err}"));
+            let t = shardmap::Topology::load(&m.topology)
+                .unwrap_or_else(|err| panic!("{name}: manager.topology: {err}"));
+            assert_eq!(t.nodes, proxy.nodes, "{name}");
+            assert_eq!(t.shards, proxy.shards, "{name}");
+            assert_eq!(Some(m.topology.clone()), proxy.topology, "{name}");
+            assert_eq!(m.prefix, proxy.control.prefix, "{name}");
+            seen += 1;
         }
     }
+    assert!(seen >= 1);
+}
+
+#[test]
+fn manager_topology_errors_name_the_topology_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("topology.toml"),
+        "[[nodes]]\nname = \"a\"\naddress = \"nowhere\"\n[[shards]]\nid = \"s\"\ncategories = [\"X\"]\nregions = [\"UK\"]\n",
+    )
+    .unwrap();
+    let text = "listen = \"127.0.0.1:1\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n[manager]\ntopology = \"topology.toml\"\nsync = \"http://127.0.0.1:1\"\n";
+    let err = Config::parse(text, dir.path(), "f.toml")
+        .unwrap_err()
+        .to_string();
+    let want = format!(
+        "f.toml: manager.topology: {}: nodes[0].address:",
+        dir.path().join("topology.toml").display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(err.contains("replication_factor"), "{err}");
+    let none = "listen = \"127.0.0.1:1\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n[manager]\nsync = \"http://127.0.0.1:1\"\n";
+    let err = Config::parse(none, dir.path(), "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("f.toml: manager.topology: required"), "{err}");
 }
 
 #[test]
 fn replay_clock_and_policy_are_validated() {
     let base = "listen = \"127.0.0.1:1\"\n[model]\nhourly = \"h\"\ndaily = \"d\"\n";
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf");
     let bad = format!(
-        "{base}[clock]\nstart = \"soon\"\nspeed = 0\n[manager]\nproxy_config = \"p.toml\"\nsync = \"http://127.0.0.1:1\"\npolicy = \"oracle\"\n"
+        "{base}[clock]\nstart = \"soon\"\nspeed = 0\n[manager]\ntopology = \"topology.toml\"\nsync = \"http://127.0.0.1:1\"\npolicy = \"oracle\"\n"
     );
-    let err = Config::parse(&bad, Path::new("."), "c.toml")
+    let err = Config::parse(&bad, &conf, "c.toml")
         .unwrap_err()
         .to_string();
     for field in ["clock.start", "clock.speed", "manager.oracle"] {
@@ -152,9 +193,9 @@ fn replay_clock_and_policy_are_validated() {
         );
     }
     let good = format!(
-        "{base}[clock]\nstart = \"2011-11-07 00:00:00\"\nspeed = 3600\n[manager]\nproxy_config = \"p.toml\"\nsync = \"http://127.0.0.1:1\"\npolicy = \"reactive\"\nhost_baseline = false\n"
+        "{base}[clock]\nstart = \"2011-11-07 00:00:00\"\nspeed = 3600\n[manager]\ntopology = \"topology.toml\"\nsync = \"http://127.0.0.1:1\"\npolicy = \"reactive\"\nhost_baseline = false\n"
     );
-    let c = Config::parse(&good, Path::new("."), "c.toml").unwrap();
+    let c = Config::parse(&good, &conf, "c.toml").unwrap();
     let clock = c.clock.unwrap();
     assert_eq!(clock.speed, 3600.0);
     assert_eq!(clock.start_ms, 1_320_624_000_000);
@@ -162,7 +203,7 @@ fn replay_clock_and_policy_are_validated() {
     assert!(!m.host_baseline);
     assert_eq!(m.policy, shardcast_forecaster::config::Policy::Reactive);
     let unknown = format!(
-        "{base}[manager]\nproxy_config = \"p\"\nsync = \"http://x\"\npolicy = \"psychic\"\n"
+        "{base}[manager]\ntopology = \"topology.toml\"\nsync = \"http://x\"\npolicy = \"psychic\"\n"
     );
     assert!(Config::parse(&unknown, Path::new("."), "c.toml").is_err());
 }

@@ -106,23 +106,12 @@ async fn api_refuses_connections_past_the_per_client_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_routes_take_any_bearer_case_and_challenge_and_bodies_must_be_objects() {
     let dir = tempfile::tempdir().unwrap();
-    // The demo proxy config, with the catalog path made absolute.
-    let proxy = dir.path().join("proxy.toml");
-    let text = std::fs::read_to_string(root().join("conf/proxy-demo.toml"))
-        .unwrap()
-        .replace(
-            "../data/online_retail/catalog.csv.gz",
-            &root()
-                .join("data/online_retail/catalog.csv.gz")
-                .display()
-                .to_string(),
-        );
-    std::fs::write(&proxy, text).unwrap();
+    // The manager plans with the shipped demo topology.
     let svc = start(
         dir.path(),
         &format!(
-            "[manager]\nproxy_config = \"{}\"\nsync = \"http://127.0.0.1:1\"\ndry_run = true\nadmin_token = \"s3cret\"\n",
-            proxy.display()
+            "[manager]\ntopology = \"{}\"\nsync = \"http://127.0.0.1:1\"\ndry_run = true\nadmin_token = \"s3cret\"\n",
+            root().join("conf/topology.toml").display()
         ),
     )
     .await;

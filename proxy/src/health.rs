@@ -1,6 +1,10 @@
 //! Active health checks: every interval, `GET <health.path>` on every node
 //! of the current table. A node that answers 2xx is (back) in rotation once
-//! any passive ejection has run out; one that fails is taken out.
+//! any passive ejection has run out; one that fails is taken out. What
+//! these checks find is the one source of node health: [`publish`] hands it
+//! to the shard manager.
+
+pub mod publish;
 
 use std::sync::Arc;
 

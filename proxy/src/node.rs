@@ -38,6 +38,9 @@ pub struct NodeRuntime {
     ejected_until: AtomicU64,
     /// Active health checks are failing.
     down: AtomicBool,
+    /// The latest active health check failed (published for the shard
+    /// manager; unlike `down`, not set by passive ejection).
+    check_failed: AtomicBool,
     pub counters: NodeCounters,
 }
 
@@ -49,6 +52,7 @@ impl NodeRuntime {
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            check_failed: AtomicBool::new(false),
             counters: NodeCounters::default(),
         }
     }
@@ -72,6 +76,12 @@ impl NodeRuntime {
         } else {
             NodeHealth::Healthy
         }
+    }
+
+    /// Whether the latest active health check passed (true before the
+    /// first one).
+    pub fn checks_passing(&self) -> bool {
+        !self.check_failed.load(Relaxed)
     }
 
     /// Count a request sent to this node; the guard counts it finished.
@@ -119,6 +129,7 @@ impl NodeRuntime {
     /// Result of an active health check.
     pub fn set_check_result(&self, ok: bool) {
         self.down.store(!ok, Relaxed);
+        self.check_failed.store(!ok, Relaxed);
         if ok {
             self.consecutive_failures.store(0, Relaxed);
         }

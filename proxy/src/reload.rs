@@ -99,6 +99,11 @@ pub fn prepare(
             text: Arc::new(text),
             catalog: key,
             tls: tls_key,
+            topology: config
+                .topology
+                .as_ref()
+                .and_then(|p| std::fs::read(p).ok())
+                .map(Arc::new),
         },
         config: Arc::new(config),
         catalog,

@@ -1,5 +1,5 @@
 //! The proxy's background work, run by Pingora as one background service:
-//! the admin API, active health checks, the telemetry exporter, the
+//! the admin API, active health checks and their publisher, the telemetry exporter, the
 //! dashboard's per-second sampler, the reload triggers (SIGHUP and
 //! config-file changes) and the metadata follower. Each loop is supervised
 //! (restarted with backoff if it panics or ends) and ends when Pingora
@@ -57,6 +57,7 @@ impl BackgroundService for Control {
         }
         let loops = vec![
             supervise!("health", crate::health::run),
+            supervise!("health_publish", crate::health::publish::run),
             supervise!("telemetry", export_loop),
             supervise!("dashboard", crate::dashboard::sample_loop),
             supervise!("sighup", sighup_loop),
@@ -144,26 +145,28 @@ async fn sighup_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Reload when the config file changes. Watches the directory, since
-/// editors and config managers replace files by rename.
+/// Reload when the config file or the topology file it names changes.
+/// Watches their directories, since editors and config managers replace
+/// files by rename. The topology file is the one the running config named
+/// at start; a reload that names another one is watched after a restart
+/// (SIGHUP and `POST /admin/reload` work either way).
 async fn watch_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     use notify::{RecursiveMode, Watcher};
-    let path: PathBuf =
-        std::fs::canonicalize(&shared.config_path).unwrap_or_else(|_| shared.config_path.clone());
-    let Some(dir) = path.parent().map(|p| p.to_path_buf()) else {
-        let _ = shutdown.wait_for(|s| *s).await;
-        return;
-    };
+    let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    let mut paths: Vec<PathBuf> = vec![canon(&shared.config_path)];
+    if let Some(t) = &shared.current().config.topology {
+        paths.push(canon(t));
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-    let target = path.clone();
+    let targets = paths.clone();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if ev
-                .paths
-                .iter()
-                .any(|p| p == &target || p.file_name() == target.file_name())
-                && !ev.kind.is_access()
-            {
+            let ours = ev.paths.iter().any(|p| {
+                targets
+                    .iter()
+                    .any(|t| p == t || p.file_name() == t.file_name())
+            });
+            if ours && !ev.kind.is_access() {
                 let _ = tx.try_send(());
             }
         }
@@ -176,12 +179,25 @@ async fn watch_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
     };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
-        let _ = shutdown.wait_for(|s| *s).await;
-        return;
+    let mut dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| p.parent().map(PathBuf::from))
+        .collect();
+    dirs.dedup();
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
+            let _ = shutdown.wait_for(|s| *s).await;
+            return;
+        }
     }
-    let mut last = std::fs::read(&path).ok();
+    let read = || {
+        paths
+            .iter()
+            .map(|p| std::fs::read(p).ok())
+            .collect::<Vec<_>>()
+    };
+    let mut last = read();
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
@@ -190,8 +206,8 @@ async fn watch_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         // Let a burst of events (write, chmod, rename) settle.
         tokio::time::sleep(Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
-        let now = std::fs::read(&path).ok();
-        if now.is_some() && now != last {
+        let now = read();
+        if now.iter().all(Option::is_some) && now != last {
             last = now;
             crate::reload::reload(&shared, "file").await;
         }

@@ -56,6 +56,9 @@ pub struct Source {
     /// Hash of the certificate and key files, to notice a renewed
     /// certificate even when the config text is unchanged.
     pub tls: u64,
+    /// The topology file's bytes (when the config names one), so a node or
+    /// shard added there reloads like an edit of the config itself.
+    pub topology: Option<Arc<Vec<u8>>>,
 }
 
 /// Load the catalog a config names (CSV, gzip if it ends in `.gz`, plus

@@ -8,7 +8,7 @@
 //! Nothing here reads files except through the `load_*` helpers, which take
 //! the directory relative paths are resolved against.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::key::{KeySource, PathPattern, RegionSource};
+pub(crate) use crate::topology::default_replication_factor;
+pub use crate::topology::{
+    auto_assign, NodeFile, NodeSpec, ShardFile, ShardRuleFile, ShardSpec, Topology, TopologyFile,
+    Volatility,
+};
 
 /// One problem found in a config, named by its field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,10 +62,10 @@ impl ConfigErrors {
 }
 
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
@@ -79,13 +84,18 @@ impl Errors {
 pub struct ConfigFile {
     #[serde(default)]
     pub listen: ListenFile,
+    /// The topology file (nodes, shards, replication factor) every process
+    /// reads, relative to this file. Without it, `nodes`, `shards` and
+    /// `replication_factor` are read inline (older setups).
+    #[serde(default)]
+    pub topology: Option<String>,
     #[serde(default)]
     pub nodes: Vec<NodeFile>,
     #[serde(default)]
     pub shards: Vec<ShardFile>,
-    /// Replicas per shard when a shard does not list its own.
-    #[serde(default = "default_replication_factor")]
-    pub replication_factor: usize,
+    /// Replicas per shard when a shard does not list its own (default 2).
+    #[serde(default)]
+    pub replication_factor: Option<usize>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
     #[serde(default)]
@@ -112,9 +122,6 @@ pub struct ConfigFile {
     pub max_header_bytes: usize,
 }
 
-fn default_replication_factor() -> usize {
-    2
-}
 fn default_max_header_bytes() -> usize {
     16 * 1024
 }
@@ -179,50 +186,6 @@ pub struct HttpsFile {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeFile {
-    pub name: String,
-    /// `host:port` of the node's HTTP server.
-    pub address: String,
-    /// Relative capacity (requests per second it is sized for); weights
-    /// replica choice and bounds placement.
-    #[serde(default = "default_capacity")]
-    pub capacity: f64,
-    #[serde(default)]
-    pub zone: Option<String>,
-}
-
-fn default_capacity() -> f64 {
-    1000.0
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Volatility {
-    Low,
-    #[default]
-    Medium,
-    High,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShardFile {
-    pub id: String,
-    /// The shard holds the cells `categories × regions`.
-    pub categories: Vec<String>,
-    pub regions: Vec<String>,
-    #[serde(default)]
-    pub volatility: Volatility,
-    /// Initial replicas (node names); assigned automatically when absent.
-    #[serde(default)]
-    pub replicas: Option<Vec<String>>,
-    /// Predicted requests/s above which the shard is pre-fetched to more nodes.
-    #[serde(default)]
-    pub threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -613,6 +576,8 @@ pub struct Config {
     /// The file it came from (for messages and reload).
     pub source: PathBuf,
     pub listen: Listen,
+    /// The topology file, when `topology` names one (watched for reloads).
+    pub topology: Option<PathBuf>,
     pub nodes: Vec<NodeSpec>,
     pub shards: Vec<ShardSpec>,
     pub replication_factor: usize,
@@ -645,25 +610,6 @@ pub struct Https {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub h2: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeSpec {
-    pub name: String,
-    pub address: String,
-    pub capacity: f64,
-    pub zone: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShardSpec {
-    pub id: String,
-    pub categories: Vec<String>,
-    pub regions: Vec<String>,
-    pub volatility: Volatility,
-    /// Replica node names, after automatic assignment.
-    pub replicas: Vec<String>,
-    pub threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -753,22 +699,7 @@ impl Config {
     /// Parse and validate config text as if read from `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         let file_name = path.display().to_string();
-        let wire: ConfigFile = toml::from_str(text).map_err(|e| {
-            let field = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].lines().count().max(1);
-                    format!("line {line}")
-                })
-                .unwrap_or_else(|| "<toml>".into());
-            ConfigErrors {
-                file: file_name.clone(),
-                errors: vec![FieldError {
-                    field,
-                    message: e.message().to_string(),
-                }],
-            }
-        })?;
+        let wire: ConfigFile = parse_toml(text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         wire.validate(base)
             .map_err(|errors| ConfigErrors {
@@ -785,6 +716,30 @@ impl Config {
     pub fn node_index(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }
+}
+
+/// Parse TOML into a wire struct; a syntax error or unknown field is one
+/// error naming its line.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigErrors> {
+    toml::from_str(text).map_err(|e| {
+        let field = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                format!("line {line}")
+            })
+            .unwrap_or_else(|| "<toml>".into());
+        ConfigErrors {
+            file: path.display().to_string(),
+            errors: vec![FieldError {
+                field,
+                message: e.message().to_string(),
+            }],
+        }
+    })
 }
 
 fn parse_addr(errs: &mut Errors, field: &str, s: &str) -> Option<SocketAddr> {
@@ -865,155 +820,43 @@ impl ConfigFile {
             errs.push("listen.threads", "must be between 1 and 256");
         }
 
-        // nodes
-        let mut node_names = HashSet::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            let f = format!("nodes[{i}]");
-            if n.name.is_empty() || n.name.len() > 64 || !n.name.chars().all(name_char) {
-                errs.push(
-                    format!("{f}.name"),
-                    format!("`{}`: use 1-64 characters from [A-Za-z0-9._-]", n.name),
-                );
-            }
-            if !node_names.insert(n.name.as_str()) {
-                errs.push(
-                    format!("{f}.name"),
-                    format!("node `{}` is defined twice", n.name),
-                );
-            }
-            if let Err(m) = check_host_port(&n.address) {
-                errs.push(format!("{f}.address"), m);
-            }
-            if !(n.capacity.is_finite() && n.capacity > 0.0) {
-                errs.push(format!("{f}.capacity"), "must be a positive number");
-            }
-        }
-        if self.nodes.is_empty() {
-            errs.push("nodes", "at least one node is required");
-        }
-
-        // shards
-        if self.replication_factor == 0 {
-            errs.push("replication_factor", "must be at least 1");
-        } else if !self.nodes.is_empty() && self.replication_factor > self.nodes.len() {
-            errs.push(
-                "replication_factor",
-                format!(
-                    "{} replicas need {} distinct nodes; only {} defined",
-                    self.replication_factor,
-                    self.replication_factor,
-                    self.nodes.len()
-                ),
-            );
-        }
-        let mut shard_ids = HashSet::new();
-        let mut cell_owner: HashMap<(String, String), String> = HashMap::new();
-        let mut shards = vec![];
-        for (i, s) in self.shards.iter().enumerate() {
-            let f = format!("shards[{i}]");
-            if s.id.is_empty()
-                || s.id.len() > 128
-                || !s.id.chars().all(|c| name_char(c) || c == '/')
-            {
-                errs.push(
-                    format!("{f}.id"),
-                    format!("`{}`: use 1-128 characters from [A-Za-z0-9._/-]", s.id),
-                );
-            }
-            if !shard_ids.insert(s.id.as_str()) {
-                errs.push(
-                    format!("{f}.id"),
-                    format!("shard `{}` is defined twice", s.id),
-                );
-            }
-            if s.categories.is_empty() {
-                errs.push(
-                    format!("{f}.categories"),
-                    "at least one category is required",
-                );
-            }
-            if s.regions.is_empty() {
-                errs.push(format!("{f}.regions"), "at least one region is required");
-            }
-            for (ci, c) in s.categories.iter().enumerate() {
-                if c.is_empty() {
-                    errs.push(format!("{f}.categories[{ci}]"), "empty category");
+        // topology: nodes, shards, replication factor — from the file
+        // `topology` names, or inline (one validator either way)
+        let inline =
+            !self.nodes.is_empty() || !self.shards.is_empty() || self.replication_factor.is_some();
+        let (topology, topology_file) = match &self.topology {
+            Some(t) => {
+                if inline {
+                    errs.push(
+                        "topology",
+                        "nodes, shards and replication_factor come from the topology file: \
+                         remove the inline [[nodes]], [[shards]] and replication_factor, or `topology`",
+                    );
                 }
-                for (ri, r) in s.regions.iter().enumerate() {
-                    if r.is_empty() {
-                        if ci == 0 {
-                            errs.push(format!("{f}.regions[{ri}]"), "empty region");
+                let p = resolve(t);
+                match Topology::load(&p) {
+                    Ok(t) => (t, Some(p)),
+                    Err(e) => {
+                        for line in e.lines() {
+                            errs.push("topology", line);
                         }
-                        continue;
-                    }
-                    if let Some(prev) = cell_owner.insert((c.clone(), r.clone()), s.id.clone()) {
-                        if prev != s.id {
-                            errs.push(
-                                format!("{f}.categories[{ci}]"),
-                                format!("cell ({c}, {r}) already belongs to shard `{prev}`"),
-                            );
-                        }
+                        (Topology::empty(), Some(p))
                     }
                 }
             }
-            if let Some(t) = s.threshold {
-                if !(t.is_finite() && t > 0.0) {
-                    errs.push(format!("{f}.threshold"), "must be a positive number");
-                }
+            None => {
+                let file = TopologyFile {
+                    replication_factor: self
+                        .replication_factor
+                        .unwrap_or_else(default_replication_factor),
+                    nodes: self.nodes.clone(),
+                    shards: self.shards.clone(),
+                    shard_rules: vec![],
+                };
+                (file.check(&mut errs), None)
             }
-            let replicas = match &s.replicas {
-                Some(r) => {
-                    let mut seen = HashSet::new();
-                    for (ri, name) in r.iter().enumerate() {
-                        if !node_names.contains(name.as_str()) {
-                            errs.push(
-                                format!("{f}.replicas[{ri}]"),
-                                format!("unknown node `{name}`"),
-                            );
-                        }
-                        if !seen.insert(name) {
-                            errs.push(
-                                format!("{f}.replicas[{ri}]"),
-                                format!("node `{name}` listed twice: replicas must be distinct"),
-                            );
-                        }
-                    }
-                    if r.is_empty() {
-                        errs.push(
-                            format!("{f}.replicas"),
-                            "an explicit replica list cannot be empty",
-                        );
-                    }
-                    r.clone()
-                }
-                None => vec![],
-            };
-            shards.push(ShardSpec {
-                id: s.id.clone(),
-                categories: s.categories.clone(),
-                regions: s.regions.clone(),
-                volatility: s.volatility,
-                replicas,
-                threshold: s.threshold,
-            });
-        }
-        if self.shards.is_empty() {
-            errs.push("shards", "at least one shard is required");
-        }
-
-        let nodes: Vec<NodeSpec> = self
-            .nodes
-            .iter()
-            .map(|n| NodeSpec {
-                name: n.name.clone(),
-                address: n.address.clone(),
-                capacity: n.capacity,
-                zone: n.zone.clone(),
-            })
-            .collect();
-        if errs.0.is_empty() {
-            auto_assign(&mut shards, &nodes, self.replication_factor);
-        }
+        };
+        let node_names: HashSet<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
 
         // routes
         let mut routes = vec![];
@@ -1259,9 +1102,10 @@ impl ConfigFile {
                 threads: self.listen.threads,
                 grace_period: Duration::from_secs(self.listen.grace_period_s),
             },
-            nodes,
-            shards,
-            replication_factor: self.replication_factor,
+            topology: topology_file,
+            nodes: topology.nodes.clone(),
+            shards: topology.shards.clone(),
+            replication_factor: topology.replication_factor,
             routes,
             catalog,
             timeouts: Timeouts {
@@ -1302,11 +1146,11 @@ impl ConfigFile {
     }
 }
 
-fn name_char(c: char) -> bool {
+pub(crate) fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'
 }
 
-fn check_host_port(s: &str) -> Result<(), String> {
+pub(crate) fn check_host_port(s: &str) -> Result<(), String> {
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("`{s}`: expected host:port"))?;
@@ -1333,47 +1177,6 @@ fn check_base_url(u: &str) -> Result<String, String> {
     }
     check_host_port(hostport)?;
     Ok(format!("http://{hostport}"))
-}
-
-/// Give every shard without explicit replicas `rf` distinct nodes, spreading
-/// zones first and balancing the number of replicas per node. Deterministic:
-/// the same shards and nodes give the same assignment on every proxy.
-pub fn auto_assign(shards: &mut [ShardSpec], nodes: &[NodeSpec], rf: usize) {
-    let mut count: Vec<usize> = vec![0; nodes.len()];
-    for s in shards.iter() {
-        for r in &s.replicas {
-            if let Some(i) = nodes.iter().position(|n| &n.name == r) {
-                count[i] += 1;
-            }
-        }
-    }
-    for s in shards.iter_mut() {
-        if !s.replicas.is_empty() {
-            continue;
-        }
-        let mut chosen: Vec<usize> = vec![];
-        for _ in 0..rf.min(nodes.len()) {
-            let zones: HashSet<Option<&str>> =
-                chosen.iter().map(|&i| nodes[i].zone.as_deref()).collect();
-            let best = (0..nodes.len())
-                .filter(|i| !chosen.contains(i))
-                .min_by(|&a, &b| {
-                    let za = nodes[a].zone.is_some() && zones.contains(&nodes[a].zone.as_deref());
-                    let zb = nodes[b].zone.is_some() && zones.contains(&nodes[b].zone.as_deref());
-                    // load relative to capacity, then name for determinism
-                    let la = count[a] as f64 / nodes[a].capacity;
-                    let lb = count[b] as f64 / nodes[b].capacity;
-                    za.cmp(&zb)
-                        .then(la.total_cmp(&lb))
-                        .then(nodes[a].name.cmp(&nodes[b].name))
-                });
-            if let Some(i) = best {
-                chosen.push(i);
-                count[i] += 1;
-            }
-        }
-        s.replicas = chosen.into_iter().map(|i| nodes[i].name.clone()).collect();
-    }
 }
 
 #[cfg(test)]
@@ -1488,43 +1291,5 @@ path = "inventory"
         .unwrap_err();
         assert!(e.errors[0].message.contains("unknown field"), "{e}");
         assert!(e.errors[0].field.starts_with("line "), "{e}");
-    }
-
-    #[test]
-    fn auto_assign_spreads_zones_and_balances() {
-        let nodes: Vec<NodeSpec> = ["a", "b", "c", "d"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NodeSpec {
-                name: n.to_string(),
-                address: "h:1".into(),
-                capacity: 1.0,
-                zone: Some(if i < 2 { "z1" } else { "z2" }.into()),
-            })
-            .collect();
-        let mut shards: Vec<ShardSpec> = (0..8)
-            .map(|i| ShardSpec {
-                id: format!("s{i}"),
-                categories: vec![format!("c{i}")],
-                regions: vec!["r".into()],
-                volatility: Volatility::Medium,
-                replicas: vec![],
-                threshold: None,
-            })
-            .collect();
-        auto_assign(&mut shards, &nodes, 2);
-        let mut per_node = HashMap::new();
-        for s in &shards {
-            let z: HashSet<_> = s
-                .replicas
-                .iter()
-                .map(|r| nodes.iter().find(|n| &n.name == r).unwrap().zone.clone())
-                .collect();
-            assert_eq!(z.len(), 2, "replicas of {} share a zone", s.id);
-            for r in &s.replicas {
-                *per_node.entry(r.clone()).or_insert(0) += 1;
-            }
-        }
-        assert!(per_node.values().all(|&c| c == 4), "{per_node:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! shardmap: the domain model every shardcast process shares — shards,
 //! nodes, the catalog, the routing table and its builder, the config schema
-//! and its validation, and the telemetry and control wire types.
+//! and its validation, the topology every process reads ([`topology`]),
+//! and the telemetry, control and node-health wire types.
 //!
 //! No I/O happens here beyond reading a config file when asked
 //! ([`config::Config::load`]); the proxy, the forecaster and the sync
@@ -10,12 +11,15 @@
 pub mod catalog;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod key;
 pub mod table;
 pub mod telemetry;
+pub mod topology;
 
 pub use catalog::{Catalog, CategoryId, SkuMap};
 pub use config::{Config, ConfigErrors};
 pub use control::{AssignmentVersion, NodeHealth, TableUpdate, TableView, UpdateAnswer};
 pub use table::{ReplicaState, RouteHow, RoutingTable, ShardIdx};
 pub use telemetry::Frame;
+pub use topology::Topology;

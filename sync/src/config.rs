@@ -2,10 +2,13 @@
 //! optionally with in-process nodes) and `conf/node.toml` (one reference
 //! node). Wire structs reject unknown fields; [`SyncConfig::load`] and
 //! [`NodeConfig::load`] validate the whole file and report every problem
-//! with its field. The shard list is shardmap's [`ShardFile`] — inline as
-//! `[[shards]]`, or read from another file's `[[shards]]` (e.g. the proxy
-//! config) with `shards_file`, or, absent both, the 14 `REGION/CATEGORY`
-//! shards of the Online Retail data.
+//! with its field. The shards come from the topology file every process
+//! reads (`topology = "topology.toml"`, see [`crate::topology`]); every
+//! node named must then be a topology node, and an in-process node listens
+//! on its topology address unless `listen` says otherwise. Older forms
+//! still work: shardmap's [`ShardFile`] inline as `[[shards]]`, or another
+//! file's `[[shards]]` with `shards_file`, or, absent all three, the 14
+//! `REGION/CATEGORY` shards of the Online Retail data.
 //!
 //! Every listener has client-connection deadlines (`[timeouts]`, shared by
 //! the listeners of one process) and connection bounds (`[limits]` for the
@@ -302,6 +305,10 @@ pub struct SyncFile {
     pub control_token: Option<String>,
     #[serde(default)]
     pub transfer: TransferFile,
+    /// The topology file (shards, nodes) shared with the proxy and the
+    /// shard manager, relative to this file.
+    #[serde(default)]
+    pub topology: Option<String>,
     #[serde(default)]
     pub nodes: Vec<SyncNodeFile>,
     #[serde(default)]
@@ -424,8 +431,18 @@ fn load_shards(
     base: &Path,
     inline: &[ShardFile],
     file: Option<&str>,
+    topo: Option<&shardmap::Topology>,
     errs: &mut Vec<String>,
 ) -> Vec<ShardDef> {
+    if let Some(t) = topo {
+        if !inline.is_empty() || file.is_some() {
+            errs.push(
+                "topology: the shards come from the topology file: remove [[shards]] and shards_file"
+                    .into(),
+            );
+        }
+        return crate::topology::shards(t);
+    }
     let mut shards: Vec<ShardDef> = inline.iter().map(ShardDef::from_file).collect();
     if let Some(f) = file {
         let path = resolve(base, f);
@@ -517,9 +534,24 @@ impl SyncConfig {
         if f.provider.seed_scale == 0 {
             errs.push("provider.seed_scale: must be at least 1".into());
         }
+        let topo = f
+            .topology
+            .as_deref()
+            .and_then(|t| crate::topology::load(base, t, &mut errs));
         let mut nodes = vec![];
         let mut names = std::collections::HashSet::new();
         for (i, n) in f.nodes.iter().enumerate() {
+            let topo_addr = match topo
+                .as_ref()
+                .map(|t| crate::topology::node_address(t, &n.name))
+            {
+                Some(Ok(a)) => a,
+                Some(Err(m)) => {
+                    errs.push(format!("nodes[{i}].name: {m}"));
+                    None
+                }
+                None => None,
+            };
             if n.name.is_empty() || !names.insert(n.name.clone()) {
                 errs.push(format!(
                     "nodes[{i}].name: `{}` is empty or used twice",
@@ -527,14 +559,18 @@ impl SyncConfig {
                 ));
             }
             check_cache_url(&mut errs, &format!("nodes[{i}].cache"), &n.cache);
-            let listen = n
+            let mut listen = n
                 .listen
                 .as_deref()
                 .and_then(|l| addr(&mut errs, &format!("nodes[{i}].listen"), l));
             if n.cache == "memory" && n.listen.is_none() {
-                errs.push(format!(
-                    "nodes[{i}].listen: a `memory` cache lives in this process, so the node must be served here: set `listen`"
-                ));
+                // Served here, on the address the proxies route to.
+                listen = topo_addr;
+                if listen.is_none() {
+                    errs.push(format!(
+                        "nodes[{i}].listen: a `memory` cache lives in this process, so the node must be served here: set `listen` (or give the node an ip:port address in `topology`)"
+                    ));
+                }
             }
             nodes.push(SyncNode {
                 name: n.name.clone(),
@@ -546,7 +582,13 @@ impl SyncConfig {
         if nodes.is_empty() {
             errs.push("nodes: no nodes to pre-fetch into".into());
         }
-        let shards = load_shards(base, &f.shards, f.shards_file.as_deref(), &mut errs);
+        let shards = load_shards(
+            base,
+            &f.shards,
+            f.shards_file.as_deref(),
+            topo.as_ref(),
+            &mut errs,
+        );
         let deadlines = deadlines(&mut errs, &f.timeouts);
         let control_listener = ListenerConfig {
             deadlines,
@@ -615,7 +657,13 @@ impl Default for NodeCacheFile {
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
     pub name: String,
-    pub listen: String,
+    /// Default: the node's address in `topology`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The topology file shared with the proxy, sync and the shard
+    /// manager: the shards, and this node's address.
+    #[serde(default)]
+    pub topology: Option<String>,
     #[serde(default)]
     pub provider: ProviderFile,
     #[serde(default)]
@@ -667,13 +715,44 @@ impl NodeConfig {
         if f.name.is_empty() {
             errs.push("name: must not be empty".into());
         }
-        let listen = addr(&mut errs, "listen", &f.listen);
+        let topo = f
+            .topology
+            .as_deref()
+            .and_then(|t| crate::topology::load(base, t, &mut errs));
+        let topo_addr = match topo
+            .as_ref()
+            .map(|t| crate::topology::node_address(t, &f.name))
+        {
+            Some(Ok(a)) => a,
+            Some(Err(m)) => {
+                errs.push(format!("name: {m}"));
+                None
+            }
+            None => None,
+        };
+        let listen = match f.listen.as_deref() {
+            Some(l) => addr(&mut errs, "listen", l),
+            None if topo_addr.is_some() => topo_addr,
+            None => {
+                errs.push(
+                    "listen: required (or set `topology`, whose address for this node is used)"
+                        .into(),
+                );
+                None
+            }
+        };
         check_provider_url(&mut errs, &f.provider.url);
         check_cache_url(&mut errs, "cache.url", &f.cache.url);
         if f.max_value_bytes < 256 {
             errs.push("max_value_bytes: must be at least 256".into());
         }
-        let shards = load_shards(base, &f.shards, f.shards_file.as_deref(), &mut errs);
+        let shards = load_shards(
+            base,
+            &f.shards,
+            f.shards_file.as_deref(),
+            topo.as_ref(),
+            &mut errs,
+        );
         let listener = ListenerConfig {
             deadlines: deadlines(&mut errs, &f.timeouts),
             limits: limits(&mut errs, &f.limits, "limits", NODE_MAX_CONNECTIONS),

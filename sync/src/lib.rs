@@ -38,6 +38,7 @@ pub mod scheduler;
 pub mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod topology;
 pub mod transfer;
 
 pub use cache::ShardCache;

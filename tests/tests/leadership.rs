@@ -46,7 +46,8 @@ struct Stack {
     admins: Vec<String>,
     /// Traffic URLs of both proxies.
     traffic: Vec<String>,
-    proxy_file: String,
+    /// The topology file the proxies, sync and the managers read.
+    topology_file: String,
     client: reqwest::Client,
 }
 
@@ -66,28 +67,36 @@ impl Stack {
             FakeNode::start().await,
             FakeNode::start().await,
         ];
-        let proxy_toml = |hp: u16, ap: u16, metadata: Option<&str>| {
-            let metadata = metadata.map_or(String::new(), |m| format!("metadata = \"{m}\"\n"));
+        // The topology every process reads.
+        let topology = d.join("topology.toml");
+        std::fs::write(
+            &topology,
             format!(
                 "replication_factor = 2\n\
-                 [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
-                 [control]\n{metadata}prefix = \"{PREFIX}\"\npoll_ms = 300\n\
                  [[nodes]]\nname = \"a\"\naddress = \"{a}\"\n\
                  [[nodes]]\nname = \"b\"\naddress = \"{b}\"\n\
                  [[nodes]]\nname = \"e\"\naddress = \"{e}\"\n\
                  [[shards]]\nid = \"UK/ALPHA\"\ncategories = [\"ALPHA\"]\nregions = [\"UK\"]\nreplicas = [\"a\", \"b\"]\n\
-                 [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"e\"]\n\
-                 [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
-                 [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n",
+                 [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"e\"]\n",
                 a = nodes[0].addr,
                 b = nodes[1].addr,
                 e = nodes[2].addr,
+            ),
+        )
+        .unwrap();
+        let proxy_toml = |hp: u16, ap: u16, metadata: Option<&str>| {
+            let metadata = metadata.map_or(String::new(), |m| format!("metadata = \"{m}\"\n"));
+            format!(
+                "topology = \"topology.toml\"\n\
+                 [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
+                 [control]\n{metadata}prefix = \"{PREFIX}\"\npoll_ms = 300\n\
+                 [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
+                 [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n",
             )
         };
         let mut proxies = Vec::new();
         let mut admins = Vec::new();
         let mut traffic = Vec::new();
-        let mut files = Vec::new();
         for (name, metadata) in [("pushed", None), ("follower", Some(redis.url()))] {
             let (hp, ap) = (free_port(), free_port());
             let f = d.join(format!("{name}.toml"));
@@ -102,16 +111,15 @@ impl Stack {
             for sku in ["A1", "B1"] {
                 traffic.push(format!("http://127.0.0.1:{hp}/inventory/{sku}?region=UK"));
             }
-            files.push(f);
         }
         // Sync: an empty SQLite provider (orders finish at once), the
         // nodes' caches in Redis.
         let sync_port = free_port();
         let mut sync_toml = format!(
-            "control = \"127.0.0.1:{sync_port}\"\ncontrol_token = \"{SYNC_TOKEN}\"\nshards_file = \"{}\"\n\
+            "control = \"127.0.0.1:{sync_port}\"\ncontrol_token = \"{SYNC_TOKEN}\"\ntopology = \"{}\"\n\
              [provider]\nurl = \"sqlite:{}\"\n\
              [transfer]\nconcurrency = 4\npoll_interval_ms = 1000\nstate_file = \"{}\"\n",
-            files[0].display(),
+            topology.display(),
             d.join("provider.db").display(),
             d.join("sync-state.json").display()
         );
@@ -140,7 +148,7 @@ impl Stack {
             proxies,
             admins,
             traffic,
-            proxy_file: files[0].display().to_string(),
+            topology_file: topology.display().to_string(),
             client: reqwest::Client::new(),
             dir,
         };
@@ -165,11 +173,11 @@ impl Stack {
             "listen = \"127.0.0.1:{port}\"\n\
              [model]\nhourly = \"{m}/shardcast_hourly.json\"\ndaily = \"{m}/shardcast_daily.json\"\n\
              [planner]\ncycle_s = 1\n\
-             [manager]\nproxy_config = \"{p}\"\nsync = \"{sync}\"\nsync_token = \"{SYNC_TOKEN}\"\n\
+             [manager]\ntopology = \"{p}\"\nprefix = \"{PREFIX}\"\nsync = \"{sync}\"\nsync_token = \"{SYNC_TOKEN}\"\n\
              metadata = \"{redis}\"\nproxies = [\"{pushed}\"]\ninterval_ms = 200\nlease_ms = {LEASE_MS}\n\
              health_timeout_ms = 300\nfail_after = 1\n",
             m = root.join("forecaster/models").display(),
-            p = self.proxy_file,
+            p = self.topology_file,
             sync = self.sync,
             redis = self.redis.url(),
             pushed = self.admins[0],

@@ -132,6 +132,22 @@ impl Stack {
 
         let fc_port = free_port();
         let sync_port = free_port();
+        // One topology every process reads: the demo's, on these nodes'
+        // ports, with a threshold on the spike shard.
+        let mut topology = std::fs::read_to_string(root.join("conf/topology.toml"))
+            .unwrap()
+            .replace(
+                &format!("id = \"{SPIKE_SHARD}\"\n"),
+                &format!("id = \"{SPIKE_SHARD}\"\nthreshold = 2.0\n"),
+            );
+        for (k, p) in node_ports.iter().enumerate() {
+            topology = topology.replace(
+                &format!("127.0.0.1:910{}", k + 1),
+                &format!("127.0.0.1:{p}"),
+            );
+        }
+        let topology_file = d.join("topology.toml");
+        std::fs::write(&topology_file, &topology).unwrap();
         // Two proxies, one config each (only the listeners differ).
         let demo = std::fs::read_to_string(root.join("conf/proxy-demo.toml")).unwrap();
         let mut proxy_ports = Vec::new();
@@ -148,17 +164,7 @@ impl Stack {
                         .join("data/online_retail/catalog.csv.gz")
                         .display()
                         .to_string(),
-                )
-                .replace(
-                    &format!("id = \"{SPIKE_SHARD}\"\n"),
-                    &format!("id = \"{SPIKE_SHARD}\"\nthreshold = 2.0\n"),
                 );
-            for (k, p) in node_ports.iter().enumerate() {
-                t = t.replace(
-                    &format!("127.0.0.1:910{}", k + 1),
-                    &format!("127.0.0.1:{p}"),
-                );
-            }
             t.push_str(&format!(
                 "\n[control]\nmetadata = \"{}\"\nprefix = \"{PREFIX}\"\npoll_ms = 1000\n",
                 redis.url()
@@ -168,8 +174,7 @@ impl Stack {
             proxy_ports.push((hp, ap));
             proxy_files.push(f);
         }
-        let shards: Vec<String> = std::fs::read_to_string(&proxy_files[0])
-            .unwrap()
+        let shards: Vec<String> = topology
             .lines()
             .filter_map(|l| l.strip_prefix("id = \"").and_then(|l| l.strip_suffix('"')))
             .map(str::to_string)
@@ -178,10 +183,10 @@ impl Stack {
 
         // Sync: the provider into each node's Redis cache.
         let mut sync_toml = format!(
-            "control = \"127.0.0.1:{sync_port}\"\ncontrol_token = \"sync-s3cret\"\nshards_file = \"{}\"\n[provider]\nurl = \"{}\"\n\
+            "control = \"127.0.0.1:{sync_port}\"\ncontrol_token = \"sync-s3cret\"\ntopology = \"{}\"\n[provider]\nurl = \"{}\"\n\
              [transfer]\nbandwidth_bytes_per_s = 50000000\nconcurrency = 4\nbatch_rows = 2000\n\
              poll_interval_ms = 1000\nstate_file = \"{}\"\n",
-            proxy_files[0].display(),
+            topology_file.display(),
             pg.url(),
             d.join("sync-state.json").display()
         );
@@ -207,12 +212,14 @@ impl Stack {
              [model]\nhourly = \"{m}/shardcast_hourly.json\"\ndaily = \"{m}/shardcast_daily.json\"\n\
              [planner]\ncycle_s = 1\n\
              [feeds.history]\nsource = \"{h}\"\nid_col = \"shard_id\"\ntime_col = \"ds\"\nvalue_col = \"lines\"\nalign = \"as_is\"\n\
-             [manager]\nproxy_config = \"{p}\"\nsync = \"http://127.0.0.1:{sync_port}\"\nsync_token = \"sync-s3cret\"\n\
+             [manager]\ntopology = \"{p}\"\nmetadata = \"{redis}\"\nprefix = \"{PREFIX}\"\n\
+             sync = \"http://127.0.0.1:{sync_port}\"\nsync_token = \"sync-s3cret\"\n\
              interval_ms = 300\nchurn_budget = 3\ndrain_ms = 1000\nobserve_window_s = 5\n\
              health_timeout_ms = 300\nfail_after = 2\n",
             m = root.join("forecaster/models").display(),
             h = d.join("history.csv").display(),
-            p = proxy_files[0].display(),
+            p = topology_file.display(),
+            redis = redis.url(),
         );
         std::fs::write(d.join("forecaster.toml"), fc_toml).unwrap();
         let fc_cfg = d.join("forecaster.toml").display().to_string();

@@ -10,8 +10,10 @@
 //! holds a newer table than the manager's (another writer): the manager
 //! numbers its table past it, and the follower converges.
 //!
-//! The manager changes its table when a node fails its health checks (its
-//! replicas leave at once); sync is down, so nothing else changes.
+//! The manager changes its table when a node fails the proxies' health
+//! checks (the follower publishes them in the store; the manager has no
+//! checker of its own): its replicas leave at once; sync is down, so
+//! nothing else changes.
 
 use std::time::Duration;
 
@@ -51,23 +53,32 @@ async fn the_manager_numbers_its_table_past_a_refusal_and_the_proxies_converge()
     let fc_port = free_port();
     // Two proxies: `pushed` gets the manager's PUTs and does not follow the
     // store; `follower` only follows the store.
-    let proxy_toml = |hp: u16, ap: u16, metadata: Option<&str>| {
-        let metadata = metadata.map_or(String::new(), |m| format!("metadata = \"{m}\"\n"));
+    // The topology the proxies and the manager read.
+    let topology = d.join("topology.toml");
+    std::fs::write(
+        &topology,
         format!(
             "replication_factor = 2\n\
-             [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
-             [control]\n{metadata}prefix = \"{PREFIX}\"\npoll_ms = 500\n\
              [[nodes]]\nname = \"a\"\naddress = \"{a}\"\n\
              [[nodes]]\nname = \"b\"\naddress = \"{b}\"\n\
              [[nodes]]\nname = \"c\"\naddress = \"{dead}\"\n\
              [[nodes]]\nname = \"e\"\naddress = \"{e}\"\n\
              [[shards]]\nid = \"UK/ALPHA\"\ncategories = [\"ALPHA\"]\nregions = [\"UK\"]\nreplicas = [\"a\", \"c\"]\n\
-             [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"e\"]\n\
-             [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
-             [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n",
+             [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"e\"]\n",
             a = a.addr,
             b = b.addr,
             e = e.as_ref().unwrap().addr,
+        ),
+    )
+    .unwrap();
+    let proxy_toml = |hp: u16, ap: u16, metadata: Option<&str>| {
+        let metadata = metadata.map_or(String::new(), |m| format!("metadata = \"{m}\"\n"));
+        format!(
+            "topology = \"topology.toml\"\n\
+             [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
+             [control]\n{metadata}prefix = \"{PREFIX}\"\npoll_ms = 500\n\
+             [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
+             [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n",
         )
     };
     let mut procs = Vec::new();
@@ -115,10 +126,10 @@ async fn the_manager_numbers_its_table_past_a_refusal_and_the_proxies_converge()
         "listen = \"127.0.0.1:{fc_port}\"\n\
          [model]\nhourly = \"{m}/shardcast_hourly.json\"\ndaily = \"{m}/shardcast_daily.json\"\n\
          [planner]\ncycle_s = 1\n\
-         [manager]\nproxy_config = \"{p}\"\nsync = \"http://127.0.0.1:1\"\nmetadata = \"{redis}\"\n\
+         [manager]\ntopology = \"{p}\"\nprefix = \"{PREFIX}\"\nsync = \"http://127.0.0.1:1\"\nmetadata = \"{redis}\"\n\
          proxies = [\"{pushed}\"]\ninterval_ms = 200\nhealth_timeout_ms = 300\nfail_after = 1\n",
         m = root.join("forecaster/models").display(),
-        p = files[0].display(),
+        p = topology.display(),
         redis = redis.url(),
         pushed = admins[0],
     );

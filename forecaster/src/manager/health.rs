@@ -1,77 +1,250 @@
-//! Node health as the manager sees it: every round, one `GET` of each
-//! node's health path, all nodes at once. The answers go to the state
-//! machine ([`super::state::Event::NodeProbed`]), which counts failures in
-//! a row against `fail_after`.
+//! Node health for the manager, from one place: the proxies' own checks.
+//! The manager has no health checker of its own. Every proxy publishes what
+//! its active checks and passive ejection say about each node
+//! (`proxy/src/health/publish.rs`, into the metadata store's health hash);
+//! without a reachable store the manager reads the same states from each
+//! configured proxy's `GET /admin/table`. So a node's replicas leave the
+//! table on the verdict the proxies already route by, seen from where the
+//! traffic is, not from wherever the manager runs.
 //!
-//! This is a second health checker beside the proxies' own (which eject a
-//! failing node from their selection on their own schedule): the manager
-//! needs a node's health to *plan* (restore the replication factor
-//! elsewhere), and the proxies do not publish theirs yet.
+//! A node fails when more than half of the fresh reports that name it say
+//! its active checks fail (one proxy cut off from a node does not take the
+//! node from every proxy; it already routes around it itself). A node no
+//! fresh report names has no verdict: its state stays as it was.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use http::Method;
+use redis::aio::MultiplexedConnection;
+use shardmap::control::{NodeHealth, TableView};
+use shardmap::health::{health_key, HealthReport, NodeReport, REPORT_TTL_MS};
+use tracing::warn;
 
 use super::client::Client;
+use super::Conn;
 use shardmap::config::NodeSpec;
 
-/// Probes each node's health path.
+/// Where the manager reads node health: the metadata store's health hash,
+/// or (no store connection) the proxies' `/admin/table`.
 #[derive(Clone)]
 pub struct Prober {
     http: Client,
-    path: String,
+    proxies: Vec<String>,
+    token: Option<String>,
     timeout: Duration,
+    max_age: Duration,
 }
 
 impl Prober {
-    pub fn new(path: &str, timeout: Duration) -> Prober {
+    pub fn new(
+        proxies: Vec<String>,
+        token: Option<String>,
+        timeout: Duration,
+        max_age: Duration,
+    ) -> Prober {
         Prober {
             http: Client::default(),
-            path: path.to_string(),
+            proxies,
+            token,
             timeout,
+            max_age,
         }
     }
 
-    /// One probe of every node: a 2xx is healthy, anything else says why not.
-    pub async fn probe(&self, nodes: &[NodeSpec]) -> Vec<(String, Result<(), String>)> {
-        let probes = nodes.iter().map(|n| {
-            let url = format!("http://{}{}", n.address, self.path);
-            let http = self.http.clone();
-            let t = self.timeout;
-            async move {
-                let r = http.call(Method::GET, &url, None, None, t).await;
-                let ok = match r {
-                    Ok((s, _)) if (200..300).contains(&s) => Ok(()),
-                    Ok((s, _)) => Err(format!("health check answered {s}")),
-                    Err(e) => Err(e),
-                };
-                (n.name.clone(), ok)
+    /// The verdict on each node of `nodes` that a fresh report names; the
+    /// others keep their state.
+    pub async fn probe(
+        &self,
+        conn: Option<&mut Conn>,
+        prefix: &str,
+        nodes: &[NodeSpec],
+        now_ms: u64,
+    ) -> Vec<(String, Result<(), String>)> {
+        let reports = match conn {
+            Some(c) => read_store(c, prefix, now_ms).await.unwrap_or_else(|e| {
+                warn!(error = %e, "node health unreadable from the metadata store");
+                vec![]
+            }),
+            None => {
+                let token = self.token.as_deref();
+                read_proxies(&self.http, &self.proxies, token, self.timeout, now_ms).await
             }
-        });
-        join_all(probes).await
+        };
+        verdicts(&reports, now_ms, self.max_age)
+            .into_iter()
+            .filter(|(n, _)| nodes.iter().any(|k| &k.name == n))
+            .collect()
     }
 }
 
-/// Poll a few futures concurrently to completion, results in order.
-async fn join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => results[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
+/// Per node with a verdict: `Ok` when its checks pass, `Err(why)` when
+/// they fail, from the reports at most `max_age` old at `now_ms`.
+pub fn verdicts(
+    reports: &[HealthReport],
+    now_ms: u64,
+    max_age: Duration,
+) -> Vec<(String, Result<(), String>)> {
+    let max_age = max_age.as_millis() as u64;
+    let mut tally: BTreeMap<&str, (Vec<&str>, usize)> = BTreeMap::new();
+    for r in reports {
+        if now_ms.saturating_sub(r.at_unix_ms) > max_age {
+            continue;
+        }
+        for (node, n) in &r.nodes {
+            let t = tally.entry(node).or_default();
+            t.1 += 1;
+            if !n.checks_passing {
+                t.0.push(&r.proxy);
             }
         }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
+    }
+    tally
+        .into_iter()
+        .map(|(node, (failing, seen))| {
+            let v = if failing.len() * 2 > seen {
+                Err(format!(
+                    "health checks fail from {} of {seen} proxies ({})",
+                    failing.len(),
+                    failing.join(", ")
+                ))
+            } else {
+                Ok(())
+            };
+            (node.to_string(), v)
+        })
+        .collect()
+}
+
+/// Every proxy's report in the store's health hash; reports older than the
+/// hash's own lifetime (proxies that stopped) are removed.
+pub async fn read_store(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    now_ms: u64,
+) -> Result<Vec<HealthReport>, String> {
+    let key = health_key(prefix);
+    let raw: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("{key}: {e}"))?;
+    let mut out = vec![];
+    let mut gone = vec![];
+    for (proxy, body) in raw {
+        match serde_json::from_slice::<HealthReport>(&body) {
+            Ok(r) if now_ms.saturating_sub(r.at_unix_ms) > REPORT_TTL_MS => gone.push(proxy),
+            Ok(r) => out.push(r),
+            Err(e) => warn!(proxy, error = %e, "unreadable node-health report; ignored"),
         }
-    })
-    .await;
-    results.into_iter().flatten().collect()
+    }
+    if !gone.is_empty() {
+        let _: Result<i64, _> = redis::cmd("HDEL")
+            .arg(&key)
+            .arg(&gone)
+            .query_async(conn)
+            .await;
+    }
+    Ok(out)
+}
+
+/// The node states in each proxy's `GET /admin/table`, as reports taken
+/// now. That view has no separate active-check flag: a node counts as
+/// failing its checks when the proxy shows it `down`.
+pub async fn read_proxies(
+    http: &Client,
+    proxies: &[String],
+    token: Option<&str>,
+    timeout: Duration,
+    now_ms: u64,
+) -> Vec<HealthReport> {
+    let mut out = vec![];
+    for p in proxies {
+        let url = format!("{p}/admin/table");
+        let view = match http.call(Method::GET, &url, None, token, timeout).await {
+            Ok((200, body)) => {
+                serde_json::from_slice::<TableView>(&body).map_err(|e| e.to_string())
+            }
+            Ok((s, _)) => Err(format!("answered {s}")),
+            Err(e) => Err(e),
+        };
+        match view {
+            Ok(v) => out.push(HealthReport {
+                proxy: p.clone(),
+                at_unix_ms: now_ms,
+                nodes: v
+                    .nodes
+                    .into_iter()
+                    .map(|n| {
+                        let r = NodeReport {
+                            health: n.health,
+                            checks_passing: n.health != NodeHealth::Down,
+                        };
+                        (n.name, r)
+                    })
+                    .collect(),
+            }),
+            // No report, no verdict from this proxy: its nodes keep their state.
+            Err(e) => warn!(proxy = %p, error = %e, "no node health from this proxy"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(proxy: &str, at: u64, nodes: &[(&str, bool)]) -> HealthReport {
+        HealthReport {
+            proxy: proxy.into(),
+            at_unix_ms: at,
+            nodes: nodes
+                .iter()
+                .map(|(n, ok)| {
+                    let r = NodeReport {
+                        health: if *ok {
+                            NodeHealth::Healthy
+                        } else {
+                            NodeHealth::Down
+                        },
+                        checks_passing: *ok,
+                    };
+                    (n.to_string(), r)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_node_fails_when_most_fresh_reports_say_its_checks_fail() {
+        let age = Duration::from_secs(5);
+        let rs = [
+            report("p1", 10_000, &[("a", true), ("b", false), ("c", false)]),
+            report("p2", 10_000, &[("a", true), ("b", false), ("c", true)]),
+            report("p3", 10_000, &[("a", true), ("b", true)]),
+            // stale: ignored, so `d` has no verdict
+            report("old", 1_000, &[("a", false), ("d", false)]),
+        ];
+        let v: BTreeMap<_, _> = verdicts(&rs, 10_500, age).into_iter().collect();
+        assert_eq!(v["a"], Ok(()));
+        assert_eq!(
+            v["b"],
+            Err("health checks fail from 2 of 3 proxies (p1, p2)".into())
+        );
+        // one of two is not a majority: that proxy routes around it alone
+        assert_eq!(v["c"], Ok(()));
+        assert!(!v.contains_key("d"));
+        assert!(verdicts(&[], 0, age).is_empty());
+    }
+
+    #[test]
+    fn a_passively_ejected_node_whose_checks_pass_is_not_failing() {
+        let mut r = report("p1", 5, &[("a", true)]);
+        r.nodes.get_mut("a").unwrap().health = NodeHealth::Ejected;
+        assert_eq!(
+            verdicts(&[r], 5, Duration::from_secs(1)),
+            [("a".to_string(), Ok(()))]
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! The topology the manager plans with: nodes, shards and their configured
-//! replicas, the replication factor and the metadata store, read from the
-//! proxy's own config file (with the proxy's validator) and re-read when the
-//! file changes. A broken edit keeps the last good topology.
+//! replicas and the replication factor from the topology file every process
+//! reads (`[manager] topology`, validated by `shardmap::topology`), the
+//! metadata store and key prefix from the manager's own config; the file is
+//! re-read when it changes. A broken edit keeps the last good topology.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,8 +12,9 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use super::ManagerError;
+use crate::config::ManagerConfig;
 
-/// The proxy config parts the manager plans with.
+/// What the manager plans with.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub nodes: Vec<shardmap::config::NodeSpec>,
@@ -26,19 +28,21 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn load(path: &Path) -> Result<Topology, ManagerError> {
+    /// Read the topology file `cfg` names; the rest from `cfg` itself.
+    pub fn load(cfg: &ManagerConfig) -> Result<Topology, ManagerError> {
+        let path = cfg.topology.as_path();
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let c = shardmap::Config::load(path).map_err(|e| ManagerError::ProxyConfig {
+        let t = shardmap::Topology::load(path).map_err(|e| ManagerError::Topology {
             path: path.display().to_string(),
             errors: e.to_string(),
         })?;
         Ok(Topology {
-            nodes: c.nodes,
-            shards: c.shards,
-            replication_factor: c.replication_factor,
-            prefix: c.control.prefix,
-            metadata: c.control.metadata,
-            telemetry_interval: c.telemetry.interval,
+            nodes: t.nodes,
+            shards: t.shards,
+            replication_factor: t.replication_factor,
+            prefix: cfg.prefix.clone(),
+            metadata: cfg.metadata.clone(),
+            telemetry_interval: cfg.telemetry_interval,
             modified,
         })
     }
@@ -56,17 +60,19 @@ impl Topology {
     }
 }
 
-/// The proxy config file and the last good topology read from it.
+/// The topology file and the last good topology read from it.
 pub struct Source {
+    cfg: ManagerConfig,
     path: PathBuf,
     current: Mutex<Arc<Topology>>,
 }
 
 impl Source {
-    pub fn open(path: &Path) -> Result<Source, ManagerError> {
+    pub fn open(cfg: &ManagerConfig) -> Result<Source, ManagerError> {
         Ok(Source {
-            current: Mutex::new(Arc::new(Topology::load(path)?)),
-            path: path.to_path_buf(),
+            current: Mutex::new(Arc::new(Topology::load(cfg)?)),
+            path: cfg.topology.clone(),
+            cfg: cfg.clone(),
         })
     }
 
@@ -83,9 +89,9 @@ impl Source {
         if modified == self.get().modified {
             return None;
         }
-        match Topology::load(&self.path) {
+        match Topology::load(&self.cfg) {
             Ok(t) => {
-                info!(path = %self.path.display(), "proxy config re-read");
+                info!(path = %self.path.display(), "topology re-read");
                 let t = Arc::new(t);
                 *self.current.lock() = t.clone();
                 Some(t)
@@ -98,7 +104,7 @@ impl Source {
                     ..(*self.get()).clone()
                 });
                 *self.current.lock() = kept;
-                warn!(error = %e, "proxy config unreadable; planning with the last good one");
+                warn!(error = %e, "topology unreadable; planning with the last good one");
                 None
             }
         }
