@@ -23,6 +23,8 @@
 //! Cost: one timer per connection, reset at most once per request phase;
 //! writes between requests only set a flag (the idle timer is pushed out
 //! lazily when it fires), so a keep-alive request costs two timer resets.
+//! The timer is polled only by a read that has to wait: a deadline is
+//! enforced at the connection's next wait, not at every read.
 
 use std::fmt;
 use std::future::Future;
@@ -266,6 +268,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                 return Poll::Ready(Err(timed_out("client write deadline")))
             }
             Phase::Expired(_) => return Poll::Ready(Err(timed_out("request deadline"))),
+            Phase::Idle | Phase::Head(_) | Phase::Body | Phase::Preface(_) => {}
+        }
+        // Read first: bytes that are there are taken (and move the phase
+        // on); the deadline matters only when the read has to wait, so the
+        // timer is polled (its waker registered) only then. A connection
+        // past its deadline is still cut at its next wait — before the
+        // client can send more.
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                if filled.len() > before {
+                    this.observe(&filled[before..]);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        match this.phase {
             Phase::Idle => {
                 while this.sleep.as_mut().poll(cx).is_ready() {
                     if this.wrote {
@@ -290,16 +312,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                     return Poll::Ready(Err(timed_out(what)));
                 }
             }
+            Phase::Off | Phase::Expired(_) => {}
         }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let filled = buf.filled();
-            if filled.len() > before {
-                this.observe(&filled[before..]);
-            }
-        }
-        r
+        Poll::Pending
     }
 }
 

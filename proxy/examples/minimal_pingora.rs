@@ -2,7 +2,7 @@
 //! Pingora proxy that does the same routing job (hash of the path over the
 //! nodes, keep-alive upstreams, one worker thread) and nothing else — no
 //! catalog, retries, health checks, telemetry or framing checks.
-//! `minimal_pingora LISTEN NODE [NODE...]`
+//! `minimal_pingora [--threads N] LISTEN NODE [NODE...]`
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -39,12 +39,17 @@ impl ProxyHttp for Minimal {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut threads = 1;
+    if args.first().map(String::as_str) == Some("--threads") && args.len() > 1 {
+        threads = args[1].parse().expect("--threads N");
+        args.drain(..2);
+    }
     let (listen, nodes) = args
         .split_first()
-        .expect("usage: minimal_pingora LISTEN NODE...");
+        .expect("usage: minimal_pingora [--threads N] LISTEN NODE...");
     let conf = ServerConf {
-        threads: 1,
+        threads,
         work_stealing: false,
         upgrade_sock: format!("/tmp/minimal_pingora_{}.sock", std::process::id()),
         ..ServerConf::default()

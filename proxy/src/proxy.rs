@@ -31,6 +31,8 @@ use crate::telemetry::Outcome;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_TRIED: usize = 8;
 const SKU_INLINE: usize = 48;
+/// The node's cache verdict; a constant name, so the lookup skips parsing it.
+static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 
 /// Where the request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,17 +240,16 @@ impl ProxyHttp for ShardProxy {
             session.set_keepalive(Some(keepalive.as_secs() + 1));
         }
         let h2 = session.is_http2();
-        let raw_cl = !h2
-            && session
-                .req_header()
-                .headers
-                .contains_key(http::header::TRANSFER_ENCODING)
-            && session
-                .as_downstream()
+        // The raw head is read only for an HTTP/1 request that has
+        // Transfer-Encoding (where Pingora drops a parsed Content-Length).
+        let downstream = session.as_downstream();
+        let raw_cl = || {
+            downstream
                 .as_http1()
-                .is_some_and(|s| framing::raw_has_content_length(&s.get_headers_raw_bytes()));
+                .is_some_and(|s| framing::raw_has_content_length(&s.get_headers_raw_bytes()))
+        };
         if let Err(bad) = framing::check(
-            session.req_header(),
+            downstream.req_header(),
             h2,
             snap.config.max_header_bytes,
             raw_cl,
@@ -408,7 +409,7 @@ impl ProxyHttp for ShardProxy {
         } else {
             rt.record_success();
         }
-        ctx.cache_hit = match resp.headers.get("x-cache").map(|v| v.as_bytes()) {
+        ctx.cache_hit = match resp.headers.get(&X_CACHE).map(|v| v.as_bytes()) {
             Some(v) if v.eq_ignore_ascii_case(b"hit") => Some(true),
             Some(v) if v.eq_ignore_ascii_case(b"miss") => Some(false),
             _ => None,
