@@ -260,10 +260,16 @@ def callgrind_peers(a):
             "shardcast": lambda port: [sc, "-c", str(shardcast_conf(tmp, port, free_port(), ports)),
                                        "--upgrade-sock", str(tmp / f"up-{port}.sock")],
             "pingora-min": lambda port: [mini, f"127.0.0.1:{port}", *(f"127.0.0.1:{p}" for p in ports)],
+            # the same with shardcast's upstream timeouts (Pingora's timers)
+            "pingora-min+timeouts": lambda port: [mini, "--timeouts", f"127.0.0.1:{port}",
+                                                  *(f"127.0.0.1:{p}" for p in ports)],
             "nginx": lambda port: ["nginx", "-c", str(nginx_proxy_conf(tmp, port, ports)), "-p", str(tmp)],
             "haproxy": lambda port: ["haproxy", "-db", "-f", str(haproxy_conf(tmp, port, ports))],
         }
         only = a.only.split(",") if a.only else list(targets)
+        for name in only:
+            if name not in targets:
+                raise SystemExit(f"--only: no target {name} (have {', '.join(targets)})")
         for i, name in enumerate(only):
             port = free_port()
             uris = uris_file(tmp / "uris.txt", port, a.requests + a.warmup)
@@ -272,7 +278,7 @@ def callgrind_peers(a):
                 16, keep=a.keep, log=open(tmp / "vg.log", "a"))
             per = total / max(ok, 1)
             rows.append((name, ok, failed, per))
-            print(f"{name:12} {ok} ok {failed} failed  {per:,.0f} instructions/request", flush=True)
+            print(f"{name:20} {ok} ok {failed} failed  {per:,.0f} instructions/request", flush=True)
         per = {n: p for n, _, _, p in rows}
         print(f"\ndate: {time.strftime('%Y-%m-%d %H:%M %Z')}  {a.requests} requests over 16 "
               f"connections after {a.warmup} warm-up, one worker each, callgrind (user space)")

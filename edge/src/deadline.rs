@@ -152,7 +152,9 @@ impl<T> DeadlineIo<T> {
         self.phase = Phase::Expired(how);
     }
 
-    /// Advance the phase over bytes just read.
+    /// Advance the phase over bytes just read. The timer is reset once,
+    /// for the phase the bytes end in (a head that arrives whole goes from
+    /// idle to body with one reset).
     fn observe(&mut self, data: &[u8]) {
         if data.is_empty() {
             return;
@@ -160,10 +162,18 @@ impl<T> DeadlineIo<T> {
         match self.phase {
             Phase::Idle => {
                 self.phase = Phase::Head(0);
-                self.sleep.as_mut().reset(Instant::now() + self.d.header);
-                self.scan_head(data);
+                let d = if self.scan_head(data) {
+                    self.d.body
+                } else {
+                    self.d.header
+                };
+                self.sleep.as_mut().reset(Instant::now() + d);
             }
-            Phase::Head(_) => self.scan_head(data),
+            Phase::Head(_) => {
+                if self.scan_head(data) {
+                    self.sleep.as_mut().reset(Instant::now() + self.d.body);
+                }
+            }
             Phase::Preface(left) => {
                 let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
                 self.phase = if n >= left {
@@ -177,9 +187,10 @@ impl<T> DeadlineIo<T> {
     }
 
     /// Find the end of a request head: an empty line, CRLF or bare LF.
-    fn scan_head(&mut self, data: &[u8]) {
+    /// `true` when the head ended (the phase is then `Body`).
+    fn scan_head(&mut self, data: &[u8]) -> bool {
         let Phase::Head(mut s) = self.phase else {
-            return;
+            return false;
         };
         // s: 0 inside a line, 1 just after a line end, 2 after LF then CR.
         let mut i = 0;
@@ -200,8 +211,7 @@ impl<T> DeadlineIo<T> {
             s = match (s, b) {
                 (1 | 2, b'\n') => {
                     self.phase = Phase::Body;
-                    self.sleep.as_mut().reset(Instant::now() + self.d.body);
-                    return;
+                    return true;
                 }
                 (_, b'\n') => 1,
                 (1, b'\r') => 2,
@@ -209,6 +219,7 @@ impl<T> DeadlineIo<T> {
             };
         }
         self.phase = Phase::Head(s);
+        false
     }
 
     /// The response is being written.

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -46,6 +47,9 @@ enum Pool {
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
+    /// `start` as [`crate::node::now_ms`]: the request's one clock read
+    /// serves the retry budget and the first replica choice.
+    start_ms: u64,
     snap: Option<Arc<Snapshot>>,
     pool: Pool,
     node: Option<NodeIdx>,
@@ -211,9 +215,17 @@ fn is_idempotent(req: &RequestHeader) -> bool {
 impl ProxyHttp for ShardProxy {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default adds a response compression
+    /// module, disabled, that still builds its context and runs its
+    /// filters on every request; nodes answer small JSON bodies and
+    /// shardcast never compresses them.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
+        let start = Instant::now();
         Ctx {
-            start: Instant::now(),
+            start,
+            start_ms: crate::node::ms_at(start),
             snap: None,
             pool: Pool::None,
             node: None,
@@ -230,7 +242,7 @@ impl ProxyHttp for ShardProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let shared = &self.shared;
         shared.counters.requests.fetch_add(1, Relaxed);
-        shared.retry_budget.on_request();
+        shared.retry_budget.on_request_at(ctx.start_ms);
         let snap = shared.snapshot.load_full();
         // Pingora bounds each read between requests by its keep-alive
         // (60 s by default); the connection's own idle deadline must be the
@@ -345,7 +357,11 @@ impl ProxyHttp for ShardProxy {
                     .fetch_add(1, Relaxed);
             }
         }
-        let now = now_ms();
+        let now = if ctx.ntried == 0 {
+            ctx.start_ms
+        } else {
+            now_ms()
+        };
         let tried = &ctx.tried[..ctx.ntried];
         let (serving, draining, replicas) = self.candidates(&snap, ctx.pool);
         let pick = self
