@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import (callgrind_count, free_port, origin_conf, shardcast_conf,  # noqa: E402
-                     uris_file, wait_port)
+from harness import (SHARDCAST_BACKGROUND, callgrind_count, free_port, origin_conf,  # noqa: E402
+                     shardcast_conf, uris_file, wait_port)
 
 
 def main():
@@ -56,18 +56,21 @@ def main():
             port, admin = free_port(), free_port()
             uris = uris_file(tmp / "uris.txt", port, a.requests + a.warmup)
             cfg = shardcast_conf(tmp, port, admin, ports, catalog=not a.no_catalog, rf=a.rf)
-            ok, failed, total = callgrind_count(
+            ok, failed, total, bg = callgrind_count(
                 [b, "-c", str(cfg), "--upgrade-sock", str(tmp / "up.sock")], port, uris,
                 tmp / f"callgrind.{i}", a.warmup, a.requests, a.connections, keep=a.keep,
-                log=open(tmp / "vg.log", "a"))
-            results.append((b, ok, failed, total))
+                log=open(tmp / "vg.log", "a"), background=SHARDCAST_BACKGROUND)
+            results.append((b, ok, failed, total, bg))
         base = results[0][3] / max(results[0][1], 1)
         print(f"\n{a.requests} requests over {a.connections} connections after {a.warmup} warm-up\n")
-        print("| binary | succeeded | failed | instructions / request | ÷ first |")
-        print("|---|---:|---:|---:|---:|")
-        for b, ok, failed, total in results:
-            per = total / max(ok, 1)
-            print(f"| {b} | {ok} | {failed} | {per:,.0f} | {per / base:.3f} |")
+        print("| binary | succeeded | failed | instructions / request | ÷ first "
+              "| of which background loops | request path | ÷ first |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        path0 = (results[0][3] - results[0][4]) / max(results[0][1], 1)
+        for b, ok, failed, total, bg in results:
+            per, bgr = total / max(ok, 1), bg / max(ok, 1)
+            print(f"| {b} | {ok} | {failed} | {per:,.0f} | {per / base:.3f} | {bgr:,.0f} "
+                  f"| {per - bgr:,.0f} | {(per - bgr) / path0:.3f} |")
     finally:
         for p in procs:
             if p.poll() is None:

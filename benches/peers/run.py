@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import (callgrind_count, free_port, haproxy_conf, nginx_proxy_conf,  # noqa: E402
+from harness import (SHARDCAST_BACKGROUND, callgrind_count, free_port, haproxy_conf, nginx_proxy_conf,  # noqa: E402
                      origin_conf, shardcast_conf, uris_file, wait_port)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,8 +180,18 @@ sink = "file:{tmp}/telemetry.jsonl"
 interval_s = 1
 {shards}
 """)
-        sc = spawn([str(TARGET / "release/shardcast-proxy"), "-c", str(tmp / "shardcast.toml"),
-                    "--upgrade-sock", str(tmp / "upgrade.sock")], env=dict(os.environ, RUST_LOG="warn"))
+        sc = spawn([os.environ.get("SHARDCAST_BIN", str(TARGET / "release/shardcast-proxy")),
+                    "-c", str(tmp / "shardcast.toml"), "--upgrade-sock", str(tmp / "upgrade.sock")],
+                   env=dict(os.environ, RUST_LOG="warn"))
+        # SHARDCAST_OLD_BIN: another build beside it (before/after in one run).
+        old = None
+        if os.environ.get("SHARDCAST_OLD_BIN"):
+            old_port, old_admin = free_port(), free_port()
+            cfg = (tmp / "shardcast.toml").read_text().replace(f"127.0.0.1:{sc_port}", f"127.0.0.1:{old_port}")
+            (tmp / "old.toml").write_text(cfg.replace(f"127.0.0.1:{sc_admin}", f"127.0.0.1:{old_admin}")
+                                          .replace("telemetry.jsonl", "telemetry-old.jsonl"))
+            old = spawn([os.environ["SHARDCAST_OLD_BIN"], "-c", str(tmp / "old.toml"),
+                         "--upgrade-sock", str(tmp / "upgrade-old.sock")], env=dict(os.environ, RUST_LOG="warn"))
         # The smallest Pingora proxy doing the same job: shardcast's own
         # overhead is the difference.
         min_port = free_port()
@@ -195,6 +205,9 @@ interval_s = 1
         targets = [("direct", direct_port, None), ("shardcast", sc_port, sc.pid),
                    ("nginx", ngx_port, nginx.pid), ("haproxy", hap_port, hap.pid),
                    ("pingora-min", min_port, mini.pid)]
+        if old:
+            wait_port(old_port)
+            targets.append(("shardcast-old", old_port, old.pid))
         # warm-up
         for name, port, _ in targets:
             wrk(port, 2, a.connections, paths)
@@ -220,7 +233,7 @@ interval_s = 1
               f"{a.connections} connections, wrk -t1, {a.threads} worker(s) each")
         print("| target | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ nginx | CPU ÷ nginx |")
         print("|---|---|---|---|---|---|---|")
-        for n in ("direct", "shardcast", "pingora-min", "nginx", "haproxy"):
+        for n in [t[0] for t in targets]:
             m = med[n]
             cpu_ratio = m["cpu_us"] / ng["cpu_us"] if n != "direct" else float("nan")
             print(f"| {n} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['cpu_us']:.1f} | "
@@ -270,24 +283,30 @@ def callgrind_peers(a):
         for name in only:
             if name not in targets:
                 raise SystemExit(f"--only: no target {name} (have {', '.join(targets)})")
-        for i, name in enumerate(only):
+        for name in only:
             port = free_port()
             uris = uris_file(tmp / "uris.txt", port, a.requests + a.warmup)
-            ok, failed, total = callgrind_count(
+            ok, failed, total, bg = callgrind_count(
                 targets[name](port), port, uris, tmp / f"cg.{name}", a.warmup, a.requests,
-                16, keep=a.keep, log=open(tmp / "vg.log", "a"))
-            per = total / max(ok, 1)
-            rows.append((name, ok, failed, per))
-            print(f"{name:20} {ok} ok {failed} failed  {per:,.0f} instructions/request", flush=True)
-        per = {n: p for n, _, _, p in rows}
+                16, keep=a.keep, log=open(tmp / "vg.log", "a"),
+                background=SHARDCAST_BACKGROUND if name == "shardcast" else None)
+            per, bgr = total / max(ok, 1), bg / max(ok, 1)
+            rows.append((name, ok, failed, per, bgr))
+            print(f"{name:20} {ok} ok {failed} failed  {per:,.0f} instructions/request "
+                  f"({bgr:,.0f} in background loops)", flush=True)
+        per = {n: p for n, _, _, p, _ in rows}
         print(f"\ndate: {time.strftime('%Y-%m-%d %H:%M %Z')}  {a.requests} requests over 16 "
               f"connections after {a.warmup} warm-up, one worker each, callgrind (user space)")
-        print("| proxy | succeeded | failed | instructions / request | ÷ minimal Pingora | ÷ nginx |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for n, ok, failed, p in rows:
-            rm = f"{p / per['pingora-min']:.3f}" if "pingora-min" in per else "–"
-            rn = f"{p / per['nginx']:.2f}" if "nginx" in per else "–"
-            print(f"| {n} | {ok} | {failed} | {p:,.0f} | {rm} | {rn} |")
+        print("| proxy | succeeded | failed | instructions / request | of which shardcast's background "
+              "loops | ÷ minimal Pingora | ÷ minimal Pingora + timeouts | ÷ nginx | ÷ HAProxy |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+        def ratio(p, n, fmt):
+            return format(p / per[n], fmt) if n in per else "–"
+        for n, ok, failed, p, bgr in rows:
+            print(f"| {n} | {ok} | {failed} | {p:,.0f} | {bgr:,.0f} | {ratio(p, 'pingora-min', '.3f')} "
+                  f"| {ratio(p, 'pingora-min+timeouts', '.3f')} | {ratio(p, 'nginx', '.2f')} "
+                  f"| {ratio(p, 'haproxy', '.2f')} |")
     finally:
         if origin:
             origin.terminate()

@@ -152,6 +152,28 @@ mod tests {
         assert!(!raw_has_content_length(
             b"GET /content-length: HTTP/1.1\r\nHost: x\r\n\r\n"
         ));
+        let hosts = req(&[("host", "x"), ("accept", "*/*"), ("Host", "y")]);
+        assert_eq!(
+            check(&hosts, false, 16384, || false).unwrap_err().reason,
+            "more than one Host header"
+        );
+        assert_eq!(
+            check(&req(&[("host", "")]), false, 16384, || false)
+                .unwrap_err()
+                .reason,
+            "empty Host header"
+        );
+        let te2 = req(&[
+            ("host", "x"),
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert!(check(&te2, false, 16384, || false).is_err());
+        let h2_te = req(&[("transfer-encoding", "chunked")]);
+        assert!(check(&h2_te, true, 16384, || false).is_err());
+        // the raw head is read only when Transfer-Encoding is there
+        let plain = req(&[("host", "x"), ("content-length", "3")]);
+        assert!(check(&plain, false, 16384, || panic!("raw head read")).is_ok());
         let big = req(&[("host", "x"), ("x-big", &"a".repeat(20_000))]);
         assert_eq!(check(&big, false, 16384, || false).unwrap_err().status, 431);
     }
