@@ -315,22 +315,23 @@ impl ShardStats {
     /// [`crate::node::now_ms`]). Called about once a second by the
     /// dashboard sampler, off the request path.
     pub fn tick(&self, at_ms: u64) {
-        let hist = {
+        let latencies = {
             let mut w = self.window.lock();
             self.merge_slots(&mut w);
             if w.recent.is_empty() {
-                None
+                Vec::new()
             } else {
-                Some(std::mem::replace(&mut w.recent, new_hist()))
+                // In place: a new histogram each tick would be ~20 KiB
+                // allocated and zeroed per shard per second.
+                let v = w
+                    .recent
+                    .iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                    .collect();
+                w.recent.reset();
+                v
             }
         };
-        let latencies = hist
-            .map(|h| {
-                h.iter_recorded()
-                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let t = Tick {
             at_ms,
             counts: self.totals(),
