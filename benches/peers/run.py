@@ -10,8 +10,21 @@ request (utime+stime from /proc over the run ÷ requests) and ratios to
 nginx. shardcast runs with every data-plane feature on (telemetry to a file
 sink, response headers, health checks, retries).
 
-Usage: benches/peers/run.py [--rounds 3] [--seconds 8] [--connections 32]
-Only loopback addresses are used; every run is bounded by --seconds.
+With --threads N every proxy runs N workers (nginx N worker processes,
+HAProxy N threads, shardcast and the minimal Pingora proxy N threads).
+
+With --callgrind, instead: user-space instructions per request under
+valgrind's callgrind for shardcast, the minimal Pingora proxy (same
+allocator, mimalloc), nginx and HAProxy doing the same job (harness.py:
+GET /inventory/{sku}, a random sku of 100,000, four upstream nodes, sticky
+by sku, one worker, keep-alive both sides; 1,000 warm-up requests, counters
+zeroed, exactly 10,000 requests over 16 connections), and the ratios. These
+counts repeat within 1 % on a loaded machine; CPU time does not.
+
+Usage: benches/peers/run.py [--rounds 3] [--seconds 8] [--connections 32] [--threads 1]
+       benches/peers/run.py --callgrind [--requests 10000] [--warmup 1000] [--keep DIR]
+Only loopback addresses are used; every run is bounded by --seconds or
+--requests.
 """
 import argparse
 import os
@@ -26,7 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import free_port, origin_conf, wait_port  # noqa: E402
+from harness import (SHARDCAST_BACKGROUND, callgrind_count, free_port, haproxy_conf, nginx_proxy_conf,  # noqa: E402
+                     origin_conf, shardcast_conf, uris_file, wait_port)
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/shardcast/target"))
@@ -91,7 +105,17 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="workers per proxy")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per request instead")
+    ap.add_argument("--requests", type=int, default=10000)
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--keep", help="--callgrind: copy the profiles here")
+    ap.add_argument("--only", help="--callgrind: comma-separated subset of targets")
     a = ap.parse_args()
+    if a.callgrind:
+        # Measures the binaries as built (SHARDCAST_BIN, MINIMAL_BIN or the
+        # release builds in CARGO_TARGET_DIR); never builds.
+        return callgrind_peers(a)
     for tool in ("wrk", "nginx", "haproxy"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run scripts/setup")
@@ -119,48 +143,12 @@ def main():
             wait_port(p)
         direct_port = origin_ports[0]
 
-        # nginx as the routing proxy: consistent hash on the sku.
+        # nginx and HAProxy: consistent hash on the sku.
         ngx_port = free_port()
-        ups = "\n".join(f"server 127.0.0.1:{p};" for p in origin_ports)
-        (tmp / "nginx.conf").write_text(f"""
-worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream nodes {{ hash $sku consistent; {ups} keepalive 128; keepalive_requests 1000000; }}
-  server {{
-    listen 127.0.0.1:{ngx_port} backlog=4096; keepalive_requests 1000000;
-    location ~ ^/inventory/(?<sku>[^/?]+) {{
-      proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection "";
-    }}
-  }}
-}}""")
-        nginx = spawn(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
-
-        # HAProxy: consistent hash on the path's sku segment.
+        nginx = spawn(["nginx", "-c", str(nginx_proxy_conf(tmp, ngx_port, origin_ports, a.threads)),
+                       "-p", str(tmp)])
         hap_port = free_port()
-        srv = "\n".join(f"  server n{i} 127.0.0.1:{p}" for i, p in enumerate(origin_ports))
-        (tmp / "haproxy.cfg").write_text(f"""
-global
-  nbthread 1
-  tune.bufsize 16384
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{hap_port}
-  default_backend nodes
-backend nodes
-  balance hash path,field(3,/)
-  hash-type consistent
-  default-server pool-purge-delay 60s
-{srv}
-""")
-        hap = spawn(["haproxy", "-f", str(tmp / "haproxy.cfg")])
+        hap = spawn(["haproxy", "-f", str(haproxy_conf(tmp, hap_port, origin_ports, a.threads))])
 
         # shardcast with its features on.
         sc_port, sc_admin = free_port(), free_port()
@@ -178,7 +166,7 @@ response_headers = true
 [listen]
 http = ["127.0.0.1:{sc_port}"]
 admin = "127.0.0.1:{sc_admin}"
-threads = 1
+threads = {a.threads}
 {nodes}
 [[routes]]
 name = "inventory"
@@ -192,12 +180,23 @@ sink = "file:{tmp}/telemetry.jsonl"
 interval_s = 1
 {shards}
 """)
-        sc = spawn([str(TARGET / "release/shardcast-proxy"), "-c", str(tmp / "shardcast.toml"),
-                    "--upgrade-sock", str(tmp / "upgrade.sock")], env=dict(os.environ, RUST_LOG="warn"))
+        sc = spawn([os.environ.get("SHARDCAST_BIN", str(TARGET / "release/shardcast-proxy")),
+                    "-c", str(tmp / "shardcast.toml"), "--upgrade-sock", str(tmp / "upgrade.sock")],
+                   env=dict(os.environ, RUST_LOG="warn"))
+        # SHARDCAST_OLD_BIN: another build beside it (before/after in one run).
+        old = None
+        if os.environ.get("SHARDCAST_OLD_BIN"):
+            old_port, old_admin = free_port(), free_port()
+            cfg = (tmp / "shardcast.toml").read_text().replace(f"127.0.0.1:{sc_port}", f"127.0.0.1:{old_port}")
+            (tmp / "old.toml").write_text(cfg.replace(f"127.0.0.1:{sc_admin}", f"127.0.0.1:{old_admin}")
+                                          .replace("telemetry.jsonl", "telemetry-old.jsonl"))
+            old = spawn([os.environ["SHARDCAST_OLD_BIN"], "-c", str(tmp / "old.toml"),
+                         "--upgrade-sock", str(tmp / "upgrade-old.sock")], env=dict(os.environ, RUST_LOG="warn"))
         # The smallest Pingora proxy doing the same job: shardcast's own
         # overhead is the difference.
         min_port = free_port()
-        mini = spawn([str(TARGET / "release/examples/minimal_pingora"), f"127.0.0.1:{min_port}"]
+        mini = spawn([str(TARGET / "release/examples/minimal_pingora"), "--threads", str(a.threads),
+                      f"127.0.0.1:{min_port}"]
                      + [f"127.0.0.1:{p}" for p in origin_ports])
         for p in (ngx_port, hap_port, sc_port, min_port):
             wait_port(p)
@@ -206,6 +205,9 @@ interval_s = 1
         targets = [("direct", direct_port, None), ("shardcast", sc_port, sc.pid),
                    ("nginx", ngx_port, nginx.pid), ("haproxy", hap_port, hap.pid),
                    ("pingora-min", min_port, mini.pid)]
+        if old:
+            wait_port(old_port)
+            targets.append(("shardcast-old", old_port, old.pid))
         # warm-up
         for name, port, _ in targets:
             wrk(port, 2, a.connections, paths)
@@ -228,10 +230,10 @@ interval_s = 1
         ng = med["nginx"]
         print()
         print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}  rounds: {a.rounds} x {a.seconds}s, "
-              f"{a.connections} connections, wrk -t1, one worker each")
+              f"{a.connections} connections, wrk -t1, {a.threads} worker(s) each")
         print("| target | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ nginx | CPU ÷ nginx |")
         print("|---|---|---|---|---|---|---|")
-        for n in ("direct", "shardcast", "pingora-min", "nginx", "haproxy"):
+        for n in [t[0] for t in targets]:
             m = med[n]
             cpu_ratio = m["cpu_us"] / ng["cpu_us"] if n != "direct" else float("nan")
             print(f"| {n} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['cpu_us']:.1f} | "
@@ -250,6 +252,66 @@ interval_s = 1
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def callgrind_peers(a):
+    """Instructions per request of every proxy doing the same job."""
+    for tool in ("valgrind", "callgrind_control", "h2load", "nginx", "haproxy"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} missing: apt-get install valgrind nghttp2-client nginx haproxy")
+    tmp = Path(tempfile.mkdtemp(prefix="shardcast-peers-cg-"))
+    origin = None
+    rows = []
+    try:
+        ports = [free_port() for _ in range(4)]
+        origin = subprocess.Popen(["nginx", "-c", str(origin_conf(tmp, ports)), "-p", str(tmp)])
+        for p in ports:
+            wait_port(p)
+        sc = os.environ.get("SHARDCAST_BIN", str(TARGET / "release/shardcast-proxy"))
+        mini = os.environ.get("MINIMAL_BIN", str(TARGET / "release/examples/minimal_pingora"))
+        targets = {
+            "shardcast": lambda port: [sc, "-c", str(shardcast_conf(tmp, port, free_port(), ports)),
+                                       "--upgrade-sock", str(tmp / f"up-{port}.sock")],
+            "pingora-min": lambda port: [mini, f"127.0.0.1:{port}", *(f"127.0.0.1:{p}" for p in ports)],
+            # the same with shardcast's upstream timeouts (Pingora's timers)
+            "pingora-min+timeouts": lambda port: [mini, "--timeouts", f"127.0.0.1:{port}",
+                                                  *(f"127.0.0.1:{p}" for p in ports)],
+            "nginx": lambda port: ["nginx", "-c", str(nginx_proxy_conf(tmp, port, ports)), "-p", str(tmp)],
+            "haproxy": lambda port: ["haproxy", "-db", "-f", str(haproxy_conf(tmp, port, ports))],
+        }
+        only = a.only.split(",") if a.only else list(targets)
+        for name in only:
+            if name not in targets:
+                raise SystemExit(f"--only: no target {name} (have {', '.join(targets)})")
+        for name in only:
+            port = free_port()
+            uris = uris_file(tmp / "uris.txt", port, a.requests + a.warmup)
+            ok, failed, total, bg = callgrind_count(
+                targets[name](port), port, uris, tmp / f"cg.{name}", a.warmup, a.requests,
+                16, keep=a.keep, log=open(tmp / "vg.log", "a"),
+                background=SHARDCAST_BACKGROUND if name == "shardcast" else None)
+            per, bgr = total / max(ok, 1), bg / max(ok, 1)
+            rows.append((name, ok, failed, per, bgr))
+            print(f"{name:20} {ok} ok {failed} failed  {per:,.0f} instructions/request "
+                  f"({bgr:,.0f} in background loops)", flush=True)
+        per = {n: p for n, _, _, p, _ in rows}
+        print(f"\ndate: {time.strftime('%Y-%m-%d %H:%M %Z')}  {a.requests} requests over 16 "
+              f"connections after {a.warmup} warm-up, one worker each, callgrind (user space)")
+        print("| proxy | succeeded | failed | instructions / request | of which shardcast's background "
+              "loops | ÷ minimal Pingora | ÷ minimal Pingora + timeouts | ÷ nginx | ÷ HAProxy |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+        def ratio(p, n, fmt):
+            return format(p / per[n], fmt) if n in per else "–"
+        for n, ok, failed, p, bgr in rows:
+            print(f"| {n} | {ok} | {failed} | {p:,.0f} | {bgr:,.0f} | {ratio(p, 'pingora-min', '.3f')} "
+                  f"| {ratio(p, 'pingora-min+timeouts', '.3f')} | {ratio(p, 'nginx', '.2f')} "
+                  f"| {ratio(p, 'haproxy', '.2f')} |")
+    finally:
+        if origin:
+            origin.terminate()
+            origin.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@
 //! Cost: one timer per connection, reset at most once per request phase;
 //! writes between requests only set a flag (the idle timer is pushed out
 //! lazily when it fires), so a keep-alive request costs two timer resets.
+//! The timer is polled only by a read that has to wait: a deadline is
+//! enforced at the connection's next wait, not at every read.
 
 use std::fmt;
 use std::future::Future;
@@ -150,7 +152,9 @@ impl<T> DeadlineIo<T> {
         self.phase = Phase::Expired(how);
     }
 
-    /// Advance the phase over bytes just read.
+    /// Advance the phase over bytes just read. The timer is reset once,
+    /// for the phase the bytes end in (a head that arrives whole goes from
+    /// idle to body with one reset).
     fn observe(&mut self, data: &[u8]) {
         if data.is_empty() {
             return;
@@ -158,10 +162,18 @@ impl<T> DeadlineIo<T> {
         match self.phase {
             Phase::Idle => {
                 self.phase = Phase::Head(0);
-                self.sleep.as_mut().reset(Instant::now() + self.d.header);
-                self.scan_head(data);
+                let d = if self.scan_head(data) {
+                    self.d.body
+                } else {
+                    self.d.header
+                };
+                self.sleep.as_mut().reset(Instant::now() + d);
             }
-            Phase::Head(_) => self.scan_head(data),
+            Phase::Head(_) => {
+                if self.scan_head(data) {
+                    self.sleep.as_mut().reset(Instant::now() + self.d.body);
+                }
+            }
             Phase::Preface(left) => {
                 let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
                 self.phase = if n >= left {
@@ -175,9 +187,10 @@ impl<T> DeadlineIo<T> {
     }
 
     /// Find the end of a request head: an empty line, CRLF or bare LF.
-    fn scan_head(&mut self, data: &[u8]) {
+    /// `true` when the head ended (the phase is then `Body`).
+    fn scan_head(&mut self, data: &[u8]) -> bool {
         let Phase::Head(mut s) = self.phase else {
-            return;
+            return false;
         };
         // s: 0 inside a line, 1 just after a line end, 2 after LF then CR.
         let mut i = 0;
@@ -198,8 +211,7 @@ impl<T> DeadlineIo<T> {
             s = match (s, b) {
                 (1 | 2, b'\n') => {
                     self.phase = Phase::Body;
-                    self.sleep.as_mut().reset(Instant::now() + self.d.body);
-                    return;
+                    return true;
                 }
                 (_, b'\n') => 1,
                 (1, b'\r') => 2,
@@ -207,6 +219,7 @@ impl<T> DeadlineIo<T> {
             };
         }
         self.phase = Phase::Head(s);
+        false
     }
 
     /// The response is being written.
@@ -266,6 +279,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                 return Poll::Ready(Err(timed_out("client write deadline")))
             }
             Phase::Expired(_) => return Poll::Ready(Err(timed_out("request deadline"))),
+            Phase::Idle | Phase::Head(_) | Phase::Body | Phase::Preface(_) => {}
+        }
+        // Read first: bytes that are there are taken (and move the phase
+        // on); the deadline matters only when the read has to wait, so the
+        // timer is polled (its waker registered) only then. A connection
+        // past its deadline is still cut at its next wait — before the
+        // client can send more.
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                if filled.len() > before {
+                    this.observe(&filled[before..]);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        match this.phase {
             Phase::Idle => {
                 while this.sleep.as_mut().poll(cx).is_ready() {
                     if this.wrote {
@@ -290,16 +323,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                     return Poll::Ready(Err(timed_out(what)));
                 }
             }
+            Phase::Off | Phase::Expired(_) => {}
         }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let filled = buf.filled();
-            if filled.len() > before {
-                this.observe(&filled[before..]);
-            }
-        }
-        r
+        Poll::Pending
     }
 }
 

@@ -44,7 +44,7 @@ fn framing(c: &mut Criterion) {
                 black_box(&r),
                 false,
                 16384,
-                false,
+                || false,
             ))
         })
     });

@@ -111,6 +111,9 @@ struct HeadScan {
 
 const H2_REQUEST_LINE: &[u8; 14] = b"PRI * HTTP/2.0";
 
+/// The fields the head scan reads, lower case.
+const READ_FIELDS: [&[u8]; 3] = [b"transfer-encoding", b"content-length", b"upgrade"];
+
 fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
@@ -177,6 +180,13 @@ impl HeadScan {
             } else if self.name_len < self.name.len() {
                 self.name[self.name_len] = b.to_ascii_lowercase();
                 self.name_len += 1;
+                let name = &self.name[..self.name_len];
+                if !READ_FIELDS.iter().any(|f| f.starts_with(name)) {
+                    // No longer the start of a field this scan reads
+                    // (`user-agent` after `us`): skip the rest of the line.
+                    self.in_value = true;
+                    self.field = Some(Field::Other);
+                }
             } else {
                 self.name_over = true;
             }

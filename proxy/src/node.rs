@@ -13,10 +13,19 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use shardmap::NodeHealth;
 
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// Milliseconds on a process-local monotonic clock.
 pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `t`: for a caller that has just read the clock (the
+/// request path reads it once per request, not once per use).
+pub fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
 }
 
 #[derive(Debug, Default)]

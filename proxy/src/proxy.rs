@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -31,6 +32,8 @@ use crate::telemetry::Outcome;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_TRIED: usize = 8;
 const SKU_INLINE: usize = 48;
+/// The node's cache verdict; a constant name, so the lookup skips parsing it.
+static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 
 /// Where the request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,9 @@ enum Pool {
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
+    /// `start` as [`crate::node::now_ms`]: the request's one clock read
+    /// serves the retry budget and the first replica choice.
+    start_ms: u64,
     snap: Option<Arc<Snapshot>>,
     pool: Pool,
     node: Option<NodeIdx>,
@@ -209,9 +215,17 @@ fn is_idempotent(req: &RequestHeader) -> bool {
 impl ProxyHttp for ShardProxy {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default adds a response compression
+    /// module, disabled, that still builds its context and runs its
+    /// filters on every request; nodes answer small JSON bodies and
+    /// shardcast never compresses them.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
+        let start = Instant::now();
         Ctx {
-            start: Instant::now(),
+            start,
+            start_ms: crate::node::ms_at(start),
             snap: None,
             pool: Pool::None,
             node: None,
@@ -228,7 +242,7 @@ impl ProxyHttp for ShardProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let shared = &self.shared;
         shared.counters.requests.fetch_add(1, Relaxed);
-        shared.retry_budget.on_request();
+        shared.retry_budget.on_request_at(ctx.start_ms);
         let snap = shared.snapshot.load_full();
         // Pingora bounds each read between requests by its keep-alive
         // (60 s by default); the connection's own idle deadline must be the
@@ -238,17 +252,16 @@ impl ProxyHttp for ShardProxy {
             session.set_keepalive(Some(keepalive.as_secs() + 1));
         }
         let h2 = session.is_http2();
-        let raw_cl = !h2
-            && session
-                .req_header()
-                .headers
-                .contains_key(http::header::TRANSFER_ENCODING)
-            && session
-                .as_downstream()
+        // The raw head is read only for an HTTP/1 request that has
+        // Transfer-Encoding (where Pingora drops a parsed Content-Length).
+        let downstream = session.as_downstream();
+        let raw_cl = || {
+            downstream
                 .as_http1()
-                .is_some_and(|s| framing::raw_has_content_length(&s.get_headers_raw_bytes()));
+                .is_some_and(|s| framing::raw_has_content_length(&s.get_headers_raw_bytes()))
+        };
         if let Err(bad) = framing::check(
-            session.req_header(),
+            downstream.req_header(),
             h2,
             snap.config.max_header_bytes,
             raw_cl,
@@ -344,7 +357,11 @@ impl ProxyHttp for ShardProxy {
                     .fetch_add(1, Relaxed);
             }
         }
-        let now = now_ms();
+        let now = if ctx.ntried == 0 {
+            ctx.start_ms
+        } else {
+            now_ms()
+        };
         let tried = &ctx.tried[..ctx.ntried];
         let (serving, draining, replicas) = self.candidates(&snap, ctx.pool);
         let pick = self
@@ -408,7 +425,7 @@ impl ProxyHttp for ShardProxy {
         } else {
             rt.record_success();
         }
-        ctx.cache_hit = match resp.headers.get("x-cache").map(|v| v.as_bytes()) {
+        ctx.cache_hit = match resp.headers.get(&X_CACHE).map(|v| v.as_bytes()) {
             Some(v) if v.eq_ignore_ascii_case(b"hit") => Some(true),
             Some(v) if v.eq_ignore_ascii_case(b"miss") => Some(false),
             _ => None,

@@ -60,8 +60,8 @@ pub struct RetryBudget {
 
 impl RetryBudget {
     #[inline]
-    fn roll(&self) {
-        let w = now_ms() / 1000;
+    fn roll(&self, now_ms: u64) {
+        let w = now_ms / 1000;
         let cur = self.window.load(Relaxed);
         if cur != w
             && self
@@ -76,13 +76,19 @@ impl RetryBudget {
 
     #[inline]
     pub fn on_request(&self) {
-        self.roll();
+        self.on_request_at(now_ms());
+    }
+
+    /// [`RetryBudget::on_request`] at `now_ms` ([`crate::node::now_ms`]).
+    #[inline]
+    pub fn on_request_at(&self, now_ms: u64) {
+        self.roll(now_ms);
         self.requests.fetch_add(1, Relaxed);
     }
 
     /// Take one retry from the budget, if any is left.
     pub fn try_retry(&self, ratio: f64, min_per_second: u32) -> bool {
-        self.roll();
+        self.roll(now_ms());
         let allowed = min_per_second as u64 + (self.requests.load(Relaxed) as f64 * ratio) as u64;
         let used = self.retries.fetch_add(1, Relaxed);
         if used < allowed {

@@ -1,14 +1,21 @@
-//! Per-shard request telemetry: recorded on the request path (atomics plus
-//! one short lock for the latency histogram), exported every interval as a
-//! [`shardmap::telemetry::Frame`] by a background task.
+//! Per-shard request telemetry: recorded on the request path, exported
+//! every interval as a [`shardmap::telemetry::Frame`] by a background task.
+//!
+//! The request path takes no lock that another worker takes: counters are
+//! atomics, and latencies and sampled skus go to the recording worker's own
+//! window ([`SLOTS`] per shard, one per worker thread, each behind its own
+//! uncontended lock). The background tasks merge the windows once per tick
+//! and per export ([`ShardStats::tick`], [`ShardStats::take_sample`]), so
+//! the merge costs per shard and per second, not per request.
 //!
 //! The request path never waits on the sink: frames go through a bounded
 //! queue; when it is full (sink down or slow) the oldest frame is dropped and
 //! counted, and the next frame says how many were lost.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +58,19 @@ impl TopK {
         }
     }
 
+    /// Move every counter of `other` into this one (bounded like `add`).
+    fn absorb(&mut self, other: &mut TopK) {
+        for (sku, c) in other.counts.drain() {
+            if let Some(n) = self.counts.get_mut(&sku) {
+                *n += c;
+            } else if self.counts.len() < self.cap {
+                self.counts.insert(sku, c);
+            } else {
+                self.add(&sku, c);
+            }
+        }
+    }
+
     fn take(&mut self, k: usize) -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = self.counts.drain().map(|(s, c)| (s.into(), c)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -59,13 +79,54 @@ impl TopK {
     }
 }
 
+/// What the background tasks hold between merges.
 #[derive(Debug)]
 struct Window {
+    /// Since the last exported frame.
     hist: Histogram<u64>,
     /// Since the last dashboard tick (independent of the export interval,
     /// which may be a minute or more).
     recent: Histogram<u64>,
     top: TopK,
+}
+
+/// Per-worker windows per shard. A worker thread takes slot
+/// `its number % SLOTS`; two workers share a slot (and its lock) only past
+/// this many threads.
+pub const SLOTS: usize = 8;
+
+/// One worker's window of a shard: latencies and sampled skus since the
+/// last merge. The histogram is made on the slot's first request (a worker
+/// that never serves a shard costs it nothing).
+#[derive(Debug, Default)]
+struct Slot {
+    hist: Option<Histogram<u64>>,
+    top: TopK,
+}
+
+/// Cache-line aligned, so two workers' slots never share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(Mutex<Slot>);
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's slot, numbered on its first request.
+#[inline]
+fn my_slot() -> usize {
+    MY_SLOT.with(|c| {
+        let s = c.get();
+        if s != usize::MAX {
+            return s;
+        }
+        let s = NEXT_SLOT.fetch_add(1, Relaxed) % SLOTS;
+        c.set(s);
+        s
+    })
 }
 
 /// Dashboard ticks kept per shard: with one tick a second, rates and
@@ -137,7 +198,9 @@ pub struct ShardStats {
     pub bytes: AtomicU64,
     /// Since start, for /metrics.
     lifetime: Mutex<Histogram<u64>>,
-    /// Since the last exported frame.
+    /// Written by the request path, one per worker.
+    slots: [Padded; SLOTS],
+    /// The slots merged; only the background tasks lock it.
     window: Mutex<Window>,
     /// Counter values at the last export.
     exported: Mutex<[u64; 5]>,
@@ -166,6 +229,15 @@ impl ShardStats {
             cache_misses: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             lifetime: Mutex::new(new_hist()),
+            slots: std::array::from_fn(|_| {
+                Padded(Mutex::new(Slot {
+                    hist: None,
+                    top: TopK {
+                        cap: (top_k * 4).max(8),
+                        counts: HashMap::new(),
+                    },
+                }))
+            }),
             window: Mutex::new(Window {
                 hist: new_hist(),
                 recent: new_hist(),
@@ -179,7 +251,8 @@ impl ShardStats {
         }
     }
 
-    /// Called once per request from the logging phase.
+    /// Called once per request from the logging phase: atomics, and one
+    /// histogram record in this worker's own slot.
     #[inline]
     pub fn record(&self, o: Outcome<'_>) {
         let n = self.requests.fetch_add(1, Relaxed);
@@ -197,12 +270,25 @@ impl ShardStats {
         }
         self.bytes.fetch_add(o.bytes, Relaxed);
         let us = o.latency_us.clamp(1, 60_000_000);
-        {
-            let mut w = self.window.lock();
-            let _ = w.hist.record(us);
-            let _ = w.recent.record(us);
-            if n % TOPK_SAMPLE == 0 && !o.sku.is_empty() {
-                w.top.add(o.sku, TOPK_SAMPLE);
+        let mut slot = self.slots[my_slot()].0.lock();
+        let _ = slot.hist.get_or_insert_with(new_hist).record(us);
+        if n % TOPK_SAMPLE == 0 && !o.sku.is_empty() {
+            slot.top.add(o.sku, TOPK_SAMPLE);
+        }
+    }
+
+    /// Move every worker's window into the merged one. Off the request
+    /// path: each slot is locked just long enough to add its histogram.
+    fn merge_slots(&self, w: &mut Window) {
+        for slot in &self.slots {
+            let mut slot = slot.0.lock();
+            if let Some(h) = slot.hist.as_mut().filter(|h| !h.is_empty()) {
+                let _ = w.hist.add(&*h);
+                let _ = w.recent.add(&*h);
+                h.reset();
+            }
+            if !slot.top.counts.is_empty() {
+                w.top.absorb(&mut slot.top);
             }
         }
     }
@@ -229,21 +315,23 @@ impl ShardStats {
     /// [`crate::node::now_ms`]). Called about once a second by the
     /// dashboard sampler, off the request path.
     pub fn tick(&self, at_ms: u64) {
-        let hist = {
+        let latencies = {
             let mut w = self.window.lock();
+            self.merge_slots(&mut w);
             if w.recent.is_empty() {
-                None
+                Vec::new()
             } else {
-                Some(std::mem::replace(&mut w.recent, new_hist()))
+                // In place: a new histogram each tick would be ~20 KiB
+                // allocated and zeroed per shard per second.
+                let v = w
+                    .recent
+                    .iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                    .collect();
+                w.recent.reset();
+                v
             }
         };
-        let latencies = hist
-            .map(|h| {
-                h.iter_recorded()
-                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let t = Tick {
             at_ms,
             counts: self.totals(),
@@ -291,6 +379,7 @@ impl ShardStats {
         ];
         let (hist, top) = {
             let mut w = self.window.lock();
+            self.merge_slots(&mut w);
             let h = std::mem::replace(&mut w.hist, new_hist());
             let top = w.top.take(top_k);
             (h, top)
@@ -507,6 +596,63 @@ mod tests {
         assert_eq!((r.requests, h.len()), (0, 0));
         assert_eq!(r.requests_per_s(), Some(0.0));
         assert_eq!(r.hit_rate(), None);
+    }
+
+    fn outcome(i: u64) -> Outcome<'static> {
+        Outcome {
+            sku: ["hot", "warm", "cold"][(i % 7).min(2) as usize],
+            error: i % 50 == 0,
+            cache_hit: Some(i % 4 != 0),
+            bytes: 10 + i % 3,
+            latency_us: 100 + (i * 37) % 5_000,
+        }
+    }
+
+    /// The per-worker windows, merged at export, give what one worker
+    /// recording everything gives.
+    #[test]
+    fn windows_of_many_threads_merge_to_the_same_counts() {
+        const N: u64 = 8_000;
+        let one = ShardStats::new("UK/X", 3);
+        for i in 0..N {
+            one.record(outcome(i));
+        }
+        let many = Arc::new(ShardStats::new("UK/X", 3));
+        many.tick(0);
+        // more threads than slots: shared slots must merge right too
+        let threads = SLOTS as u64 + 3;
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let m = many.clone();
+                std::thread::spawn(move || {
+                    for i in (t..N).step_by(threads as usize) {
+                        m.record(outcome(i));
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        // the dashboard's window sees every latency
+        many.tick(1_000);
+        let mut h = latency_histogram();
+        let r = many.recent(Some(&mut h));
+        assert_eq!((r.requests, h.len()), (N, N));
+        let (a, b) = (one.take_sample(3).unwrap(), many.take_sample(3).unwrap());
+        assert_eq!(
+            (a.requests, a.errors, a.cache_hits, a.cache_misses, a.bytes),
+            (b.requests, b.errors, b.cache_hits, b.cache_misses, b.bytes)
+        );
+        assert_eq!(a.latency, b.latency);
+        assert_eq!(b.latency.count, N);
+        // sampled skus: which record a sample lands on depends on the
+        // interleaving, but the totals and the hottest do not
+        let total = |v: &[(String, u64)]| v.iter().map(|t| t.1).sum::<u64>();
+        assert_eq!(total(&a.top_skus), total(&b.top_skus));
+        assert_eq!(b.top_skus[0].0, "cold");
+        let (_, lifetime, _) = many.cumulative_buckets(&[1_000_000]);
+        assert_eq!(lifetime, N);
     }
 
     #[test]
