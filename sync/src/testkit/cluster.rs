@@ -300,7 +300,43 @@ impl RedisCluster {
         self.spawn(i);
     }
 
-    /// The client and bus ports of every node.
+    /// The port of the live replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        eventually(Duration::from_secs(10), "a replica of the master", || {
+            self.alive().filter(|p| *p != master).find(|p| {
+                let role = self.cli(*p, &["ROLE"]);
+                let mut l = role.lines();
+                l.next() == Some("slave") && l.nth(1) == Some(master.to_string().as_str())
+            })
+        })
+    }
+
+    fn signal(&self, port: u16, sig: &str) {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.child.as_ref())
+            .map(|c| c.id())
+            .expect("a running node of this cluster");
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// `kill -STOP` the node on `port`: it reads nothing until resumed.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "-STOP");
+    }
+
+    /// `kill -CONT` after [`RedisCluster::pause`].
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "-CONT");
+    }
+
+    /// The client port of every node.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
     }
