@@ -122,7 +122,7 @@ impl RedisCluster {
             .args(["--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()])
             .args(["--cluster-replica-validity-factor", "0"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", "redis.log"])
             .arg("--dir")
             .arg(&n.dir)
             .stdout(Stdio::null())
@@ -272,10 +272,18 @@ impl RedisCluster {
     /// the cluster is `ok` again; returns its port and how long it took.
     pub fn wait_promoted(&self, slot: u16, old: u16, timeout: Duration) -> (u16, Duration) {
         let start = Instant::now();
-        let port = eventually(timeout, "a replica promoted for the slot", || {
-            let m = self.master_of_slot(slot).filter(|m| *m != old)?;
-            self.cli(m, &["ROLE"]).starts_with("master").then_some(m)
-        });
+        let port = loop {
+            let m = self.master_of_slot(slot).filter(|m| *m != old);
+            if let Some(m) = m.filter(|m| self.cli(*m, &["ROLE"]).starts_with("master")) {
+                break m;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no replica promoted for slot {slot} within {timeout:?}:\n{}",
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let took = start.elapsed();
         eventually(timeout, "cluster_state:ok after failover", || {
             self.alive()
@@ -298,6 +306,23 @@ impl RedisCluster {
             .expect("a node of this cluster");
         assert!(self.nodes[i].child.is_none(), "node {port} is running");
         self.spawn(i);
+    }
+
+    /// Every live node's view of the cluster and the end of its log (for
+    /// failure messages).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let log = std::fs::read_to_string(n.dir.join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            out += &format!(
+                "--- node {} sees:\n{}--- its log:\n{}\n",
+                n.port,
+                self.cli(n.port, &["CLUSTER", "NODES"]),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        out
     }
 
     /// The port of the live replica of the master on `master`.
