@@ -273,6 +273,7 @@ fn lineage(log: &[Sent]) -> Lineage {
 }
 
 struct Failover {
+    /// Kill to promotion.
     took: Duration,
     lineage: Lineage,
     progress: Progress,
@@ -302,6 +303,20 @@ async fn failover(wait: &str, pause_replica: bool) -> Failover {
         inner: inner.clone(),
         log: Mutex::new(vec![]),
     });
+    // A node serving from the cluster all along.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let n = Node::new(
+        p.clone(),
+        inner.clone(),
+        default_shards(),
+        NodeSettings::default(),
+        Arc::new(Metrics::default()),
+    );
+    tokio::spawn(node::run(listener, n, shutdown.clone()));
+    let http = reqwest::Client::new();
+    wait_ready(&http, &base).await;
     // ~20 rows a batch at ~60 KB/s: about ten seconds of transfer.
     let params = TransferParams {
         batch_rows: 20,
@@ -333,9 +348,9 @@ async fn failover(wait: &str, pause_replica: bool) -> Failover {
         .into();
     let deleted = (live[7].sku.clone(), live[7].region.clone());
     let committed = |rec: &Recorder| lineage(&rec.log.lock()).chain.len();
-    eventually_async(Duration::from_secs(60), "a tenth of the batches", || {
+    eventually_async(Duration::from_secs(60), "a quarter of the batches", || {
         let n = committed(&rec);
-        async move { (n > 5).then_some(()) }
+        async move { (n >= 40).then_some(()) }
     })
     .await;
     let mut changes: Vec<Change> = changed
@@ -387,6 +402,22 @@ async fn failover(wait: &str, pause_replica: bool) -> Failover {
     .await;
     assert!(!transfer.is_finished(), "the kill comes mid-transfer");
     let at_kill = lineage(&rec.log.lock()).chain.last().unwrap().1;
+    // Requests keep being answered through the failover.
+    let probing = CancellationToken::new();
+    let prober = {
+        let (http, stop) = (http.clone(), probing.clone());
+        let url = format!("{base}/inventory/{}?region={}", live[1].sku, live[1].region);
+        tokio::spawn(async move {
+            let mut seen = vec![];
+            while !stop.is_cancelled() {
+                let t = Instant::now();
+                let status = http.get(&url).send().await.map(|r| r.status().as_u16());
+                seen.push((status.unwrap_or(0), t.elapsed()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        })
+    };
     let took = tokio::task::block_in_place(|| {
         rc.kill(master);
         if pause_replica {
@@ -398,7 +429,22 @@ async fn failover(wait: &str, pause_replica: bool) -> Failover {
         rc.restart(master);
         took
     });
-    eprintln!("killed {master} at cursor {at_kill}; {replica} promoted after {took:?}");
+    probing.cancel();
+    let seen = prober.await.unwrap();
+    let slowest = seen.iter().map(|s| s.1).max().unwrap();
+    eprintln!(
+        "killed {master} at cursor {at_kill}; {replica} promoted after {took:?}; \
+         {} requests meanwhile, slowest {slowest:?}",
+        seen.len()
+    );
+    assert!(
+        seen.iter().all(|s| s.0 == 200),
+        "answered through the failover: {seen:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a request waited {slowest:?}"
+    );
     let progress = tokio::time::timeout(Duration::from_secs(120), transfer)
         .await
         .expect("the transfer finishes after the failover")
@@ -419,20 +465,7 @@ async fn failover(wait: &str, pause_replica: bool) -> Failover {
     assert_eq!(l.chain.first().map(|b| b.0), Some(0));
     assert_eq!(l.chain.last().map(|b| b.1), cursor);
 
-    // Served through a node from the promoted master.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let n = Node::new(
-        p.clone(),
-        inner.clone(),
-        default_shards(),
-        NodeSettings::default(),
-        Arc::new(Metrics::default()),
-    );
-    tokio::spawn(node::run(listener, n, shutdown.clone()));
-    let http = reqwest::Client::new();
-    wait_ready(&http, &base).await;
+    // Served through the node from the promoted master.
     for (sku, region) in &changed {
         let (status, xc, j) =
             get_json(&http, &format!("{base}/inventory/{sku}?region={region}")).await;

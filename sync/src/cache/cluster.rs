@@ -41,6 +41,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The deadline of a node's read (and fill) on the request path: past it
+/// the node answers from the provider, so a failover costs a request at
+/// most this much extra rather than the whole failover.
+pub const REQUEST_DEADLINE: Duration = Duration::from_millis(500);
+
 /// A parsed `redis+cluster://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterUrl {

@@ -75,6 +75,9 @@ pub struct RedisCache {
     conn: Conn,
     /// On a cluster: replicas a write must reach, and for how long to wait.
     durable: Option<(u32, Duration)>,
+    /// On a cluster: the deadline of the request path's reads and fills,
+    /// short so a node riding out a failover falls back to the provider.
+    request_deadline: Option<Duration>,
     prefix: String,
     apply: Script,
     fill: Script,
@@ -108,17 +111,36 @@ impl RedisCache {
     pub async fn open_cluster(url: &str, prefix: &str) -> Result<RedisCache, CacheError> {
         let u = ClusterUrl::parse(url).map_err(CacheError::Other)?;
         let durable = (u.wait_replicas > 0).then_some((u.wait_replicas, u.wait_timeout));
-        Ok(Self::with(Conn::Cluster(u.connect()?), durable, prefix))
+        let mut c = Self::with(Conn::Cluster(u.connect()?), durable, prefix);
+        c.request_deadline = Some(super::cluster::REQUEST_DEADLINE);
+        Ok(c)
     }
 
     fn with(conn: Conn, durable: Option<(u32, Duration)>, prefix: &str) -> RedisCache {
         RedisCache {
             conn,
             durable,
+            request_deadline: None,
             prefix: prefix.to_string(),
             apply: Script::new(APPLY),
             fill: Script::new(FILL),
             get: Script::new(GET),
+        }
+    }
+
+    /// `fut` within the request path's deadline, if there is one.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        match self.request_deadline {
+            None => fut.await,
+            Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
+                Err(CacheError::Unavailable(format!(
+                    "redis cluster: no answer within {} ms",
+                    d.as_millis()
+                )))
+            }),
         }
     }
 
@@ -179,14 +201,17 @@ impl ShardCache for RedisCache {
         let [items, cursor, fills] = self.keys(shard);
         let mut conn = self.conn.clone();
         let v: Option<Vec<u8>> = self
-            .get
-            .key(items)
-            .key(cursor)
-            .key(fills)
-            .arg(field)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(rerr)?;
+            .bounded(async {
+                self.get
+                    .key(items)
+                    .key(cursor)
+                    .key(fills)
+                    .arg(field)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(rerr)
+            })
+            .await?;
         Ok(v.map(Bytes::from))
     }
 
@@ -201,17 +226,20 @@ impl ShardCache for RedisCache {
         let [items, cursor, fills] = self.keys(shard);
         let mut conn = self.conn.clone();
         let _: i64 = self
-            .fill
-            .key(items)
-            .key(cursor)
-            .key(fills)
-            .arg(field)
-            .arg(value.as_ref())
-            .arg(version)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(rerr)?;
+            .bounded(async {
+                self.fill
+                    .key(items)
+                    .key(cursor)
+                    .key(fills)
+                    .arg(field)
+                    .arg(value.as_ref())
+                    .arg(version)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(rerr)
+            })
+            .await?;
         Ok(())
     }
 
