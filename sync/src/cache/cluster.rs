@@ -220,6 +220,20 @@ mod tests {
     }
 
     #[test]
+    fn config_accepts_every_cache_form() {
+        for ok in [
+            "memory",
+            "redis://127.0.0.1:6379/0",
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        ] {
+            assert_eq!(crate::cache::check_url(ok), Ok(()), "{ok}");
+        }
+        let e = crate::cache::check_url("memcached://x").unwrap_err();
+        assert!(e.contains("redis+cluster://"), "{e}");
+        assert!(crate::cache::check_url("redis+cluster://h").is_err());
+    }
+
+    #[test]
     fn bad_urls_say_why() {
         for (url, why) in [
             ("redis://h:1", "starts with"),
