@@ -60,6 +60,19 @@ fn two_free_ports() -> (u16, u16) {
     }
 }
 
+/// `redis-cli -h 127.0.0.1 -p port args…`: its output, "" when the node
+/// does not answer.
+fn cli_at(port: u16, args: &[&str]) -> String {
+    Command::new(cli_binary())
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 impl RedisCluster {
     /// Three masters with a replica each, node timeout 1 s.
     pub fn start() -> RedisCluster {
@@ -89,7 +102,14 @@ impl RedisCluster {
             node_timeout_ms,
         };
         for i in 0..c.nodes.len() {
-            c.spawn(i);
+            // A port free when picked may be taken by another test's server
+            // before ours binds it: then pick again.
+            let mut attempts = 0;
+            while !c.spawn(i) {
+                attempts += 1;
+                assert!(attempts < 5, "redis-server would not start in cluster mode");
+                (c.nodes[i].port, c.nodes[i].bus) = two_free_ports();
+            }
         }
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(c.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
@@ -109,7 +129,9 @@ impl RedisCluster {
         c
     }
 
-    fn spawn(&mut self, i: usize) {
+    /// Start node `i`; false when it exited instead of answering (its
+    /// ports were taken).
+    fn spawn(&mut self, i: usize) -> bool {
         let n = &mut self.nodes[i];
         let child = Command::new(super::redis_binary())
             .args(["--port", &n.port.to_string(), "--bind", "127.0.0.1"])
@@ -129,24 +151,27 @@ impl RedisCluster {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run redis-server: {e}: {SETUP}"));
-        n.child = Some(child);
         let port = n.port;
-        eventually(Duration::from_secs(10), "cluster node answers PING", || {
-            (self.cli(port, &["PING"]).trim() == "PONG").then_some(())
-        });
+        let child = n.child.insert(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if !matches!(child.try_wait(), Ok(None)) {
+                n.child = None;
+                return false;
+            }
+            // Ours is alive, so the port is ours: the answer is from it.
+            if cli_at(port, &["PING"]).trim() == "PONG" {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cluster node on port {port} did not answer PING within 10 s");
     }
 
     /// Run `redis-cli -p port args…` and return its output ("" when the
     /// node does not answer).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        Command::new(cli_binary())
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        cli_at(port, args)
     }
 
     fn alive(&self) -> impl Iterator<Item = u16> + '_ {
@@ -305,7 +330,10 @@ impl RedisCluster {
             .position(|n| n.port == port)
             .expect("a node of this cluster");
         assert!(self.nodes[i].child.is_none(), "node {port} is running");
-        self.spawn(i);
+        assert!(
+            self.spawn(i),
+            "node {port} would not start again on its ports"
+        );
     }
 
     /// Every live node's view of the cluster and the end of its log (for
