@@ -9,9 +9,11 @@
 //! cursor exists.
 //!
 //! Implementations: [`redis::RedisCache`] (one Lua script per batch; a
-//! shard's keys share the hash tag `{shard}`) and [`memory::MemoryCache`]
+//! shard's keys share the hash tag `{shard}`, so on a Redis Cluster —
+//! [`cluster`] — they live in one slot) and [`memory::MemoryCache`]
 //! (in-process, the embedded default).
 
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 
@@ -84,19 +86,37 @@ pub trait ShardCache: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// Open a cache: `memory` (a new in-process cache) or `redis://…` with a
-/// key prefix that keeps several nodes apart on one Redis.
-pub async fn open(url: &str, prefix: &str) -> Result<Arc<dyn ShardCache>, CacheError> {
-    if url == "memory" {
-        Ok(Arc::new(memory::MemoryCache::default()))
-    } else if url.starts_with("redis://")
+const URL_FORMS: &str =
+    "`memory`, `redis://host:port[/db]` or `redis+cluster://host:port[,host:port…]`";
+
+/// Check a cache URL without connecting (config validation); the error
+/// says what is wrong.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with(cluster::SCHEME) {
+        cluster::ClusterUrl::parse(url).map(|_| ())
+    } else if url == "memory"
+        || url.starts_with("redis://")
         || url.starts_with("rediss://")
         || url.starts_with("unix://")
     {
-        Ok(Arc::new(redis::RedisCache::open(url, prefix).await?))
+        Ok(())
     } else {
-        Err(CacheError::Other(format!(
-            "cache url `{url}`: expected `memory` or `redis://host:port[/db]`"
-        )))
+        Err(format!("`{url}` must be {URL_FORMS}"))
+    }
+}
+
+/// Open a cache: `memory` (a new in-process cache), `redis://…` (one
+/// Redis) or `redis+cluster://…` (a Redis Cluster, by its seed nodes), with
+/// a key prefix that keeps several nodes apart on one Redis or cluster.
+pub async fn open(url: &str, prefix: &str) -> Result<Arc<dyn ShardCache>, CacheError> {
+    check_url(url).map_err(|e| CacheError::Other(format!("cache url {e}")))?;
+    if url == "memory" {
+        Ok(Arc::new(memory::MemoryCache::default()))
+    } else if url.starts_with(cluster::SCHEME) {
+        Ok(Arc::new(
+            redis::RedisCache::open_cluster(url, prefix).await?,
+        ))
+    } else {
+        Ok(Arc::new(redis::RedisCache::open(url, prefix).await?))
     }
 }

@@ -273,7 +273,8 @@ fn limits(
 #[serde(deny_unknown_fields)]
 pub struct SyncNodeFile {
     pub name: String,
-    /// `memory` or `redis://host:port/db`.
+    /// `memory`, `redis://host:port/db` or a Redis Cluster's seeds,
+    /// `redis+cluster://host:port,host:port` (see `cache::cluster`).
     #[serde(default = "d_cache")]
     pub cache: String,
     /// Key prefix in a shared Redis; defaults to the node name.
@@ -475,14 +476,8 @@ fn addr(errs: &mut Vec<String>, field: &str, s: &str) -> Option<SocketAddr> {
 }
 
 fn check_cache_url(errs: &mut Vec<String>, field: &str, url: &str) {
-    if !(url == "memory"
-        || url.starts_with("redis://")
-        || url.starts_with("rediss://")
-        || url.starts_with("unix://"))
-    {
-        errs.push(format!(
-            "{field}: `{url}` must be `memory` or `redis://host:port/db`"
-        ));
+    if let Err(e) = crate::cache::check_url(url) {
+        errs.push(format!("{field}: {e}"));
     }
 }
 

@@ -46,7 +46,8 @@ enum Cmd {
         /// Provider url: `sqlite:PATH` or a PostgreSQL url.
         #[arg(long)]
         provider: Option<String>,
-        /// Cache url: `memory` or `redis://host:port/db`.
+        /// Cache url: `memory`, `redis://host:port/db` or
+        /// `redis+cluster://host:port,host:port`.
         #[arg(long)]
         cache: Option<String>,
         /// Key prefix in Redis (default: the node name).

@@ -255,6 +255,9 @@ impl Node {
         };
         let f = field(&sku, &region);
         let shard = self.shard_for(&sku, &region);
+        // A cache that just failed to answer is not asked to fill either:
+        // during an outage or a failover a request pays one cache deadline.
+        let mut cache_down = false;
         if let Some(si) = shard {
             match self.cache.get(&self.shards[si].id, &f).await {
                 Ok(Some(v)) => {
@@ -267,6 +270,7 @@ impl Node {
                 Ok(None) => {}
                 Err(e) => {
                     Metrics::inc(&m.cache_errors);
+                    cache_down = true;
                     tracing::debug!(error = %e, "cache read failed; using the provider");
                 }
             }
@@ -285,19 +289,25 @@ impl Node {
                                     l.insert(f.clone(), si);
                                 }
                             }
-                            match self
-                                .cache
-                                .fill(
-                                    &self.shards[si].id,
-                                    &f,
-                                    v.clone(),
-                                    row.version,
-                                    self.settings.fill_ttl,
+                            let filled = if cache_down {
+                                None
+                            } else {
+                                Some(
+                                    self.cache
+                                        .fill(
+                                            &self.shards[si].id,
+                                            &f,
+                                            v.clone(),
+                                            row.version,
+                                            self.settings.fill_ttl,
+                                        )
+                                        .await,
                                 )
-                                .await
-                            {
-                                Ok(()) => Metrics::inc(&m.node_fills),
-                                Err(e) => {
+                            };
+                            match filled {
+                                None => {}
+                                Some(Ok(())) => Metrics::inc(&m.node_fills),
+                                Some(Err(e)) => {
                                     Metrics::inc(&m.cache_errors);
                                     tracing::debug!(error = %e, "cache fill failed");
                                 }

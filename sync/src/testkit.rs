@@ -1,4 +1,6 @@
-//! Throwaway PostgreSQL and Redis servers for tests (feature `testkit`).
+//! Throwaway PostgreSQL and Redis servers for tests (feature `testkit`):
+//! one Redis ([`Redis`]) or a Redis Cluster of three masters with a replica
+//! each ([`RedisCluster`]).
 //!
 //! Each instance runs on a free port in its own temporary directory and is
 //! stopped and removed on drop. Nothing here skips: when the server
@@ -21,6 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod cluster;
+pub use cluster::{NodeInfo, RedisCluster};
 
 const SETUP: &str = "run `scripts/setup` (installs redis-server and postgresql)";
 

@@ -3,7 +3,9 @@
 //! `field → value`), `P:{shard}:cursor` and `P:{shard}:fills` (slow-path
 //! fills of a shard not hosted, a hash that expires whole). `P` is the
 //! node's key prefix. Every write is one Lua script, so a batch and its
-//! cursor land together or not at all.
+//! cursor land together or not at all — on a single Redis and on a Redis
+//! Cluster alike (see [`super::cluster`] for the cluster's URL, routing and
+//! the `WAIT` after each batch).
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+use super::cluster::{wait_replicated, ClusterUrl, Conn};
 use super::{Applied, CacheError, ShardCache};
 use crate::model::CacheBatch;
 
@@ -69,14 +72,19 @@ return redis.call('HGET', KEYS[3], ARGV[1])
 "#;
 
 pub struct RedisCache {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// On a cluster: replicas a write must reach, and for how long to wait.
+    durable: Option<(u32, Duration)>,
+    /// On a cluster: the deadline of the request path's reads and fills,
+    /// short so a node riding out a failover falls back to the provider.
+    request_deadline: Option<Duration>,
     prefix: String,
     apply: Script,
     fill: Script,
     get: Script,
 }
 
-fn rerr(e: redis::RedisError) -> CacheError {
+pub(crate) fn rerr(e: redis::RedisError) -> CacheError {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         CacheError::Unavailable(format!("redis: {e}"))
     } else {
@@ -95,13 +103,54 @@ impl RedisCache {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(rerr)?;
-        Ok(RedisCache {
+        Ok(Self::with(Conn::Single(conn), None, prefix))
+    }
+
+    /// A cache on a Redis Cluster named by a `redis+cluster://` URL;
+    /// connects lazily like [`RedisCache::open`].
+    pub async fn open_cluster(url: &str, prefix: &str) -> Result<RedisCache, CacheError> {
+        let u = ClusterUrl::parse(url).map_err(CacheError::Other)?;
+        let durable = (u.wait_replicas > 0).then_some((u.wait_replicas, u.wait_timeout));
+        let mut c = Self::with(Conn::Cluster(u.connect()?), durable, prefix);
+        c.request_deadline = Some(super::cluster::REQUEST_DEADLINE);
+        Ok(c)
+    }
+
+    fn with(conn: Conn, durable: Option<(u32, Duration)>, prefix: &str) -> RedisCache {
+        RedisCache {
             conn,
+            durable,
+            request_deadline: None,
             prefix: prefix.to_string(),
             apply: Script::new(APPLY),
             fill: Script::new(FILL),
             get: Script::new(GET),
-        })
+        }
+    }
+
+    /// `fut` within the request path's deadline, if there is one.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        match self.request_deadline {
+            None => fut.await,
+            Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
+                Err(CacheError::Unavailable(format!(
+                    "redis cluster: no answer within {} ms",
+                    d.as_millis()
+                )))
+            }),
+        }
+    }
+
+    /// On a cluster with `wait_replicas > 0`: fail unless the write just
+    /// made to `key`'s slot reached the replicas.
+    async fn replicated(&self, conn: &mut Conn, key: &str) -> Result<(), CacheError> {
+        match (conn, self.durable) {
+            (Conn::Cluster(c), Some((n, timeout))) => wait_replicated(c, key, n, timeout).await,
+            _ => Ok(()),
+        }
     }
 
     /// The three keys of a shard: items, cursor, fills.
@@ -134,6 +183,11 @@ impl ShardCache for RedisCache {
         }
         let mut conn = self.conn.clone();
         let (code, cur): (i64, i64) = inv.invoke_async(&mut conn).await.map_err(rerr)?;
+        if code != 2 {
+            // Applied now or before (a replay): either way the batch must be
+            // on a replica before the transfer moves past it.
+            self.replicated(&mut conn, &self.keys(shard)[1]).await?;
+        }
         Ok(match code {
             0 => Applied::Applied,
             1 => Applied::AlreadyApplied { cursor: cur as u64 },
@@ -147,14 +201,17 @@ impl ShardCache for RedisCache {
         let [items, cursor, fills] = self.keys(shard);
         let mut conn = self.conn.clone();
         let v: Option<Vec<u8>> = self
-            .get
-            .key(items)
-            .key(cursor)
-            .key(fills)
-            .arg(field)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(rerr)?;
+            .bounded(async {
+                self.get
+                    .key(items)
+                    .key(cursor)
+                    .key(fills)
+                    .arg(field)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(rerr)
+            })
+            .await?;
         Ok(v.map(Bytes::from))
     }
 
@@ -169,17 +226,20 @@ impl ShardCache for RedisCache {
         let [items, cursor, fills] = self.keys(shard);
         let mut conn = self.conn.clone();
         let _: i64 = self
-            .fill
-            .key(items)
-            .key(cursor)
-            .key(fills)
-            .arg(field)
-            .arg(value.as_ref())
-            .arg(version)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(rerr)?;
+            .bounded(async {
+                self.fill
+                    .key(items)
+                    .key(cursor)
+                    .key(fills)
+                    .arg(field)
+                    .arg(value.as_ref())
+                    .arg(version)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(rerr)
+            })
+            .await?;
         Ok(())
     }
 
@@ -191,7 +251,7 @@ impl ShardCache for RedisCache {
             .query_async(&mut conn)
             .await
             .map_err(rerr)?;
-        Ok(())
+        self.replicated(&mut conn, &keys[1]).await
     }
 
     async fn cursor(&self, shard: &str) -> Result<Option<u64>, CacheError> {
