@@ -666,27 +666,30 @@ impl Manager {
     }
 
     /// Node health from the proxies' own checks ([`health`]): their
-    /// reports in the metadata store, or (no store reachable) their
-    /// `/admin/table`. Nodes no fresh report names keep their state.
+    /// reports in the metadata store, or (no store, or no fresh report in
+    /// it) the `/admin/table` of each of `proxies`. Nodes no fresh report
+    /// names keep their state.
     async fn probe_nodes(
         &self,
         conn: Option<&mut redis::aio::MultiplexedConnection>,
         topo: &Topology,
     ) {
         let now_ms = now_unix_ms().max(0) as u64;
-        let reports = match conn {
+        let mut reports = match conn {
             Some(c) => health::read_store(c, &topo.prefix, now_ms)
                 .await
                 .unwrap_or_else(|e| {
                     warn!(error = %e, "node health unreadable from the metadata store");
                     vec![]
                 }),
-            None => {
-                let token = self.cfg.proxy_token.as_deref();
-                let t = self.cfg.health_timeout;
-                health::read_proxies(&self.http, &self.cfg.proxies, token, t, now_ms).await
-            }
+            None => vec![],
         };
+        if !health::any_fresh(&reports, now_ms, self.cfg.health_max_age) {
+            // No proxy publishes there (or no store): the pushed proxies' views.
+            let token = self.cfg.proxy_token.as_deref();
+            let t = self.cfg.health_timeout;
+            reports = health::read_proxies(&self.http, &self.cfg.proxies, token, t, now_ms).await;
+        }
         let known: BTreeSet<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
         let results: Vec<_> = health::verdicts(&reports, now_ms, self.cfg.health_max_age)
             .into_iter()

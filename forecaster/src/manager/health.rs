@@ -2,8 +2,8 @@
 //! The manager has no health checker of its own. Every proxy publishes what
 //! its active checks and passive ejection say about each node
 //! (`proxy/src/health/publish.rs`, into the metadata store's health hash);
-//! without a reachable store the manager reads the same states from each
-//! configured proxy's `GET /admin/table`. So a node's replicas leave the
+//! without a reachable store, or when no proxy publishes there, the manager
+//! reads the same states from each configured proxy's `GET /admin/table`. So a node's replicas leave the
 //! table on the verdict the proxies already route by, seen from where the
 //! traffic is, not from wherever the manager runs.
 //!
@@ -59,6 +59,14 @@ pub fn verdicts(
             (node.to_string(), v)
         })
         .collect()
+}
+
+/// Whether any report is at most `max_age` old at `now_ms`.
+pub fn any_fresh(reports: &[HealthReport], now_ms: u64, max_age: Duration) -> bool {
+    let max_age = max_age.as_millis() as u64;
+    reports
+        .iter()
+        .any(|r| now_ms.saturating_sub(r.at_unix_ms) <= max_age)
 }
 
 /// Every proxy's report in the store's health hash; reports older than the
@@ -181,6 +189,8 @@ mod tests {
         assert_eq!(v["c"], Ok(()));
         assert!(!v.contains_key("d"));
         assert!(verdicts(&[], 0, age).is_empty());
+        assert!(any_fresh(&rs, 10_500, age));
+        assert!(!any_fresh(&rs[3..], 10_500, age));
     }
 
     #[test]
