@@ -7,6 +7,12 @@
 //! builds runtime objects (the routing table, listeners) from [`Config`].
 //! Nothing here reads files except through the `load_*` helpers, which take
 //! the directory relative paths are resolved against.
+//!
+//! Nodes, shards and the replication factor are the topology
+//! ([`crate::topology`]): read from the file `topology` names (the one
+//! sync and the shard manager read too), or inline in older configs; the
+//! same validator either way, its results in [`Config::nodes`],
+//! [`Config::shards`] and [`Config::replication_factor`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

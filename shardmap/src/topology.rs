@@ -15,7 +15,7 @@
 //! storefront with thousands of shards writes a few rules, not thousands of
 //! tables. The proxy config may still carry `[[nodes]]`, `[[shards]]` and
 //! `replication_factor` inline (older setups); they go through the same
-//! validator ([`TopologyFile::check`]).
+//! validator (`TopologyFile::check`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,9 @@
 //! The manager has no health checker of its own. Every proxy publishes what
 //! its active checks and passive ejection say about each node
 //! (`proxy/src/health/publish.rs`, into the metadata store's health hash);
-//! without a reachable store the manager reads the same states from each
-//! configured proxy's `GET /admin/table`. So a node's replicas leave the
-//! table on the verdict the proxies already route by, seen from where the
+//! without a reachable store, or when no proxy publishes there, the manager
+//! reads the same states from each configured proxy's `GET /admin/table`.
+//! So a node's replicas leave the table on the verdict the proxies already route by, seen from where the
 //! traffic is, not from wherever the manager runs.
 //!
 //! A node fails when more than half of the fresh reports that name it say
@@ -61,16 +61,18 @@ impl Prober {
         nodes: &[NodeSpec],
         now_ms: u64,
     ) -> Vec<(String, Result<(), String>)> {
-        let reports = match conn {
+        let mut reports = match conn {
             Some(c) => read_store(c, prefix, now_ms).await.unwrap_or_else(|e| {
                 warn!(error = %e, "node health unreadable from the metadata store");
                 vec![]
             }),
-            None => {
-                let token = self.token.as_deref();
-                read_proxies(&self.http, &self.proxies, token, self.timeout, now_ms).await
-            }
+            None => vec![],
         };
+        if !any_fresh(&reports, now_ms, self.max_age) {
+            // No proxy publishes there (or no store): the pushed proxies' views.
+            let token = self.token.as_deref();
+            reports = read_proxies(&self.http, &self.proxies, token, self.timeout, now_ms).await;
+        }
         verdicts(&reports, now_ms, self.max_age)
             .into_iter()
             .filter(|(n, _)| nodes.iter().any(|k| &k.name == n))
@@ -114,6 +116,14 @@ pub fn verdicts(
             (node.to_string(), v)
         })
         .collect()
+}
+
+/// Whether any report is at most `max_age` old at `now_ms`.
+pub fn any_fresh(reports: &[HealthReport], now_ms: u64, max_age: Duration) -> bool {
+    let max_age = max_age.as_millis() as u64;
+    reports
+        .iter()
+        .any(|r| now_ms.saturating_sub(r.at_unix_ms) <= max_age)
 }
 
 /// Every proxy's report in the store's health hash; reports older than the
@@ -236,6 +246,8 @@ mod tests {
         assert_eq!(v["c"], Ok(()));
         assert!(!v.contains_key("d"));
         assert!(verdicts(&[], 0, age).is_empty());
+        assert!(any_fresh(&rs, 10_500, age));
+        assert!(!any_fresh(&rs[3..], 10_500, age));
     }
 
     #[test]
