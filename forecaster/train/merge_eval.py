@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Merge per-frequency backtests (``backtest.py --out DIR``) into one report and one JSON.
+
+    python forecaster/train/merge_eval.py --title T --out forecaster/EVAL.md --json J DIR [DIR ...]
+
+The summary table and every section are the backtests' own numbers; nothing is
+recomputed. ``--missing "M: reason"`` lists a frequency that was not run and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+")
+    ap.add_argument("--title", default="Forecaster evaluation")
+    ap.add_argument("--intro", default="")
+    ap.add_argument("--missing", action="append", default=[], help="'FREQ: why it was not run'")
+    ap.add_argument("--notes", default=None, help="markdown appended at the end")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    runs = [(Path(d), json.loads((Path(d) / "eval.json").read_text())) for d in a.dirs]
+    out = [f"# {a.title}", "", "Written by `forecaster/train/eval.sh` (one `backtest.sh` run per frequency, merged "
+           "by `merge_eval.py`). Do not edit by hand: re-run it.", ""]
+    if a.intro:
+        out += [a.intro, ""]
+    out += ["## Summary", "",
+            "Target: `lstm` (the shipped forecast) at MASE ≤ 0.90× and wQL ≤ 0.95× of the best baseline of the "
+            "setup, 80 % coverage 0.77–0.83.", "",
+            "| setup | lstm method (chosen by CV) | MASE ratio | wQL ratio | cov80 | raw LSTM MASE / wQL ratio | target |",
+            "|---|---|---|---|---|---|---|"]
+    for _, r in runs:
+        for s in r["setups"]:
+            t = s["target"]
+            raw = s["variants"]["lstm_raw"]
+            bm, bw = s["models"][t["best_baseline"]["mase"]], s["models"][t["best_baseline"]["wql"]]
+            out.append(f"| {s['freq']} h={s['horizon']} | {s['lstm_method']['chosen']} | {t['mase_ratio']:.3f} "
+                       f"(vs {t['best_baseline']['mase']}) | {t['wql_ratio']:.3f} (vs {t['best_baseline']['wql']}) | "
+                       f"{s['models']['lstm']['cov80']:.3f} | {raw['mase'] / bm['mase']:.3f} / "
+                       f"{raw['wql'] / bw['wql']:.3f} | {'met' if t['met'] else 'not met'} |")
+    for m in a.missing:
+        f, why = m.split(":", 1)
+        out.append(f"| {f.strip()} | not run: {why.strip()} | | | | | |")
+    out.append("")
+    for d, _ in runs:
+        text = (d / "EVAL.md").read_text()
+        text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)  # one level down
+        text = re.sub(r"^## .*\n\nWritten by .*\n", lambda m: m.group(0).split("\n")[0] + "\n", text, count=1)
+        out += [text.strip(), ""]
+    text = "\n".join(out)
+    if a.notes and Path(a.notes).exists():
+        text += "\n" + Path(a.notes).read_text()
+    Path(a.out).write_text(text)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"runs": [r for _, r in runs],
+                                            "setups": [s for _, r in runs for s in r["setups"]]}, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
