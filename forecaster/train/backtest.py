@@ -105,6 +105,9 @@ def parse_args(argv=None):
     ap.add_argument("--title", default=None, help="report title")
     ap.add_argument("--notes", default=None, help="markdown appended to EVAL.md")
     ap.add_argument("--report", default=None, help="also write the report here (e.g. forecaster/EVAL.md)")
+    ap.add_argument("--daily-panel", default=None,
+                    help="W only: a daily panel of the same series (same columns); the LSTM is then the daily "
+                         "model, its weekly-total heads answering weeks 1-4 (trained on 7x the samples)")
     ap.add_argument("--train-arg", action="append", default=[],
                     help="extra train.py argument, e.g. --train-arg=--hidden=32 (repeatable)")
     a = ap.parse_args(argv)
@@ -115,15 +118,17 @@ def parse_args(argv=None):
         raise BacktestError("--test-periods must be at least 1")
     if a.cv_folds < 0:
         raise BacktestError("--cv-folds must be >= 0")
+    if a.daily_panel and a.freq != "W":
+        raise BacktestError("--daily-panel is for --freq W only")
     if a.events and not Path(a.events).exists():
         raise BacktestError(f"--events {a.events}: no such file")
     return a
 
 
-def train_args(a, name: str, out: Path):
+def train_args(a, name: str, out: Path, daily: bool = False):
     import train
 
-    argv = ["--panel", a.panel, "--freq", a.freq, "--id-col", a.id_col, "--time-col", a.time_col,
+    argv = ["--panel", a.daily_panel if daily else a.panel, "--freq", "D" if daily else a.freq, "--id-col", a.id_col, "--time-col", a.time_col,
             "--target-col", a.target_col, "--name", name, "--out-dir", str(out), "--refit",
             "--open-hours", a.open_hours, "--seed", str(a.seed)]
     if a.events:
@@ -248,14 +253,58 @@ def run_baselines(panel, freq: str, models, cutoff: int, h: int, step: int, n_wi
 # The LSTM of one window
 # ---------------------------------------------------------------------------
 
+def weekly_from_daily(a, targs, wpanel, dpanel, spec, cutoff: int, val: int, setups, test: int, out_dir: Path,
+                      name: str, export: bool):
+    """The daily model's weekly-total heads (weeks 1-4) as the weekly forecasts of ``wpanel``."""
+    import onnxruntime as ort
+
+    import export_onnx
+    import train
+
+    dpos = {t: i for i, t in enumerate(dpanel.index)}
+
+    def day_of(week: int) -> int:  # daily index of the first day of weekly period ``week``
+        d = wpanel.index[week]
+        if d not in dpos:
+            raise BacktestError(f"--daily-panel: no day {d.date()} (the start of a week of --panel)")
+        return dpos[d]
+
+    dcut = day_of(cutoff)
+    prep = Prepared.make(dpanel, spec, a.events)
+    members, calib, trained = train.fit(targs, prep, spec, dcut, val * 7)
+    if export:
+        train.write_artifacts(out_dir, name, spec, members, calib, trained, prep, dcut)
+        sess = ort.InferenceSession(str(out_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    else:
+        sess = ort.InferenceSession(export_onnx.build(members, calib, spec, name, "cv fold").SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+    weeks = [j for j, (st, n) in enumerate(spec.aggregates) if n == 7 and st % 7 == 0]
+    weeks = sorted(weeks, key=lambda j: spec.aggregates[j][0])
+    res = {}
+    S = len(wpanel.ids)
+    for h, step in setups:
+        if h > len(weeks):
+            raise BacktestError(f"--daily-panel: the daily model has {len(weeks)} weekly heads, horizon {h} needs more")
+        n_win = (test - h) // step + 1
+        origins = cutoff - 1 + step * np.arange(n_win)
+        ss = np.repeat(np.arange(S), n_win)
+        oo = np.array([day_of(o + 1) - 1 for o in np.tile(origins, S)])
+        past, future, scale = prep.inputs(ss, oo)
+        qa = sess.run(["agg_quantiles"], {"past": past, "future": future, "scale": scale})[0]
+        res[(h, step)] = qa[:, weeks[:h], :].reshape(S, n_win, h, len(LEVELS)).astype(np.float64)
+    return res, trained
+
+
 def lstm_window(a, targs, panel, spec, cutoff: int, val: int, setups, test: int, out_dir: Path, name: str,
-                export: bool):
+                export: bool, daily=None):
     """Train on data before ``cutoff`` and forecast every setup's origins in [cutoff, cutoff + test)."""
     import onnxruntime as ort
 
     import export_onnx
     import train
 
+    if daily is not None:
+        return weekly_from_daily(a, targs, panel, daily, spec, cutoff, val, setups, test, out_dir, name, export)
     prep = Prepared.make(panel, spec, a.events)
     members, calib, trained = train.fit(targs, prep, spec, cutoff, val)
     if export:
@@ -419,6 +468,15 @@ def main(argv=None) -> dict:
     targs = train_args(a, name, mdir)
     spec = choose_spec(targs, freq, test_start, val)
     need = spec.min_origin + 3 + val
+    daily = None
+    if a.daily_panel:
+        daily = load_panel(a.daily_panel, "D", a.id_col, a.time_col, a.target_col)
+        if daily.ids != panel.ids:
+            raise BacktestError("--daily-panel: its series differ from --panel's")
+        targs = train_args(a, name, mdir, daily=True)
+        d0 = int(daily.index.searchsorted(panel.index[test_start]))
+        spec = choose_spec(targs, "D", d0, val * 7)
+        need = -(-(spec.min_origin + 3 + val * 7) // 7) + (int(panel.index.searchsorted(daily.index[0])))
     if test_start < need:
         raise BacktestError(
             f"{a.panel}: {T} {UNIT[freq]}s in the panel, {test_start} before the test window; training needs "
@@ -441,7 +499,7 @@ def main(argv=None) -> dict:
     trained = None
     for c, is_test in windows:
         print(f"window from {panel.index[c]} ({'test' if is_test else 'CV fold'})", flush=True)
-        lq, tr = lstm_window(a, targs, panel, spec, c, val, setups, test, mdir, name, export=is_test)
+        lq, tr = lstm_window(a, targs, panel, spec, c, val, setups, test, mdir, name, export=is_test, daily=daily)
         if is_test:
             trained = tr
         sc = mase_scale(panel, c, hours)
@@ -458,7 +516,7 @@ def main(argv=None) -> dict:
               "first_period": str(panel.index[0]), "last_period": str(panel.index[-1]),
               "test_periods": test, "test_window": [str(panel.index[test_start]), str(panel.index[-1])],
               "cv_cutoffs": [str(panel.index[c]) for c in folds_c], "open_hours": a.open_hours if freq == "H" else None,
-              "events": a.events, "mase_season": None, "baseline_history": bhist, "model": name, "spec": spec.to_json(),
+              "events": a.events, "daily_panel": a.daily_panel, "mase_season": None, "baseline_history": bhist, "model": name, "spec": spec.to_json(),
               "trained": trained, "setups": []}
     for h, step in setups:
         d = data[(test_start, h)]
@@ -533,8 +591,10 @@ def report(r: dict, a) -> str:
              "model choice or calibration. Event calendar: "
              + (f"`{Path(r['events']).name}`." if r["events"] else "none.")
              + (f" Hourly cells scored: `{r['open_hours']}`." if f == "H" else ""), "",
-             f"Model: `{r['model']}` — LSTM(hidden={tr.get('hyper', {}).get('hidden')}) over a context of "
-             f"{r['spec']['context']} {unit}s, seasonal lag channels {r['spec']['periods'] or 'none'}, "
+             f"Model: `{r['model']}` — " + (f"the daily model trained on `{Path(r['daily_panel']).name}`, its "
+                                            "weekly-total heads answering weeks 1-4: " if r.get("daily_panel") else "")
+             + f"LSTM(hidden={tr.get('hyper', {}).get('hidden')}) over a context of "
+             f"{r['spec']['context']} {UNIT[r['spec']['freq']]}s, seasonal lag channels {r['spec']['periods'] or 'none'}, "
              f"{r['spec']['horizon']}-step quantile heads; best validation step {mem.get('best_step')} of "
              f"{mem.get('steps_run')} run (early stopping, most {tr.get('hyper', {}).get('steps')}), refitted on "
              f"every target before the test window. Exported to ONNX and scored through ONNX Runtime.", "",
