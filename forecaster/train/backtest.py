@@ -29,9 +29,10 @@ without refitting: seasonal naive at each season the frequency has (24 and
 The shipped forecast (``lstm`` in eval.json) is chosen by rolling-origin
 cross-validation over ``--cv-folds`` earlier windows of the same length
 (each with its own LSTM, trained only on data before it): the raw LSTM, or a
-quantile average of the LSTM with one statistical model (LSTM weight 0.25 ..
-1), each with its quantile spread recalibrated on the CV cells (conformal
-style: per level, the factor that makes the CV miss rate match the level).
+quantile average of the LSTM with one baseline (LSTM weight 0.25 .. 1), each
+as it is or with its quantile spread recalibrated (conformal style: per
+level, the factor that makes the miss rate match the level; judged
+cross-fitted, factors from the other folds).
 The candidate with the best CV score — the worse of MASE / (0.90 × best
 baseline's) and wQL / (0.95 × best baseline's) — is then applied, unchanged,
 to the test window. ``variants`` in eval.json also reports the raw LSTM.
@@ -108,6 +109,9 @@ def parse_args(argv=None):
     ap.add_argument("--daily-panel", default=None,
                     help="W only: a daily panel of the same series (same columns); the LSTM is then the daily "
                          "model, its weekly-total heads answering weeks 1-4 (trained on 7x the samples)")
+    ap.add_argument("--hourly-run", default=None,
+                    help="D only: the --out of an hourly backtest of the same series and windows; its models' "
+                         "24-hour totals become a second LSTM candidate for D h=1 (chosen by CV like the rest)")
     ap.add_argument("--train-arg", action="append", default=[],
                     help="extra train.py argument, e.g. --train-arg=--hidden=32 (repeatable)")
     a = ap.parse_args(argv)
@@ -118,6 +122,10 @@ def parse_args(argv=None):
         raise BacktestError("--test-periods must be at least 1")
     if a.cv_folds < 0:
         raise BacktestError("--cv-folds must be >= 0")
+    if a.hourly_run and a.freq != "D":
+        raise BacktestError("--hourly-run is for --freq D only")
+    if a.hourly_run and not (Path(a.hourly_run) / "eval.json").exists():
+        raise BacktestError(f"--hourly-run {a.hourly_run}: no eval.json there")
     if a.daily_panel and a.freq != "W":
         raise BacktestError("--daily-panel is for --freq W only")
     if a.events and not Path(a.events).exists():
@@ -295,24 +303,52 @@ def weekly_from_daily(a, targs, wpanel, dpanel, spec, cutoff: int, val: int, set
     return res, trained
 
 
+def daily_from_hourly(run_dir: Path, hpanel, dpanel, events, cutoff: int, test: int) -> np.ndarray:
+    """Next-day totals (D h=1) from the hourly backtest's model of the same window (its 24-hour head)."""
+    import onnxruntime as ort
+
+    day = str(dpanel.index[cutoff].date())
+    fold = run_dir / "models" / "folds" / day
+    metas = [p for p in fold.glob("*.json") if not p.name.endswith(".parity.json")] if fold.exists() else []
+    if not metas:
+        raise BacktestError(f"--hourly-run {run_dir}: no model for the window starting {day} (run the hourly "
+                            f"backtest with the same --test-periods and --cv-folds first)")
+    meta = json.loads(metas[0].read_text())
+    spec = FeatureSpec.from_json(meta["spec"])
+    j = [i for i, (st, n) in enumerate(spec.aggregates) if st == 0 and n == 24]
+    if not j:
+        raise BacktestError(f"--hourly-run: model {metas[0].name} has no 24-hour total head")
+    sess = ort.InferenceSession(str(fold / meta["onnx"]), providers=["CPUExecutionProvider"])
+    prep = Prepared.make(hpanel, spec, events)
+    hpos = {t: i for i, t in enumerate(hpanel.index)}
+    S = len(dpanel.ids)
+    origins = cutoff - 1 + np.arange(test)
+    ss = np.repeat(np.arange(S), test)
+    oo = np.array([hpos[dpanel.index[o + 1]] - 1 for o in np.tile(origins, S)])
+    past, future, scale = prep.inputs(ss, oo)
+    qa = sess.run(["agg_quantiles"], {"past": past, "future": future, "scale": scale})[0]
+    return qa[:, j[0], :].reshape(S, test, 1, len(LEVELS)).astype(np.float64)
+
+
 def lstm_window(a, targs, panel, spec, cutoff: int, val: int, setups, test: int, out_dir: Path, name: str,
                 export: bool, daily=None):
     """Train on data before ``cutoff`` and forecast every setup's origins in [cutoff, cutoff + test)."""
     import onnxruntime as ort
 
-    import export_onnx
     import train
 
     if daily is not None:
         return weekly_from_daily(a, targs, panel, daily, spec, cutoff, val, setups, test, out_dir, name, export)
     prep = Prepared.make(panel, spec, a.events)
     members, calib, trained = train.fit(targs, prep, spec, cutoff, val)
+    # every window's model is kept (folds/<first day of the window>/), so that a coarser backtest
+    # of the same series can reuse it (backtest --freq D --hourly-run DIR)
+    fold_dir = out_dir / "folds" / str(panel.index[cutoff].date())
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    train.write_artifacts(fold_dir, name, spec, members, calib, trained, prep, cutoff)
     if export:
         train.write_artifacts(out_dir, name, spec, members, calib, trained, prep, cutoff)
-        sess = ort.InferenceSession(str(out_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-    else:
-        mp = export_onnx.build(members, calib, spec, name, "cv fold")
-        sess = ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(fold_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
     res = {}
     S = len(panel.ids)
     for h, step in setups:
@@ -392,11 +428,12 @@ def fit_spread(y: np.ndarray, q: np.ndarray, m: np.ndarray) -> np.ndarray:
     return c
 
 
-def candidates(stat_names: list[str]):
-    yield ("lstm", None, 1.0)
-    for b in stat_names:
-        for w in (0.25, 0.5, 0.75):
-            yield (f"{w:g}*lstm+{1 - w:g}*{b}", b, w)
+def candidates(stat_names: list[str], sources: list[str]):
+    for src in sources:
+        yield (src, src, None, 1.0)
+        for b in stat_names:
+            for w in (0.25, 0.5, 0.75):
+                yield (f"{w:g}*{src}+{1 - w:g}*{b}", src, b, w)
 
 
 def combine(lstm_q, base_q, b, w):
@@ -404,6 +441,10 @@ def combine(lstm_q, base_q, b, w):
         return lstm_q
     bq = base_q[b]
     return np.where(np.isfinite(bq), w * lstm_q + (1 - w) * np.nan_to_num(bq), lstm_q)
+
+
+def source(d: dict, src: str) -> np.ndarray:
+    return d["lstm"] if src == "lstm" else d["alt"][src]
 
 
 def criterion(res: dict, best_base: dict) -> float:
@@ -415,25 +456,52 @@ def best_of(results: dict, names: list[str]) -> dict:
 
 
 def choose(folds: list[dict], stat_names: list[str], base_names: list[str]):
-    """Pick the candidate and its spread factors on the CV folds; returns (label, b, w, c, table)."""
+    """Pick the candidate and its spread factors on the CV folds; returns (label, b, w, c, table).
+
+    Each candidate is scored as it is (the LSTM's own validation calibration) and with spread factors
+    fitted on the *other* folds (cross-fitted, so the refit is judged out of sample; with one fold, on
+    itself). The factors applied to the test window are fitted on every fold."""
     table = []
-    for label, b, w in candidates(stat_names):
+    bests = []
+    for f in folds:
+        base = {n: score(f["y"], f["base"][n], f["m"], f["scale"]) for n in base_names if n in f["base"]}
+        bests.append(best_of(base, list(base)))
+
+    def pooled(qs, idx):
+        y = np.concatenate([folds[i]["y"].ravel() for i in idx])
+        q = np.concatenate([qs[i].reshape(-1, len(LEVELS)) for i in idx])
+        m = np.concatenate([folds[i]["m"].ravel() for i in idx])
+        return fit_spread(y, q, m)
+
+    sources = ["lstm"] + [k for k in folds[0]["alt"] if all(k in f["alt"] for f in folds)]
+    for label, src, b, w in candidates(stat_names, sources):
         if b is not None and any(b not in f["base"] for f in folds):
             continue
-        qs = [combine(f["lstm"], f["base"], b, w) for f in folds]
-        y = np.concatenate([f["y"].ravel() for f in folds])
-        q = np.concatenate([x.reshape(-1, len(LEVELS)) for x in qs])
-        m = np.concatenate([f["m"].ravel() for f in folds])
-        c = fit_spread(y, q, m)
-        crit = []
-        for f, qq in zip(folds, qs):
-            r = score(f["y"], spread(qq, c), f["m"], f["scale"])
-            base = {n: score(f["y"], f["base"][n], f["m"], f["scale"]) for n in base_names if n in f["base"]}
-            crit.append(criterion(r, best_of(base, list(base))))
-        table.append((float(np.mean(crit)), label, b, w, c))
+        qs = [combine(source(f, src), f["base"], b, w) for f in folds]
+        n = len(folds)
+        for recal in (False, True):
+            crit = []
+            for i, (f, qq) in enumerate(zip(folds, qs)):
+                c = pooled(qs, [j for j in range(n) if j != i] or [i]) if recal else np.ones(len(LEVELS))
+                crit.append(criterion(score(f["y"], spread(qq, c), f["m"], f["scale"]), bests[i]))
+            c_all = pooled(qs, list(range(n))) if recal else np.ones(len(LEVELS))
+            table.append((float(np.mean(crit)), label + (" (recalibrated)" if recal else ""), src, b, w, c_all))
     table.sort(key=lambda r: r[0])
-    _, label, b, w, c = table[0]
-    return label, b, w, c, [(round(t[0], 4), t[1]) for t in table]
+    _, label, src, b, w, c = table[0]
+    return label, src, b, w, c, [(round(t[0], 4), t[1]) for t in table]
+
+
+def save_arrays(path: Path, data: dict) -> None:
+    """Every window's forecasts and actuals, so a different choice can be re-scored without retraining."""
+    arrs = {}
+    for (c, h), d in data.items():
+        k = f"c{c}_h{h}"
+        arrs[f"{k}.lstm"], arrs[f"{k}.y"], arrs[f"{k}.m"], arrs[f"{k}.scale"] = d["lstm"], d["y"], d["m"], d["scale"]
+        for n, q in d["base"].items():
+            arrs[f"{k}.base.{n}"] = q
+        for n, q in d["alt"].items():
+            arrs[f"{k}.alt.{n}"] = q
+    np.savez_compressed(path, **arrs)
 
 
 # ---------------------------------------------------------------------------
@@ -481,6 +549,13 @@ def main(argv=None) -> dict:
         raise BacktestError(
             f"{a.panel}: {T} {UNIT[freq]}s in the panel, {test_start} before the test window; training needs "
             f"at least {need} ({spec.min_origin + 3} + a validation window of {val}): lower --test-periods")
+    hpanel = hevents = None
+    if a.hourly_run:
+        hr = json.loads((Path(a.hourly_run) / "eval.json").read_text())
+        hpanel = load_panel(hr["panel"], "H", a.id_col, a.time_col, a.target_col)
+        hevents = hr.get("events")
+        if hpanel.ids != panel.ids:
+            raise BacktestError("--hourly-run: its series differ from --panel's")
     # CV folds: earlier windows of the test's length, each with enough history for its own model
     folds_c = [test_start - f * test for f in range(1, a.cv_folds + 1)]
     folds_c = [c for c in folds_c if c >= need]
@@ -488,7 +563,7 @@ def main(argv=None) -> dict:
           f"{len(folds_c)} CV folds; spec context {spec.context} periods {spec.periods}", flush=True)
     base_models = baseline_models(freq, folds_c[-1] if folds_c else test_start, a.no_theta)
     base_names = [n for n, _ in base_models]
-    stat_names = [n for n in base_names if not n.startswith(("snaive", "naive"))]
+    stat_names = list(base_names)  # any baseline may be the LSTM's partner
 
     bhist = a.baseline_history if a.baseline_history is not None else (13 * 7 * 24 if freq == "H" else None)
     windows = []  # (cutoff, is_test)
@@ -509,9 +584,13 @@ def main(argv=None) -> dict:
             bq = run_baselines(panel, freq, base_models, c, h, step, n_win, bhist)
             y, m = cells(panel, c, h, step, n_win, hours)
             data[(c, h)] = {"lstm": lq[(h, step)], "base": bq, "y": y, "m": m, "scale": sc, "n_win": n_win,
-                            "step": step}
+                            "step": step, "alt": {}}
+            if hpanel is not None and h == 1:
+                data[(c, h)]["alt"]["lstm_hourly"] = daily_from_hourly(Path(a.hourly_run), hpanel, panel, hevents,
+                                                                       c, test)
             print(f"  h={h}: {n_win} origins, baselines {time.time() - tb:.0f}s", flush=True)
 
+    save_arrays(out / "forecasts.npz", data)
     result = {"panel": str(a.panel), "freq": freq, "series": len(panel.ids), "periods": T,
               "first_period": str(panel.index[0]), "last_period": str(panel.index[-1]),
               "test_periods": test, "test_window": [str(panel.index[test_start]), str(panel.index[-1])],
@@ -522,16 +601,17 @@ def main(argv=None) -> dict:
         d = data[(test_start, h)]
         folds = [data[(c, h)] for c in folds_c]
         if folds:
-            label, b, w, c, table = choose(folds, stat_names, base_names)
+            label, src, b, w, c, table = choose(folds, stat_names, base_names)
         else:
-            label, b, w, c, table = "lstm", None, 1.0, np.ones(len(LEVELS)), []
+            label, src, b, w, c, table = "lstm", "lstm", None, 1.0, np.ones(len(LEVELS)), []
         models = {}
-        q = spread(combine(d["lstm"], d["base"], b, w), c)
+        q = spread(combine(source(d, src), d["base"], b, w), c)
         models["lstm"] = score(d["y"], q, d["m"], d["scale"])
         for n in base_names:
             if n in d["base"]:
                 models[n] = score(d["y"], d["base"][n], d["m"], d["scale"])
-        variants = {"lstm_raw": score(d["y"], d["lstm"], d["m"], d["scale"])}
+        variants = {"lstm_raw": score(d["y"], d["lstm"], d["m"], d["scale"]),
+                    **{f"{k}_raw": score(d["y"], v, d["m"], d["scale"]) for k, v in d["alt"].items()}}
         # every method on the same cells: a cell counts only if all methods forecast it
         common = d["m"] & np.isfinite(d["lstm"]).all(-1)
         for n in models:
@@ -540,7 +620,8 @@ def main(argv=None) -> dict:
         if common.sum() < d["m"].sum():
             models = {"lstm": score(d["y"], q, common, d["scale"]),
                       **{n: score(d["y"], d["base"][n], common, d["scale"]) for n in models if n != "lstm"}}
-            variants = {"lstm_raw": score(d["y"], d["lstm"], common, d["scale"])}
+            variants = {"lstm_raw": score(d["y"], d["lstm"], common, d["scale"]),
+                        **{f"{k}_raw": score(d["y"], v, common, d["scale"]) for k, v in d["alt"].items()}}
         bb = [n for n in models if n != "lstm"]
         best = {k: min(bb, key=lambda n: models[n][k]) for k in ("mase", "wql")}
         L = models["lstm"]
@@ -557,7 +638,7 @@ def main(argv=None) -> dict:
             "cells": int(common.sum()),
             "targets": [str(panel.index[o0 + 1]), str(panel.index[o0 + (d["n_win"] - 1) * step + h])],
             "models": models, "variants": variants,
-            "lstm_method": {"chosen": label, "lstm_weight": w, "partner": b,
+            "lstm_method": {"chosen": label, "source": src, "lstm_weight": w, "partner": b,
                             "spread_factors": [round(float(x), 4) for x in c], "cv_table": table[:8]},
             "target": target,
         })
@@ -609,7 +690,7 @@ def report(r: dict, a) -> str:
              "`lstm` is the shipped forecast, chosen by rolling-origin CV on "
              + (f"{len(r['cv_cutoffs'])} earlier windows (cut-offs {', '.join(r['cv_cutoffs'])}), each with "
                 "its own LSTM trained only on data before it: the raw LSTM or a quantile average of it with "
-                "one statistical model, its spread recalibrated on the CV cells." if r["cv_cutoffs"] else
+                "one statistical model, as it is or with its spread recalibrated (factors cross-fitted across folds)." if r["cv_cutoffs"] else
                 "no earlier windows (too little history): the raw LSTM with its validation calibration."),
              "", "## Results", "",
              "| setup | origins × cells | lstm method | lstm MASE / best | lstm wQL / best | lstm cov80 | target |",
