@@ -664,7 +664,8 @@ def report(r: dict, a) -> str:
     unit = UNIT[f]
     tr = r["trained"] or {}
     mem = tr.get("members", [{}])[0]
-    lines = [f"# {a.title or 'Forecaster backtest'}", "",
+    grain = {"H": "hourly", "D": "daily", "W": "weekly", "M": "monthly"}[f]
+    lines = [f"# {a.title or f'Forecaster backtest, {grain}'}", "",
              f"Written by `forecaster/train/backtest.sh` on {dt.date.today().isoformat()} ({r['seconds']:.0f} s). "
              "Do not edit by hand: re-run it.", "",
              "Data: " + describe_data(r, a) + f" Test window: the final {r['test_periods']} {unit}s "

@@ -37,5 +37,7 @@ if [ "${1:-}" = "--ship" ]; then
     d=$out/$([ $n = shardcast_hourly ] && echo hourly || echo daily)/models
     cp "$d/$n.onnx" "$d/$n.json" "$d/$n.parity.json" "$d/$n.weights.npz" forecaster/models/
   done
+  "$py" forecaster/train/merge_eval.py "$out/hourly" "$out/daily" "$out/weekly" --out /dev/null \
+    --model-card forecaster/models/MODEL_CARD.md --models-dir forecaster/models > /dev/null
   "$py" -m pytest -q forecaster/train/test_parity.py
 fi

@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv=None) -> None:
@@ -24,6 +27,8 @@ def main(argv=None) -> None:
     ap.add_argument("--notes", default=None, help="markdown appended at the end")
     ap.add_argument("--out", required=True)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--model-card", default=None, help="also write the model card of --models-dir here")
+    ap.add_argument("--models-dir", default=None)
     a = ap.parse_args(argv)
     runs = [(Path(d), json.loads((Path(d) / "eval.json").read_text())) for d in a.dirs]
     out = [f"# {a.title}", "", "Written by `forecaster/train/eval.sh` (one `backtest.sh` run per frequency, merged "
@@ -60,7 +65,33 @@ def main(argv=None) -> None:
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": [r for _, r in runs],
                                             "setups": [s for _, r in runs for s in r["setups"]]}, indent=1) + "\n")
+    if a.model_card:
+        write_card(a, runs)
     print(text)
+
+
+def write_card(a, runs) -> None:
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import model_card
+
+    mdir = Path(a.models_dir)
+    models = {}
+    for p in sorted(mdir.glob("*.json")):
+        if p.name.endswith(".parity.json") or p.name == "eval.json":
+            continue
+        meta = json.loads(p.read_text())
+        if "spec" in meta:
+            models[meta["name"]] = SimpleNamespace(meta=meta, path=p)
+    setups = []
+    for _, r in runs:
+        for s in r["setups"]:
+            res = {n: {"MASE": m["mase"], "wQL": m["wql"], "cov80": m["cov80"], "cov98": m["cov98"]}
+                   for n, m in list(s["models"].items()) + list(s["variants"].items())}
+            setups.append({"name": f"{s['freq']} h={s['horizon']} (lstm = {s['lstm_method']['chosen']})",
+                           "results": res})
+    model_card.write(Path(a.model_card), models, setups, dt.date.today().isoformat())
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 BACKTEST = HERE / "backtest.sh"
 TRAIN = HERE / "train.py"
-FAST = ["--steps", "24", "--eval-every", "8", "--patience", "0", "--cv-folds", "1"]
+FAST = ["--steps", "24", "--eval-every", "8", "--patience", "0", "--cv-folds", "0"]
+CV_FREQS = {"D"}  # one frequency also runs the CV selection (one earlier fold): the rest skip it for speed
 
 # (frequency, periods in the panel, --test-periods, baselines expected, horizons)
 CASES = {
@@ -59,7 +60,8 @@ def test_end_to_end(freq, tmp_path):
     panel = synthetic(freq, n, tmp_path / f"p_{freq}.csv")
     out = tmp_path / "out"
     r = run(["--panel", str(panel), "--freq", freq, "--id-col", "store", "--time-col", "when",
-             "--target-col", "sales", "--test-periods", str(test), "--out", str(out), *FAST])
+             "--target-col", "sales", "--test-periods", str(test), "--out", str(out), *FAST,
+             *(["--cv-folds", "1"] if freq in CV_FREQS else [])])
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     ev = json.loads((out / "eval.json").read_text())
     text = (out / "EVAL.md").read_text()
@@ -81,6 +83,7 @@ def test_end_to_end(freq, tmp_path):
     assert "p_" + freq in text and "Online Retail" not in text and "14 shards" not in text
     assert (out / "models" / f"backtest_{freq.lower()}.onnx").exists()
     assert ev["events"] is None
+    assert len(ev["cv_cutoffs"]) == (1 if freq in CV_FREQS else 0)
 
 
 def test_late_series_history_is_not_zero_filled(tmp_path):
