@@ -19,6 +19,7 @@ note="Online Retail II shard panel (UCI, CC BY 4.0; 14 shards = region × catego
 cd "$repo"
 common=(--id-col shard_id --target-col lines --events "$data/events.csv")
 bt=forecaster/train/backtest.sh
+intro=$(cat forecaster/train/eval_intro.md)
 $bt --panel "$data/shard_hourly.csv.gz" --freq H "${common[@]}" --open-hours Sun-Fri:08-17 \
   --name shardcast_hourly --out "$out/hourly" --data-note "$note hour; data/online_retail/shard_hourly.csv.gz)"
 # daily: D h=1 may also be answered by the hourly models' 24-hour totals (the CV chooses)
@@ -29,7 +30,7 @@ $bt --panel "$data/shard_weekly.csv.gz" --daily-panel "$data/shard_daily.csv.gz"
   --name shardcast_weekly_from_daily --out "$out/weekly" \
   --data-note "$note Monday-based week; data/online_retail/shard_weekly.csv.gz, with shard_daily.csv.gz for the daily model)"
 "$py" forecaster/train/merge_eval.py "$out/hourly" "$out/daily" "$out/weekly" \
-  --title "Forecaster evaluation (dev data: Online Retail II)" \
+  --title "Forecaster evaluation (dev data: Online Retail II)" --intro "$intro" \
   --missing "M: the data holds 24 months; a 12-month test window plus a 12-month validation window leave nothing to train on" \
   --notes forecaster/train/eval_notes.md --out forecaster/EVAL.md --json forecaster/models/eval.json
 if [ "${1:-}" = "--ship" ]; then

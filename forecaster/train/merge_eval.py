@@ -53,8 +53,10 @@ def main(argv=None) -> None:
         f, why = m.split(":", 1)
         out.append(f"| {f.strip()} | not run: {why.strip()} | | | | | |")
     out.append("")
-    for d, _ in runs:
+    grain = {"H": "Hourly", "D": "Daily", "W": "Weekly", "M": "Monthly"}
+    for d, r in runs:
         text = (d / "EVAL.md").read_text()
+        text = re.sub(r"^# .*", f"# {grain[r['freq']]} backtest", text, count=1)
         text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)  # one level down
         text = re.sub(r"^## .*\n\nWritten by .*\n", lambda m: m.group(0).split("\n")[0] + "\n", text, count=1)
         out += [text.strip(), ""]
