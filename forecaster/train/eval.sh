@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Backtest the forecaster on the dev data (Online Retail II shard panels) at every
 # frequency the data allows, with backtest.sh, and write forecaster/EVAL.md and
-# forecaster/models/eval.json from those runs. The hourly and daily runs train
+# forecaster/train/eval_dev.json from those runs. The hourly and daily runs train
 # shardcast_hourly / shardcast_daily; `--ship` copies them into forecaster/models/
 # (then run the parity tests). About 20-30 minutes on 2 cores.
 #
@@ -32,7 +32,7 @@ $bt --panel "$data/shard_weekly.csv.gz" --daily-panel "$data/shard_daily.csv.gz"
 "$py" forecaster/train/merge_eval.py "$out/hourly" "$out/daily" "$out/weekly" \
   --title "Forecaster evaluation (dev data: Online Retail II)" --intro "$intro" \
   --missing "M: the data holds 24 months; a 12-month test window plus a 12-month validation window leave nothing to train on" \
-  --notes forecaster/train/eval_notes.md --out forecaster/EVAL.md --json forecaster/models/eval.json
+  --notes forecaster/train/eval_notes.md --out forecaster/EVAL.md --json forecaster/train/eval_dev.json
 if [ "${1:-}" = "--ship" ]; then
   for n in shardcast_hourly shardcast_daily; do
     d=$out/$([ $n = shardcast_hourly ] && echo hourly || echo daily)/models
