@@ -11,8 +11,12 @@ Data model
 A panel is a long table ``series_id, ds, y`` (plus optional covariate
 columns) at one frequency: ``H`` (hourly), ``D`` (daily), ``W`` (weekly,
 periods labelled by their first day) or ``M`` (monthly, labelled by the first
-day of the month). It is made regular: every series spans the panel's full
-time range and missing periods count as zero demand.
+day of the month). It is made regular on one grid: a series' history starts
+at its first observation (``Panel.start``); periods after it that are
+missing count as zero demand. Periods before it are *not* history: the
+demand array holds 0 there only so that tensors can be built, training
+never uses an origin whose window reaches before ``start`` and the
+backtest never scores those cells.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ FREQS = {
     "D": dict(alias="D", periods=[7], context=28, horizon=28, scale_window=28,
               aggregates=[(0, 7), (7, 7), (14, 7), (21, 7), (0, 28)]),
     "W": dict(alias="W-MON", periods=[52], context=26, horizon=8, scale_window=8, aggregates=[(0, 4)]),
-    "M": dict(alias="MS", periods=[12], context=24, horizon=6, scale_window=6, aggregates=[(0, 3)]),
+    "M": dict(alias="MS", periods=[12], context=12, horizon=12, scale_window=12, aggregates=[(0, 3), (0, 12)]),
 }
 
 
@@ -54,11 +58,21 @@ class Panel:
     index: pd.DatetimeIndex
     y: np.ndarray  # [S, T] float64, >= 0
     cov: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [S, T], NaN = missing
+    start: np.ndarray | None = None  # [S] index of each series' first observation (None: 0 for all)
+
+    def __post_init__(self):
+        if self.start is None:
+            self.start = np.zeros(len(self.ids), dtype=int)
 
     def slice_until(self, end: pd.Timestamp) -> "Panel":
         """Only the periods strictly before ``end``."""
         n = int(self.index.searchsorted(end))
-        return Panel(self.freq, self.ids, self.index[:n], self.y[:, :n], {k: v[:, :n] for k, v in self.cov.items()})
+        return Panel(self.freq, self.ids, self.index[:n], self.y[:, :n], {k: v[:, :n] for k, v in self.cov.items()},
+                     self.start.copy())
+
+    def observed(self) -> np.ndarray:
+        """[S, T] bool: the period is at or after the series' first observation."""
+        return np.arange(self.y.shape[1])[None, :] >= self.start[:, None]
 
 
 def period_index(start: pd.Timestamp, end: pd.Timestamp, freq: str) -> pd.DatetimeIndex:
@@ -70,28 +84,45 @@ def period_index(start: pd.Timestamp, end: pd.Timestamp, freq: str) -> pd.Dateti
 def load_panel(path: str | Path, freq: str, id_col: str = "series_id", time_col: str = "ds",
                target_col: str = "y", covariate_cols: list[str] | None = None) -> Panel:
     """Read a long-format CSV (optionally gzip) into a regular ``Panel``."""
-    df = pd.read_csv(path)
-    for c in (id_col, time_col, target_col):
+    if freq not in FREQS:
+        raise SystemExit(f"--freq {freq!r}: use one of {', '.join(FREQS)}")
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise SystemExit(f"--panel {path}: no such file") from None
+    flags = {id_col: "--id-col", time_col: "--time-col", target_col: "--target-col"}
+    for c, flag in flags.items():
         if c not in df.columns:
-            raise SystemExit(f"{path}: no column {c!r} (columns: {list(df.columns)})")
+            raise SystemExit(f"{path}: no column {c!r}: set {flag} to one of {list(df.columns)}")
     df = df.rename(columns={id_col: "series_id", time_col: "ds", target_col: "y"})
     df["series_id"] = df["series_id"].astype(str)
-    df["ds"] = pd.to_datetime(df["ds"])
+    try:
+        df["ds"] = pd.to_datetime(df["ds"])
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"{path}: column {time_col!r} is not a timestamp ({e}): check --time-col") from None
+    if not pd.api.types.is_numeric_dtype(df["y"]):
+        raise SystemExit(f"{path}: column {target_col!r} is not numeric: check --target-col")
     if df["y"].isna().any() or (df["y"] < 0).any():
-        raise SystemExit(f"{path}: target {target_col!r} must be non-negative and present")
+        raise SystemExit(f"{path}: target {target_col!r} must be non-negative and present (--target-col)")
+    if freq == "M":  # any day of the month labels that month
+        df["ds"] = df["ds"].dt.to_period("M").dt.start_time
     ids = sorted(df["series_id"].unique())
     index = period_index(df["ds"].min(), df["ds"].max(), freq)
     if not df["ds"].isin(index).all():
         bad = df.loc[~df["ds"].isin(index), "ds"].iloc[0]
-        raise SystemExit(f"{path}: timestamp {bad} is not on the {freq} grid starting {index[0]}")
+        raise SystemExit(f"{path}: timestamp {bad} is not on the {freq} grid starting {index[0]}: check --freq")
     wide = df.pivot_table(index="series_id", columns="ds", values="y", aggfunc="sum")
-    y = wide.reindex(index=ids, columns=index).fillna(0.0).to_numpy(np.float64)
+    wide = wide.reindex(index=ids, columns=index)
+    first = df.groupby("series_id")["ds"].min().reindex(ids)
+    start = index.searchsorted(pd.DatetimeIndex(first)).astype(int)
+    # missing periods after a series' first observation are zero demand; before it there is no history
+    y = wide.fillna(0.0).to_numpy(np.float64)
     cov = {}
     for c in covariate_cols or []:
         if c in df.columns:
             w = df.pivot_table(index="series_id", columns="ds", values=c, aggfunc="mean")
             cov[c] = w.reindex(index=ids, columns=index).to_numpy(np.float64)
-    return Panel(freq, ids, index, y, cov)
+    return Panel(freq, ids, index, y, cov, start)
 
 
 def load_signal(path: str | Path, panel: Panel) -> np.ndarray:
@@ -351,7 +382,8 @@ class FeatureSpec:
             "scale": (f"scale = 1 + mean(y over the {self.scale_window} periods ending at the origin, "
                       f"origin included); y is raw demand per period (request/line counts)"),
             "short_history": (f"a series with fewer than {self.history_needed} periods of history is padded "
-                              f"with 0 demand before its first period (training series were zero-filled)"),
+                              f"with 0 demand before its first period (training used only origins with full "
+                              f"history after each series' first observation)"),
             "batching": "stack any number of series along the batch axis; rows are independent",
             "demand_transform": tr,
             "past_features": [{"name": n, "definition": past[n]} for n in self.past_names()],

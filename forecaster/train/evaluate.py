@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Rolling-origin backtest of the committed forecaster against seasonal-naive and AutoETS.
 
-    python forecaster/train/evaluate.py            # Online Retail II, writes forecaster/EVAL.md
+    python forecaster/train/evaluate.py --hourly-panel H.csv --daily-panel D.csv [--events E.csv] --out R.md
+
+Scores the committed models in ``--models-dir`` (``backtest.py`` trains and
+scores in one step on any panel; ``forecaster/EVAL.md`` is written by it).
 
 Setups (test = the final ``--test-days`` days, never seen in training):
 
@@ -263,18 +266,19 @@ def report(setups: list[dict], models: dict, args, seconds: float) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hourly-panel", default=str(DATA / "shard_hourly.csv.gz"))
-    ap.add_argument("--daily-panel", default=str(DATA / "shard_daily.csv.gz"))
-    ap.add_argument("--weekly-panel", default=str(DATA / "shard_weekly.csv.gz"))
-    ap.add_argument("--id-col", default="shard_id")
+    # no defaults from the dev data: a panel, an event calendar or a model is scored only when given
+    ap.add_argument("--hourly-panel", default=None)
+    ap.add_argument("--daily-panel", default=None)
+    ap.add_argument("--weekly-panel", default=None, help="needs --daily-panel too (the LSTM's weekly totals)")
+    ap.add_argument("--id-col", default="series_id")
     ap.add_argument("--time-col", default="ds")
-    ap.add_argument("--target-col", default="lines")
-    ap.add_argument("--events", default=str(DATA / "events.csv"))
+    ap.add_argument("--target-col", default="y")
+    ap.add_argument("--events", default=None, help="event calendar CSV (SIGNALS.md); none unless given")
     ap.add_argument("--hourly-model", default="shardcast_hourly")
     ap.add_argument("--daily-model", default="shardcast_daily")
     ap.add_argument("--models-dir", default=str(MODELS))
     ap.add_argument("--test-days", type=int, default=28)
-    ap.add_argument("--open-hours", default="Sun-Fri:08-17", help="'all' or e.g. 'Sun-Fri:08-17'")
+    ap.add_argument("--open-hours", default="all", help="'all' or e.g. 'Sun-Fri:08-17' (train.py's default too)")
     ap.add_argument("--skip", default="", help="comma-separated setups to skip: h24,h1,d7,w (weekly)")
     ap.add_argument("--out", default=str(REPO / "forecaster" / "EVAL.md"))
     ap.add_argument("--json", default=None, help="also write the numbers as JSON here")
@@ -285,11 +289,23 @@ def main(argv=None) -> None:
                          "committed forecaster/models and every setup ran)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    skip = set(args.skip.split(","))
+    skip = set(args.skip.split(",")) - {""}
+    if skip - {"h24", "h1", "d7", "w"}:
+        raise SystemExit(f"--skip {args.skip}: the setups are h24, h1, d7 and w (weekly)")
     mdir = Path(args.models_dir)
     cols = (args.id_col, args.time_col, args.target_col)
     setups, models = [], {}
-    events = args.events if args.events and Path(args.events).exists() else None
+    if args.events and not Path(args.events).exists():
+        raise SystemExit(f"--events {args.events}: no such file")
+    events = args.events
+    for flag, v in (("--hourly-model", args.hourly_model), ("--daily-model", args.daily_model)):
+        panel_flag = "--hourly-panel" if flag == "--hourly-model" else "--daily-panel"
+        if getattr(args, panel_flag[2:].replace("-", "_")) and not (mdir / f"{v}.json").exists():
+            raise SystemExit(f"{flag} {v}: no {v}.json in --models-dir {mdir}")
+    if args.weekly_panel and not args.daily_panel:
+        raise SystemExit("--weekly-panel needs --daily-panel (the LSTM's weekly totals come from the daily model)")
+    if not (args.hourly_panel or args.daily_panel):
+        raise SystemExit("nothing to score: give --hourly-panel and/or --daily-panel")
 
     if args.hourly_panel and not {"h24", "h1"} <= skip:
         panel = load_panel(args.hourly_panel, "H", *cols)

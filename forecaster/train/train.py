@@ -49,8 +49,30 @@ import model as M  # noqa: E402
 REPO = HERE.parent.parent
 
 
-def period_offset(freq: str, days: int) -> int:
-    return {"H": days * 24, "D": days, "W": max(1, round(days / 7)), "M": max(1, round(days / 30))}[freq]
+# default held-out test and validation windows, in periods of the frequency
+TEST_PERIODS = {"H": 28 * 24, "D": 28, "W": 13, "M": 12}
+VAL_PERIODS = {"H": 28 * 24, "D": 28, "W": 13, "M": 12}
+
+
+def period_offset(freq: str, days: int, flag: str = "--test-days") -> int:
+    """Days as a number of periods; months have no fixed length in days, so M needs periods."""
+    if freq == "M":
+        raise SystemExit(f"{flag} cannot say how many months: use {flag.replace('days', 'periods')} with --freq M")
+    if freq == "W" and days % 7:
+        raise SystemExit(f"{flag} {days} is not whole weeks: use {flag.replace('days', 'periods')} with --freq W")
+    return {"H": days * 24, "D": days, "W": days // 7}[freq]
+
+
+def window_periods(args, which: str) -> int:
+    """--test-periods/--val-periods, else --test-days/--val-days, else the frequency's default."""
+    per, days = getattr(args, f"{which}_periods"), getattr(args, f"{which}_days")
+    if per is not None:
+        if per < 0:
+            raise SystemExit(f"--{which}-periods must be >= 0")
+        return per
+    if days is not None:
+        return period_offset(args.freq, days, f"--{which}-days")
+    return (TEST_PERIODS if which == "test" else VAL_PERIODS)[args.freq]
 
 
 def parse_args(argv=None):
@@ -70,15 +92,21 @@ def parse_args(argv=None):
     ap.add_argument("--periods", default=None, help="comma-separated seasonal periods (lag channels)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--head", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=6000, help="most training steps (early stopping may end sooner)")
+    ap.add_argument("--patience", type=int, default=1500,
+                    help="stop when the validation loss has not improved for this many steps (0: never)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--members", type=int, default=1, help="ensemble size (seeds seed..seed+n-1)")
-    ap.add_argument("--test-days", type=int, default=28)
-    ap.add_argument("--cutoff", default=None, help="first held-out period (default: last --test-days days)")
-    ap.add_argument("--val-days", type=int, default=28)
+    ap.add_argument("--test-periods", type=int, default=None,
+                    help="held-out periods at the end (default: 28 days for H and D, 13 weeks, 12 months)")
+    ap.add_argument("--test-days", type=int, default=None, help="the same in days (H, D, W only)")
+    ap.add_argument("--cutoff", default=None, help="first held-out period (default: the last --test-periods)")
+    ap.add_argument("--val-periods", type=int, default=None,
+                    help="validation periods before the cutoff (default as --test-periods)")
+    ap.add_argument("--val-days", type=int, default=None, help="the same in days (H, D, W only)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--drop-events", type=float, default=0.1, help="P(event feed hidden) per training sample")
     ap.add_argument("--drop-cov", type=float, default=0.2, help="P(a covariate feed hidden) per training sample")
@@ -86,8 +114,9 @@ def parse_args(argv=None):
                     help="sample weight = scale**p (0: every series equal, 1: weights as raw demand)")
     ap.add_argument("--recent-boost", type=float, default=0.0,
                     help="sample origins with weight exp(boost * position), position 0..1 over the training span")
-    ap.add_argument("--calibrate-hours", default="all",
-                    help="cells used to calibrate hourly quantiles, e.g. 'Sun-Fri:08-17' (see evaluate.py)")
+    ap.add_argument("--open-hours", "--calibrate-hours", dest="open_hours", default="all",
+                    help="hourly cells used to calibrate (and, in the backtest, score): 'all' or e.g. "
+                         "'Sun-Fri:08-17' (the same flag and default as evaluate.py/backtest.py)")
     ap.add_argument("--no-calibrate", action="store_true")
     ap.add_argument("--refit", action="store_true",
                     help="after validation, retrain each member up to its best step on targets up to the cutoff")
@@ -139,22 +168,28 @@ def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int,
         return optax.apply_updates(params, up), state, l
 
     eval_loss = jax.jit(loss)
-    lo = spec.min_origin
-    origins = np.arange(lo, train_last + 1)
-    if args.recent_boost > 0:
-        pos = (origins - lo) / max(1, train_last - lo)
-        pw = np.exp(args.recent_boost * pos)
-        pw /= pw.sum()
-    else:
-        pw = None
+    # a series' origins start once its window lies after its first observation
+    lo = np.maximum(spec.min_origin, prep.panel.start + spec.min_origin)
+    ok = lo <= train_last
+    if not ok.any():
+        raise SystemExit("no series has enough history before the validation window: lower --context or "
+                         "--val-periods/--test-periods")
+    usable = np.flatnonzero(ok)
+    n_orig = (train_last - lo[usable] + 1).astype(float)
+    sp = n_orig / n_orig.sum()  # every (series, origin) pair equally likely
     best = (np.inf, params, 0)
     log = []
     t0 = time.time()
     run = 0.0
     last = args.steps if stop_at is None else stop_at
+    patience = getattr(args, "patience", 0) or 0
     for it in range(1, last + 1):
-        s = rng.integers(0, S, args.batch)
-        o = rng.choice(origins, args.batch, p=pw)
+        s = usable[rng.choice(len(usable), args.batch, p=sp)]
+        u = rng.random(args.batch)
+        if args.recent_boost > 0:  # more recent origins more often: position ~ exp(boost * x) on 0..1
+            bst = args.recent_boost
+            u = np.log1p(u * np.expm1(bst)) / bst
+        o = np.minimum(lo[s] + np.floor(u * (train_last - lo[s] + 1)).astype(int), train_last)
         de = (rng.random(args.batch) < args.drop_events).astype(float)
         dc = (rng.random((args.batch, len(spec.covariates))) < args.drop_cov).astype(float)
         past, future, scale = prep.inputs(s, o, de, dc)
@@ -168,6 +203,9 @@ def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int,
             print(f"  seed {seed} step {it:5d} train {run:.4f} val {vl:.4f} ({time.time() - t0:.0f}s)", flush=True)
             if vl < best[0]:
                 best = (vl, params, it)
+            elif patience and it - best[2] >= patience:
+                print(f"  seed {seed}: early stop at {it}, best step {best[2]}", flush=True)
+                break
     if val is None:
         best = (float("nan"), params, last)
     return jax.tree_util.tree_map(np.asarray, best[1]), {"best_step": best[2], "best_val_loss": best[0], "log": log}
@@ -180,9 +218,13 @@ def val_set(prep: Prepared, spec: FeatureSpec, val_start: int, cutoff: int, mask
     origins = np.arange(max(spec.min_origin, val_start - K), cutoff - 1)
     ss, oo = np.meshgrid(np.arange(S), origins, indexing="ij")
     ss, oo = ss.ravel(), oo.ravel()
+    keep = oo >= prep.panel.start[ss] + spec.min_origin
+    if not keep.any():  # every series is young: score what there is (zero-padded history)
+        keep = oo >= prep.panel.start[ss]
+    ss, oo = ss[keep], oo[keep]
     past, future, scale = prep.inputs(ss, oo)
     yk = oo[:, None] + np.arange(1, K + 1)[None, :]
-    valid = (yk >= val_start) & (yk < cutoff)
+    valid = (yk >= val_start) & (yk < cutoff) & (yk >= prep.panel.start[ss][:, None])
     ys_raw = prep.panel.y[ss[:, None], np.minimum(yk, prep.panel.y.shape[1] - 1)]
     ys = np.log1p(ys_raw / scale).astype(np.float32)
     ag_valid = np.stack([(oo + a + 1 >= val_start) & (oo + a + n < cutoff) for a, n in spec.aggregates], -1)
@@ -228,37 +270,39 @@ def fit_calibration(z: np.ndarray, y: np.ndarray, mask: np.ndarray, levels: list
     return out
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    t_start = time.time()
+def make_spec(args) -> FeatureSpec:
     cov_names = [c for c in args.covariates.split(",") if c]
     over = dict(context=args.context, horizon=args.horizon,
-                periods=[int(p) for p in args.periods.split(",")] if args.periods else None,
+                periods=[int(p) for p in args.periods.split(",")] if args.periods is not None else None,
                 covariates=cov_names, quantiles=list(QUANTILES))
-    spec = FeatureSpec.default(args.freq, **over)
-    panel = load_panel(args.panel, args.freq, args.id_col, args.time_col, args.target_col,
-                       [c for c in args.covariate_cols.split(",") if c])
-    signals = dict(s.split("=", 1) for s in args.signal)
-    prep = Prepared.make(panel, spec, args.events, signals)
+    return FeatureSpec.default(args.freq, **over)
+
+
+def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, quiet: bool = False):
+    """Train on targets before period ``cutoff``: early stopping and calibration on the ``val_periods``
+    before it, then (``--refit``) retrain up to the best step on every target before ``cutoff``.
+
+    Returns (members, calib, trained) — ``trained`` is the sidecar's record of the run."""
+    t_start = time.time()
+    panel = prep.panel
     T = panel.y.shape[1]
-    if args.cutoff:
-        cutoff = int(panel.index.searchsorted(pd.Timestamp(args.cutoff)))
-    else:
-        cutoff = T - period_offset(args.freq, args.test_days)
-    val_start = cutoff - period_offset(args.freq, args.val_days) if args.val_days > 0 else cutoff
+    val_start = cutoff - val_periods
     K = spec.horizon
     train_last = val_start - 2  # origins up to here have at least one target before validation
-    if train_last <= spec.min_origin + K:
-        raise SystemExit(f"not enough history: need > {spec.min_origin + K + 2} periods before validation")
+    if train_last <= spec.min_origin + 1:
+        raise SystemExit(f"not enough history: the model needs {spec.min_origin + 3} periods before the "
+                         f"validation window, the panel has {val_start}; lower --test-periods/--val-periods "
+                         f"or --context")
+    first_origin = int(min(max(spec.min_origin, st + spec.min_origin) for st in panel.start))
     print(f"panel {len(panel.ids)} series x {T} {args.freq} periods; train origins "
-          f"{panel.index[spec.min_origin]} .. {panel.index[train_last]} (targets before validation), val targets "
+          f"{panel.index[first_origin]} .. {panel.index[train_last]} (targets before validation), val targets "
           f"{panel.index[val_start]} .. {panel.index[cutoff - 1]}, held out from {panel.index[min(cutoff, T - 1)]}",
           flush=True)
 
-    hours_mask = open_hours_mask(panel.index, args.calibrate_hours) if args.freq == "H" else None
+    hours_mask = open_hours_mask(panel.index, args.open_hours) if args.freq == "H" else None
     val = None
     vs = None
-    if args.val_days > 0:
+    if val_periods > 0:
         vs = val_set(prep, spec, val_start, cutoff, hours_mask)
         w = (vs["scale"][:, 0] ** args.weight_power).astype(np.float32)
         # validation loss only over target cells inside the validation window
@@ -294,27 +338,45 @@ def main(argv=None) -> None:
                    for m, lg in enumerate(logs)]
         refit_until = str(panel.index[cutoff - 1])
 
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     trained = {
         "date": dt.date.today().isoformat(),
         "panel": os.path.relpath(args.panel, REPO) if Path(args.panel).is_absolute() else args.panel,
         "data_note": args.data_note,
         "series": len(panel.ids),
         "first_period": str(panel.index[0]),
-        "train_origins": [str(panel.index[spec.min_origin]), str(panel.index[cutoff - 2 if refit_until else train_last])],
+        "train_origins": [str(panel.index[first_origin]), str(panel.index[cutoff - 2 if refit_until else train_last])],
         "validation_targets": [str(panel.index[val_start]), str(panel.index[cutoff - 1])] if vs else None,
         "refit_on_targets_until": refit_until,
         "held_out_from": str(panel.index[cutoff]) if cutoff < T else None,
         "events": (os.path.relpath(args.events, REPO) if args.events and Path(args.events).is_absolute()
                    else args.events),
-        "members": [{"seed": args.seed + m, "best_step": lg["best_step"], "best_val_loss": lg["best_val_loss"]}
+        "members": [{"seed": args.seed + m, "best_step": lg["best_step"], "best_val_loss": lg["best_val_loss"],
+                     "steps_run": lg["log"][-1]["step"] if lg["log"] else None}
                     for m, lg in enumerate(logs)],
-        "hyper": {k: getattr(args, k) for k in ("hidden", "head", "steps", "batch", "lr", "weight_decay",
-                                                 "drop_events", "drop_cov", "weight_power", "recent_boost",
-                                                 "refit")},
+        "hyper": {k: getattr(args, k) for k in ("hidden", "head", "steps", "patience", "batch", "lr",
+                                                 "weight_decay", "drop_events", "drop_cov", "weight_power",
+                                                 "recent_boost", "refit")},
         "train_seconds": round(time.time() - t_start, 1),
     }
+    return members, calib, trained
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    t_start = time.time()
+    spec = make_spec(args)
+    panel = load_panel(args.panel, args.freq, args.id_col, args.time_col, args.target_col,
+                       [c for c in args.covariate_cols.split(",") if c])
+    signals = dict(s.split("=", 1) for s in args.signal)
+    prep = Prepared.make(panel, spec, args.events, signals)
+    T = panel.y.shape[1]
+    if args.cutoff:
+        cutoff = int(panel.index.searchsorted(pd.Timestamp(args.cutoff)))
+    else:
+        cutoff = T - window_periods(args, "test")
+    members, calib, trained = fit(args, prep, spec, cutoff, window_periods(args, "val"))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     write_artifacts(out, args.name, spec, members, calib, trained, prep, cutoff)
     print(f"wrote {out / args.name}.onnx/.json/.parity.json in {time.time() - t_start:.0f}s")
 
@@ -387,7 +449,7 @@ def write_artifacts(out: Path, name: str, spec: FeatureSpec, members: list[dict]
     hidden = members[0]["R"].shape[1]
     meta = sidecar(name, spec, hidden, len(members), trained)
     doc = (f"shardcast forecaster '{name}': quantile forecasts of per-shard demand. "
-           f"Contract: {name}.json. Trained on data derived from UCI Online Retail II (CC BY 4.0).")
+           f"Contract: {name}.json. Trained on {trained.get('data_note') or trained.get('panel')}.")
     mp = export_onnx.build(members, calib, spec, name, doc)
     onnx.save(mp, out / f"{name}.onnx")
     # weights kept for the parity test and for evaluation of the JAX side
