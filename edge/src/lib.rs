@@ -15,6 +15,8 @@
 //! - [`auth`]: bearer-token checks in constant time; [`body`]: JSON bodies
 //!   that must be objects;
 //! - [`fd`]: the open-file limit raised to its hard limit at start;
+//! - [`url`]: percent decoding of path segments and query parameters for
+//!   the control APIs (from `percent-encoding` and `form_urlencoded`);
 //! - [`supervise`]: background loops that are restarted with backoff when
 //!   they panic or end, and counted;
 //! - `testkit` (feature `testkit`): client-side probes for the tests of
@@ -33,6 +35,7 @@ pub mod limit;
 pub mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod url;
 
 pub use deadline::{DeadlineIo, Deadlines, Mode};
 pub use limit::{ConnGuard, ConnLimiter, Limits, Refused};

@@ -146,6 +146,9 @@ async fn ingest_forecast_and_restart() {
     let (st, body) = call("POST", format!("{base}/ingest"), frame(4, 60).encode()).await;
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("\"seq_gap\":2"), "{body}");
+    // What the forecaster sends is the shared contract, field for field.
+    let answer: shardmap::contract::forecast::IngestAnswer = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer.seq_gap, 2);
 
     // bad frames: truncated, garbage, wrong version, inconsistent, oversized, wrong method
     let enc = frame(5, 10).encode();
@@ -220,6 +223,13 @@ async fn ingest_forecast_and_restart() {
         .unwrap()
         .iter()
         .any(|f| f["name"] == "sales_history" && f["state"] == "ok"));
+    let typed: shardmap::contract::forecast::ShardForecastView =
+        serde_json::from_str(&enc_body).unwrap();
+    assert_eq!(
+        serde_json::to_value(&typed).unwrap(),
+        v,
+        "nothing lost or renamed"
+    );
     let (st, raw) = call("GET", format!("{base}/forecast/UK/SEASONAL"), vec![]).await;
     assert_eq!(st, 200, "{raw}");
     assert_eq!(
@@ -234,8 +244,24 @@ async fn ingest_forecast_and_restart() {
     );
     let (st, all) = call("GET", format!("{base}/forecasts"), vec![]).await;
     assert_eq!(st, 200);
+    let typed: shardmap::contract::forecast::ForecastsView = serde_json::from_str(&all).unwrap();
     let all: serde_json::Value = serde_json::from_str(&all).unwrap();
     assert_eq!(all["shards"].as_object().unwrap().len(), 14);
+    assert_eq!(
+        serde_json::to_value(&typed).unwrap(),
+        all,
+        "nothing lost or renamed"
+    );
+    let (st, series) = call("GET", format!("{base}/series?hours=3"), vec![]).await;
+    assert_eq!(st, 200, "{series}");
+    let series: shardmap::contract::forecast::SeriesSetView =
+        serde_json::from_str(&series).unwrap();
+    assert_eq!(series.hours, 3);
+    assert_eq!(series.shards["UK/SEASONAL"].hourly.values.len(), 3);
+    let (st, clock) = call("GET", format!("{base}/clock"), vec![]).await;
+    assert_eq!(st, 200, "{clock}");
+    let clock: shardmap::contract::forecast::ClockView = serde_json::from_str(&clock).unwrap();
+    assert!(!clock.replay);
 
     // the live telemetry is in the store, and a restart keeps it
     let hour = svc.store.local_hour(now_unix_ms());

@@ -15,14 +15,18 @@
 //!
 //! [`ShardStats::recent`]: crate::telemetry::ShardStats::recent
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
 use shardmap::config::Dashboard;
-use shardmap::TableView;
+use shardmap::contract::forecast::{ForecastsView, SeriesRing, SeriesSetView};
+use shardmap::contract::manager::{self as mgr, ManagerView};
+use shardmap::contract::ErrorBody;
+use shardmap::{AssignmentVersion, TableView};
 use tokio::sync::watch;
 
 use crate::http_client::Client;
@@ -42,8 +46,6 @@ const MAX_BODY: usize = 8 << 20;
 const MAX_ROWS: usize = 200;
 /// Hours of actual demand asked for per shard.
 const SERIES_HOURS: usize = 48;
-/// Forecast quantiles the page draws: the p10–p90 band and the median.
-const QUANTILES: [(&str, f64); 3] = [("p10", 0.1), ("p50", 0.5), ("p90", 0.9)];
 
 /// Dashboard state kept in [`Shared`]: the last read of the forecaster.
 #[derive(Default)]
@@ -52,20 +54,22 @@ pub struct DashState {
     client: OnceLock<Client>,
 }
 
-/// One read of the forecaster's three endpoints.
+/// One read of the forecaster's three endpoints, in the forecaster's own
+/// types (`shardmap::contract`): an answer that does not parse is that
+/// part's error, never a half-read view.
 struct Fetched {
     at: Instant,
     url: String,
     status: ForecasterStatus,
-    forecasts: Option<Value>,
-    manager: Option<Value>,
-    series: Option<Value>,
+    forecasts: Option<ForecastsView>,
+    manager: Option<ManagerView>,
+    series: Option<SeriesSetView>,
 }
 
 /// How one forecaster endpoint answered.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Part {
-    /// It answered 200 with a JSON object.
+    /// It answered 200 with its JSON view.
     pub available: bool,
     pub error: Option<String>,
 }
@@ -86,8 +90,8 @@ pub struct ForecasterStatus {
     pub manager: Part,
     /// From `/forecasts`: when the forecasts were made, and the last
     /// complete (store-local) hour they start after.
-    pub generated_at: Option<Value>,
-    pub origin_hour: Option<Value>,
+    pub generated_at: Option<String>,
+    pub origin_hour: Option<String>,
 }
 
 /// Traffic counters of one shard, or of all of them.
@@ -127,19 +131,44 @@ impl Traffic {
     }
 }
 
+/// One horizon of one shard's forecast, as the page draws it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Band {
+    pub p10: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub fallback: bool,
+    /// `model` or `seasonal_naive`.
+    pub source: &'static str,
+}
+
+/// A shard's forecast on the dashboard: a [`Band`] per horizon (`1h`,
+/// `1d`, `1w`, `1mo`) beside the hours of history it was made from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForecastBands {
+    #[serde(flatten)]
+    pub horizons: BTreeMap<String, Band>,
+    pub history_hours: usize,
+}
+
+/// A shard's actual demand from the forecaster's `/series`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Actual {
+    pub hourly: SeriesRing,
+    pub minutes: SeriesRing,
+}
+
 /// One shard on the dashboard.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardData {
     pub id: String,
     #[serde(flatten)]
     pub traffic: Traffic,
-    /// Per horizon (`1h`, `1d`, `1w`, `1mo`): `p10`, `p50`, `p90`,
-    /// `fallback`, `source`. Absent without forecasts.
-    pub forecast: Option<Value>,
-    /// `hourly` and `minutes` actuals from the forecaster's `/series`.
-    pub actual: Option<Value>,
-    /// The shard manager's entry for the shard, as it sent it.
-    pub manager: Option<Value>,
+    /// Absent without forecasts.
+    pub forecast: Option<ForecastBands>,
+    pub actual: Option<Actual>,
+    /// The shard manager's entry for the shard.
+    pub manager: Option<mgr::ShardView>,
 }
 
 /// Everything but the requests the proxy refused itself.
@@ -149,6 +178,14 @@ pub struct Totals {
     pub received: u64,
     #[serde(flatten)]
     pub traffic: Traffic,
+}
+
+/// The parts of the manager's view shown beside the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagerSummary {
+    pub assignment_version: AssignmentVersion,
+    pub dry_run: bool,
+    pub nodes: BTreeMap<String, mgr::NodeView>,
 }
 
 /// `GET /dashboard/data`.
@@ -163,12 +200,11 @@ pub struct Data {
     /// In table order.
     pub shards: Vec<ShardData>,
     pub forecaster: ForecasterStatus,
-    /// The manager's `assignment_version`, `dry_run` and `nodes`, when it
-    /// answered.
-    pub manager: Option<Value>,
+    /// When the manager answered.
+    pub manager: Option<ManagerSummary>,
     /// The manager's newest pre-fetch orders and decisions, in its order.
-    pub orders: Vec<Value>,
-    pub decisions: Vec<Value>,
+    pub orders: Vec<mgr::OrderView>,
+    pub decisions: Vec<mgr::Decision>,
 }
 
 fn unix_ms() -> u64 {
@@ -196,16 +232,16 @@ pub async fn sample_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
     }
 }
 
-/// Interpret one endpoint's answer: (answered over HTTP, part, JSON object).
-fn part(r: Result<(u16, Bytes), String>) -> (bool, Part, Option<Value>) {
+/// Interpret one endpoint's answer: (answered over HTTP, part, view).
+fn part<T: DeserializeOwned>(r: Result<(u16, Bytes), String>) -> (bool, Part, Option<T>) {
     let fail = |e: String| Part {
         available: false,
         error: Some(e),
     };
     match r {
         Err(e) => (false, fail(e), None),
-        Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
-            Ok(v) if v.is_object() => (
+        Ok((200, body)) => match serde_json::from_slice::<T>(&body) {
+            Ok(v) => (
                 true,
                 Part {
                     available: true,
@@ -213,13 +249,10 @@ fn part(r: Result<(u16, Bytes), String>) -> (bool, Part, Option<Value>) {
                 },
                 Some(v),
             ),
-            Ok(_) => (true, fail("not a JSON object".into()), None),
-            Err(e) => (true, fail(format!("invalid JSON: {e}")), None),
+            Err(e) => (true, fail(format!("not the expected answer: {e}")), None),
         },
         Ok((status, body)) => {
-            let why = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+            let why = ErrorBody::message_of(&body)
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default();
             (true, fail(format!("HTTP {status}{why}")), None)
@@ -237,11 +270,10 @@ async fn fetch(client: &Client, base: &str, timeout: Duration) -> Fetched {
         get(format!("/series?hours={SERIES_HOURS}")),
         get("/manager".into()),
     );
-    let (fa, fp, forecasts) = part(f);
-    let (sa, sp, series) = part(s);
-    let (ma, mp, manager) = part(m);
+    let (fa, fp, forecasts) = part::<ForecastsView>(f);
+    let (sa, sp, series) = part::<SeriesSetView>(s);
+    let (ma, mp, manager) = part::<ManagerView>(m);
     let reachable = fa || sa || ma;
-    let top = |k: &str| forecasts.as_ref().and_then(|v| v.get(k)).cloned();
     Fetched {
         at: Instant::now(),
         url: base.to_string(),
@@ -251,8 +283,8 @@ async fn fetch(client: &Client, base: &str, timeout: Duration) -> Fetched {
             reachable,
             error: (!reachable).then(|| fp.error.clone().unwrap_or_default()),
             fetched_unix_ms: unix_ms(),
-            generated_at: top("generated_at"),
-            origin_hour: top("origin_hour"),
+            generated_at: forecasts.as_ref().map(|f| f.generated_at.clone()),
+            origin_hour: forecasts.as_ref().map(|f| f.origin_hour.clone()),
             forecasts: fp,
             series: sp,
             manager: mp,
@@ -282,49 +314,35 @@ impl DashState {
 }
 
 /// p10/p50/p90 of every horizon of one shard in a `/forecasts` answer.
-fn forecast_of(forecasts: &Value, id: &str) -> Option<Value> {
-    let shard = forecasts.get("shards")?.get(id)?;
-    let mut out = Map::new();
-    for (name, h) in shard.get("horizons")?.as_object()? {
-        let (Some(levels), Some(values)) = (
-            h.get("levels").and_then(Value::as_array),
-            h.get("values").and_then(Value::as_array),
-        ) else {
-            continue;
-        };
-        let mut q = Map::new();
-        for (key, want) in QUANTILES {
-            let v = levels
-                .iter()
-                .position(|l| l.as_f64().is_some_and(|l| (l - want).abs() < 1e-3))
-                .and_then(|i| values.get(i)?.as_f64());
-            q.insert(key.into(), json!(v));
-        }
-        q.insert(
-            "fallback".into(),
-            h.get("fallback").cloned().unwrap_or(Value::Null),
-        );
-        q.insert(
-            "source".into(),
-            h.get("source")
-                .and_then(|s| s.get("kind"))
-                .cloned()
-                .unwrap_or(Value::Null),
-        );
-        out.insert(name.clone(), Value::Object(q));
-    }
-    if let Some(h) = shard.get("history_hours") {
-        out.insert("history_hours".into(), h.clone());
-    }
-    Some(Value::Object(out))
+fn forecast_of(forecasts: &ForecastsView, id: &str) -> Option<ForecastBands> {
+    let shard = forecasts.shards.get(id)?;
+    let horizons = shard
+        .horizons
+        .iter()
+        .map(|(name, h)| {
+            // The page draws the p10–p90 band and the median.
+            let q = |want: f64| h.quantile(want).map(f64::from);
+            (
+                name.clone(),
+                Band {
+                    p10: q(0.1),
+                    p50: q(0.5),
+                    p90: q(0.9),
+                    fallback: h.fallback,
+                    source: h.source.kind(),
+                },
+            )
+        })
+        .collect();
+    Some(ForecastBands {
+        horizons,
+        history_hours: shard.history_hours,
+    })
 }
 
-/// The last [`MAX_ROWS`] entries of an array field.
-fn newest(v: Option<&Value>, key: &str) -> Vec<Value> {
-    let Some(a) = v.and_then(|v| v.get(key)).and_then(Value::as_array) else {
-        return vec![];
-    };
-    a[a.len().saturating_sub(MAX_ROWS)..].to_vec()
+/// The last [`MAX_ROWS`] entries.
+fn newest<T: Clone>(v: &[T]) -> Vec<T> {
+    v[v.len().saturating_sub(MAX_ROWS)..].to_vec()
 }
 
 /// Build the dashboard data. Waits for the forecaster at most its
@@ -358,16 +376,14 @@ pub async fn data(shared: &Shared) -> Data {
                 .and_then(|v| forecast_of(v, id)),
             actual: f
                 .and_then(|f| f.series.as_ref())
-                .and_then(|v| v.get("shards")?.get(id))
-                .map(|s| {
-                    json!({
-                        "hourly": s.get("hourly"),
-                        "minutes": s.get("minutes"),
-                    })
+                .and_then(|v| v.shards.get(id))
+                .map(|s| Actual {
+                    hourly: s.hourly.clone(),
+                    minutes: s.minutes.clone(),
                 }),
             manager: f
                 .and_then(|f| f.manager.as_ref())
-                .and_then(|v| v.get("shards")?.get(id))
+                .and_then(|v| v.shards.get(id))
                 .cloned(),
         });
     }
@@ -386,21 +402,20 @@ pub async fn data(shared: &Shared) -> Data {
         },
         shards,
         forecaster: f.map(|f| f.status.clone()).unwrap_or_default(),
-        manager: manager.map(|m| {
-            json!({
-                "assignment_version": m.get("assignment_version"),
-                "dry_run": m.get("dry_run"),
-                "nodes": m.get("nodes"),
-            })
+        manager: manager.map(|m| ManagerSummary {
+            assignment_version: m.assignment_version,
+            dry_run: m.dry_run,
+            nodes: m.nodes.clone(),
         }),
-        orders: newest(manager, "orders"),
-        decisions: newest(manager, "decisions"),
+        orders: manager.map(|m| newest(&m.orders)).unwrap_or_default(),
+        decisions: manager.map(|m| newest(&m.decisions)).unwrap_or_default(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
     use std::convert::Infallible;
     use std::path::Path;
 
@@ -489,18 +504,22 @@ mod tests {
         addr
     }
 
+    /// A `/forecasts` answer as the forecaster sends it.
     fn forecasts_body() -> String {
         let levels = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99];
         json!({
             "generated_at": "2025-01-01T10:00:00Z",
             "origin_hour": "2025-01-01 09:00",
+            "origin_day": "2024-12-31",
+            "cycle_ms": 12.5,
+            "models": [],
+            "feeds": [],
             "shards": {
                 "UK/SEASONAL": {
                     "history_hours": 72,
                     "horizons": {
                         "1h": {"levels": levels, "values": [1, 10, 20, 30, 40, 50, 90], "source": {"kind": "model", "model": "m"}, "fallback": false},
-                        "1d": {"levels": levels, "values": [1, 100, 200, 300, 400, 500, 900], "source": {"kind": "seasonal_naive"}, "fallback": true},
-                        "1w": {"levels": "broken"}
+                        "1d": {"levels": levels, "values": [1, 100, 200, 300, 400, 500, 900], "source": {"kind": "seasonal_naive", "reason": "no model"}, "fallback": true}
                     }
                 }
             }
@@ -508,17 +527,29 @@ mod tests {
         .to_string()
     }
 
+    /// A `/manager` answer as the manager sends it (every field).
     fn manager_body() -> String {
+        let order = |id: u64, state: &str| {
+            json!({"id": id, "shard": "UK/SEASONAL", "node": "b", "state": state, "priority": 0.5,
+                "deadline_unix_ms": null, "submitted_unix_ms": 1, "finished_unix_ms": null, "rows": 0,
+                "bytes": 0, "reason": "forecast", "replaces": null, "adds_replica": true, "deadline_met": null})
+        };
         json!({
+            "leader": true, "epoch": 1, "holder": "m-1",
+            "lease": {"leader": true, "epoch": 1, "holder": "m-1", "id": "m-1", "lease_ms": 3000},
             "assignment_version": {"epoch": 1, "counter": 7},
-            "dry_run": true,
-            "shards": {"UK/SEASONAL": {"target": 2, "threshold": 40.0, "replicas": [{"node": "a", "state": "serving"}]}},
-            "nodes": {"a": {"health": "up", "load_rps": 3.5}},
-            "orders": [
-                {"id": 1, "shard": "UK/SEASONAL", "node": "b", "state": "running", "priority": 0.5},
-                {"id": 2}
-            ],
-            "decisions": [{"at_unix_ms": 1, "action": "add_replica", "reason": "forecast"}]
+            "table_refusals": {"proxy": 0, "metadata": 0},
+            "dry_run": true, "rounds": 3, "last_round_unix_ms": 1, "replication_factor": 1,
+            "sync_error": null, "metadata_error": null, "proxies_behind": [],
+            "shards": {"UK/SEASONAL": {"replicas": [{"node": "a", "state": "serving"}], "target": 2,
+                "predicted_rps": 41.0, "observed_rps": 3.0, "threshold": 40.0, "skill": 0.5,
+                "pinned": null, "hosted": {}}},
+            "nodes": {"a": {"health": "up", "last_error": null, "drained": false, "load_rps": 3.5, "capacity": 100.0, "zone": null}},
+            "orders": [order(1, "running"), order(2, "done")],
+            "decisions": [{"at_unix_ms": 1, "action": "add_replica", "shard": "UK/SEASONAL", "node": "b",
+                "reason": "forecast", "detail": "", "dry_run": true}],
+            "deferred": 0,
+            "operator": {"dry_run": true, "pins": {}, "drained": [], "thresholds": {}}
         })
         .to_string()
     }
@@ -671,8 +702,9 @@ mod tests {
     #[tokio::test]
     async fn forecasts_series_and_manager_are_joined_per_shard() {
         let series = json!({"hours": 48, "shards": {"UK/SEASONAL": {
-            "hourly": {"start_unix_ms": 0, "step_ms": 3600000, "values": [1.0, 2.0]},
-            "minutes": {"start_unix_ms": 0, "step_ms": 60000, "values": [0.5]}}}})
+            "shard": "UK/SEASONAL", "history_hours": 2,
+            "hourly": {"start_unix_ms": 0, "step_ms": 3600000, "values": [1.0, 2.0], "last_partial": true},
+            "minutes": {"start_unix_ms": 0, "step_ms": 60000, "values": [0.5], "last_partial": true}}}})
         .to_string();
         let addr = fake_forecaster(
             vec![
@@ -700,7 +732,7 @@ mod tests {
         assert_eq!(fc["1d"]["p90"], 500.0);
         assert_eq!(fc["1d"]["fallback"], true);
         assert_eq!(fc["history_hours"], 72);
-        assert!(fc.get("1w").is_none(), "malformed horizon skipped: {fc}");
+        assert!(fc.get("1w").is_none(), "{fc}");
         assert_eq!(
             v["shards"][0]["actual"]["hourly"]["values"],
             json!([1.0, 2.0])
@@ -736,5 +768,34 @@ mod tests {
         assert_eq!(f["manager"]["error"], "HTTP 404: no such endpoint");
         assert_eq!(v["manager"], Value::Null);
         assert_eq!(v["orders"], json!([]));
+    }
+
+    #[tokio::test]
+    async fn an_answer_in_another_shape_is_that_parts_error() {
+        // A manager that renamed a field and a forecaster with an order
+        // state the contract does not know: each part says so, the rest
+        // of the page is still there.
+        let manager = manager_body().replace("\"adds_replica\"", "\"is_add\"");
+        let forecasts = forecasts_body().replace("\"seasonal_naive\"", "\"naive\"");
+        let addr = fake_forecaster(
+            vec![("/forecasts", 200, forecasts), ("/manager", 200, manager)],
+            Duration::ZERO,
+        )
+        .await;
+        let (_d, s) = shared(&format!("[dashboard]\nforecaster = \"http://{addr}\"\n"));
+        let v = data_json(&s).await;
+        let f = &v["forecaster"];
+        assert_eq!(f["reachable"], true, "{f}");
+        assert_eq!(f["manager"]["available"], false, "{f}");
+        let e = f["manager"]["error"].as_str().unwrap();
+        assert!(e.contains("adds_replica"), "{e}");
+        assert_eq!(f["forecasts"]["available"], false, "{f}");
+        assert!(
+            f["forecasts"]["error"].as_str().unwrap().contains("naive"),
+            "{f}"
+        );
+        assert_eq!(v["manager"], Value::Null);
+        assert_eq!(v["shards"][0]["forecast"], Value::Null);
+        assert_eq!(v["table"]["config_generation"], 1);
     }
 }

@@ -1,6 +1,8 @@
 //! shardmap: the domain model every shardcast process shares — shards,
 //! nodes, the catalog, the routing table and its builder, the config schema
-//! and its validation, and the telemetry and control wire types.
+//! and its validation, the telemetry and control wire types, and the
+//! control plane's contracts ([`contract`]: orders, hosted shards, views,
+//! metadata key names).
 //!
 //! No I/O happens here beyond reading a config file when asked
 //! ([`config::Config::load`]); the proxy, the forecaster and the sync
@@ -9,6 +11,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod key;
 pub mod table;

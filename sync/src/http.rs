@@ -44,10 +44,7 @@ pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
 
 /// `{"error": "..."}` with a status.
 pub fn error(status: StatusCode, msg: &str) -> Resp {
-    json_bytes(
-        status,
-        Bytes::from(serde_json::json!({ "error": msg }).to_string()),
-    )
+    json(status, &shardmap::contract::ErrorBody::new(msg))
 }
 
 /// Prometheus text.
