@@ -14,6 +14,8 @@
 //!   HTTP/1.1), built from the two above, with graceful shutdown;
 //! - [`auth`]: bearer-token checks in constant time; [`body`]: JSON bodies
 //!   that must be objects;
+//! - [`client`]: the one HTTP client of the control plane, with deadlines,
+//!   bounded answers and typed errors;
 //! - [`fd`]: the open-file limit raised to its hard limit at start;
 //! - [`url`]: percent decoding of path segments and query parameters for
 //!   the control APIs (from `percent-encoding` and `form_urlencoded`);
@@ -28,6 +30,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod deadline;
 pub mod fd;
 pub mod http1;
