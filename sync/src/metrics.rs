@@ -69,6 +69,11 @@ impl Histogram {
 /// Counters shared by the scheduler and the node (each renders its part).
 #[derive(Debug, Default)]
 pub struct Metrics {
+    // order events pushed to the managers (`crate::push`)
+    pub order_events_sent: AtomicU64,
+    pub order_events_retried: AtomicU64,
+    pub order_events_failed: AtomicU64,
+    pub order_events_dropped: AtomicU64,
     // transfer path
     pub rows_copied: AtomicU64,
     pub bytes_copied: AtomicU64,
@@ -224,6 +229,16 @@ impl Metrics {
              shardcast_sync_deadlines_total{{outcome=\"met\"}} {}\nshardcast_sync_deadlines_total{{outcome=\"missed\"}} {}",
             self.deadlines_met.load(Relaxed),
             self.deadlines_missed.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardcast_sync_order_events_total Finished-order events pushed to the shard managers, by outcome (per manager).\n# TYPE shardcast_sync_order_events_total counter\n\
+             shardcast_sync_order_events_total{{outcome=\"sent\"}} {}\nshardcast_sync_order_events_total{{outcome=\"retried\"}} {}\n\
+             shardcast_sync_order_events_total{{outcome=\"failed\"}} {}\nshardcast_sync_order_events_total{{outcome=\"dropped\"}} {}",
+            self.order_events_sent.load(Relaxed),
+            self.order_events_retried.load(Relaxed),
+            self.order_events_failed.load(Relaxed),
+            self.order_events_dropped.load(Relaxed)
         );
         counter(
             out,

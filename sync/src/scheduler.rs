@@ -119,6 +119,8 @@ struct State {
     running_orders: usize,
     cancels: HashMap<u64, CancellationToken>,
     hosted: BTreeMap<(String, String), HostedShard>,
+    /// Announces finished orders ([`crate::events`]).
+    feed: crate::events::Feed,
 }
 
 struct Inner {
@@ -251,6 +253,10 @@ impl Scheduler {
                     state.epoch = p.epoch;
                     let now = now_ms();
                     for mut o in p.orders {
+                        if o.state.is_finished() {
+                            // Announced by the run that finished it.
+                            state.feed.known([&o]);
+                        }
                         if matches!(o.state, OrderState::Queued | OrderState::Running) {
                             if let Some(why) = stale_reason(&o, &shards, &nodes) {
                                 tracing::warn!(order = o.id, shard = %o.shard, node = %o.node, reason = %why,
@@ -339,6 +345,12 @@ impl Scheduler {
     /// Completion reports as they happen.
     pub fn reports(&self) -> tokio::sync::broadcast::Receiver<Report> {
         self.inner.reports.subscribe()
+    }
+
+    /// Every order that finishes (done or cancelled), as a numbered event,
+    /// from now on ([`crate::events`]).
+    pub fn order_events(&self) -> tokio::sync::broadcast::Receiver<shardmap::contract::OrderEvent> {
+        self.inner.state.lock().feed.subscribe()
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -610,6 +622,10 @@ impl Scheduler {
                 st.orders.remove(id);
             }
         }
+        // Every change to an order comes through here: the feed announces
+        // the ones that just finished.
+        let State { feed, orders, .. } = &mut *st;
+        feed.observe(orders.values(), now_ms());
         if let Some(p) = &self.inner.persister {
             p.save(Persisted {
                 next_id: st.next_id,
