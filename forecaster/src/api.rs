@@ -1,5 +1,8 @@
 //! The HTTP surface (hyper): `POST /ingest`, `GET /forecast/{shard}`,
-//! `GET /forecasts`, `GET /series[/{shard}]`, `/metrics`, `/live`, `/ready`.
+//! `GET /forecasts`, `GET /series[/{shard}]`, `/metrics`, `/live`, `/ready`,
+//! the shard manager's `/manager…` and `POST /order-events` (sync's pushed
+//! completions, [`crate::order_events`]). Answers are the shared contract
+//! types of `shardmap::contract`.
 //! Handlers only read snapshots and the store; errors map to statuses here
 //! and nowhere else. The listener is the workspace's shared one
 //! ([`shardcast_edge::http1::serve`], started by the service): HTTP/1.1,
@@ -48,6 +51,8 @@ pub struct App {
     pub conns: Arc<ConnLimiter>,
     /// The supervised background loops: `/ready` waits for them all.
     pub tasks: Arc<Tasks>,
+    /// Sync's finished-order events (`POST /order-events`).
+    pub order_events: Arc<crate::order_events::OrderEvents>,
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -313,6 +318,10 @@ impl App {
         if path == "/manager" || path.starts_with("/manager/") {
             return crate::manager::routes::handle(self.manager.as_deref(), req).await;
         }
+        if path == crate::order_events::PATH {
+            return crate::order_events::handle(self.manager.as_deref(), &self.order_events, req)
+                .await;
+        }
         match (req.method(), path.as_str()) {
             (&Method::POST, "/ingest") => self.ingest(req).await,
             (_, "/ingest") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
@@ -354,6 +363,7 @@ impl App {
                 if let Some(m) = &self.manager {
                     crate::metrics::render_manager(&mut o, m.refusals());
                     crate::metrics::render_lease(&mut o, m.lease());
+                    crate::metrics::render_order_events(&mut o, &self.order_events);
                 }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", o)
             }
@@ -417,6 +427,7 @@ mod tests {
                 },
             ),
             tasks: Tasks::new(),
+            order_events: Default::default(),
         }
     }
 

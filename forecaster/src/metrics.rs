@@ -350,6 +350,20 @@ pub fn render_lease(o: &mut String, lease: &crate::manager::lease::Lease) {
     );
 }
 
+/// Sync's finished-order events by outcome (`POST /order-events`).
+pub fn render_order_events(o: &mut String, e: &crate::order_events::OrderEvents) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        o,
+        "# HELP forecaster_manager_order_events_total Finished-order events pushed by sync, by outcome.\n# TYPE forecaster_manager_order_events_total counter\n\
+         forecaster_manager_order_events_total{{outcome=\"accepted\"}} {}\nforecaster_manager_order_events_total{{outcome=\"duplicate\"}} {}\n\
+         forecaster_manager_order_events_total{{outcome=\"refused\"}} {}",
+        e.accepted.load(Relaxed),
+        e.duplicates.load(Relaxed),
+        e.refused.load(Relaxed),
+    );
+}
+
 /// The API listener's connections (shardcast-edge's renderer, the names
 /// every shardcast process uses) and the supervised background loops:
 /// `forecaster_connections_open`, `forecaster_connections_accepted_total`,

@@ -164,7 +164,7 @@ pub struct EvictTarget {
 }
 
 /// Sync's word to the managers that an order finished (done or
-/// cancelled), pushed as `POST /orders/events` on the forecaster's
+/// cancelled), pushed as `POST /order-events` on the forecaster's
 /// listener so the leader settles it at once instead of on its next poll.
 ///
 /// `(source, seq)` makes it idempotent: `source` names one run of sync
