@@ -16,6 +16,7 @@
 //!   that must be objects;
 //! - [`client`]: the one HTTP client of the control plane, with deadlines,
 //!   bounded answers and typed errors;
+//! - [`metrics`]: the one Prometheus text writer of every `/metrics`;
 //! - [`fd`]: the open-file limit raised to its hard limit at start;
 //! - [`url`]: percent decoding of path segments and query parameters for
 //!   the control APIs (from `percent-encoding` and `form_urlencoded`);
@@ -35,6 +36,7 @@ pub mod deadline;
 pub mod fd;
 pub mod http1;
 pub mod limit;
+pub mod metrics;
 pub mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;

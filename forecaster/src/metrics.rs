@@ -165,160 +165,160 @@ impl Metrics {
         };
         counter(
             &mut o,
-            "forecaster_ingest_requests_total",
+            "shardcast_forecaster_ingest_requests_total",
             "POST /ingest requests received.",
             self.ingest_requests.load(Ordering::Relaxed),
         );
-        let _ = writeln!(o, "# HELP forecaster_frames_rejected_total Telemetry frames refused, by reason.\n# TYPE forecaster_frames_rejected_total counter");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_frames_rejected_total Telemetry frames refused, by reason.\n# TYPE shardcast_forecaster_frames_rejected_total counter");
         for r in Reject::ALL {
             let _ = writeln!(
                 o,
-                "forecaster_frames_rejected_total{{reason=\"{}\"}} {}",
+                "shardcast_forecaster_frames_rejected_total{{reason=\"{}\"}} {}",
                 r.as_str(),
                 self.rejected(r)
             );
         }
         counter(
             &mut o,
-            "forecaster_frames_accepted_total",
+            "shardcast_forecaster_frames_accepted_total",
             "Telemetry frames accepted.",
             c.frames.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_samples_total",
+            "shardcast_forecaster_samples_total",
             "Per-shard samples accepted.",
             c.samples.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_frames_seq_gap_total",
+            "shardcast_forecaster_frames_seq_gap_total",
             "Frames missing according to per-source sequence gaps.",
             c.seq_gap_frames.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_frames_seq_reset_total",
+            "shardcast_forecaster_frames_seq_reset_total",
             "Frames whose seq did not advance (sender restart or replay).",
             c.seq_resets.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_sender_dropped_frames_total",
+            "shardcast_forecaster_sender_dropped_frames_total",
             "Frames senders report having dropped (dropped_before).",
             c.sender_dropped.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_samples_too_old_total",
+            "shardcast_forecaster_samples_too_old_total",
             "Samples older than every retained bucket.",
             c.too_old.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_samples_over_capacity_total",
+            "shardcast_forecaster_samples_over_capacity_total",
             "Samples for new shards refused at max_shards.",
             c.over_capacity.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_closed_hour_writes_total",
+            "shardcast_forecaster_closed_hour_writes_total",
             "Writes into hours that had already closed.",
             c.closed_hour_writes.load(Ordering::Relaxed),
         );
-        let _ = writeln!(o, "# HELP forecaster_shards Shards in the store.\n# TYPE forecaster_shards gauge\nforecaster_shards {}", store.len());
+        let _ = writeln!(o, "# HELP shardcast_forecaster_shards Shards in the store.\n# TYPE shardcast_forecaster_shards gauge\nshardcast_forecaster_shards {}", store.len());
         counter(
             &mut o,
-            "forecaster_cycles_total",
+            "shardcast_forecaster_cycles_total",
             "Planning cycles run.",
             self.cycles.load(Ordering::Relaxed),
         );
-        let _ = writeln!(o, "# HELP forecaster_cycle_seconds Wall time of a planning cycle.\n# TYPE forecaster_cycle_seconds histogram");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_cycle_seconds Wall time of a planning cycle.\n# TYPE shardcast_forecaster_cycle_seconds histogram");
         self.cycle_seconds
-            .render(&mut o, "forecaster_cycle_seconds", "");
-        let _ = writeln!(o, "# HELP forecaster_model_run_seconds Wall time of one batched session.run.\n# TYPE forecaster_model_run_seconds histogram");
+            .render(&mut o, "shardcast_forecaster_cycle_seconds", "");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_model_run_seconds Wall time of one batched session.run.\n# TYPE shardcast_forecaster_model_run_seconds histogram");
         for (i, m) in ["hourly", "daily"].iter().enumerate() {
             self.run_seconds[i].render(
                 &mut o,
-                "forecaster_model_run_seconds",
+                "shardcast_forecaster_model_run_seconds",
                 &format!("model=\"{m}\""),
             );
         }
-        let _ = writeln!(o, "# HELP forecaster_model_run_failures_total Failed session.run calls.\n# TYPE forecaster_model_run_failures_total counter");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_model_run_failures_total Failed session.run calls.\n# TYPE shardcast_forecaster_model_run_failures_total counter");
         for (i, m) in ["hourly", "daily"].iter().enumerate() {
             let _ = writeln!(
                 o,
-                "forecaster_model_run_failures_total{{model=\"{m}\"}} {}",
+                "shardcast_forecaster_model_run_failures_total{{model=\"{m}\"}} {}",
                 self.run_failures[i].load(Ordering::Relaxed)
             );
         }
         let l = self.latest.lock();
-        let _ = writeln!(o, "# HELP forecaster_forecasts Forecasts in the latest set, by horizon and source (fallback = seasonal naive).\n# TYPE forecaster_forecasts gauge");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_forecasts Forecasts in the latest set, by horizon and source (fallback = seasonal naive).\n# TYPE shardcast_forecaster_forecasts gauge");
         for (h, fb, n) in &l.counts {
             let src = if *fb { "seasonal_naive" } else { "model" };
             let _ = writeln!(
                 o,
-                "forecaster_forecasts{{horizon=\"{}\",source=\"{src}\"}} {n}",
+                "shardcast_forecaster_forecasts{{horizon=\"{}\",source=\"{src}\"}} {n}",
                 h.name()
             );
         }
-        let _ = writeln!(o, "# HELP forecaster_model_loaded 1 when the model is loaded and used.\n# TYPE forecaster_model_loaded gauge");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_model_loaded 1 when the model is loaded and used.\n# TYPE shardcast_forecaster_model_loaded gauge");
         for (i, (name, loaded, _)) in l.models.iter().enumerate() {
             let kind = ["hourly", "daily"].get(i).copied().unwrap_or("other");
             let _ = writeln!(
                 o,
-                "forecaster_model_loaded{{model=\"{kind}\",name=\"{}\"}} {}",
+                "shardcast_forecaster_model_loaded{{model=\"{kind}\",name=\"{}\"}} {}",
                 sanitize(name),
                 u8::from(*loaded)
             );
         }
-        let _ = writeln!(o, "# HELP forecaster_feed_state 1 for the current state of each feed.\n# TYPE forecaster_feed_state gauge");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_feed_state 1 for the current state of each feed.\n# TYPE shardcast_forecaster_feed_state gauge");
         for (name, st) in &l.feeds {
             for s in FeedState::ALL {
                 let _ = writeln!(
                     o,
-                    "forecaster_feed_state{{feed=\"{}\",state=\"{}\"}} {}",
+                    "shardcast_forecaster_feed_state{{feed=\"{}\",state=\"{}\"}} {}",
                     sanitize(name),
                     s.as_str(),
                     u8::from(*st == s)
                 );
             }
         }
-        let _ = writeln!(o, "# HELP forecaster_last_cycle_seconds Wall time of the latest cycle.\n# TYPE forecaster_last_cycle_seconds gauge\nforecaster_last_cycle_seconds {}", l.cycle_ms / 1e3);
+        let _ = writeln!(o, "# HELP shardcast_forecaster_last_cycle_seconds Wall time of the latest cycle.\n# TYPE shardcast_forecaster_last_cycle_seconds gauge\nshardcast_forecaster_last_cycle_seconds {}", l.cycle_ms / 1e3);
         drop(l);
         counter(
             &mut o,
-            "forecaster_snapshots_written_total",
+            "shardcast_forecaster_snapshots_written_total",
             "Store snapshots written.",
             self.snapshots_written.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_snapshot_failures_total",
+            "shardcast_forecaster_snapshot_failures_total",
             "Store snapshots that failed to write.",
             self.snapshot_failures.load(Ordering::Relaxed),
         );
         counter(
             &mut o,
-            "forecaster_snapshot_restore_failures_total",
+            "shardcast_forecaster_snapshot_restore_failures_total",
             "Snapshots found corrupt or unreadable at start.",
             self.snapshot_restore_failures.load(Ordering::Relaxed),
         );
-        let _ = writeln!(o, "# HELP forecaster_snapshot_seconds Time to write a snapshot.\n# TYPE forecaster_snapshot_seconds histogram");
+        let _ = writeln!(o, "# HELP shardcast_forecaster_snapshot_seconds Time to write a snapshot.\n# TYPE shardcast_forecaster_snapshot_seconds histogram");
         self.snapshot_seconds
-            .render(&mut o, "forecaster_snapshot_seconds", "");
+            .render(&mut o, "shardcast_forecaster_snapshot_seconds", "");
         o
     }
 }
 
 /// The shard manager's table publishing:
-/// `forecaster_manager_table_refusals_total{target="proxy"|"metadata"}`,
+/// `shardcast_forecaster_manager_table_refusals_total{target="proxy"|"metadata"}`,
 /// tables refused as not newer (a proxy's 409; a newer table, or another
 /// one at the same version, in the metadata store). None of them counts as
 /// delivered; see `manager::versions`.
 pub fn render_manager(o: &mut String, refusals: &crate::manager::versions::Refusals) {
     let (proxy, metadata) = refusals.snapshot();
-    let name = "forecaster_manager_table_refusals_total";
+    let name = "shardcast_forecaster_manager_table_refusals_total";
     let _ = writeln!(
         o,
         "# HELP {name} Table publishes refused as not newer, by target.\n# TYPE {name} counter"
@@ -327,22 +327,22 @@ pub fn render_manager(o: &mut String, refusals: &crate::manager::versions::Refus
     let _ = writeln!(o, "{name}{{target=\"metadata\"}} {metadata}");
 }
 
-/// Leadership (DESIGN.md, "Managers"): `forecaster_manager_leader` (1
-/// while this manager leads and may write), `forecaster_manager_epoch`
-/// (its current or last term), `forecaster_manager_lease_renew_failures_total`,
-/// `forecaster_manager_fenced_writes_total` (writes refused because a
-/// higher epoch leads), `forecaster_manager_step_downs_total`.
+/// Leadership (DESIGN.md, "Managers"): `shardcast_forecaster_manager_leader` (1
+/// while this manager leads and may write), `shardcast_forecaster_manager_epoch`
+/// (its current or last term), `shardcast_forecaster_manager_lease_renew_failures_total`,
+/// `shardcast_forecaster_manager_fenced_writes_total` (writes refused because a
+/// higher epoch leads), `shardcast_forecaster_manager_step_downs_total`.
 pub fn render_lease(o: &mut String, lease: &crate::manager::lease::Lease) {
     use std::sync::atomic::Ordering::Relaxed;
     let v = lease.view();
     let leading = u8::from(v.leader && lease.may_write().is_some());
     let _ = writeln!(
         o,
-        "# HELP forecaster_manager_leader 1 while this manager holds the lease and writes.\n# TYPE forecaster_manager_leader gauge\nforecaster_manager_leader {leading}\n\
-         # HELP forecaster_manager_epoch The epoch (fencing token) of this manager's current or last term.\n# TYPE forecaster_manager_epoch gauge\nforecaster_manager_epoch {}\n\
-         # HELP forecaster_manager_lease_renew_failures_total Lease renewals that failed (store unreachable or erroring).\n# TYPE forecaster_manager_lease_renew_failures_total counter\nforecaster_manager_lease_renew_failures_total {}\n\
-         # HELP forecaster_manager_fenced_writes_total Writes refused because a higher epoch leads.\n# TYPE forecaster_manager_fenced_writes_total counter\nforecaster_manager_fenced_writes_total {}\n\
-         # HELP forecaster_manager_step_downs_total Terms ended: lease lost or a write fenced.\n# TYPE forecaster_manager_step_downs_total counter\nforecaster_manager_step_downs_total {}",
+        "# HELP shardcast_forecaster_manager_leader 1 while this manager holds the lease and writes.\n# TYPE shardcast_forecaster_manager_leader gauge\nshardcast_forecaster_manager_leader {leading}\n\
+         # HELP shardcast_forecaster_manager_epoch The epoch (fencing token) of this manager's current or last term.\n# TYPE shardcast_forecaster_manager_epoch gauge\nshardcast_forecaster_manager_epoch {}\n\
+         # HELP shardcast_forecaster_manager_lease_renew_failures_total Lease renewals that failed (store unreachable or erroring).\n# TYPE shardcast_forecaster_manager_lease_renew_failures_total counter\nshardcast_forecaster_manager_lease_renew_failures_total {}\n\
+         # HELP shardcast_forecaster_manager_fenced_writes_total Writes refused because a higher epoch leads.\n# TYPE shardcast_forecaster_manager_fenced_writes_total counter\nshardcast_forecaster_manager_fenced_writes_total {}\n\
+         # HELP shardcast_forecaster_manager_step_downs_total Terms ended: lease lost or a write fenced.\n# TYPE shardcast_forecaster_manager_step_downs_total counter\nshardcast_forecaster_manager_step_downs_total {}",
         v.epoch,
         lease.renew_failures.load(Relaxed),
         lease.fenced_writes.load(Relaxed),
@@ -355,9 +355,9 @@ pub fn render_order_events(o: &mut String, e: &crate::order_events::OrderEvents)
     use std::sync::atomic::Ordering::Relaxed;
     let _ = writeln!(
         o,
-        "# HELP forecaster_manager_order_events_total Finished-order events pushed by sync, by outcome.\n# TYPE forecaster_manager_order_events_total counter\n\
-         forecaster_manager_order_events_total{{outcome=\"accepted\"}} {}\nforecaster_manager_order_events_total{{outcome=\"duplicate\"}} {}\n\
-         forecaster_manager_order_events_total{{outcome=\"refused\"}} {}",
+        "# HELP shardcast_forecaster_manager_order_events_total Finished-order events pushed by sync, by outcome.\n# TYPE shardcast_forecaster_manager_order_events_total counter\n\
+         shardcast_forecaster_manager_order_events_total{{outcome=\"accepted\"}} {}\nshardcast_forecaster_manager_order_events_total{{outcome=\"duplicate\"}} {}\n\
+         shardcast_forecaster_manager_order_events_total{{outcome=\"refused\"}} {}",
         e.accepted.load(Relaxed),
         e.duplicates.load(Relaxed),
         e.refused.load(Relaxed),
@@ -366,19 +366,19 @@ pub fn render_order_events(o: &mut String, e: &crate::order_events::OrderEvents)
 
 /// The API listener's connections (shardcast-edge's renderer, the names
 /// every shardcast process uses) and the supervised background loops:
-/// `forecaster_connections_open`, `forecaster_connections_accepted_total`,
-/// `forecaster_connections_refused_total{reason="listener"|"client"}`,
-/// `forecaster_connections_closed_total{stage}` (closed by a deadline),
-/// `forecaster_accept_errors_total`, each labelled with the listener;
-/// `forecaster_open_files_limit`; and `forecaster_task_running`,
-/// `forecaster_task_restarts_total`, `forecaster_task_panics_total` by task.
+/// `shardcast_forecaster_connections_open`, `shardcast_forecaster_connections_accepted_total`,
+/// `shardcast_forecaster_connections_refused_total{reason="listener"|"client"}`,
+/// `shardcast_forecaster_connections_closed_total{stage}` (closed by a deadline),
+/// `shardcast_forecaster_accept_errors_total`, each labelled with the listener;
+/// `shardcast_forecaster_open_files_limit`; and `shardcast_forecaster_task_running`,
+/// `shardcast_forecaster_task_restarts_total`, `shardcast_forecaster_task_panics_total` by task.
 pub fn render_edge(
     o: &mut String,
     conns: &shardcast_edge::ConnLimiter,
     tasks: &shardcast_edge::supervise::Tasks,
 ) {
-    shardcast_edge::limit::render_metrics("forecaster", &[conns], o);
-    tasks.render_metrics("forecaster", o);
+    shardcast_edge::limit::render_metrics("shardcast_forecaster", &[conns], o);
+    tasks.render_metrics("shardcast_forecaster", o);
 }
 
 fn sanitize(s: &str) -> String {

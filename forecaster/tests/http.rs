@@ -186,23 +186,38 @@ async fn ingest_forecast_and_restart() {
 
     let (_, m) = call("GET", format!("{base}/metrics"), vec![]).await;
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"json\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"json\"}"
+        ),
         2.0
     );
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"version\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"version\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"invalid\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"invalid\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"too_large\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"too_large\"}"
+        ),
         1.0
     );
-    assert_eq!(metric(&m, "forecaster_frames_accepted_total"), 2.0);
-    assert_eq!(metric(&m, "forecaster_frames_seq_gap_total"), 2.0);
+    assert_eq!(
+        metric(&m, "shardcast_forecaster_frames_accepted_total"),
+        2.0
+    );
+    assert_eq!(metric(&m, "shardcast_forecaster_frames_seq_gap_total"), 2.0);
 
     // forecasts: encoded and raw ids, unknown shard, the whole set
     let (st, enc_body) = call("GET", format!("{base}/forecast/UK%2FSEASONAL"), vec![]).await;
@@ -293,7 +308,7 @@ async fn ingest_forecast_and_restart() {
     let base = format!("http://{}", svc.addr);
     let (_, m) = call("GET", format!("{base}/metrics"), vec![]).await;
     assert_eq!(
-        metric(&m, "forecaster_snapshot_restore_failures_total"),
+        metric(&m, "shardcast_forecaster_snapshot_restore_failures_total"),
         1.0
     );
     assert_eq!(
@@ -341,7 +356,7 @@ async fn wrong_model_path_serves_flagged_fallback() {
     assert_eq!(
         metric(
             &m,
-            "forecaster_forecasts{horizon=\"1d\",source=\"seasonal_naive\"}"
+            "shardcast_forecaster_forecasts{horizon=\"1d\",source=\"seasonal_naive\"}"
         ),
         14.0
     );

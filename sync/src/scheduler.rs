@@ -1003,31 +1003,49 @@ impl Scheduler {
             .values()
             .filter(|o| o.state == OrderState::Queued)
             .count();
-        out.push_str(&format!(
-            "# HELP shardcast_sync_orders Orders by state now.\n# TYPE shardcast_sync_orders gauge\n\
-             shardcast_sync_orders{{state=\"queued\"}} {queued}\nshardcast_sync_orders{{state=\"running\"}} {}\n\
-             # HELP shardcast_sync_manager_epoch The highest manager epoch an order carried.\n# TYPE shardcast_sync_manager_epoch gauge\n\
-             shardcast_sync_manager_epoch {}\n",
-            st.running_orders, st.epoch
-        ));
-        out.push_str("# HELP shardcast_sync_hosted_cursor Cursor of a hosted shard on a node.\n# TYPE shardcast_sync_hosted_cursor gauge\n");
+        use shardcast_edge::metrics::{Kind, Writer};
+        let mut w = Writer::new(&mut out);
+        w.by_label(
+            "shardcast_sync_orders",
+            Kind::Gauge,
+            "Orders by state now.",
+            "state",
+            [("queued", queued), ("running", st.running_orders)],
+        )
+        .gauge(
+            "shardcast_sync_manager_epoch",
+            "The highest manager epoch an order carried.",
+            st.epoch,
+        )
+        .family(
+            "shardcast_sync_hosted_cursor",
+            Kind::Gauge,
+            "Cursor of a hosted shard on a node.",
+        );
         for ((n, s), h) in &st.hosted {
-            out.push_str(&format!(
-                "shardcast_sync_hosted_cursor{{node=\"{n}\",shard=\"{s}\"}} {}\n",
-                h.cursor
-            ));
+            w.sample(
+                "shardcast_sync_hosted_cursor",
+                &[("node", n), ("shard", s)],
+                h.cursor,
+            );
         }
-        out.push_str("# HELP shardcast_sync_hosted_rows Items of a hosted shard on a node.\n# TYPE shardcast_sync_hosted_rows gauge\n");
+        w.family(
+            "shardcast_sync_hosted_rows",
+            Kind::Gauge,
+            "Items of a hosted shard on a node.",
+        );
         for ((n, s), h) in &st.hosted {
-            out.push_str(&format!(
-                "shardcast_sync_hosted_rows{{node=\"{n}\",shard=\"{s}\"}} {}\n",
-                h.rows
-            ));
+            w.sample(
+                "shardcast_sync_hosted_rows",
+                &[("node", n), ("shard", s)],
+                h.rows,
+            );
         }
-        out.push_str(&format!(
-            "# HELP shardcast_sync_bandwidth_bytes_per_second Configured budget (0 = unlimited).\n# TYPE shardcast_sync_bandwidth_bytes_per_second gauge\nshardcast_sync_bandwidth_bytes_per_second {}\n",
-            self.inner.bucket.rate()
-        ));
+        w.gauge(
+            "shardcast_sync_bandwidth_bytes_per_second",
+            "Configured budget (0 = unlimited).",
+            self.inner.bucket.rate(),
+        );
         drop(st);
         self.inner.tasks.render_metrics("shardcast_sync", &mut out);
         out
