@@ -271,3 +271,93 @@ async fn send(client: &Client, url: &str, cfg: &PushConfig, ev: &OrderEvent) -> 
         Err(e) => Sent::GiveUp(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmap::contract::OrderState;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn the_manager_section_is_validated() {
+        let mut errs = vec![];
+        let f = ManagerFile {
+            urls: vec!["http://127.0.0.1:9300".into(), "ftp://x".into()],
+            token: Some(String::new()),
+            timeout_ms: Some(0),
+            queue: None,
+        };
+        let c = f.validate(&mut errs);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("manager.urls[1]"), "{errs:?}");
+        assert!(errs[1].starts_with("manager.timeout_ms"), "{errs:?}");
+        assert_eq!((c.token, c.queue), (None, 1024));
+    }
+
+    /// A manager that answers 503 once, then takes the event: one retry,
+    /// one delivery, in order.
+    #[tokio::test]
+    async fn a_refused_event_is_retried_then_delivered() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let n = h.fetch_add(1, Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let _ = s.read(&mut buf).await;
+                    let (status, body) = if n == 0 {
+                        ("503 Unavailable", r#"{"error":"busy"}"#)
+                    } else {
+                        ("200 OK", r#"{"accepted":true,"duplicate":false}"#)
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let target = Arc::new(Target {
+            url: format!("{base}{PATH}"),
+            rx: Mutex::new(rx),
+        });
+        let metrics = Arc::new(Metrics::default());
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(deliver(
+            target,
+            Arc::new(PushConfig::default()),
+            Client::default(),
+            metrics.clone(),
+            stop,
+        ));
+        tx.send(OrderEvent {
+            source: "s".into(),
+            seq: 1,
+            order: 1,
+            shard: "UK/SEASONAL".into(),
+            node: "node-a".into(),
+            state: OrderState::Done,
+            epoch: 1,
+            at_unix_ms: 1,
+            reason: None,
+        })
+        .await
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        while metrics.order_events_sent.load(Relaxed) == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "never delivered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(metrics.order_events_retried.load(Relaxed), 1);
+        assert_eq!(metrics.order_events_failed.load(Relaxed), 0);
+        assert_eq!(hits.load(Relaxed), 2);
+        stop_tx.send_replace(true);
+        worker.await.unwrap();
+    }
+}
