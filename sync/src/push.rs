@@ -36,6 +36,12 @@ use crate::supervise::Supervisor;
 /// The path of the receiving route on a manager's listener.
 pub const PATH: &str = "/order-events";
 
+/// The delivery loops' names (one per manager, as the supervisor counts
+/// them): also the most managers one sync pushes to.
+const WORKERS: [&str; 8] = [
+    "push-0", "push-1", "push-2", "push-3", "push-4", "push-5", "push-6", "push-7",
+];
+
 /// Where and how finished orders are pushed (`[manager]` of the sync
 /// config).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +94,13 @@ impl ManagerFile {
     /// The validated settings; problems go to `errs`, each naming its field.
     pub fn validate(&self, errs: &mut Vec<String>) -> PushConfig {
         let d = PushConfig::default();
+        if self.urls.len() > WORKERS.len() {
+            errs.push(format!(
+                "manager.urls: at most {} managers ({} given)",
+                WORKERS.len(),
+                self.urls.len()
+            ));
+        }
         for (i, u) in self.urls.iter().enumerate() {
             let ok = u
                 .strip_prefix("http://")
@@ -142,7 +155,7 @@ pub fn start(cfg: PushConfig, sched: &Scheduler, shutdown: CancellationToken) {
     });
     let cfg = Arc::new(cfg);
     let mut queues = Vec::with_capacity(cfg.urls.len());
-    for url in &cfg.urls {
+    for (url, name) in cfg.urls.iter().zip(WORKERS) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         queues.push(tx);
         let target = Arc::new(Target {
@@ -151,7 +164,7 @@ pub fn start(cfg: PushConfig, sched: &Scheduler, shutdown: CancellationToken) {
         });
         let (cfg, client, metrics, stop) =
             (cfg.clone(), client.clone(), metrics.clone(), sup.stopped());
-        sup.spawn("push", move || {
+        sup.spawn(name, move || {
             deliver(
                 target.clone(),
                 cfg.clone(),
