@@ -25,9 +25,15 @@ use crate::limit::{self, ConnGuard, ConnLimiter};
 /// Largest request head these APIs read (hyper's buffer bound).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// How long a stopping server waits for its connections' requests in
+/// progress to finish (each is also bounded by its own deadlines).
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Accept connections on `listener` until `shutdown` completes; every
-/// request goes to `svc`. Returns after the accept loop stops (open
-/// connections finish in their own tasks).
+/// request goes to `svc`. Then drain: idle connections close, requests in
+/// progress finish (keep-alive ends after them), and this returns once
+/// every connection is gone or [`DRAIN_GRACE`] has passed — so a process
+/// that exits when its server returns does not cut an answer short.
 pub async fn serve<S, B>(
     listener: TcpListener,
     limiter: Arc<ConnLimiter>,
@@ -74,6 +80,8 @@ pub async fn serve_with<S, B>(
         let _ = tcp.set_nodelay(true);
         let deadlines = deadlines();
         let svc = svc.clone();
+        // Each connection holds a receiver: the sender sees them all gone
+        // (`closed`) when the last connection ends.
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let io = TokioIo::new(DeadlineIo::new(tcp, Mode::Http1, deadlines, Some(guard)));
@@ -98,6 +106,14 @@ pub async fn serve_with<S, B>(
         });
     }
     let _ = stop_tx.send(true);
+    drop(stop_rx);
+    if tokio::time::timeout(DRAIN_GRACE, stop_tx.closed())
+        .await
+        .is_err()
+    {
+        warn!(listener = %limiter.name, open = limiter.open(), grace = ?DRAIN_GRACE,
+            "connections still open after the drain grace; closing them");
+    }
 }
 
 /// The next connection that fits `limiter`'s bounds, with its place.
@@ -262,5 +278,64 @@ mod tests {
         assert_eq!(limiter.counters.refused_client.load(Relaxed), 1);
         drop(held);
         until(|| limiter.open() == 0).await;
+    }
+
+    /// A request in progress when the server stops is answered before
+    /// `serve` returns; an idle keep-alive connection does not hold it up.
+    #[tokio::test]
+    async fn stopping_drains_requests_in_progress() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let limiter = ConnLimiter::new(
+            "test",
+            Limits {
+                max_connections: 8,
+                max_per_client: 8,
+            },
+        );
+        let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"late"))))
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            l,
+            limiter.clone(),
+            Deadlines::default(),
+            svc,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        until(|| limiter.open() == 2).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(()).unwrap();
+        let t0 = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns after the drain")
+            .unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t0.elapsed()
+        );
+        let mut buf = vec![0u8; 512];
+        let mut got = Vec::new();
+        while let Ok(n) = busy.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("late"), "{text}");
+        assert_eq!(limiter.open(), 0);
     }
 }

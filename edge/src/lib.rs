@@ -14,7 +14,12 @@
 //!   HTTP/1.1), built from the two above, with graceful shutdown;
 //! - [`auth`]: bearer-token checks in constant time; [`body`]: JSON bodies
 //!   that must be objects;
+//! - [`client`]: the one HTTP client of the control plane, with deadlines,
+//!   bounded answers and typed errors;
+//! - [`metrics`]: the one Prometheus text writer of every `/metrics`;
 //! - [`fd`]: the open-file limit raised to its hard limit at start;
+//! - [`url`]: percent decoding of path segments and query parameters for
+//!   the control APIs (from `percent-encoding` and `form_urlencoded`);
 //! - [`supervise`]: background loops that are restarted with backoff when
 //!   they panic or end, and counted;
 //! - `testkit` (feature `testkit`): client-side probes for the tests of
@@ -26,13 +31,16 @@
 
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod deadline;
 pub mod fd;
 pub mod http1;
 pub mod limit;
+pub mod metrics;
 pub mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod url;
 
 pub use deadline::{DeadlineIo, Deadlines, Mode};
 pub use limit::{ConnGuard, ConnLimiter, Limits, Refused};

@@ -1,10 +1,14 @@
 //! The HTTP surface (hyper): `POST /ingest`, `GET /forecast/{shard}`,
-//! `GET /forecasts`, `GET /series[/{shard}]`, `/metrics`, `/live`, `/ready`.
+//! `GET /forecasts`, `GET /series[/{shard}]`, `/metrics`, `/live`, `/ready`,
+//! the shard manager's `/manager…` and `POST /order-events` (sync's pushed
+//! completions, [`crate::order_events`]). Answers are the shared contract
+//! types of `shardmap::contract`.
 //! Handlers only read snapshots and the store; errors map to statuses here
 //! and nowhere else. The listener is the workspace's shared one
 //! ([`shardcast_edge::http1::serve`], started by the service): HTTP/1.1,
 //! bounded, with a deadline at every connection stage.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -12,9 +16,13 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use serde_json::{json, Value};
 use shardcast_edge::supervise::Tasks;
 use shardcast_edge::ConnLimiter;
+use shardmap::contract::forecast::{
+    ClockView, ForecastsView, HorizonView, IngestAnswer, SeriesRing, SeriesSetView, SeriesView,
+    ShardForecastView, ShardForecasts,
+};
+use shardmap::contract::ErrorBody;
 use shardmap::telemetry::{Frame, FrameError, MAX_FRAME_BYTES};
 
 use crate::engine::{ForecastHandle, ForecastSet, ShardForecast};
@@ -43,6 +51,8 @@ pub struct App {
     pub conns: Arc<ConnLimiter>,
     /// The supervised background loops: `/ready` waits for them all.
     pub tasks: Arc<Tasks>,
+    /// Sync's finished-order events (`POST /order-events`).
+    pub order_events: Arc<crate::order_events::OrderEvents>,
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -55,7 +65,7 @@ fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Res
     r
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+fn json_reply<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
     reply(
         status,
         "application/json",
@@ -64,80 +74,76 @@ fn json_reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
 }
 
 fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    json_reply(status, &json!({ "error": msg }))
+    json_reply(status, &ErrorBody::new(msg))
 }
 
-/// Decode `%XX` escapes; `None` on a bad escape or invalid UTF-8.
+/// Decode `%XX` escapes of a path segment (`+` stays itself); `None` on
+/// a malformed escape or invalid UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    shardcast_edge::url::decode_segment(s)
 }
 
-fn horizons_json(s: &ShardForecast) -> Value {
-    let mut m = serde_json::Map::new();
-    for h in &s.horizons {
-        m.insert(
-            h.horizon.name().to_string(),
-            json!({ "levels": h.levels.iter().map(|&l| (f64::from(l) * 1e6).round() / 1e6).collect::<Vec<_>>(), "values": h.values, "source": h.source, "fallback": h.is_fallback() }),
-        );
-    }
-    Value::Object(m)
-}
-
-fn shard_json(set: &ForecastSet, s: &ShardForecast) -> Value {
-    json!({
-        "shard": s.shard,
-        "generated_at": set.generated_at,
-        "origin_hour": set.origin_hour,
-        "history_hours": s.history_hours,
-        "horizons": horizons_json(s),
-        "models": set.models,
-        "feeds": set.feeds,
-    })
-}
-
-fn set_json(set: &ForecastSet) -> Value {
-    let shards: serde_json::Map<String, Value> = set
-        .shards
+fn horizons_view(s: &ShardForecast) -> BTreeMap<String, HorizonView> {
+    s.horizons
         .iter()
-        .map(|(k, s)| {
+        .map(|h| {
             (
-                k.clone(),
-                json!({ "history_hours": s.history_hours, "horizons": horizons_json(s) }),
+                h.horizon.name().to_string(),
+                HorizonView {
+                    levels: h
+                        .levels
+                        .iter()
+                        .map(|&l| (f64::from(l) * 1e6).round() / 1e6)
+                        .collect(),
+                    values: h.values.clone(),
+                    source: h.source.clone(),
+                    fallback: h.is_fallback(),
+                },
             )
         })
-        .collect();
-    json!({
-        "generated_at": set.generated_at,
-        "origin_hour": set.origin_hour,
-        "origin_day": set.origin_day,
-        "cycle_ms": set.cycle_ms,
-        "models": set.models,
-        "feeds": set.feeds,
-        "shards": shards,
-    })
+        .collect()
+}
+
+fn shard_view(set: &ForecastSet, s: &ShardForecast) -> ShardForecastView {
+    ShardForecastView {
+        shard: s.shard.clone(),
+        generated_at: set.generated_at.clone(),
+        origin_hour: set.origin_hour.clone(),
+        history_hours: s.history_hours,
+        horizons: horizons_view(s),
+        models: set.models.clone(),
+        feeds: set.feeds.clone(),
+    }
+}
+
+fn set_view(set: &ForecastSet) -> ForecastsView {
+    ForecastsView {
+        generated_at: set.generated_at.clone(),
+        origin_hour: set.origin_hour.clone(),
+        origin_day: set.origin_day.clone(),
+        cycle_ms: set.cycle_ms,
+        models: set.models.clone(),
+        feeds: set.feeds.clone(),
+        shards: set
+            .shards
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    ShardForecasts {
+                        history_hours: s.history_hours,
+                        horizons: horizons_view(s),
+                    },
+                )
+            })
+            .collect(),
+    }
 }
 
 /// `?hours=N` of a query string: the default when absent, capped at
 /// [`SERIES_MAX_HOURS`], an error message when not a positive integer.
 fn series_hours(query: Option<&str>) -> Result<usize, String> {
-    let Some(v) = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("hours="))
-    else {
+    let Some(v) = shardcast_edge::url::query_param(query, "hours") else {
         return Ok(SERIES_DEFAULT_HOURS);
     };
     match v.parse::<usize>() {
@@ -148,41 +154,46 @@ fn series_hours(query: Option<&str>) -> Result<usize, String> {
     }
 }
 
-/// Buckets `[last - n + 1, last]` of one ring as unix-time JSON. The last
+/// Buckets `[last - n + 1, last]` of one ring, on unix time. The last
 /// bucket is the one in progress.
-fn ring_json(
+fn ring_view(
     ring: &crate::store::Ring,
     last: i64,
     n: usize,
     step_ms: i64,
     offset_ms: i64,
-) -> Value {
+) -> SeriesRing {
     let mut vals = vec![0.0; n];
     let first = last - n as i64 + 1;
     ring.copy_into(first, &mut vals);
-    let vals: Vec<f64> = vals.iter().map(|v| (v * 1e3).round() / 1e3).collect();
-    json!({
-        "start_unix_ms": first * step_ms - offset_ms,
-        "step_ms": step_ms,
-        "values": vals,
-        "last_partial": true,
-    })
+    SeriesRing {
+        start_unix_ms: first * step_ms - offset_ms,
+        step_ms,
+        values: vals.iter().map(|v| (v * 1e3).round() / 1e3).collect(),
+        last_partial: true,
+    }
 }
 
 /// One shard's actual demand (requests per bucket): the last `hours`
 /// hours and [`SERIES_MINUTES`] minutes, both ending with the bucket in
 /// progress. `None` when the store has never seen the shard.
-fn series_json(store: &Store, id: &str, hours: usize, now_unix_ms: i64) -> Option<Value> {
+fn series_view(store: &Store, id: &str, hours: usize, now_unix_ms: i64) -> Option<SeriesView> {
     let shard = store.shard(id)?;
     let offset = store.local_ms(0);
     let local = store.local_ms(now_unix_ms);
     let g = shard.lock();
-    Some(json!({
-        "shard": id,
-        "history_hours": g.hours.len(),
-        "hourly": ring_json(&g.hours, local.div_euclid(HOUR_MS), hours, HOUR_MS, offset),
-        "minutes": ring_json(&g.minutes, local.div_euclid(MINUTE_MS), SERIES_MINUTES, MINUTE_MS, offset),
-    }))
+    Some(SeriesView {
+        shard: id.to_string(),
+        history_hours: g.hours.len(),
+        hourly: ring_view(&g.hours, local.div_euclid(HOUR_MS), hours, HOUR_MS, offset),
+        minutes: ring_view(
+            &g.minutes,
+            local.div_euclid(MINUTE_MS),
+            SERIES_MINUTES,
+            MINUTE_MS,
+            offset,
+        ),
+    })
 }
 
 impl App {
@@ -195,18 +206,18 @@ impl App {
         };
         let now = self.clock.now_ms();
         if path == "/series" {
-            let shards: serde_json::Map<String, Value> = self
+            let shards = self
                 .store
                 .shard_ids()
                 .iter()
-                .filter_map(|id| Some((id.to_string(), series_json(&self.store, id, hours, now)?)))
+                .filter_map(|id| Some((id.to_string(), series_view(&self.store, id, hours, now)?)))
                 .collect();
-            return json_reply(StatusCode::OK, &json!({ "hours": hours, "shards": shards }));
+            return json_reply(StatusCode::OK, &SeriesSetView { hours, shards });
         }
         let Some(id) = percent_decode(&path["/series/".len()..]) else {
             return error(StatusCode::BAD_REQUEST, "bad percent-encoding in shard id");
         };
-        match series_json(&self.store, &id, hours, now) {
+        match series_view(&self.store, &id, hours, now) {
             Some(v) => json_reply(StatusCode::OK, &v),
             None => error(
                 StatusCode::NOT_FOUND,
@@ -274,7 +285,12 @@ impl App {
                 let o = self.store.ingest(&f, self.clock.now_ms());
                 json_reply(
                     StatusCode::OK,
-                    &json!({ "samples": o.samples, "too_old": o.too_old, "over_capacity": o.over_capacity, "seq_gap": o.seq_gap }),
+                    &IngestAnswer {
+                        samples: o.samples,
+                        too_old: o.too_old,
+                        over_capacity: o.over_capacity,
+                        seq_gap: o.seq_gap,
+                    },
                 )
             }
             Err(e) => {
@@ -302,6 +318,10 @@ impl App {
         if path == "/manager" || path.starts_with("/manager/") {
             return crate::manager::routes::handle(self.manager.as_deref(), req).await;
         }
+        if path == crate::order_events::PATH {
+            return crate::order_events::handle(self.manager.as_deref(), &self.order_events, req)
+                .await;
+        }
         match (req.method(), path.as_str()) {
             (&Method::POST, "/ingest") => self.ingest(req).await,
             (_, "/ingest") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
@@ -312,12 +332,12 @@ impl App {
                 let now = self.clock.now_ms();
                 json_reply(
                     StatusCode::OK,
-                    &json!({
-                        "now_unix_ms": now,
-                        "now": crate::time::format_local(self.store.local_ms(now).div_euclid(1000)),
-                        "replay": self.clock.is_replay(),
-                        "speed": self.clock.speed(),
-                    }),
+                    &ClockView {
+                        now_unix_ms: now,
+                        now: crate::time::format_local(self.store.local_ms(now).div_euclid(1000)),
+                        replay: self.clock.is_replay(),
+                        speed: self.clock.speed(),
+                    },
                 )
             }
             (&Method::GET, "/ready") => {
@@ -344,6 +364,7 @@ impl App {
                     crate::metrics::render_manager(&mut o, m.refusals());
                     crate::metrics::render_lease(&mut o, m.lease());
                     crate::metrics::render_manager_state(&mut o, m);
+                    crate::metrics::render_order_events(&mut o, &self.order_events);
                 }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", o)
             }
@@ -352,7 +373,7 @@ impl App {
                 if !self.forecasts.ready() {
                     return error(StatusCode::SERVICE_UNAVAILABLE, "no forecast cycle yet");
                 }
-                json_reply(StatusCode::OK, &set_json(&set))
+                json_reply(StatusCode::OK, &set_view(&set))
             }
             (&Method::GET, p) if p.starts_with("/forecast/") => {
                 let Some(id) = percent_decode(&p["/forecast/".len()..]) else {
@@ -363,7 +384,7 @@ impl App {
                 }
                 let set = self.forecasts.latest();
                 match set.shards.get(&id) {
-                    Some(s) => json_reply(StatusCode::OK, &shard_json(&set, s)),
+                    Some(s) => json_reply(StatusCode::OK, &shard_view(&set, s)),
                     None => error(
                         StatusCode::NOT_FOUND,
                         &format!("no forecast for shard {id:?}"),
@@ -389,6 +410,7 @@ mod tests {
     use super::*;
     use crate::store::Retention;
     use crate::time::now_unix_ms;
+    use serde_json::Value;
     use shardmap::telemetry::{Latency, ShardSample, FRAME_VERSION};
 
     fn app() -> App {
@@ -406,6 +428,7 @@ mod tests {
                 },
             ),
             tasks: Tasks::new(),
+            order_events: Default::default(),
         }
     }
 

@@ -84,13 +84,8 @@ impl Horizon {
     }
 }
 
-/// Where a forecast came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Source {
-    Model { model: String },
-    SeasonalNaive { reason: String },
-}
+/// Where a forecast came from (the read API's type).
+pub use shardmap::contract::forecast::ForecastSource as Source;
 
 /// Quantiles of one shard's demand over one horizon.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -132,19 +127,7 @@ impl ShardForecast {
     }
 }
 
-/// A model's state in the last cycle.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelStatus {
-    pub name: String,
-    pub contract: String,
-    pub loaded: bool,
-    pub detail: String,
-    /// Whether this cycle reused the outputs of an earlier run.
-    pub cached: bool,
-    pub rows: usize,
-    /// Wall time of the last `session.run` (ms).
-    pub run_ms: Option<f64>,
-}
+pub use shardmap::contract::forecast::ModelStatus;
 
 /// Everything one planning cycle produced. Immutable once published.
 #[derive(Debug, Clone, Default)]

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 
 use crate::time::{now_unix_ms, parse_local};
 
@@ -39,58 +38,9 @@ impl std::fmt::Display for FeedSource {
     }
 }
 
-/// Health of a feed as the last forecast saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeedState {
-    /// Loaded and current.
-    Ok,
-    /// Loaded, but it does not reach the forecast origin (or the last reload
-    /// failed and the previous data is kept for `max_age_s`).
-    Late,
-    /// Not readable (no file, HTTP error).
-    Missing,
-    /// Readable but not valid for its schema.
-    Malformed,
-    /// Not configured.
-    Disabled,
-}
-
-impl FeedState {
-    pub const ALL: [FeedState; 5] = [
-        FeedState::Ok,
-        FeedState::Late,
-        FeedState::Missing,
-        FeedState::Malformed,
-        FeedState::Disabled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FeedState::Ok => "ok",
-            FeedState::Late => "late",
-            FeedState::Missing => "missing",
-            FeedState::Malformed => "malformed",
-            FeedState::Disabled => "disabled",
-        }
-    }
-
-    /// Whether the model may use the feed's data.
-    pub fn usable(self) -> bool {
-        matches!(self, FeedState::Ok | FeedState::Late)
-    }
-}
-
-/// What the API and metrics report per feed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FeedStatus {
-    pub name: String,
-    pub state: FeedState,
-    pub source: String,
-    pub detail: String,
-    pub rows: usize,
-    pub loaded_at_unix_ms: Option<i64>,
-}
+// Feed health and status are part of the forecaster's read API, so they
+// are the shared contract types.
+pub use shardmap::contract::forecast::{FeedState, FeedStatus};
 
 /// Why a feed did not load.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@ pub mod feeds;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod order_events;
 pub mod persist;
 pub mod planner;
 pub mod service;

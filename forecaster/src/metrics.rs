@@ -1,12 +1,13 @@
 //! Every metric the forecaster exports, in one place, rendered as
-//! Prometheus text on `/metrics`. Labels are bounded: reasons, horizons,
+//! Prometheus text on `/metrics` by the workspace's one writer
+//! ([`shardcast_edge::metrics`]), all named `shardcast_forecaster_*`. Labels are bounded: reasons, horizons,
 //! models and feed names are fixed sets; shard ids never become labels.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use shardcast_edge::metrics::{Kind, Writer};
 
 use crate::engine::{ForecastSet, Horizon};
 use crate::feeds::FeedState;
@@ -63,26 +64,21 @@ impl Histogram {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cum = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in BUCKETS_S.iter().enumerate() {
-            cum += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
-        }
-        cum += self.counts[BUCKETS_S.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        let lb = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{lb} {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    fn render(&self, w: &mut Writer<'_>, name: &str, labels: &[(&str, &str)]) {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let count = counts.iter().sum();
+        let bounds = BUCKETS_S.iter().copied().chain([f64::INFINITY]);
+        w.histogram(
+            name,
+            labels,
+            bounds.zip(counts),
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            count,
         );
-        let _ = writeln!(out, "{name}_count{lb} {cum}");
     }
 }
 
@@ -160,171 +156,186 @@ impl Metrics {
     pub fn render(&self, store: &Store) -> String {
         let mut o = String::with_capacity(8 << 10);
         let c = &store.counters;
-        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            &mut o,
-            "forecaster_ingest_requests_total",
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut w = Writer::new(&mut o);
+        w.counter(
+            "shardcast_forecaster_ingest_requests_total",
             "POST /ingest requests received.",
-            self.ingest_requests.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(o, "# HELP forecaster_frames_rejected_total Telemetry frames refused, by reason.\n# TYPE forecaster_frames_rejected_total counter");
-        for r in Reject::ALL {
-            let _ = writeln!(
-                o,
-                "forecaster_frames_rejected_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.rejected(r)
-            );
-        }
-        counter(
-            &mut o,
-            "forecaster_frames_accepted_total",
+            l(&self.ingest_requests),
+        )
+        .by_label(
+            "shardcast_forecaster_frames_rejected_total",
+            Kind::Counter,
+            "Telemetry frames refused, by reason.",
+            "reason",
+            Reject::ALL.map(|r| (r.as_str(), self.rejected(r))),
+        )
+        .counter(
+            "shardcast_forecaster_frames_accepted_total",
             "Telemetry frames accepted.",
-            c.frames.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_samples_total",
+            l(&c.frames),
+        )
+        .counter(
+            "shardcast_forecaster_samples_total",
             "Per-shard samples accepted.",
-            c.samples.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_frames_seq_gap_total",
+            l(&c.samples),
+        )
+        .counter(
+            "shardcast_forecaster_frames_seq_gap_total",
             "Frames missing according to per-source sequence gaps.",
-            c.seq_gap_frames.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_frames_seq_reset_total",
+            l(&c.seq_gap_frames),
+        )
+        .counter(
+            "shardcast_forecaster_frames_seq_reset_total",
             "Frames whose seq did not advance (sender restart or replay).",
-            c.seq_resets.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_sender_dropped_frames_total",
+            l(&c.seq_resets),
+        )
+        .counter(
+            "shardcast_forecaster_sender_dropped_frames_total",
             "Frames senders report having dropped (dropped_before).",
-            c.sender_dropped.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_samples_too_old_total",
+            l(&c.sender_dropped),
+        )
+        .counter(
+            "shardcast_forecaster_samples_too_old_total",
             "Samples older than every retained bucket.",
-            c.too_old.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_samples_over_capacity_total",
+            l(&c.too_old),
+        )
+        .counter(
+            "shardcast_forecaster_samples_over_capacity_total",
             "Samples for new shards refused at max_shards.",
-            c.over_capacity.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_closed_hour_writes_total",
+            l(&c.over_capacity),
+        )
+        .counter(
+            "shardcast_forecaster_closed_hour_writes_total",
             "Writes into hours that had already closed.",
-            c.closed_hour_writes.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(o, "# HELP forecaster_shards Shards in the store.\n# TYPE forecaster_shards gauge\nforecaster_shards {}", store.len());
-        counter(
-            &mut o,
-            "forecaster_cycles_total",
+            l(&c.closed_hour_writes),
+        )
+        .gauge(
+            "shardcast_forecaster_shards",
+            "Shards in the store.",
+            store.len(),
+        )
+        .counter(
+            "shardcast_forecaster_cycles_total",
             "Planning cycles run.",
-            self.cycles.load(Ordering::Relaxed),
+            l(&self.cycles),
+        )
+        .family(
+            "shardcast_forecaster_cycle_seconds",
+            Kind::Histogram,
+            "Wall time of a planning cycle.",
         );
-        let _ = writeln!(o, "# HELP forecaster_cycle_seconds Wall time of a planning cycle.\n# TYPE forecaster_cycle_seconds histogram");
         self.cycle_seconds
-            .render(&mut o, "forecaster_cycle_seconds", "");
-        let _ = writeln!(o, "# HELP forecaster_model_run_seconds Wall time of one batched session.run.\n# TYPE forecaster_model_run_seconds histogram");
+            .render(&mut w, "shardcast_forecaster_cycle_seconds", &[]);
+        w.family(
+            "shardcast_forecaster_model_run_seconds",
+            Kind::Histogram,
+            "Wall time of one batched session.run.",
+        );
         for (i, m) in ["hourly", "daily"].iter().enumerate() {
             self.run_seconds[i].render(
-                &mut o,
-                "forecaster_model_run_seconds",
-                &format!("model=\"{m}\""),
+                &mut w,
+                "shardcast_forecaster_model_run_seconds",
+                &[("model", m)],
             );
         }
-        let _ = writeln!(o, "# HELP forecaster_model_run_failures_total Failed session.run calls.\n# TYPE forecaster_model_run_failures_total counter");
-        for (i, m) in ["hourly", "daily"].iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "forecaster_model_run_failures_total{{model=\"{m}\"}} {}",
-                self.run_failures[i].load(Ordering::Relaxed)
-            );
-        }
-        let l = self.latest.lock();
-        let _ = writeln!(o, "# HELP forecaster_forecasts Forecasts in the latest set, by horizon and source (fallback = seasonal naive).\n# TYPE forecaster_forecasts gauge");
-        for (h, fb, n) in &l.counts {
+        w.by_label(
+            "shardcast_forecaster_model_run_failures_total",
+            Kind::Counter,
+            "Failed session.run calls.",
+            "model",
+            [
+                ("hourly", l(&self.run_failures[0])),
+                ("daily", l(&self.run_failures[1])),
+            ],
+        );
+        let latest = self.latest.lock();
+        w.family(
+            "shardcast_forecaster_forecasts",
+            Kind::Gauge,
+            "Forecasts in the latest set, by horizon and source (fallback = seasonal naive).",
+        );
+        for (h, fb, n) in &latest.counts {
             let src = if *fb { "seasonal_naive" } else { "model" };
-            let _ = writeln!(
-                o,
-                "forecaster_forecasts{{horizon=\"{}\",source=\"{src}\"}} {n}",
-                h.name()
+            w.sample(
+                "shardcast_forecaster_forecasts",
+                &[("horizon", h.name()), ("source", src)],
+                *n,
             );
         }
-        let _ = writeln!(o, "# HELP forecaster_model_loaded 1 when the model is loaded and used.\n# TYPE forecaster_model_loaded gauge");
-        for (i, (name, loaded, _)) in l.models.iter().enumerate() {
+        w.family(
+            "shardcast_forecaster_model_loaded",
+            Kind::Gauge,
+            "1 when the model is loaded and used.",
+        );
+        for (i, (name, loaded, _)) in latest.models.iter().enumerate() {
             let kind = ["hourly", "daily"].get(i).copied().unwrap_or("other");
-            let _ = writeln!(
-                o,
-                "forecaster_model_loaded{{model=\"{kind}\",name=\"{}\"}} {}",
-                sanitize(name),
-                u8::from(*loaded)
+            w.sample(
+                "shardcast_forecaster_model_loaded",
+                &[("model", kind), ("name", &sanitize(name))],
+                *loaded,
             );
         }
-        let _ = writeln!(o, "# HELP forecaster_feed_state 1 for the current state of each feed.\n# TYPE forecaster_feed_state gauge");
-        for (name, st) in &l.feeds {
+        w.family(
+            "shardcast_forecaster_feed_state",
+            Kind::Gauge,
+            "1 for the current state of each feed.",
+        );
+        for (name, st) in &latest.feeds {
             for s in FeedState::ALL {
-                let _ = writeln!(
-                    o,
-                    "forecaster_feed_state{{feed=\"{}\",state=\"{}\"}} {}",
-                    sanitize(name),
-                    s.as_str(),
-                    u8::from(*st == s)
+                w.sample(
+                    "shardcast_forecaster_feed_state",
+                    &[("feed", &sanitize(name)), ("state", s.as_str())],
+                    *st == s,
                 );
             }
         }
-        let _ = writeln!(o, "# HELP forecaster_last_cycle_seconds Wall time of the latest cycle.\n# TYPE forecaster_last_cycle_seconds gauge\nforecaster_last_cycle_seconds {}", l.cycle_ms / 1e3);
-        drop(l);
-        counter(
-            &mut o,
-            "forecaster_snapshots_written_total",
+        w.gauge(
+            "shardcast_forecaster_last_cycle_seconds",
+            "Wall time of the latest cycle.",
+            latest.cycle_ms / 1e3,
+        );
+        drop(latest);
+        w.counter(
+            "shardcast_forecaster_snapshots_written_total",
             "Store snapshots written.",
-            self.snapshots_written.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_snapshot_failures_total",
+            l(&self.snapshots_written),
+        )
+        .counter(
+            "shardcast_forecaster_snapshot_failures_total",
             "Store snapshots that failed to write.",
-            self.snapshot_failures.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut o,
-            "forecaster_snapshot_restore_failures_total",
+            l(&self.snapshot_failures),
+        )
+        .counter(
+            "shardcast_forecaster_snapshot_restore_failures_total",
             "Snapshots found corrupt or unreadable at start.",
-            self.snapshot_restore_failures.load(Ordering::Relaxed),
+            l(&self.snapshot_restore_failures),
+        )
+        .family(
+            "shardcast_forecaster_snapshot_seconds",
+            Kind::Histogram,
+            "Time to write a snapshot.",
         );
-        let _ = writeln!(o, "# HELP forecaster_snapshot_seconds Time to write a snapshot.\n# TYPE forecaster_snapshot_seconds histogram");
         self.snapshot_seconds
-            .render(&mut o, "forecaster_snapshot_seconds", "");
+            .render(&mut w, "shardcast_forecaster_snapshot_seconds", &[]);
         o
     }
 }
 
 /// The shard manager's table publishing:
-/// `forecaster_manager_table_refusals_total{target="proxy"|"metadata"}`,
+/// `shardcast_forecaster_manager_table_refusals_total{target="proxy"|"metadata"}`,
 /// tables refused as not newer (a proxy's 409; a newer table, or another
 /// one at the same version, in the metadata store). None of them counts as
 /// delivered; see `manager::versions`.
 pub fn render_manager(o: &mut String, refusals: &crate::manager::versions::Refusals) {
     let (proxy, metadata) = refusals.snapshot();
-    let name = "forecaster_manager_table_refusals_total";
-    let _ = writeln!(
-        o,
-        "# HELP {name} Table publishes refused as not newer, by target.\n# TYPE {name} counter"
+    Writer::new(o).by_label(
+        "shardcast_forecaster_manager_table_refusals_total",
+        Kind::Counter,
+        "Table publishes refused as not newer, by target.",
+        "target",
+        [("proxy", proxy), ("metadata", metadata)],
     );
-    let _ = writeln!(o, "{name}{{target=\"proxy\"}} {proxy}");
-    let _ = writeln!(o, "{name}{{target=\"metadata\"}} {metadata}");
 }
 
 /// The shard manager's rounds, decisions, orders, publishes and leadership
@@ -333,44 +344,74 @@ pub fn render_manager_state(o: &mut String, m: &crate::manager::Manager) {
     crate::manager::metrics::render(o, m);
 }
 
-/// Leadership (DESIGN.md, "Managers"): `forecaster_manager_leader` (1
-/// while this manager leads and may write), `forecaster_manager_epoch`
-/// (its current or last term), `forecaster_manager_lease_renew_failures_total`,
-/// `forecaster_manager_fenced_writes_total` (writes refused because a
-/// higher epoch leads), `forecaster_manager_step_downs_total`.
+/// Leadership (DESIGN.md, "Managers"): `shardcast_forecaster_manager_leader` (1
+/// while this manager leads and may write), `shardcast_forecaster_manager_epoch`
+/// (its current or last term), `shardcast_forecaster_manager_lease_renew_failures_total`,
+/// `shardcast_forecaster_manager_fenced_writes_total` (writes refused because a
+/// higher epoch leads), `shardcast_forecaster_manager_step_downs_total`.
 pub fn render_lease(o: &mut String, lease: &crate::manager::lease::Lease) {
-    use std::sync::atomic::Ordering::Relaxed;
     let v = lease.view();
-    let leading = u8::from(v.leader && lease.may_write().is_some());
-    let _ = writeln!(
-        o,
-        "# HELP forecaster_manager_leader 1 while this manager holds the lease and writes.\n# TYPE forecaster_manager_leader gauge\nforecaster_manager_leader {leading}\n\
-         # HELP forecaster_manager_epoch The epoch (fencing token) of this manager's current or last term.\n# TYPE forecaster_manager_epoch gauge\nforecaster_manager_epoch {}\n\
-         # HELP forecaster_manager_lease_renew_failures_total Lease renewals that failed (store unreachable or erroring).\n# TYPE forecaster_manager_lease_renew_failures_total counter\nforecaster_manager_lease_renew_failures_total {}\n\
-         # HELP forecaster_manager_fenced_writes_total Writes refused because a higher epoch leads.\n# TYPE forecaster_manager_fenced_writes_total counter\nforecaster_manager_fenced_writes_total {}\n\
-         # HELP forecaster_manager_step_downs_total Terms ended: lease lost or a write fenced.\n# TYPE forecaster_manager_step_downs_total counter\nforecaster_manager_step_downs_total {}",
-        v.epoch,
-        lease.renew_failures.load(Relaxed),
-        lease.fenced_writes.load(Relaxed),
-        lease.step_downs.load(Relaxed),
+    let leading = v.leader && lease.may_write().is_some();
+    let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Writer::new(o)
+        .gauge(
+            "shardcast_forecaster_manager_leader",
+            "1 while this manager holds the lease and writes.",
+            leading,
+        )
+        .gauge(
+            "shardcast_forecaster_manager_epoch",
+            "The epoch (fencing token) of this manager's current or last term.",
+            v.epoch,
+        )
+        .counter(
+            "shardcast_forecaster_manager_lease_renew_failures_total",
+            "Lease renewals that failed (store unreachable or erroring).",
+            l(&lease.renew_failures),
+        )
+        .counter(
+            "shardcast_forecaster_manager_fenced_writes_total",
+            "Writes refused because a higher epoch leads.",
+            l(&lease.fenced_writes),
+        )
+        .counter(
+            "shardcast_forecaster_manager_step_downs_total",
+            "Terms ended: lease lost or a write fenced.",
+            l(&lease.step_downs),
+        );
+}
+
+/// Sync's finished-order events by outcome (`POST /order-events`).
+pub fn render_order_events(o: &mut String, e: &crate::order_events::OrderEvents) {
+    let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Writer::new(o).by_label(
+        "shardcast_forecaster_manager_order_events_total",
+        Kind::Counter,
+        "Finished-order events pushed by sync, by outcome.",
+        "outcome",
+        [
+            ("accepted", l(&e.accepted)),
+            ("duplicate", l(&e.duplicates)),
+            ("refused", l(&e.refused)),
+        ],
     );
 }
 
 /// The API listener's connections (shardcast-edge's renderer, the names
 /// every shardcast process uses) and the supervised background loops:
-/// `forecaster_connections_open`, `forecaster_connections_accepted_total`,
-/// `forecaster_connections_refused_total{reason="listener"|"client"}`,
-/// `forecaster_connections_closed_total{stage}` (closed by a deadline),
-/// `forecaster_accept_errors_total`, each labelled with the listener;
-/// `forecaster_open_files_limit`; and `forecaster_task_running`,
-/// `forecaster_task_restarts_total`, `forecaster_task_panics_total` by task.
+/// `shardcast_forecaster_connections_open`, `shardcast_forecaster_connections_accepted_total`,
+/// `shardcast_forecaster_connections_refused_total{reason="listener"|"client"}`,
+/// `shardcast_forecaster_connections_closed_total{stage}` (closed by a deadline),
+/// `shardcast_forecaster_accept_errors_total`, each labelled with the listener;
+/// `shardcast_forecaster_open_files_limit`; and `shardcast_forecaster_task_running`,
+/// `shardcast_forecaster_task_restarts_total`, `shardcast_forecaster_task_panics_total` by task.
 pub fn render_edge(
     o: &mut String,
     conns: &shardcast_edge::ConnLimiter,
     tasks: &shardcast_edge::supervise::Tasks,
 ) {
-    shardcast_edge::limit::render_metrics("forecaster", &[conns], o);
-    tasks.render_metrics("forecaster", o);
+    shardcast_edge::limit::render_metrics("shardcast_forecaster", &[conns], o);
+    tasks.render_metrics("shardcast_forecaster", o);
 }
 
 fn sanitize(s: &str) -> String {

@@ -276,6 +276,7 @@ impl Service {
             clock,
             conns: conns.clone(),
             tasks: loops.clone(),
+            order_events: Default::default(),
         };
         let svc = hyper::service::service_fn(move |req| {
             let app = app.clone();

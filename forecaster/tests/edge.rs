@@ -54,17 +54,26 @@ async fn api_closes_silent_slow_and_idle_connections() {
     testkit::assert_deadlines(svc.addr, DEADLINE, "/live").await;
     let (_, m) = testkit::request(svc.addr, "GET", "/metrics", &[], b"").await;
     let closed = |stage: &str| {
-        let name =
-            format!("forecaster_connections_closed_total{{listener=\"api\",stage=\"{stage}\"}}");
+        let name = format!(
+            "shardcast_forecaster_connections_closed_total{{listener=\"api\",stage=\"{stage}\"}}"
+        );
         metric(&m, &name).unwrap_or_else(|| panic!("no {name} in:\n{m}"))
     };
     assert!(closed("idle") >= 2.0, "{m}");
     assert!(closed("header") >= 1.0, "{m}");
-    assert!(metric(&m, "forecaster_connections_open{listener=\"api\"}").is_some());
-    assert!(metric(&m, "forecaster_accept_errors_total{listener=\"api\"}").is_some());
+    assert!(metric(
+        &m,
+        "shardcast_forecaster_connections_open{listener=\"api\"}"
+    )
+    .is_some());
+    assert!(metric(
+        &m,
+        "shardcast_forecaster_accept_errors_total{listener=\"api\"}"
+    )
+    .is_some());
     // /ready waited for the supervised loops, which /metrics shows.
     for t in ["feeds", "inference"] {
-        let name = format!("forecaster_task_running{{task=\"{t}\"}}");
+        let name = format!("shardcast_forecaster_task_running{{task=\"{t}\"}}");
         assert_eq!(metric(&m, &name), Some(1.0), "{name}:\n{m}");
     }
     svc.shutdown().await;
@@ -80,7 +89,7 @@ async fn api_refuses_connections_past_the_per_client_bound() {
     .await;
     ready(svc.addr).await;
     testkit::assert_bound(svc.addr, 3, "/live").await;
-    let name = "forecaster_connections_refused_total{listener=\"api\",reason=\"client\"}";
+    let name = "shardcast_forecaster_connections_refused_total{listener=\"api\",reason=\"client\"}";
     let t = Instant::now();
     let m = loop {
         // The held connections close as the server sees them go.
@@ -96,7 +105,7 @@ async fn api_refuses_connections_past_the_per_client_bound() {
     assert_eq!(
         metric(
             &m,
-            "forecaster_connections_refused_total{listener=\"api\",reason=\"listener\"}"
+            "shardcast_forecaster_connections_refused_total{listener=\"api\",reason=\"listener\"}"
         ),
         Some(0.0)
     );
@@ -156,7 +165,7 @@ async fn operator_routes_take_any_bearer_case_and_challenge_and_bodies_must_be_o
     assert!(answer.contains("JSON object"), "{answer}");
     let (_, m) = testkit::request(a, "GET", "/metrics", &[], b"").await;
     assert_eq!(
-        metric(&m, "forecaster_task_running{task=\"manager\"}"),
+        metric(&m, "shardcast_forecaster_task_running{task=\"manager\"}"),
         Some(1.0),
         "{m}"
     );

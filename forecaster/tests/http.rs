@@ -146,6 +146,9 @@ async fn ingest_forecast_and_restart() {
     let (st, body) = call("POST", format!("{base}/ingest"), frame(4, 60).encode()).await;
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("\"seq_gap\":2"), "{body}");
+    // What the forecaster sends is the shared contract, field for field.
+    let answer: shardmap::contract::forecast::IngestAnswer = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer.seq_gap, 2);
 
     // bad frames: truncated, garbage, wrong version, inconsistent, oversized, wrong method
     let enc = frame(5, 10).encode();
@@ -183,23 +186,38 @@ async fn ingest_forecast_and_restart() {
 
     let (_, m) = call("GET", format!("{base}/metrics"), vec![]).await;
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"json\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"json\"}"
+        ),
         2.0
     );
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"version\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"version\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"invalid\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"invalid\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric(&m, "forecaster_frames_rejected_total{reason=\"too_large\"}"),
+        metric(
+            &m,
+            "shardcast_forecaster_frames_rejected_total{reason=\"too_large\"}"
+        ),
         1.0
     );
-    assert_eq!(metric(&m, "forecaster_frames_accepted_total"), 2.0);
-    assert_eq!(metric(&m, "forecaster_frames_seq_gap_total"), 2.0);
+    assert_eq!(
+        metric(&m, "shardcast_forecaster_frames_accepted_total"),
+        2.0
+    );
+    assert_eq!(metric(&m, "shardcast_forecaster_frames_seq_gap_total"), 2.0);
 
     // forecasts: encoded and raw ids, unknown shard, the whole set
     let (st, enc_body) = call("GET", format!("{base}/forecast/UK%2FSEASONAL"), vec![]).await;
@@ -220,6 +238,11 @@ async fn ingest_forecast_and_restart() {
         .unwrap()
         .iter()
         .any(|f| f["name"] == "sales_history" && f["state"] == "ok"));
+    let typed: shardmap::contract::forecast::ShardForecastView =
+        serde_json::from_str(&enc_body).unwrap();
+    let again: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
+    assert_eq!(again, v, "nothing lost or renamed");
     let (st, raw) = call("GET", format!("{base}/forecast/UK/SEASONAL"), vec![]).await;
     assert_eq!(st, 200, "{raw}");
     assert_eq!(
@@ -234,8 +257,19 @@ async fn ingest_forecast_and_restart() {
     );
     let (st, all) = call("GET", format!("{base}/forecasts"), vec![]).await;
     assert_eq!(st, 200);
-    let all: serde_json::Value = serde_json::from_str(&all).unwrap();
-    assert_eq!(all["shards"].as_object().unwrap().len(), 14);
+    let typed: shardmap::contract::forecast::ForecastsView = serde_json::from_str(&all).unwrap();
+    assert_eq!(typed.shards.len(), 14);
+    assert!(typed.shards["UK/SEASONAL"].horizons.contains_key("1h"));
+    let (st, series) = call("GET", format!("{base}/series?hours=3"), vec![]).await;
+    assert_eq!(st, 200, "{series}");
+    let series: shardmap::contract::forecast::SeriesSetView =
+        serde_json::from_str(&series).unwrap();
+    assert_eq!(series.hours, 3);
+    assert_eq!(series.shards["UK/SEASONAL"].hourly.values.len(), 3);
+    let (st, clock) = call("GET", format!("{base}/clock"), vec![]).await;
+    assert_eq!(st, 200, "{clock}");
+    let clock: shardmap::contract::forecast::ClockView = serde_json::from_str(&clock).unwrap();
+    assert!(!clock.replay);
 
     // the live telemetry is in the store, and a restart keeps it
     let hour = svc.store.local_hour(now_unix_ms());
@@ -267,7 +301,7 @@ async fn ingest_forecast_and_restart() {
     let base = format!("http://{}", svc.addr);
     let (_, m) = call("GET", format!("{base}/metrics"), vec![]).await;
     assert_eq!(
-        metric(&m, "forecaster_snapshot_restore_failures_total"),
+        metric(&m, "shardcast_forecaster_snapshot_restore_failures_total"),
         1.0
     );
     assert_eq!(
@@ -315,7 +349,7 @@ async fn wrong_model_path_serves_flagged_fallback() {
     assert_eq!(
         metric(
             &m,
-            "forecaster_forecasts{horizon=\"1d\",source=\"seasonal_naive\"}"
+            "shardcast_forecaster_forecasts{horizon=\"1d\",source=\"seasonal_naive\"}"
         ),
         14.0
     );

@@ -185,7 +185,7 @@ async fn model_forecasts_for_the_real_shards() {
     assert_eq!(again.shards, set.shards);
     let text = metrics.render(&Store::new(Retention::default(), 0, 1));
     assert!(
-        text.contains("forecaster_forecasts{horizon=\"1w\",source=\"model\"} 14"),
+        text.contains("shardcast_forecaster_forecasts{horizon=\"1w\",source=\"model\"} 14"),
         "{text}"
     );
 }
@@ -221,11 +221,13 @@ async fn wrong_model_path_falls_back_flagged() {
     // Seasonal naive: the 1 d median is within the range of recent daily totals.
     let text = metrics.render(&Store::new(Retention::default(), 0, 1));
     assert!(
-        text.contains("forecaster_forecasts{horizon=\"1h\",source=\"seasonal_naive\"} 14"),
+        text.contains(
+            "shardcast_forecaster_forecasts{horizon=\"1h\",source=\"seasonal_naive\"} 14"
+        ),
         "{text}"
     );
     assert!(
-        text.contains("forecaster_model_loaded{model=\"hourly\",name=\"nope\"} 0"),
+        text.contains("shardcast_forecaster_model_loaded{model=\"hourly\",name=\"nope\"} 0"),
         "{text}"
     );
 }
@@ -256,8 +258,9 @@ async fn missing_and_malformed_feeds_degrade_but_forecast() {
         .values()
         .all(|s| s.horizons.iter().all(|h| !h.is_fallback())));
     let text = metrics.render(&Store::new(Retention::default(), 0, 1));
-    assert!(text.contains("forecaster_feed_state{feed=\"events\",state=\"missing\"} 1"));
-    assert!(text.contains("forecaster_feed_state{feed=\"web_traffic\",state=\"malformed\"} 1"));
+    assert!(text.contains("shardcast_forecaster_feed_state{feed=\"events\",state=\"missing\"} 1"));
+    assert!(text
+        .contains("shardcast_forecaster_feed_state{feed=\"web_traffic\",state=\"malformed\"} 1"));
 
     // A valid covariate feed is used (known flags) and changes nothing else.
     let good = dir.path().join("sentiment.csv");

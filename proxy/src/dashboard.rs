@@ -15,14 +15,18 @@
 //!
 //! [`ShardStats::recent`]: crate::telemetry::ShardStats::recent
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
 use shardmap::config::Dashboard;
-use shardmap::TableView;
+use shardmap::contract::forecast::{ForecastsView, SeriesRing, SeriesSetView};
+use shardmap::contract::manager::{self as mgr, ManagerView};
+use shardmap::contract::ErrorBody;
+use shardmap::{AssignmentVersion, TableView};
 use tokio::sync::watch;
 
 use crate::http_client::Client;
@@ -42,8 +46,6 @@ const MAX_BODY: usize = 8 << 20;
 const MAX_ROWS: usize = 200;
 /// Hours of actual demand asked for per shard.
 const SERIES_HOURS: usize = 48;
-/// Forecast quantiles the page draws: the p10–p90 band and the median.
-const QUANTILES: [(&str, f64); 3] = [("p10", 0.1), ("p50", 0.5), ("p90", 0.9)];
 
 /// Dashboard state kept in [`Shared`]: the last read of the forecaster.
 #[derive(Default)]
@@ -52,20 +54,22 @@ pub struct DashState {
     client: OnceLock<Client>,
 }
 
-/// One read of the forecaster's three endpoints.
+/// One read of the forecaster's three endpoints, in the forecaster's own
+/// types (`shardmap::contract`): an answer that does not parse is that
+/// part's error, never a half-read view.
 struct Fetched {
     at: Instant,
     url: String,
     status: ForecasterStatus,
-    forecasts: Option<Value>,
-    manager: Option<Value>,
-    series: Option<Value>,
+    forecasts: Option<ForecastsView>,
+    manager: Option<ManagerView>,
+    series: Option<SeriesSetView>,
 }
 
 /// How one forecaster endpoint answered.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Part {
-    /// It answered 200 with a JSON object.
+    /// It answered 200 with its JSON view.
     pub available: bool,
     pub error: Option<String>,
 }
@@ -86,8 +90,8 @@ pub struct ForecasterStatus {
     pub manager: Part,
     /// From `/forecasts`: when the forecasts were made, and the last
     /// complete (store-local) hour they start after.
-    pub generated_at: Option<Value>,
-    pub origin_hour: Option<Value>,
+    pub generated_at: Option<String>,
+    pub origin_hour: Option<String>,
 }
 
 /// Traffic counters of one shard, or of all of them.
@@ -127,19 +131,44 @@ impl Traffic {
     }
 }
 
+/// One horizon of one shard's forecast, as the page draws it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Band {
+    pub p10: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub fallback: bool,
+    /// `model` or `seasonal_naive`.
+    pub source: &'static str,
+}
+
+/// A shard's forecast on the dashboard: a [`Band`] per horizon (`1h`,
+/// `1d`, `1w`, `1mo`) beside the hours of history it was made from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForecastBands {
+    #[serde(flatten)]
+    pub horizons: BTreeMap<String, Band>,
+    pub history_hours: usize,
+}
+
+/// A shard's actual demand from the forecaster's `/series`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Actual {
+    pub hourly: SeriesRing,
+    pub minutes: SeriesRing,
+}
+
 /// One shard on the dashboard.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardData {
     pub id: String,
     #[serde(flatten)]
     pub traffic: Traffic,
-    /// Per horizon (`1h`, `1d`, `1w`, `1mo`): `p10`, `p50`, `p90`,
-    /// `fallback`, `source`. Absent without forecasts.
-    pub forecast: Option<Value>,
-    /// `hourly` and `minutes` actuals from the forecaster's `/series`.
-    pub actual: Option<Value>,
-    /// The shard manager's entry for the shard, as it sent it.
-    pub manager: Option<Value>,
+    /// Absent without forecasts.
+    pub forecast: Option<ForecastBands>,
+    pub actual: Option<Actual>,
+    /// The shard manager's entry for the shard.
+    pub manager: Option<mgr::ShardView>,
 }
 
 /// Everything but the requests the proxy refused itself.
@@ -149,6 +178,14 @@ pub struct Totals {
     pub received: u64,
     #[serde(flatten)]
     pub traffic: Traffic,
+}
+
+/// The parts of the manager's view shown beside the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagerSummary {
+    pub assignment_version: AssignmentVersion,
+    pub dry_run: bool,
+    pub nodes: BTreeMap<String, mgr::NodeView>,
 }
 
 /// `GET /dashboard/data`.
@@ -163,12 +200,11 @@ pub struct Data {
     /// In table order.
     pub shards: Vec<ShardData>,
     pub forecaster: ForecasterStatus,
-    /// The manager's `assignment_version`, `dry_run` and `nodes`, when it
-    /// answered.
-    pub manager: Option<Value>,
+    /// When the manager answered.
+    pub manager: Option<ManagerSummary>,
     /// The manager's newest pre-fetch orders and decisions, in its order.
-    pub orders: Vec<Value>,
-    pub decisions: Vec<Value>,
+    pub orders: Vec<mgr::OrderView>,
+    pub decisions: Vec<mgr::Decision>,
 }
 
 fn unix_ms() -> u64 {
@@ -196,16 +232,16 @@ pub async fn sample_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
     }
 }
 
-/// Interpret one endpoint's answer: (answered over HTTP, part, JSON object).
-fn part(r: Result<(u16, Bytes), String>) -> (bool, Part, Option<Value>) {
+/// Interpret one endpoint's answer: (answered over HTTP, part, view).
+fn part<T: DeserializeOwned>(r: Result<(u16, Bytes), String>) -> (bool, Part, Option<T>) {
     let fail = |e: String| Part {
         available: false,
         error: Some(e),
     };
     match r {
         Err(e) => (false, fail(e), None),
-        Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
-            Ok(v) if v.is_object() => (
+        Ok((200, body)) => match serde_json::from_slice::<T>(&body) {
+            Ok(v) => (
                 true,
                 Part {
                     available: true,
@@ -213,13 +249,10 @@ fn part(r: Result<(u16, Bytes), String>) -> (bool, Part, Option<Value>) {
                 },
                 Some(v),
             ),
-            Ok(_) => (true, fail("not a JSON object".into()), None),
-            Err(e) => (true, fail(format!("invalid JSON: {e}")), None),
+            Err(e) => (true, fail(format!("not the expected answer: {e}")), None),
         },
         Ok((status, body)) => {
-            let why = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+            let why = ErrorBody::message_of(&body)
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default();
             (true, fail(format!("HTTP {status}{why}")), None)
@@ -237,11 +270,10 @@ async fn fetch(client: &Client, base: &str, timeout: Duration) -> Fetched {
         get(format!("/series?hours={SERIES_HOURS}")),
         get("/manager".into()),
     );
-    let (fa, fp, forecasts) = part(f);
-    let (sa, sp, series) = part(s);
-    let (ma, mp, manager) = part(m);
+    let (fa, fp, forecasts) = part::<ForecastsView>(f);
+    let (sa, sp, series) = part::<SeriesSetView>(s);
+    let (ma, mp, manager) = part::<ManagerView>(m);
     let reachable = fa || sa || ma;
-    let top = |k: &str| forecasts.as_ref().and_then(|v| v.get(k)).cloned();
     Fetched {
         at: Instant::now(),
         url: base.to_string(),
@@ -251,8 +283,8 @@ async fn fetch(client: &Client, base: &str, timeout: Duration) -> Fetched {
             reachable,
             error: (!reachable).then(|| fp.error.clone().unwrap_or_default()),
             fetched_unix_ms: unix_ms(),
-            generated_at: top("generated_at"),
-            origin_hour: top("origin_hour"),
+            generated_at: forecasts.as_ref().map(|f| f.generated_at.clone()),
+            origin_hour: forecasts.as_ref().map(|f| f.origin_hour.clone()),
             forecasts: fp,
             series: sp,
             manager: mp,
@@ -282,49 +314,35 @@ impl DashState {
 }
 
 /// p10/p50/p90 of every horizon of one shard in a `/forecasts` answer.
-fn forecast_of(forecasts: &Value, id: &str) -> Option<Value> {
-    let shard = forecasts.get("shards")?.get(id)?;
-    let mut out = Map::new();
-    for (name, h) in shard.get("horizons")?.as_object()? {
-        let (Some(levels), Some(values)) = (
-            h.get("levels").and_then(Value::as_array),
-            h.get("values").and_then(Value::as_array),
-        ) else {
-            continue;
-        };
-        let mut q = Map::new();
-        for (key, want) in QUANTILES {
-            let v = levels
-                .iter()
-                .position(|l| l.as_f64().is_some_and(|l| (l - want).abs() < 1e-3))
-                .and_then(|i| values.get(i)?.as_f64());
-            q.insert(key.into(), json!(v));
-        }
-        q.insert(
-            "fallback".into(),
-            h.get("fallback").cloned().unwrap_or(Value::Null),
-        );
-        q.insert(
-            "source".into(),
-            h.get("source")
-                .and_then(|s| s.get("kind"))
-                .cloned()
-                .unwrap_or(Value::Null),
-        );
-        out.insert(name.clone(), Value::Object(q));
-    }
-    if let Some(h) = shard.get("history_hours") {
-        out.insert("history_hours".into(), h.clone());
-    }
-    Some(Value::Object(out))
+fn forecast_of(forecasts: &ForecastsView, id: &str) -> Option<ForecastBands> {
+    let shard = forecasts.shards.get(id)?;
+    let horizons = shard
+        .horizons
+        .iter()
+        .map(|(name, h)| {
+            // The page draws the p10–p90 band and the median.
+            let q = |want: f64| h.quantile(want).map(f64::from);
+            (
+                name.clone(),
+                Band {
+                    p10: q(0.1),
+                    p50: q(0.5),
+                    p90: q(0.9),
+                    fallback: h.fallback,
+                    source: h.source.kind(),
+                },
+            )
+        })
+        .collect();
+    Some(ForecastBands {
+        horizons,
+        history_hours: shard.history_hours,
+    })
 }
 
-/// The last [`MAX_ROWS`] entries of an array field.
-fn newest(v: Option<&Value>, key: &str) -> Vec<Value> {
-    let Some(a) = v.and_then(|v| v.get(key)).and_then(Value::as_array) else {
-        return vec![];
-    };
-    a[a.len().saturating_sub(MAX_ROWS)..].to_vec()
+/// The last [`MAX_ROWS`] entries.
+fn newest<T: Clone>(v: &[T]) -> Vec<T> {
+    v[v.len().saturating_sub(MAX_ROWS)..].to_vec()
 }
 
 /// Build the dashboard data. Waits for the forecaster at most its
@@ -358,16 +376,14 @@ pub async fn data(shared: &Shared) -> Data {
                 .and_then(|v| forecast_of(v, id)),
             actual: f
                 .and_then(|f| f.series.as_ref())
-                .and_then(|v| v.get("shards")?.get(id))
-                .map(|s| {
-                    json!({
-                        "hourly": s.get("hourly"),
-                        "minutes": s.get("minutes"),
-                    })
+                .and_then(|v| v.shards.get(id))
+                .map(|s| Actual {
+                    hourly: s.hourly.clone(),
+                    minutes: s.minutes.clone(),
                 }),
             manager: f
                 .and_then(|f| f.manager.as_ref())
-                .and_then(|v| v.get("shards")?.get(id))
+                .and_then(|v| v.shards.get(id))
                 .cloned(),
         });
     }
@@ -386,355 +402,15 @@ pub async fn data(shared: &Shared) -> Data {
         },
         shards,
         forecaster: f.map(|f| f.status.clone()).unwrap_or_default(),
-        manager: manager.map(|m| {
-            json!({
-                "assignment_version": m.get("assignment_version"),
-                "dry_run": m.get("dry_run"),
-                "nodes": m.get("nodes"),
-            })
+        manager: manager.map(|m| ManagerSummary {
+            assignment_version: m.assignment_version,
+            dry_run: m.dry_run,
+            nodes: m.nodes.clone(),
         }),
-        orders: newest(manager, "orders"),
-        decisions: newest(manager, "decisions"),
+        orders: manager.map(|m| newest(&m.orders)).unwrap_or_default(),
+        decisions: manager.map(|m| newest(&m.decisions)).unwrap_or_default(),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::convert::Infallible;
-    use std::path::Path;
-
-    use http::{Request, StatusCode};
-    use http_body_util::{BodyExt, Full};
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
-    use crate::telemetry::Outcome;
-
-    const CONFIG: &str = "replication_factor = 1\n[listen]\nhttp = [\"127.0.0.1:1\"]\n\
-        [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[nodes]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n\
-        [[shards]]\nid = \"UK/SEASONAL\"\ncategories = [\"SEASONAL\"]\nregions = [\"UK\"]\nreplicas = [\"a\"]\n\
-        [[shards]]\nid = \"UK/LIGHTING\"\ncategories = [\"LIGHTING\"]\nregions = [\"UK\"]\nreplicas = [\"b\"]\n\
-        [[routes]]\nname = \"r\"\npath = \"/i/{sku}\"\n";
-
-    fn shared(extra: &str) -> (tempfile::TempDir, Arc<Shared>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(&path, format!("{CONFIG}{extra}")).unwrap();
-        let s = crate::run::shared_for_tests(Path::new(&path)).unwrap();
-        s.record_version(&s.current().table, "start");
-        (dir, s)
-    }
-
-    async fn get(s: &Arc<Shared>, path: &str) -> (StatusCode, String, Bytes) {
-        let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
-        let resp = crate::admin::handle(s.clone(), req).await.unwrap();
-        let status = resp.status();
-        let ctype = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, ctype, body)
-    }
-
-    async fn data_json(s: &Arc<Shared>) -> Value {
-        let (st, ctype, body) = get(s, "/dashboard/data").await;
-        assert_eq!(st, StatusCode::OK);
-        assert_eq!(ctype, "application/json");
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    /// A stand-in forecaster on port 0 answering `path → (status, body)`;
-    /// anything else is a 404. `delay` holds every answer back.
-    async fn fake_forecaster(
-        routes: Vec<(&'static str, u16, String)>,
-        delay: Duration,
-    ) -> std::net::SocketAddr {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let routes = Arc::new(routes);
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
-                };
-                let routes = routes.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let routes = routes.clone();
-                        async move {
-                            tokio::time::sleep(delay).await;
-                            let (code, body) = routes
-                                .iter()
-                                .find(|(p, _, _)| req.uri().path() == *p)
-                                .map(|(_, c, b)| (*c, b.clone()))
-                                .unwrap_or((404, "{\"error\":\"no such endpoint\"}".into()));
-                            Ok::<_, Infallible>(
-                                http::Response::builder()
-                                    .status(code)
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        });
-        addr
-    }
-
-    fn forecasts_body() -> String {
-        let levels = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99];
-        json!({
-            "generated_at": "2025-01-01T10:00:00Z",
-            "origin_hour": "2025-01-01 09:00",
-            "shards": {
-                "UK/SEASONAL": {
-                    "history_hours": 72,
-                    "horizons": {
-                        "1h": {"levels": levels, "values": [1, 10, 20, 30, 40, 50, 90], "source": {"kind": "model", "model": "m"}, "fallback": false},
-                        "1d": {"levels": levels, "values": [1, 100, 200, 300, 400, 500, 900], "source": {"kind": "seasonal_naive"}, "fallback": true},
-                        "1w": {"levels": "broken"}
-                    }
-                }
-            }
-        })
-        .to_string()
-    }
-
-    fn manager_body() -> String {
-        json!({
-            "assignment_version": {"epoch": 1, "counter": 7},
-            "dry_run": true,
-            "shards": {"UK/SEASONAL": {"target": 2, "threshold": 40.0, "replicas": [{"node": "a", "state": "serving"}]}},
-            "nodes": {"a": {"health": "up", "load_rps": 3.5}},
-            "orders": [
-                {"id": 1, "shard": "UK/SEASONAL", "node": "b", "state": "running", "priority": 0.5},
-                {"id": 2}
-            ],
-            "decisions": [{"at_unix_ms": 1, "action": "add_replica", "reason": "forecast"}]
-        })
-        .to_string()
-    }
-
-    #[tokio::test]
-    async fn page_is_self_contained_html() {
-        let (_d, s) = shared("");
-        let (st, ctype, body) = get(&s, "/dashboard").await;
-        assert_eq!(st, StatusCode::OK);
-        assert_eq!(ctype, "text/html; charset=utf-8");
-        let html = String::from_utf8(body.to_vec()).unwrap();
-        for id in [
-            "id=\"assignment-version\"",
-            "id=\"config-generation\"",
-            "id=\"total-requests\"",
-            "id=\"shard-map\"",
-            "id=\"orders\"",
-            "id=\"decisions\"",
-            "id=\"forecaster-status\"",
-        ] {
-            assert!(html.contains(id), "page lacks {id}");
-        }
-        // Nothing is loaded from anywhere else: the only absolute URL is
-        // the SVG namespace name, which is an identifier, not a fetch.
-        let without_ns = html.replace("http://www.w3.org/2000/svg", "");
-        for bad in ["http://", "https://", "src=", "@import", "url("] {
-            assert!(!without_ns.contains(bad), "page references {bad:?}");
-        }
-        let req = Request::post("/dashboard")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = crate::admin::handle(s.clone(), req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
-    }
-
-    #[tokio::test]
-    async fn dashboard_needs_the_bearer_token_like_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(
-            &path,
-            CONFIG.replace("[listen]\n", "[listen]\nadmin_token = \"t\"\n"),
-        )
-        .unwrap();
-        let s = crate::run::shared_for_tests(Path::new(&path)).unwrap();
-        for path in ["/dashboard", "/dashboard/data"] {
-            let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
-            let resp = crate::admin::handle(s.clone(), req).await.unwrap();
-            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
-            let req = Request::get(path)
-                .header("authorization", "Bearer t")
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            let resp = crate::admin::handle(s.clone(), req).await.unwrap();
-            assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        }
-    }
-
-    #[tokio::test]
-    async fn data_has_the_table_history_and_traffic() {
-        let (_d, s) = shared("");
-        let v = data_json(&s).await;
-        assert_eq!(
-            v["table"]["assignment_version"],
-            json!({"epoch": 0, "counter": 0})
-        );
-        assert_eq!(v["table"]["config_generation"], 1);
-        let ids: Vec<&str> = v["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, ["UK/SEASONAL", "UK/LIGHTING"]);
-        assert_eq!(v["table"]["shards"][0]["replicas"][0]["node"], "a");
-        assert_eq!(v["table"]["shards"][0]["replicas"][0]["state"], "serving");
-        assert_eq!(v["table"]["nodes"][1]["health"], "healthy");
-        assert_eq!(v["history"][0]["cause"], "start");
-        assert_eq!(v["history"][0]["config_generation"], 1);
-        assert_eq!(v["history"][0]["assignment_version"]["counter"], 0);
-        assert_eq!(v["totals"]["requests"], 0);
-        assert_eq!(v["shards"][0]["p99_ms"], Value::Null);
-        assert_eq!(v["forecaster"]["configured"], false);
-        assert_eq!(v["orders"], json!([]));
-
-        // 100 requests on UK/SEASONAL: 3 of 4 hits, 2 slow ones.
-        let snap = s.current();
-        snap.stats[0].tick(now_ms());
-        for i in 0..100u64 {
-            snap.stats[0].record(Outcome {
-                sku: "x",
-                error: i == 0,
-                cache_hit: Some(i % 4 != 0),
-                bytes: 1,
-                latency_us: if i < 98 { 2_000 } else { 80_000 },
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        snap.stats[0].tick(now_ms());
-        snap.stats[1].tick(now_ms());
-        s.counters
-            .requests
-            .fetch_add(101, std::sync::atomic::Ordering::Relaxed);
-        let v = data_json(&s).await;
-        let sh = &v["shards"][0];
-        assert_eq!(sh["requests"], 100);
-        assert_eq!(sh["errors"], 1);
-        assert_eq!(sh["hit_rate"], 0.75);
-        assert_eq!(sh["recent_hit_rate"], 0.75);
-        assert!(sh["requests_per_s"].as_f64().unwrap() > 100.0, "{sh}");
-        let p99 = sh["p99_ms"].as_f64().unwrap();
-        assert!((79.0..=81.0).contains(&p99), "{p99}");
-        let p50 = sh["p50_ms"].as_f64().unwrap();
-        assert!((1.9..=2.1).contains(&p50), "{p50}");
-        assert_eq!(v["shards"][1]["requests"], 0);
-        assert_eq!(v["totals"]["requests"], 100);
-        assert_eq!(v["totals"]["received"], 101);
-        assert_eq!(v["totals"]["p99_ms"], sh["p99_ms"]);
-    }
-
-    #[tokio::test]
-    async fn unreachable_forecaster_is_reported_quickly() {
-        // A port nothing listens on, and one that answers too late.
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let slow = fake_forecaster(
-            vec![("/forecasts", 200, forecasts_body())],
-            Duration::from_secs(5),
-        )
-        .await;
-        for addr in [closed, slow] {
-            let (_d, s) = shared(&format!(
-                "[dashboard]\nforecaster = \"http://{addr}\"\nforecaster_timeout_ms = 200\n"
-            ));
-            let t = Instant::now();
-            let v = data_json(&s).await;
-            assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
-            let f = &v["forecaster"];
-            assert_eq!(f["configured"], true);
-            assert_eq!(f["reachable"], false, "{f}");
-            assert!(f["error"].as_str().is_some_and(|e| !e.is_empty()), "{f}");
-            assert_eq!(v["shards"][0]["forecast"], Value::Null);
-            // the proxy's own view is still all there
-            assert_eq!(v["table"]["config_generation"], 1);
-        }
-    }
-
-    #[tokio::test]
-    async fn forecasts_series_and_manager_are_joined_per_shard() {
-        let series = json!({"hours": 48, "shards": {"UK/SEASONAL": {
-            "hourly": {"start_unix_ms": 0, "step_ms": 3600000, "values": [1.0, 2.0]},
-            "minutes": {"start_unix_ms": 0, "step_ms": 60000, "values": [0.5]}}}})
-        .to_string();
-        let addr = fake_forecaster(
-            vec![
-                ("/forecasts", 200, forecasts_body()),
-                ("/series", 200, series),
-                ("/manager", 200, manager_body()),
-            ],
-            Duration::ZERO,
-        )
-        .await;
-        let (_d, s) = shared(&format!("[dashboard]\nforecaster = \"http://{addr}/\"\n"));
-        let v = data_json(&s).await;
-        let f = &v["forecaster"];
-        assert_eq!(f["reachable"], true, "{f}");
-        assert_eq!(f["url"], format!("http://{addr}"));
-        for p in ["forecasts", "series", "manager"] {
-            assert_eq!(f[p]["available"], true, "{p}: {f}");
-        }
-        assert_eq!(f["origin_hour"], "2025-01-01 09:00");
-        let fc = &v["shards"][0]["forecast"];
-        assert_eq!(
-            fc["1h"],
-            json!({"p10": 10.0, "p50": 30.0, "p90": 50.0, "fallback": false, "source": "model"})
-        );
-        assert_eq!(fc["1d"]["p90"], 500.0);
-        assert_eq!(fc["1d"]["fallback"], true);
-        assert_eq!(fc["history_hours"], 72);
-        assert!(fc.get("1w").is_none(), "malformed horizon skipped: {fc}");
-        assert_eq!(
-            v["shards"][0]["actual"]["hourly"]["values"],
-            json!([1.0, 2.0])
-        );
-        assert_eq!(v["shards"][0]["manager"]["target"], 2);
-        assert_eq!(v["shards"][1]["forecast"], Value::Null);
-        assert_eq!(v["shards"][1]["manager"], Value::Null);
-        assert_eq!(v["manager"]["assignment_version"]["counter"], 7);
-        assert_eq!(v["manager"]["nodes"]["a"]["load_rps"], 3.5);
-        assert_eq!(v["orders"].as_array().unwrap().len(), 2);
-        assert_eq!(v["orders"][0]["state"], "running");
-        assert_eq!(v["decisions"][0]["reason"], "forecast");
-    }
-
-    #[tokio::test]
-    async fn missing_manager_and_early_forecaster_are_parts_not_failures() {
-        // A forecaster without /manager (404) and before its first cycle (503).
-        let addr = fake_forecaster(
-            vec![(
-                "/forecasts",
-                503,
-                "{\"error\":\"no forecast cycle yet\"}".into(),
-            )],
-            Duration::ZERO,
-        )
-        .await;
-        let (_d, s) = shared(&format!("[dashboard]\nforecaster = \"http://{addr}\"\n"));
-        let v = data_json(&s).await;
-        let f = &v["forecaster"];
-        assert_eq!(f["reachable"], true, "{f}");
-        assert_eq!(f["forecasts"]["available"], false);
-        assert_eq!(f["forecasts"]["error"], "HTTP 503: no forecast cycle yet");
-        assert_eq!(f["manager"]["error"], "HTTP 404: no such endpoint");
-        assert_eq!(v["manager"], Value::Null);
-        assert_eq!(v["orders"], json!([]));
-    }
-}
+mod tests;

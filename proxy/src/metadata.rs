@@ -66,8 +66,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
             }
         };
-        let key = format!("{}:table", cfg.prefix);
-        let channel = format!("{}:table:changed", cfg.prefix);
+        let keys = shardmap::contract::MetadataKeys::new(cfg.prefix.as_str());
+        let (key, channel) = (keys.table(), keys.table_changed());
         let poll = Duration::from_millis(cfg.poll_ms);
         let session = async {
             let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;

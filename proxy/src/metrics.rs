@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use shardcast_edge::metrics::{Kind, Writer};
+
 use crate::node::{now_ms, NodeRuntime};
 use crate::state::Shared;
 use crate::telemetry::ShardStats;
@@ -45,19 +47,27 @@ const BOUNDS_US: [u64; 14] = [
     2_500_000, 10_000_000,
 ];
 
+/// `# HELP` and `# TYPE` of a family (the workspace's one writer,
+/// [`shardcast_edge::metrics`]).
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    let kind = match kind {
+        "counter" => Kind::Counter,
+        "histogram" => Kind::Histogram,
+        _ => Kind::Gauge,
+    };
+    Writer::new(out).family(name, kind, help);
 }
 
 /// A counter family: one line per `(label value, counter)`; an empty label
 /// name writes the bare metric.
 fn family(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, &AtomicU64)]) {
-    head(out, name, "counter", help);
+    let mut w = Writer::new(out);
+    w.family(name, Kind::Counter, help);
     for (v, c) in values {
         if label.is_empty() {
-            let _ = writeln!(out, "{name} {}", c.load(Relaxed));
+            w.sample(name, &[], c.load(Relaxed));
         } else {
-            let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
+            w.sample(name, &[(label, v)], c.load(Relaxed));
         }
     }
 }

@@ -334,40 +334,152 @@ async fn fake_forecaster(bodies: Vec<(&'static str, String)>) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_forecasts_orders_and_decisions() {
     let _ = chromium();
-    let levels = [0.1, 0.5, 0.9];
-    let forecasts = json!({
-        "generated_at": "2025-01-01T10:00:00Z",
-        "origin_hour": "2025-01-01 09:00",
-        "shards": {"UK/ALPHA": {"history_hours": 48, "horizons": {
-            "1h": {"levels": levels, "values": [20, 30, 45], "source": {"kind": "model"}, "fallback": false},
-            "1d": {"levels": levels, "values": [400, 600, 900], "source": {"kind": "model"}, "fallback": false}
-        }}}
-    });
+    // Built from the forecaster's and the manager's own types
+    // (`shardmap::contract`): what the stand-in sends is what they send.
+    use shardmap::contract::forecast::*;
+    use shardmap::contract::manager::*;
+    use shardmap::control::ReplicaAssignment;
+    let horizon = |values: [f32; 3]| HorizonView {
+        levels: vec![0.1, 0.5, 0.9],
+        values: values.to_vec(),
+        source: ForecastSource::Model { model: "m".into() },
+        fallback: false,
+    };
+    let forecasts = ForecastsView {
+        generated_at: "2025-01-01T10:00:00Z".into(),
+        origin_hour: "2025-01-01 09:00".into(),
+        origin_day: "2024-12-31".into(),
+        cycle_ms: 5.0,
+        models: vec![],
+        feeds: vec![],
+        shards: [(
+            "UK/ALPHA".to_string(),
+            ShardForecasts {
+                history_hours: 48,
+                horizons: [
+                    ("1h".to_string(), horizon([20.0, 30.0, 45.0])),
+                    ("1d".to_string(), horizon([400.0, 600.0, 900.0])),
+                ]
+                .into(),
+            },
+        )]
+        .into(),
+    };
+    let ring = |step_ms: i64, values: Vec<f64>| SeriesRing {
+        start_unix_ms: 0,
+        step_ms,
+        values,
+        last_partial: true,
+    };
     let hours: Vec<f64> = (0..48).map(|i| 10.0 + f64::from(i % 24)).collect();
-    let series = json!({"hours": 48, "shards": {"UK/ALPHA": {
-        "hourly": {"start_unix_ms": 0, "step_ms": 3_600_000, "values": hours, "last_partial": true},
-        "minutes": {"start_unix_ms": 0, "step_ms": 60_000, "values": [1.0, 2.0, 3.0]}
-    }}});
-    // Fields left out on purpose: the page must show what is there.
-    let manager = json!({
-        "assignment_version": {"epoch": 1, "counter": 3},
-        "dry_run": false,
-        "shards": {"UK/ALPHA": {"target": 3, "predicted_rps": 12.5, "threshold": 10.0}},
-        "nodes": {"n1": {"health": "up", "drained": false, "load_rps": 4.0, "capacity": 100.0}},
-        "orders": [
-            {"id": 41, "shard": "UK/ALPHA", "node": "n3", "state": "running", "priority": 0.75,
-             "deadline_unix_ms": null, "submitted_unix_ms": 1_700_000_000_000_u64, "rows": 120, "bytes": 4096, "reason": "forecast"},
-            {"id": 42, "state": "queued"}
+    let series = SeriesSetView {
+        hours: 48,
+        shards: [(
+            "UK/ALPHA".to_string(),
+            SeriesView {
+                shard: "UK/ALPHA".into(),
+                history_hours: 48,
+                hourly: ring(3_600_000, hours),
+                minutes: ring(60_000, vec![1.0, 2.0, 3.0]),
+            },
+        )]
+        .into(),
+    };
+    let order = |id: u64, state: TrackedState, reason: Reason| OrderView {
+        id,
+        shard: "UK/ALPHA".into(),
+        node: "n3".into(),
+        state,
+        priority: 0.75,
+        deadline_unix_ms: None,
+        submitted_unix_ms: 1_700_000_000_000,
+        finished_unix_ms: None,
+        rows: 120,
+        bytes: 4096,
+        reason,
+        replaces: None,
+        adds_replica: true,
+        deadline_met: None,
+    };
+    let decision = |action: &str, reason: Reason, detail: &str| Decision {
+        at_unix_ms: 1_700_000_000_000,
+        action: action.into(),
+        shard: "UK/ALPHA".into(),
+        node: "n3".into(),
+        reason,
+        detail: detail.into(),
+        dry_run: false,
+    };
+    let lease = LeaseView {
+        leader: true,
+        epoch: 1,
+        holder: Some("m".into()),
+        id: "m".into(),
+        lease_ms: 3000,
+    };
+    let manager = ManagerView {
+        leader: true,
+        epoch: 1,
+        holder: Some("m".into()),
+        lease,
+        assignment_version: shardmap::AssignmentVersion::new(1, 3),
+        table_refusals: Refusals::default(),
+        dry_run: false,
+        rounds: 1,
+        last_round_unix_ms: 1,
+        replication_factor: 2,
+        sync_error: None,
+        metadata_error: None,
+        proxies_behind: Default::default(),
+        shards: [(
+            "UK/ALPHA".to_string(),
+            ShardView {
+                replicas: vec![ReplicaAssignment {
+                    node: "n1".into(),
+                    state: shardmap::ReplicaState::Serving,
+                }],
+                target: Some(3),
+                predicted_rps: 12.5,
+                observed_rps: 4.0,
+                threshold: Some(10.0),
+                skill: 0.5,
+                pinned: None,
+                hosted: Default::default(),
+            },
+        )]
+        .into(),
+        nodes: [(
+            "n1".to_string(),
+            NodeView {
+                health: ProbeHealth::Up,
+                last_error: None,
+                drained: false,
+                load_rps: 4.0,
+                capacity: 100.0,
+                zone: None,
+            },
+        )]
+        .into(),
+        orders: vec![
+            order(41, TrackedState::Running, Reason::Forecast),
+            order(42, TrackedState::Queued, Reason::Initial),
         ],
-        "decisions": [
-            {"at_unix_ms": 1_700_000_000_000_u64, "action": "add_replica", "shard": "UK/ALPHA", "node": "n3", "reason": "forecast", "detail": "p90 45 > threshold 10"},
-            {"reason": "initial"}
-        ]
-    });
+        decisions: vec![
+            decision("add_replica", Reason::Forecast, "p90 45 > threshold 10"),
+            decision("refresh", Reason::Initial, ""),
+        ],
+        deferred: 0,
+        operator: OperatorView::default(),
+    };
+    let (forecasts, series, manager) = (
+        serde_json::to_string(&forecasts).unwrap(),
+        serde_json::to_string(&series).unwrap(),
+        serde_json::to_string(&manager).unwrap(),
+    );
     let f = fake_forecaster(vec![
-        ("/forecasts", forecasts.to_string()),
-        ("/series", series.to_string()),
-        ("/manager", manager.to_string()),
+        ("/forecasts", forecasts),
+        ("/series", series),
+        ("/manager", manager),
     ])
     .await;
     let nodes = [
@@ -399,7 +511,7 @@ async fn dashboard_shows_forecasts_orders_and_decisions() {
     assert!(dom.contains("30 [20–45]"), "1h forecast not shown");
     assert!(dom.contains("600 [400–900]"), "1d forecast not shown");
 
-    // Orders and decisions, including the ones with missing fields.
+    // Orders and decisions.
     let order = tags_with(&dom, "data-order-id=\"41\"");
     assert_eq!(order.len(), 1, "order 41 not shown");
     assert_eq!(attr(order[0], "data-state"), Some("running"));

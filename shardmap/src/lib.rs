@@ -1,7 +1,9 @@
 //! shardmap: the domain model every shardcast process shares — shards,
 //! nodes, the catalog, the routing table and its builder, the config schema
 //! and its validation, the topology every process reads ([`topology`]),
-//! and the telemetry, control and node-health wire types.
+//! the telemetry, control and node-health wire types, and the control
+//! plane's contracts ([`contract`]: orders, hosted shards, views, metadata
+//! key names).
 //!
 //! No I/O happens here beyond reading a config file when asked
 //! ([`config::Config::load`]); the proxy, the forecaster and the sync
@@ -10,6 +12,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod health;
 pub mod key;

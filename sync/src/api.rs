@@ -33,6 +33,10 @@ use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use shardcast_edge::{auth, ConnLimiter};
 
+use shardmap::contract::hosted::Nodes;
+use shardmap::contract::orders::EvictTarget;
+use shardmap::contract::{EpochBody, Evicting, NodeRecord, StatusBody};
+
 use crate::http::{self, ListenerConfig, Resp};
 use crate::scheduler::{OrderError, OrderRequest, OrderState, Scheduler};
 
@@ -101,41 +105,27 @@ pub async fn handle(
             }
         }
         (&Method::POST, ["epoch"]) => {
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Fence {
-                epoch: u64,
-            }
             let body = match http::body(req, 4 * 1024).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let f: Fence = match serde_json::from_slice(&body) {
+            let f: EpochBody = match serde_json::from_slice(&body) {
                 Ok(f) => f,
                 Err(e) => return http::error(StatusCode::BAD_REQUEST, &format!("epoch body: {e}")),
             };
             match s.fence(f.epoch) {
-                Ok(e) => http::json(StatusCode::OK, &serde_json::json!({"epoch": e})),
+                Ok(epoch) => http::json(StatusCode::OK, &EpochBody { epoch }),
                 Err(e) => order_error(&e),
             }
         }
-        (&Method::GET, ["epoch"]) => {
-            http::json(StatusCode::OK, &serde_json::json!({"epoch": s.epoch()}))
-        }
+        (&Method::GET, ["epoch"]) => http::json(StatusCode::OK, &EpochBody { epoch: s.epoch() }),
         (&Method::GET, ["orders"]) => {
-            let want = http::query_param(req.uri().query(), "state");
-            let want = match want.as_deref() {
-                None => None,
-                Some("queued") => Some(OrderState::Queued),
-                Some("running") => Some(OrderState::Running),
-                Some("done") => Some(OrderState::Done),
-                Some("cancelled") => Some(OrderState::Cancelled),
-                Some(other) => {
-                    return http::error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("unknown state `{other}`"),
-                    )
-                }
+            let want = match http::query_param(req.uri().query(), "state")
+                .map(|v| v.parse::<OrderState>())
+                .transpose()
+            {
+                Ok(w) => w,
+                Err(e) => return http::error(StatusCode::BAD_REQUEST, &e.to_string()),
             };
             let orders: Vec<_> = s
                 .orders()
@@ -160,12 +150,15 @@ pub async fn handle(
             }
         }
         (&Method::GET, ["nodes"]) => {
-            let mut out = serde_json::Map::new();
-            for n in s.node_names() {
-                let hosted = s.hosted(&n).unwrap_or_default();
-                out.insert(n, serde_json::json!({ "hosted": hosted }));
-            }
-            http::json(StatusCode::OK, &out)
+            let nodes: Nodes = s
+                .node_names()
+                .into_iter()
+                .map(|n| {
+                    let hosted = s.hosted(&n).unwrap_or_default();
+                    (n, NodeRecord { hosted })
+                })
+                .collect();
+            http::json(StatusCode::OK, &nodes)
         }
         (&Method::GET, ["nodes", node, "shards"]) => match s.hosted(node) {
             Ok(h) => http::json(StatusCode::OK, &h),
@@ -174,17 +167,22 @@ pub async fn handle(
         (&Method::DELETE, ["nodes", node, "shards", shard]) => match s.evict(node, shard) {
             Ok(()) => http::json(
                 StatusCode::ACCEPTED,
-                &serde_json::json!({"evicting": {"node": node, "shard": shard}}),
+                &Evicting {
+                    evicting: EvictTarget {
+                        node: node.to_string(),
+                        shard: shard.to_string(),
+                    },
+                },
             ),
             Err(e) => order_error(&e),
         },
         (&Method::GET, ["shards"]) => http::json(StatusCode::OK, &s.shard_ids()),
         (&Method::GET, ["health"]) | (&Method::GET, ["live"]) => {
-            http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            http::json(StatusCode::OK, &StatusBody::ok())
         }
         (&Method::GET, ["ready"]) => {
             if s.tasks().all_running() {
-                http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                http::json(StatusCode::OK, &StatusBody::ok())
             } else {
                 http::error(
                     StatusCode::SERVICE_UNAVAILABLE,

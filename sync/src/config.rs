@@ -326,6 +326,9 @@ pub struct SyncFile {
     /// Connection bounds of the control API (default 1024 / 1024).
     #[serde(default)]
     pub limits: LimitsFile,
+    /// `[manager]`: the shard managers finished orders are pushed to.
+    #[serde(default)]
+    pub manager: crate::push::ManagerFile,
 }
 
 fn d_control() -> String {
@@ -389,6 +392,8 @@ pub struct SyncConfig {
     pub control_listener: ListenerConfig,
     /// Each in-process node's connection deadlines and bounds.
     pub node_listener: ListenerConfig,
+    /// Where finished orders are pushed (no URLs: nowhere).
+    pub push: crate::push::PushConfig,
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -598,6 +603,7 @@ impl SyncConfig {
                 NODE_MAX_CONNECTIONS,
             ),
         };
+        let push = f.manager.validate(&mut errs);
         if !errs.is_empty() {
             return Err(ConfigError { file, errors: errs });
         }
@@ -626,6 +632,7 @@ impl SyncConfig {
             node: f.node,
             control_listener,
             node_listener,
+            push,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! The small HTTP layer the node and the control API share: the workspace's
 //! one accept loop ([`shardcast_edge::http1::serve`]: HTTP/1.1, a bound on
 //! open connections per listener and per client, a deadline at every
-//! connection stage), JSON helpers, and a bounded body reader. Kept lean:
+//! connection stage), JSON helpers, a bounded body reader, and percent
+//! decoding from the shared crates ([`shardcast_edge::url`]). Kept lean:
 //! the node is the upstream in the proxy's benchmarks.
 
 use std::convert::Infallible;
@@ -44,10 +45,7 @@ pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
 
 /// `{"error": "..."}` with a status.
 pub fn error(status: StatusCode, msg: &str) -> Resp {
-    json_bytes(
-        status,
-        Bytes::from(serde_json::json!({ "error": msg }).to_string()),
-    )
+    json(status, &shardmap::contract::ErrorBody::new(msg))
 }
 
 /// Prometheus text.
@@ -68,49 +66,15 @@ pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
     }
 }
 
-/// Decode `%XX` and `+` (a space) in a query component.
-pub fn percent_decode(s: &str) -> Option<String> {
-    decode(s, true)
-}
-
-/// Decode `%XX` in a path segment (`+` stays itself).
+/// Decode `%XX` in a path segment (`+` stays itself); `None` on a
+/// malformed escape or invalid UTF-8 ([`shardcast_edge::url`]).
 pub fn percent_decode_path(s: &str) -> Option<String> {
-    decode(s, false)
+    shardcast_edge::url::decode_segment(s)
 }
 
-fn decode(s: &str, plus_is_space: bool) -> Option<String> {
-    if !s.contains(['%', '+']) {
-        return Some(s.to_string());
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// A query parameter's decoded value.
+/// A query parameter's decoded value (`+` is a space).
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| percent_decode(v)).flatten()
-    })
+    shardcast_edge::url::query_param(query, name)
 }
 
 /// Open connections on the control API (and per client). Its clients are

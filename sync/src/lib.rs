@@ -12,7 +12,8 @@
 //!   through outages;
 //! - [`scheduler`] and [`api`]: pre-fetch orders by priority and deadline,
 //!   freshness of hosted shards, eviction, the HTTP/JSON control API;
-//!   [`persist`]: the state file orders survive restarts in;
+//!   [`persist`]: the state file orders survive restarts in; [`events`] and
+//!   [`push`]: finished orders announced to the shard managers at once;
 //! - [`node`]: the reference service-provider node the proxy routes to;
 //! - [`load`]: seeding the provider from the Online Retail II data and
 //!   replaying realistic changes;
@@ -27,6 +28,7 @@ pub mod api;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod load;
 pub mod metrics;
@@ -34,6 +36,7 @@ pub mod model;
 pub mod node;
 pub mod persist;
 pub mod provider;
+pub mod push;
 pub mod scheduler;
 pub mod supervise;
 #[cfg(feature = "testkit")]

@@ -192,6 +192,10 @@ async fn serve(config: PathBuf) -> Result<()> {
         metrics,
         shutdown.clone(),
     );
+    shardcast_sync::push::start(cfg.push.clone(), &sched, shutdown.clone());
+    if !cfg.push.urls.is_empty() {
+        tracing::info!(managers = ?cfg.push.urls, "finished orders are pushed to the shard managers");
+    }
     let listener = tokio::net::TcpListener::bind(cfg.control)
         .await
         .with_context(|| format!("control: bind {}", cfg.control))?;

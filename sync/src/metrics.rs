@@ -1,10 +1,12 @@
 //! Every metric sync exports, in one place (STYLE.md rule 13): atomic
 //! counters bumped on the data path, rendered as Prometheus text on
-//! `/metrics`. Label sets are fixed and small.
+//! `/metrics` by the workspace's one writer ([`shardcast_edge::metrics`]).
+//! Label sets are fixed and small.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use shardcast_edge::metrics::{Kind, Writer};
 
 use crate::model::Reject;
 
@@ -44,31 +46,31 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cum = 0;
-        for (i, b) in self.bounds_us.iter().enumerate() {
-            cum += self.counts[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cum}",
-                *b as f64 / 1e6
-            );
-        }
-        cum += self.counts[self.bounds_us.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_us.load(Relaxed) as f64 / 1e6
+    fn render(&self, w: &mut Writer<'_>, name: &str, labels: &[(&str, &str)]) {
+        let bounds = self
+            .bounds_us
+            .iter()
+            .map(|b| *b as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        let counts = self.counts.iter().map(|c| c.load(Relaxed));
+        w.histogram(
+            name,
+            labels,
+            bounds.zip(counts),
+            self.sum_us.load(Relaxed) as f64 / 1e6,
+            self.count.load(Relaxed),
         );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count.load(Relaxed));
     }
 }
 
 /// Counters shared by the scheduler and the node (each renders its part).
 #[derive(Debug, Default)]
 pub struct Metrics {
+    // order events pushed to the managers (`crate::push`)
+    pub order_events_sent: AtomicU64,
+    pub order_events_retried: AtomicU64,
+    pub order_events_failed: AtomicU64,
+    pub order_events_dropped: AtomicU64,
     // transfer path
     pub rows_copied: AtomicU64,
     pub bytes_copied: AtomicU64,
@@ -121,14 +123,6 @@ pub fn render_listener(out: &mut String, prefix: &str, l: &shardcast_edge::ConnL
     shardcast_edge::limit::render_metrics(prefix, &[l], out);
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-        v.load(Relaxed)
-    );
-}
-
 impl Metrics {
     pub fn row_rejected(&self, why: Reject) {
         self.rows_rejected.fetch_add(1, Relaxed);
@@ -144,182 +138,195 @@ impl Metrics {
 
     /// The scheduler's metrics, Prometheus text.
     pub fn render_scheduler(&self, out: &mut String) {
-        counter(
-            out,
+        let l = |c: &AtomicU64| c.load(Relaxed);
+        let mut w = Writer::new(out);
+        w.counter(
             "shardcast_sync_rows_copied_total",
             "Rows written into node caches.",
-            &self.rows_copied,
-        );
-        counter(
-            out,
+            l(&self.rows_copied),
+        )
+        .counter(
             "shardcast_sync_bytes_copied_total",
             "Bytes written into node caches.",
-            &self.bytes_copied,
-        );
-        counter(
-            out,
+            l(&self.bytes_copied),
+        )
+        .counter(
             "shardcast_sync_batches_applied_total",
             "Batches applied atomically.",
-            &self.batches_applied,
-        );
-        counter(
-            out,
+            l(&self.batches_applied),
+        )
+        .counter(
             "shardcast_sync_batches_skipped_total",
             "Batches a cache had already applied (idempotent replays).",
-            &self.batches_skipped,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP shardcast_sync_rows_rejected_total Rows not cached.\n# TYPE shardcast_sync_rows_rejected_total counter\n\
-             shardcast_sync_rows_rejected_total{{reason=\"oversized\"}} {}\n\
-             shardcast_sync_rows_rejected_total{{reason=\"malformed\"}} {}",
-            self.rows_rejected_oversized.load(Relaxed),
-            self.rows_malformed.load(Relaxed)
-        );
-        counter(
-            out,
+            l(&self.batches_skipped),
+        )
+        .by_label(
+            "shardcast_sync_rows_rejected_total",
+            Kind::Counter,
+            "Rows not cached.",
+            "reason",
+            [
+                ("oversized", l(&self.rows_rejected_oversized)),
+                ("malformed", l(&self.rows_malformed)),
+            ],
+        )
+        .counter(
             "shardcast_sync_provider_errors_total",
             "Failed provider reads (retried).",
-            &self.provider_errors,
-        );
-        counter(
-            out,
+            l(&self.provider_errors),
+        )
+        .counter(
             "shardcast_sync_cache_errors_total",
             "Failed cache writes (retried).",
-            &self.cache_errors,
-        );
-        counter(
-            out,
+            l(&self.cache_errors),
+        )
+        .counter(
             "shardcast_sync_orders_submitted_total",
             "Pre-fetch orders accepted.",
-            &self.orders_submitted,
-        );
-        counter(
-            out,
+            l(&self.orders_submitted),
+        )
+        .counter(
             "shardcast_sync_orders_rejected_total",
             "Pre-fetch orders refused (4xx).",
-            &self.orders_rejected,
-        );
-        counter(
-            out,
+            l(&self.orders_rejected),
+        )
+        .counter(
             "shardcast_sync_orders_fenced_total",
             "Pre-fetch orders refused for a manager epoch below the highest seen (409).",
-            &self.orders_fenced,
-        );
-        counter(
-            out,
+            l(&self.orders_fenced),
+        )
+        .counter(
             "shardcast_sync_orders_done_total",
             "Pre-fetch orders completed.",
-            &self.orders_done,
-        );
-        counter(
-            out,
+            l(&self.orders_done),
+        )
+        .counter(
             "shardcast_sync_orders_failed_total",
             "Pre-fetch orders cancelled or failed.",
-            &self.orders_failed,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP shardcast_sync_deadlines_total Completed orders by deadline outcome.\n# TYPE shardcast_sync_deadlines_total counter\n\
-             shardcast_sync_deadlines_total{{outcome=\"met\"}} {}\nshardcast_sync_deadlines_total{{outcome=\"missed\"}} {}",
-            self.deadlines_met.load(Relaxed),
-            self.deadlines_missed.load(Relaxed)
-        );
-        counter(
-            out,
+            l(&self.orders_failed),
+        )
+        .by_label(
+            "shardcast_sync_deadlines_total",
+            Kind::Counter,
+            "Completed orders by deadline outcome.",
+            "outcome",
+            [
+                ("met", l(&self.deadlines_met)),
+                ("missed", l(&self.deadlines_missed)),
+            ],
+        )
+        .by_label(
+            "shardcast_sync_order_events_total",
+            Kind::Counter,
+            "Finished-order events pushed to the shard managers, by outcome (per manager).",
+            "outcome",
+            [
+                ("sent", l(&self.order_events_sent)),
+                ("retried", l(&self.order_events_retried)),
+                ("failed", l(&self.order_events_failed)),
+                ("dropped", l(&self.order_events_dropped)),
+            ],
+        )
+        .counter(
             "shardcast_sync_evictions_total",
             "Shards evicted from nodes.",
-            &self.evictions,
-        );
-        counter(
-            out,
+            l(&self.evictions),
+        )
+        .counter(
             "shardcast_sync_refreshes_total",
             "Freshness passes over hosted shards.",
-            &self.refreshes,
-        );
-        counter(
-            out,
+            l(&self.refreshes),
+        )
+        .counter(
             "shardcast_sync_notify_wakeups_total",
             "Wake-ups by provider NOTIFY.",
-            &self.wakeups_notify,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP shardcast_sync_budget_wait_seconds_total Time transfers waited for bandwidth.\n# TYPE shardcast_sync_budget_wait_seconds_total counter\nshardcast_sync_budget_wait_seconds_total {}",
-            self.budget_wait_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "# HELP shardcast_sync_state_writes_total Writes of the scheduler state file by outcome.\n# TYPE shardcast_sync_state_writes_total counter\n\
-             shardcast_sync_state_writes_total{{outcome=\"ok\"}} {}\nshardcast_sync_state_writes_total{{outcome=\"error\"}} {}",
-            self.state_writes.load(Relaxed),
-            self.state_write_errors.load(Relaxed)
-        );
-        counter(
-            out,
+            l(&self.wakeups_notify),
+        )
+        .counter(
+            "shardcast_sync_budget_wait_seconds_total",
+            "Time transfers waited for bandwidth.",
+            l(&self.budget_wait_us) as f64 / 1e6,
+        )
+        .by_label(
+            "shardcast_sync_state_writes_total",
+            Kind::Counter,
+            "Writes of the scheduler state file by outcome.",
+            "outcome",
+            [
+                ("ok", l(&self.state_writes)),
+                ("error", l(&self.state_write_errors)),
+            ],
+        )
+        .counter(
             "shardcast_sync_state_file_corrupt_total",
             "State files found unreadable at start (moved aside).",
-            &self.state_file_corrupt,
-        );
-        counter(
-            out,
+            l(&self.state_file_corrupt),
+        )
+        .counter(
             "shardcast_sync_orders_invalidated_total",
             "Reloaded orders cancelled because their shard or node is no longer configured.",
-            &self.orders_invalidated,
-        );
-        counter(
-            out,
+            l(&self.orders_invalidated),
+        )
+        .counter(
             "shardcast_sync_control_unauthorized_total",
             "Control API requests refused for a missing or wrong bearer token.",
-            &self.control_unauthorized,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP shardcast_sync_transfer_seconds Duration of completed orders.\n# TYPE shardcast_sync_transfer_seconds histogram"
+            l(&self.control_unauthorized),
+        )
+        .family(
+            "shardcast_sync_transfer_seconds",
+            Kind::Histogram,
+            "Duration of completed orders.",
         );
         self.transfer_seconds
-            .render(out, "shardcast_sync_transfer_seconds", "");
+            .render(&mut w, "shardcast_sync_transfer_seconds", &[]);
     }
 
     /// The node's metrics, Prometheus text.
     pub fn render_node(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP shardcast_node_requests_total Inventory requests by outcome.\n# TYPE shardcast_node_requests_total counter\n\
-             shardcast_node_requests_total{{outcome=\"hit\"}} {}\nshardcast_node_requests_total{{outcome=\"miss\"}} {}\n\
-             shardcast_node_requests_total{{outcome=\"not_found\"}} {}\nshardcast_node_requests_total{{outcome=\"bad_request\"}} {}\n\
-             shardcast_node_requests_total{{outcome=\"error\"}} {}",
-            self.node_hits.load(Relaxed),
-            self.node_misses.load(Relaxed),
-            self.node_not_found.load(Relaxed),
-            self.node_bad_requests.load(Relaxed),
-            self.node_errors.load(Relaxed)
-        );
-        counter(
-            out,
+        let l = |c: &AtomicU64| c.load(Relaxed);
+        let mut w = Writer::new(out);
+        w.by_label(
+            "shardcast_node_requests_total",
+            Kind::Counter,
+            "Inventory requests by outcome.",
+            "outcome",
+            [
+                ("hit", l(&self.node_hits)),
+                ("miss", l(&self.node_misses)),
+                ("not_found", l(&self.node_not_found)),
+                ("bad_request", l(&self.node_bad_requests)),
+                ("error", l(&self.node_errors)),
+            ],
+        )
+        .counter(
             "shardcast_node_fills_total",
             "Cache fills after a miss.",
-            &self.node_fills,
-        );
-        counter(
-            out,
+            l(&self.node_fills),
+        )
+        .counter(
             "shardcast_node_cache_errors_total",
             "Cache reads or fills that failed.",
-            &self.cache_errors,
-        );
-        counter(
-            out,
+            l(&self.cache_errors),
+        )
+        .counter(
             "shardcast_node_provider_errors_total",
             "Provider reads that failed.",
-            &self.provider_errors,
+            l(&self.provider_errors),
+        )
+        .family(
+            "shardcast_node_request_seconds",
+            Kind::Histogram,
+            "Inventory request latency by cache result.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP shardcast_node_request_seconds Inventory request latency by cache result.\n# TYPE shardcast_node_request_seconds histogram"
+        self.node_latency_hit.render(
+            &mut w,
+            "shardcast_node_request_seconds",
+            &[("cache", "hit")],
         );
-        self.node_latency_hit
-            .render(out, "shardcast_node_request_seconds", "cache=\"hit\"");
-        self.node_latency_miss
-            .render(out, "shardcast_node_request_seconds", "cache=\"miss\"");
+        self.node_latency_miss.render(
+            &mut w,
+            "shardcast_node_request_seconds",
+            &[("cache", "miss")],
+        );
     }
 }

@@ -46,101 +46,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A pre-fetch order as submitted (the control API's request body).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderRequest {
-    pub shard: String,
-    pub node: String,
-    /// Higher runs first. Default 1.0.
-    #[serde(default = "one")]
-    pub priority: f64,
-    /// Absolute deadline, Unix milliseconds.
-    #[serde(default)]
-    pub deadline_unix_ms: Option<u64>,
-    /// Deadline relative to submission, milliseconds.
-    #[serde(default)]
-    pub deadline_in_ms: Option<u64>,
-    /// The fencing token of the manager that sends the order: its
-    /// leadership epoch (DESIGN.md, "Managers"). An order of an epoch below
-    /// the highest seen is refused ([`OrderError::StaleEpoch`]); 0 (the
-    /// default: clients without epochs) passes only until an epoch is seen.
-    #[serde(default)]
-    pub epoch: u64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderState {
-    Queued,
-    Running,
-    Done,
-    Cancelled,
-}
-
-/// What a finished order reports: the shard is warm on the node at `cursor`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub order: u64,
-    pub shard: String,
-    pub node: String,
-    pub cursor: u64,
-    pub rows: u64,
-    pub bytes: u64,
-    pub duration_ms: u64,
-    /// `None` when the order had no deadline.
-    pub deadline_met: Option<bool>,
-    pub finished_unix_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Order {
-    pub id: u64,
-    pub shard: String,
-    pub node: String,
-    pub priority: f64,
-    pub deadline_unix_ms: Option<u64>,
-    pub state: OrderState,
-    pub submitted_unix_ms: u64,
-    pub started_unix_ms: Option<u64>,
-    pub finished_unix_ms: Option<u64>,
-    /// Cursor, rows and bytes so far.
-    pub cursor: u64,
-    pub rows: u64,
-    pub bytes: u64,
-    /// The last provider/cache error while retrying (cleared on recovery).
-    pub last_error: Option<String>,
-    /// Why a cancelled order was cancelled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub report: Option<Report>,
-    /// The epoch of the manager that ordered it (the latest, when an
-    /// order was submitted again).
-    #[serde(default)]
-    pub epoch: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostedState {
-    /// Being copied, or found in a cache at start and not yet caught up.
-    Warming,
-    /// Caught up at least once since it became hosted.
-    Warm,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HostedShard {
-    pub shard: String,
-    pub state: HostedState,
-    pub cursor: u64,
-    pub rows: u64,
-    pub last_sync_unix_ms: u64,
-}
+// The order vocabulary is shared with the shard manager (shardmap's
+// `contract`): the same types on both sides of the control API.
+pub use shardmap::contract::{HostedShard, HostedState, Order, OrderRequest, OrderState, Report};
 
 /// Why an order was refused (the API maps these to 4xx).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -211,6 +119,8 @@ struct State {
     running_orders: usize,
     cancels: HashMap<u64, CancellationToken>,
     hosted: BTreeMap<(String, String), HostedShard>,
+    /// Announces finished orders ([`crate::events`]).
+    feed: crate::events::Feed,
 }
 
 struct Inner {
@@ -343,6 +253,10 @@ impl Scheduler {
                     state.epoch = p.epoch;
                     let now = now_ms();
                     for mut o in p.orders {
+                        if o.state.is_finished() {
+                            // Announced by the run that finished it.
+                            state.feed.known([&o]);
+                        }
                         if matches!(o.state, OrderState::Queued | OrderState::Running) {
                             if let Some(why) = stale_reason(&o, &shards, &nodes) {
                                 tracing::warn!(order = o.id, shard = %o.shard, node = %o.node, reason = %why,
@@ -431,6 +345,12 @@ impl Scheduler {
     /// Completion reports as they happen.
     pub fn reports(&self) -> tokio::sync::broadcast::Receiver<Report> {
         self.inner.reports.subscribe()
+    }
+
+    /// Every order that finishes (done or cancelled), as a numbered event,
+    /// from now on ([`crate::events`]).
+    pub fn order_events(&self) -> tokio::sync::broadcast::Receiver<shardmap::contract::OrderEvent> {
+        self.inner.state.lock().feed.subscribe()
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -702,6 +622,10 @@ impl Scheduler {
                 st.orders.remove(id);
             }
         }
+        // Every change to an order comes through here: the feed announces
+        // the ones that just finished.
+        let State { feed, orders, .. } = &mut *st;
+        feed.observe(orders.values(), now_ms());
         if let Some(p) = &self.inner.persister {
             p.save(Persisted {
                 next_id: st.next_id,
@@ -1079,31 +1003,49 @@ impl Scheduler {
             .values()
             .filter(|o| o.state == OrderState::Queued)
             .count();
-        out.push_str(&format!(
-            "# HELP shardcast_sync_orders Orders by state now.\n# TYPE shardcast_sync_orders gauge\n\
-             shardcast_sync_orders{{state=\"queued\"}} {queued}\nshardcast_sync_orders{{state=\"running\"}} {}\n\
-             # HELP shardcast_sync_manager_epoch The highest manager epoch an order carried.\n# TYPE shardcast_sync_manager_epoch gauge\n\
-             shardcast_sync_manager_epoch {}\n",
-            st.running_orders, st.epoch
-        ));
-        out.push_str("# HELP shardcast_sync_hosted_cursor Cursor of a hosted shard on a node.\n# TYPE shardcast_sync_hosted_cursor gauge\n");
+        use shardcast_edge::metrics::{Kind, Writer};
+        let mut w = Writer::new(&mut out);
+        w.by_label(
+            "shardcast_sync_orders",
+            Kind::Gauge,
+            "Orders by state now.",
+            "state",
+            [("queued", queued), ("running", st.running_orders)],
+        )
+        .gauge(
+            "shardcast_sync_manager_epoch",
+            "The highest manager epoch an order carried.",
+            st.epoch,
+        )
+        .family(
+            "shardcast_sync_hosted_cursor",
+            Kind::Gauge,
+            "Cursor of a hosted shard on a node.",
+        );
         for ((n, s), h) in &st.hosted {
-            out.push_str(&format!(
-                "shardcast_sync_hosted_cursor{{node=\"{n}\",shard=\"{s}\"}} {}\n",
-                h.cursor
-            ));
+            w.sample(
+                "shardcast_sync_hosted_cursor",
+                &[("node", n), ("shard", s)],
+                h.cursor,
+            );
         }
-        out.push_str("# HELP shardcast_sync_hosted_rows Items of a hosted shard on a node.\n# TYPE shardcast_sync_hosted_rows gauge\n");
+        w.family(
+            "shardcast_sync_hosted_rows",
+            Kind::Gauge,
+            "Items of a hosted shard on a node.",
+        );
         for ((n, s), h) in &st.hosted {
-            out.push_str(&format!(
-                "shardcast_sync_hosted_rows{{node=\"{n}\",shard=\"{s}\"}} {}\n",
-                h.rows
-            ));
+            w.sample(
+                "shardcast_sync_hosted_rows",
+                &[("node", n), ("shard", s)],
+                h.rows,
+            );
         }
-        out.push_str(&format!(
-            "# HELP shardcast_sync_bandwidth_bytes_per_second Configured budget (0 = unlimited).\n# TYPE shardcast_sync_bandwidth_bytes_per_second gauge\nshardcast_sync_bandwidth_bytes_per_second {}\n",
-            self.inner.bucket.rate()
-        ));
+        w.gauge(
+            "shardcast_sync_bandwidth_bytes_per_second",
+            "Configured budget (0 = unlimited).",
+            self.inner.bucket.rate(),
+        );
         drop(st);
         self.inner.tasks.render_metrics("shardcast_sync", &mut out);
         out

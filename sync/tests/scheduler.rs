@@ -277,6 +277,41 @@ async fn control_api_orders_reports_eviction_and_4xx() {
         .await
         .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
+    // What the API sends is the shared vocabulary the manager reads, field
+    // for field: orders, hosted shards, node records, the epoch.
+    use shardmap::contract::{hosted::Nodes, EpochBody, HostedState, Order};
+    let typed: Vec<Order> = serde_json::from_value(list.clone()).unwrap();
+    assert!(typed
+        .iter()
+        .all(|o| o.state == OrderState::Done && o.report.is_some()));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), list);
+    let nodes: Nodes = c
+        .get(format!("{b}/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(nodes["node-a"]
+        .hosted
+        .iter()
+        .all(|h| h.state == HostedState::Warm));
+    let epoch: EpochBody = c
+        .get(format!("{b}/epoch"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(epoch.epoch, 0);
+    let r = c
+        .get(format!("{b}/orders?state=failed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "an unknown state is refused");
 
     let m = c
         .get(format!("{b}/metrics"))

@@ -152,7 +152,9 @@ async fn the_manager_numbers_its_table_past_a_refusal_and_the_proxies_converge()
             let text = c.get(&u).send().await.ok()?.text().await.ok()?;
             metric(
                 &text,
-                &format!("forecaster_manager_table_refusals_total{{target=\"{target}\"}}"),
+                &format!(
+                    "shardcast_forecaster_manager_table_refusals_total{{target=\"{target}\"}}"
+                ),
             )
         }
     };

@@ -1,46 +1,91 @@
-//! A small HTTP/1.1 client for the manager's calls to the sync scheduler,
-//! the nodes' health checks and the proxies' admin APIs. JSON in, JSON out;
-//! every call is bounded by a timeout and a response-size limit. A client
-//! built [`Client::with_bearer`] sends its token with every call under one
-//! base URL (the sync scheduler's `[manager] sync_token`), so the call
-//! sites need not carry it.
+//! The manager's HTTP client for its calls to the sync scheduler, the
+//! nodes' health checks and the proxies' admin APIs: the workspace's one
+//! client ([`shardcast_edge::client`]) with the manager's settings. JSON in,
+//! JSON out; every call is bounded by a timeout and a response-size limit.
+//! A client built [`Client::with_bearer`] sends its token with every call
+//! under one base URL (the sync scheduler's `[manager] sync_token`), so the
+//! call sites need not carry it.
+//!
+//! Sync's control API is also here typed ([`Client::sync_order`] and its
+//! siblings): the shared contract types of `shardmap::contract` in and out,
+//! and a [`SyncError`] to branch on ("no such order", "fenced") instead of
+//! matching on message text. [`Client::call`] and [`Client::get_json`]
+//! keep their string errors for the calls that only log them.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
+use shardcast_edge::client::{self as edge, Call, ClientOptions};
+use shardmap::contract::hosted::Nodes;
+use shardmap::contract::{EpochBody, Evicting, Order, OrderRequest};
 
 const MAX_RESPONSE: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct Client {
-    inner: HyperClient<HttpConnector, Full<Bytes>>,
+    inner: edge::Client,
     /// `(base URL, token)`: calls under the base carry the token.
     bearer: Option<(String, String)>,
 }
 
 impl Default for Client {
     fn default() -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_millis(500)));
-        conn.set_nodelay(true);
         Client {
-            inner: HyperClient::builder(TokioExecutor::new())
-                // Below the servers' keep-alive deadline (10 s by default on
-                // every shardcast listener), so an idle connection is dropped
-                // here before the server closes it under a request.
-                .pool_idle_timeout(Duration::from_secs(5))
-                .build(conn),
+            inner: edge::Client::new(ClientOptions {
+                connect_timeout: Duration::from_millis(500),
+                user_agent: "shardcast-manager",
+                ..ClientOptions::default()
+            }),
             bearer: None,
         }
     }
 }
 
-/// A call that did not get a response (connect error, timeout, bad URL).
+/// A call that did not get a response (connect error, timeout, bad URL),
+/// as text. The typed calls return [`edge::CallError`] or [`SyncError`].
 pub type CallError = String;
+
+/// Why a call to sync's control API did not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// Sync does not know the order (never submitted, or dropped from its
+    /// bounded history of finished orders).
+    #[error("sync has no order {0}")]
+    NoOrder(u64),
+    /// Sync has seen a higher manager epoch: another manager leads.
+    #[error("sync refused epoch {epoch}: {message}")]
+    Fenced { epoch: u64, message: String },
+    /// Sync refused the request as asked (unknown shard or node, a bad
+    /// priority, an order already finished): sending it again is useless.
+    #[error("sync refused it: {0}")]
+    Refused(String),
+    /// No answer, or one that is not sync's (worth trying again).
+    #[error(transparent)]
+    Call(edge::CallError),
+}
+
+impl SyncError {
+    fn of(e: edge::CallError, order: Option<u64>, epoch: u64) -> SyncError {
+        match (&e, e.status()) {
+            (_, Some(StatusCode::NOT_FOUND)) if order.is_some() => {
+                SyncError::NoOrder(order.unwrap_or_default())
+            }
+            (edge::CallError::Status { message, .. }, Some(StatusCode::CONFLICT))
+                if message.contains("epoch") =>
+            {
+                SyncError::Fenced {
+                    epoch,
+                    message: message.clone(),
+                }
+            }
+            (edge::CallError::Status { message, .. }, Some(s)) if s.is_client_error() => {
+                SyncError::Refused(message.clone())
+            }
+            _ => SyncError::Call(e),
+        }
+    }
+}
 
 impl Client {
     /// Send `Authorization: Bearer <token>` with every call to a URL under
@@ -60,6 +105,12 @@ impl Client {
             .then_some(token.as_str())
     }
 
+    fn request<'a>(&'a self, method: Method, url: &'a str, timeout: Duration) -> Call<'a> {
+        Call::new(method, url, timeout)
+            .token(self.bearer_for(url))
+            .max_body(MAX_RESPONSE)
+    }
+
     /// Send one request; the status and the body, or why there is none.
     pub async fn call(
         &self,
@@ -69,36 +120,18 @@ impl Client {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), CallError> {
-        let mut req = http::Request::builder()
-            .method(method.clone())
-            .uri(url)
-            .header("user-agent", "shardcast-manager");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        let mut c = self.request(method, url, timeout);
+        if let Some(t) = token {
+            c = c.token(Some(t));
         }
-        if let Some(t) = token.or_else(|| self.bearer_for(url)) {
-            req = req.header("authorization", format!("Bearer {t}"));
+        if let Some(b) = body {
+            c = c.json(b);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| format!("{method} {url}: {e}"))?;
-        let fut = async {
-            let resp = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| format!("{method} {url}: {e}"))?;
-            let status = resp.status().as_u16();
-            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| format!("{method} {url}: reading the body: {e}"))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(timeout, fut)
+        self.inner
+            .send(c)
             .await
-            .map_err(|_| format!("{method} {url}: no answer within {timeout:?}"))?
+            .map(|(s, b)| (s.as_u16(), b))
+            .map_err(|e| e.to_string())
     }
 
     /// GET and decode a 2xx JSON answer.
@@ -107,14 +140,119 @@ impl Client {
         url: &str,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let (status, body) = self.call(Method::GET, url, None, None, timeout).await?;
-        if !(200..300).contains(&status) {
-            return Err(format!(
-                "GET {url}: {status} {}",
-                String::from_utf8_lossy(&body)
-            ));
+        self.get_typed(url, timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`Self::get_json`] with the typed error.
+    pub async fn get_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<T, edge::CallError> {
+        self.inner
+            .send_json(self.request(Method::GET, url, timeout))
+            .await
+    }
+
+    async fn sync_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<T, edge::CallError> {
+        let mut c = self.request(method, url, timeout);
+        if let Some(b) = body {
+            c = c.json(b);
         }
-        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+        self.inner.send_json(c).await
+    }
+
+    /// `GET {sync}/orders/{id}`.
+    pub async fn sync_order(
+        &self,
+        sync: &str,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<Order, SyncError> {
+        let url = format!("{}/orders/{id}", sync.trim_end_matches('/'));
+        self.sync_json(Method::GET, &url, None, timeout)
+            .await
+            .map_err(|e| SyncError::of(e, Some(id), 0))
+    }
+
+    /// `POST {sync}/orders`: the order as sync queued it.
+    pub async fn sync_submit(
+        &self,
+        sync: &str,
+        order: &OrderRequest,
+        timeout: Duration,
+    ) -> Result<Order, SyncError> {
+        let url = format!("{}/orders", sync.trim_end_matches('/'));
+        let body = serde_json::to_vec(order).unwrap_or_default();
+        self.sync_json(Method::POST, &url, Some(body), timeout)
+            .await
+            .map_err(|e| SyncError::of(e, None, order.epoch))
+    }
+
+    /// `DELETE {sync}/orders/{id}`.
+    pub async fn sync_cancel(
+        &self,
+        sync: &str,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<Order, SyncError> {
+        let url = format!("{}/orders/{id}", sync.trim_end_matches('/'));
+        self.sync_json(Method::DELETE, &url, None, timeout)
+            .await
+            .map_err(|e| SyncError::of(e, Some(id), 0))
+    }
+
+    /// `POST {sync}/epoch`: announce a new leader's term; the highest
+    /// epoch sync has seen.
+    pub async fn sync_fence(
+        &self,
+        sync: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<u64, SyncError> {
+        let url = format!("{}/epoch", sync.trim_end_matches('/'));
+        let body = serde_json::to_vec(&EpochBody { epoch }).unwrap_or_default();
+        self.sync_json::<EpochBody>(Method::POST, &url, Some(body), timeout)
+            .await
+            .map(|b| b.epoch)
+            .map_err(|e| SyncError::of(e, None, epoch))
+    }
+
+    /// `GET {sync}/nodes`: every node and the shards it hosts.
+    pub async fn sync_nodes(&self, sync: &str, timeout: Duration) -> Result<Nodes, SyncError> {
+        let url = format!("{}/nodes", sync.trim_end_matches('/'));
+        self.sync_json(Method::GET, &url, None, timeout)
+            .await
+            .map_err(|e| SyncError::of(e, None, 0))
+    }
+
+    /// `DELETE {sync}/nodes/{node}/shards/{shard}`: drop a shard from a
+    /// node's cache (202 once scheduled).
+    pub async fn sync_evict(
+        &self,
+        sync: &str,
+        node: &str,
+        shard: &str,
+        timeout: Duration,
+    ) -> Result<(), SyncError> {
+        let url = format!(
+            "{}/nodes/{}/shards/{}",
+            sync.trim_end_matches('/'),
+            shardcast_edge::url::encode_segment(node),
+            shardcast_edge::url::encode_segment(shard)
+        );
+        self.sync_json::<Evicting>(Method::DELETE, &url, None, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| SyncError::of(e, None, 0))
     }
 }
 
@@ -173,5 +311,73 @@ mod tests {
             head.contains("authorization: bearer sync-s3cret\r\n"),
             "{head}"
         );
+    }
+
+    /// A server that answers every request with `status` and `body`.
+    async fn answering(status: u16, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        base
+    }
+
+    /// Sync's refusals, as sync words them, become errors to branch on.
+    #[tokio::test]
+    async fn syncs_refusals_are_typed() {
+        let t = Duration::from_secs(5);
+        let c = Client::default();
+        let base = answering(404, r#"{"error":"no order 42"}"#).await;
+        assert_eq!(
+            c.sync_order(&base, 42, t).await.unwrap_err(),
+            SyncError::NoOrder(42)
+        );
+        let base = answering(
+            409,
+            r#"{"error":"order of manager epoch 1 refused: epoch 2 leads (a stale manager; fenced)"}"#,
+        )
+        .await;
+        let order = OrderRequest {
+            shard: "s".into(),
+            node: "n".into(),
+            priority: 1.0,
+            deadline_unix_ms: None,
+            deadline_in_ms: None,
+            epoch: 1,
+        };
+        assert!(matches!(
+            c.sync_submit(&base, &order, t).await.unwrap_err(),
+            SyncError::Fenced { epoch: 1, .. }
+        ));
+        let base = answering(422, r#"{"error":"unknown shard `s`"}"#).await;
+        assert_eq!(
+            c.sync_submit(&base, &order, t).await.unwrap_err(),
+            SyncError::Refused("unknown shard `s`".into())
+        );
+        // An answer in another shape is not taken for an order.
+        let base = answering(200, r#"{"id":1,"state":"failed"}"#).await;
+        assert!(matches!(
+            c.sync_order(&base, 1, t).await.unwrap_err(),
+            SyncError::Call(shardcast_edge::client::CallError::Decode { .. })
+        ));
+        // The string API keeps the words the manager matches today.
+        let base = answering(404, r#"{"error":"no order 42"}"#).await;
+        let e = c
+            .get_json::<Order>(&format!("{base}/orders/42"), t)
+            .await
+            .unwrap_err();
+        assert!(e.contains(": 404 "), "{e}");
     }
 }
