@@ -689,6 +689,12 @@ impl Scheduler {
     /// Pick the best runnable order: highest priority, then earliest
     /// deadline, then oldest.
     fn pick(&self) -> Option<(Order, CancellationToken, RunningSlot)> {
+        // Once shutdown fires nothing starts: a transfer it interrupts puts
+        // its order back in the queue for the next run, and re-running it
+        // here would end at once, again and again.
+        if self.inner.shutdown.is_cancelled() {
+            return None;
+        }
         let mut st = self.inner.state.lock();
         if st.running_orders >= self.inner.cfg.concurrency.max(1) {
             return None;
