@@ -28,7 +28,7 @@ fn a_broken_topology_keeps_the_last_good_one() {
     let (m, proxy, good) = demo_manager(dir.path());
     assert_eq!(m.topology().shards.len(), 14);
     assert_eq!(m.topology().nodes.len(), 3);
-    assert_eq!(m.topology().prefix, "p1");
+    assert_eq!(m.topology().keys.prefix(), "p1");
     // a broken edit (with a new mtime) is refused and the old topology kept
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&proxy, "replication_factor = \"two\"\n").unwrap();
