@@ -71,7 +71,7 @@ impl SyncClient {
     /// not agree) is no answer, never a finished order.
     pub async fn order(&self, id: u64) -> OrderReport {
         match self.http.sync_order(&self.base, id, CALL_TIMEOUT).await {
-            Ok(o) if o.id == id => OrderReport::Found(o),
+            Ok(o) if o.id == id => OrderReport::Found(Box::new(o)),
             Ok(o) => OrderReport::Unreachable(format!("asked for order {id}, got {}", o.id)),
             Err(e @ SyncError::NoOrder(_)) => OrderReport::Missing(e.to_string()),
             Err(e) => OrderReport::Unreachable(e.to_string()),

@@ -33,7 +33,7 @@ pub struct OrderRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrderReport {
     /// The order as sync holds it (its state decides what happens).
-    Found(Order),
+    Found(Box<Order>),
     /// Sync does not know the order (it lost it).
     Missing(String),
     /// No usable answer (none, or one that is not an order: a version

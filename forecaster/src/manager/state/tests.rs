@@ -121,7 +121,7 @@ pub(crate) fn at_sync(state: OrderState, rows: u64, bytes: u64) -> OrderReport {
         deadline_met: Some(true),
         finished_unix_ms: 1,
     });
-    OrderReport::Found(Order {
+    OrderReport::Found(Box::new(Order {
         id: 1,
         shard: "s0".into(),
         node: "c".into(),
@@ -138,7 +138,7 @@ pub(crate) fn at_sync(state: OrderState, rows: u64, bytes: u64) -> OrderReport {
         reason: None,
         report,
         epoch: 1,
-    })
+    }))
 }
 
 pub(super) fn done() -> OrderReport {
