@@ -66,9 +66,18 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
     let (hp, ap, fc_port, sync_port) = (free_port(), free_port(), free_port(), free_port());
     let node_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
 
-    // The demo proxy config on free ports; its 14 shards and 3 nodes are
-    // the topology every process reads.
-    let mut proxy = std::fs::read_to_string(root.join("conf/proxy-demo.toml"))
+    // The demo topology (14 shards, 3 nodes) on free ports, the one file
+    // every process reads, and the demo proxy config beside it.
+    let mut topology = std::fs::read_to_string(root.join("conf/topology.toml")).unwrap();
+    for (k, p) in node_ports.iter().enumerate() {
+        topology = topology.replace(
+            &format!("127.0.0.1:910{}", k + 1),
+            &format!("127.0.0.1:{p}"),
+        );
+    }
+    let topology_file = d.join("topology.toml");
+    std::fs::write(&topology_file, &topology).unwrap();
+    let proxy = std::fs::read_to_string(root.join("conf/proxy-demo.toml"))
         .unwrap()
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{hp}"))
         .replace("127.0.0.1:9901", &format!("127.0.0.1:{ap}"))
@@ -80,21 +89,15 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
                 .display()
                 .to_string(),
         );
-    for (k, p) in node_ports.iter().enumerate() {
-        proxy = proxy.replace(
-            &format!("127.0.0.1:910{}", k + 1),
-            &format!("127.0.0.1:{p}"),
-        );
-    }
     let proxy_file = d.join("proxy.toml");
     std::fs::write(&proxy_file, proxy).unwrap();
 
     let mut sync_toml = format!(
-        "control = \"127.0.0.1:{sync_port}\"\nshards_file = \"{shards}\"\n\
+        "control = \"127.0.0.1:{sync_port}\"\ntopology = \"{topology}\"\n\
          [provider]\nurl = \"sqlite:{db}\"\nseed_catalog = \"{cat}\"\n\
          [transfer]\nconcurrency = 4\npoll_interval_ms = 1000\n\
          [manager]\nurls = [\"http://127.0.0.1:{fc_port}\"]\ntoken = \"{TOKEN}\"\n",
-        shards = proxy_file.display(),
+        topology = topology_file.display(),
         db = d.join("provider.db").display(),
         cat = root.join("data/online_retail/catalog.csv.gz").display(),
     );
@@ -116,11 +119,11 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
         "listen = \"127.0.0.1:{fc_port}\"\n\
          [model]\nhourly = \"{m}/shardcast_hourly.json\"\ndaily = \"{m}/shardcast_daily.json\"\n\
          [planner]\ncycle_s = 1\n\
-         [manager]\nproxy_config = \"{p}\"\nsync = \"http://127.0.0.1:{sync_port}\"\n\
+         [manager]\ntopology = \"{p}\"\nsync = \"http://127.0.0.1:{sync_port}\"\n\
          proxies = [\"http://127.0.0.1:{ap}\"]\npolicy = \"none\"\nadmin_token = \"{TOKEN}\"\n\
          interval_ms = {INTERVAL_MS}\ndrain_ms = 500\nhealth_timeout_ms = 300\nfail_after = 2\nchurn_budget = 3\n",
         m = root.join("forecaster/models").display(),
-        p = proxy_file.display(),
+        p = topology_file.display(),
     );
     let fc_file = d.join("forecaster.toml");
     std::fs::write(&fc_file, fc_toml).unwrap();
