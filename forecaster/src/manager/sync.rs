@@ -152,3 +152,100 @@ impl SyncClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sync that answers every request with `status` and `body`.
+    async fn sync_answering(status: u16, body: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        base
+    }
+
+    const RUNNING: &str = r#"{"id":7,"shard":"UK/LIGHTING","node":"node-c","priority":2.5,
+        "deadline_unix_ms":null,"state":"running","submitted_unix_ms":1,"started_unix_ms":2,
+        "finished_unix_ms":null,"cursor":9,"rows":4,"bytes":40,"last_error":null,"report":null,"epoch":1}"#;
+
+    #[tokio::test]
+    async fn sync_answers_become_reports() {
+        let c = SyncClient::new(&sync_answering(200, RUNNING.into()).await, None);
+        match c.order(7).await {
+            OrderReport::Found(o) => {
+                assert_eq!(o.state, shardmap::contract::OrderState::Running);
+                assert_eq!((o.rows, o.bytes), (4, 40));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another order's answer is not this one's.
+        assert!(matches!(c.order(8).await, OrderReport::Unreachable(_)));
+        let c = SyncClient::new(
+            &sync_answering(404, r#"{"error":"no order 7"}"#.into()).await,
+            None,
+        );
+        assert!(matches!(c.order(7).await, OrderReport::Missing(_)));
+    }
+
+    /// A state this manager does not know (a newer sync) is an error the
+    /// order's timeout settles, never a finished order.
+    #[tokio::test]
+    async fn an_unknown_order_state_is_an_error_not_a_finish() {
+        let odd = RUNNING.replace(r#""state":"running""#, r#""state":"paused""#);
+        let c = SyncClient::new(&sync_answering(200, odd).await, None);
+        let report = c.order(7).await;
+        let OrderReport::Unreachable(e) = &report else {
+            panic!("{report:?}")
+        };
+        assert!(e.contains("unknown variant `paused`"), "{e}");
+
+        let mut st = super::super::state::tests::state(1, 4);
+        super::super::state::tests::ordered(&mut st, "s0", "c", None, 7, 100);
+        let fx = st.apply(state::Event::OrderReported {
+            id: 7,
+            report: report.clone(),
+            now: 200,
+        });
+        assert!(fx.is_empty(), "{fx:?}");
+        assert!(st.orders[0].state.is_open());
+        assert_eq!(st.outcomes.done, 0);
+        // Past the order's timeout it fails, and is cancelled at sync.
+        let fx = st.apply(state::Event::OrderReported {
+            id: 7,
+            report,
+            now: 100 + super::super::state::tests::TIMEOUT_MS + 1,
+        });
+        assert!(fx.contains(&state::Effect::Cancel { id: 7 }));
+        assert_eq!(
+            st.orders[0].state,
+            shardmap::contract::manager::TrackedState::Failed
+        );
+    }
+
+    #[tokio::test]
+    async fn hosted_shards_are_warm_only_when_sync_says_warm() {
+        let nodes = r#"{"node-a":{"hosted":[{"shard":"UK/SEASONAL","state":"warm","cursor":12,"rows":3,"last_sync_unix_ms":9},
+            {"shard":"UK/LIGHTING","state":"warming","cursor":0,"rows":0,"last_sync_unix_ms":9}]},"node-b":{"hosted":[]}}"#;
+        let c = SyncClient::new(&sync_answering(200, nodes.into()).await, None);
+        let h = c.hosted().await.unwrap();
+        assert!(h["node-a"]["UK/SEASONAL"].warm);
+        assert_eq!(h["node-a"]["UK/SEASONAL"].cursor, 12);
+        assert!(!h["node-a"]["UK/LIGHTING"].warm);
+        assert!(h["node-b"].is_empty());
+    }
+}

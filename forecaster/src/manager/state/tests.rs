@@ -12,7 +12,7 @@ use crate::planner::Action;
 
 pub(super) const NODES: [&str; 4] = ["a", "b", "c", "d"];
 const DRAIN_MS: i64 = 1_000;
-const TIMEOUT_MS: i64 = 10_000;
+pub(crate) const TIMEOUT_MS: i64 = 10_000;
 
 fn settings(churn_budget: usize) -> Settings {
     Settings {
@@ -29,7 +29,7 @@ fn settings(churn_budget: usize) -> Settings {
 }
 
 /// Four nodes; shard `s<i>` on nodes a and b.
-pub(super) fn state(shards: usize, churn_budget: usize) -> State {
+pub(crate) fn state(shards: usize, churn_budget: usize) -> State {
     let mut st = State::new(settings(churn_budget), AssignmentVersion::new(1, 1), false);
     st.apply(Event::Topology {
         nodes: NODES.iter().map(|n| n.to_string()).collect(),
@@ -95,7 +95,14 @@ fn replica(st: &State, shard: &str, node: &str) -> Option<ReplicaState> {
 }
 
 /// Submit an add of `shard` on `node` at `now` and let sync take it as `id`.
-fn ordered(st: &mut State, shard: &str, node: &str, replaces: Option<&str>, id: u64, now: i64) {
+pub(crate) fn ordered(
+    st: &mut State,
+    shard: &str,
+    node: &str,
+    replaces: Option<&str>,
+    id: u64,
+    now: i64,
+) {
     let fx = computed(st, vec![add(shard, node, replaces)], now);
     let [order] = &submits(&fx)[..] else {
         panic!("one order: {fx:?}")
