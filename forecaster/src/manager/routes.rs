@@ -15,7 +15,10 @@
 //! When `admin_token` is set every route needs `Authorization: Bearer <token>`
 //! (the scheme in any case, the token compared in constant time); a refusal
 //! is 401 with `WWW-Authenticate: Bearer realm="shardcast"`. Request bodies
-//! must be JSON objects.
+//! must be JSON objects. A refused operator command ([`CommandError`]) is
+//! 404 when it names a shard or node that does not exist, 400 for a bad
+//! value; every error body is `{"error": "…"}`. `GET /manager` answers the
+//! shared [`shardmap::contract::manager::ManagerView`].
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};

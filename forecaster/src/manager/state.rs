@@ -41,7 +41,7 @@ pub use orders::{OrderReport, OrderRequest};
 pub const ORDERS_KEPT: usize = 200;
 
 /// One logged decision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub at_unix_ms: i64,
     /// A fixed set (`add`, `drain`, `serve`, `node_down`, `pin`, …): it is
