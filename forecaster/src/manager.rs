@@ -69,7 +69,7 @@ use sync::{Announced, SyncClient};
 use versions::Refusals;
 use view::DecisionLog;
 
-pub use state::{Decision, HostedView, NodeState, Operator, OrderState, OrderView};
+pub use state::{CommandError, Decision, NodeState};
 pub use topology::Topology;
 
 type Conn = redis::aio::MultiplexedConnection;
@@ -249,7 +249,7 @@ impl Manager {
         let Some(url) = self.metadata_url() else {
             return true;
         };
-        let prefix = self.topology().prefix.clone();
+        let keys = self.topology().keys.clone();
         if conn.is_none() {
             match metadata::connect(&url).await {
                 Ok(c) => *conn = Some(c),
@@ -260,22 +260,19 @@ impl Manager {
             }
         }
         let Some(c) = conn.as_mut() else { return false };
-        let table = match metadata::read_table(c, &prefix).await {
+        let table = match metadata::read_table(c, &keys).await {
             Ok(t) => t,
             Err(e) => {
                 warn!(error = %e, "metadata table unreadable; starting from the proxy config");
                 None
             }
         };
-        let operator = match metadata::read_operator(c, &prefix).await.ok().flatten() {
-            Some(raw) => match serde_json::from_slice::<Operator>(&raw) {
-                Ok(op) => Some(op),
-                Err(e) => {
-                    warn!(error = %e, "stored operator settings unreadable; ignored");
-                    None
-                }
-            },
-            None => None,
+        let operator = match metadata::read_operator(c, &keys).await {
+            Ok(op) => op,
+            Err(e) => {
+                warn!(error = %e, "stored operator settings unreadable; ignored");
+                None
+            }
         };
         self.apply(Event::Restored { table, operator });
         true
@@ -294,7 +291,7 @@ impl Manager {
         let now = now_unix_ms();
         let now_ms = now_unix_ms().max(0) as u64;
         let probed = (self.prober)
-            .probe(conn.as_mut(), &topo.prefix, &topo.nodes, now_ms)
+            .probe(conn.as_mut(), &topo.keys, &topo.nodes, now_ms)
             .await;
         let at = now_unix_ms();
         for (node, result) in probed {
@@ -305,7 +302,7 @@ impl Manager {
             });
             self.carry_out(fx).await;
         }
-        let hosted = self.sync.hosted().await;
+        let hosted = self.sync.hosted().await.map_err(|e| e.to_string());
         if let Err(e) = &hosted {
             if self.snapshot().sync_error.is_none() {
                 warn!(error = %e, "sync scheduler unreachable; no new orders until it answers");
@@ -412,7 +409,7 @@ impl Manager {
                     node,
                     cold: Some(detail),
                 } => match self.sync.evict(&node, &shard).await {
-                    Ok(s) if (200..300).contains(&s) => {
+                    Ok(()) => {
                         let now = now_unix_ms();
                         self.apply(Event::Evicted {
                             shard,
@@ -421,8 +418,8 @@ impl Manager {
                             now,
                         })
                     }
-                    other => {
-                        warn!(shard, node, result = ?other, "evicting a cold shard failed");
+                    Err(e) => {
+                        warn!(shard, node, error = %e, "evicting a cold shard failed");
                         continue;
                     }
                 },
@@ -449,15 +446,9 @@ impl Manager {
             return Err(format!("epoch {epoch} not yet announced to sync"));
         }
         self.sync
-            .submit(
-                &o.shard,
-                &o.node,
-                o.priority,
-                o.deadline_unix_ms,
-                epoch,
-                &self.lease,
-            )
+            .submit(o, epoch, &self.lease)
             .await
+            .map_err(|e| e.to_string())
     }
 
     /// A new term tells sync its epoch before ordering anything, so the
@@ -476,8 +467,8 @@ impl Manager {
                 self.apply(Event::EpochAnnounced(epoch));
             }
             Announced::Fenced => self.lease.fenced("sync has seen a higher epoch"),
-            Announced::Failed(result) => {
-                warn!(result = %result, "announcing the epoch to sync failed; no orders until it answers");
+            Announced::Failed(e) => {
+                warn!(error = %e, "announcing the epoch to sync failed; no orders until it answers");
             }
         }
     }
@@ -494,7 +485,7 @@ impl Manager {
                 update: st.update(),
                 behind: st.proxies_behind.iter().cloned().collect(),
                 changed,
-                prefix: &topo.prefix,
+                keys: &topo.keys,
                 metadata_url: self.metadata_url(),
                 metadata_error: st.metadata_error.clone(),
             };
@@ -520,7 +511,7 @@ impl Manager {
 
     // ---- operator controls (the API calls these) ----
 
-    fn command(&self, command: Command) -> Result<(), String> {
+    fn command(&self, command: Command) -> Result<(), CommandError> {
         let fx = self.apply(Event::Operator {
             command,
             now: now_unix_ms(),
@@ -544,21 +535,21 @@ impl Manager {
         let _ = self.command(Command::DryRun(on));
     }
 
-    pub fn pin(&self, shard: &str, nodes: Option<Vec<String>>) -> Result<(), String> {
+    pub fn pin(&self, shard: &str, nodes: Option<Vec<String>>) -> Result<(), CommandError> {
         self.command(Command::Pin {
             shard: shard.into(),
             nodes,
         })
     }
 
-    pub fn drain_node(&self, node: &str, on: bool) -> Result<(), String> {
+    pub fn drain_node(&self, node: &str, on: bool) -> Result<(), CommandError> {
         self.command(Command::DrainNode {
             node: node.into(),
             on,
         })
     }
 
-    pub fn set_threshold(&self, shard: &str, rps: Option<f64>) -> Result<(), String> {
+    pub fn set_threshold(&self, shard: &str, rps: Option<f64>) -> Result<(), CommandError> {
         self.command(Command::Threshold {
             shard: shard.into(),
             rps,

@@ -22,44 +22,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use shardmap::table::ReplicaState;
 
-/// Why the manager did something. Logged with every decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// A node failed or was lost: restore the replication factor.
-    Failure,
-    /// An operator asked (pin, drain, threshold, manual order).
-    Operator,
-    /// Predicted demand (a forecast quantile) crossed the threshold or a
-    /// node's capacity.
-    Forecast,
-    /// Observed demand did (or fell back below it: scale-in).
-    Load,
-    /// A node is over capacity: a replica moves to a less loaded one.
-    Balance,
-    /// A replica in the table that its node's cache does not hold yet.
-    Initial,
-}
+/// Why the manager did something (the control plane's shared vocabulary).
+pub use shardmap::contract::manager::Reason;
 
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Failure => "failure",
-            Reason::Operator => "operator",
-            Reason::Forecast => "forecast",
-            Reason::Load => "load",
-            Reason::Balance => "balance",
-            Reason::Initial => "initial",
-        }
-    }
-
-    /// How much an order for this reason outranks a forecast-driven one.
-    fn urgency(self) -> f64 {
-        match self {
-            Reason::Failure => 100.0,
-            Reason::Operator => 10.0,
-            _ => 1.0,
-        }
+/// How much an order for this reason outranks a forecast-driven one.
+fn urgency(r: Reason) -> f64 {
+    match r {
+        Reason::Failure => 100.0,
+        Reason::Operator => 10.0,
+        _ => 1.0,
     }
 }
 
@@ -540,7 +511,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             _ => input.now_ms + transfer_ms,
         };
         let skill = w.input.demand.skill.clamp(0.05, 1.0);
-        let benefit = w.load.max(1e-3) * want.reason.urgency();
+        let benefit = w.load.max(1e-3) * urgency(want.reason);
         let priority = benefit * skill / (bytes as f64 / 1e6).max(1e-3);
         let detail = match want.reason {
             Reason::Forecast => format!(

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shardcast_forecaster::manager::metadata::{self, Published};
+use shardmap::contract::MetadataKeys;
 use shardmap::{AssignmentVersion, TableUpdate};
 use system::{
     assignment_version, bin, eventually, free_port, get_json, load, metric, FakeNode, Proc, Redis,
@@ -428,11 +429,12 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_steps_down() {
         version: AssignmentVersion::new(epoch, u64::MAX / 2),
         shards: Default::default(),
     };
-    let r = metadata::publish_table(&mut conn, PREFIX, &stale)
+    let keys = MetadataKeys::new(PREFIX);
+    let r = metadata::publish_table(&mut conn, &keys, &stale)
         .await
         .unwrap();
     assert!(matches!(r, Published::Fenced(_)), "{r:?}");
-    let t = metadata::read_table(&mut conn, PREFIX)
+    let t = metadata::read_table(&mut conn, &keys)
         .await
         .unwrap()
         .unwrap();

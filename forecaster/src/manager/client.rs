@@ -6,11 +6,11 @@
 //! under one base URL (the sync scheduler's `[manager] sync_token`), so the
 //! call sites need not carry it.
 //!
-//! Sync's control API is also here typed ([`Client::sync_order`] and its
+//! Sync's control API is here typed ([`Client::sync_order`] and its
 //! siblings): the shared contract types of `shardmap::contract` in and out,
 //! and a [`SyncError`] to branch on ("no such order", "fenced") instead of
-//! matching on message text. [`Client::call`] and [`Client::get_json`]
-//! keep their string errors for the calls that only log them.
+//! matching on message text. The proxies' calls ([`Client::send`],
+//! [`Client::get_typed`]) answer [`edge::CallError`].
 
 use std::time::Duration;
 
@@ -41,10 +41,6 @@ impl Default for Client {
         }
     }
 }
-
-/// A call that did not get a response (connect error, timeout, bad URL),
-/// as text. The typed calls return [`edge::CallError`] or [`SyncError`].
-pub type CallError = String;
 
 /// Why a call to sync's control API did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,15 +107,17 @@ impl Client {
             .max_body(MAX_RESPONSE)
     }
 
-    /// Send one request; the status and the body, or why there is none.
-    pub async fn call(
+    /// Send one request (the proxies' admin API, where a refusal's body
+    /// is read): the status and the body of any answer, or why there is
+    /// none. `token` overrides the base's.
+    pub async fn send(
         &self,
         method: Method,
         url: &str,
         body: Option<Vec<u8>>,
         token: Option<&str>,
         timeout: Duration,
-    ) -> Result<(u16, Bytes), CallError> {
+    ) -> Result<(StatusCode, Bytes), edge::CallError> {
         let mut c = self.request(method, url, timeout);
         if let Some(t) = token {
             c = c.token(Some(t));
@@ -127,33 +125,21 @@ impl Client {
         if let Some(b) = body {
             c = c.json(b);
         }
-        self.inner
-            .send(c)
-            .await
-            .map(|(s, b)| (s.as_u16(), b))
-            .map_err(|e| e.to_string())
+        self.inner.send(c).await
     }
 
-    /// GET and decode a 2xx JSON answer.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        url: &str,
-        timeout: Duration,
-    ) -> Result<T, CallError> {
-        self.get_typed(url, timeout)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// [`Self::get_json`] with the typed error.
+    /// GET and decode a 2xx JSON answer; `token` overrides the base's.
     pub async fn get_typed<T: serde::de::DeserializeOwned>(
         &self,
         url: &str,
+        token: Option<&str>,
         timeout: Duration,
     ) -> Result<T, edge::CallError> {
-        self.inner
-            .send_json(self.request(Method::GET, url, timeout))
-            .await
+        let mut c = self.request(Method::GET, url, timeout);
+        if let Some(t) = token {
+            c = c.token(Some(t));
+        }
+        self.inner.send_json(c).await
     }
 
     async fn sync_json<T: serde::de::DeserializeOwned>(
@@ -296,7 +282,7 @@ mod tests {
         });
         let c = Client::default().with_bearer(&base, Some("sync-s3cret".into()));
         let (status, _) = c
-            .call(
+            .send(
                 Method::GET,
                 &format!("{base}/nodes"),
                 None,
@@ -305,7 +291,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(status, 200);
+        assert_eq!(status, StatusCode::OK);
         let head = server.await.unwrap();
         assert!(
             head.contains("authorization: bearer sync-s3cret\r\n"),
@@ -372,12 +358,5 @@ mod tests {
             c.sync_order(&base, 1, t).await.unwrap_err(),
             SyncError::Call(shardcast_edge::client::CallError::Decode { .. })
         ));
-        // The string API keeps the words the manager matches today.
-        let base = answering(404, r#"{"error":"no order 42"}"#).await;
-        let e = c
-            .get_json::<Order>(&format!("{base}/orders/42"), t)
-            .await
-            .unwrap_err();
-        assert!(e.contains(": 404 "), "{e}");
     }
 }

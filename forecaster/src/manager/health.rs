@@ -15,10 +15,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use http::Method;
 use redis::aio::MultiplexedConnection;
+use shardmap::contract::MetadataKeys;
 use shardmap::control::{NodeHealth, TableView};
-use shardmap::health::{health_key, HealthReport, NodeReport, REPORT_TTL_MS};
+use shardmap::health::{HealthReport, NodeReport, REPORT_TTL_MS};
 use tracing::warn;
 
 use super::client::Client;
@@ -57,12 +57,12 @@ impl Prober {
     pub async fn probe(
         &self,
         conn: Option<&mut Conn>,
-        prefix: &str,
+        keys: &MetadataKeys,
         nodes: &[NodeSpec],
         now_ms: u64,
     ) -> Vec<(String, Result<(), String>)> {
         let mut reports = match conn {
-            Some(c) => read_store(c, prefix, now_ms).await.unwrap_or_else(|e| {
+            Some(c) => read_store(c, keys, now_ms).await.unwrap_or_else(|e| {
                 warn!(error = %e, "node health unreadable from the metadata store");
                 vec![]
             }),
@@ -130,10 +130,10 @@ pub fn any_fresh(reports: &[HealthReport], now_ms: u64, max_age: Duration) -> bo
 /// hash's own lifetime (proxies that stopped) are removed.
 pub async fn read_store(
     conn: &mut MultiplexedConnection,
-    prefix: &str,
+    keys: &MetadataKeys,
     now_ms: u64,
 ) -> Result<Vec<HealthReport>, String> {
-    let key = health_key(prefix);
+    let key = keys.node_health();
     let raw: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
         .arg(&key)
         .query_async(conn)
@@ -171,13 +171,7 @@ pub async fn read_proxies(
     let mut out = vec![];
     for p in proxies {
         let url = format!("{p}/admin/table");
-        let view = match http.call(Method::GET, &url, None, token, timeout).await {
-            Ok((200, body)) => {
-                serde_json::from_slice::<TableView>(&body).map_err(|e| e.to_string())
-            }
-            Ok((s, _)) => Err(format!("answered {s}")),
-            Err(e) => Err(e),
-        };
+        let view = http.get_typed::<TableView>(&url, token, timeout).await;
         match view {
             Ok(v) => out.push(HealthReport {
                 proxy: p.clone(),

@@ -21,7 +21,7 @@ impl Manager {
         let mut conn: Option<Conn> = None;
         let mut last_error: Option<String> = None;
         loop {
-            let prefix = self.topology().prefix.clone();
+            let keys = self.topology().keys.clone();
             if conn.is_none() {
                 if let Some(url) = self.metadata_url() {
                     match metadata::connect(&url).await {
@@ -40,7 +40,7 @@ impl Manager {
             }
             if let Some(c) = conn.as_mut() {
                 let was = self.lease.may_write().is_some();
-                let fut = self.lease.tick(c, &prefix);
+                let fut = self.lease.tick(c, &keys);
                 match tokio::time::timeout(self.lease.period(), fut).await {
                     Ok(Ok(())) => last_error = None,
                     Ok(Err(e)) => {
@@ -65,7 +65,7 @@ impl Manager {
                 _ = tokio::time::sleep(self.lease.period()) => {}
                 _ = shutdown.changed() => {
                     if let Some(c) = conn.as_mut() {
-                        let _ = self.lease.release(c, &prefix).await;
+                        let _ = self.lease.release(c, &keys).await;
                     }
                     return;
                 }

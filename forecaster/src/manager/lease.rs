@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
+use shardmap::contract::MetadataKeys;
 use tracing::{info, warn};
 
 /// Extend the lease only if this manager still holds it.
@@ -68,14 +69,7 @@ struct Term {
 }
 
 /// What `/manager` and `/metrics` show.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LeaseView {
-    pub leader: bool,
-    pub epoch: u64,
-    pub holder: Option<String>,
-    pub id: String,
-    pub lease_ms: u64,
-}
+pub use shardmap::contract::manager::LeaseView;
 
 impl Lease {
     pub fn new(lease: Duration) -> Lease {
@@ -183,8 +177,12 @@ impl Lease {
     }
 
     /// One pass of the lease loop: renew when leading, else try to acquire.
-    pub async fn tick(&self, conn: &mut MultiplexedConnection, prefix: &str) -> Result<(), String> {
-        let key = format!("{prefix}:leader");
+    pub async fn tick(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &MetadataKeys,
+    ) -> Result<(), String> {
+        let key = keys.leader();
         let (leader, until) = {
             let t = self.state.lock();
             (t.leader, t.until)
@@ -237,15 +235,11 @@ impl Lease {
                 self.state.lock().holder = holder;
                 return Ok(());
             }
-            let epoch: u64 = match redis::cmd("INCR")
-                .arg(format!("{prefix}:epoch"))
-                .query_async(conn)
-                .await
-            {
+            let epoch: u64 = match redis::cmd("INCR").arg(keys.epoch()).query_async(conn).await {
                 Ok(e) => e,
                 Err(e) => {
                     // Without an epoch there is no term: give the lease back.
-                    let _ = self.release(conn, prefix).await;
+                    let _ = self.release(conn, keys).await;
                     return Err(format!("taking an epoch: {e}"));
                 }
             };
@@ -264,7 +258,7 @@ impl Lease {
     pub async fn release(
         &self,
         conn: &mut MultiplexedConnection,
-        prefix: &str,
+        keys: &MetadataKeys,
     ) -> Result<(), String> {
         {
             let mut t = self.state.lock();
@@ -272,7 +266,7 @@ impl Lease {
             t.until = None;
         }
         redis::Script::new(RELEASE)
-            .key(format!("{prefix}:leader"))
+            .key(keys.leader())
             .arg(&self.id)
             .invoke_async::<i64>(conn)
             .await

@@ -18,6 +18,8 @@
 //! message always sees that version or a newer one.
 
 use redis::aio::MultiplexedConnection;
+use shardmap::contract::manager::OperatorView;
+use shardmap::contract::MetadataKeys;
 use shardmap::{AssignmentVersion, TableUpdate};
 
 pub struct ShardRecord {
@@ -52,10 +54,11 @@ pub async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
 /// The table the store holds, if any.
 pub async fn read_table(
     conn: &mut MultiplexedConnection,
-    prefix: &str,
+    keys: &MetadataKeys,
 ) -> Result<Option<TableUpdate>, String> {
+    let key = keys.table();
     let raw: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(format!("{prefix}:table"))
+        .arg(&key)
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -63,19 +66,27 @@ pub async fn read_table(
         None => Ok(None),
         Some(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| format!("{prefix}:table is not a table update: {e}")),
+            .map_err(|e| format!("{key} is not a table update: {e}")),
     }
 }
 
+/// The operator settings the store holds, if any.
 pub async fn read_operator(
     conn: &mut MultiplexedConnection,
-    prefix: &str,
-) -> Result<Option<Vec<u8>>, String> {
-    redis::cmd("GET")
-        .arg(format!("{prefix}:operator"))
+    keys: &MetadataKeys,
+) -> Result<Option<OperatorView>, String> {
+    let key = keys.operator();
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(&key)
         .query_async(conn)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    match raw {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{key} is not operator settings: {e}")),
+    }
 }
 
 /// Write `<prefix>:table` and `<prefix>:version` and announce the version,
@@ -113,16 +124,16 @@ pub enum Published {
 /// Write a new table and announce it, fenced by the update's epoch.
 pub async fn publish_table(
     conn: &mut MultiplexedConnection,
-    prefix: &str,
+    keys: &MetadataKeys,
     update: &TableUpdate,
 ) -> Result<Published, String> {
     let json = serde_json::to_vec(update).map_err(|e| e.to_string())?;
     let version = serde_json::to_string(&update.version).map_err(|e| e.to_string())?;
     let (written, why): (i64, String) = redis::Script::new(PUBLISH)
-        .key(format!("{prefix}:table"))
-        .key(format!("{prefix}:version"))
-        .key(format!("{prefix}:table:changed"))
-        .key(format!("{prefix}:epoch"))
+        .key(keys.table())
+        .key(keys.version())
+        .key(keys.table_changed())
+        .key(keys.epoch())
         .arg(json)
         .arg(&version)
         .arg(update.version.epoch)
@@ -139,7 +150,7 @@ pub async fn publish_table(
 /// Refresh the per-shard and per-node records and the operator settings.
 pub async fn write_state(
     conn: &mut MultiplexedConnection,
-    prefix: &str,
+    keys: &MetadataKeys,
     version: AssignmentVersion,
     shards: &[ShardRecord],
     nodes: &[NodeRecord],
@@ -149,7 +160,7 @@ pub async fn write_state(
     let mut p = redis::pipe();
     for s in shards {
         p.cmd("HSET")
-            .arg(format!("{prefix}:shard:{}", s.id))
+            .arg(keys.shard(&s.id))
             .arg("content")
             .arg(&s.content)
             .arg("replicas")
@@ -168,7 +179,7 @@ pub async fn write_state(
     }
     for n in nodes {
         p.cmd("HSET")
-            .arg(format!("{prefix}:node:{}", n.name))
+            .arg(keys.node(&n.name))
             .arg("address")
             .arg(&n.address)
             .arg("capacity")
@@ -183,9 +194,6 @@ pub async fn write_state(
             .arg(n.load_rps)
             .ignore();
     }
-    p.cmd("SET")
-        .arg(format!("{prefix}:operator"))
-        .arg(operator)
-        .ignore();
+    p.cmd("SET").arg(keys.operator()).arg(operator).ignore();
     p.query_async::<()>(conn).await.map_err(|e| e.to_string())
 }

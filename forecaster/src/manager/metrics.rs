@@ -182,7 +182,7 @@ pub fn render(o: &mut String, m: &Manager) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::state::{Effect, Event, OrderReport};
+    use crate::manager::state::{Effect, Event};
     use crate::planner::{Action, Plan, Reason};
 
     /// The value of the sample `series` (name and labels as rendered).
@@ -239,12 +239,11 @@ mod tests {
         }
         m.apply(Event::OrderReported {
             id: 9,
-            report: OrderReport::Done {
-                rows: 1,
-                bytes: 1,
-                finished_unix_ms: None,
-                deadline_met: None,
-            },
+            report: crate::manager::state::tests::at_sync(
+                shardmap::contract::OrderState::Done,
+                1,
+                1,
+            ),
             now: 3,
         });
         // A round that could not reach its proxy.

@@ -12,8 +12,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use http::Method;
+use http::{Method, StatusCode};
 use redis::aio::MultiplexedConnection;
+use shardmap::contract::MetadataKeys;
 use shardmap::{TableUpdate, UpdateAnswer};
 use tracing::warn;
 
@@ -35,7 +36,7 @@ pub struct Pass<'a> {
     /// nothing changed).
     pub behind: Vec<String>,
     pub changed: bool,
-    pub prefix: &'a str,
+    pub keys: &'a MetadataKeys,
     pub metadata_url: Option<String>,
     /// The last metadata store error (a repeated one is not logged again).
     pub metadata_error: Option<String>,
@@ -79,7 +80,7 @@ impl Publisher {
             update,
             behind,
             changed,
-            prefix,
+            keys,
             metadata_url,
             metadata_error,
         } = pass;
@@ -93,7 +94,7 @@ impl Publisher {
             if let Some(c) = conn.as_mut() {
                 // Also re-written when the store lost it (restart, flush) or
                 // holds an older one.
-                let stored = metadata::read_table(c, prefix).await;
+                let stored = metadata::read_table(c, keys).await;
                 let mut write = changed;
                 let mut fenced = None;
                 match &stored {
@@ -148,7 +149,7 @@ impl Publisher {
                 } else {
                     let mut res = Ok(());
                     if write {
-                        res = match metadata::publish_table(c, prefix, &update).await {
+                        res = match metadata::publish_table(c, keys, &update).await {
                             Ok(metadata::Published::Written) => Ok(()),
                             Ok(metadata::Published::Fenced(why)) => {
                                 refusals.metadata.fetch_add(1, Relaxed);
@@ -162,9 +163,8 @@ impl Publisher {
                     }
                     if res.is_ok() {
                         let (shards, nodes, op) = records();
-                        res =
-                            metadata::write_state(c, prefix, update.version, &shards, &nodes, &op)
-                                .await;
+                        res = metadata::write_state(c, keys, update.version, &shards, &nodes, &op)
+                            .await;
                     }
                     if let Err(e) = &res {
                         warn!(error = %e, "metadata store write failed; retrying next round");
@@ -188,7 +188,7 @@ impl Publisher {
                 let url = format!("{p}/admin/table");
                 let r = self
                     .http
-                    .call(
+                    .send(
                         Method::PUT,
                         &url,
                         Some(body.clone()),
@@ -197,10 +197,10 @@ impl Publisher {
                     )
                     .await;
                 let delivered = match &r {
-                    Ok((s, _)) if (200..300).contains(s) => true,
+                    Ok((s, _)) if s.is_success() => true,
                     // Not newer than what the proxy holds: delivered only if
                     // it holds this very version.
-                    Ok((409, answer)) => {
+                    Ok((StatusCode::CONFLICT, answer)) => {
                         refusals.proxy.fetch_add(1, Relaxed);
                         match serde_json::from_slice::<UpdateAnswer>(answer) {
                             Ok(a) => match on_refusal(update.version, a.assignment_version) {

@@ -15,20 +15,24 @@
 //! When `admin_token` is set every route needs `Authorization: Bearer <token>`
 //! (the scheme in any case, the token compared in constant time); a refusal
 //! is 401 with `WWW-Authenticate: Bearer realm="shardcast"`. Request bodies
-//! must be JSON objects.
+//! must be JSON objects. A refused operator command ([`CommandError`]) is
+//! 404 when it names a shard or node that does not exist, 400 for a bad
+//! value; every error body is `{"error": "…"}`. `GET /manager` answers the
+//! shared [`shardmap::contract::manager::ManagerView`].
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use shardcast_edge::url::{decode_segment, query_param};
+use shardmap::contract::ErrorBody;
 
-use super::Manager;
+use super::{CommandError, Manager};
 
 type Resp = Response<Full<Bytes>>;
 
-fn reply(status: StatusCode, v: &serde_json::Value) -> Resp {
+fn reply<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(
         serde_json::to_vec_pretty(v).unwrap_or_default(),
     )));
@@ -41,7 +45,35 @@ fn reply(status: StatusCode, v: &serde_json::Value) -> Resp {
 }
 
 fn error(status: StatusCode, msg: &str) -> Resp {
-    reply(status, &json!({ "error": msg }))
+    reply(status, &ErrorBody::new(msg))
+}
+
+/// The answer of an operator command that was taken: `{"ok": true}`.
+#[derive(Serialize)]
+struct Taken {
+    ok: bool,
+}
+
+/// `PUT /manager/dry-run`'s answer.
+#[derive(Serialize)]
+struct DryRunSet {
+    dry_run: bool,
+}
+
+/// `POST /manager/round`'s answer: `{"round": "requested"}`.
+#[derive(Serialize)]
+struct RoundRequested {
+    round: &'static str,
+}
+
+/// A refused command: 404 when it names what does not exist, else 400.
+fn refused(e: &CommandError) -> Resp {
+    let status = if e.is_unknown() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    error(status, &e.to_string())
 }
 
 async fn body_json<T, B>(req: Request<B>) -> Result<T, Resp>
@@ -82,7 +114,7 @@ struct Threshold {
 // The error is the finished response; it is built once per bad request.
 #[allow(clippy::result_large_err)]
 fn decoded(seg: &str) -> Result<String, Resp> {
-    crate::api::percent_decode(seg)
+    decode_segment(seg)
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad percent-encoding in path"))
 }
 
@@ -109,7 +141,7 @@ where
         }
     }
     let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
+    let limit = query_param(req.uri().query(), "limit");
     let rest = path.trim_start_matches("/manager").trim_start_matches('/');
     let parts: Vec<&str> = if rest.is_empty() {
         vec![]
@@ -117,26 +149,24 @@ where
         rest.split('/').collect()
     };
     let method = req.method().clone();
-    let ok = |r: Result<(), String>| match r {
-        Ok(()) => reply(StatusCode::OK, &json!({"ok": true})),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    let ok = |r: Result<(), CommandError>| match r {
+        Ok(()) => reply(StatusCode::OK, &Taken { ok: true }),
+        Err(e) => refused(&e),
     };
     match (&method, parts.as_slice()) {
         (&Method::GET, []) => reply(StatusCode::OK, &m.view()),
         (&Method::GET, ["plan"]) => reply(StatusCode::OK, &m.plan_view()),
         (&Method::GET, ["decisions"]) => {
-            let limit = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("limit="))
+            let limit = limit
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(100)
                 .min(10_000);
-            reply(StatusCode::OK, &json!(m.decisions(limit)))
+            reply(StatusCode::OK, &m.decisions(limit))
         }
         (&Method::PUT, ["dry-run"]) => match body_json::<DryRun, _>(req).await {
             Ok(d) => {
                 m.set_dry_run(d.enabled);
-                reply(StatusCode::OK, &json!({"dry_run": d.enabled}))
+                reply(StatusCode::OK, &DryRunSet { dry_run: d.enabled })
             }
             Err(r) => r,
         },
@@ -175,7 +205,7 @@ where
         },
         (&Method::POST, ["round"]) => {
             m.wake();
-            reply(StatusCode::ACCEPTED, &json!({"round": "requested"}))
+            reply(StatusCode::ACCEPTED, &RoundRequested { round: "requested" })
         }
         _ => error(
             StatusCode::NOT_FOUND,

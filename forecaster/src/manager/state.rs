@@ -19,12 +19,13 @@ mod plan;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use shardmap::contract::manager::{HostedView, OperatorView, OrderView, TrackedState};
 use shardmap::control::ReplicaAssignment;
 use shardmap::table::ReplicaState;
 use shardmap::{AssignmentVersion, TableUpdate};
@@ -33,13 +34,14 @@ use tracing::{info, warn};
 use crate::planner::{Demand, Plan, Reason};
 use crate::time::Clock;
 
+pub use operator::CommandError;
 pub use orders::{OrderReport, OrderRequest};
 
 /// Orders remembered (open ones are never forgotten).
 pub const ORDERS_KEPT: usize = 200;
 
 /// One logged decision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub at_unix_ms: i64,
     /// A fixed set (`add`, `drain`, `serve`, `node_down`, `pin`, …): it is
@@ -52,53 +54,19 @@ pub struct Decision {
     pub dry_run: bool,
 }
 
-/// Where a pre-fetch order is, as the manager tracks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderState {
-    Queued,
-    Running,
-    Done,
-    Cancelled,
-    Failed,
-}
-
-impl OrderState {
-    /// Queued or running: sync still holds it.
-    pub fn is_open(self) -> bool {
-        matches!(self, OrderState::Queued | OrderState::Running)
+impl Decision {
+    /// As `/manager` shows it.
+    pub fn view(&self) -> shardmap::contract::manager::Decision {
+        shardmap::contract::manager::Decision {
+            at_unix_ms: self.at_unix_ms,
+            action: self.action.to_string(),
+            shard: self.shard.clone(),
+            node: self.node.clone(),
+            reason: self.reason,
+            detail: self.detail.clone(),
+            dry_run: self.dry_run,
+        }
     }
-}
-
-/// A pre-fetch order the manager submitted, as it tracks it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OrderView {
-    pub id: u64,
-    pub shard: String,
-    pub node: String,
-    pub state: OrderState,
-    pub priority: f64,
-    pub deadline_unix_ms: Option<i64>,
-    pub submitted_unix_ms: i64,
-    pub finished_unix_ms: Option<i64>,
-    pub rows: u64,
-    pub bytes: u64,
-    pub reason: Reason,
-    /// The order's replica replaces this node's (a move).
-    pub replaces: Option<String>,
-    /// An add (new replica) or a refresh of one already in the table.
-    pub adds_replica: bool,
-    pub deadline_met: Option<bool>,
-}
-
-/// Operator settings; persisted in the metadata store.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Operator {
-    pub dry_run: bool,
-    pub pins: BTreeMap<String, Vec<String>>,
-    pub drained: BTreeSet<String>,
-    pub thresholds: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -106,13 +74,6 @@ pub struct NodeState {
     pub healthy: bool,
     pub fails: u32,
     pub last_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct HostedView {
-    pub cursor: u64,
-    pub rows: u64,
-    pub warm: bool,
 }
 
 /// What sync holds, by node then shard.
@@ -171,7 +132,7 @@ pub enum Event {
     /// The metadata store's table and operator settings (a start, a term).
     Restored {
         table: Option<TableUpdate>,
-        operator: Option<Operator>,
+        operator: Option<OperatorView>,
     },
     /// A new term: versions number from 1 in `epoch`, every proxy behind.
     TermBegan {
@@ -294,7 +255,7 @@ pub enum Effect {
     /// The operator settings changed: write them to the metadata store.
     PersistOperator,
     /// An operator command was refused, and why.
-    Refused(String),
+    Refused(CommandError),
 }
 
 /// Orders by how they ended (`/metrics`).
@@ -320,7 +281,8 @@ pub struct State {
     pub draining_since: BTreeMap<(String, String), (i64, Reason)>,
     /// Replicas being moved away (their replacement serves).
     pub leaving: BTreeMap<String, BTreeSet<String>>,
-    pub operator: Operator,
+    /// Operator settings; persisted in the metadata store.
+    pub operator: OperatorView,
     pub last_plan: Option<Plan>,
     /// The last dry-run plan's actions, so an unchanged plan is not logged
     /// again every round.
@@ -494,7 +456,7 @@ impl State {
         self.replicas.retain(|id, _| ids.contains(id.as_str()));
     }
 
-    fn restored(&mut self, table: Option<TableUpdate>, operator: Option<Operator>) {
+    fn restored(&mut self, table: Option<TableUpdate>, operator: Option<OperatorView>) {
         if let Some(op) = operator {
             let dry = self.operator.dry_run || op.dry_run;
             self.operator = op;

@@ -1,55 +1,21 @@
 //! The sync adapter: the manager's calls to the sync scheduler's control
 //! API — what each node holds, pre-fetch orders (submit, follow, cancel),
-//! cache evictions and the epoch announcement — translated to and from the
-//! state machine's types. The structs mirroring sync's JSON live here and
-//! nowhere else.
+//! cache evictions and the epoch announcement — through the typed calls of
+//! [`super::client`], in the shared contract types of `shardmap::contract`,
+//! translated to and from the state machine's events.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use http::Method;
-use serde::Deserialize;
+use shardmap::contract::{HostedState, OrderRequest};
 use tracing::warn;
 
-use super::client::Client;
+use super::client::{Client, SyncError};
 use super::lease::Lease;
-use super::state::{Hosted, HostedView, OrderReport};
+use shardmap::contract::manager::HostedView;
+
+use super::state::{self, Hosted, OrderReport};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Sync's view of an order (the fields the manager reads).
-#[derive(Debug, Deserialize)]
-struct SyncOrder {
-    id: u64,
-    state: String,
-    #[serde(default)]
-    rows: u64,
-    #[serde(default)]
-    bytes: u64,
-    #[serde(default)]
-    finished_unix_ms: Option<i64>,
-    #[serde(default)]
-    report: Option<SyncReport>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncReport {
-    #[serde(default)]
-    deadline_met: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncHosted {
-    shard: String,
-    state: String,
-    cursor: u64,
-    rows: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncNode {
-    hosted: Vec<SyncHosted>,
-}
 
 /// What announcing an epoch to sync came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +24,7 @@ pub enum Announced {
     Yes,
     /// Sync has seen a higher epoch: another manager leads.
     Fenced,
-    Failed(String),
+    Failed(SyncError),
 }
 
 /// The sync scheduler's control API, at `base`.
@@ -78,12 +44,8 @@ impl SyncClient {
     }
 
     /// What every node holds (`GET /nodes`).
-    pub async fn hosted(&self) -> Result<Hosted, String> {
-        let url = format!("{}/nodes", self.base);
-        let nodes = self
-            .http
-            .get_json::<BTreeMap<String, SyncNode>>(&url, CALL_TIMEOUT)
-            .await?;
+    pub async fn hosted(&self) -> Result<Hosted, SyncError> {
+        let nodes = self.http.sync_nodes(&self.base, CALL_TIMEOUT).await?;
         Ok(nodes
             .into_iter()
             .map(|(n, v)| {
@@ -91,14 +53,12 @@ impl SyncClient {
                     .hosted
                     .into_iter()
                     .map(|h| {
-                        (
-                            h.shard,
-                            HostedView {
-                                cursor: h.cursor,
-                                rows: h.rows,
-                                warm: h.state == "warm",
-                            },
-                        )
+                        let view = HostedView {
+                            cursor: h.cursor,
+                            rows: h.rows,
+                            warm: h.state == HostedState::Warm,
+                        };
+                        (h.shard, view)
                     })
                     .collect();
                 (n, m)
@@ -106,107 +66,82 @@ impl SyncClient {
             .collect())
     }
 
-    /// Where order `id` is (`GET /orders/{id}`).
+    /// Where order `id` is (`GET /orders/{id}`). An answer that is not an
+    /// order (an unknown state: sync and the manager at versions that do
+    /// not agree) is no answer, never a finished order.
     pub async fn order(&self, id: u64) -> OrderReport {
-        let url = format!("{}/orders/{id}", self.base);
-        match self.http.get_json::<SyncOrder>(&url, CALL_TIMEOUT).await {
-            Ok(so) => {
-                debug_assert_eq!(so.id, id);
-                match so.state.as_str() {
-                    "done" => OrderReport::Done {
-                        rows: so.rows,
-                        bytes: so.bytes,
-                        finished_unix_ms: so.finished_unix_ms,
-                        deadline_met: so.report.and_then(|r| r.deadline_met),
-                    },
-                    "cancelled" => OrderReport::Cancelled,
-                    s => OrderReport::Progress {
-                        running: s == "running",
-                        rows: so.rows,
-                        bytes: so.bytes,
-                    },
-                }
-            }
-            Err(e) if e.contains(": 404 ") => OrderReport::Missing(e),
-            Err(e) => OrderReport::Unreachable(e),
+        match self.http.sync_order(&self.base, id, CALL_TIMEOUT).await {
+            Ok(o) if o.id == id => OrderReport::Found(Box::new(o)),
+            Ok(o) => OrderReport::Unreachable(format!("asked for order {id}, got {}", o.id)),
+            Err(e @ SyncError::NoOrder(_)) => OrderReport::Missing(e.to_string()),
+            Err(e) => OrderReport::Unreachable(e.to_string()),
         }
     }
 
     /// Cancel order `id` (`DELETE /orders/{id}`); a failure is left to the
     /// order's own timeout at sync.
     pub async fn cancel(&self, id: u64) {
-        let url = format!("{}/orders/{id}", self.base);
-        let _ = self
-            .http
-            .call(Method::DELETE, &url, None, None, CALL_TIMEOUT)
-            .await;
+        match self.http.sync_cancel(&self.base, id, CALL_TIMEOUT).await {
+            Ok(_) | Err(SyncError::NoOrder(_)) => {}
+            Err(e) => {
+                warn!(order = id, error = %e, "cancelling at sync failed; the order times out there")
+            }
+        }
     }
 
-    /// Drop `shard` from `node`'s cache: the status, or why there is none.
-    pub async fn evict(&self, node: &str, shard: &str) -> Result<u16, String> {
-        let url = format!("{}/nodes/{}/shards/{}", self.base, pct(node), pct(shard));
+    /// Drop `shard` from `node`'s cache (202 once scheduled).
+    pub async fn evict(&self, node: &str, shard: &str) -> Result<(), SyncError> {
         self.http
-            .call(Method::DELETE, &url, None, None, CALL_TIMEOUT)
+            .sync_evict(&self.base, node, shard, CALL_TIMEOUT)
             .await
-            .map(|(s, _)| s)
     }
 
     /// Tell sync `epoch` leads (`POST /epoch`).
     pub async fn announce(&self, epoch: u64) -> Announced {
-        let url = format!("{}/epoch", self.base);
-        let body = serde_json::json!({ "epoch": epoch })
-            .to_string()
-            .into_bytes();
-        match self
-            .http
-            .call(Method::POST, &url, Some(body), None, CALL_TIMEOUT)
-            .await
-        {
-            Ok((s, _)) if (200..300).contains(&s) => Announced::Yes,
-            Ok((409, _)) => Announced::Fenced,
-            other => Announced::Failed(format!("{:?}", other.map(|(s, _)| s))),
+        match self.http.sync_fence(&self.base, epoch, CALL_TIMEOUT).await {
+            // Sync answers the highest epoch it has seen; above ours, it
+            // kept the other's fence.
+            Ok(seen) if seen > epoch => Announced::Fenced,
+            Ok(_) => Announced::Yes,
+            Err(SyncError::Fenced { .. }) => Announced::Fenced,
+            Err(e) => Announced::Failed(e),
         }
     }
 
-    /// Submit a pre-fetch order in `epoch`: sync's id for it. A 409 means
-    /// sync has seen a higher epoch: the lease is told (another manager
-    /// leads).
+    /// Submit a pre-fetch order in `epoch`: sync's id for it. A refusal of
+    /// the epoch means sync has seen a higher one: the lease is told
+    /// (another manager leads).
     pub async fn submit(
         &self,
-        shard: &str,
-        node: &str,
-        priority: f64,
-        deadline: i64,
+        o: &state::OrderRequest,
         epoch: u64,
         lease: &Lease,
-    ) -> Result<u64, String> {
-        let body = serde_json::json!({
-            "shard": shard,
-            "node": node,
-            "priority": if priority.is_finite() && priority > 0.0 { priority } else { 1.0 },
-            "deadline_unix_ms": deadline.max(0),
-            "epoch": epoch,
-        });
-        let url = format!("{}/orders", self.base);
-        let (status, body) = self
+    ) -> Result<u64, SyncError> {
+        let priority = if o.priority.is_finite() && o.priority > 0.0 {
+            o.priority
+        } else {
+            1.0
+        };
+        let request = OrderRequest {
+            shard: o.shard.clone(),
+            node: o.node.clone(),
+            priority,
+            deadline_unix_ms: Some(o.deadline_unix_ms.max(0) as u64),
+            deadline_in_ms: None,
+            epoch,
+        };
+        match self
             .http
-            .call(
-                Method::POST,
-                &url,
-                Some(body.to_string().into_bytes()),
-                None,
-                CALL_TIMEOUT,
-            )
-            .await?;
-        if status == 409 {
-            lease.fenced("sync refused a pre-fetch order of this epoch");
+            .sync_submit(&self.base, &request, CALL_TIMEOUT)
+            .await
+        {
+            Ok(order) => Ok(order.id),
+            Err(e @ SyncError::Fenced { .. }) => {
+                lease.fenced("sync refused a pre-fetch order of this epoch");
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
-        if !(200..300).contains(&status) {
-            return Err(format!("{status} {}", String::from_utf8_lossy(&body)));
-        }
-        let o: SyncOrder =
-            serde_json::from_slice(&body).map_err(|e| format!("order answer: {e}"))?;
-        Ok(o.id)
     }
 
     /// Evict after a drain: a failure is logged, the copy stays until the
@@ -218,26 +153,99 @@ impl SyncClient {
     }
 }
 
-/// Percent-encode a path segment (shard ids hold `/`).
-fn pct(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn shard_ids_are_percent_encoded_for_paths() {
-        assert_eq!(pct("UK/SEASONAL"), "UK%2FSEASONAL");
-        assert_eq!(pct("node-a"), "node-a");
+    /// A sync that answers every request with `status` and `body`.
+    async fn sync_answering(status: u16, body: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        base
+    }
+
+    const RUNNING: &str = r#"{"id":7,"shard":"UK/LIGHTING","node":"node-c","priority":2.5,
+        "deadline_unix_ms":null,"state":"running","submitted_unix_ms":1,"started_unix_ms":2,
+        "finished_unix_ms":null,"cursor":9,"rows":4,"bytes":40,"last_error":null,"report":null,"epoch":1}"#;
+
+    #[tokio::test]
+    async fn sync_answers_become_reports() {
+        let c = SyncClient::new(&sync_answering(200, RUNNING.into()).await, None);
+        match c.order(7).await {
+            OrderReport::Found(o) => {
+                assert_eq!(o.state, shardmap::contract::OrderState::Running);
+                assert_eq!((o.rows, o.bytes), (4, 40));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another order's answer is not this one's.
+        assert!(matches!(c.order(8).await, OrderReport::Unreachable(_)));
+        let c = SyncClient::new(
+            &sync_answering(404, r#"{"error":"no order 7"}"#.into()).await,
+            None,
+        );
+        assert!(matches!(c.order(7).await, OrderReport::Missing(_)));
+    }
+
+    /// A state this manager does not know (a newer sync) is an error the
+    /// order's timeout settles, never a finished order.
+    #[tokio::test]
+    async fn an_unknown_order_state_is_an_error_not_a_finish() {
+        let odd = RUNNING.replace(r#""state":"running""#, r#""state":"paused""#);
+        let c = SyncClient::new(&sync_answering(200, odd).await, None);
+        let report = c.order(7).await;
+        let OrderReport::Unreachable(e) = &report else {
+            panic!("{report:?}")
+        };
+        assert!(e.contains("unknown variant `paused`"), "{e}");
+
+        let mut st = super::super::state::tests::state(1, 4);
+        super::super::state::tests::ordered(&mut st, "s0", "c", None, 7, 100);
+        let fx = st.apply(state::Event::OrderReported {
+            id: 7,
+            report: report.clone(),
+            now: 200,
+        });
+        assert!(fx.is_empty(), "{fx:?}");
+        assert!(st.orders[0].state.is_open());
+        assert_eq!(st.outcomes.done, 0);
+        // Past the order's timeout it fails, and is cancelled at sync.
+        let fx = st.apply(state::Event::OrderReported {
+            id: 7,
+            report,
+            now: 100 + super::super::state::tests::TIMEOUT_MS + 1,
+        });
+        assert!(fx.contains(&state::Effect::Cancel { id: 7 }));
+        assert_eq!(
+            st.orders[0].state,
+            shardmap::contract::manager::TrackedState::Failed
+        );
+    }
+
+    #[tokio::test]
+    async fn hosted_shards_are_warm_only_when_sync_says_warm() {
+        let nodes = r#"{"node-a":{"hosted":[{"shard":"UK/SEASONAL","state":"warm","cursor":12,"rows":3,"last_sync_unix_ms":9},
+            {"shard":"UK/LIGHTING","state":"warming","cursor":0,"rows":0,"last_sync_unix_ms":9}]},"node-b":{"hosted":[]}}"#;
+        let c = SyncClient::new(&sync_answering(200, nodes.into()).await, None);
+        let h = c.hosted().await.unwrap();
+        assert!(h["node-a"]["UK/SEASONAL"].warm);
+        assert_eq!(h["node-a"]["UK/SEASONAL"].cursor, 12);
+        assert!(!h["node-a"]["UK/LIGHTING"].warm);
+        assert!(h["node-b"].is_empty());
     }
 }

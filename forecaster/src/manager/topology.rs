@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
+use shardmap::contract::MetadataKeys;
 use tracing::{info, warn};
 
 use super::ManagerError;
@@ -20,7 +21,8 @@ pub struct Topology {
     pub nodes: Vec<shardmap::config::NodeSpec>,
     pub shards: Vec<shardmap::config::ShardSpec>,
     pub replication_factor: usize,
-    pub prefix: String,
+    /// The metadata store's key names, under `[manager] prefix`.
+    pub keys: MetadataKeys,
     pub metadata: Option<String>,
     /// How often proxies send telemetry: observed load needs at least one frame.
     pub telemetry_interval: Duration,
@@ -40,7 +42,7 @@ impl Topology {
             nodes: t.nodes,
             shards: t.shards,
             replication_factor: t.replication_factor,
-            prefix: cfg.prefix.clone(),
+            keys: MetadataKeys::new(cfg.prefix.clone()),
             metadata: cfg.metadata.clone(),
             telemetry_interval: cfg.telemetry_interval,
             modified,

@@ -5,6 +5,10 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use parking_lot::Mutex;
+use serde::Serialize;
+use shardmap::contract::manager::{
+    Decision as DecisionView, ManagerView, NodeView, ProbeHealth, Refusals, ShardView,
+};
 use tracing::info;
 
 use super::metadata::{NodeRecord, ShardRecord};
@@ -48,77 +52,97 @@ impl DecisionLog {
 
 impl Manager {
     /// The manager's state for `GET /manager`.
-    pub fn view(&self) -> serde_json::Value {
+    pub fn view(&self) -> ManagerView {
         let topo = self.topology();
         let st = self.snapshot();
-        let (refused_proxy, refused_metadata) = self.refusals.snapshot();
+        let (proxy, metadata) = self.refusals.snapshot();
         let plan = st.last_plan.as_ref();
-        let mut shards = serde_json::Map::new();
-        for s in &topo.shards {
-            let p = plan.and_then(|p| p.shards.iter().find(|x| x.id == s.id));
-            let d = st.demand.get(&s.id).cloned().unwrap_or_default();
-            shards.insert(
-                s.id.clone(),
-                serde_json::json!({
-                    "replicas": st.replicas.get(&s.id).cloned().unwrap_or_default(),
-                    "target": p.map(|p| p.target),
-                    "predicted_rps": d.predicted_rps,
-                    "observed_rps": d.observed_rps,
-                    "threshold": p.map(|p| p.threshold),
-                    "skill": d.skill,
-                    "pinned": st.operator.pins.get(&s.id),
-                    "hosted": st.hosted.iter().filter_map(|(n, m)| m.get(&s.id).map(|h| (n.clone(), h.clone()))).collect::<BTreeMap<_, _>>(),
-                }),
-            );
-        }
-        let mut nodes = serde_json::Map::new();
-        for n in &topo.nodes {
-            let ns = st.nodes.get(&n.name).cloned().unwrap_or_default();
-            nodes.insert(
-                n.name.clone(),
-                serde_json::json!({
-                    "health": if ns.healthy { "up" } else { "down" },
-                    "last_error": ns.last_error,
-                    "drained": st.operator.drained.contains(&n.name),
-                    "load_rps": plan.and_then(|p| p.node_load.get(&n.name).copied()).unwrap_or(0.0),
-                    "capacity": n.capacity,
-                    "zone": n.zone,
-                }),
-            );
-        }
+        let shards = topo
+            .shards
+            .iter()
+            .map(|s| {
+                let p = plan.and_then(|p| p.shards.iter().find(|x| x.id == s.id));
+                let d = st.demand.get(&s.id).cloned().unwrap_or_default();
+                let hosted = st
+                    .hosted
+                    .iter()
+                    .filter_map(|(n, m)| m.get(&s.id).map(|h| (n.clone(), h.clone())))
+                    .collect();
+                let view = ShardView {
+                    replicas: st.replicas.get(&s.id).cloned().unwrap_or_default(),
+                    target: p.map(|p| p.target),
+                    predicted_rps: d.predicted_rps,
+                    observed_rps: d.observed_rps,
+                    threshold: p.map(|p| p.threshold),
+                    skill: d.skill,
+                    pinned: st.operator.pins.get(&s.id).cloned(),
+                    hosted,
+                };
+                (s.id.clone(), view)
+            })
+            .collect();
+        let nodes = topo
+            .nodes
+            .iter()
+            .map(|n| {
+                let ns = st.nodes.get(&n.name).cloned().unwrap_or_default();
+                let view = NodeView {
+                    health: if ns.healthy {
+                        ProbeHealth::Up
+                    } else {
+                        ProbeHealth::Down
+                    },
+                    last_error: ns.last_error,
+                    drained: st.operator.drained.contains(&n.name),
+                    load_rps: plan
+                        .and_then(|p| p.node_load.get(&n.name).copied())
+                        .unwrap_or(0.0),
+                    capacity: n.capacity,
+                    zone: n.zone.clone(),
+                };
+                (n.name.clone(), view)
+            })
+            .collect();
         let lease = self.lease.view();
-        serde_json::json!({
-            "leader": lease.leader,
-            "epoch": lease.epoch,
-            "holder": lease.holder,
-            "lease": lease,
-            "assignment_version": st.version,
-            "table_refusals": {"proxy": refused_proxy, "metadata": refused_metadata},
-            "dry_run": st.operator.dry_run,
-            "rounds": st.rounds,
-            "last_round_unix_ms": st.last_round_unix_ms,
-            "replication_factor": topo.replication_factor,
-            "sync_error": st.sync_error,
-            "metadata_error": st.metadata_error,
-            "proxies_behind": st.proxies_behind,
-            "shards": shards,
-            "nodes": nodes,
-            "orders": st.orders,
-            "decisions": self.log.newest(100),
-            "deferred": plan.map_or(0, |p| p.deferred),
-            "operator": st.operator,
-        })
+        ManagerView {
+            leader: lease.leader,
+            epoch: lease.epoch,
+            holder: lease.holder.clone(),
+            lease,
+            assignment_version: st.version,
+            table_refusals: Refusals { proxy, metadata },
+            dry_run: st.operator.dry_run,
+            rounds: st.rounds,
+            last_round_unix_ms: st.last_round_unix_ms,
+            replication_factor: topo.replication_factor,
+            sync_error: st.sync_error.clone(),
+            metadata_error: st.metadata_error.clone(),
+            proxies_behind: st.proxies_behind.clone(),
+            shards,
+            nodes,
+            orders: st.orders.iter().cloned().collect(),
+            decisions: self.decisions(100),
+            deferred: plan.map_or(0, |p| p.deferred),
+            operator: st.operator.clone(),
+        }
     }
 
     /// The last plan (`GET /manager/plan`).
-    pub fn plan_view(&self) -> serde_json::Value {
-        serde_json::to_value(&self.snapshot().last_plan).unwrap_or_default()
+    pub fn plan_view(&self) -> Option<crate::planner::Plan> {
+        self.snapshot().last_plan.clone()
     }
 
-    /// Decisions, newest first.
-    pub fn decisions(&self, limit: usize) -> Vec<Decision> {
-        self.log.newest(limit)
+    /// Decisions, newest first, as `/manager` shows them.
+    pub fn decisions(&self, limit: usize) -> Vec<DecisionView> {
+        self.log.newest(limit).iter().map(Decision::view).collect()
     }
+}
+
+/// A shard's `content` field in the metadata store.
+#[derive(Serialize)]
+struct ShardContent<'a> {
+    categories: &'a [String],
+    regions: &'a [String],
 }
 
 /// The shard and node records and the operator settings, as written to
@@ -142,8 +166,11 @@ pub fn records(st: &State, topo: &Topology) -> Records {
             let d = st.demand.get(&s.id).cloned().unwrap_or_default();
             ShardRecord {
                 id: s.id.clone(),
-                content: serde_json::json!({"categories": s.categories, "regions": s.regions})
-                    .to_string(),
+                content: serde_json::to_string(&ShardContent {
+                    categories: &s.categories,
+                    regions: &s.regions,
+                })
+                .unwrap_or_default(),
                 replicas: serde_json::to_string(&reps).unwrap_or_default(),
                 cursors: serde_json::to_string(&cursors).unwrap_or_default(),
                 observed_rps: d.observed_rps,

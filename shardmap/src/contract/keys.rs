@@ -11,6 +11,7 @@
 //! | `<prefix>:operator` | the manager's operator settings, JSON |
 //! | `<prefix>:shard:<id>` | a hash per shard: content, replicas, cursors, load |
 //! | `<prefix>:node:<name>` | a hash per node: address, capacity, zone, health, load |
+//! | `<prefix>:node-health` | a hash: each proxy's node-health report, JSON |
 
 /// The keys under one prefix (`[control] prefix` of the proxy config).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,6 +70,11 @@ impl MetadataKeys {
     pub fn node(&self, name: &str) -> String {
         self.key(&format!("node:{name}"))
     }
+
+    /// The proxies' node-health reports ([`crate::health::health_key`]).
+    pub fn node_health(&self) -> String {
+        crate::health::health_key(&self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -86,5 +92,6 @@ mod tests {
         assert_eq!(k.operator(), "shardcast:operator");
         assert_eq!(k.shard("UK/SEASONAL"), "shardcast:shard:UK/SEASONAL");
         assert_eq!(k.node("node-a"), "shardcast:node:node-a");
+        assert_eq!(k.node_health(), "shardcast:node-health");
     }
 }

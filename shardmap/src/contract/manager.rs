@@ -30,6 +30,20 @@ pub enum Reason {
     Initial,
 }
 
+impl Reason {
+    /// The snake_case name (also a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Failure => "failure",
+            Reason::Operator => "operator",
+            Reason::Forecast => "forecast",
+            Reason::Load => "load",
+            Reason::Balance => "balance",
+            Reason::Initial => "initial",
+        }
+    }
+}
+
 /// A pre-fetch order as the manager tracks it: sync's states, and
 /// `failed` for one the manager gave up on (timed out, refused, lost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

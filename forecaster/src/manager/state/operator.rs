@@ -6,6 +6,32 @@ use std::collections::BTreeSet;
 use super::{Command, Decision, Effect, State};
 use crate::planner::Reason;
 
+/// Why an operator command was refused (the routes answer 404 for what
+/// does not exist, 400 for the rest).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    #[error("unknown shard `{0}`")]
+    UnknownShard(String),
+    #[error("unknown node `{0}`")]
+    UnknownNode(String),
+    #[error("a pin names at least one node")]
+    EmptyPin,
+    #[error("node `{0}` named twice")]
+    NodeTwice(String),
+    #[error("threshold {0} must be a positive number of requests/s")]
+    BadThreshold(f64),
+}
+
+impl CommandError {
+    /// It names a shard or node that does not exist.
+    pub fn is_unknown(&self) -> bool {
+        matches!(
+            self,
+            CommandError::UnknownShard(_) | CommandError::UnknownNode(_)
+        )
+    }
+}
+
 impl State {
     pub(super) fn command(&mut self, command: Command, now: i64, fx: &mut Vec<Effect>) {
         let decided = match self.check(&command) {
@@ -29,12 +55,12 @@ impl State {
     }
 
     /// Whether a command names known shards and nodes and sane values.
-    fn check(&self, command: &Command) -> Result<(), String> {
+    fn check(&self, command: &Command) -> Result<(), CommandError> {
         let shard_known = |s: &str| {
             if self.replicas.contains_key(s) {
                 Ok(())
             } else {
-                Err(format!("unknown shard `{s}`"))
+                Err(CommandError::UnknownShard(s.to_string()))
             }
         };
         match command {
@@ -43,15 +69,15 @@ impl State {
                 shard_known(shard)?;
                 if let Some(ns) = nodes {
                     if ns.is_empty() {
-                        return Err("a pin names at least one node".into());
+                        return Err(CommandError::EmptyPin);
                     }
                     let mut seen = BTreeSet::new();
                     for n in ns {
                         if !self.nodes.contains_key(n) {
-                            return Err(format!("unknown node `{n}`"));
+                            return Err(CommandError::UnknownNode(n.clone()));
                         }
                         if !seen.insert(n) {
-                            return Err(format!("node `{n}` named twice"));
+                            return Err(CommandError::NodeTwice(n.clone()));
                         }
                     }
                 }
@@ -61,15 +87,13 @@ impl State {
                 if self.nodes.contains_key(node) {
                     Ok(())
                 } else {
-                    Err(format!("unknown node `{node}`"))
+                    Err(CommandError::UnknownNode(node.clone()))
                 }
             }
             Command::Threshold { shard, rps } => {
                 shard_known(shard)?;
                 match rps {
-                    Some(v) if !(v.is_finite() && *v > 0.0) => Err(format!(
-                        "threshold {v} must be a positive number of requests/s"
-                    )),
+                    Some(v) if !(v.is_finite() && *v > 0.0) => Err(CommandError::BadThreshold(*v)),
                     _ => Ok(()),
                 }
             }

@@ -3,10 +3,12 @@
 //! (timed out, cancelled by sync, lost: an add's warming replica is
 //! withdrawn), or cancelled (its replica's node went down).
 
+use shardmap::contract::manager::{OrderView, TrackedState};
+use shardmap::contract::{Order, OrderState};
 use shardmap::control::ReplicaAssignment;
 use shardmap::table::ReplicaState;
 
-use super::{Decision, Effect, OrderState, OrderView, State, ORDERS_KEPT};
+use super::{Decision, Effect, State, ORDERS_KEPT};
 use crate::planner::Reason;
 
 /// A pre-fetch order to send to sync.
@@ -30,22 +32,12 @@ pub struct OrderRequest {
 /// Sync's answer about one order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrderReport {
-    Done {
-        rows: u64,
-        bytes: u64,
-        finished_unix_ms: Option<i64>,
-        deadline_met: Option<bool>,
-    },
-    Cancelled,
-    /// Still queued or running.
-    Progress {
-        running: bool,
-        rows: u64,
-        bytes: u64,
-    },
+    /// The order as sync holds it (its state decides what happens).
+    Found(Box<Order>),
     /// Sync does not know the order (it lost it).
     Missing(String),
-    /// Sync did not answer; ask again next round.
+    /// No usable answer (none, or one that is not an order: a version
+    /// sync and the manager do not share); ask again next round.
     Unreachable(String),
 }
 
@@ -64,7 +56,7 @@ impl State {
             id,
             shard: o.shard.clone(),
             node: o.node.clone(),
-            state: OrderState::Queued,
+            state: TrackedState::Queued,
             priority: o.priority,
             deadline_unix_ms: Some(o.deadline_unix_ms),
             submitted_unix_ms: now,
@@ -128,31 +120,24 @@ impl State {
         let timeout = self.settings.order_timeout;
         let timed_out = now - self.orders[i].submitted_unix_ms > timeout.as_millis() as i64;
         match report {
-            OrderReport::Done {
-                rows,
-                bytes,
-                finished_unix_ms,
-                deadline_met,
-            } => self.done(i, rows, bytes, finished_unix_ms, deadline_met, now, fx),
-            OrderReport::Cancelled => self.fail(i, now, "cancelled by sync", fx),
-            OrderReport::Progress { .. } if timed_out => {
-                self.fail(i, now, &format!("not done within {timeout:?}"), fx);
-                fx.push(Effect::Cancel { id });
-            }
-            OrderReport::Progress {
-                running,
-                rows,
-                bytes,
-            } => {
-                let o = &mut self.orders[i];
-                o.state = if running {
-                    OrderState::Running
-                } else {
-                    OrderState::Queued
-                };
-                o.rows = rows;
-                o.bytes = bytes;
-            }
+            OrderReport::Found(o) => match o.state {
+                OrderState::Done => {
+                    let finished = o.finished_unix_ms.map(|t| t as i64);
+                    let deadline_met = o.report.and_then(|r| r.deadline_met);
+                    self.done(i, o.rows, o.bytes, finished, deadline_met, now, fx)
+                }
+                OrderState::Cancelled => self.fail(i, now, "cancelled by sync", fx),
+                OrderState::Queued | OrderState::Running if timed_out => {
+                    self.fail(i, now, &format!("not done within {timeout:?}"), fx);
+                    fx.push(Effect::Cancel { id });
+                }
+                state @ (OrderState::Queued | OrderState::Running) => {
+                    let tracked = &mut self.orders[i];
+                    tracked.state = state.into();
+                    tracked.rows = o.rows;
+                    tracked.bytes = o.bytes;
+                }
+            },
             OrderReport::Missing(e) => {
                 self.fail(i, now, &e, fx);
                 if timed_out {
@@ -180,7 +165,7 @@ impl State {
     ) {
         self.outcomes.done += 1;
         let o = &mut self.orders[i];
-        o.state = OrderState::Done;
+        o.state = TrackedState::Done;
         o.rows = rows;
         o.bytes = bytes;
         o.finished_unix_ms = finished.or(Some(now));
@@ -246,7 +231,7 @@ impl State {
     fn fail(&mut self, i: usize, now: i64, why: &str, fx: &mut Vec<Effect>) {
         self.outcomes.failed += 1;
         let o = &mut self.orders[i];
-        o.state = OrderState::Failed;
+        o.state = TrackedState::Failed;
         o.finished_unix_ms = Some(now);
         let o = o.clone();
         if o.adds_replica {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use shardmap::table::ReplicaState;
 
-use super::{Decision, Effect, OrderRequest, OrderState, State};
+use super::{Decision, Effect, OrderRequest, State, TrackedState};
 use crate::planner::{Action, Plan, Reason};
 
 impl State {
@@ -52,7 +52,7 @@ impl State {
                     let open = self.open_order(shard, node).map(|o| o.id);
                     if let Some(id) = open {
                         if let Some(o) = self.orders.iter_mut().find(|o| o.id == id) {
-                            o.state = OrderState::Cancelled;
+                            o.state = TrackedState::Cancelled;
                         }
                         self.outcomes.cancelled += 1;
                     }

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use shardmap::table::ReplicaState::Serving;
 
-use super::tests::{done, state, NODES};
+use shardmap::contract::OrderState;
+
+use super::tests::{at_sync, done, state, NODES};
 use super::*;
 use crate::planner::{self, Action, NodeInput, PlanInput, ReplicaInput, ShardInput};
 
@@ -188,13 +190,9 @@ impl Run {
                 };
                 let report = match how {
                     0 | 1 => done(),
-                    2 => OrderReport::Cancelled,
+                    2 => at_sync(OrderState::Cancelled, 0, 0),
                     3 => OrderReport::Missing("404".into()),
-                    _ => OrderReport::Progress {
-                        running: true,
-                        rows: 1,
-                        bytes: 1,
-                    },
+                    _ => at_sync(OrderState::Running, 1, 1),
                 };
                 self.feed(Event::OrderReported { id, report, now }, false)
             }

@@ -5,12 +5,14 @@ use std::time::Duration;
 use shardmap::table::ReplicaState::{self, Draining, Serving, Warming};
 use shardmap::AssignmentVersion;
 
+use shardmap::contract::{Order, OrderState, Report};
+
 use super::*;
 use crate::planner::Action;
 
 pub(super) const NODES: [&str; 4] = ["a", "b", "c", "d"];
 const DRAIN_MS: i64 = 1_000;
-const TIMEOUT_MS: i64 = 10_000;
+pub(crate) const TIMEOUT_MS: i64 = 10_000;
 
 fn settings(churn_budget: usize) -> Settings {
     Settings {
@@ -27,7 +29,7 @@ fn settings(churn_budget: usize) -> Settings {
 }
 
 /// Four nodes; shard `s<i>` on nodes a and b.
-pub(super) fn state(shards: usize, churn_budget: usize) -> State {
+pub(crate) fn state(shards: usize, churn_budget: usize) -> State {
     let mut st = State::new(settings(churn_budget), AssignmentVersion::new(1, 1), false);
     st.apply(Event::Topology {
         nodes: NODES.iter().map(|n| n.to_string()).collect(),
@@ -93,7 +95,14 @@ fn replica(st: &State, shard: &str, node: &str) -> Option<ReplicaState> {
 }
 
 /// Submit an add of `shard` on `node` at `now` and let sync take it as `id`.
-fn ordered(st: &mut State, shard: &str, node: &str, replaces: Option<&str>, id: u64, now: i64) {
+pub(crate) fn ordered(
+    st: &mut State,
+    shard: &str,
+    node: &str,
+    replaces: Option<&str>,
+    id: u64,
+    now: i64,
+) {
     let fx = computed(st, vec![add(shard, node, replaces)], now);
     let [order] = &submits(&fx)[..] else {
         panic!("one order: {fx:?}")
@@ -106,13 +115,41 @@ fn ordered(st: &mut State, shard: &str, node: &str, replaces: Option<&str>, id: 
     assert_eq!(actions(&fx), ["add"]);
 }
 
-pub(super) fn done() -> OrderReport {
-    OrderReport::Done {
-        rows: 10,
-        bytes: 1_000,
-        finished_unix_ms: None,
+/// Sync's answer: the order in `state` with `rows` and `bytes` so far.
+pub(crate) fn at_sync(state: OrderState, rows: u64, bytes: u64) -> OrderReport {
+    let report = (state == OrderState::Done).then(|| Report {
+        order: 1,
+        shard: "s0".into(),
+        node: "c".into(),
+        cursor: 1,
+        rows,
+        bytes,
+        duration_ms: 1,
         deadline_met: Some(true),
-    }
+        finished_unix_ms: 1,
+    });
+    OrderReport::Found(Box::new(Order {
+        id: 1,
+        shard: "s0".into(),
+        node: "c".into(),
+        priority: 1.0,
+        deadline_unix_ms: None,
+        state,
+        submitted_unix_ms: 0,
+        started_unix_ms: None,
+        finished_unix_ms: None,
+        cursor: 1,
+        rows,
+        bytes,
+        last_error: None,
+        reason: None,
+        report,
+        epoch: 1,
+    }))
+}
+
+pub(super) fn done() -> OrderReport {
+    at_sync(OrderState::Done, 10, 1_000)
 }
 
 #[test]
@@ -131,15 +168,11 @@ fn an_add_warms_then_serves_and_its_old_replica_starts_leaving() {
     // Still running: nothing changes.
     let fx = st.apply(Event::OrderReported {
         id: 7,
-        report: OrderReport::Progress {
-            running: true,
-            rows: 3,
-            bytes: 30,
-        },
+        report: at_sync(OrderState::Running, 3, 30),
         now: 200,
     });
     assert!(fx.is_empty());
-    assert_eq!(st.orders[0].state, OrderState::Running);
+    assert_eq!(st.orders[0].state, TrackedState::Running);
     assert_eq!(
         st.apply(Event::RoundFinished { now: 200 }),
         [Effect::Publish { changed: false }]
@@ -164,23 +197,22 @@ fn an_order_that_times_out_is_cancelled_and_its_replica_withdrawn() {
     ordered(&mut st, "s0", "c", None, 7, 100);
     let fx = st.apply(Event::OrderReported {
         id: 7,
-        report: OrderReport::Progress {
-            running: false,
-            rows: 0,
-            bytes: 0,
-        },
+        report: at_sync(OrderState::Queued, 0, 0),
         now: 100 + TIMEOUT_MS + 1,
     });
     assert_eq!(actions(&fx), ["order_failed"]);
     assert!(fx.contains(&Effect::Cancel { id: 7 }));
     assert_eq!(replica(&st, "s0", "c"), None);
-    assert_eq!(st.orders[0].state, OrderState::Failed);
+    assert_eq!(st.orders[0].state, TrackedState::Failed);
     assert_eq!(st.outcomes.failed, 1);
 }
 
 #[test]
 fn an_order_cancelled_or_lost_by_sync_fails_without_a_cancel() {
-    for report in [OrderReport::Cancelled, OrderReport::Missing("404".into())] {
+    for report in [
+        at_sync(OrderState::Cancelled, 0, 0),
+        OrderReport::Missing("404".into()),
+    ] {
         let mut st = state(1, 4);
         ordered(&mut st, "s0", "c", None, 7, 100);
         let fx = st.apply(Event::OrderReported {
@@ -250,7 +282,7 @@ fn a_drop_cancels_the_open_order_and_a_drain_ends_after_its_time() {
     let fx = computed(&mut st, vec![drop, drain], 200);
     assert_eq!(actions(&fx), ["drop", "drain"]);
     assert!(fx.contains(&Effect::Cancel { id: 7 }));
-    assert_eq!(st.orders[0].state, OrderState::Cancelled);
+    assert_eq!(st.orders[0].state, TrackedState::Cancelled);
     assert_eq!(replica(&st, "s0", "c"), None);
     assert_eq!(replica(&st, "s0", "a"), Some(Draining));
     // Not yet due.
@@ -332,7 +364,10 @@ fn operator_commands_are_checked_then_persisted() {
             nodes: Some(vec!["a".into()]),
         },
     );
-    assert_eq!(fx, [Effect::Refused("unknown shard `nope`".into())]);
+    assert_eq!(
+        fx,
+        [Effect::Refused(CommandError::UnknownShard("nope".into()))]
+    );
     let fx = cmd(
         &mut st,
         Command::Pin {
@@ -340,7 +375,7 @@ fn operator_commands_are_checked_then_persisted() {
             nodes: Some(vec!["a".into(), "a".into()]),
         },
     );
-    assert_eq!(fx, [Effect::Refused("node `a` named twice".into())]);
+    assert_eq!(fx, [Effect::Refused(CommandError::NodeTwice("a".into()))]);
     let fx = cmd(
         &mut st,
         Command::Threshold {
@@ -349,7 +384,7 @@ fn operator_commands_are_checked_then_persisted() {
         },
     );
     assert!(matches!(&fx[..], [Effect::Refused(_)]));
-    assert_eq!(st.operator, Operator::default());
+    assert_eq!(st.operator, OperatorView::default());
     let fx = cmd(
         &mut st,
         Command::DrainNode {
