@@ -442,6 +442,32 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_steps_down() {
         t.version.epoch, new_epoch,
         "the store kept the new leader's table"
     );
+    // ... and its record write: the operator settings stay the new leader's.
+    let before: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(keys.operator())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = metadata::write_state(
+        &mut conn,
+        &keys,
+        stale.version,
+        &[],
+        &[],
+        b"{\"stale\":true}",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r, Published::Fenced(_)), "{r:?}");
+    let after: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(keys.operator())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        after, before,
+        "the store kept the new leader's operator settings"
+    );
     // A proxy: 409 with the version it keeps.
     let r = s
         .client

@@ -147,7 +147,28 @@ pub async fn publish_table(
     })
 }
 
-/// Refresh the per-shard and per-node records and the operator settings.
+/// The records' write, fenced like [`PUBLISH`]: KEYS[1] is the epoch
+/// counter, KEYS[2] the operator settings, then one hash per record;
+/// ARGV[1] the writer's epoch, ARGV[2] a JSON list of each hash's
+/// field/value strings (in KEYS order), ARGV[3] the operator settings.
+/// Returns 1 when written, 0 when a newer leader holds the store.
+const WRITE_STATE: &str = r"
+local e = tonumber(ARGV[1])
+local led = tonumber(redis.call('GET', KEYS[1]) or '0')
+if led and led > e then
+  return 0
+end
+local records = cjson.decode(ARGV[2])
+for i, fields in ipairs(records) do
+  redis.call('HSET', KEYS[i + 2], unpack(fields))
+end
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+";
+
+/// Refresh the per-shard and per-node records and the operator settings,
+/// all or nothing and fenced by `version`'s epoch: a paused leader that
+/// wakes up cannot overwrite a newer leader's records.
 pub async fn write_state(
     conn: &mut MultiplexedConnection,
     keys: &MetadataKeys,
@@ -155,45 +176,57 @@ pub async fn write_state(
     shards: &[ShardRecord],
     nodes: &[NodeRecord],
     operator: &[u8],
-) -> Result<(), String> {
-    let version = serde_json::to_string(&version).map_err(|e| e.to_string())?;
-    let mut p = redis::pipe();
+) -> Result<Published, String> {
+    let v = serde_json::to_string(&version).map_err(|e| e.to_string())?;
+    let fenced_write = redis::Script::new(WRITE_STATE);
+    let mut script = fenced_write.prepare_invoke();
+    script.key(keys.epoch()).key(keys.operator());
+    let mut records: Vec<Vec<String>> = Vec::with_capacity(shards.len() + nodes.len());
     for s in shards {
-        p.cmd("HSET")
-            .arg(keys.shard(&s.id))
-            .arg("content")
-            .arg(&s.content)
-            .arg("replicas")
-            .arg(&s.replicas)
-            .arg("cursors")
-            .arg(&s.cursors)
-            .arg("observed_rps")
-            .arg(s.observed_rps)
-            .arg("predicted_rps")
-            .arg(s.predicted_rps)
-            .arg("target")
-            .arg(s.target)
-            .arg("version")
-            .arg(&version)
-            .ignore();
+        script.key(keys.shard(&s.id));
+        records.push(vec![
+            "content".into(),
+            s.content.clone(),
+            "replicas".into(),
+            s.replicas.clone(),
+            "cursors".into(),
+            s.cursors.clone(),
+            "observed_rps".into(),
+            s.observed_rps.to_string(),
+            "predicted_rps".into(),
+            s.predicted_rps.to_string(),
+            "target".into(),
+            s.target.to_string(),
+            "version".into(),
+            v.clone(),
+        ]);
     }
     for n in nodes {
-        p.cmd("HSET")
-            .arg(keys.node(&n.name))
-            .arg("address")
-            .arg(&n.address)
-            .arg("capacity")
-            .arg(n.capacity)
-            .arg("zone")
-            .arg(&n.zone)
-            .arg("health")
-            .arg(n.health)
-            .arg("drained")
-            .arg(u8::from(n.drained))
-            .arg("load_rps")
-            .arg(n.load_rps)
-            .ignore();
+        script.key(keys.node(&n.name));
+        records.push(vec![
+            "address".into(),
+            n.address.clone(),
+            "capacity".into(),
+            n.capacity.to_string(),
+            "zone".into(),
+            n.zone.clone(),
+            "health".into(),
+            n.health.to_string(),
+            "drained".into(),
+            u8::from(n.drained).to_string(),
+            "load_rps".into(),
+            n.load_rps.to_string(),
+        ]);
     }
-    p.cmd("SET").arg(keys.operator()).arg(operator).ignore();
-    p.query_async::<()>(conn).await.map_err(|e| e.to_string())
+    let records = serde_json::to_string(&records).map_err(|e| e.to_string())?;
+    script.arg(version.epoch).arg(records).arg(operator);
+    let written: i64 = script.invoke_async(conn).await.map_err(|e| e.to_string())?;
+    Ok(if written == 1 {
+        Published::Written
+    } else {
+        Published::Fenced(format!(
+            "records of epoch {} refused: a newer leader holds the store",
+            version.epoch
+        ))
+    })
 }

@@ -163,8 +163,18 @@ impl Publisher {
                     }
                     if res.is_ok() {
                         let (shards, nodes, op) = records();
-                        res = metadata::write_state(c, keys, update.version, &shards, &nodes, &op)
-                            .await;
+                        match metadata::write_state(c, keys, update.version, &shards, &nodes, &op)
+                            .await
+                        {
+                            Ok(metadata::Published::Written) => {}
+                            Ok(metadata::Published::Fenced(why)) => {
+                                lease.fenced(&why);
+                                warn!(reason = %why, "records refused by the store: a newer leader");
+                                out.events.push(Event::MetadataStatus(Err(why)));
+                                return out;
+                            }
+                            Err(e) => res = Err(e),
+                        }
                     }
                     if let Err(e) = &res {
                         warn!(error = %e, "metadata store write failed; retrying next round");
