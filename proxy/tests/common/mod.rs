@@ -110,7 +110,12 @@ impl TestNode {
                         async move {
                             let path = req.uri().path().to_string();
                             if path == "/health" {
-                                let code = if mode.load(SeqCst) == OK { 200 } else { 503 };
+                                // A node that drops requests (RESET) still passes
+                                // its health check: only the proxy's own
+                                // handling of the dropped request is seen, not
+                                // an ejection racing the first request.
+                                let m = mode.load(SeqCst);
+                                let code = if m == OK || m == RESET { 200 } else { 503 };
                                 return Ok::<_, std::io::Error>(
                                     http::Response::builder()
                                         .status(code)
