@@ -314,3 +314,133 @@ pub fn render(shared: &Shared) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use shardcast_edge::metrics::parse_strict;
+
+    use crate::telemetry::Outcome;
+
+    /// The proxy's `/metrics` over a fixed state, as rendered before every
+    /// line went through the one writer. The process's open-file limit is
+    /// the machine's, so its value is left out.
+    const GOLDEN: &str = include_str!("../tests/data/metrics.prom");
+
+    const CONFIG: &str = "replication_factor = 1\n[listen]\nhttp = [\"127.0.0.1:1\"]\n\
+        [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[nodes]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n\
+        [[shards]]\nid = \"UK/SEASONAL\"\ncategories = [\"SEASONAL\"]\nregions = [\"UK\"]\nreplicas = [\"a\"]\n\
+        [[shards]]\nid = \"UK/LIGHTING\"\ncategories = [\"LIGHTING\"]\nregions = [\"UK\"]\nreplicas = [\"b\"]\n\
+        [[routes]]\nname = \"r\"\npath = \"/i/{sku}\"\n";
+
+    fn fixed_state() -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let s = crate::run::shared_for_tests(Path::new(&path)).unwrap();
+        let c = &s.counters;
+        for (i, n) in [
+            &c.requests,
+            &c.rejected_no_key,
+            &c.rejected_bad_request,
+            &c.retries,
+            &c.retries_denied,
+            &c.no_replica,
+            &c.client_aborted,
+            &c.reloads_ok,
+            &c.reloads_failed,
+            &c.updates_ok,
+            &c.updates_rejected,
+            &s.export.frames_sent,
+            &s.export.frames_dropped,
+            &s.export.send_errors,
+            &s.metadata.applied,
+            &s.metadata.errors,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            n.fetch_add(i as u64 + 1, Relaxed);
+        }
+        let l = &s.edge.traffic[0].counters;
+        for (i, n) in [
+            &l.accepted,
+            &l.refused_listener,
+            &l.refused_client,
+            &l.closed_idle,
+            &l.closed_header,
+            &l.closed_body,
+            &l.closed_handshake,
+            &l.closed_write,
+            &l.accept_errors,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            n.fetch_add(100 + i as u64, Relaxed);
+        }
+        let snap = s.current();
+        for (i, n) in snap.nodes.iter().enumerate() {
+            let k = 10 * (i as u64 + 1);
+            n.counters.requests.fetch_add(k + 1, Relaxed);
+            n.counters.errors.fetch_add(k + 2, Relaxed);
+            n.counters.connect_failures.fetch_add(k + 3, Relaxed);
+            n.counters.retries.fetch_add(k + 4, Relaxed);
+            n.counters.ejections.fetch_add(k + 5, Relaxed);
+        }
+        for (i, st) in snap.stats.iter().enumerate() {
+            for (j, us) in [100u64, 700, 3_000, 40_000, 2_000_000, 20_000_000]
+                .into_iter()
+                .enumerate()
+            {
+                st.record(Outcome {
+                    sku: "X1",
+                    error: j % 3 == i,
+                    cache_hit: [Some(true), Some(false), None][(i + j) % 3],
+                    bytes: 1000 * (j as u64 + 1) + i as u64,
+                    latency_us: us * (i as u64 + 1),
+                });
+            }
+            // The latency histogram is as of the last telemetry export.
+            let _ = st.take_sample(4);
+        }
+        super::render(&s)
+    }
+
+    fn without_fd_limit(text: &str) -> Vec<String> {
+        let mut v: Vec<String> = parse_strict(text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+            .into_iter()
+            .filter(|(name, _, _)| !name.ends_with("_open_files_limit"))
+            .map(|(name, labels, value)| format!("{name} {labels:?} {value}"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn metrics_over_a_fixed_state_are_the_golden_samples_and_strict_prometheus_text() {
+        let text = fixed_state();
+        if std::env::var_os("SHARDCAST_WRITE_GOLDEN").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/metrics.prom"),
+                &text,
+            )
+            .unwrap();
+        }
+        assert_eq!(without_fd_limit(&text), without_fd_limit(GOLDEN));
+        // Some of every kind of family are there, with non-zero values.
+        for series in [
+            "shardcast_requests_total 1",
+            "shardcast_node_ejections_total{node=\"b\"} 25",
+            "shardcast_shard_cache_total{shard=\"UK/LIGHTING\",result=\"miss\"}",
+            "shardcast_shard_latency_seconds_bucket{shard=\"UK/SEASONAL\",le=\"+Inf\"} 6",
+            "shardcast_connections_closed_total{listener=\"http 127.0.0.1:1\",stage=\"write\"} 107",
+            "shardcast_metadata_total{result=\"error\"} 16",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+    }
+}
