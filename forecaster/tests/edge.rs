@@ -53,6 +53,8 @@ async fn api_closes_silent_slow_and_idle_connections() {
     ready(svc.addr).await;
     testkit::assert_deadlines(svc.addr, DEADLINE, "/live").await;
     let (_, m) = testkit::request(svc.addr, "GET", "/metrics", &[], b"").await;
+    // Strict Prometheus text: HELP/TYPE once per family, before its samples.
+    shardcast_edge::metrics::parse_strict(&m).unwrap_or_else(|e| panic!("{e}\n{m}"));
     let closed = |stage: &str| {
         let name = format!(
             "shardcast_forecaster_connections_closed_total{{listener=\"api\",stage=\"{stage}\"}}"
