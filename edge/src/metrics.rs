@@ -368,7 +368,7 @@ shardcast_lat_seconds_bucket{shard=\"UK/X\",le=\"0.01\"} 3\n\
 shardcast_lat_seconds_bucket{shard=\"UK/X\",le=\"+Inf\"} 4\n\
 shardcast_lat_seconds_sum{shard=\"UK/X\"} 0.25\nshardcast_lat_seconds_count{shard=\"UK/X\"} 4\n";
         assert_eq!(s, want);
-        assert_eq!(parse_strict(&s).unwrap().len(), 10);
+        assert_eq!(parse_strict(&s).unwrap().len(), 9);
         assert_eq!(Value::Float(f64::NAN).to_string(), "NaN");
     }
 

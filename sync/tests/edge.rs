@@ -176,5 +176,7 @@ async fn standalone_node_refuses_connections_past_the_per_client_bound() {
 
 /// Strict Prometheus text: HELP/TYPE once per family, before its samples.
 fn strict(m: &str) {
-    shardcast_edge::metrics::parse_strict(m).unwrap_or_else(|e| panic!("{e}\n{m}"));
+    // The body, after the response head.
+    let body = m.split_once("\r\n\r\n").map_or(m, |(_, b)| b);
+    shardcast_edge::metrics::parse_strict(body).unwrap_or_else(|e| panic!("{e}\n{m}"));
 }
