@@ -236,45 +236,30 @@ impl Drop for ConnGuard {
 /// reason, closed by a deadline by stage, accept errors; and the process's
 /// open-file limit. Metric names are `{prefix}_connections_*`.
 pub fn render_metrics(prefix: &str, listeners: &[&ConnLimiter], out: &mut String) {
-    use std::fmt::Write;
-    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(
-            out,
-            "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} {kind}"
-        );
-    };
-    head(
-        out,
-        "connections_open",
-        "gauge",
-        "Open client connections, per listener.",
-    );
+    use crate::metrics::{Kind, Writer};
+    let mut w = Writer::new(out);
+    let name = format!("{prefix}_connections_open");
+    w.family(&name, Kind::Gauge, "Open client connections, per listener.");
     for l in listeners {
-        let _ = writeln!(
-            out,
-            "{prefix}_connections_open{{listener=\"{}\"}} {}",
-            l.name,
-            l.open()
-        );
+        w.sample(&name, &[("listener", &l.name)], l.open());
     }
-    head(
-        out,
-        "connections_accepted_total",
-        "counter",
+    let name = format!("{prefix}_connections_accepted_total");
+    w.family(
+        &name,
+        Kind::Counter,
         "Client connections accepted, per listener.",
     );
     for l in listeners {
-        let v = l.counters.accepted.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "{prefix}_connections_accepted_total{{listener=\"{}\"}} {v}",
-            l.name
+        w.sample(
+            &name,
+            &[("listener", &l.name)],
+            l.counters.accepted.load(Relaxed),
         );
     }
-    head(
-        out,
-        "connections_refused_total",
-        "counter",
+    let name = format!("{prefix}_connections_refused_total");
+    w.family(
+        &name,
+        Kind::Counter,
         "Client connections reset at accept: past the listener's bound or the client address's.",
     );
     for l in listeners {
@@ -283,18 +268,17 @@ pub fn render_metrics(prefix: &str, listeners: &[&ConnLimiter], out: &mut String
             ("listener", &c.refused_listener),
             ("client", &c.refused_client),
         ] {
-            let _ = writeln!(
-                out,
-                "{prefix}_connections_refused_total{{listener=\"{}\",reason=\"{why}\"}} {}",
-                l.name,
-                v.load(Relaxed)
+            w.sample(
+                &name,
+                &[("listener", &l.name), ("reason", why)],
+                v.load(Relaxed),
             );
         }
     }
-    head(
-        out,
-        "connections_closed_total",
-        "counter",
+    let name = format!("{prefix}_connections_closed_total");
+    w.family(
+        &name,
+        Kind::Counter,
         "Client connections closed by a deadline, by stage.",
     );
     for l in listeners {
@@ -306,35 +290,31 @@ pub fn render_metrics(prefix: &str, listeners: &[&ConnLimiter], out: &mut String
             ("handshake", &c.closed_handshake),
             ("write", &c.closed_write),
         ] {
-            let _ = writeln!(
-                out,
-                "{prefix}_connections_closed_total{{listener=\"{}\",stage=\"{stage}\"}} {}",
-                l.name,
-                v.load(Relaxed)
+            w.sample(
+                &name,
+                &[("listener", &l.name), ("stage", stage)],
+                v.load(Relaxed),
             );
         }
     }
-    head(
-        out,
-        "accept_errors_total",
-        "counter",
+    let name = format!("{prefix}_accept_errors_total");
+    w.family(
+        &name,
+        Kind::Counter,
         "Failed accept calls (out of file descriptors and the like).",
     );
     for l in listeners {
-        let v = l.counters.accept_errors.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "{prefix}_accept_errors_total{{listener=\"{}\"}} {v}",
-            l.name
+        w.sample(
+            &name,
+            &[("listener", &l.name)],
+            l.counters.accept_errors.load(Relaxed),
         );
     }
-    head(
-        out,
-        "open_files_limit",
-        "gauge",
+    w.gauge(
+        &format!("{prefix}_open_files_limit"),
         "The process's soft open-file limit.",
+        crate::fd::nofile(),
     );
-    let _ = writeln!(out, "{prefix}_open_files_limit {}", crate::fd::nofile());
 }
 
 /// Close a refused socket with a reset (SO_LINGER 0): no FIN handshake and

@@ -15,6 +15,7 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
+    Summary,
 }
 
 impl Kind {
@@ -23,6 +24,7 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
+            Kind::Summary => "summary",
         }
     }
 }
@@ -192,6 +194,144 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// One parsed sample: name, labels in the order written, value as written.
+pub type Sample = (String, Vec<(String, String)>, String);
+
+/// A strict reader of Prometheus text, for tests of every `/metrics`: each
+/// family has `# HELP` then `# TYPE` exactly once, before its samples, and
+/// its samples follow without another family in between; a sample's name is
+/// its family's (or `_bucket`/`_sum`/`_count` of a histogram or summary, a
+/// histogram's `_bucket` with `le`); label names are identifiers, values
+/// quoted with only `\\`, `\"`, `\n` escapes; no series twice; every value a
+/// number (`+Inf`, `-Inf`, `NaN` included). Returns the samples in order.
+pub fn parse_strict(text: &str) -> Result<Vec<Sample>, String> {
+    use std::collections::HashSet;
+    let ident = |s: &str, colon: bool| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+    };
+    let mut families: HashSet<String> = HashSet::new();
+    let mut series: HashSet<String> = HashSet::new();
+    // The family being written: name, kind (None between HELP and TYPE).
+    let mut cur: Option<(String, Option<String>)> = None;
+    let mut out = Vec::new();
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err("text does not end with a newline".into());
+    }
+    for (i, line) in text.lines().enumerate() {
+        let err = |m: &str| Err(format!("line {}: {m}: {line:?}", i + 1));
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            if !ident(name, true) || help.is_empty() {
+                return err("bad HELP");
+            }
+            if let Some((_, None)) = &cur {
+                return err("HELP before the previous family's TYPE");
+            }
+            if !families.insert(name.to_string()) {
+                return err("family declared twice");
+            }
+            cur = Some((name.to_string(), None));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let Some((name, kind)) = rest.split_once(' ') else {
+                return err("bad TYPE");
+            };
+            match &cur {
+                Some((n, None)) if n == name => {}
+                _ => return err("TYPE not right after its family's HELP"),
+            }
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return err("unknown type");
+            }
+            cur = Some((name.to_string(), Some(kind.to_string())));
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            return err("comment or blank line outside HELP/TYPE");
+        }
+        let Some((fam, Some(kind))) = &cur else {
+            return err("sample outside a declared family");
+        };
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let suffix = name.strip_prefix(fam.as_str());
+        let ok_name = match (kind.as_str(), suffix) {
+            (_, Some("")) => kind != "histogram",
+            ("histogram", Some("_bucket" | "_sum" | "_count")) => true,
+            ("summary", Some("_sum" | "_count")) => true,
+            _ => false,
+        };
+        if !ok_name {
+            return err("sample name not of its family");
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            rest = r;
+            loop {
+                if let Some(r) = rest.strip_prefix('}') {
+                    rest = r;
+                    break;
+                }
+                let Some((k, r)) = rest.split_once("=\"") else {
+                    return err("bad label");
+                };
+                if !ident(k, false) || labels.iter().any(|(n, _): &(String, String)| n == k) {
+                    return err("bad or repeated label name");
+                }
+                let mut v = String::new();
+                let mut chars = r.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        None => return err("unterminated label value"),
+                        Some((j, '"')) => break j,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\')) => v.push('\\'),
+                            Some((_, '"')) => v.push('"'),
+                            Some((_, 'n')) => v.push('\n'),
+                            _ => return err("bad escape"),
+                        },
+                        Some((_, c)) => v.push(c),
+                    }
+                };
+                labels.push((k.to_string(), v));
+                rest = &r[end + 1..];
+                if let Some(r) = rest.strip_prefix(',') {
+                    rest = r;
+                } else if !rest.starts_with('}') {
+                    return err("labels not separated by commas");
+                }
+            }
+        }
+        let Some(value) = rest.strip_prefix(' ') else {
+            return err("no space before the value");
+        };
+        let numeric = matches!(value, "+Inf" | "-Inf" | "NaN")
+            || (value.parse::<f64>().is_ok() && !value.contains(char::is_alphabetic));
+        if !numeric {
+            return err("value not a number");
+        }
+        if name.ends_with("_bucket")
+            && kind == "histogram"
+            && !labels.iter().any(|(k, _)| k == "le")
+        {
+            return err("bucket without le");
+        }
+        if !series.insert(line[..line.len() - value.len()].to_string()) {
+            return err("series written twice");
+        }
+        out.push((name.to_string(), labels, value.to_string()));
+    }
+    if let Some((_, None)) = cur {
+        return Err("last family has no TYPE".into());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +368,25 @@ shardcast_lat_seconds_bucket{shard=\"UK/X\",le=\"0.01\"} 3\n\
 shardcast_lat_seconds_bucket{shard=\"UK/X\",le=\"+Inf\"} 4\n\
 shardcast_lat_seconds_sum{shard=\"UK/X\"} 0.25\nshardcast_lat_seconds_count{shard=\"UK/X\"} 4\n";
         assert_eq!(s, want);
+        assert_eq!(parse_strict(&s).unwrap().len(), 9);
         assert_eq!(Value::Float(f64::NAN).to_string(), "NaN");
+    }
+
+    #[test]
+    fn the_strict_reader_refuses_what_prometheus_would() {
+        let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 2\n";
+        assert!(parse_strict(ok).is_ok());
+        for bad in [
+            "a_total 1\n",
+            "# HELP a_total A.\n# TYPE a_total counter\na_total 1\n# HELP a_total A.\n# TYPE a_total counter\n",
+            "# HELP a_total A.\n# TYPE a_total counter\nb_total 1\n",
+            "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1} 1\n",
+            "# HELP a_total A.\n# TYPE a_total counter\na_total 1\na_total 2\n",
+            "# HELP a_total A.\n# TYPE a_total counter\na_total one\n",
+            "# HELP h A.\n# TYPE h histogram\nh_bucket 1\n",
+            "# TYPE a_total counter\na_total 1\n",
+        ] {
+            assert!(parse_strict(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -129,44 +129,30 @@ impl Tasks {
 
     /// Prometheus text for the loops: running, restarts, panics.
     pub fn render_metrics(&self, prefix: &str, out: &mut String) {
-        use std::fmt::Write;
+        use crate::metrics::{Kind, Writer};
         let states = self.states();
-        let _ = writeln!(
-            out,
-            "# HELP {prefix}_task_running 1 while the background loop runs."
+        let mut w = Writer::new(out);
+        w.by_label(
+            &format!("{prefix}_task_running"),
+            Kind::Gauge,
+            "1 while the background loop runs.",
+            "task",
+            states.iter().map(|s| (s.name, s.running())),
+        )
+        .by_label(
+            &format!("{prefix}_task_restarts_total"),
+            Kind::Counter,
+            "Background loops that ended or panicked and were started again.",
+            "task",
+            states.iter().map(|s| (s.name, s.restarts.load(Relaxed))),
+        )
+        .by_label(
+            &format!("{prefix}_task_panics_total"),
+            Kind::Counter,
+            "Background loop runs that ended in a panic.",
+            "task",
+            states.iter().map(|s| (s.name, s.panics.load(Relaxed))),
         );
-        let _ = writeln!(out, "# TYPE {prefix}_task_running gauge");
-        for s in &states {
-            let _ = writeln!(
-                out,
-                "{prefix}_task_running{{task=\"{}\"}} {}",
-                s.name,
-                u8::from(s.running())
-            );
-        }
-        let _ = writeln!(out, "# HELP {prefix}_task_restarts_total Background loops that ended or panicked and were started again.");
-        let _ = writeln!(out, "# TYPE {prefix}_task_restarts_total counter");
-        for s in &states {
-            let _ = writeln!(
-                out,
-                "{prefix}_task_restarts_total{{task=\"{}\"}} {}",
-                s.name,
-                s.restarts.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP {prefix}_task_panics_total Background loop runs that ended in a panic."
-        );
-        let _ = writeln!(out, "# TYPE {prefix}_task_panics_total counter");
-        for s in &states {
-            let _ = writeln!(
-                out,
-                "{prefix}_task_panics_total{{task=\"{}\"}} {}",
-                s.name,
-                s.panics.load(Relaxed)
-            );
-        }
     }
 }
 
@@ -200,6 +186,9 @@ mod tests {
         let mut m = String::new();
         tasks.render_metrics("x", &mut m);
         assert!(m.contains("x_task_panics_total{task=\"flaky\"} 2"), "{m}");
+        assert!(m.contains("x_task_restarts_total{task=\"flaky\"} 2"), "{m}");
+        assert!(m.contains("x_task_running{task=\"flaky\"} 1"), "{m}");
+        crate::metrics::parse_strict(&m).unwrap_or_else(|e| panic!("{e}\n{m}"));
         tx.send(true).unwrap();
         // the loop itself does not watch shutdown here: abort it like the runtime would
         h.abort();

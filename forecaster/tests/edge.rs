@@ -53,6 +53,9 @@ async fn api_closes_silent_slow_and_idle_connections() {
     ready(svc.addr).await;
     testkit::assert_deadlines(svc.addr, DEADLINE, "/live").await;
     let (_, m) = testkit::request(svc.addr, "GET", "/metrics", &[], b"").await;
+    // Strict Prometheus text: HELP/TYPE once per family, before its samples.
+    let body = m.split_once("\r\n\r\n").map_or(&*m, |(_, b)| b);
+    shardcast_edge::metrics::parse_strict(body).unwrap_or_else(|e| panic!("{e}\n{m}"));
     let closed = |stage: &str| {
         let name = format!(
             "shardcast_forecaster_connections_closed_total{{listener=\"api\",stage=\"{stage}\"}}"

@@ -185,6 +185,7 @@ async fn ingest_forecast_and_restart() {
     assert_eq!(call("GET", format!("{base}/ingest"), vec![]).await.0, 405);
 
     let (_, m) = call("GET", format!("{base}/metrics"), vec![]).await;
+    shardcast_edge::metrics::parse_strict(&m).unwrap_or_else(|e| panic!("{e}\n{m}"));
     assert_eq!(
         metric(
             &m,
@@ -300,6 +301,7 @@ async fn ingest_forecast_and_restart() {
         .unwrap();
     let base = format!("http://{}", svc.addr);
     let (_, m) = call("GET", format!("{base}/metrics"), vec![]).await;
+    shardcast_edge::metrics::parse_strict(&m).unwrap_or_else(|e| panic!("{e}\n{m}"));
     assert_eq!(
         metric(&m, "shardcast_forecaster_snapshot_restore_failures_total"),
         1.0
@@ -346,6 +348,7 @@ async fn wrong_model_path_serves_flagged_fallback() {
     assert_eq!(v["horizons"]["1h"]["fallback"], true);
     assert_eq!(v["horizons"]["1w"]["source"]["kind"], "model");
     let (_, m) = call("GET", format!("{base}/metrics"), vec![]).await;
+    shardcast_edge::metrics::parse_strict(&m).unwrap_or_else(|e| panic!("{e}\n{m}"));
     assert_eq!(
         metric(
             &m,

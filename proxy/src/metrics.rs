@@ -1,7 +1,6 @@
 //! Every metric the proxy exports, by name, rendered as Prometheus text.
 //! Labels are bounded: node names and shard ids come from config.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use shardcast_edge::metrics::{Kind, Writer};
@@ -47,21 +46,9 @@ const BOUNDS_US: [u64; 14] = [
     2_500_000, 10_000_000,
 ];
 
-/// `# HELP` and `# TYPE` of a family (the workspace's one writer,
-/// [`shardcast_edge::metrics`]).
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let kind = match kind {
-        "counter" => Kind::Counter,
-        "histogram" => Kind::Histogram,
-        _ => Kind::Gauge,
-    };
-    Writer::new(out).family(name, kind, help);
-}
-
 /// A counter family: one line per `(label value, counter)`; an empty label
 /// name writes the bare metric.
-fn family(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, &AtomicU64)]) {
-    let mut w = Writer::new(out);
+fn family(w: &mut Writer, name: &str, help: &str, label: &str, values: &[(&str, &AtomicU64)]) {
     w.family(name, Kind::Counter, help);
     for (v, c) in values {
         if label.is_empty() {
@@ -76,8 +63,8 @@ fn family(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str
 type Labelled<'a> = &'a [(&'a str, &'a AtomicU64)];
 /// (name, help, label name, values) of a counter family.
 type CounterFamily<'a> = (&'a str, &'a str, &'a str, Labelled<'a>);
-/// (name, type, help, value) of a per-node or per-shard family.
-type Family<T> = (&'static str, &'static str, &'static str, T);
+/// (name, kind, help, value) of a per-node or per-shard family.
+type Family<T> = (&'static str, Kind, &'static str, T);
 type NodeValue = fn(&NodeRuntime, u64) -> u64;
 type ShardValue = fn(&ShardStats) -> u64;
 
@@ -123,8 +110,9 @@ pub fn render(shared: &Shared) -> String {
             &[("", &c.client_aborted)],
         ),
     ];
+    let mut w = Writer::new(&mut o);
     for (name, help, label, values) in counters {
-        family(&mut o, name, help, label, values);
+        family(&mut w, name, help, label, values);
     }
 
     let mut listeners: Vec<&shardcast_edge::ConnLimiter> =
@@ -138,150 +126,140 @@ pub fn render(shared: &Shared) -> String {
     let node_families: [Family<NodeValue>; 7] = [
         (
             NODE_REQUESTS,
-            "counter",
+            Kind::Counter,
             "Requests sent to a node (attempts).",
             |n, _| n.counters.requests.load(Relaxed),
         ),
         (
             NODE_ERRORS,
-            "counter",
+            Kind::Counter,
             "Failed attempts on a node (connect errors, 502/503/504, broken connections).",
             |n, _| n.counters.errors.load(Relaxed),
         ),
         (
             NODE_CONNECT_FAILURES,
-            "counter",
+            Kind::Counter,
             "Connect failures to a node.",
             |n, _| n.counters.connect_failures.load(Relaxed),
         ),
         (
             NODE_RETRIES,
-            "counter",
+            Kind::Counter,
             "Retries that moved away from a node.",
             |n, _| n.counters.retries.load(Relaxed),
         ),
         (
             NODE_EJECTIONS,
-            "counter",
+            Kind::Counter,
             "Passive ejections of a node.",
             |n, _| n.counters.ejections.load(Relaxed),
         ),
         (
             NODE_IN_FLIGHT,
-            "gauge",
+            Kind::Gauge,
             "Requests in flight to a node.",
             |n, _| n.in_flight(),
         ),
         (
             NODE_HEALTHY,
-            "gauge",
+            Kind::Gauge,
             "1 when the node is in rotation.",
             |n, now| u64::from(n.usable(now)),
         ),
     ];
+    let mut w = Writer::new(&mut o);
     for (name, kind, help, value) in node_families {
-        head(&mut o, name, kind, help);
-        for n in nodes.iter() {
-            let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", n.name, value(n, now));
-        }
+        w.by_label(
+            name,
+            kind,
+            help,
+            "node",
+            nodes.iter().map(|n| (&n.name, value(n, now))),
+        );
     }
 
     let shard_families: [Family<ShardValue>; 3] = [
         (
             SHARD_REQUESTS,
-            "counter",
+            Kind::Counter,
             "Requests routed to a shard.",
             |s| s.requests.load(Relaxed),
         ),
         (
             SHARD_ERRORS,
-            "counter",
+            Kind::Counter,
             "Requests to a shard that failed (5xx or no response).",
             |s| s.errors.load(Relaxed),
         ),
         (
             SHARD_BYTES,
-            "counter",
+            Kind::Counter,
             "Response body bytes sent, per shard.",
             |s| s.bytes.load(Relaxed),
         ),
     ];
     for (name, kind, help, value) in shard_families {
-        head(&mut o, name, kind, help);
-        for s in &snap.stats {
-            let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", s.id, value(s));
-        }
+        w.by_label(
+            name,
+            kind,
+            help,
+            "shard",
+            snap.stats.iter().map(|s| (&s.id, value(s))),
+        );
     }
-    head(
-        &mut o,
+    w.family(
         SHARD_CACHE,
-        "counter",
+        Kind::Counter,
         "Node cache results reported by x-cache, per shard.",
     );
     for s in &snap.stats {
         for (result, v) in [("hit", &s.cache_hits), ("miss", &s.cache_misses)] {
-            let _ = writeln!(
-                o,
-                "{SHARD_CACHE}{{shard=\"{}\",result=\"{result}\"}} {}",
-                s.id,
-                v.load(Relaxed)
+            w.sample(
+                SHARD_CACHE,
+                &[("shard", &s.id), ("result", result)],
+                v.load(Relaxed),
             );
         }
     }
-    head(
-        &mut o,
+    w.family(
         SHARD_LATENCY,
-        "histogram",
+        Kind::Histogram,
         "Request latency per shard (as of the last telemetry interval).",
     );
     for s in &snap.stats {
-        let (counts, n, sum_us) = s.cumulative_buckets(&BOUNDS_US);
-        for (b, c) in BOUNDS_US.iter().zip(counts) {
-            let _ = writeln!(
-                o,
-                "{SHARD_LATENCY}_bucket{{shard=\"{}\",le=\"{}\"}} {c}",
-                s.id,
-                *b as f64 / 1e6
-            );
+        let (cumulative, n, sum_us) = s.cumulative_buckets(&BOUNDS_US);
+        // The writer takes each bucket's own count and adds them up again.
+        let mut below = 0;
+        let mut own: Vec<(f64, u64)> = Vec::with_capacity(BOUNDS_US.len() + 1);
+        for (b, c) in BOUNDS_US.iter().zip(cumulative) {
+            own.push((*b as f64 / 1e6, c - below));
+            below = c;
         }
-        let _ = writeln!(
-            o,
-            "{SHARD_LATENCY}_bucket{{shard=\"{}\",le=\"+Inf\"}} {n}",
-            s.id
-        );
-        let _ = writeln!(
-            o,
-            "{SHARD_LATENCY}_sum{{shard=\"{}\"}} {}",
-            s.id,
-            sum_us / 1e6
-        );
-        let _ = writeln!(o, "{SHARD_LATENCY}_count{{shard=\"{}\"}} {n}", s.id);
+        own.push((f64::INFINITY, n - below));
+        w.histogram(SHARD_LATENCY, &[("shard", &s.id)], own, sum_us / 1e6, n);
     }
 
     let v = snap.table.assignment_version;
-    head(
-        &mut o,
+    w.gauge(
         TABLE_ASSIGNMENT_EPOCH,
-        "gauge",
         "Epoch of the shard manager's assignment in the table (0 before the first).",
-    );
-    let _ = writeln!(o, "{TABLE_ASSIGNMENT_EPOCH} {}", v.epoch);
-    head(
-        &mut o,
+        v.epoch,
+    )
+    .gauge(
         TABLE_ASSIGNMENT_COUNTER,
-        "gauge",
         "Counter of the shard manager's assignment in the table, within its epoch.",
-    );
-    let _ = writeln!(o, "{TABLE_ASSIGNMENT_COUNTER} {}", v.counter);
-    head(
-        &mut o,
+        v.counter,
+    )
+    .gauge(
         CONFIG_GENERATION,
-        "gauge",
         "Config generation of the table: 1 at start, one more per applied reload.",
+        snap.table.config_generation,
+    )
+    .gauge(
+        TABLE_SKUS,
+        "Skus in the catalog in use.",
+        snap.table.catalog.len(),
     );
-    let _ = writeln!(o, "{CONFIG_GENERATION} {}", snap.table.config_generation);
-    head(&mut o, TABLE_SKUS, "gauge", "Skus in the catalog in use.");
-    let _ = writeln!(o, "{TABLE_SKUS} {}", snap.table.catalog.len());
     let (e, m) = (&shared.export, &shared.metadata);
     let by_result: [(&str, &str, Labelled); 4] = [
         (
@@ -310,7 +288,137 @@ pub fn render(shared: &Shared) -> String {
         ),
     ];
     for (name, help, values) in by_result {
-        family(&mut o, name, help, "result", values);
+        family(&mut w, name, help, "result", values);
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use shardcast_edge::metrics::parse_strict;
+
+    use crate::telemetry::Outcome;
+
+    /// The proxy's `/metrics` over a fixed state, as rendered before every
+    /// line went through the one writer. The process's open-file limit is
+    /// the machine's, so its value is left out.
+    const GOLDEN: &str = include_str!("../tests/data/metrics.prom");
+
+    const CONFIG: &str = "replication_factor = 1\n[listen]\nhttp = [\"127.0.0.1:1\"]\n\
+        [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[nodes]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n\
+        [[shards]]\nid = \"UK/SEASONAL\"\ncategories = [\"SEASONAL\"]\nregions = [\"UK\"]\nreplicas = [\"a\"]\n\
+        [[shards]]\nid = \"UK/LIGHTING\"\ncategories = [\"LIGHTING\"]\nregions = [\"UK\"]\nreplicas = [\"b\"]\n\
+        [[routes]]\nname = \"r\"\npath = \"/i/{sku}\"\n";
+
+    fn fixed_state() -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let s = crate::run::shared_for_tests(Path::new(&path)).unwrap();
+        let c = &s.counters;
+        for (i, n) in [
+            &c.requests,
+            &c.rejected_no_key,
+            &c.rejected_bad_request,
+            &c.retries,
+            &c.retries_denied,
+            &c.no_replica,
+            &c.client_aborted,
+            &c.reloads_ok,
+            &c.reloads_failed,
+            &c.updates_ok,
+            &c.updates_rejected,
+            &s.export.frames_sent,
+            &s.export.frames_dropped,
+            &s.export.send_errors,
+            &s.metadata.applied,
+            &s.metadata.errors,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            n.fetch_add(i as u64 + 1, Relaxed);
+        }
+        let l = &s.edge.traffic[0].counters;
+        for (i, n) in [
+            &l.accepted,
+            &l.refused_listener,
+            &l.refused_client,
+            &l.closed_idle,
+            &l.closed_header,
+            &l.closed_body,
+            &l.closed_handshake,
+            &l.closed_write,
+            &l.accept_errors,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            n.fetch_add(100 + i as u64, Relaxed);
+        }
+        let snap = s.current();
+        for (i, n) in snap.nodes.iter().enumerate() {
+            let k = 10 * (i as u64 + 1);
+            n.counters.requests.fetch_add(k + 1, Relaxed);
+            n.counters.errors.fetch_add(k + 2, Relaxed);
+            n.counters.connect_failures.fetch_add(k + 3, Relaxed);
+            n.counters.retries.fetch_add(k + 4, Relaxed);
+            n.counters.ejections.fetch_add(k + 5, Relaxed);
+        }
+        for (i, st) in snap.stats.iter().enumerate() {
+            for (j, us) in [100u64, 700, 3_000, 40_000, 2_000_000, 20_000_000]
+                .into_iter()
+                .enumerate()
+            {
+                st.record(Outcome {
+                    sku: "X1",
+                    error: j % 3 == i,
+                    cache_hit: [Some(true), Some(false), None][(i + j) % 3],
+                    bytes: 1000 * (j as u64 + 1) + i as u64,
+                    latency_us: us * (i as u64 + 1),
+                });
+            }
+            // The latency histogram is as of the last telemetry export.
+            let _ = st.take_sample(4);
+        }
+        super::render(&s)
+    }
+
+    fn without_fd_limit(text: &str) -> Vec<String> {
+        let mut v: Vec<String> = parse_strict(text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+            .into_iter()
+            .filter(|(name, _, _)| !name.ends_with("_open_files_limit"))
+            .map(|(name, labels, value)| format!("{name} {labels:?} {value}"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn metrics_over_a_fixed_state_are_the_golden_samples_and_strict_prometheus_text() {
+        let text = fixed_state();
+        if std::env::var_os("SHARDCAST_WRITE_GOLDEN").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/metrics.prom"),
+                &text,
+            )
+            .unwrap();
+        }
+        assert_eq!(without_fd_limit(&text), without_fd_limit(GOLDEN));
+        // Some of every kind of family are there, with non-zero values.
+        for series in [
+            "shardcast_requests_total 1",
+            "shardcast_node_ejections_total{node=\"b\"} 25",
+            "shardcast_shard_cache_total{shard=\"UK/LIGHTING\",result=\"miss\"}",
+            "shardcast_shard_latency_seconds_bucket{shard=\"UK/SEASONAL\",le=\"+Inf\"} 6",
+            "shardcast_connections_closed_total{listener=\"http 127.0.0.1:1\",stage=\"write\"} 107",
+            "shardcast_metadata_total{result=\"error\"} 16",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+    }
 }

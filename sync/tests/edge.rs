@@ -115,11 +115,13 @@ async fn serve_listeners_close_silent_slow_and_idle_connections() {
     );
     // Readiness waited for the supervised loops, which /metrics shows.
     let (_, m) = testkit::request(control, "GET", "/metrics", &[], b"").await;
+    strict(&m);
     for t in ["recover", "dispatch", "freshness"] {
         let name = format!("shardcast_sync_task_running{{task=\"{t}\"}}");
         assert_eq!(metric(&m, &name), Some(1.0), "{m}");
     }
     let (_, m) = testkit::request(node, "GET", "/metrics", &[], b"").await;
+    strict(&m);
     assert_eq!(
         metric(&m, "shardcast_node_task_running{task=\"catalog\"}"),
         Some(1.0),
@@ -170,4 +172,11 @@ async fn standalone_node_refuses_connections_past_the_per_client_bound() {
     );
     ready(addr).await;
     bounds_hold(addr, 2, "shardcast_node", "node").await;
+}
+
+/// Strict Prometheus text: HELP/TYPE once per family, before its samples.
+fn strict(m: &str) {
+    // The body, after the response head.
+    let body = m.split_once("\r\n\r\n").map_or(m, |(_, b)| b);
+    shardcast_edge::metrics::parse_strict(body).unwrap_or_else(|e| panic!("{e}\n{m}"));
 }

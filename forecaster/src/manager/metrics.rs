@@ -15,11 +15,11 @@
 //! | `shardcast_manager_epoch` | gauge | the epoch of its current or last term |
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use shardcast_edge::metrics::{Kind, Writer};
 
 use super::state::Decision;
 use super::Manager;
@@ -78,105 +78,89 @@ impl ManagerMetrics {
     }
 }
 
-fn head(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 /// Append the manager's metrics to `o`.
 pub fn render(o: &mut String, m: &Manager) {
     let st = m.snapshot();
     let mm = &m.metrics;
-    let name = "shardcast_manager_rounds_total";
-    head(o, name, "counter", "Rounds run, leading or standing by.");
-    let _ = writeln!(o, "{name} {}", st.rounds);
+    let mut w = Writer::new(o);
+    w.counter(
+        "shardcast_manager_rounds_total",
+        "Rounds run, leading or standing by.",
+        st.rounds,
+    );
 
     let name = "shardcast_manager_round_seconds";
-    head(
-        o,
+    w.family(
         name,
-        "summary",
+        Kind::Summary,
         "Wall time of a round (quantiles over the last 1024 rounds).",
     );
     for q in [0.5, 0.99] {
-        let _ = writeln!(o, "{name}{{quantile=\"{q}\"}} {}", mm.round_quantile(q));
+        w.sample(name, &[("quantile", &q.to_string())], mm.round_quantile(q));
     }
-    let _ = writeln!(
-        o,
-        "{name}_sum {}\n{name}_count {}",
+    w.sample(
+        &format!("{name}_sum"),
+        &[],
         mm.round_sum_us.load(Relaxed) as f64 / 1e6,
-        mm.round_count.load(Relaxed)
-    );
+    )
+    .sample(&format!("{name}_count"), &[], mm.round_count.load(Relaxed));
 
     let name = "shardcast_manager_decisions_total";
-    head(
-        o,
+    w.family(
         name,
-        "counter",
+        Kind::Counter,
         "Decisions logged, by action and reason.",
     );
     for ((action, reason), n) in mm.decisions.lock().iter() {
-        let _ = writeln!(o, "{name}{{action=\"{action}\",reason=\"{reason}\"}} {n}");
+        w.sample(name, &[("action", *action), ("reason", *reason)], *n);
     }
 
-    let name = "shardcast_manager_orders_total";
-    head(o, name, "counter", "Pre-fetch orders by how they ended.");
     let out = st.outcomes;
-    for (outcome, n) in [
-        ("done", out.done),
-        ("failed", out.failed),
-        ("cancelled", out.cancelled),
-        ("refused", out.refused),
-    ] {
-        let _ = writeln!(o, "{name}{{outcome=\"{outcome}\"}} {n}");
-    }
-    let name = "shardcast_manager_orders_open";
-    head(o, name, "gauge", "Pre-fetch orders sync still holds.");
-    let open = st.orders.iter().filter(|o| o.state.is_open()).count();
-    let _ = writeln!(o, "{name} {open}");
+    w.by_label(
+        "shardcast_manager_orders_total",
+        Kind::Counter,
+        "Pre-fetch orders by how they ended.",
+        "outcome",
+        [
+            ("done", out.done),
+            ("failed", out.failed),
+            ("cancelled", out.cancelled),
+            ("refused", out.refused),
+        ],
+    );
+    w.gauge(
+        "shardcast_manager_orders_open",
+        "Pre-fetch orders sync still holds.",
+        st.orders.iter().filter(|o| o.state.is_open()).count(),
+    );
 
-    let name = "shardcast_manager_publish_failures_total";
-    head(
-        o,
-        name,
-        "counter",
+    w.by_label(
+        "shardcast_manager_publish_failures_total",
+        Kind::Counter,
         "Table publishes not delivered, by target.",
+        "target",
+        [("metadata", Target::Metadata), ("proxy", Target::Proxy)]
+            .map(|(label, t)| (label, mm.publish_failures[t as usize].load(Relaxed))),
     );
-    for (label, t) in [("metadata", Target::Metadata), ("proxy", Target::Proxy)] {
-        let n = mm.publish_failures[t as usize].load(Relaxed);
-        let _ = writeln!(o, "{name}{{target=\"{label}\"}} {n}");
-    }
 
-    let name = "shardcast_manager_proxies_behind";
-    head(
-        o,
-        name,
-        "gauge",
+    w.gauge(
+        "shardcast_manager_proxies_behind",
         "Listed proxies without the current table version.",
+        st.proxies_behind.len(),
     );
-    let _ = writeln!(o, "{name} {}", st.proxies_behind.len());
 
     let lease = m.lease();
     let v = lease.view();
-    let name = "shardcast_manager_leader";
-    head(
-        o,
-        name,
-        "gauge",
+    w.gauge(
+        "shardcast_manager_leader",
         "1 while this manager holds the lease and writes.",
-    );
-    let _ = writeln!(
-        o,
-        "{name} {}",
-        u8::from(v.leader && lease.may_write().is_some())
-    );
-    let name = "shardcast_manager_epoch";
-    head(
-        o,
-        name,
-        "gauge",
+        v.leader && lease.may_write().is_some(),
+    )
+    .gauge(
+        "shardcast_manager_epoch",
         "The epoch (fencing token) of this manager's current or last term.",
+        v.epoch,
     );
-    let _ = writeln!(o, "{name} {}", v.epoch);
 }
 
 #[cfg(test)]
@@ -291,6 +275,18 @@ mod tests {
         // No metadata store: it leads alone, in epoch 1.
         assert_eq!(at("shardcast_manager_leader"), 1.0);
         assert_eq!(at("shardcast_manager_epoch"), 1.0);
+        // The manager's part of the forecaster's /metrics, as the API
+        // renders it: strict Prometheus text, each family once.
+        let mut all = crate::metrics::Metrics::default().render(&crate::store::Store::new(
+            crate::store::Retention::default(),
+            60,
+            16,
+        ));
+        crate::metrics::render_manager(&mut all, m.refusals());
+        crate::metrics::render_lease(&mut all, m.lease());
+        crate::metrics::render_manager_state(&mut all, &m);
+        crate::metrics::render_order_events(&mut all, &Default::default());
+        shardcast_edge::metrics::parse_strict(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
         for l in o.lines().filter(|l| !l.starts_with('#')) {
             assert!(l.starts_with("shardcast_manager_"), "{l}");
         }
