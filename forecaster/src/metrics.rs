@@ -323,14 +323,14 @@ impl Metrics {
 }
 
 /// The shard manager's table publishing:
-/// `shardcast_forecaster_manager_table_refusals_total{target="proxy"|"metadata"}`,
+/// `shardcast_manager_table_refusals_total{target="proxy"|"metadata"}`,
 /// tables refused as not newer (a proxy's 409; a newer table, or another
 /// one at the same version, in the metadata store). None of them counts as
 /// delivered; see `manager::versions`.
 pub fn render_manager(o: &mut String, refusals: &crate::manager::versions::Refusals) {
     let (proxy, metadata) = refusals.snapshot();
     Writer::new(o).by_label(
-        "shardcast_forecaster_manager_table_refusals_total",
+        "shardcast_manager_table_refusals_total",
         Kind::Counter,
         "Table publishes refused as not newer, by target.",
         "target",
@@ -344,38 +344,26 @@ pub fn render_manager_state(o: &mut String, m: &crate::manager::Manager) {
     crate::manager::metrics::render(o, m);
 }
 
-/// Leadership (DESIGN.md, "Managers"): `shardcast_forecaster_manager_leader` (1
-/// while this manager leads and may write), `shardcast_forecaster_manager_epoch`
-/// (its current or last term), `shardcast_forecaster_manager_lease_renew_failures_total`,
-/// `shardcast_forecaster_manager_fenced_writes_total` (writes refused because a
-/// higher epoch leads), `shardcast_forecaster_manager_step_downs_total`.
+/// The lease's counters: `shardcast_manager_lease_renew_failures_total`,
+/// `shardcast_manager_fenced_writes_total` (writes refused because a higher
+/// epoch leads), `shardcast_manager_step_downs_total`. Whether this manager
+/// leads, and its epoch, are `shardcast_manager_leader` and
+/// `shardcast_manager_epoch` ([`crate::manager::metrics`]).
 pub fn render_lease(o: &mut String, lease: &crate::manager::lease::Lease) {
-    let v = lease.view();
-    let leading = v.leader && lease.may_write().is_some();
     let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Writer::new(o)
-        .gauge(
-            "shardcast_forecaster_manager_leader",
-            "1 while this manager holds the lease and writes.",
-            leading,
-        )
-        .gauge(
-            "shardcast_forecaster_manager_epoch",
-            "The epoch (fencing token) of this manager's current or last term.",
-            v.epoch,
-        )
         .counter(
-            "shardcast_forecaster_manager_lease_renew_failures_total",
+            "shardcast_manager_lease_renew_failures_total",
             "Lease renewals that failed (store unreachable or erroring).",
             l(&lease.renew_failures),
         )
         .counter(
-            "shardcast_forecaster_manager_fenced_writes_total",
+            "shardcast_manager_fenced_writes_total",
             "Writes refused because a higher epoch leads.",
             l(&lease.fenced_writes),
         )
         .counter(
-            "shardcast_forecaster_manager_step_downs_total",
+            "shardcast_manager_step_downs_total",
             "Terms ended: lease lost or a write fenced.",
             l(&lease.step_downs),
         );
@@ -385,7 +373,7 @@ pub fn render_lease(o: &mut String, lease: &crate::manager::lease::Lease) {
 pub fn render_order_events(o: &mut String, e: &crate::order_events::OrderEvents) {
     let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Writer::new(o).by_label(
-        "shardcast_forecaster_manager_order_events_total",
+        "shardcast_manager_order_events_total",
         Kind::Counter,
         "Finished-order events pushed by sync, by outcome.",
         "outcome",

@@ -404,11 +404,8 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_steps_down() {
     eprintln!("old leader: {why}");
     assert!(!why.is_empty(), "{log}");
     let text = s.metrics(&ms[l]).await;
-    assert_eq!(
-        metric(&text, "shardcast_forecaster_manager_leader"),
-        Some(0.0)
-    );
-    assert!(metric(&text, "shardcast_forecaster_manager_step_downs_total").unwrap() >= 1.0);
+    assert_eq!(metric(&text, "shardcast_manager_leader"), Some(0.0));
+    assert!(metric(&text, "shardcast_manager_step_downs_total").unwrap() >= 1.0);
     // The new leader keeps leading; the proxies stay on its epoch.
     tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
     let (again, e) = s

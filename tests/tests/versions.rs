@@ -152,9 +152,7 @@ async fn the_manager_numbers_its_table_past_a_refusal_and_the_proxies_converge()
             let text = c.get(&u).send().await.ok()?.text().await.ok()?;
             metric(
                 &text,
-                &format!(
-                    "shardcast_forecaster_manager_table_refusals_total{{target=\"{target}\"}}"
-                ),
+                &format!("shardcast_manager_table_refusals_total{{target=\"{target}\"}}"),
             )
         }
     };
