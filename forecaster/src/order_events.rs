@@ -17,8 +17,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use parking_lot::Mutex;
 use shardmap::contract::orders::InvalidEvent;
-use shardmap::contract::{ErrorBody, OrderEvent, OrderEventAnswer};
+use shardmap::contract::{OrderEvent, OrderEventAnswer};
 
+use crate::manager::routes::{admitted, error, reply};
 use crate::manager::Manager;
 
 /// The route.
@@ -80,22 +81,6 @@ impl OrderEvents {
     }
 }
 
-fn reply<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(v).unwrap_or_default(),
-    )));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    reply(status, &ErrorBody::new(msg))
-}
-
 /// Answer `POST /order-events`: 200 with an [`OrderEventAnswer`] (a new
 /// event wakes the manager), 400 for a body that is not an event, 401
 /// without the manager's token, 404 when this forecaster runs no manager.
@@ -108,22 +93,10 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Some(m) = m else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no shard manager here: add a [manager] section to the forecaster config",
-        );
+    let m = match admitted(m, &req) {
+        Ok(m) => m,
+        Err(r) => return *r,
     };
-    if let Some(tok) = &m.config().admin_token {
-        if !shardcast_edge::auth::bearer_ok(req.headers(), tok) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "bearer token required");
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static(shardcast_edge::auth::CHALLENGE),
-            );
-            return r;
-        }
-    }
     if req.method() != http::Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }

@@ -58,6 +58,17 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl ConfigErrors {
+    /// A config file's text, or the error that it cannot be read.
+    pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+        std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: path.display().to_string(),
+            errors: vec![FieldError {
+                field: "<file>".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })
+    }
+
     /// The errors as `field: message` lines, for JSON admin responses.
     pub fn lines(&self) -> Vec<String> {
         self.errors
@@ -692,13 +703,7 @@ impl Config {
     /// Read, parse and validate a config file; relative paths in it are
     /// resolved against its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            file: path.display().to_string(),
-            errors: vec![FieldError {
-                field: "<file>".into(),
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
+        let text = ConfigErrors::read(path)?;
         Self::from_toml(&text, path)
     }
 

@@ -155,13 +155,7 @@ impl Topology {
     /// Read, parse and validate a topology file. Errors name the file and
     /// each field (`nodes[2].address`, `shard_rules[0].id`).
     pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            file: path.display().to_string(),
-            errors: vec![FieldError {
-                field: "<file>".into(),
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
+        let text = ConfigErrors::read(path)?;
         Self::from_toml(&text, path)
     }
 

@@ -30,9 +30,9 @@ use shardmap::contract::ErrorBody;
 
 use super::{CommandError, Manager};
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn reply<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
+pub(crate) fn reply<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(
         serde_json::to_vec_pretty(v).unwrap_or_default(),
     )));
@@ -44,8 +44,34 @@ fn reply<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
     r
 }
 
-fn error(status: StatusCode, msg: &str) -> Resp {
+pub(crate) fn error(status: StatusCode, msg: &str) -> Resp {
     reply(status, &ErrorBody::new(msg))
+}
+
+/// The manager, when this forecaster runs one and the request carries its
+/// `admin_token`; otherwise the answer: 404 with a hint, or 401 with a
+/// bearer challenge.
+pub(crate) fn admitted<'a, B>(
+    m: Option<&'a Manager>,
+    req: &Request<B>,
+) -> Result<&'a Manager, Box<Resp>> {
+    let Some(m) = m else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "no shard manager: add a [manager] section to the forecaster config",
+        )));
+    };
+    if let Some(tok) = &m.config().admin_token {
+        if !shardcast_edge::auth::bearer_ok(req.headers(), tok) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "bearer token required");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(shardcast_edge::auth::CHALLENGE),
+            );
+            return Err(Box::new(r));
+        }
+    }
+    Ok(m)
 }
 
 /// The answer of an operator command that was taken: `{"ok": true}`.
@@ -124,22 +150,10 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Some(m) = m else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no shard manager: add a [manager] section to the forecaster config",
-        );
+    let m = match admitted(m, &req) {
+        Ok(m) => m,
+        Err(r) => return *r,
     };
-    if let Some(tok) = &m.config().admin_token {
-        if !shardcast_edge::auth::bearer_ok(req.headers(), tok) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "bearer token required");
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static(shardcast_edge::auth::CHALLENGE),
-            );
-            return r;
-        }
-    }
     let path = req.uri().path().to_string();
     let limit = query_param(req.uri().query(), "limit");
     let rest = path.trim_start_matches("/manager").trim_start_matches('/');
