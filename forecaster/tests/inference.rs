@@ -25,7 +25,11 @@ fn root() -> PathBuf {
 }
 
 fn seeded_store() -> Arc<Store> {
-    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let store = Arc::new(Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1000,
+    ));
     let st = seed_history(
         &store,
         &HistoryConfig {
@@ -123,7 +127,7 @@ async fn model_forecasts_for_the_real_shards() {
     .await;
     let (mut e, metrics) = engine(seeded_store(), signals, hourly_model());
     let set = e.cycle(now_ms());
-    assert_eq!(set.origin_hour, "2011-11-10 23:00:00");
+    assert_eq!(set.origin_hour, "2011-11-10 23:00:00+00:00");
     assert_eq!(set.origin_day, "2011-11-10");
     assert!(
         set.models.iter().all(|m| m.loaded && m.rows == 14),
@@ -183,7 +187,11 @@ async fn model_forecasts_for_the_real_shards() {
     let again = e.cycle(now_ms() + 5_000);
     assert!(again.models.iter().all(|m| m.cached));
     assert_eq!(again.shards, set.shards);
-    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    let text = metrics.render(&Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1,
+    ));
     assert!(
         text.contains("shardcast_forecaster_forecasts{horizon=\"1w\",source=\"model\"} 14"),
         "{text}"
@@ -219,7 +227,11 @@ async fn wrong_model_path_falls_back_flagged() {
         }
     }
     // Seasonal naive: the 1 d median is within the range of recent daily totals.
-    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    let text = metrics.render(&Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1,
+    ));
     assert!(
         text.contains(
             "shardcast_forecaster_forecasts{horizon=\"1h\",source=\"seasonal_naive\"} 14"
@@ -257,7 +269,11 @@ async fn missing_and_malformed_feeds_degrade_but_forecast() {
         .shards
         .values()
         .all(|s| s.horizons.iter().all(|h| !h.is_fallback())));
-    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    let text = metrics.render(&Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1,
+    ));
     assert!(text.contains("shardcast_forecaster_feed_state{feed=\"events\",state=\"missing\"} 1"));
     assert!(text
         .contains("shardcast_forecaster_feed_state{feed=\"web_traffic\",state=\"malformed\"} 1"));
@@ -307,7 +323,11 @@ async fn missing_and_malformed_feeds_degrade_but_forecast() {
 /// Runtime answers by aborting the process.
 #[test]
 fn an_empty_store_cycles_without_running_the_models() {
-    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let store = Arc::new(Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1000,
+    ));
     let (mut e, _) = engine(store, Signals::default(), hourly_model());
     let set = e.cycle(now_ms());
     assert!(set.shards.is_empty());
@@ -322,7 +342,11 @@ async fn an_inference_thread_that_panics_is_started_again() {
     use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
     let tasks = shardcast_edge::supervise::Tasks::new();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let store = Arc::new(Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1000,
+    ));
     let handle = ForecastHandle::new();
     let starts = Arc::new(AtomicU32::new(0));
     let thread = {

@@ -51,7 +51,7 @@ proptest! {
         (0u64..7_200_000, prop::sample::select(vec![1_000u64, 1_500, 10_000, 60_000, 90_000]), 0u64..1_000, 0usize..3),
         1..60,
     )) {
-        let store = Store::new(Retention { seconds: 3 * 3600, minutes: 300, hours: 100 }, 0, 100);
+        let store = Store::new(Retention { seconds: 3 * 3600, minutes: 300, hours: 100 }, shardcast_forecaster::time::Zone::utc(), 100);
         let ids = ["A", "B/x", "C"];
         let mut sent = [0f64; 3];
         for (i, &(off, iv, n, s)) in frames.iter().enumerate() {
@@ -78,7 +78,11 @@ proptest! {
 
 #[test]
 fn sources_add_up_and_gaps_are_counted() {
-    let store = Store::new(Retention::default(), 0, 100);
+    let store = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     let now = T0 as i64 + 500;
     store.ingest(&frame("p1", 1, T0, 1000, vec![sample("S", 5)]), now);
     store.ingest(&frame("p2", 7, T0, 1000, vec![sample("S", 3)]), now);
@@ -108,7 +112,7 @@ fn rings_are_bounded() {
         minutes: 60,
         hours: 24 * 35,
     };
-    let store = Store::new(r, 0, 2);
+    let store = Store::new(r, shardcast_forecaster::time::Zone::utc(), 2);
     for i in 0..10_000u64 {
         store.ingest(
             &frame("p", i, T0 + i * 1000, 1000, vec![sample("S", 1)]),
@@ -133,7 +137,11 @@ fn rings_are_bounded() {
 fn snapshot_round_trip_and_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/store.snap");
-    let store = Store::new(Retention::default(), 0, 100);
+    let store = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     for i in 0..500u64 {
         store.ingest(
             &frame(
@@ -148,7 +156,11 @@ fn snapshot_round_trip_and_corruption() {
     }
     store.seed_hourly("SEEDED", 400_000, &[1.0, 2.0, 3.0]);
     persist::save(&store, &path).unwrap();
-    let back = Store::new(Retention::default(), 0, 100);
+    let back = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     assert!(persist::restore(&back, &path).unwrap());
     assert_eq!(back.export().len(), 3);
     let mut a = store.export();
@@ -175,14 +187,22 @@ fn snapshot_round_trip_and_corruption() {
         b"not a snapshot at all, no".to_vec(),
     ] {
         std::fs::write(&path, &bad).unwrap();
-        let fresh = Store::new(Retention::default(), 0, 100);
+        let fresh = Store::new(
+            Retention::default(),
+            shardcast_forecaster::time::Zone::utc(),
+            100,
+        );
         let err = persist::restore(&fresh, &path).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
         assert!(fresh.is_empty());
     }
     // no snapshot at all is not an error
     assert!(!persist::restore(
-        &Store::new(Retention::default(), 0, 1),
+        &Store::new(
+            Retention::default(),
+            shardcast_forecaster::time::Zone::utc(),
+            1
+        ),
         &dir.path().join("none")
     )
     .unwrap());
