@@ -73,6 +73,10 @@ class Panel:
         return Panel(self.freq, self.ids, self.index[:n], self.y[:, :n], {k: v[:, :n] for k, v in self.cov.items()},
                      self.start.copy(), self.tz)
 
+    def observed(self) -> np.ndarray:
+        """[S, T] bool: the period is at or after the series' first observation."""
+        return np.arange(self.y.shape[1])[None, :] >= self.start[:, None]
+
     @property
     def local(self) -> pd.DatetimeIndex:
         """The periods' start on the store's wall clock (naive; hourly: may repeat or skip an hour)."""
@@ -124,10 +128,6 @@ def parse_times(col: pd.Series, freq: str, tz: str) -> pd.Series:
     if getattr(ds.dt, "tz", None) is not None:  # a day is the local date of the timestamp
         ds = ds.dt.tz_convert(zone(tz)).dt.tz_localize(None)
     return ds
-
-    def observed(self) -> np.ndarray:
-        """[S, T] bool: the period is at or after the series' first observation."""
-        return np.arange(self.y.shape[1])[None, :] >= self.start[:, None]
 
 
 def period_index(start: pd.Timestamp, end: pd.Timestamp, freq: str) -> pd.DatetimeIndex:
