@@ -134,7 +134,8 @@ pub use shardmap::contract::forecast::ModelStatus;
 pub struct ForecastSet {
     pub generated_at_unix_ms: i64,
     pub generated_at: String,
-    /// Last complete store-local hour / day the forecasts start after.
+    /// Last complete store-local hour / day the forecasts start after
+    /// (`YYYY-MM-DD HH:MM:SS±HH:MM` / `YYYY-MM-DD`).
     pub origin_hour: String,
     pub origin_day: String,
     pub cycle_ms: f64,

@@ -207,3 +207,62 @@ fn snapshot_round_trip_and_corruption() {
     )
     .unwrap());
 }
+
+/// Across the 2011 UK clock changes, in Europe/London: telemetry lands in
+/// the real hours of the store's clock (a 23- and a 25-hour day), and the
+/// sales history — civil wall-clock rows — is seeded onto the same buckets
+/// (the spring-forward row that never happened adds to the hour after it;
+/// the second 01:00 of the fall-back night starts empty).
+#[test]
+fn hours_follow_the_store_clock_across_daylight_saving_changes() {
+    use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
+    use shardcast_forecaster::feeds::FeedSource;
+    use shardcast_forecaster::service::seed_history;
+    use shardcast_forecaster::time::{parse_local, Zone};
+
+    let z = Zone::named("Europe/London").unwrap();
+    let utc = |s: &str| parse_local(s).unwrap() * 1000;
+    let store = Store::new(Retention::default(), z.clone(), 10);
+    // 09:00-10:00 BST on Monday 28 March 2011 is 08:00-09:00 UTC.
+    let t = utc("2011-03-28 08:00:00") as u64;
+    store.ingest(
+        &frame("p", 1, t, 3_600_000, vec![sample("s", 7)]),
+        t as i64 + 3_600_000,
+    );
+    let h = z.hour_of_civil(parse_local("2011-03-28 09:00").unwrap());
+    let mut one = [0.0];
+    store.hourly_window("s", h, &mut one);
+    assert_eq!(one[0], 7.0, "the 09:00 local bucket holds it");
+    assert_eq!(z.local_hour(h).hour, 9);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.csv");
+    std::fs::write(
+        &path,
+        "shard_id,ds,lines\n\
+         s2,2011-03-27 00:00:00,1\ns2,2011-03-27 01:00:00,2\ns2,2011-03-27 02:00:00,3\n\
+         s3,2011-10-30 00:00:00,1\ns3,2011-10-30 01:00:00,2\ns3,2011-10-30 02:00:00,3\n",
+    )
+    .unwrap();
+    let cfg = HistoryConfig {
+        source: FeedSource::File(path),
+        id_col: "shard_id".into(),
+        time_col: "ds".into(),
+        value_col: "lines".into(),
+        align: HistoryAlign::AsIs,
+    };
+    let st = seed_history(&store, &cfg, utc("2012-01-01 00:00:00"));
+    assert_eq!(st.rows, 6, "{}", st.detail);
+    let window = |id: &str, from: &str, n: usize| {
+        let mut out = vec![0.0; n];
+        store.hourly_window(id, z.hour(utc(from)), &mut out);
+        out
+    };
+    // Spring forward: 00:00 GMT, then 02:00 BST holds the 01:00 and 02:00 rows.
+    assert_eq!(window("s2", "2011-03-27 00:00:00", 3), vec![1.0, 5.0, 0.0]);
+    // Fall back: 00:00 BST, 01:00 BST, 01:00 GMT (empty), 02:00 GMT.
+    assert_eq!(
+        window("s3", "2011-10-29 23:00:00", 4),
+        vec![1.0, 2.0, 0.0, 3.0]
+    );
+}
