@@ -568,6 +568,23 @@ impl Engine {
     }
 }
 
+/// A model period as the store's hour buckets `[start, end)`: an hour is
+/// one bucket, a day its local day's 23, 24 or 25.
+pub fn period_hours(zone: &Zone, freq: Freq, p: i64) -> (i64, i64) {
+    match freq {
+        Freq::Hourly => (p, p + 1),
+        Freq::Daily => (zone.first_hour(p), zone.first_hour(p + 1)),
+    }
+}
+
+/// The civil day of a model period (for the event calendar).
+pub fn period_day(zone: &Zone, freq: Freq, p: i64) -> i64 {
+    match freq {
+        Freq::Hourly => zone.day_of_hour(p),
+        Freq::Daily => p,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 /// Build one model's batch over all shards, run it once, and cache each
 /// shard's answer (or why there is none).
@@ -593,17 +610,8 @@ fn run_slot(
     let cal = CalendarRows::new(&c, zone, origin);
     let first_period = origin - (c.context as i64 - 1);
     let last_period = origin + c.horizon as i64;
-    // A period as hour buckets `[start, end)` (a local day is 23-25 of
-    // them), its civil day (for the event calendar) and the civil second
-    // of its start (for the covariate feeds).
-    let hours_of = |p: i64| match c.freq {
-        Freq::Hourly => (p, p + 1),
-        Freq::Daily => (zone.first_hour(p), zone.first_hour(p + 1)),
-    };
-    let day_of = |p: i64| match c.freq {
-        Freq::Hourly => zone.day_of_hour(p),
-        Freq::Daily => p,
-    };
+    let hours_of = |p: i64| period_hours(zone, c.freq, p);
+    let day_of = |p: i64| period_day(zone, c.freq, p);
     let civil_start = |p: i64| match c.freq {
         Freq::Hourly => zone.local_hour(p).civil_s,
         Freq::Daily => p * 86_400,

@@ -392,3 +392,75 @@ async fn an_inference_thread_that_panics_is_started_again() {
     thread.shutdown().await;
     assert!(!tasks.all_running());
 }
+
+/// A UK store on its own clock: the sales history (wall-clock rows) seeds
+/// the real hours of Europe/London, a local day's total is its 23 or 25
+/// hours across the clock changes, and the models run with the origin
+/// written on that clock.
+#[tokio::test]
+async fn london_store_days_and_origins_across_clock_changes() {
+    use shardcast_forecaster::contract::Freq;
+    use shardcast_forecaster::engine::{period_day, period_hours};
+    use shardcast_forecaster::time::Zone;
+
+    let zone = Zone::named("Europe/London").unwrap();
+    let store = Arc::new(Store::new(Retention::default(), zone.clone(), 1000));
+    let path = root().join("data/online_retail/shard_hourly.csv.gz");
+    let st = seed_history(
+        &store,
+        &HistoryConfig {
+            source: FeedSource::File(path.clone()),
+            id_col: "shard_id".into(),
+            time_col: "ds".into(),
+            value_col: "lines".into(),
+            align: HistoryAlign::AsIs,
+        },
+        parse_local("2012-01-01 00:00:00").unwrap() * 1000,
+    );
+    assert_eq!(st.state, FeedState::Ok, "{}", st.detail);
+    // The same history as civil hours: a day's total is the sum of its rows.
+    let civil =
+        feeds::parse_history(&feeds::read_file(&path).unwrap(), "shard_id", "ds", "lines").unwrap();
+    for (d, n) in [
+        ("2010-03-28", 23),
+        ("2011-03-27", 23),
+        ("2011-10-30", 25),
+        ("2011-11-14", 24),
+    ] {
+        let day = parse_local(d).unwrap().div_euclid(86_400);
+        let (a, b) = period_hours(&zone, Freq::Daily, day);
+        assert_eq!(b - a, n, "{d}");
+        assert!(
+            (a..b).all(|h| period_day(&zone, Freq::Hourly, h) == day),
+            "{d}"
+        );
+        for (id, first, v) in &civil {
+            let want: f64 = (0..24)
+                .filter_map(|k| v.get(usize::try_from(day * 24 + k - first).ok()?))
+                .sum();
+            let mut got = vec![0.0; n as usize];
+            store.hourly_window(id, a, &mut got);
+            assert_eq!(got.iter().sum::<f64>(), want, "{id} {d}");
+        }
+    }
+    // Monday 31 October, just after midnight GMT: the last complete day is
+    // the 25-hour Sunday.
+    let signals = signals_with(
+        Some(events_spec(root().join("data/online_retail/events.csv"))),
+        vec![],
+    )
+    .await;
+    let (mut e, _) = engine(store, signals, hourly_model());
+    let set = e.cycle(parse_local("2011-10-31 00:00:30").unwrap() * 1000);
+    assert_eq!(set.origin_hour, "2011-10-30 23:00:00+00:00");
+    assert_eq!(set.origin_day, "2011-10-30");
+    assert!(
+        set.models.iter().all(|m| m.loaded && m.rows == 14),
+        "{:?}",
+        set.models
+    );
+    assert_valid(&set);
+    // Before the change the same local hour is an hour earlier in UTC.
+    let set = e.cycle(parse_local("2011-10-28 09:00:30").unwrap() * 1000);
+    assert_eq!(set.origin_hour, "2011-10-28 09:00:00+01:00");
+}
