@@ -31,7 +31,11 @@ fn root() -> PathBuf {
 /// 10k shards: the 14 real series (last 60 days), each copied with a
 /// per-copy scale and phase so rows differ.
 fn store_10k() -> Arc<Store> {
-    let real = Store::new(Retention::default(), 0, 100);
+    let real = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     seed_history(
         &real,
         &HistoryConfig {
@@ -55,7 +59,11 @@ fn store_10k() -> Arc<Store> {
             v
         })
         .collect();
-    let store = Arc::new(Store::new(Retention::default(), 0, SHARDS));
+    let store = Arc::new(Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        SHARDS,
+    ));
     for i in 0..SHARDS {
         let src = &hist[i % hist.len()];
         let k = 0.2 + (i % 17) as f64 * 0.3;
@@ -201,7 +209,11 @@ fn frame(seq: u64, shards: usize, t: u64) -> Frame {
 fn ingest(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest");
     for shards in [1usize, 100, 1_000] {
-        let store = Store::new(Retention::default(), 0, 100_000);
+        let store = Store::new(
+            Retention::default(),
+            shardcast_forecaster::time::Zone::utc(),
+            100_000,
+        );
         let t0 = 1_795_000_000_000u64;
         let bytes = frame(0, shards, t0).encode();
         g.throughput(Throughput::Elements(1));
@@ -226,7 +238,11 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 
     // Memory per shard (heap held by the rings), printed.
-    let store = Store::new(Retention::default(), 0, 100);
+    let store = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     let r = Retention::default();
     let t0 = 1_795_000_000_000u64;
     // a shard that has filled every ring: a week of 1 s frames, then 3 years of hours
@@ -248,7 +264,11 @@ fn ingest(c: &mut Criterion) {
         store.ingest(&f, 0);
     }
     let full = store.bytes();
-    let typical = Store::new(Retention::default(), 0, 100);
+    let typical = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     typical.seed_hourly("seeded-60d", 0, &vec![1.0; 60 * 24]);
     eprintln!(
         "memory per shard: full rings {} KiB (cap: {} s + {} min + {} h buckets × 4 B); 60 days seeded, no live data {} KiB",

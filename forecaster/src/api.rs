@@ -179,8 +179,8 @@ fn ring_view(
 /// progress. `None` when the store has never seen the shard.
 fn series_view(store: &Store, id: &str, hours: usize, now_unix_ms: i64) -> Option<SeriesView> {
     let shard = store.shard(id)?;
-    let offset = store.local_ms(0);
-    let local = store.local_ms(now_unix_ms);
+    let offset = store.zone().align_ms();
+    let local = store.grid_ms(now_unix_ms);
     let g = shard.lock();
     Some(SeriesView {
         shard: id.to_string(),
@@ -334,7 +334,7 @@ impl App {
                     StatusCode::OK,
                     &ClockView {
                         now_unix_ms: now,
-                        now: crate::time::format_local(self.store.local_ms(now).div_euclid(1000)),
+                        now: crate::time::format_local(self.store.zone().civil_s(now)),
                         replay: self.clock.is_replay(),
                         speed: self.clock.speed(),
                     },
@@ -415,7 +415,11 @@ mod tests {
 
     fn app() -> App {
         App {
-            store: Arc::new(Store::new(Retention::default(), 60, 16)),
+            store: Arc::new(Store::new(
+                Retention::default(),
+                crate::time::Zone::fixed_minutes(60).unwrap(),
+                16,
+            )),
             metrics: Arc::new(Metrics::default()),
             forecasts: ForecastHandle::new(),
             manager: None,

@@ -102,7 +102,7 @@ struct WireClock {
 /// Replay settings (validated); the clock itself starts with the service.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClockConfig {
-    /// Trace time at start, unix ms (UTC; the store offset is applied).
+    /// Trace time at start, unix ms (`start` read in `store.timezone`).
     pub start_ms: i64,
     pub speed: f64,
 }
@@ -306,7 +306,9 @@ struct WireStore {
     second_buckets: usize,
     minute_buckets: usize,
     hour_buckets: usize,
-    utc_offset_minutes: i32,
+    timezone: String,
+    /// Replaced by `timezone`; refused with a message saying so.
+    utc_offset_minutes: Option<i32>,
     max_shards: usize,
 }
 
@@ -317,7 +319,8 @@ impl Default for WireStore {
             second_buckets: r.seconds,
             minute_buckets: r.minutes,
             hour_buckets: r.hours,
-            utc_offset_minutes: 0,
+            timezone: "UTC".into(),
+            utc_offset_minutes: None,
             max_shards: 100_000,
         }
     }
@@ -458,7 +461,9 @@ pub struct HistoryConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub retention: Retention,
-    pub utc_offset_minutes: i32,
+    /// The store's time zone (`store.timezone`): its hours and days are the
+    /// series' buckets and the models' calendar.
+    pub timezone: crate::time::Zone,
     pub max_shards: usize,
     pub snapshot: Option<(PathBuf, Duration)>,
     pub hourly_contract: PathBuf,
@@ -534,12 +539,20 @@ impl Config {
                 err(f, format!("{v} not in {lo}..={hi}"));
             }
         }
-        if !(-14 * 60..=14 * 60).contains(&s.utc_offset_minutes) {
+        if let Some(m) = s.utc_offset_minutes {
+            // A fixed offset is an hour off for half the year wherever
+            // clocks change; the zone's name carries its rules.
             err(
                 "store.utc_offset_minutes",
-                format!("{} not within ±14 h", s.utc_offset_minutes),
+                format!(
+                    "{m}: replaced by store.timezone, an IANA time zone name with its daylight-saving rules (e.g. timezone = \"Europe/London\"; \"UTC\" for none)"
+                ),
             );
         }
+        let timezone = crate::time::Zone::named(&s.timezone).unwrap_or_else(|e| {
+            err("store.timezone", e);
+            crate::time::Zone::utc()
+        });
         let snapshot = w.persist.as_ref().map(|p| {
             if p.interval_s == 0 {
                 err("persist.interval_s", "must be > 0".into());
@@ -755,7 +768,7 @@ impl Config {
             }
             match crate::time::parse_local(&c.start) {
                 Some(local_s) => Some(ClockConfig {
-                    start_ms: local_s * 1000 - i64::from(s.utc_offset_minutes) * 60_000,
+                    start_ms: timezone.instant_ms(local_s),
                     speed: c.speed,
                 }),
                 None => {
@@ -819,7 +832,7 @@ impl Config {
                 minutes: s.minute_buckets,
                 hours: s.hour_buckets,
             },
-            utc_offset_minutes: s.utc_offset_minutes,
+            timezone,
             max_shards: s.max_shards,
             snapshot,
             hourly_contract: resolve(base, &w.model.hourly),

@@ -28,7 +28,7 @@ use crate::feeds::{FeedState, FeedStatus, Signals};
 use crate::metrics::Metrics;
 use crate::model::OnnxModel;
 use crate::store::Store;
-use crate::time::{format_local, format_utc_ms};
+use crate::time::{format_local, format_utc_ms, Zone};
 
 /// Quantile levels used when no model contract could be read.
 pub const DEFAULT_LEVELS: [f32; 9] = [0.01, 0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975, 0.99];
@@ -134,7 +134,8 @@ pub use shardmap::contract::forecast::ModelStatus;
 pub struct ForecastSet {
     pub generated_at_unix_ms: i64,
     pub generated_at: String,
-    /// Last complete store-local hour / day the forecasts start after.
+    /// Last complete store-local hour / day the forecasts start after
+    /// (`YYYY-MM-DD HH:MM:SS±HH:MM` / `YYYY-MM-DD`).
     pub origin_hour: String,
     pub origin_day: String,
     pub cycle_ms: f64,
@@ -287,13 +288,14 @@ pub struct Engine {
 /// Hours of history kept per shard for one cycle: enough for the daily
 /// model's 35 days plus the partial origin day, and for the fallback.
 fn buffer_hours(
+    zone: &Zone,
     origin_h: i64,
     origin_d: i64,
     hourly_need: usize,
     daily_need: usize,
 ) -> (i64, usize) {
     let start = (origin_h - hourly_need as i64 + 1)
-        .min(24 * (origin_d - daily_need as i64 + 1))
+        .min(zone.first_hour(origin_d - daily_need as i64 + 1))
         .min(origin_h - 672 - 168 + 1);
     (start, (origin_h - start + 1) as usize)
 }
@@ -376,8 +378,11 @@ impl Engine {
         self.ensure_loaded();
         let signals = self.signals.load_full();
         let ids = self.store.shard_ids();
+        let zone = self.store.zone().clone();
+        // The last complete hour, and the last complete local day (the day
+        // before the one the current hour is in).
         let origin_h = self.store.local_hour(now_unix_ms) - 1;
-        let origin_d = (origin_h + 1).div_euclid(24) - 1;
+        let origin_d = zone.day_of_hour(origin_h + 1) - 1;
         let hourly_need = self.slots[0]
             .model
             .as_ref()
@@ -399,7 +404,7 @@ impl Engine {
                 let late = if f.name == "events" {
                     !events_current
                 } else if let Some(c) = signals.covariate(&f.name) {
-                    c.latest < origin_h * 3600
+                    c.latest < zone.local_hour(origin_h).civil_s
                 } else {
                     false
                 };
@@ -426,7 +431,7 @@ impl Engine {
             Some(shards) => shards,
             None => {
                 let (buf_start, buf_len) =
-                    buffer_hours(origin_h, origin_d, hourly_need, daily_need);
+                    buffer_hours(&zone, origin_h, origin_d, hourly_need, daily_need);
                 // Snapshot the hourly history of every shard (one short lock each).
                 self.buf.clear();
                 self.buf.resize(ids.len() * buf_len, 0.0);
@@ -441,7 +446,7 @@ impl Engine {
                 let runs = [!cached[0], !cached[1]];
                 let run = |slot: &mut Slot, key: CacheKey| {
                     run_slot(
-                        slot, metrics, buf, &ids, buf_start, buf_len, key.0, ev, &signals,
+                        slot, metrics, buf, &ids, &zone, buf_start, buf_len, key.0, ev, &signals,
                     );
                     slot.cache_key = slot.model.as_ref().map(|_| key);
                 };
@@ -494,7 +499,7 @@ impl Engine {
         let set = Arc::new(ForecastSet {
             generated_at_unix_ms: now_unix_ms.max(1),
             generated_at: format_utc_ms(now_unix_ms),
-            origin_hour: format_local(origin_h * 3600),
+            origin_hour: zone.format_hour(origin_h),
             origin_day: format_local(origin_d * 86_400)[..10].to_string(),
             cycle_ms: t0.elapsed().as_secs_f64() * 1e3,
             models,
@@ -563,6 +568,23 @@ impl Engine {
     }
 }
 
+/// A model period as the store's hour buckets `[start, end)`: an hour is
+/// one bucket, a day its local day's 23, 24 or 25.
+pub fn period_hours(zone: &Zone, freq: Freq, p: i64) -> (i64, i64) {
+    match freq {
+        Freq::Hourly => (p, p + 1),
+        Freq::Daily => (zone.first_hour(p), zone.first_hour(p + 1)),
+    }
+}
+
+/// The civil day of a model period (for the event calendar).
+pub fn period_day(zone: &Zone, freq: Freq, p: i64) -> i64 {
+    match freq {
+        Freq::Hourly => zone.day_of_hour(p),
+        Freq::Daily => p,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 /// Build one model's batch over all shards, run it once, and cache each
 /// shard's answer (or why there is none).
@@ -571,6 +593,7 @@ fn run_slot(
     metrics: &Metrics,
     buf: &[f64],
     ids: &[Arc<str>],
+    zone: &Zone,
     buf_start: i64,
     buf_len: usize,
     origin: i64,
@@ -584,11 +607,15 @@ fn run_slot(
     };
     let c = model.contract.clone();
     let need = c.history_needed();
-    let cal = CalendarRows::new(&c, origin);
-    let per = c.freq.hours();
+    let cal = CalendarRows::new(&c, zone, origin);
     let first_period = origin - (c.context as i64 - 1);
     let last_period = origin + c.horizon as i64;
-    let day_of = |p: i64| (p * per).div_euclid(24);
+    let hours_of = |p: i64| period_hours(zone, c.freq, p);
+    let day_of = |p: i64| period_day(zone, c.freq, p);
+    let civil_start = |p: i64| match c.freq {
+        Freq::Hourly => zone.local_hour(p).civil_s,
+        Freq::Daily => p * 86_400,
+    };
     let window = events.map(|e| e.window(day_of(first_period), day_of(last_period)));
     let covs: Vec<Option<&Arc<crate::feeds::Covariate>>> =
         c.covariates.iter().map(|n| signals.covariate(n)).collect();
@@ -596,32 +623,40 @@ fn run_slot(
     let mut y = vec![0.0f64; need];
     let mut ev: Vec<EventChannels> = Vec::with_capacity(c.context + c.horizon);
     let mut order = Vec::with_capacity(ids.len());
+    // Per period: the buffer's hour range, and the feeds' keys (the same
+    // for every shard).
+    let y_hours: Vec<(i64, i64)> = (0..need as i64)
+        .map(|k| {
+            let (a, b) = hours_of(origin - need as i64 + 1 + k);
+            (a - buf_start, b - buf_start)
+        })
+        .collect();
+    let ev_days: Vec<i64> = (first_period..=last_period).map(day_of).collect();
+    let cov_secs: Vec<i64> = (0..c.context as i64)
+        .map(|k| civil_start(first_period + k))
+        .collect();
     for (i, id) in ids.iter().enumerate() {
         let hours = &buf[i * buf_len..(i + 1) * buf_len];
         // Periods origin-need+1 ..= origin, from the hourly buffer.
-        for (k, slot_y) in y.iter_mut().enumerate() {
-            let p = origin - need as i64 + 1 + k as i64;
-            let h0 = p * per - buf_start;
-            *slot_y = (h0..h0 + per)
+        for (slot_y, &(h0, h1)) in y.iter_mut().zip(&y_hours) {
+            *slot_y = (h0..h1)
                 .filter(|&h| h >= 0 && (h as usize) < buf_len)
                 .map(|h| hours[h as usize])
                 .sum();
         }
         ev.clear();
         if let Some(w) = window.as_ref().filter(|w| w.any_for(id)) {
-            for p in first_period..=last_period {
-                ev.push(w.channels(id, day_of(p)));
+            for &d in &ev_days {
+                ev.push(w.channels(id, d));
             }
         }
         let cov: Vec<Option<Vec<f64>>> = covs
             .iter()
             .map(|f| {
                 f.map(|f| {
-                    (0..c.context as i64)
-                        .map(|k| {
-                            f.value(id, (first_period + k) * per * 3600)
-                                .unwrap_or(f64::NAN)
-                        })
+                    cov_secs
+                        .iter()
+                        .map(|&t| f.value(id, t).unwrap_or(f64::NAN))
                         .collect()
                 })
             })

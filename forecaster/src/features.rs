@@ -8,7 +8,7 @@
 //! Arithmetic is done in `f64` and cast to `f32` at the end, as numpy does.
 
 use crate::contract::{Contract, Freq};
-use crate::time::{day_of_year, weekday};
+use crate::time::{day_of_year, weekday, Zone};
 
 /// Event channels of one period: holiday, closed, other event.
 pub type EventChannels = [f64; 3];
@@ -36,10 +36,16 @@ pub struct CalendarRows {
     future: Vec<f64>,
 }
 
-fn calendar_row(freq: Freq, period: i64, out: &mut Vec<f64>) {
+/// Hourly periods are the store's hour buckets, read in its zone (so the
+/// hour of day and the weekday follow its clock across daylight-saving
+/// changes); daily periods are civil day indices.
+fn calendar_row(freq: Freq, zone: &Zone, period: i64, out: &mut Vec<f64>) {
     use std::f64::consts::PI;
     let (day, hour) = match freq {
-        Freq::Hourly => (period.div_euclid(24), Some(period.rem_euclid(24) as f64)),
+        Freq::Hourly => {
+            let l = zone.local_hour(period);
+            (l.day, Some(f64::from(l.hour)))
+        }
         Freq::Daily => (period, None),
     };
     if let Some(h) = hour {
@@ -55,16 +61,17 @@ fn calendar_row(freq: Freq, period: i64, out: &mut Vec<f64>) {
 }
 
 impl CalendarRows {
-    /// Calendar of the periods `origin - context + 1 ..= origin + horizon`,
-    /// `origin` counted in the contract's periods since 1970-01-01 (local).
-    pub fn new(c: &Contract, origin: i64) -> CalendarRows {
+    /// Calendar of the periods `origin - context + 1 ..= origin + horizon`:
+    /// for an hourly contract hour buckets of `zone`, for a daily one civil
+    /// days since 1970-01-01.
+    pub fn new(c: &Contract, zone: &Zone, origin: i64) -> CalendarRows {
         let mut past = Vec::new();
         let mut future = Vec::new();
         for i in 0..c.context as i64 {
-            calendar_row(c.freq, origin - (c.context as i64 - 1) + i, &mut past);
+            calendar_row(c.freq, zone, origin - (c.context as i64 - 1) + i, &mut past);
         }
         for k in 1..=c.horizon as i64 {
-            calendar_row(c.freq, origin + k, &mut future);
+            calendar_row(c.freq, zone, origin + k, &mut future);
         }
         let channels = past.len() / c.context;
         CalendarRows {

@@ -209,12 +209,13 @@ impl EventWindow<'_> {
 
 // --- covariates -------------------------------------------------------------
 
-/// A covariate feed: values by store-local second of the period start.
+/// A covariate feed: values by civil (local wall-clock) second of the
+/// period start.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Covariate {
     all: HashMap<i64, f64>,
     per: HashMap<String, HashMap<i64, f64>>,
-    /// Latest timestamp present (store-local seconds).
+    /// Latest timestamp present (civil seconds).
     pub latest: i64,
     pub rows: usize,
 }
@@ -259,7 +260,7 @@ impl Covariate {
         Ok(out)
     }
 
-    /// Value for `series` in the period starting at local second `ts`.
+    /// Value for `series` in the period starting at civil second `ts`.
     pub fn value(&self, series: &str, ts: i64) -> Option<f64> {
         self.per
             .get(series)
@@ -540,7 +541,8 @@ pub async fn run(
 }
 
 /// Sales history (SIGNALS.md "Demand history"): hourly rows
-/// `id, ds, value` → per shard (first store-local hour, values).
+/// `id, ds, value` → per shard (first civil hour — local wall-clock hours
+/// since 1970-01-01 00:00 — and the values of the civil hours from it).
 pub fn parse_history(
     text: &[u8],
     id_col: &str,

@@ -92,6 +92,13 @@ pub fn seed_history(
             return st;
         }
     };
+    // The history is civil (local wall-clock) hours; it is shifted by whole
+    // civil weeks, which keeps each row's local hour and weekday, then
+    // placed on the store's hour buckets through its zone (across a
+    // daylight-saving change a civil hour that does not exist adds to the
+    // next one; the repeated hour of a fall-back night stays empty).
+    let zone = store.zone();
+    let now_h = store.local_hour(now_unix_ms);
     let shift = match cfg.align {
         HistoryAlign::AsIs => 0,
         HistoryAlign::Now => {
@@ -100,19 +107,31 @@ pub fn seed_history(
                 .map(|(_, f, v)| f + v.len() as i64 - 1)
                 .max()
                 .unwrap_or(0);
-            let target = store.local_hour(now_unix_ms) - 1;
+            let target = zone.local_hour(now_h - 1).civil_s.div_euclid(3600);
             (target - last).div_euclid(168) * 168
         }
     };
     let mut seeded = 0;
-    // History ends before the current hour: hours from now on are for
-    // telemetry to fill (a replay must not see the future, nor count it twice).
-    let now_h = store.local_hour(now_unix_ms);
     for (id, first, v) in &series {
-        let first = first + shift;
-        let keep = usize::try_from(now_h - first).unwrap_or(0).min(v.len());
+        // History ends before the current hour: hours from now on are for
+        // telemetry to fill (a replay must not see the future, nor count it
+        // twice).
+        let at = |k: usize| zone.hour_of_civil((first + shift + k as i64) * 3600);
+        let keep = v
+            .iter()
+            .enumerate()
+            .take_while(|&(k, _)| at(k) < now_h)
+            .count();
+        if keep == 0 {
+            continue;
+        }
+        let first_bucket = at(0);
+        let mut buckets = vec![0.0; (at(keep - 1) - first_bucket + 1) as usize];
+        for (k, x) in v[..keep].iter().enumerate() {
+            buckets[(at(k) - first_bucket) as usize] += x;
+        }
         st.rows += keep;
-        if keep > 0 && store.seed_hourly(id, first, &v[..keep]) {
+        if store.seed_hourly(id, first_bucket, &buckets) {
             seeded += 1;
         }
     }
@@ -137,7 +156,7 @@ impl Service {
         };
         let store = Arc::new(Store::new(
             cfg.retention,
-            cfg.utc_offset_minutes,
+            cfg.timezone.clone(),
             cfg.max_shards,
         ));
         if let Some((path, _)) = &cfg.snapshot {

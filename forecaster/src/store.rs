@@ -3,9 +3,11 @@
 //!
 //! Each frame's counts are added to every resolution at once (spread over
 //! the buckets its interval overlaps), so a coarse bucket is always the sum
-//! of the fine buckets inside it while both are retained. Bucket indices
-//! count store-local time since the epoch (unix time + the configured UTC
-//! offset), so an hour bucket is an hour of the store's calendar. Absent
+//! of the fine buckets inside it while both are retained. Buckets are real
+//! seconds, minutes and hours on the store's local grid (`time::Zone`:
+//! unix time shifted by the sub-hour part of the zone's offset), so an hour
+//! bucket is an hour of the store's clock and a local day is 23, 24 or 25
+//! of them across a daylight-saving change. Absent
 //! buckets are zero demand. A ring grows only as history arrives, up to its
 //! cap, so memory is bounded by `max_shards × (caps × 4 bytes)` and usually
 //! far below it.
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use shardmap::telemetry::Frame;
 
-use crate::time::{HOUR_MS, MINUTE_MS, SECOND_MS};
+use crate::time::{Zone, HOUR_MS, MINUTE_MS, SECOND_MS};
 
 /// A ring of consecutive buckets `[end - len, end)`; older buckets are 0.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,7 +214,7 @@ pub type ShardRef = Arc<Mutex<ShardSeries>>;
 /// a new shard takes the write lock.
 pub struct Store {
     retention: Retention,
-    offset_ms: i64,
+    zone: Zone,
     max_shards: usize,
     shards: RwLock<HashMap<Arc<str>, ShardRef>>,
     sources: Mutex<HashMap<String, u64>>,
@@ -238,10 +240,10 @@ fn spread(t: i64, len: i64, w: i64, mut f: impl FnMut(i64, f64)) {
 }
 
 impl Store {
-    pub fn new(retention: Retention, utc_offset_minutes: i32, max_shards: usize) -> Store {
+    pub fn new(retention: Retention, zone: Zone, max_shards: usize) -> Store {
         Store {
             retention,
-            offset_ms: i64::from(utc_offset_minutes) * MINUTE_MS,
+            zone,
             max_shards,
             shards: RwLock::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
@@ -253,14 +255,20 @@ impl Store {
         self.retention
     }
 
-    /// Store-local milliseconds of a unix time.
-    pub fn local_ms(&self, unix_ms: i64) -> i64 {
-        unix_ms + self.offset_ms
+    /// The store's time zone.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
     }
 
-    /// Store-local hour index of a unix time.
+    /// Milliseconds on the store's bucket grid of a unix time (bucket `b`
+    /// of width `w` holds `grid_ms` in `[b·w, (b+1)·w)`).
+    pub fn grid_ms(&self, unix_ms: i64) -> i64 {
+        unix_ms + self.zone.align_ms()
+    }
+
+    /// The store-local hour bucket of a unix time.
     pub fn local_hour(&self, unix_ms: i64) -> i64 {
-        self.local_ms(unix_ms).div_euclid(HOUR_MS)
+        self.zone.hour(unix_ms)
     }
 
     fn shard_or_insert(&self, id: &str) -> Option<ShardRef> {
@@ -328,7 +336,7 @@ impl Store {
         c.seq_gap_frames.fetch_add(out.seq_gap, Ordering::Relaxed);
         c.sender_dropped
             .fetch_add(f.dropped_before, Ordering::Relaxed);
-        let t = self.local_ms(f.start_unix_ms.min(i64::MAX as u64) as i64);
+        let t = self.grid_ms(f.start_unix_ms.min(i64::MAX as u64) as i64);
         let len = f.interval_ms as i64;
         let closed_before = self.local_hour(now_unix_ms);
         for s in &f.shards {
@@ -419,7 +427,7 @@ impl Store {
     pub fn recent_rate(&self, id: &str, now_unix_ms: i64, window_s: usize) -> f64 {
         let Some(s) = self.shard(id) else { return 0.0 };
         let window_s = window_s.max(1);
-        let now = self.local_ms(now_unix_ms);
+        let now = self.grid_ms(now_unix_ms);
         let g = s.lock();
         let (ring, w_ms) = if window_s * 2 <= self.retention.seconds {
             (&g.seconds, SECOND_MS)
@@ -527,7 +535,7 @@ mod tests {
 
     #[test]
     fn recent_rate_follows_what_was_reported_and_falls_to_zero_when_traffic_stops() {
-        let st = Store::new(Retention::default(), 0, 10);
+        let st = Store::new(Retention::default(), Zone::utc(), 10);
         let t0 = 1_000_000_000_000u64;
         // 10 requests per second for 30 s, reported one second late
         for k in 0..30 {

@@ -66,6 +66,10 @@ cycle_s = 0
             "{field} missing in:\n{err}"
         );
     }
+    assert!(
+        err.contains("store.timezone"),
+        "points to the new key:\n{err}"
+    );
     let unknown = Config::parse(
         "listen = \"127.0.0.1:1\"\nbogus = 1\n[model]\nhourly=\"a\"\ndaily=\"b\"\n",
         Path::new("."),
@@ -244,4 +248,44 @@ fn client_deadlines_and_connection_bounds_default_and_are_validated() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("client_idle_ms"), "{err}");
+}
+
+#[test]
+fn timezone_is_an_iana_name_and_sets_the_replay_start() {
+    let base = "listen = \"127.0.0.1:1\"\n[model]\nhourly = \"h.json\"\ndaily = \"d.json\"\n";
+    let with = |store: &str, rest: &str| {
+        Config::parse(
+            &format!("{base}[store]\n{store}\n{rest}"),
+            Path::new("."),
+            "z.toml",
+        )
+    };
+    let err = with("timezone = \"Europe/Londres\"", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("z.toml: store.timezone:") && err.contains("Europe/Londres"),
+        "{err}"
+    );
+    // Without the key the store keeps UTC.
+    let c = Config::parse(base, Path::new("."), "z.toml").unwrap();
+    assert_eq!(c.timezone.name(), "UTC");
+    // The replay clock's start is read on the store's clock: 09:00 BST.
+    let c = with(
+        "timezone = \"Europe/London\"",
+        "[clock]\nstart = \"2011-06-01 09:00:00\"\nspeed = 60",
+    )
+    .unwrap();
+    assert_eq!(c.timezone.name(), "Europe/London");
+    let start = c.clock.unwrap().start_ms;
+    assert_eq!(
+        shardcast_forecaster::time::format_utc_ms(start),
+        "2011-06-01T08:00:00.000Z"
+    );
+    // The shipped demo store is the UK one.
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/forecaster.toml");
+    assert_eq!(
+        Config::load(&conf).unwrap().timezone.name(),
+        "Europe/London"
+    );
 }

@@ -25,7 +25,11 @@ fn root() -> PathBuf {
 }
 
 fn seeded_store() -> Arc<Store> {
-    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let store = Arc::new(Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1000,
+    ));
     let st = seed_history(
         &store,
         &HistoryConfig {
@@ -123,7 +127,7 @@ async fn model_forecasts_for_the_real_shards() {
     .await;
     let (mut e, metrics) = engine(seeded_store(), signals, hourly_model());
     let set = e.cycle(now_ms());
-    assert_eq!(set.origin_hour, "2011-11-10 23:00:00");
+    assert_eq!(set.origin_hour, "2011-11-10 23:00:00+00:00");
     assert_eq!(set.origin_day, "2011-11-10");
     assert!(
         set.models.iter().all(|m| m.loaded && m.rows == 14),
@@ -183,7 +187,11 @@ async fn model_forecasts_for_the_real_shards() {
     let again = e.cycle(now_ms() + 5_000);
     assert!(again.models.iter().all(|m| m.cached));
     assert_eq!(again.shards, set.shards);
-    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    let text = metrics.render(&Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1,
+    ));
     assert!(
         text.contains("shardcast_forecaster_forecasts{horizon=\"1w\",source=\"model\"} 14"),
         "{text}"
@@ -219,7 +227,11 @@ async fn wrong_model_path_falls_back_flagged() {
         }
     }
     // Seasonal naive: the 1 d median is within the range of recent daily totals.
-    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    let text = metrics.render(&Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1,
+    ));
     assert!(
         text.contains(
             "shardcast_forecaster_forecasts{horizon=\"1h\",source=\"seasonal_naive\"} 14"
@@ -257,7 +269,11 @@ async fn missing_and_malformed_feeds_degrade_but_forecast() {
         .shards
         .values()
         .all(|s| s.horizons.iter().all(|h| !h.is_fallback())));
-    let text = metrics.render(&Store::new(Retention::default(), 0, 1));
+    let text = metrics.render(&Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1,
+    ));
     assert!(text.contains("shardcast_forecaster_feed_state{feed=\"events\",state=\"missing\"} 1"));
     assert!(text
         .contains("shardcast_forecaster_feed_state{feed=\"web_traffic\",state=\"malformed\"} 1"));
@@ -307,7 +323,11 @@ async fn missing_and_malformed_feeds_degrade_but_forecast() {
 /// Runtime answers by aborting the process.
 #[test]
 fn an_empty_store_cycles_without_running_the_models() {
-    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let store = Arc::new(Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1000,
+    ));
     let (mut e, _) = engine(store, Signals::default(), hourly_model());
     let set = e.cycle(now_ms());
     assert!(set.shards.is_empty());
@@ -322,7 +342,11 @@ async fn an_inference_thread_that_panics_is_started_again() {
     use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
     let tasks = shardcast_edge::supervise::Tasks::new();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let store = Arc::new(Store::new(Retention::default(), 0, 1000));
+    let store = Arc::new(Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        1000,
+    ));
     let handle = ForecastHandle::new();
     let starts = Arc::new(AtomicU32::new(0));
     let thread = {
@@ -367,4 +391,76 @@ async fn an_inference_thread_that_panics_is_started_again() {
     stop.send(true).unwrap();
     thread.shutdown().await;
     assert!(!tasks.all_running());
+}
+
+/// A UK store on its own clock: the sales history (wall-clock rows) seeds
+/// the real hours of Europe/London, a local day's total is its 23 or 25
+/// hours across the clock changes, and the models run with the origin
+/// written on that clock.
+#[tokio::test]
+async fn london_store_days_and_origins_across_clock_changes() {
+    use shardcast_forecaster::contract::Freq;
+    use shardcast_forecaster::engine::{period_day, period_hours};
+    use shardcast_forecaster::time::Zone;
+
+    let zone = Zone::named("Europe/London").unwrap();
+    let store = Arc::new(Store::new(Retention::default(), zone.clone(), 1000));
+    let path = root().join("data/online_retail/shard_hourly.csv.gz");
+    let st = seed_history(
+        &store,
+        &HistoryConfig {
+            source: FeedSource::File(path.clone()),
+            id_col: "shard_id".into(),
+            time_col: "ds".into(),
+            value_col: "lines".into(),
+            align: HistoryAlign::AsIs,
+        },
+        parse_local("2012-01-01 00:00:00").unwrap() * 1000,
+    );
+    assert_eq!(st.state, FeedState::Ok, "{}", st.detail);
+    // The same history as civil hours: a day's total is the sum of its rows.
+    let civil =
+        feeds::parse_history(&feeds::read_file(&path).unwrap(), "shard_id", "ds", "lines").unwrap();
+    for (d, n) in [
+        ("2010-03-28", 23),
+        ("2011-03-27", 23),
+        ("2011-10-30", 25),
+        ("2011-11-14", 24),
+    ] {
+        let day = parse_local(d).unwrap().div_euclid(86_400);
+        let (a, b) = period_hours(&zone, Freq::Daily, day);
+        assert_eq!(b - a, n, "{d}");
+        assert!(
+            (a..b).all(|h| period_day(&zone, Freq::Hourly, h) == day),
+            "{d}"
+        );
+        for (id, first, v) in &civil {
+            let want: f64 = (0..24)
+                .filter_map(|k| v.get(usize::try_from(day * 24 + k - first).ok()?))
+                .sum();
+            let mut got = vec![0.0; n as usize];
+            store.hourly_window(id, a, &mut got);
+            assert_eq!(got.iter().sum::<f64>(), want, "{id} {d}");
+        }
+    }
+    // Monday 31 October, just after midnight GMT: the last complete day is
+    // the 25-hour Sunday.
+    let signals = signals_with(
+        Some(events_spec(root().join("data/online_retail/events.csv"))),
+        vec![],
+    )
+    .await;
+    let (mut e, _) = engine(store, signals, hourly_model());
+    let set = e.cycle(parse_local("2011-10-31 00:00:30").unwrap() * 1000);
+    assert_eq!(set.origin_hour, "2011-10-30 23:00:00+00:00");
+    assert_eq!(set.origin_day, "2011-10-30");
+    assert!(
+        set.models.iter().all(|m| m.loaded && m.rows == 14),
+        "{:?}",
+        set.models
+    );
+    assert_valid(&set);
+    // Before the change the same local hour is an hour earlier in UTC.
+    let set = e.cycle(parse_local("2011-10-28 09:00:30").unwrap() * 1000);
+    assert_eq!(set.origin_hour, "2011-10-28 09:00:00+01:00");
 }

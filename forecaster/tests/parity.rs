@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use shardcast_forecaster::contract::{Contract, Freq};
 use shardcast_forecaster::features::{Batch, CalendarRows, SeriesInput};
+use shardcast_forecaster::feeds::Events;
 use shardcast_forecaster::model::OnnxModel;
-use shardcast_forecaster::time::parse_local;
+use shardcast_forecaster::time::{parse_local, Zone};
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
@@ -39,9 +40,22 @@ fn fixture(name: &str) -> (Contract, Value) {
     (c, fx)
 }
 
+/// The fixture's store zone (UTC for fixtures that name none).
+fn zone_of(fx: &Value) -> Zone {
+    fx["timezone"]
+        .as_str()
+        .map_or_else(Zone::utc, |n| Zone::named(n).expect("fixture zone"))
+}
+
 /// The feature builder reproduces the recorded tensors from the raw fields.
 fn check_features(name: &str) {
     let (c, fx) = fixture(name);
+    check_cases(name, &c, &fx);
+}
+
+fn check_cases(name: &str, c: &Contract, fx: &Value) {
+    let c = c.clone();
+    let zone = zone_of(fx);
     let past_want = floats(&fx["inputs"]["past"]);
     let fut_want = floats(&fx["inputs"]["future"]);
     let scale_want = floats(&fx["inputs"]["scale"]);
@@ -51,9 +65,10 @@ fn check_features(name: &str) {
     let fnn = c.horizon * c.future_features;
     for (b, case) in cases.iter().enumerate() {
         let secs = parse_local(case["origin"].as_str().unwrap()).unwrap();
-        let origin = match c.freq {
-            Freq::Hourly => secs.div_euclid(3600),
-            Freq::Daily => secs.div_euclid(86_400),
+        let origin = match (c.freq, case["origin_unix_ms"].as_i64()) {
+            (Freq::Hourly, Some(ms)) => zone.hour(ms),
+            (Freq::Hourly, None) => zone.hour_of_civil(secs),
+            (Freq::Daily, _) => secs.div_euclid(86_400),
         };
         let y = floats(&case["y_history"]);
         let mut events = Vec::new();
@@ -66,7 +81,7 @@ fn check_features(name: &str) {
                 events.push([*h, *c, *e]);
             }
         }
-        let cal = CalendarRows::new(&c, origin);
+        let cal = CalendarRows::new(&c, &zone, origin);
         let cov: Vec<Option<Vec<f64>>> = vec![None; c.covariates.len()];
         let mut batch = Batch::with_capacity(&c, 1);
         assert!(batch.push(
@@ -180,6 +195,58 @@ fn hourly_features_match_fixture() {
 #[test]
 fn daily_features_match_fixture() {
     check_features("shardcast_daily");
+}
+
+/// Across both 2011 UK clock changes (a 23- and a 25-hour day): the hour of
+/// day, weekday and event day of every hour, and so the whole feature rows,
+/// are the trainer's. The events are also re-derived here from the
+/// fixture's calendar, through the zone's local day of each hour.
+#[test]
+fn hourly_features_match_across_daylight_saving_changes() {
+    let (c, _) = fixture("shardcast_hourly");
+    let fx: Value = serde_json::from_slice(
+        &std::fs::read(models_dir().join("shardcast_hourly.dst.parity.json")).expect("fixture"),
+    )
+    .expect("fixture json");
+    let zone = zone_of(&fx);
+    assert_eq!(zone.name(), "Europe/London");
+    check_cases("shardcast_hourly (DST)", &c, &fx);
+    let events = Events::parse(fx["events_csv"].as_str().unwrap().as_bytes()).unwrap();
+    let mut lengths = std::collections::BTreeSet::new();
+    for case in fx["cases"].as_array().unwrap() {
+        let origin = zone.hour(case["origin_unix_ms"].as_i64().unwrap());
+        let id = case["series_id"].as_str().unwrap();
+        let first = origin - (c.context as i64 - 1);
+        let want: Vec<[f64; 3]> = ["past_events", "future_events"]
+            .iter()
+            .flat_map(|part| {
+                let ch: Vec<Vec<f64>> = ["holiday", "closed", "event"]
+                    .iter()
+                    .map(|k| floats(&case[*part][*k]))
+                    .collect();
+                (0..ch[0].len())
+                    .map(|i| [ch[0][i], ch[1][i], ch[2][i]])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (k, w) in want.iter().enumerate() {
+            let h = first + k as i64;
+            let day = zone.day_of_hour(h);
+            assert_eq!(
+                events.window(day, day).channels(id, day),
+                *w,
+                "{id} hour {} (origin {})",
+                zone.format_hour(h),
+                case["origin"]
+            );
+            lengths.insert(zone.first_hour(day + 1) - zone.first_hour(day));
+        }
+    }
+    assert_eq!(
+        lengths.into_iter().collect::<Vec<_>>(),
+        vec![23, 24, 25],
+        "the windows cover both changes"
+    );
 }
 
 #[test]

@@ -51,7 +51,7 @@ proptest! {
         (0u64..7_200_000, prop::sample::select(vec![1_000u64, 1_500, 10_000, 60_000, 90_000]), 0u64..1_000, 0usize..3),
         1..60,
     )) {
-        let store = Store::new(Retention { seconds: 3 * 3600, minutes: 300, hours: 100 }, 0, 100);
+        let store = Store::new(Retention { seconds: 3 * 3600, minutes: 300, hours: 100 }, shardcast_forecaster::time::Zone::utc(), 100);
         let ids = ["A", "B/x", "C"];
         let mut sent = [0f64; 3];
         for (i, &(off, iv, n, s)) in frames.iter().enumerate() {
@@ -78,7 +78,11 @@ proptest! {
 
 #[test]
 fn sources_add_up_and_gaps_are_counted() {
-    let store = Store::new(Retention::default(), 0, 100);
+    let store = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     let now = T0 as i64 + 500;
     store.ingest(&frame("p1", 1, T0, 1000, vec![sample("S", 5)]), now);
     store.ingest(&frame("p2", 7, T0, 1000, vec![sample("S", 3)]), now);
@@ -108,7 +112,7 @@ fn rings_are_bounded() {
         minutes: 60,
         hours: 24 * 35,
     };
-    let store = Store::new(r, 0, 2);
+    let store = Store::new(r, shardcast_forecaster::time::Zone::utc(), 2);
     for i in 0..10_000u64 {
         store.ingest(
             &frame("p", i, T0 + i * 1000, 1000, vec![sample("S", 1)]),
@@ -133,7 +137,11 @@ fn rings_are_bounded() {
 fn snapshot_round_trip_and_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/store.snap");
-    let store = Store::new(Retention::default(), 0, 100);
+    let store = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     for i in 0..500u64 {
         store.ingest(
             &frame(
@@ -148,7 +156,11 @@ fn snapshot_round_trip_and_corruption() {
     }
     store.seed_hourly("SEEDED", 400_000, &[1.0, 2.0, 3.0]);
     persist::save(&store, &path).unwrap();
-    let back = Store::new(Retention::default(), 0, 100);
+    let back = Store::new(
+        Retention::default(),
+        shardcast_forecaster::time::Zone::utc(),
+        100,
+    );
     assert!(persist::restore(&back, &path).unwrap());
     assert_eq!(back.export().len(), 3);
     let mut a = store.export();
@@ -175,15 +187,82 @@ fn snapshot_round_trip_and_corruption() {
         b"not a snapshot at all, no".to_vec(),
     ] {
         std::fs::write(&path, &bad).unwrap();
-        let fresh = Store::new(Retention::default(), 0, 100);
+        let fresh = Store::new(
+            Retention::default(),
+            shardcast_forecaster::time::Zone::utc(),
+            100,
+        );
         let err = persist::restore(&fresh, &path).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
         assert!(fresh.is_empty());
     }
     // no snapshot at all is not an error
     assert!(!persist::restore(
-        &Store::new(Retention::default(), 0, 1),
+        &Store::new(
+            Retention::default(),
+            shardcast_forecaster::time::Zone::utc(),
+            1
+        ),
         &dir.path().join("none")
     )
     .unwrap());
+}
+
+/// Across the 2011 UK clock changes, in Europe/London: telemetry lands in
+/// the real hours of the store's clock (a 23- and a 25-hour day), and the
+/// sales history — civil wall-clock rows — is seeded onto the same buckets
+/// (the spring-forward row that never happened adds to the hour after it;
+/// the second 01:00 of the fall-back night starts empty).
+#[test]
+fn hours_follow_the_store_clock_across_daylight_saving_changes() {
+    use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
+    use shardcast_forecaster::feeds::FeedSource;
+    use shardcast_forecaster::service::seed_history;
+    use shardcast_forecaster::time::{parse_local, Zone};
+
+    let z = Zone::named("Europe/London").unwrap();
+    let utc = |s: &str| parse_local(s).unwrap() * 1000;
+    let store = Store::new(Retention::default(), z.clone(), 10);
+    // 09:00-10:00 BST on Monday 28 March 2011 is 08:00-09:00 UTC.
+    let t = utc("2011-03-28 08:00:00") as u64;
+    store.ingest(
+        &frame("p", 1, t, 3_600_000, vec![sample("s", 7)]),
+        t as i64 + 3_600_000,
+    );
+    let h = z.hour_of_civil(parse_local("2011-03-28 09:00").unwrap());
+    let mut one = [0.0];
+    store.hourly_window("s", h, &mut one);
+    assert_eq!(one[0], 7.0, "the 09:00 local bucket holds it");
+    assert_eq!(z.local_hour(h).hour, 9);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.csv");
+    std::fs::write(
+        &path,
+        "shard_id,ds,lines\n\
+         s2,2011-03-27 00:00:00,1\ns2,2011-03-27 01:00:00,2\ns2,2011-03-27 02:00:00,3\n\
+         s3,2011-10-30 00:00:00,1\ns3,2011-10-30 01:00:00,2\ns3,2011-10-30 02:00:00,3\n",
+    )
+    .unwrap();
+    let cfg = HistoryConfig {
+        source: FeedSource::File(path),
+        id_col: "shard_id".into(),
+        time_col: "ds".into(),
+        value_col: "lines".into(),
+        align: HistoryAlign::AsIs,
+    };
+    let st = seed_history(&store, &cfg, utc("2012-01-01 00:00:00"));
+    assert_eq!(st.rows, 6, "{}", st.detail);
+    let window = |id: &str, from: &str, n: usize| {
+        let mut out = vec![0.0; n];
+        store.hourly_window(id, z.hour(utc(from)), &mut out);
+        out
+    };
+    // Spring forward: 00:00 GMT, then 02:00 BST holds the 01:00 and 02:00 rows.
+    assert_eq!(window("s2", "2011-03-27 00:00:00", 3), vec![1.0, 5.0, 0.0]);
+    // Fall back: 00:00 BST, 01:00 BST, 01:00 GMT (empty), 02:00 GMT.
+    assert_eq!(
+        window("s3", "2011-10-29 23:00:00", 4),
+        vec![1.0, 2.0, 0.0, 3.0]
+    );
 }

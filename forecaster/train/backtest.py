@@ -89,6 +89,7 @@ def parse_args(argv=None):
     ap.add_argument("--test-periods", type=int, default=None,
                     help="test window in periods (default: 28 days for H and D, 13 weeks, 12 months)")
     ap.add_argument("--events", default=None, help="event calendar CSV (SIGNALS.md); none unless given")
+    ap.add_argument("--timezone", default="UTC", help="IANA time zone of an hourly panel's naive timestamps (its store's wall clock), e.g. Europe/London; daylight saving included")
     ap.add_argument("--open-hours", default="all",
                     help="hourly cells that count (training calibration and scoring): 'all' or e.g. 'Sun-Fri:08-17'")
     ap.add_argument("--out", required=True, help="output directory (EVAL.md, eval.json, models/)")
@@ -140,7 +141,7 @@ def train_args(a, name: str, out: Path, daily: bool = False):
 
     argv = ["--panel", a.daily_panel if daily else a.panel, "--freq", "D" if daily else a.freq, "--id-col", a.id_col, "--time-col", a.time_col,
             "--target-col", a.target_col, "--name", name, "--out-dir", str(out), "--refit",
-            "--open-hours", a.open_hours, "--seed", str(a.seed)]
+            "--open-hours", a.open_hours, "--seed", str(a.seed), "--timezone", a.timezone]
     if a.events:
         argv += ["--events", a.events]
     for flag in ("steps", "eval_every", "patience"):
@@ -322,11 +323,10 @@ def daily_from_hourly(run_dir: Path, hpanel, dpanel, events, cutoff: int, test: 
         raise BacktestError(f"--hourly-run: model {metas[0].name} has no 24-hour total head")
     sess = ort.InferenceSession(str(fold / meta["onnx"]), providers=["CPUExecutionProvider"])
     prep = Prepared.make(hpanel, spec, events)
-    hpos = {t: i for i, t in enumerate(hpanel.index)}
     S = len(dpanel.ids)
     origins = cutoff - 1 + np.arange(test)
     ss = np.repeat(np.arange(S), test)
-    oo = np.array([hpos[dpanel.index[o + 1]] - 1 for o in np.tile(origins, S)])
+    oo = np.array([hpanel.period_of_local(dpanel.index[o + 1]) - 1 for o in np.tile(origins, S)])  # local midnight
     past, future, scale = prep.inputs(ss, oo)
     qa = sess.run(["agg_quantiles"], {"past": past, "future": future, "scale": scale})[0]
     return qa[:, j[0], :].reshape(S, test, 1, len(LEVELS)).astype(np.float64)
@@ -548,7 +548,7 @@ def main(argv=None) -> dict:
     mdir.mkdir(exist_ok=True)
     name = a.name or f"backtest_{a.freq.lower()}"
     freq = a.freq
-    panel = load_panel(a.panel, freq, a.id_col, a.time_col, a.target_col)
+    panel = load_panel(a.panel, freq, a.id_col, a.time_col, a.target_col, tz=a.timezone)
     T = len(panel.index)
     test = a.test_periods or TEST_DEFAULT[freq]
     setups = SETUPS[freq]
@@ -557,7 +557,7 @@ def main(argv=None) -> dict:
         raise BacktestError(f"--test-periods {test} is shorter than the longest horizon ({hmax} {UNIT[freq]}s)")
     if freq == "H":
         try:
-            hours = open_hours_mask(panel.index, a.open_hours)
+            hours = open_hours_mask(panel.local, a.open_hours)
         except ValueError:
             raise BacktestError(f"--open-hours {a.open_hours!r}: use 'all' or e.g. 'Sun-Fri:08-17'") from None
     else:
@@ -569,7 +569,7 @@ def main(argv=None) -> dict:
     need = spec.min_origin + 3 + val
     daily = None
     if a.daily_panel:
-        daily = load_panel(a.daily_panel, "D", a.id_col, a.time_col, a.target_col)
+        daily = load_panel(a.daily_panel, "D", a.id_col, a.time_col, a.target_col, tz=a.timezone)
         if daily.ids != panel.ids:
             raise BacktestError("--daily-panel: its series differ from --panel's")
         targs = train_args(a, name, mdir, daily=True)
@@ -583,7 +583,7 @@ def main(argv=None) -> dict:
     hpanel = hevents = None
     if a.hourly_run:
         hr = json.loads((Path(a.hourly_run) / "eval.json").read_text())
-        hpanel = load_panel(hr["panel"], "H", a.id_col, a.time_col, a.target_col)
+        hpanel = load_panel(hr["panel"], "H", a.id_col, a.time_col, a.target_col, tz=hr.get("timezone", "UTC"))
         hevents = hr.get("events")
         if hpanel.ids != panel.ids:
             raise BacktestError("--hourly-run: its series differ from --panel's")
@@ -631,7 +631,7 @@ def main(argv=None) -> dict:
               "first_period": str(panel.index[0]), "last_period": str(panel.index[-1]),
               "test_periods": test, "test_window": [str(panel.index[test_start]), str(panel.index[-1])],
               "cv_cutoffs": [str(panel.index[c]) for c in folds_c], "open_hours": a.open_hours if freq == "H" else None,
-              "events": a.events, "daily_panel": a.daily_panel, "mase_season": None, "baseline_history": bhist, "model": name, "spec": spec.to_json(),
+              "events": a.events, "timezone": a.timezone if freq == "H" else None, "daily_panel": a.daily_panel, "mase_season": None, "baseline_history": bhist, "model": name, "spec": spec.to_json(),
               "trained": trained, "setups": []}
     for h, step in setups:
         d = data[(test_start, h)]

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -59,6 +61,7 @@ class Panel:
     y: np.ndarray  # [S, T] float64, >= 0
     cov: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [S, T], NaN = missing
     start: np.ndarray | None = None  # [S] index of each series' first observation (None: 0 for all)
+    tz: str = "UTC"  # the store's time zone (hourly panels: index is naive UTC, see the module doc)
 
     def __post_init__(self):
         if self.start is None:
@@ -68,11 +71,63 @@ class Panel:
         """Only the periods strictly before ``end``."""
         n = int(self.index.searchsorted(end))
         return Panel(self.freq, self.ids, self.index[:n], self.y[:, :n], {k: v[:, :n] for k, v in self.cov.items()},
-                     self.start.copy())
+                     self.start.copy(), self.tz)
 
     def observed(self) -> np.ndarray:
         """[S, T] bool: the period is at or after the series' first observation."""
         return np.arange(self.y.shape[1])[None, :] >= self.start[:, None]
+
+    @property
+    def local(self) -> pd.DatetimeIndex:
+        """The periods' start on the store's wall clock (naive; hourly: may repeat or skip an hour)."""
+        return local_index(self.index, self.freq, self.tz)
+
+    def period_of_local(self, t: pd.Timestamp) -> int:
+        """Position of the period holding local wall-clock time ``t`` (hourly: through the zone)."""
+        if self.freq == "H":
+            t = pd.DatetimeIndex(to_utc_naive(pd.Series([pd.Timestamp(t)]), self.tz))[0]
+        return int(self.index.searchsorted(t))
+
+
+def zone(name: str, flag: str = "--timezone") -> ZoneInfo:
+    """An IANA time zone; a clear error naming ``flag`` otherwise."""
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SystemExit(f"{flag} {name!r}: not an IANA time zone name (e.g. Europe/London, America/New_York, "
+                         f"UTC)") from None
+
+
+def local_index(index: pd.DatetimeIndex, freq: str, tz: str) -> pd.DatetimeIndex:
+    """Naive-UTC hourly periods -> naive local wall-clock times (other frequencies are civil already)."""
+    if freq != "H":
+        return index
+    return index.tz_localize("UTC").tz_convert(zone(tz)).tz_localize(None)
+
+
+def to_utc_naive(ds: pd.Series, tz: str) -> pd.Series:
+    """Timestamps -> naive UTC: naive ones are wall-clock times in ``tz`` (a time in a spring-forward gap
+    moves to the first instant after it, one in a fall-back fold is its first occurrence), aware ones are
+    converted."""
+    if getattr(ds.dt, "tz", None) is None:
+        ds = ds.dt.tz_localize(zone(tz), ambiguous=np.ones(len(ds), dtype=bool), nonexistent="shift_forward")
+    return ds.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def parse_times(col: pd.Series, freq: str, tz: str) -> pd.Series:
+    """A time column -> timestamps on the panel's axis (naive UTC for hourly, civil otherwise)."""
+    if freq == "H":
+        zone(tz)  # an unknown zone is the flag's error, not the column's
+    with warnings.catch_warnings():  # pandas warns before it falls back to objects on mixed offsets
+        warnings.simplefilter("ignore", FutureWarning)
+        ds = pd.to_datetime(col)
+    if ds.dtype == object:  # several UTC offsets in one column
+        ds = pd.to_datetime(col, utc=True)
+    if freq == "H":
+        return to_utc_naive(ds, tz)
+    if getattr(ds.dt, "tz", None) is not None:  # a day is the local date of the timestamp
+        ds = ds.dt.tz_convert(zone(tz)).dt.tz_localize(None)
+    return ds
 
 
 def period_index(start: pd.Timestamp, end: pd.Timestamp, freq: str) -> pd.DatetimeIndex:
@@ -82,8 +137,8 @@ def period_index(start: pd.Timestamp, end: pd.Timestamp, freq: str) -> pd.Dateti
 
 
 def load_panel(path: str | Path, freq: str, id_col: str = "series_id", time_col: str = "ds",
-               target_col: str = "y", covariate_cols: list[str] | None = None) -> Panel:
-    """Read a long-format CSV (optionally gzip) into a regular ``Panel``."""
+               target_col: str = "y", covariate_cols: list[str] | None = None, tz: str = "UTC") -> Panel:
+    """Read a long-format CSV (optionally gzip) into a regular ``Panel``; hourly times are read in ``tz``."""
     if freq not in FREQS:
         raise SystemExit(f"--freq {freq!r}: use one of {', '.join(FREQS)}")
     try:
@@ -97,7 +152,7 @@ def load_panel(path: str | Path, freq: str, id_col: str = "series_id", time_col:
     df = df.rename(columns={id_col: "series_id", time_col: "ds", target_col: "y"})
     df["series_id"] = df["series_id"].astype(str)
     try:
-        df["ds"] = pd.to_datetime(df["ds"])
+        df["ds"] = parse_times(df["ds"], freq, tz)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"{path}: column {time_col!r} is not a timestamp ({e}): check --time-col") from None
     if not pd.api.types.is_numeric_dtype(df["y"]):
@@ -122,7 +177,7 @@ def load_panel(path: str | Path, freq: str, id_col: str = "series_id", time_col:
         if c in df.columns:
             w = df.pivot_table(index="series_id", columns="ds", values=c, aggfunc="mean")
             cov[c] = w.reindex(index=ids, columns=index).to_numpy(np.float64)
-    return Panel(freq, ids, index, y, cov, start)
+    return Panel(freq, ids, index, y, cov, start, tz)
 
 
 def load_signal(path: str | Path, panel: Panel) -> np.ndarray:
@@ -131,7 +186,7 @@ def load_signal(path: str | Path, panel: Panel) -> np.ndarray:
     Rows without ``series_id`` (or with ``*``) apply to every series.
     """
     df = pd.read_csv(path)
-    df["ds"] = pd.to_datetime(df["ds"])
+    df["ds"] = parse_times(df["ds"], panel.freq, panel.tz)
     out = np.full(panel.y.shape, np.nan)
     pos = {t: i for i, t in enumerate(panel.index)}
     sid = {s: i for i, s in enumerate(panel.ids)}
@@ -164,7 +219,7 @@ def load_events(path: str | Path | None, panel: Panel) -> tuple[np.ndarray, bool
         return ev, False
     df = pd.read_csv(path)
     days_per = {"H": None, "D": None, "W": 7, "M": None}[panel.freq]
-    idx = panel.index
+    idx = panel.local  # an hour's day is its local date
     for r in df.itertuples(index=False):
         start = pd.Timestamp(r.ds_start).normalize()
         end = pd.Timestamp(r.ds_end).normalize() + pd.Timedelta(days=1)  # exclusive
@@ -204,7 +259,8 @@ def calendar_names(freq: str) -> list[str]:
 
 
 def calendar(index: pd.DatetimeIndex, freq: str) -> np.ndarray:
-    """Calendar encodings ``[T, C]`` in the order of ``calendar_names``.
+    """Calendar encodings ``[T, C]`` in the order of ``calendar_names``, of *local* period starts
+    (``Panel.local``).
 
     hour = hour of day 0..23; dow = day of week, Monday = 0; doy = day of year
     1..366 of the period's first day. Each x becomes sin(2πx/P), cos(2πx/P)
@@ -428,7 +484,7 @@ class Prepared:
             full = pd.date_range(panel.index[0], periods=len(panel.index) + K, freq="7D")
         else:
             full = pd.date_range(panel.index[0], periods=len(panel.index) + K, freq=FREQS[panel.freq]["alias"])
-        ext = Panel(panel.freq, panel.ids, full, np.zeros((len(panel.ids), len(full))))
+        ext = Panel(panel.freq, panel.ids, full, np.zeros((len(panel.ids), len(full))), tz=panel.tz)
         ev, present = load_events(events, ext)
         cov = np.full(panel.y.shape + (len(spec.covariates),), np.nan)
         for j, c in enumerate(spec.covariates):
@@ -437,7 +493,7 @@ class Prepared:
             if signals and c in signals:
                 v = load_signal(signals[c], panel)
                 cov[:, :, j] = np.where(np.isnan(v), cov[:, :, j], v)
-        return Prepared(panel, spec, calendar(full, panel.freq), ev, present, cov)
+        return Prepared(panel, spec, calendar(ext.local, panel.freq), ev, present, cov)
 
     def inputs(self, series: np.ndarray, origin: np.ndarray, drop_events: np.ndarray | None = None,
                drop_cov: np.ndarray | None = None):

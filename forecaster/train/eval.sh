@@ -20,7 +20,8 @@ cd "$repo"
 common=(--id-col shard_id --target-col lines --events "$data/events.csv")
 bt=forecaster/train/backtest.sh
 intro=$(cat forecaster/train/eval_intro.md)
-$bt --panel "$data/shard_hourly.csv.gz" --freq H "${common[@]}" --open-hours Sun-Fri:08-17 \
+# the data's timestamps are the UK store's wall clock (BST in summer): read them in its zone
+$bt --panel "$data/shard_hourly.csv.gz" --freq H "${common[@]}" --open-hours Sun-Fri:08-17 --timezone Europe/London \
   --name shardcast_hourly --out "$out/hourly" --data-note "$note hour; data/online_retail/shard_hourly.csv.gz)"
 # daily: D h=1 may also be answered by the hourly models' 24-hour totals (the CV chooses)
 $bt --panel "$data/shard_daily.csv.gz" --freq D "${common[@]}" --hourly-run "$out/hourly" \
@@ -40,5 +41,6 @@ if [ "${1:-}" = "--ship" ]; then
   done
   "$py" forecaster/train/merge_eval.py "$out/hourly" "$out/daily" "$out/weekly" --out /dev/null \
     --model-card forecaster/models/MODEL_CARD.md --models-dir forecaster/models > /dev/null
-  "$py" -m pytest -q forecaster/train/test_parity.py
+  "$py" forecaster/train/parity.py --dst forecaster/models/shardcast_hourly.json  # features across DST changes
+  "$py" -m pytest -q forecaster/train/test_parity.py forecaster/train/test_timezone.py
 fi

@@ -274,6 +274,7 @@ def main(argv=None) -> None:
     ap.add_argument("--time-col", default="ds")
     ap.add_argument("--target-col", default="y")
     ap.add_argument("--events", default=None, help="event calendar CSV (SIGNALS.md); none unless given")
+    ap.add_argument("--timezone", default="UTC", help="IANA time zone of an hourly panel's naive timestamps (its store's wall clock), e.g. Europe/London; daylight saving included")
     ap.add_argument("--hourly-model", default="shardcast_hourly")
     ap.add_argument("--daily-model", default="shardcast_daily")
     ap.add_argument("--models-dir", default=str(MODELS))
@@ -308,7 +309,7 @@ def main(argv=None) -> None:
         raise SystemExit("nothing to score: give --hourly-panel and/or --daily-panel")
 
     if args.hourly_panel and not {"h24", "h1"} <= skip:
-        panel = load_panel(args.hourly_panel, "H", *cols)
+        panel = load_panel(args.hourly_panel, "H", *cols, tz=args.timezone)
         model = Onnx(args.hourly_model, mdir) if (mdir / f"{args.hourly_model}.json").exists() else None
         prep = None
         if model:
@@ -316,7 +317,7 @@ def main(argv=None) -> None:
             models[args.hourly_model] = model
             prep = Prepared.make(panel, model.spec, events)
         test_start = len(panel.index) - args.test_days * 24
-        mask = open_hours_mask(panel.index, args.open_hours)
+        mask = open_hours_mask(panel.local, args.open_hours)
         if "h24" not in skip:
             setups.append(run_setup("hourly h=24", panel, prep, model, test_start, 24, 24, args.test_days,
                                     24, 24, mask))

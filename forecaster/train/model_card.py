@@ -75,7 +75,7 @@ def write(path: Path, models: dict, setups: list[dict], eval_date: str) -> None:
               "- Where EVAL.md's shipped forecast is a combination with a statistical model, the ONNX graph is "
               "the LSTM part only; the sidecar serves the LSTM alone.",
               "- Covariate channels (`web_traffic`, `sentiment`) are untrained: retrain with a feed to use one.",
-              "- Timestamps are the store's local time (UK); calendar features assume the feed uses the same.",
+              "- Timestamps are the store's local time (Europe/London, daylight saving included: `store.timezone` in the sidecar, `--timezone` in training); calendar features assume the feed uses the same.",
               "- INTL shards are intermittent (most trading hours zero): their hourly quantiles are mostly "
               "about whether any request arrives at all.", "",
               "## Licence", "",

@@ -86,6 +86,7 @@ def parse_args(argv=None):
     ap.add_argument("--covariates", default=",".join(["web_traffic", "sentiment"]),
                     help="covariate channels of the model (each gets a value and a known flag)")
     ap.add_argument("--events", default=None, help="event calendar CSV (SIGNALS.md)")
+    ap.add_argument("--timezone", default="UTC", help="IANA time zone of an hourly panel's naive timestamps (its store's wall clock), e.g. Europe/London; daylight saving included")
     ap.add_argument("--signal", action="append", default=[], help="NAME=FILE covariate feed (SIGNALS.md)")
     ap.add_argument("--context", type=int, default=None)
     ap.add_argument("--horizon", type=int, default=None)
@@ -299,7 +300,7 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
           f"{panel.index[val_start]} .. {panel.index[cutoff - 1]}, held out from {panel.index[min(cutoff, T - 1)]}",
           flush=True)
 
-    hours_mask = open_hours_mask(panel.index, args.open_hours) if args.freq == "H" else None
+    hours_mask = open_hours_mask(panel.local, args.open_hours) if args.freq == "H" else None
     val = None
     vs = None
     if val_periods > 0:
@@ -366,12 +367,12 @@ def main(argv=None) -> None:
     t_start = time.time()
     spec = make_spec(args)
     panel = load_panel(args.panel, args.freq, args.id_col, args.time_col, args.target_col,
-                       [c for c in args.covariate_cols.split(",") if c])
+                       [c for c in args.covariate_cols.split(",") if c], tz=args.timezone)
     signals = dict(s.split("=", 1) for s in args.signal)
     prep = Prepared.make(panel, spec, args.events, signals)
     T = panel.y.shape[1]
     if args.cutoff:
-        cutoff = int(panel.index.searchsorted(pd.Timestamp(args.cutoff)))
+        cutoff = panel.period_of_local(pd.Timestamp(args.cutoff))
     else:
         cutoff = T - window_periods(args, "test")
     members, calib, trained = fit(args, prep, spec, cutoff, window_periods(args, "val"))

@@ -18,7 +18,7 @@ use crate::config::{ManagerConfig, Policy};
 use crate::engine::{ForecastSet, Horizon};
 use crate::planner::{self, Demand, NodeInput, PlanInput, ShardInput};
 use crate::store::Store;
-use crate::time::{Clock, HOUR_MS};
+use crate::time::Clock;
 
 use super::state::{ShardDemand, State};
 use super::topology::Topology;
@@ -254,8 +254,8 @@ pub fn plan_input(
         c.get(c.len() / 2).copied().unwrap_or(1000.0)
     };
     let default_threshold = cfg.default_threshold_rps.unwrap_or(median_cap * 0.5);
-    let next_hour = (now.div_euclid(HOUR_MS) + 1) * HOUR_MS;
     let store_hour = store.local_hour(now);
+    let next_hour = store.zone().hour_start_ms(store_hour + 1);
     // At least one telemetry frame's span, on this clock (a frame every
     // second spans an hour of trace time at 3600x).
     let frame_s = (topo.telemetry_interval.as_secs_f64() * clock.speed()).ceil() as usize;

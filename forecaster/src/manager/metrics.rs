@@ -279,7 +279,7 @@ mod tests {
         // renders it: strict Prometheus text, each family once.
         let mut all = crate::metrics::Metrics::default().render(&crate::store::Store::new(
             crate::store::Retention::default(),
-            60,
+            crate::time::Zone::utc(),
             16,
         ));
         crate::metrics::render_manager(&mut all, m.refusals());

@@ -17,7 +17,11 @@ pub(super) fn demo_manager(dir: &std::path::Path) -> (Arc<Manager>, std::path::P
         .unwrap()
         .manager
         .unwrap();
-    let store = Arc::new(Store::new(crate::store::Retention::default(), 0, 100));
+    let store = Arc::new(Store::new(
+        crate::store::Retention::default(),
+        crate::time::Zone::utc(),
+        100,
+    ));
     let m = Manager::new(cfg, store, ForecastHandle::new(), Clock::real()).unwrap();
     (m, topo, good)
 }

@@ -134,7 +134,9 @@ pub struct ShardForecasts {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ForecastsView {
     pub generated_at: String,
-    /// Last complete store-local hour / day the forecasts start after.
+    /// Last complete store-local hour / day the forecasts start after
+    /// (`YYYY-MM-DD HH:MM:SS±HH:MM`, the offset telling the two hours of a
+    /// fall-back night apart / `YYYY-MM-DD`).
     pub origin_hour: String,
     pub origin_day: String,
     pub cycle_ms: f64,
