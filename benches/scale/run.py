@@ -154,7 +154,7 @@ class Harness:
         args = [str(ROOT / "scripts/stack"), "--free-ports", "--var", str(self.var), "--quiet",
                 "--no-build", "--max-seconds", str(a.timeout_minutes * 60),
                 "--backend", a.backend, "--topology", str(d.topology), "--catalog", str(d.catalog),
-                "--proxies", str(a.proxies)]
+                "--proxies", str(a.proxies), "--ready-timeout", str(a.timeout_minutes * 60)]
         if a.bin_dir:
             args += ["--bin-dir", a.bin_dir]
         elif a.debug:

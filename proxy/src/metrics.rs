@@ -387,6 +387,9 @@ mod tests {
         {
             n.fetch_add(i as u64 + 1, Relaxed);
         }
+        for us in [700, 3_000, 40_000] {
+            c.update_apply.observe(std::time::Duration::from_micros(us));
+        }
         let l = &s.edge.traffic[0].counters;
         for (i, n) in [
             &l.accepted,
@@ -462,6 +465,8 @@ mod tests {
             "shardcast_shard_latency_seconds_bucket{shard=\"UK/SEASONAL\",le=\"+Inf\"} 6",
             "shardcast_connections_closed_total{listener=\"http 127.0.0.1:1\",stage=\"write\"} 107",
             "shardcast_metadata_total{result=\"error\"} 16",
+            "shardcast_table_update_apply_seconds_bucket{le=\"0.005\"} 2",
+            "shardcast_table_update_apply_seconds_count 3",
         ] {
             assert!(text.contains(series), "{series} in\n{text}");
         }
