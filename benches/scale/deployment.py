@@ -26,9 +26,10 @@ How the real data is scaled (benches/scale/README.md says more):
   product's variants), so each shard's live demand is the same re-scaling
   of its parent's real demand as its history.
 - **Volatility tiers** come from the shipped topology (derived from the
-  real demand history); per-rule thresholds from the history: the 90th
-  percentile over the rule's shards of each shard's 90th-percentile hour,
-  as a rate (the rule's busiest tenth crosses it at peak hours).
+  real demand history); per-rule thresholds from the history: the
+  (1 − hot_share) quantile over the rule's shards of each shard's
+  90th-percentile hour, as a rate (the rule's busiest `hot_share`, a tenth
+  by default, crosses it at peak hours).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class Deployment:
     """The generated files and what they hold; `build` writes them."""
 
     def __init__(self, out, shards, skus, nodes, start, history_days, trace_days,
-                 scale=1.0, replication_factor=2, zipf=0.8, seed=13, capacity=1000.0):
+                 scale=1.0, replication_factor=2, zipf=0.8, seed=13, capacity=1000.0, hot_share=0.1):
         if shards < 2 * 7 or shards % 2:
             raise ValueError(f"--shards {shards}: an even number, at least 14 (7 categories x 2 regions)")
         if nodes < replication_factor:
@@ -137,6 +138,7 @@ class Deployment:
         self.start, self.history_days, self.trace_days = start, history_days, trace_days
         self.scale, self.rf, self.zipf, self.seed = scale, replication_factor, zipf, seed
         self.capacity = capacity
+        self.hot_share = hot_share
         self.catalog = self.out / "catalog.csv.gz"
         self.topology = self.out / "topology.toml"
         self.history = self.out / "history.csv.gz"
@@ -148,7 +150,8 @@ class Deployment:
         return {"version": VERSION, "shards": self.shards, "skus": self.skus, "nodes": self.nodes,
                 "start": f"{self.start:%Y-%m-%d %H:%M}", "history_days": self.history_days,
                 "trace_days": self.trace_days, "scale": self.scale, "replication_factor": self.rf,
-                "zipf": self.zipf, "seed": self.seed, "capacity": self.capacity}
+                "zipf": self.zipf, "seed": self.seed, "capacity": self.capacity,
+                "hot_share": self.hot_share}
 
     def current(self):
         """The files on disk were built with these parameters."""
@@ -260,9 +263,9 @@ class Deployment:
                   f"capacity = {self.capacity:g}", f'zone = "z{i % 3 + 1}"', ""]
         for c in cats:
             names = [sub_name(c, k) for k in range(subs[c])]
-            # The rule's busier shards (its top tenth at their peak hours)
-            # cross it: pre-fetch for some, not for every shard.
-            thr = quantile([p90[f"{r}/{n}"] for n in names for r in REGIONS], 0.9)
+            # The rule's busier shards (its top `hot_share` at their peak
+            # hours) cross it: pre-fetch for some, not for every shard.
+            thr = quantile([p90[f"{r}/{n}"] for n in names for r in REGIONS], 1.0 - self.hot_share)
             thr = float(f"{max(thr, 1e-7):.4g}")
             thresholds[c] = thr
             t += ["[[shard_rules]]", 'id = "{region}/{category}"',

@@ -167,10 +167,39 @@ class Harness:
             args += ["--sync-set", s]
         return args
 
+    def bin_dir(self):
+        if self.a.bin_dir:
+            return Path(self.a.bin_dir)
+        target = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/shardcast/target"))
+        return target / ("debug" if self.a.debug else "release")
+
+    def seeded_provider(self, d):
+        """The embedded provider seeded from the deployment's catalog, once
+        per deployment (a million skus take minutes to load); each run
+        starts from a fresh copy of it."""
+        db = d.out / "provider.db"
+        stamp = d.out / "provider.params.json"
+        if db.exists() and stamp.exists() and json.loads(stamp.read_text()) == d.params():
+            return db, 0.0
+        db.unlink(missing_ok=True)
+        log(f"seeding {db} from {d.catalog}")
+        t = time.monotonic()
+        r = subprocess.run([str(self.bin_dir() / "shardcast-sync"), "load", "--provider", f"sqlite:{db}",
+                            "--catalog", str(d.catalog)], cwd=ROOT)
+        if r.returncode != 0:
+            raise SystemExit("scale: seeding the provider failed")
+        stamp.write_text(json.dumps(d.params()))
+        return db, time.monotonic() - t
+
     def start_stack(self, d):
         if self.var.exists():
             subprocess.run(["rm", "-rf", str(self.var)], check=True)
         self.var.mkdir(parents=True)
+        self.seed_s = None
+        if self.a.backend == "embedded":
+            db, self.seed_s = self.seeded_provider(d)
+            # A copy: the stack seeds only a provider that does not exist.
+            subprocess.run(["cp", str(db), str(self.var / "provider.db")], check=True)
         ready = self.var / "stack.json"
         logf = open(self.out / "stack.out", "w")
         t0 = time.monotonic()
@@ -238,7 +267,8 @@ class Harness:
         t = time.monotonic()
         d = deployment.ensure(log=log, out=self.out / "deployment", shards=a.shards, skus=a.skus,
                               nodes=a.nodes, start=start, history_days=a.history_days,
-                              trace_days=trace_days, scale=a.scale, seed=a.seed)
+                              trace_days=trace_days, scale=a.scale, seed=a.seed,
+                              hot_share=a.hot_share)
         build_s = time.monotonic() - t
         man = d.info()
         log(f"starting the stack ({a.backend}, {a.nodes} nodes, {a.proxies} proxies)")
@@ -255,10 +285,10 @@ class Harness:
         its tables (bounded); the seconds it took, or None."""
         u, t0 = self.info["urls"], time.monotonic()
         while time.monotonic() - t0 < timeout_s:
-            fm = prom(get(u["forecaster"] + "/metrics", timeout=30))
-            counters = [prom(get(pu["admin"] + "/metrics", timeout=30)).get(
-                "shardcast_table_assignment_epoch", 0) for pu in u["proxies"].values()]
-            if fm.get("shardcast_manager_rounds_total", 0) >= 1 and all(c >= 1 for c in counters):
+            # The version history, not /metrics: at 10k shards a proxy's
+            # /metrics is megabytes of per-shard series.
+            self.poll_histories()
+            if len(self.histories) == len(u["proxies"]) and all(self.histories.values()):
                 return time.monotonic() - t0
             if self.proc.poll() is not None:
                 break
@@ -302,6 +332,21 @@ class Harness:
                                         label=f"  {proxies[i][0]}", trace_now=trace_now)
 
         threads = [threading.Thread(target=play, args=(i,), daemon=True) for i in range(len(players))]
+        # The manager's rounds as they complete: a round that does not end
+        # never reaches the round-time summary, so the longest stretch
+        # without a completed round is kept too (a lower bound on it).
+        rounds, stop = [], threading.Event()
+
+        def sample_rounds():
+            while not stop.wait(5):
+                try:
+                    m = prom(get(u["forecaster"] + "/metrics", timeout=10))
+                except Exception:  # noqa: BLE001 — a missed sample
+                    continue
+                rounds.append((time.monotonic(), m.get("shardcast_manager_rounds_total", 0)))
+
+        sampler = threading.Thread(target=sample_rounds, daemon=True)
+        sampler.start()
         t0 = time.monotonic()
         for th in threads:
             th.start()
@@ -317,7 +362,14 @@ class Harness:
                     p.stop()
                 notes.append("the stack stopped during the replay (see stack.out)")
         wall = time.monotonic() - t0
+        stop.set()
+        sampler.join(timeout=15)
         time.sleep(2)  # the last telemetry frame and manager round
+        longest, last_t, last_n = 0.0, t0, None
+        for t, n in rounds:
+            if last_n is None or n > last_n:
+                last_t, last_n = t, n
+            longest = max(longest, t - last_t)
         self.poll_histories()
 
         rss = {n: vm_status(pid) for n, pid in self.info["pids"].items()}
@@ -356,7 +408,9 @@ class Harness:
                 "demand: the real invoice lines of the slice, each sent to one variant of its product",
                 "all processes on one 2-core shared machine, loopback only",
             ],
-            "timings_s": {"deployment_build": round(build_s, 1), "stack_ready": round(ready_s, 1),
+            "timings_s": {"deployment_build": round(build_s, 1),
+                          "provider_seed": None if self.seed_s is None else round(self.seed_s, 1),
+                          "stack_ready": round(ready_s, 1),
                           "first_table_on_every_proxy": None if first is None else round(first, 1),
                           "replay_wall": round(wall, 1)},
             "requests": sent,
@@ -375,6 +429,7 @@ class Harness:
                                   "cycles_total": fm.get("shardcast_forecaster_cycles_total"),
                                   "shards": fm.get("shardcast_forecaster_shards")},
             "manager_round": summary_q(fm, "shardcast_manager_round_seconds"),
+            "manager_longest_without_a_completed_round_s": round(longest, 1),
             "manager_publish_until_every_proxy": summary_q(fm, "shardcast_manager_publish_seconds"),
             "proxy_apply_spread": self.convergence(),
             "proxy_table_apply": apply,
@@ -382,7 +437,10 @@ class Harness:
                                         "rejected": m.get('shardcast_table_updates_total{result="rejected"}')}
                                     for p, m in pm.items()},
             "proxy_table_versions_at_end": versions,
-            "proxies_converged_at_end": len({json.dumps(v, sort_keys=True) for v in versions.values()}) == 1,
+            # On one version, and one of the manager's (epoch 0 is the
+            # topology's starting table).
+            "proxies_converged_at_end": (len(set(versions.values())) == 1
+                                         and all((v[0] or 0) >= 1 for v in versions.values())),
             "manager_proxies_behind": fm.get("shardcast_manager_proxies_behind"),
             "prefetch": {
                 "orders_submitted": psum(sm, "shardcast_sync_orders_submitted_total"),
@@ -433,7 +491,9 @@ def markdown(s):
         ("forecaster cycle: both models (cold / new day)", cyc(fc["cold_both_models"])),
         ("forecaster cycle: hourly model re-run", cyc(fc["hourly_rerun"])),
         ("forecaster cycle: cached", cyc(fc["cached"])),
-        ("manager round p50 / p99", f"{ms(mr['p50_ms'])} / {ms(mr['p99_ms'])} ({mr['count']} rounds)"),
+        ("manager round p50 / p99", f"{ms(mr['p50_ms'])} / {ms(mr['p99_ms'])} ({mr['count']} rounds; "
+                                    f"longest stretch with no round completing during the replay "
+                                    f"{s['manager_longest_without_a_completed_round_s']} s)"),
         ("changed table published until every proxy has it, p50 / p99",
          f"{ms(pub['p50_ms'])} / {ms(pub['p99_ms'])} ({pub['count']} publishes)"),
         ("same version applied, first → last proxy, p50 / p99",
@@ -442,7 +502,9 @@ def markdown(s):
         ("proxy table-apply time (mean, max bucket)",
          "; ".join(f"{k} {ms(v['mean_ms'])}, ≤ {ms(v['max_le_ms'])} ({v['count']})"
                    for k, v in apply.items())),
-        ("proxies on one version at the end", "yes" if s["proxies_converged_at_end"] else "no"),
+        ("proxies on one manager table version at the end",
+         ("yes" if s["proxies_converged_at_end"] else "no")
+         + f" ({', '.join(f'{k} {v[0]:.0f}:{v[1]:.0f}' for k, v in s['proxy_table_versions_at_end'].items() if v[0] is not None)})"),
         ("pre-fetch orders done / failed; rows; bytes",
          f"{pf['orders_done']:,.0f} / {pf['orders_failed']:,.0f}; {pf['rows']:,.0f}; {pf['bytes']:,.0f}"),
         ("peak RSS", ", ".join(f"{k} {mib(v)}" for k, v in rss.items()
@@ -481,6 +543,8 @@ def main():
     ap.add_argument("--policy", default="forecast", help="[manager] policy")
     ap.add_argument("--backend", choices=["embedded", "redis-postgres"], default="embedded")
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--hot-share", type=float, default=0.1,
+                    help="share of each rule's shards whose peak hours cross its threshold")
     ap.add_argument("--timeout-minutes", type=float, default=None,
                     help="bound on the whole run (default: --minutes + 25)")
     ap.add_argument("--debug", action="store_true", help="debug binaries")
