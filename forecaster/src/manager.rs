@@ -478,6 +478,7 @@ impl Manager {
     /// version sends the same assignment out again — a few passes at most,
     /// then the next round carries on.
     async fn publish(&self, conn: &mut Option<Conn>, topo: &Topology, changed: bool) {
+        let started = changed.then(std::time::Instant::now);
         let mut changed = changed;
         for _ in 0..3 {
             let st = self.snapshot();
@@ -503,6 +504,9 @@ impl Manager {
                 self.apply(e);
             }
             if !out.again {
+                if let Some(t0) = started.filter(|_| self.snapshot().proxies_behind.is_empty()) {
+                    self.metrics.published(t0.elapsed());
+                }
                 return;
             }
             changed = true;

@@ -43,6 +43,43 @@ impl Reject {
     }
 }
 
+/// Which models a planning cycle re-ran (the `rerun` label): `both` on a
+/// cold start or a new day, `hourly` on a new hour, `none` when every
+/// output came from the cache (`daily` alone happens after a daily-only
+/// input change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rerun {
+    None,
+    Hourly,
+    Daily,
+    Both,
+}
+
+impl Rerun {
+    const ALL: [Rerun; 4] = [Rerun::None, Rerun::Hourly, Rerun::Daily, Rerun::Both];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rerun::None => "none",
+            Rerun::Hourly => "hourly",
+            Rerun::Daily => "daily",
+            Rerun::Both => "both",
+        }
+    }
+
+    /// From the cycle's model statuses (the engine lists the hourly model
+    /// first, then the daily): a loaded model not served from its cache ran.
+    pub fn of(set: &ForecastSet) -> Rerun {
+        let ran = |i: usize| set.models.get(i).is_some_and(|m| m.loaded && !m.cached);
+        match (ran(0), ran(1)) {
+            (true, true) => Rerun::Both,
+            (true, false) => Rerun::Hourly,
+            (false, true) => Rerun::Daily,
+            (false, false) => Rerun::None,
+        }
+    }
+}
+
 const BUCKETS_S: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0];
 
 /// A fixed-bucket latency histogram.
@@ -97,7 +134,9 @@ pub struct Metrics {
     pub ingest_requests: AtomicU64,
     rejects: [AtomicU64; 5],
     pub cycles: AtomicU64,
-    pub cycle_seconds: Histogram,
+    /// By [`Rerun`]: a cycle that re-ran a model costs what the model
+    /// costs; one served from cached outputs costs the assembly.
+    cycle_seconds: [Histogram; 4],
     run_seconds: [Histogram; 2],
     run_failures: [AtomicU64; 2],
     pub snapshots_written: AtomicU64,
@@ -128,7 +167,7 @@ impl Metrics {
     /// Called by the engine after each cycle.
     pub fn record_cycle(&self, set: &ForecastSet) {
         self.cycles.fetch_add(1, Ordering::Relaxed);
-        self.cycle_seconds
+        self.cycle_seconds[Rerun::of(set) as usize]
             .observe(Duration::from_secs_f64(set.cycle_ms / 1e3));
         let counts = set.counts();
         let mut l = self.latest.lock();
@@ -223,10 +262,15 @@ impl Metrics {
         .family(
             "shardcast_forecaster_cycle_seconds",
             Kind::Histogram,
-            "Wall time of a planning cycle.",
+            "Wall time of a planning cycle, by the models it re-ran.",
         );
-        self.cycle_seconds
-            .render(&mut w, "shardcast_forecaster_cycle_seconds", &[]);
+        for r in Rerun::ALL {
+            self.cycle_seconds[r as usize].render(
+                &mut w,
+                "shardcast_forecaster_cycle_seconds",
+                &[("rerun", r.as_str())],
+            );
+        }
         w.family(
             "shardcast_forecaster_model_run_seconds",
             Kind::Histogram,
@@ -412,4 +456,54 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ModelStatus;
+
+    fn set(ms: f64, models: [(bool, bool); 2]) -> ForecastSet {
+        ForecastSet {
+            cycle_ms: ms,
+            models: models
+                .iter()
+                .enumerate()
+                .map(|(i, &(loaded, cached))| ModelStatus {
+                    name: format!("m{i}"),
+                    contract: String::new(),
+                    loaded,
+                    detail: String::new(),
+                    cached,
+                    rows: 0,
+                    run_ms: None,
+                })
+                .collect(),
+            ..ForecastSet::default()
+        }
+    }
+
+    #[test]
+    fn cycles_are_counted_by_the_models_they_re_ran() {
+        let m = Metrics::default();
+        m.record_cycle(&set(700.0, [(true, false), (true, false)]));
+        m.record_cycle(&set(300.0, [(true, false), (true, true)]));
+        m.record_cycle(&set(320.0, [(true, false), (true, true)]));
+        m.record_cycle(&set(9.0, [(true, true), (true, true)]));
+        // A model that is not loaded did not run, cached or not.
+        m.record_cycle(&set(2.0, [(false, false), (false, false)]));
+        let text = m.render(&Store::new(crate::store::Retention::default(), 0, 10));
+        let at = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<f64>().ok()))
+                .unwrap_or_else(|| panic!("{k} missing in\n{text}"))
+        };
+        let c = "shardcast_forecaster_cycle_seconds";
+        assert_eq!(at(&format!("{c}_count{{rerun=\"both\"}}")), 1.0);
+        assert_eq!(at(&format!("{c}_count{{rerun=\"hourly\"}}")), 2.0);
+        assert_eq!(at(&format!("{c}_count{{rerun=\"daily\"}}")), 0.0);
+        assert_eq!(at(&format!("{c}_count{{rerun=\"none\"}}")), 2.0);
+        assert!((at(&format!("{c}_sum{{rerun=\"hourly\"}}")) - 0.62).abs() < 1e-6);
+        assert!((at(&format!("{c}_sum{{rerun=\"both\"}}")) - 0.7).abs() < 1e-6);
+    }
 }

@@ -37,6 +37,7 @@ pub const CONFIG_GENERATION: &str = "shardcast_config_generation";
 pub const TABLE_SKUS: &str = "shardcast_table_skus";
 pub const RELOADS: &str = "shardcast_config_reloads_total";
 pub const UPDATES: &str = "shardcast_table_updates_total";
+pub const UPDATE_APPLY: &str = "shardcast_table_update_apply_seconds";
 pub const TELEMETRY_FRAMES: &str = "shardcast_telemetry_frames_total";
 pub const METADATA: &str = "shardcast_metadata_total";
 
@@ -45,6 +46,49 @@ const BOUNDS_US: [u64; 14] = [
     250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000, 10_000_000,
 ];
+
+/// Time to apply a table update from the shard manager: from the decoded
+/// update to the new snapshot serving (the table built against the running
+/// config, the snapshot built, the swap). Buckets as the request latency's.
+#[derive(Debug, Default)]
+pub struct ApplyTimes {
+    counts: [AtomicU64; BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl ApplyTimes {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        let i = BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BOUNDS_US.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, w: &mut Writer) {
+        let own: Vec<(f64, u64)> = BOUNDS_US
+            .iter()
+            .map(|&b| b as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().map(|c| c.load(Relaxed)))
+            .collect();
+        let n = own.iter().map(|(_, c)| c).sum();
+        w.family(
+            UPDATE_APPLY,
+            Kind::Histogram,
+            "Applying a table update: from the decoded update to the new snapshot serving.",
+        );
+        w.histogram(
+            UPDATE_APPLY,
+            &[],
+            own,
+            self.sum_us.load(Relaxed) as f64 / 1e6,
+            n,
+        );
+    }
+}
 
 /// A counter family: one line per `(label value, counter)`; an empty label
 /// name writes the bare metric.
@@ -290,6 +334,7 @@ pub fn render(shared: &Shared) -> String {
     for (name, help, values) in by_result {
         family(&mut w, name, help, "result", values);
     }
+    c.update_apply.render(&mut w);
     o
 }
 
@@ -341,6 +386,9 @@ mod tests {
         .enumerate()
         {
             n.fetch_add(i as u64 + 1, Relaxed);
+        }
+        for us in [700, 3_000, 40_000] {
+            c.update_apply.observe(std::time::Duration::from_micros(us));
         }
         let l = &s.edge.traffic[0].counters;
         for (i, n) in [
@@ -417,6 +465,8 @@ mod tests {
             "shardcast_shard_latency_seconds_bucket{shard=\"UK/SEASONAL\",le=\"+Inf\"} 6",
             "shardcast_connections_closed_total{listener=\"http 127.0.0.1:1\",stage=\"write\"} 107",
             "shardcast_metadata_total{result=\"error\"} 16",
+            "shardcast_table_update_apply_seconds_bucket{le=\"0.005\"} 2",
+            "shardcast_table_update_apply_seconds_count 3",
         ] {
             assert!(text.contains(series), "{series} in\n{text}");
         }

@@ -237,6 +237,7 @@ pub async fn apply_update(
     update: TableUpdate,
 ) -> Result<UpdateAnswer, UpdateError> {
     let _guard = shared.reload_lock.lock().await;
+    let started = std::time::Instant::now();
     let cur = shared.current();
     let table = match cur.table.apply(&cur.config, &update) {
         Ok(t) => t,
@@ -261,6 +262,7 @@ pub async fn apply_update(
     )
     .map_err(UpdateError::Build)?;
     shared.snapshot.store(Arc::new(snap));
+    shared.counters.update_apply.observe(started.elapsed());
     shared.counters.updates_ok.fetch_add(1, Relaxed);
     shared.record_version(&shared.current().table, "update");
     info!(

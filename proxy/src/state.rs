@@ -43,6 +43,7 @@ pub struct GlobalCounters {
     pub reloads_failed: AtomicU64,
     pub updates_ok: AtomicU64,
     pub updates_rejected: AtomicU64,
+    pub update_apply: crate::metrics::ApplyTimes,
     /// Requests whose client hung up (or failed to read or write) before
     /// the answer was delivered: never retried, never charged to a node.
     pub client_aborted: AtomicU64,

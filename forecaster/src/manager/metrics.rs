@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `shardcast_manager_rounds_total` | counter | rounds run (leading or standing by) |
 //! | `shardcast_manager_round_seconds` | summary | wall time of a round: p50, p99 over the last 1024, sum, count |
+//! | `shardcast_manager_publish_seconds` | summary | a changed table's publish until the store and every listed proxy have it: p50, p99 over the last 1024, sum, count |
 //! | `shardcast_manager_decisions_total{action,reason}` | counter | decisions logged |
 //! | `shardcast_manager_orders_total{outcome}` | counter | pre-fetch orders by how they ended: done, failed, cancelled, refused |
 //! | `shardcast_manager_orders_open` | gauge | orders sync still holds |
@@ -33,25 +34,70 @@ pub enum Target {
     Proxy,
 }
 
+/// Wall times kept for quantiles: the last [`ROUNDS_KEPT`], with the sum
+/// and count of all.
+#[derive(Default)]
+struct Window {
+    kept: Mutex<VecDeque<f64>>,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Window {
+    fn observe(&self, d: Duration) {
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        let mut q = self.kept.lock();
+        if q.len() >= ROUNDS_KEPT {
+            q.pop_front();
+        }
+        q.push_back(d.as_secs_f64());
+    }
+
+    /// The `q` quantile (nearest rank) of the times kept; 0 without any.
+    fn quantile(&self, q: f64) -> f64 {
+        let mut v: Vec<f64> = self.kept.lock().iter().copied().collect();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+
+    fn render(&self, w: &mut Writer<'_>, name: &str, help: &str) {
+        w.family(name, Kind::Summary, help);
+        for q in [0.5, 0.99] {
+            w.sample(name, &[("quantile", &q.to_string())], self.quantile(q));
+        }
+        w.sample(
+            &format!("{name}_sum"),
+            &[],
+            self.sum_us.load(Relaxed) as f64 / 1e6,
+        )
+        .sample(&format!("{name}_count"), &[], self.count.load(Relaxed));
+    }
+}
+
 /// Counters the manager's loop keeps (the rest is read from its state).
 #[derive(Default)]
 pub struct ManagerMetrics {
-    round_seconds: Mutex<VecDeque<f64>>,
-    round_sum_us: AtomicU64,
-    round_count: AtomicU64,
+    rounds: Window,
+    publishes: Window,
     decisions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     publish_failures: [AtomicU64; 2],
 }
 
 impl ManagerMetrics {
     pub fn round(&self, d: Duration) {
-        self.round_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
-        self.round_count.fetch_add(1, Relaxed);
-        let mut q = self.round_seconds.lock();
-        if q.len() >= ROUNDS_KEPT {
-            q.pop_front();
-        }
-        q.push_back(d.as_secs_f64());
+        self.rounds.observe(d);
+    }
+
+    /// A changed table went out: `d` from the start of its publish until
+    /// the store and every listed proxy answered (a proxy answers after it
+    /// applied the table).
+    pub fn published(&self, d: Duration) {
+        self.publishes.observe(d);
     }
 
     pub fn decision(&self, d: &Decision) {
@@ -64,17 +110,6 @@ impl ManagerMetrics {
 
     pub fn publish_failed(&self, t: Target) {
         self.publish_failures[t as usize].fetch_add(1, Relaxed);
-    }
-
-    /// The `q` quantile (nearest rank) of the rounds kept; 0 without any.
-    fn round_quantile(&self, q: f64) -> f64 {
-        let mut v: Vec<f64> = self.round_seconds.lock().iter().copied().collect();
-        if v.is_empty() {
-            return 0.0;
-        }
-        v.sort_by(f64::total_cmp);
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1]
     }
 }
 
@@ -89,21 +124,16 @@ pub fn render(o: &mut String, m: &Manager) {
         st.rounds,
     );
 
-    let name = "shardcast_manager_round_seconds";
-    w.family(
-        name,
-        Kind::Summary,
+    mm.rounds.render(
+        &mut w,
+        "shardcast_manager_round_seconds",
         "Wall time of a round (quantiles over the last 1024 rounds).",
     );
-    for q in [0.5, 0.99] {
-        w.sample(name, &[("quantile", &q.to_string())], mm.round_quantile(q));
-    }
-    w.sample(
-        &format!("{name}_sum"),
-        &[],
-        mm.round_sum_us.load(Relaxed) as f64 / 1e6,
-    )
-    .sample(&format!("{name}_count"), &[], mm.round_count.load(Relaxed));
+    mm.publishes.render(
+        &mut w,
+        "shardcast_manager_publish_seconds",
+        "Publishing a changed table until the store and every listed proxy have it (quantiles over the last 1024).",
+    );
 
     let name = "shardcast_manager_decisions_total";
     w.family(
@@ -239,6 +269,7 @@ mod tests {
         for ms in [10, 20, 30, 1000] {
             m.metrics.round(Duration::from_millis(ms));
         }
+        m.metrics.published(Duration::from_millis(7));
 
         let mut o = String::new();
         crate::metrics::render_manager_state(&mut o, &m);
@@ -252,6 +283,11 @@ mod tests {
         assert_eq!(
             at("shardcast_manager_round_seconds{quantile=\"0.99\"}"),
             1.0
+        );
+        assert_eq!(at("shardcast_manager_publish_seconds_count"), 1.0);
+        assert_eq!(
+            at("shardcast_manager_publish_seconds{quantile=\"0.99\"}"),
+            0.007
         );
         assert_eq!(
             at("shardcast_manager_decisions_total{action=\"drain_node\",reason=\"operator\"}"),

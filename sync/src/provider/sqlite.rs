@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS inventory (
   PRIMARY KEY (sku, region)
 );
 CREATE INDEX IF NOT EXISTS inventory_version ON inventory(version);
+CREATE INDEX IF NOT EXISTS inventory_cell_version ON inventory(category, region, version);
 CREATE TRIGGER IF NOT EXISTS inventory_stamp_ins AFTER INSERT ON inventory BEGIN
   UPDATE provider_seq SET v = v + 1 WHERE id = 1;
   UPDATE inventory SET version = (SELECT v FROM provider_seq WHERE id = 1) WHERE rowid = NEW.rowid;
@@ -239,16 +240,31 @@ impl Provider for SqliteProvider {
         self.with(move |c| {
             let cursor_i = i64::try_from(cursor).map_err(|_| ProviderError::Invalid("cursor too large".into()))?;
             let values = vec!["(?,?)"; cells.len()].join(",");
+            // The plain IN lists let SQLite seek the (category, region,
+            // version) index per cell; the row-value IN alone makes it walk
+            // the version index over every shard's rows (a shard's first
+            // copy then reads the whole provider).
+            let mut cats: Vec<&String> = cells.iter().map(|(c, _)| c).collect();
+            let mut regs: Vec<&String> = cells.iter().map(|(_, r)| r).collect();
+            cats.sort_unstable();
+            cats.dedup();
+            regs.sort_unstable();
+            regs.dedup();
             let sql = format!(
                 "SELECT {SELECT_COLS} FROM inventory i JOIN products p ON p.sku = i.sku
                  WHERE i.version > ?1 AND (?1 > 0 OR i.deleted = 0)
+                   AND i.category IN ({}) AND i.region IN ({})
                    AND (i.category, i.region) IN (VALUES {values})
-                 ORDER BY i.version LIMIT ?2"
+                 ORDER BY i.version LIMIT ?2",
+                vec!["?"; cats.len()].join(","),
+                vec!["?"; regs.len()].join(","),
             );
             // Positional parameters after ?1/?2 are numbered from 3.
             let sql = renumber(&sql, 3);
             let mut stmt = c.prepare_cached(&sql).map_err(qerr)?;
             let mut args: Vec<rusqlite::types::Value> = vec![cursor_i.into(), (limit as i64 + 1).into()];
+            args.extend(cats.iter().map(|c| (*c).clone().into()));
+            args.extend(regs.iter().map(|r| (*r).clone().into()));
             for (cat, reg) in &cells {
                 args.push(cat.clone().into());
                 args.push(reg.clone().into());
