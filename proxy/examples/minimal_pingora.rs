@@ -64,13 +64,6 @@ fn main() {
             _ => panic!("unknown flag {flag}"),
         }
     }
-    if tokio_timers {
-        // Pingora's timeouts of a second or more on Tokio's timer wheel
-        // instead of its shared 10 ms timer thread.
-        pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(
-            std::time::Duration::ZERO,
-        ));
-    }
     let (listen, nodes) = args.split_first().expect(
         "usage: minimal_pingora [--threads N] [--timeouts] [--h2c] [--tokio-timers] [--pool N] LISTEN NODE...",
     );
@@ -80,6 +73,13 @@ fn main() {
         upgrade_sock: format!("/tmp/minimal_pingora_{}.sock", std::process::id()),
         upstream_keepalive_pool_size: pool
             .unwrap_or(ServerConf::default().upstream_keepalive_pool_size),
+        // Pingora's timeouts of a second or more on Tokio's timer wheel
+        // instead of its shared 10 ms timer thread.
+        fast_timeout_to_tokio_threshold_seconds: if tokio_timers {
+            Some(0)
+        } else {
+            ServerConf::default().fast_timeout_to_tokio_threshold_seconds
+        },
         ..ServerConf::default()
     };
     let opt = Opt {
