@@ -38,7 +38,8 @@ def origin_conf(tmp: Path, ports, body='{{"node":{i},"stock":12}}'):
     path = tmp / "origin.conf"
     path.write_text(f"""
 worker_processes 1; daemon off; pid {tmp}/origin.pid; error_log {tmp}/origin.err;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
 http {{ access_log off; {servers} }}""")
     return path
 
@@ -105,19 +106,22 @@ interval_s = 1
     return path
 
 
-def nginx_proxy_conf(tmp: Path, port, node_ports, workers=1):
-    """nginx routing by sku (consistent hash) over keep-alive upstreams."""
+def nginx_proxy_conf(tmp: Path, port, node_ports, workers=1, h2c_port=None):
+    """nginx routing by sku (consistent hash) over keep-alive upstreams;
+    `h2c_port`: also listen there for cleartext HTTP/2 (prior knowledge)."""
     ups = "\n".join(f"server 127.0.0.1:{p};" for p in node_ports)
     path = tmp / f"nginx-{port}.conf"
     path.write_text(f"""
 worker_processes {workers}; daemon off; pid {tmp}/nginx-{port}.pid; error_log {tmp}/nginx-{port}.err;
 {"master_process off;" if workers == 1 else ""}
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 8192; }}
 http {{
   access_log off;
   upstream nodes {{ hash $sku consistent; {ups} keepalive 128; keepalive_requests 1000000; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096; keepalive_requests 1000000;
+    {f"listen 127.0.0.1:{h2c_port} http2 backlog=4096; http2_max_requests 1000000;" if h2c_port else ""}
     location ~ ^/inventory/(?<sku>[^/?]+) {{
       proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection "";
     }}
@@ -126,8 +130,9 @@ http {{
     return path
 
 
-def haproxy_conf(tmp: Path, port, node_ports, threads=1):
-    """HAProxy routing by the path's sku segment (consistent hash)."""
+def haproxy_conf(tmp: Path, port, node_ports, threads=1, h2c_port=None):
+    """HAProxy routing by the path's sku segment (consistent hash);
+    `h2c_port`: also bind there for cleartext HTTP/2 (prior knowledge)."""
     srv = "\n".join(f"  server n{i} 127.0.0.1:{p}" for i, p in enumerate(node_ports))
     path = tmp / f"haproxy-{port}.cfg"
     path.write_text(f"""
@@ -143,6 +148,7 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:{port}
+  {f"bind 127.0.0.1:{h2c_port} proto h2" if h2c_port else ""}
   default_backend nodes
 backend nodes
   balance hash path,field(3,/)

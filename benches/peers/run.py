@@ -21,7 +21,16 @@ by sku, one worker, keep-alive both sides; 1,000 warm-up requests, counters
 zeroed, exactly 10,000 requests over 16 connections), and the ratios. These
 counts repeat within 1 % on a loaded machine; CPU time does not.
 
+With --modes h1:64,h1:2000,h2c:32x8 every round measures every mode
+(wrk over N HTTP/1.1 connections; h2load over C cleartext HTTP/2
+connections of M streams each) on every target, modes and targets
+rotated per round; the load average is recorded beside each measurement
+and the per-round CPU ratios to the minimal Pingora proxy are printed.
+The minimal Pingora proxy serves h2c too (MINIMAL_ARGS=--timeouts: with
+shardcast's upstream timeouts).
+
 Usage: benches/peers/run.py [--rounds 3] [--seconds 8] [--connections 32] [--threads 1]
+                            [--modes h1:64,h1:2000,h2c:32x8] [--response-headers]
        benches/peers/run.py --callgrind [--requests 10000] [--warmup 1000] [--keep DIR]
 Only loopback addresses are used; every run is bounded by --seconds or
 --requests.
@@ -83,7 +92,7 @@ def wrk(port, seconds, conns, paths):
     out = subprocess.run(
         ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s",
          str(ROOT / "benches/wrk/skus.lua"), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, env=env, timeout=seconds + 30,
+        capture_output=True, text=True, env=env, timeout=seconds + 60,
     ).stdout
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -99,13 +108,67 @@ def wrk(port, seconds, conns, paths):
     }
 
 
+def h2load_h2c(port, seconds, conns, streams, uris):
+    """Cleartext HTTP/2 (prior knowledge): `conns` connections with
+    `streams` concurrent streams each, for `seconds`. h2load reports no
+    percentiles: p50 is its mean request time, p99 its max."""
+    out = subprocess.run(
+        ["h2load", "-c", str(conns), "-m", str(streams), "-D", str(seconds), "-i", str(uris)],
+        capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    if not m:
+        raise SystemExit(f"h2load on port {port}: {out[-2000:]}")
+    st = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    t = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+
+    def ms(v):
+        n = float(re.match(r"[\d.]+", v).group(0))
+        return n * (1e-3 if v.endswith("us") else 1e3 if v.endswith("s") and not v.endswith("ms") else 1.0)
+    done = int(m.group(4))
+    return {
+        "requests": done,
+        "rps": done / seconds,
+        "p50": ms(t.group(3)) if t else float("nan"),
+        "p99": ms(t.group(2)) if t else float("nan"),
+        "non2xx": int(m.group(5)) + (int(st.group(3)) + int(st.group(4)) if st else 0),
+        "sockerr": "",
+    }
+
+
+def parse_mode(text):
+    """`h1:N` (wrk, N HTTP/1.1 connections) or `h2c:CxM` (h2load, C
+    connections of M streams)."""
+    kind, _, arg = text.partition(":")
+    if kind == "h1" and arg.isdigit():
+        return ("h1", int(arg), 1)
+    if kind == "h2c" and re.fullmatch(r"\d+x\d+", arg):
+        c, m = arg.split("x")
+        return ("h2c", int(c), int(m))
+    raise SystemExit(f"--modes: `{text}` is neither h1:N nor h2c:CxM")
+
+
+def mode_name(mode):
+    kind, c, m = mode
+    return f"h1 {c} conns" if kind == "h1" else f"h2c {c}x{m}"
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--connections", type=int, default=32, help="h1 connections when --modes is not given")
+    ap.add_argument("--modes", help="comma-separated h1:N and h2c:CxM (default h1:CONNECTIONS); "
+                    "every round measures every mode on every target")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="workers per proxy")
+    ap.add_argument("--response-headers", action="store_true",
+                    help="shardcast adds its x-shardcast-* headers (the peers add none)")
     ap.add_argument("--callgrind", action="store_true", help="instructions per request instead")
     ap.add_argument("--requests", type=int, default=10000)
     ap.add_argument("--warmup", type=int, default=1000)
@@ -116,7 +179,8 @@ def main():
         # Measures the binaries as built (SHARDCAST_BIN, MINIMAL_BIN or the
         # release builds in CARGO_TARGET_DIR); never builds.
         return callgrind_peers(a)
-    for tool in ("wrk", "nginx", "haproxy"):
+    modes = [parse_mode(m) for m in (a.modes or f"h1:{a.connections}").split(",")]
+    for tool in ("wrk", "nginx", "haproxy") + (("h2load",) if any(m[0] == "h2c" for m in modes) else ()):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run scripts/setup")
     if not a.no_build:
@@ -135,6 +199,7 @@ def main():
         paths = tmp / "paths.txt"
         subprocess.run([sys.executable, str(ROOT / "benches/wrk/make_paths.py"), "20000", str(paths)], check=True,
                        stdout=subprocess.DEVNULL)
+        path_lines = paths.read_text().split()
         # Origins: one nginx worker serving three node ports with a fixed body.
         origin_ports = [free_port() for _ in range(3)]
         conf = origin_conf(tmp, origin_ports, body='{{"node":{i},"stock":12,"price":2.55}}')
@@ -143,12 +208,13 @@ def main():
             wait_port(p)
         direct_port = origin_ports[0]
 
-        # nginx and HAProxy: consistent hash on the sku.
-        ngx_port = free_port()
-        nginx = spawn(["nginx", "-c", str(nginx_proxy_conf(tmp, ngx_port, origin_ports, a.threads)),
+        # nginx and HAProxy: consistent hash on the sku; h2c on a port of
+        # its own (both take prior-knowledge HTTP/2 only on a port set so).
+        ngx_port, ngx_h2c = free_port(), free_port()
+        nginx = spawn(["nginx", "-c", str(nginx_proxy_conf(tmp, ngx_port, origin_ports, a.threads, ngx_h2c)),
                        "-p", str(tmp)])
-        hap_port = free_port()
-        hap = spawn(["haproxy", "-f", str(haproxy_conf(tmp, hap_port, origin_ports, a.threads))])
+        hap_port, hap_h2c = free_port(), free_port()
+        hap = spawn(["haproxy", "-f", str(haproxy_conf(tmp, hap_port, origin_ports, a.threads, hap_h2c))])
 
         # shardcast with its features on.
         sc_port, sc_admin = free_port(), free_port()
@@ -162,11 +228,13 @@ def main():
                 shards += f'[[shards]]\nid = "{region}/{c}"\ncategories = ["{c}"]\nregions = ["{region}"]\n'
         (tmp / "shardcast.toml").write_text(f"""
 replication_factor = 2
-response_headers = true
+response_headers = {"true" if a.response_headers else "false"}
 [listen]
 http = ["127.0.0.1:{sc_port}"]
 admin = "127.0.0.1:{sc_admin}"
 threads = {a.threads}
+[limits]
+max_connections_per_client = 10000
 {nodes}
 [[routes]]
 name = "inventory"
@@ -193,51 +261,87 @@ interval_s = 1
             old = spawn([os.environ["SHARDCAST_OLD_BIN"], "-c", str(tmp / "old.toml"),
                          "--upgrade-sock", str(tmp / "upgrade-old.sock")], env=dict(os.environ, RUST_LOG="warn"))
         # The smallest Pingora proxy doing the same job: shardcast's own
-        # overhead is the difference.
+        # overhead is the difference. h2c on the same port, as shardcast;
+        # MINIMAL_ARGS="--timeouts" gives it shardcast's upstream timeouts.
         min_port = free_port()
-        mini = spawn([str(TARGET / "release/examples/minimal_pingora"), "--threads", str(a.threads),
+        mini = spawn([os.environ.get("MINIMAL_BIN", str(TARGET / "release/examples/minimal_pingora")),
+                      "--threads", str(a.threads), *os.environ.get("MINIMAL_ARGS", "").split(), "--h2c",
                       f"127.0.0.1:{min_port}"]
                      + [f"127.0.0.1:{p}" for p in origin_ports])
-        for p in (ngx_port, hap_port, sc_port, min_port):
+        for p in (ngx_port, ngx_h2c, hap_port, hap_h2c, sc_port, min_port):
             wait_port(p)
         time.sleep(1)
 
-        targets = [("direct", direct_port, None), ("shardcast", sc_port, sc.pid),
-                   ("nginx", ngx_port, nginx.pid), ("haproxy", hap_port, hap.pid),
-                   ("pingora-min", min_port, mini.pid)]
+        # (name, HTTP/1 port, h2c port, pid); the origin speaks no h2c.
+        targets = [("direct", direct_port, None, None), ("shardcast", sc_port, sc_port, sc.pid),
+                   ("nginx", ngx_port, ngx_h2c, nginx.pid), ("haproxy", hap_port, hap_h2c, hap.pid),
+                   ("pingora-min", min_port, min_port, mini.pid)]
         if old:
             wait_port(old_port)
-            targets.append(("shardcast-old", old_port, old.pid))
-        # warm-up
-        for name, port, _ in targets:
-            wrk(port, 2, a.connections, paths)
-        results = {t[0]: [] for t in targets}
-        for r in range(a.rounds):
-            order = targets[r % len(targets):] + targets[:r % len(targets)]
-            for name, port, pid in order:
-                pids = children(pid) if pid else []
-                c0 = tree_ticks(pids) if pids else 0
-                res = wrk(port, a.seconds, a.connections, paths)
-                c1 = tree_ticks(pids) if pids else 0
-                res["cpu_us"] = (c1 - c0) / TICK * 1e6 / max(res["requests"], 1) if pids else float("nan")
-                results[name].append(res)
-                print(f"round {r + 1} {name:9} {res['rps']:9.0f} req/s  p50 {res['p50']:.3f} ms  "
-                      f"p99 {res['p99']:.3f} ms  cpu {res['cpu_us']:.1f} us/req  non2xx {res['non2xx']} {res['sockerr']}",
-                      flush=True)
+            targets.append(("shardcast-old", old_port, old_port, old.pid))
+        uris = {}
+        for _, _, h2p, _ in targets:
+            if h2p:
+                uris[h2p] = tmp / f"uris-{h2p}.txt"
+                uris[h2p].write_text("".join(f"http://127.0.0.1:{h2p}{x}\n" for x in path_lines))
 
-        med = {n: {k: statistics.median([x[k] for x in v]) for k in ("rps", "p50", "p99", "cpu_us")}
-               for n, v in results.items()}
-        ng = med["nginx"]
+        def measure(mode, port, seconds):
+            kind, c, m = mode
+            if kind == "h1":
+                return wrk(port, seconds, c, paths)
+            return h2load_h2c(port, seconds, c, m, uris[port])
+
+        def runnable(mode, t):
+            return t[1] if mode[0] == "h1" else t[2]
+        # warm-up
+        for mode in modes:
+            for t in targets:
+                if runnable(mode, t):
+                    measure(mode, runnable(mode, t), 2)
+        results = {(mode, t[0]): [] for mode in modes for t in targets}
+        loads = {mode: [] for mode in modes}
+        for r in range(a.rounds):
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                order = targets[r % len(targets):] + targets[:r % len(targets)]
+                for t in order:
+                    name, pid, port = t[0], t[3], runnable(mode, t)
+                    if not port:
+                        continue
+                    pids = children(pid) if pid else []
+                    loads[mode].append(loadavg())
+                    c0 = tree_ticks(pids) if pids else 0
+                    res = measure(mode, port, a.seconds)
+                    c1 = tree_ticks(pids) if pids else 0
+                    res["cpu_us"] = (c1 - c0) / TICK * 1e6 / max(res["requests"], 1) if pids else float("nan")
+                    results[(mode, name)].append(res)
+                    print(f"round {r + 1} {mode_name(mode):14} {name:13} {res['rps']:9.0f} req/s  "
+                          f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  cpu {res['cpu_us']:.1f} us/req  "
+                          f"non2xx {res['non2xx']} {res['sockerr']}  load {loads[mode][-1]:.1f}", flush=True)
+
         print()
-        print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}  rounds: {a.rounds} x {a.seconds}s, "
-              f"{a.connections} connections, wrk -t1, {a.threads} worker(s) each")
-        print("| target | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ nginx | CPU ÷ nginx |")
-        print("|---|---|---|---|---|---|---|")
-        for n in [t[0] for t in targets]:
-            m = med[n]
-            cpu_ratio = m["cpu_us"] / ng["cpu_us"] if n != "direct" else float("nan")
-            print(f"| {n} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['cpu_us']:.1f} | "
-                  f"{m['rps'] / ng['rps']:.2f} | {cpu_ratio:.2f} |")
+        print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}  rounds: {a.rounds} x {a.seconds}s, interleaved, "
+              f"{a.threads} worker(s) each; CPU = utime+stime of the proxy's processes ÷ requests")
+        for mode in modes:
+            rows = [(t[0], results[(mode, t[0])]) for t in targets if results[(mode, t[0])]]
+            med = {n: {k: statistics.median([x[k] for x in v]) for k in ("rps", "p50", "p99", "cpu_us")}
+                   for n, v in rows}
+            ng = med["nginx"]
+            lo, hi = min(loads[mode]), max(loads[mode])
+            print(f"\n{mode_name(mode)} (load average {lo:.1f}–{hi:.1f} during the runs)")
+            lat = "p50 ms | p99 ms" if mode[0] == "h1" else "mean ms | max ms"
+            print(f"| target | req/s | {lat} | CPU µs/req | CPU ÷ nginx | CPU ÷ minimal Pingora "
+                  f"| per round ÷ minimal Pingora |")
+            print("|---|---:|---:|---:|---:|---:|---:|---|")
+            for n, v in rows:
+                m = med[n]
+                if n == "direct":
+                    print(f"| {n} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | – | – | – | – |")
+                    continue
+                per_round = " / ".join(f"{x['cpu_us'] / y['cpu_us']:.2f}"
+                                       for x, y in zip(v, results[(mode, "pingora-min")]))
+                print(f"| {n} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['cpu_us']:.1f} | "
+                      f"{m['cpu_us'] / ng['cpu_us']:.2f} | {m['cpu_us'] / med['pingora-min']['cpu_us']:.2f} "
+                      f"| {per_round} |")
         bad = sum(x["non2xx"] for v in results.values() for x in v)
         if bad:
             print(f"warning: {bad} non-2xx responses", file=sys.stderr)
@@ -279,7 +383,14 @@ def callgrind_peers(a):
             "nginx": lambda port: ["nginx", "-c", str(nginx_proxy_conf(tmp, port, ports)), "-p", str(tmp)],
             "haproxy": lambda port: ["haproxy", "-db", "-f", str(haproxy_conf(tmp, port, ports))],
         }
-        only = a.only.split(",") if a.only else list(targets)
+        default = list(targets)
+        # Pingora's own options tried on the floor (--only): its timeouts
+        # on Tokio's timer; a larger upstream keep-alive pool (shardcast's).
+        targets["pingora-min+timeouts+tokio-timers"] = lambda port: [
+            mini, "--timeouts", "--tokio-timers", f"127.0.0.1:{port}", *(f"127.0.0.1:{p}" for p in ports)]
+        targets["pingora-min+pool1024"] = lambda port: [
+            mini, "--pool", "1024", f"127.0.0.1:{port}", *(f"127.0.0.1:{p}" for p in ports)]
+        only = a.only.split(",") if a.only else default
         for name in only:
             if name not in targets:
                 raise SystemExit(f"--only: no target {name} (have {', '.join(targets)})")

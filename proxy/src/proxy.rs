@@ -44,8 +44,14 @@ enum Pool {
     Default(usize),
 }
 
-/// Per-request state.
-pub struct Ctx {
+/// Per-request state, boxed: Pingora holds the context inside the
+/// request's future, which it moves into a new box for every request (a
+/// copy of the whole future), so a context inline there is copied with it
+/// on every request; a box is one small allocation instead.
+pub type Ctx = Box<RequestState>;
+
+/// What [`Ctx`] holds.
+pub struct RequestState {
     start: Instant,
     /// `start` as [`crate::node::now_ms`]: the request's one clock read
     /// serves the retry budget and the first replica choice.
@@ -65,7 +71,7 @@ pub struct Ctx {
     sku_len: usize,
 }
 
-impl Ctx {
+impl RequestState {
     fn sku(&self) -> &str {
         std::str::from_utf8(&self.sku[..self.sku_len]).unwrap_or("")
     }
@@ -118,7 +124,7 @@ impl ShardProxy {
         &self,
         snap: &Snapshot,
         req: &RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut RequestState,
     ) -> std::result::Result<(), (u16, String)> {
         let path = req.uri.path();
         let query = req.uri.query();
@@ -176,6 +182,74 @@ impl ShardProxy {
         }
     }
 
+    /// The replica for this attempt of the request, and its peer.
+    fn choose(&self, snap: &Snapshot, ctx: &mut RequestState) -> Result<Box<HttpPeer>> {
+        // A retry: the previous attempt is over.
+        ctx.in_flight = None;
+        if ctx.ntried > 0 {
+            let retry = &snap.config.retry;
+            if ctx.ntried > retry.max_retries as usize {
+                return Err(status_error(502, "retries exhausted"));
+            }
+            if !self
+                .shared
+                .retry_budget
+                .try_retry(retry.budget_ratio, retry.min_per_second)
+            {
+                self.shared.counters.retries_denied.fetch_add(1, Relaxed);
+                return Err(status_error(503, "retry budget exhausted"));
+            }
+            self.shared.counters.retries.fetch_add(1, Relaxed);
+            if let Some(n) = ctx.node {
+                snap.nodes[n as usize]
+                    .counters
+                    .retries
+                    .fetch_add(1, Relaxed);
+            }
+        }
+        let now = if ctx.ntried == 0 {
+            ctx.start_ms
+        } else {
+            now_ms()
+        };
+        let tried = &ctx.tried[..ctx.ntried];
+        let (serving, draining, replicas) = self.candidates(snap, ctx.pool);
+        let pick = self
+            .selector
+            .pick(serving, &snap.nodes, &snap.capacity, tried, now)
+            .or_else(|| {
+                self.selector
+                    .pick(draining, &snap.nodes, &snap.capacity, tried, now)
+            })
+            .or_else(|| {
+                // Every replica is ejected or down: rather than fail, try the
+                // least-loaded one not yet tried (Envoy's panic mode).
+                let all = replicas
+                    .iter()
+                    .filter(|r| r.state != shardmap::ReplicaState::Warming)
+                    .map(|r| r.node);
+                let pool: Vec<NodeIdx> = if replicas.is_empty() {
+                    serving.to_vec()
+                } else {
+                    all.collect()
+                };
+                pool.into_iter()
+                    .filter(|n| !tried.contains(n))
+                    .min_by_key(|n| snap.nodes[*n as usize].in_flight())
+            });
+        let Some(node) = pick else {
+            self.shared.counters.no_replica.fetch_add(1, Relaxed);
+            return Err(status_error(503, "no replica available for this shard"));
+        };
+        if ctx.ntried < MAX_TRIED {
+            ctx.tried[ctx.ntried] = node;
+            ctx.ntried += 1;
+        }
+        ctx.node = Some(node);
+        ctx.in_flight = Some(snap.nodes[node as usize].start());
+        Ok(Box::new(snap.peers[node as usize].clone()))
+    }
+
     fn candidates<'s>(
         &self,
         snap: &'s Snapshot,
@@ -223,7 +297,7 @@ impl ProxyHttp for ShardProxy {
 
     fn new_ctx(&self) -> Ctx {
         let start = Instant::now();
-        Ctx {
+        Box::new(RequestState {
             start,
             start_ms: crate::node::ms_at(start),
             snap: None,
@@ -236,7 +310,7 @@ impl ProxyHttp for ShardProxy {
             client_aborted: false,
             sku: [0; SKU_INLINE],
             sku_len: 0,
-        }
+        })
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -331,73 +405,14 @@ impl ProxyHttp for ShardProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(snap) = ctx.snap.clone() else {
+        // Borrowed out of the context for the choice (no reference count
+        // traffic on the snapshot shared by every worker), then put back.
+        let Some(snap) = ctx.snap.take() else {
             return Err(status_error(500, "no routing snapshot"));
         };
-        // A retry: the previous attempt is over.
-        ctx.in_flight = None;
-        if ctx.ntried > 0 {
-            let retry = &snap.config.retry;
-            if ctx.ntried > retry.max_retries as usize {
-                return Err(status_error(502, "retries exhausted"));
-            }
-            if !self
-                .shared
-                .retry_budget
-                .try_retry(retry.budget_ratio, retry.min_per_second)
-            {
-                self.shared.counters.retries_denied.fetch_add(1, Relaxed);
-                return Err(status_error(503, "retry budget exhausted"));
-            }
-            self.shared.counters.retries.fetch_add(1, Relaxed);
-            if let Some(n) = ctx.node {
-                snap.nodes[n as usize]
-                    .counters
-                    .retries
-                    .fetch_add(1, Relaxed);
-            }
-        }
-        let now = if ctx.ntried == 0 {
-            ctx.start_ms
-        } else {
-            now_ms()
-        };
-        let tried = &ctx.tried[..ctx.ntried];
-        let (serving, draining, replicas) = self.candidates(&snap, ctx.pool);
-        let pick = self
-            .selector
-            .pick(serving, &snap.nodes, &snap.capacity, tried, now)
-            .or_else(|| {
-                self.selector
-                    .pick(draining, &snap.nodes, &snap.capacity, tried, now)
-            })
-            .or_else(|| {
-                // Every replica is ejected or down: rather than fail, try the
-                // least-loaded one not yet tried (Envoy's panic mode).
-                let all = replicas
-                    .iter()
-                    .filter(|r| r.state != shardmap::ReplicaState::Warming)
-                    .map(|r| r.node);
-                let pool: Vec<NodeIdx> = if replicas.is_empty() {
-                    serving.to_vec()
-                } else {
-                    all.collect()
-                };
-                pool.into_iter()
-                    .filter(|n| !tried.contains(n))
-                    .min_by_key(|n| snap.nodes[*n as usize].in_flight())
-            });
-        let Some(node) = pick else {
-            self.shared.counters.no_replica.fetch_add(1, Relaxed);
-            return Err(status_error(503, "no replica available for this shard"));
-        };
-        if ctx.ntried < MAX_TRIED {
-            ctx.tried[ctx.ntried] = node;
-            ctx.ntried += 1;
-        }
-        ctx.node = Some(node);
-        ctx.in_flight = Some(snap.nodes[node as usize].start());
-        Ok(Box::new(snap.peers[node as usize].clone()))
+        let peer = self.choose(&snap, ctx);
+        ctx.snap = Some(snap);
+        peer
     }
 
     async fn upstream_response_filter(

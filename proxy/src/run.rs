@@ -179,6 +179,11 @@ pub fn run(args: Args) -> Result<(), Vec<String>> {
         // The proxy enforces its own, reloadable retry limit; this is the cap.
         max_retries: 11,
         upstream_keepalive_pool_size: 1024,
+        // Pingora's upstream read, write, connect and pooled-idle timeouts
+        // on each worker's Tokio timer wheel rather than its shared timer
+        // (a read-write lock, a B-tree of 10 ms ticks and a notify per
+        // timeout, and a thread that wakes every 10 ms).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         upgrade_sock: args.upgrade_sock.clone(),
         ..ServerConf::default()
     };

@@ -87,6 +87,9 @@ struct Window {
     /// Since the last dashboard tick (independent of the export interval,
     /// which may be a minute or more).
     recent: Histogram<u64>,
+    /// Sum of the latencies in `hist` (µs): the mean without a pass over
+    /// every bucket.
+    sum_us: u64,
     top: TopK,
 }
 
@@ -101,6 +104,7 @@ pub const SLOTS: usize = 8;
 #[derive(Debug, Default)]
 struct Slot {
     hist: Option<Histogram<u64>>,
+    sum_us: u64,
     top: TopK,
 }
 
@@ -232,6 +236,7 @@ impl ShardStats {
             slots: std::array::from_fn(|_| {
                 Padded(Mutex::new(Slot {
                     hist: None,
+                    sum_us: 0,
                     top: TopK {
                         cap: (top_k * 4).max(8),
                         counts: HashMap::new(),
@@ -241,6 +246,7 @@ impl ShardStats {
             window: Mutex::new(Window {
                 hist: new_hist(),
                 recent: new_hist(),
+                sum_us: 0,
                 top: TopK {
                     cap: (top_k * 4).max(8),
                     counts: HashMap::new(),
@@ -272,6 +278,7 @@ impl ShardStats {
         let us = o.latency_us.clamp(1, 60_000_000);
         let mut slot = self.slots[my_slot()].0.lock();
         let _ = slot.hist.get_or_insert_with(new_hist).record(us);
+        slot.sum_us += us;
         if n % TOPK_SAMPLE == 0 && !o.sku.is_empty() {
             slot.top.add(o.sku, TOPK_SAMPLE);
         }
@@ -282,6 +289,7 @@ impl ShardStats {
     fn merge_slots(&self, w: &mut Window) {
         for slot in &self.slots {
             let mut slot = slot.0.lock();
+            w.sum_us += std::mem::take(&mut slot.sum_us);
             if let Some(h) = slot.hist.as_mut().filter(|h| !h.is_empty()) {
                 let _ = w.hist.add(&*h);
                 let _ = w.recent.add(&*h);
@@ -377,12 +385,12 @@ impl ShardStats {
             self.cache_misses.load(Relaxed),
             self.bytes.load(Relaxed),
         ];
-        let (hist, top) = {
+        let (hist, sum_us, top) = {
             let mut w = self.window.lock();
             self.merge_slots(&mut w);
             let h = std::mem::replace(&mut w.hist, new_hist());
             let top = w.top.take(top_k);
-            (h, top)
+            (h, std::mem::take(&mut w.sum_us), top)
         };
         let _ = self.lifetime.lock().add(&hist);
         let mut last = self.exported.lock();
@@ -408,7 +416,11 @@ impl ShardStats {
                 p90_us: hist.value_at_quantile(0.9),
                 p99_us: hist.value_at_quantile(0.99),
                 max_us: hist.max(),
-                mean_us: if hist.is_empty() { 0.0 } else { hist.mean() },
+                mean_us: if hist.is_empty() {
+                    0.0
+                } else {
+                    sum_us as f64 / hist.len() as f64
+                },
             },
             top_skus: top,
         })
