@@ -135,18 +135,17 @@ impl Prefetches {
                         v.no_rise += ep.warm;
                     }
                 }
-                Some(ep) => {
-                    if above && ep.rise_at.is_none() {
-                        ep.rise_at = Some(now);
-                        v.rises += 1;
-                        if ep.warm > 0 {
-                            v.warm_before_rise += ep.warm;
-                            ep.warm = 0;
-                            ep.met_warm = true;
-                            v.rises_met_warm += 1;
-                        }
+                Some(ep) if above && ep.rise_at.is_none() => {
+                    ep.rise_at = Some(now);
+                    v.rises += 1;
+                    if ep.warm > 0 {
+                        v.warm_before_rise += ep.warm;
+                        ep.warm = 0;
+                        ep.met_warm = true;
+                        v.rises_met_warm += 1;
                     }
                 }
+                Some(_) => {}
             }
         }
     }
