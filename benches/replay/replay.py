@@ -544,7 +544,7 @@ def main():
     print(f"replay: done: {t.sent:,} requests, {t.ok:,} 2xx, {t.non2xx} non-2xx, {t.errors} errors, "
           f"x-cache hit {t.hit / hm if hm else float('nan'):.1%}, skipped {rp.skipped} lines "
           f"(skus the proxy rejects) and {rp.passed} the clock passed while the trace opened, "
-          f"max lag {rp.max_lag_s:.1f}s", file=sys.stderr, flush=True)
+          f"max lag {rp.max_lag_s:.1f}s{f'; {status()}' if status else ''}", file=sys.stderr, flush=True)
     return 0
 
 
