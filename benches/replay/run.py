@@ -189,18 +189,15 @@ class Run:
         sets = [
             f'feeds.history.source="{self.var / "history.csv.gz"}"',
             f"manager.interval_ms={a.interval_ms}",
-            "planner.cycle_s=1",
         ]
         if not with_clock:
             # "Observed" load = the last trace hour, in real seconds.
-            sets += [f"manager.observe_window_s={max(1, round(3600 / a.speed))}"]
+            sets += ["planner.cycle_s=1",
+                     f"manager.observe_window_s={max(1, round(3600 / a.speed))}"]
         if with_clock:
-            # Trace time throughout: forecasts every quarter trace hour, a
-            # leaving replica drains for about one trace hour.
-            sets += [f'clock.start="{self.start:%Y-%m-%d %H:%M:%S}"', f"clock.speed={a.speed}",
-                     'feeds.history.align="as_is"',
-                     f"planner.cycle_s={max(0.1, 900 / a.speed):g}",
-                     f"manager.drain_ms={max(200, round(3600_000 / a.speed))}"]
+            # Trace time throughout, as scripts/demo runs it (scripts/stack
+            # --clock-start: history cut at the start, timings scaled).
+            args += ["--clock-start", f"{self.start:%Y-%m-%d %H:%M:%S}", "--clock-speed", f"{a.speed:g}"]
         if with_policy:
             sets += [f'manager.policy="{self.policy}"', "manager.host_baseline=false"]
             if self.policy == "oracle":
@@ -311,13 +308,12 @@ class Run:
             # replay where that clock is now, so telemetry, forecasts and
             # plans line up with the requests (the skipped first hours of the
             # Monday are the quiet night).
-            clock = get_json(u["forecaster"] + "/clock")
-            if "now_unix_ms" in clock:
-                start = max(self.start, dt.datetime.fromtimestamp(
-                    clock["now_unix_ms"] / 1000 + 60 / a.speed, dt.timezone.utc).replace(tzinfo=None))
+            begin = replay.clock_begin(u["forecaster"], a.speed)
+            if begin is not None:
+                start = max(self.start, replay.from_sec(int(begin)))
                 notes.append(f"replay started at trace time {start:%Y-%m-%d %H:%M} (forecaster clock)")
             else:
-                notes.append(f"no forecaster clock: {clock.get('error')}")
+                notes.append("no forecaster replay clock (GET /clock)")
         else:
             settled = self.settle()
             if not settled:
@@ -329,8 +325,7 @@ class Run:
                              record=True)
         t0 = time.monotonic()
         def trace_now():
-            c = get_json(u["forecaster"] + "/clock")
-            return c["now_unix_ms"] / 1000 if with_clock and "now_unix_ms" in c else None
+            return replay.clock_now(u["forecaster"]) if with_clock else None
 
         # Cache cost: how many (shard, node) copies sync keeps hosted, sampled
         # through the replay (a policy that hosts everything always hits).

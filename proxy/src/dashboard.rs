@@ -8,7 +8,8 @@
 //! the last seconds ([`ShardStats::recent`]) — with the forecaster's when
 //! `[dashboard] forecaster` is set: quantile forecasts, actual demand
 //! (`/series`) and the shard manager's replicas, pre-fetch orders and
-//! decisions (`/manager`). The forecaster is read only from here, on the
+//! decisions, and what its pre-fetches bought (`/manager`: pre-fetches by
+//! the reason that drove them, replicas warm before their shard's rise). The forecaster is read only from here, on the
 //! admin listener, with a timeout of at most 300 ms and a one-second cache
 //! shared by every viewer; when it is down the data says so and the page
 //! shows "forecaster unreachable". The request path never waits on it.
@@ -186,6 +187,8 @@ pub struct ManagerSummary {
     pub assignment_version: AssignmentVersion,
     pub dry_run: bool,
     pub nodes: BTreeMap<String, mgr::NodeView>,
+    /// Pre-fetches by driving reason; replicas warm before their shard's rise.
+    pub prefetch: mgr::PrefetchView,
 }
 
 /// `GET /dashboard/data`.
@@ -406,6 +409,7 @@ pub async fn data(shared: &Shared) -> Data {
             assignment_version: m.assignment_version,
             dry_run: m.dry_run,
             nodes: m.nodes.clone(),
+            prefetch: m.prefetch.clone(),
         }),
         orders: manager.map(|m| newest(&m.orders)).unwrap_or_default(),
         decisions: manager.map(|m| newest(&m.decisions)).unwrap_or_default(),

@@ -470,6 +470,19 @@ async fn dashboard_shows_forecasts_orders_and_decisions() {
         ],
         deferred: 0,
         operator: OperatorView::default(),
+        prefetch: PrefetchView {
+            by_reason: [
+                (Reason::Forecast, 5),
+                (Reason::Load, 2),
+                (Reason::Initial, 28),
+            ]
+            .into(),
+            warm_before_rise: 4,
+            warm_after_rise: 1,
+            no_rise: 1,
+            rises: 6,
+            rises_met_warm: 3,
+        },
     };
     let (forecasts, series, manager) = (
         serde_json::to_string(&forecasts).unwrap(),
@@ -522,5 +535,13 @@ async fn dashboard_shows_forecasts_orders_and_decisions() {
         "decision detail not shown"
     );
     assert_eq!(tags_with(&dom, "data-reason=\"initial\"").len(), 1);
+    // What the pre-fetches bought, in the header.
+    assert_eq!(value(&dom, "prefetch-forecast"), Some(5.0));
+    assert_eq!(text_of(&dom, "prefetch-forecast"), "5 / load 2");
+    assert_eq!(value(&dom, "warm-before-rise"), Some(4.0));
+    assert_eq!(
+        text_of(&dom, "warm-before-rise"),
+        "4 (3 of 6 rises met warm)"
+    );
     assert_every_shard_shown(&dom);
 }

@@ -10,6 +10,9 @@
 //! | `shardcast_manager_decisions_total{action,reason}` | counter | decisions logged |
 //! | `shardcast_manager_orders_total{outcome}` | counter | pre-fetch orders by how they ended: done, failed, cancelled, refused |
 //! | `shardcast_manager_orders_open` | gauge | orders sync still holds |
+//! | `shardcast_manager_prefetches_total{reason}` | counter | pre-fetch orders sync took (adds and refreshes), by the reason that drove them |
+//! | `shardcast_manager_demand_prefetches_total{warm}` | counter | demand-driven pre-fetched replicas by when they were warm: `before_rise`, `after_rise`, `no_rise` (`state/prefetch.rs`) |
+//! | `shardcast_manager_rises_total{met}` | counter | shard episodes whose observed demand crossed the threshold, by whether a pre-fetched replica was warm before: `warm`, `cold` |
 //! | `shardcast_manager_publish_failures_total{target}` | counter | table publishes not delivered: metadata, proxy |
 //! | `shardcast_manager_proxies_behind` | gauge | listed proxies without the current version |
 //! | `shardcast_manager_leader` | gauge | 1 while this manager leads and may write |
@@ -24,6 +27,7 @@ use shardcast_edge::metrics::{Kind, Writer};
 
 use super::state::Decision;
 use super::Manager;
+use crate::planner::Reason;
 
 const ROUNDS_KEPT: usize = 1024;
 
@@ -162,6 +166,36 @@ pub fn render(o: &mut String, m: &Manager) {
         "shardcast_manager_orders_open",
         "Pre-fetch orders sync still holds.",
         st.orders.iter().filter(|o| o.state.is_open()).count(),
+    );
+
+    let p = &st.prefetch.view;
+    w.by_label(
+        "shardcast_manager_prefetches_total",
+        Kind::Counter,
+        "Pre-fetch orders sync took (adds and refreshes), by the reason that drove them.",
+        "reason",
+        Reason::ALL.map(|r| (r.as_str(), p.driven_by(r))),
+    );
+    w.by_label(
+        "shardcast_manager_demand_prefetches_total",
+        Kind::Counter,
+        "Demand-driven pre-fetched replicas, by when they were warm against their shard's rise.",
+        "warm",
+        [
+            ("before_rise", p.warm_before_rise),
+            ("after_rise", p.warm_after_rise),
+            ("no_rise", p.no_rise),
+        ],
+    );
+    w.by_label(
+        "shardcast_manager_rises_total",
+        Kind::Counter,
+        "Shard episodes whose observed demand crossed the threshold, by whether a pre-fetched replica was warm before.",
+        "met",
+        [
+            ("warm", p.rises_met_warm),
+            ("cold", p.rises - p.rises_met_warm),
+        ],
     );
 
     w.by_label(
@@ -303,6 +337,20 @@ mod tests {
             0.0
         );
         assert_eq!(at("shardcast_manager_orders_open"), 0.0);
+        assert_eq!(
+            at("shardcast_manager_prefetches_total{reason=\"forecast\"}"),
+            1.0
+        );
+        assert_eq!(
+            at("shardcast_manager_prefetches_total{reason=\"load\"}"),
+            0.0
+        );
+        // The plan named no shard's demand: no episode, nothing to time.
+        for when in ["before_rise", "after_rise", "no_rise"] {
+            let s = format!("shardcast_manager_demand_prefetches_total{{warm=\"{when}\"}}");
+            assert_eq!(at(&s), 0.0);
+        }
+        assert_eq!(at("shardcast_manager_rises_total{met=\"cold\"}"), 0.0);
         assert_eq!(
             at("shardcast_manager_publish_failures_total{target=\"proxy\"}"),
             1.0

@@ -16,6 +16,7 @@
 mod operator;
 mod orders;
 mod plan;
+pub mod prefetch;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -307,6 +308,8 @@ pub struct State {
     /// Each shard's threshold in the last plan's input.
     thresholds: BTreeMap<String, f64>,
     pub outcomes: OrderOutcomes,
+    /// Pre-fetches by reason, and whether they were warm before the rise.
+    pub prefetch: prefetch::Prefetches,
 }
 
 impl State {
@@ -352,6 +355,8 @@ impl State {
                 now,
                 tnow,
             } => {
+                self.prefetch
+                    .planned(&plan, &shards, self.settings.scale_in_ratio, now);
                 self.take_demand(shards);
                 self.carry_out(&plan, now, tnow, &mut fx);
                 self.last_plan = Some(plan);
@@ -382,6 +387,9 @@ impl State {
             Event::RoundFinished { now } => {
                 self.rounds += 1;
                 self.last_round_unix_ms = now;
+                let orders = &self.orders;
+                self.prefetch
+                    .keep_open(|id| orders.iter().any(|o| o.id == id && o.state.is_open()));
                 let changed = std::mem::take(&mut self.dirty);
                 if changed {
                     self.version = self.version.next();

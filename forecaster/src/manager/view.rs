@@ -124,6 +124,7 @@ impl Manager {
             decisions: self.decisions(100),
             deferred: plan.map_or(0, |p| p.deferred),
             operator: st.operator.clone(),
+            prefetch: st.prefetch.view.clone(),
         }
     }
 

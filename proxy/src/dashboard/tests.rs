@@ -136,7 +136,9 @@ fn manager_body() -> String {
         "decisions": [{"at_unix_ms": 1, "action": "add_replica", "shard": "UK/SEASONAL", "node": "b",
             "reason": "forecast", "detail": "", "dry_run": true}],
         "deferred": 0,
-        "operator": {"dry_run": true, "pins": {}, "drained": [], "thresholds": {}}
+        "operator": {"dry_run": true, "pins": {}, "drained": [], "thresholds": {}},
+        "prefetch": {"by_reason": {"forecast": 3, "initial": 2}, "warm_before_rise": 2,
+            "warm_after_rise": 0, "no_rise": 1, "rises": 2, "rises_met_warm": 2}
     })
     .to_string()
 }
@@ -156,6 +158,8 @@ async fn page_is_self_contained_html() {
         "id=\"orders\"",
         "id=\"decisions\"",
         "id=\"forecaster-status\"",
+        "id=\"prefetch-forecast\"",
+        "id=\"warm-before-rise\"",
     ] {
         assert!(html.contains(id), "page lacks {id}");
     }
@@ -328,6 +332,8 @@ async fn forecasts_series_and_manager_are_joined_per_shard() {
     assert_eq!(v["shards"][1]["forecast"], Value::Null);
     assert_eq!(v["shards"][1]["manager"], Value::Null);
     assert_eq!(v["manager"]["assignment_version"]["counter"], 7);
+    assert_eq!(v["manager"]["prefetch"]["by_reason"]["forecast"], 3);
+    assert_eq!(v["manager"]["prefetch"]["warm_before_rise"], 2);
     assert_eq!(v["manager"]["nodes"]["a"]["load_rps"], 3.5);
     assert_eq!(v["orders"].as_array().unwrap().len(), 2);
     assert_eq!(v["orders"][0]["state"], "running");

@@ -31,6 +31,16 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (a bounded label set).
+    pub const ALL: [Reason; 6] = [
+        Reason::Failure,
+        Reason::Operator,
+        Reason::Forecast,
+        Reason::Load,
+        Reason::Balance,
+        Reason::Initial,
+    ];
+
     /// The snake_case name (also a metric label).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -178,6 +188,34 @@ pub struct OperatorView {
     pub thresholds: BTreeMap<String, f64>,
 }
 
+/// What the manager's pre-fetches bought, counted since it started
+/// (`forecaster/src/manager/state/prefetch.rs` defines each count).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PrefetchView {
+    /// Pre-fetch orders sync took (adds and refreshes), by the reason that
+    /// drove them.
+    pub by_reason: BTreeMap<Reason, u64>,
+    /// Demand-driven (`forecast` or `load`) pre-fetched replicas whose
+    /// order finished before their shard's observed demand first crossed
+    /// its threshold in that episode.
+    pub warm_before_rise: u64,
+    /// ... that finished at or after the rise.
+    pub warm_after_rise: u64,
+    /// ... whose episode ended without a rise.
+    pub no_rise: u64,
+    /// Episodes whose observed demand crossed the threshold.
+    pub rises: u64,
+    /// Rises with at least one pre-fetched replica warm before them.
+    pub rises_met_warm: u64,
+}
+
+impl PrefetchView {
+    /// Pre-fetches driven by `reason`.
+    pub fn driven_by(&self, reason: Reason) -> u64 {
+        self.by_reason.get(&reason).copied().unwrap_or(0)
+    }
+}
+
 /// `GET /manager`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ManagerView {
@@ -203,6 +241,7 @@ pub struct ManagerView {
     /// Actions the last plan put off (churn budget).
     pub deferred: usize,
     pub operator: OperatorView,
+    pub prefetch: PrefetchView,
 }
 
 #[cfg(test)]
@@ -219,13 +258,16 @@ mod tests {
         "orders":[{"id":1,"shard":"UK/SEASONAL","node":"node-c","state":"running","priority":0.5,"deadline_unix_ms":1700000060000,
           "submitted_unix_ms":1700000000000,"finished_unix_ms":null,"rows":0,"bytes":0,"reason":"forecast","replaces":null,"adds_replica":true,"deadline_met":null}],
         "decisions":[{"at_unix_ms":1,"action":"add_replica","shard":"UK/SEASONAL","node":"node-c","reason":"forecast","detail":"p90 above threshold","dry_run":false}],
-        "deferred":0,"operator":{"dry_run":false,"pins":{},"drained":[],"thresholds":{}}}"#;
+        "deferred":0,"operator":{"dry_run":false,"pins":{},"drained":[],"thresholds":{}},
+        "prefetch":{"by_reason":{"forecast":3,"load":1},"warm_before_rise":2,"warm_after_rise":1,"no_rise":0,"rises":2,"rises_met_warm":1}}"#;
 
     #[test]
     fn the_view_round_trips_and_a_rename_is_an_error() {
         let v: ManagerView = serde_json::from_str(VIEW).unwrap();
         assert_eq!(v.orders[0].state, TrackedState::Running);
         assert_eq!(v.assignment_version, AssignmentVersion::new(2, 7));
+        assert_eq!(v.prefetch.driven_by(Reason::Forecast), 3);
+        assert_eq!(v.prefetch.driven_by(Reason::Failure), 0);
         let back = serde_json::to_value(&v).unwrap();
         assert_eq!(
             back,

@@ -68,6 +68,7 @@ impl State {
             adds_replica: o.adds_replica,
             deadline_met: None,
         };
+        self.prefetch.ordered(&o, id);
         if o.adds_replica {
             let reps = self.replicas.entry(o.shard.clone()).or_default();
             if !reps.iter().any(|r| r.node == o.node) {
@@ -216,6 +217,7 @@ impl State {
         } else {
             "refreshed"
         };
+        self.prefetch.done(o.id, o.finished_unix_ms.unwrap_or(now));
         fx.push(Effect::Record(Decision {
             at_unix_ms: now,
             action,
@@ -234,6 +236,7 @@ impl State {
         o.state = TrackedState::Failed;
         o.finished_unix_ms = Some(now);
         let o = o.clone();
+        self.prefetch.gone(o.id);
         if o.adds_replica {
             if let Some(reps) = self.replicas.get_mut(&o.shard) {
                 let before = reps.len();

@@ -55,6 +55,7 @@ impl State {
                             o.state = TrackedState::Cancelled;
                         }
                         self.outcomes.cancelled += 1;
+                        self.prefetch.gone(id);
                     }
                     fx.push(Effect::Record(decision(a, now, tnow, false)));
                     self.dirty = true;

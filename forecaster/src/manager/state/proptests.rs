@@ -156,11 +156,22 @@ impl Run {
         match step {
             Step::Round { demand, refuse } => {
                 let mut seen = self.feed(Event::DrainsDue { now }, false);
-                let plan = planner::plan(&input(&self.st, demand, now, self.budget));
+                let input = input(&self.st, demand, now, self.budget);
+                let plan = planner::plan(&input);
+                // The demand as the plan saw it (episodes open and rise).
+                let shards = input
+                    .shards
+                    .iter()
+                    .map(|s| ShardDemand {
+                        id: s.id.clone(),
+                        threshold: s.threshold,
+                        demand: s.demand.clone(),
+                    })
+                    .collect();
                 let plan_fx = self.feed(
                     Event::PlanComputed {
                         plan,
-                        shards: vec![],
+                        shards,
                         now,
                         tnow: now,
                     },
@@ -272,6 +283,15 @@ fn check(st: &State) -> Result<(), TestCaseError> {
             o.node
         );
     }
+    // Each demand pre-fetch is counted once at most, a rise met warm once.
+    let p = &st.prefetch.view;
+    let demand = p.driven_by(Reason::Forecast) + p.driven_by(Reason::Load);
+    let timed = p.warm_before_rise + p.warm_after_rise + p.no_rise;
+    prop_assert!(
+        timed <= demand,
+        "{timed} timed of {demand} demand pre-fetches"
+    );
+    prop_assert!(p.rises_met_warm <= p.rises.min(p.warm_before_rise), "{p:?}");
     Ok(())
 }
 
