@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-pub use value::Economics;
 use shardmap::table::ReplicaState;
+pub use value::Economics;
 
 /// Why the manager did something (the control plane's shared vocabulary).
 pub use shardmap::contract::manager::Reason;

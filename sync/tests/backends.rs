@@ -481,10 +481,17 @@ async fn evicted_copy_resumes_by_delta(p: Arc<dyn ProviderFull>, c: Arc<dyn Shar
 
     let again = sync_shard(&p, &c, &s, 64).await;
     assert_eq!(again.rows, 3, "only the changed rows travel: {again:?}");
-    assert!(again.bytes < first.bytes / 20, "{again:?} against {first:?}");
+    assert!(
+        again.bytes < first.bytes / 20,
+        "{again:?} against {first:?}"
+    );
     assert_eq!(c.parked(&s.id).await.unwrap(), None);
     assert_same(&p, &c, &s).await;
-    assert_eq!(c.get(&s.id, "UK:L002").await.unwrap(), None, "the delete arrived");
+    assert_eq!(
+        c.get(&s.id, "UK:L002").await.unwrap(),
+        None,
+        "the delete arrived"
+    );
     let snap = p.snapshot(&s, 1000).await.unwrap();
     let live = snap.rows.len() as u64;
     assert_eq!(live, 300, "300 - L002 + L900");

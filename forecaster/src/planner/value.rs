@@ -80,10 +80,19 @@ pub fn p_exceed(levels: &[f32], values: &[f32], x: f64) -> f64 {
     }
     let mut v: Vec<f64> = values
         .iter()
-        .map(|&v| if v.is_finite() { f64::from(v).max(0.0) } else { 0.0 })
+        .map(|&v| {
+            if v.is_finite() {
+                f64::from(v).max(0.0)
+            } else {
+                0.0
+            }
+        })
         .collect();
     v.sort_by(f64::total_cmp);
-    let l: Vec<f64> = levels.iter().map(|&l| f64::from(l).clamp(0.0, 1.0)).collect();
+    let l: Vec<f64> = levels
+        .iter()
+        .map(|&l| f64::from(l).clamp(0.0, 1.0))
+        .collect();
     let n = v.len();
     if x < 0.0 {
         return 1.0;
@@ -137,8 +146,9 @@ mod tests {
             miss_cost_ms: 30.0,
             memory_cost_ms_per_mb_hour: 1000.0,
         };
-        let bytes = 150_000; // 150 ms of storefront wait per hour to pay
-        // 40 requests/h at the threshold: 1,200 ms per unit of probability
+        // 150 kB: 150 ms of storefront wait per hour to pay; 40 requests/h
+        // at the threshold: 1,200 ms per unit of probability.
+        let bytes = 150_000;
         let quiet = e.break_even(40.0 / 3600.0, bytes);
         assert!((quiet - 0.125).abs() < 1e-9, "{quiet}");
         let busy = e.break_even(400.0 / 3600.0, bytes);

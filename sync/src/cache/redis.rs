@@ -316,7 +316,9 @@ impl ShardCache for RedisCache {
         match v {
             None => Ok(None),
             Some(s) => s.parse().map(Some).map_err(|_| {
-                CacheError::Other(format!("shard `{shard}`: parked cursor `{s}` is not a number"))
+                CacheError::Other(format!(
+                    "shard `{shard}`: parked cursor `{s}` is not a number"
+                ))
             }),
         }
     }

@@ -123,9 +123,7 @@ pub struct Counted {
 
 impl Counted {
     pub fn new(inner: Arc<dyn Provider>, latency: Duration, reads: Arc<ProviderReads>) -> Counted {
-        reads
-            .latency_ms
-            .store(latency.as_millis() as u64, Relaxed);
+        reads.latency_ms.store(latency.as_millis() as u64, Relaxed);
         Counted {
             inner,
             latency,
@@ -227,9 +225,9 @@ mod tests {
         assert_eq!(reads.get_totals(), (2, 1));
         let mut out = String::new();
         reads.render(&mut out);
-        assert!(out.contains(
-            "shardcast_sync_provider_rows_read_total{op=\"delta\",shard=\"UK/A\"} 3"
-        ));
+        assert!(
+            out.contains("shardcast_sync_provider_rows_read_total{op=\"delta\",shard=\"UK/A\"} 3")
+        );
         assert!(out.contains("shardcast_sync_provider_queries_total{op=\"get\"} 2"));
         assert!(out.contains("shardcast_sync_provider_read_latency_seconds 0.04"));
     }
