@@ -171,7 +171,7 @@ def thresholds(start, demand_before_days, scale, speed, clock):
 class Run:
     def __init__(self, a, policy, out_dir, demand, spikes):
         self.a, self.policy = a, policy
-        self.var = (ROOT / "var/replay" / policy).resolve()
+        self.var = (Path(a.var) / policy).resolve()
         self.out_dir = out_dir
         self.demand, self.spikes = demand, spikes
         self.proc = None
@@ -779,6 +779,8 @@ def main():
     ap.add_argument("--changes-rate", type=float, default=100.0,
                     help="provider changes per real second during the replay (0: none)")
     ap.add_argument("--sync-set", action="append", default=[], help="extra sync override")
+    ap.add_argument("--var", default=str(ROOT / "var/replay"),
+                    help="state of each policy's stack: VAR/<policy> (default var/replay)")
     ap.add_argument("--out", help="results directory (default benches/replay/results/<date>)")
     ap.add_argument("--every", type=float, default=10.0, help="progress line every S seconds")
     a = ap.parse_args()
