@@ -215,10 +215,10 @@ class Run:
     def econ_args(self):
         """The provider's wide-area latency (sync: every delta batch and
         slow-path read waits it), how long an evicted copy stays parked for a
-        delta re-fetch (a trace day, in real seconds), and the miss cost the
-        planner weighs copies with (the same latency)."""
+        delta re-fetch (the shipped conf/sync.toml's keep, in trace time),
+        and the miss cost the planner weighs copies with (the same latency)."""
         a = self.a
-        keep = 0 if a.no_keep_evicted else round(86400 / a.speed, 3)
+        keep = 0 if a.no_keep_evicted else round(shipped_keep_evicted_s() / a.speed, 3)
         out = ["--sync-set", f"provider.read_latency_ms={a.provider_latency_ms}",
                "--sync-set", f"transfer.keep_evicted_s={keep}"]
         if a.provider_latency_ms > 0:
@@ -585,6 +585,14 @@ class ProviderReadsByHour:
                     d = v - self.last.get((i, shard), 0.0)
                     self.last[(i, shard)] = v
                     self.delta[(shard, h)][i] += int(d)
+
+
+def shipped_keep_evicted_s():
+    """conf/sync.toml's `[transfer] keep_evicted_s` (sync's default when
+    absent): the bench keeps parked copies as long in trace time."""
+    import tomllib
+    with open(ROOT / "conf/sync.toml", "rb") as f:
+        return float(tomllib.load(f).get("transfer", {}).get("keep_evicted_s", 3 * 86400))
 
 
 def bin_dir(a):

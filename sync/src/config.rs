@@ -126,13 +126,14 @@ pub struct TransferFile {
     /// An evicted shard's copy is kept parked this long (seconds; not
     /// served, not refreshed), so a pre-fetch back onto the node within
     /// it copies only the provider's delta since the copy's cursor. 0 drops
-    /// an evicted copy at once (every re-fetch is a full copy).
+    /// an evicted copy at once (every re-fetch is a full copy). Default:
+    /// three days, so a weekend does not expire it.
     #[serde(default = "d_keep_evicted")]
     pub keep_evicted_s: f64,
 }
 
 fn d_keep_evicted() -> f64 {
-    86_400.0
+    3.0 * 86_400.0
 }
 
 fn d_conc() -> usize {

@@ -98,7 +98,7 @@ impl Default for SchedulerConfig {
             transfer: TransferParams::default(),
             state_file: None,
             keep_finished: 1000,
-            keep_evicted: Duration::from_secs(86_400),
+            keep_evicted: Duration::from_secs(3 * 86_400),
         }
     }
 }
