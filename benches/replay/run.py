@@ -171,7 +171,7 @@ def thresholds(start, demand_before_days, scale, speed, clock):
 class Run:
     def __init__(self, a, policy, out_dir, demand, spikes):
         self.a, self.policy = a, policy
-        self.var = (ROOT / "var/replay" / policy).resolve()
+        self.var = (Path(a.var) / policy).resolve()
         self.out_dir = out_dir
         self.demand, self.spikes = demand, spikes
         self.proc = None
@@ -207,7 +207,22 @@ class Run:
         args += ["--shard-thresholds", str(self.var / "thresholds.json")]
         for s in a.proxy_set:
             args += ["--proxy-set", s]
-        return args
+        return args + self.econ_args()
+
+    def econ_args(self):
+        """The provider's wide-area latency (sync: every delta batch and
+        slow-path read waits it), how long an evicted copy stays parked for a
+        delta re-fetch (the shipped conf/sync.toml's keep, in trace time),
+        and the miss cost the planner weighs copies with (the same latency)."""
+        a = self.a
+        keep = 0 if a.no_keep_evicted else round(shipped_keep_evicted_s() / a.speed, 3)
+        out = ["--sync-set", f"provider.read_latency_ms={a.provider_latency_ms}",
+               "--sync-set", f"transfer.keep_evicted_s={keep}"]
+        if a.provider_latency_ms > 0:
+            out += ["--set", f"manager.miss_cost_ms={a.provider_latency_ms}"]
+        for s in a.sync_set:
+            out += ["--sync-set", s]
+        return out
 
     def start_stack(self, with_policy, with_clock):
         ready = self.var / "stack.json"
@@ -300,6 +315,33 @@ class Run:
         finally:
             self.stop_stack()
 
+    def start_changes(self):
+        """The provider's own changes while the trace replays (stock and
+        price updates from the invoice lines, `shardcast-sync changes`), so a
+        parked copy has a real delta to catch up on. Embedded backend only."""
+        a = self.a
+        if a.changes_rate <= 0 or a.backend != "embedded":
+            return None
+        exe = bin_dir(a) / "shardcast-sync"
+        logf = open(self.var / "changes.out", "w")
+        p = subprocess.Popen([str(exe), "changes", "--provider", f"sqlite:{self.var / 'provider.db'}",
+                              "--rate", f"{a.changes_rate:g}",
+                              "--limit", str(int(a.changes_rate * a.max_minutes * 60))],
+                             cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        return p
+
+    def stop_changes(self, p):
+        if p is None:
+            return
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
     def measure(self, with_policy, with_clock, notes):
         a, u = self.a, self.info["urls"]
         start = self.start
@@ -330,6 +372,9 @@ class Run:
         # Cache cost: how many (shard, node) copies sync keeps hosted, sampled
         # through the replay (a policy that hosts everything always hits).
         samples, stop = [], threading.Event()
+        parked_samples = []
+        self.reads = ProviderReadsByHour()
+        changes = self.start_changes()
 
         def sample():
             while not stop.wait(0.25):
@@ -337,6 +382,14 @@ class Run:
                 if isinstance(n, dict) and "error" not in n:
                     samples.append(sum(len(v.get("hosted") or []) for v in n.values()
                                        if isinstance(v, dict)))
+                    parked_samples.append(sum(len(v.get("parked") or []) for v in n.values()
+                                              if isinstance(v, dict)))
+                if rp.t0 is not None:
+                    tnow = replay.to_sec(rp.start) + (time.monotonic() - rp.t0) * a.speed
+                    try:
+                        self.reads.add(tnow, prom(get(u["sync"] + "/metrics", timeout=2.0)))
+                    except Exception:  # noqa: BLE001 — a missed sample widens the next
+                        pass
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -345,7 +398,9 @@ class Run:
         finally:
             stop.set()
             sampler.join(timeout=3)
+            self.stop_changes(changes)
         self.hosted_mean = sum(samples) / len(samples) if samples else None
+        self.parked_mean = sum(parked_samples) / len(parked_samples) if parked_samples else None
         self.hosted_samples = len(samples)
         wall = time.monotonic() - t0
         time.sleep(1.5)  # last telemetry frame, last manager round
@@ -404,7 +459,11 @@ class Run:
         for d in dec:
             actions[f"{d.get('action')}/{d.get('reason')}"] += 1
         versions = history if isinstance(history, list) else []
+        in_spikes = self.spike_report(recs)
         return {
+            "spike_hours": in_spikes,
+            "provider_latency_ms": self.a.provider_latency_ms,
+            "keep_evicted": not self.a.no_keep_evicted,
             "policy": self.policy,
             "policy_applied": with_policy,
             "virtual_clock": with_clock,
@@ -413,6 +472,7 @@ class Run:
             "wall_s": round(wall, 1),
             "cache": {
                 "mean_hosted_copies": self.hosted_mean,
+                "mean_parked_copies": self.parked_mean,
                 "samples": self.hosted_samples,
                 "copy_hours": (self.hosted_mean * wall * self.a.speed / 3600
                                if self.hosted_mean is not None else None),
@@ -460,8 +520,132 @@ class Run:
         }
 
 
+    def spike_report(self, recs):
+        """What a storefront feels in spike shard-hours: latency of the
+        requests to a shard in its spike hours, its warm hit rate, and the
+        provider's work for that shard in those hours (the slow path: one
+        query and one row per miss; sync: delta queries and rows read for
+        the shard, sampled from sync's counters per trace hour)."""
+        lat, hit, miss = [], 0, 0
+        for tsec, shard, cache, ms, status in recs:
+            h = int(tsec) // 3600 * 3600
+            if h not in self.spikes.get(shard, ()):
+                continue
+            lat.append(ms)
+            hit += cache == "hit"
+            miss += cache == "miss"
+        sq = sr = 0
+        for (shard, h), (q, r) in self.reads.delta.items():
+            if h in self.spikes.get(shard, ()):
+                sq += q
+                sr += r
+        return {
+            "requests": len(lat),
+            "warm_hit_rate": hit / (hit + miss) if hit + miss else None,
+            "latency_ms": {"p50": quantile(lat, 0.5), "p90": quantile(lat, 0.9),
+                           "p99": quantile(lat, 0.99), "max": max(lat) if lat else None},
+            "provider_reads": {
+                "slow_path_queries": miss,
+                "slow_path_rows": miss,
+                "sync_queries": sq,
+                "sync_rows": sr,
+                "queries": miss + sq,
+                "rows": miss + sr,
+            },
+            "week_sync_queries": sum(q for q, _ in self.reads.delta.values()),
+            "week_sync_rows": sum(r for _, r in self.reads.delta.values()),
+            "reads_samples": self.reads.samples,
+        }
+
+
+class ProviderReadsByHour:
+    """sync's per-shard delta-read counters, differenced between samples
+    and charged to the trace hour of the sample."""
+
+    Q = 'shardcast_sync_provider_queries_total{op="delta",shard="'
+    R = 'shardcast_sync_provider_rows_read_total{op="delta",shard="'
+
+    def __init__(self):
+        self.last = {}
+        self.delta = defaultdict(lambda: [0, 0])  # (shard, hour) → [queries, rows]
+        self.samples = 0
+
+    def add(self, trace_sec, metrics):
+        h = int(trace_sec) // 3600 * 3600
+        self.samples += 1
+        for k, v in metrics.items():
+            for i, pre in enumerate((self.Q, self.R)):
+                if k.startswith(pre):
+                    shard = k[len(pre):-2]
+                    d = v - self.last.get((i, shard), 0.0)
+                    self.last[(i, shard)] = v
+                    self.delta[(shard, h)][i] += int(d)
+
+
+def shipped_keep_evicted_s():
+    """conf/sync.toml's `[transfer] keep_evicted_s` (sync's default when
+    absent): the bench keeps parked copies as long in trace time."""
+    import tomllib
+    with open(ROOT / "conf/sync.toml", "rb") as f:
+        return float(tomllib.load(f).get("transfer", {}).get("keep_evicted_s", 3 * 86400))
+
+
+def bin_dir(a):
+    if a.bin_dir:
+        return Path(a.bin_dir)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/shardcast/target"))
+    return target / ("debug" if a.debug else "release")
+
+
 # --------------------------------------------------------------------------
 # Output.
+
+def ratio(a, b):
+    return "–" if a is None or not b else f"{a / b:.2f}"
+
+
+def spike_markdown(summary):
+    """The per-policy table in spike shard-hours, and the targets against
+    the oracle."""
+    runs = summary["runs"]
+    s = summary["settings"]
+    lines = [
+        "",
+        f"In spike shard-hours (provider latency {s.get('provider_latency_ms', 0)} ms per read):",
+        "",
+        "| policy | warm hit rate | p50 / p99 ms | provider queries (slow path + sync) "
+        "| provider rows (slow path + sync) | mean hosted copies | mean parked copies | bytes moved (full copies) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        sp = r.get("spike_hours") or {}
+        pr, lt = sp.get("provider_reads") or {}, sp.get("latency_ms") or {}
+        c, t = r.get("cache") or {}, r["transfers"]
+        lines.append(
+            f"| {r['policy']} | {pct(sp.get('warm_hit_rate'))} | {lt.get('p50', 0):.1f} / {lt.get('p99', 0):.1f} "
+            f"| {pr.get('queries', 0):,} ({pr.get('slow_path_queries', 0):,} + {pr.get('sync_queries', 0):,}) "
+            f"| {pr.get('rows', 0):,} ({pr.get('slow_path_rows', 0):,} + {pr.get('sync_rows', 0):,}) "
+            f"| {c.get('mean_hosted_copies') or 0:.1f} | {c.get('mean_parked_copies') or 0:.1f} "
+            f"| {t['bytes']:,} ({t['full_copy_bytes']:,}) |")
+    by = {r["policy"]: r for r in runs}
+    f, o = by.get("forecast"), by.get("oracle")
+    if f and o:
+        fs, os_ = f["spike_hours"], o["spike_hours"]
+        fc, oc = f["cache"].get("mean_hosted_copies"), o["cache"].get("mean_hosted_copies")
+        lines += ["", "Targets (forecast against the oracle; against none and reactive):", "",
+                  f"- warm hit rate in spikes: {ratio(fs['warm_hit_rate'], os_['warm_hit_rate'])} of the oracle's (target ≥ 0.95)",
+                  f"- mean hosted copies: {ratio(fc, oc)}× the oracle's (target ≤ 1.2)",
+                  f"- bytes moved: {ratio(f['transfers']['bytes'], o['transfers']['bytes'])}× the oracle's (target ≤ 1.2)"]
+        for other in ("none", "reactive"):
+            x = by.get(other)
+            if x:
+                xs = x["spike_hours"]
+                lines.append(
+                    f"- against {other}: spike p99 {fs['latency_ms']['p99']:.1f} vs {xs['latency_ms']['p99']:.1f} ms, "
+                    f"spike provider queries {fs['provider_reads']['queries']:,} vs {xs['provider_reads']['queries']:,}, "
+                    f"rows {fs['provider_reads']['rows']:,} vs {xs['provider_reads']['rows']:,}")
+    return "\n".join(lines) + "\n"
+
 
 def pct(x):
     return "–" if x is None else f"{100 * x:.1f} %"
@@ -492,7 +676,7 @@ def markdown(summary):
         lines += ["", *[f"- {n}" for n in notes]]
     lines += ["", f"Spikes: {summary['spikes']['definition']} "
               f"({summary['spikes']['shard_hours']} shard-hours)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + spike_markdown(summary)
 
 
 COLORS = {"none": "#888888", "reactive": "#e08a00", "forecast": "#1f77b4", "oracle": "#2ca02c"}
@@ -591,6 +775,15 @@ def main():
     ap.add_argument("--backend", choices=["embedded", "redis-postgres"], default="embedded")
     ap.add_argument("--set", action="append", default=[], help="extra forecaster override (scripts/stack --set)")
     ap.add_argument("--proxy-set", action="append", default=[])
+    ap.add_argument("--provider-latency-ms", type=int, default=30,
+                    help="wide-area latency of every provider read (sync's [provider] read_latency_ms)")
+    ap.add_argument("--no-keep-evicted", action="store_true",
+                    help="drop an evicted copy at once (every re-fetch a full copy)")
+    ap.add_argument("--changes-rate", type=float, default=100.0,
+                    help="provider changes per real second during the replay (0: none)")
+    ap.add_argument("--sync-set", action="append", default=[], help="extra sync override")
+    ap.add_argument("--var", default=str(ROOT / "var/replay"),
+                    help="state of each policy's stack: VAR/<policy> (default var/replay)")
     ap.add_argument("--out", help="results directory (default benches/replay/results/<date>)")
     ap.add_argument("--every", type=float, default=10.0, help="progress line every S seconds")
     a = ap.parse_args()
@@ -650,6 +843,9 @@ def main():
         "settings": {"start": a.start, "days": a.days, "speed": a.speed, "scale": a.scale,
                      "backend": a.backend, "workers": a.workers, "max_rps": a.max_rps,
                      "interval_ms": a.interval_ms, "thresholds_rps": thr,
+                     "provider_latency_ms": a.provider_latency_ms,
+                     "keep_evicted": not a.no_keep_evicted, "changes_rate": a.changes_rate,
+                     "set": a.set, "sync_set": a.sync_set,
                      "binaries": a.bin_dir or ("debug" if a.debug else "release")},
         "spikes": {
             "definition": "shard-hours whose demand (invoice lines) is above the shard's 90th "

@@ -95,6 +95,15 @@ def test_replay_compares_policies(tmp_path):
         assert x["requests"] > 100 and x["failed"] == 0, (p, x)
     # no pre-fetch copies nothing; the forecast policy copies shards ahead
     assert runs["none"]["transfers"]["orders_done"] == 0
+    # what a storefront feels in spikes, with the provider 30 ms away
+    for p, x in runs.items():
+        sp = x["spike_hours"]
+        assert x["provider_latency_ms"] == 30 and sp["requests"] > 0, (p, sp)
+        assert sp["reads_samples"] > 0 and sp["latency_ms"]["p99"] > 0, (p, sp)
+    # fill on miss reads the provider once per miss; sync reads nothing for it
+    none = runs["none"]["spike_hours"]["provider_reads"]
+    assert none["slow_path_queries"] > 0 and none["sync_rows"] == 0, none
+    assert runs["forecast"]["spike_hours"]["week_sync_rows"] > 0
     assert (out / "summary.md").exists() and (out / "spike_hit_rate.svg").exists()
 
 

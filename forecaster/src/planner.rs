@@ -17,10 +17,14 @@
 //! removes a replica. The same input always gives the same plan: shards and
 //! nodes are visited in name order and every tie is broken by name.
 
+pub mod value;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
+
 use shardmap::table::ReplicaState;
+pub use value::Economics;
 
 /// Why the manager did something (the control plane's shared vocabulary).
 pub use shardmap::contract::manager::Reason;
@@ -70,6 +74,10 @@ pub struct Demand {
     pub observed_rps: f64,
     /// Forecast skill in [0, 1] (1 = perfect); weights pre-fetch priority.
     pub skill: f64,
+    /// P(demand crosses the threshold) from the forecast's quantiles, when
+    /// the policy has a probabilistic forecast: with [`Economics`] enabled
+    /// it, not the planning quantile, decides the extra copy.
+    pub p_exceed: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -100,6 +108,8 @@ pub struct PlanInput {
     pub scale_in_ratio: f64,
     /// Transfer bandwidth, bytes/s, for deadline estimates.
     pub bandwidth_bytes_per_s: f64,
+    /// The value of a copy against its memory ([`value`]).
+    pub economics: Economics,
     pub nodes: Vec<NodeInput>,
     pub shards: Vec<ShardInput>,
 }
@@ -299,7 +309,16 @@ pub fn plan(input: &PlanInput) -> Plan {
         } else {
             Reason::Load
         });
-        if threshold > 0.0 && predicted > threshold && target < rf + 1 {
+        // The forecast asks for a copy: by its expected value against its
+        // memory when the forecast is probabilistic and prices are set,
+        // else when the planning quantile crosses the threshold.
+        let forecast_crosses = match s.demand.p_exceed {
+            Some(p) if input.economics.enabled() => {
+                input.economics.worth_a_copy(p, threshold, s.bytes)
+            }
+            _ => predicted > threshold,
+        };
+        if threshold > 0.0 && forecast_crosses && target < rf + 1 {
             target = rf + 1;
             reason = Some(Reason::Forecast);
         }
@@ -670,6 +689,7 @@ mod tests {
 
     fn input(nodes: Vec<NodeInput>, shards: Vec<ShardInput>) -> PlanInput {
         PlanInput {
+            economics: Economics::default(),
             now_ms: 1_000_000,
             replication_factor: 2,
             churn_budget: 4,
@@ -905,6 +925,7 @@ mod tests {
                                 observed_rps: obs,
                                 rise_at_ms: 5_000_000,
                                 skill: 0.5,
+                                p_exceed: None,
                             },
                             bytes: 100_000,
                             pinned: pins.map(|p| p.into_iter().map(|n| format!("n{n}")).collect()),
@@ -913,6 +934,7 @@ mod tests {
                     })
                     .collect();
                 PlanInput {
+                    economics: Economics::default(),
                     now_ms: 1_000_000,
                     replication_factor: rf,
                     churn_budget: budget,

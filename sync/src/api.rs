@@ -155,7 +155,8 @@ pub async fn handle(
                 .into_iter()
                 .map(|n| {
                     let hosted = s.hosted(&n).unwrap_or_default();
-                    (n, NodeRecord { hosted })
+                    let parked = s.parked(&n);
+                    (n, NodeRecord { hosted, parked })
                 })
                 .collect();
             http::json(StatusCode::OK, &nodes)

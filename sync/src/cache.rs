@@ -8,6 +8,15 @@
 //! nothing is lost, nothing applied twice. A shard is *hosted* when its
 //! cursor exists.
 //!
+//! An evicted shard can be *parked* instead of dropped
+//! ([`ShardCache::park`]): its items and cursor stay, for a bounded time,
+//! but it is no longer hosted — nothing reads its items (a request falls to
+//! the slow path as for any shard not hosted), nothing refreshes them. A
+//! transfer that finds a parked copy reads the provider's delta from the
+//! parked cursor, and its first batch (which must start at that cursor)
+//! makes the copy hosted again in the same atomic step: the next pre-fetch
+//! moves only what changed. A batch from 0 drops a parked copy.
+//!
 //! Implementations: [`redis::RedisCache`] (one Lua script per batch; a
 //! shard's keys share the hash tag `{shard}`, so on a Redis Cluster —
 //! [`cluster`] — they live in one slot) and [`memory::MemoryCache`]
@@ -51,7 +60,9 @@ pub enum Applied {
 #[async_trait]
 pub trait ShardCache: Send + Sync + 'static {
     /// Write `batch` into `shard` and set the cursor to `batch.to`,
-    /// atomically, if the cursor is `batch.from` (absent counts as 0).
+    /// atomically, if the cursor is `batch.from` (absent counts as 0). A
+    /// shard not hosted whose parked cursor is `batch.from` (above 0) is
+    /// hosted again from its parked copy in the same step.
     async fn apply(&self, shard: &str, batch: &CacheBatch) -> Result<Applied, CacheError>;
 
     /// The value of `field` in `shard`, including slow-path fills.
@@ -70,8 +81,25 @@ pub trait ShardCache: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<(), CacheError>;
 
-    /// Drop the shard: its items and its cursor, atomically.
+    /// Drop the shard: its items and its cursor (hosted or parked),
+    /// atomically.
     async fn evict(&self, shard: &str) -> Result<(), CacheError>;
+
+    /// Stop hosting the shard but keep its items and cursor for `keep`, so
+    /// a later transfer resumes from the cursor; atomically. Not served
+    /// while parked (reads see a shard not hosted). A zero `keep`, or a
+    /// shard not hosted, drops it as [`ShardCache::evict`] does (and so
+    /// does a cache that cannot park: the default).
+    async fn park(&self, shard: &str, keep: Duration) -> Result<(), CacheError> {
+        let _ = keep;
+        self.evict(shard).await
+    }
+
+    /// The cursor of the shard's parked copy, if one is kept.
+    async fn parked(&self, shard: &str) -> Result<Option<u64>, CacheError> {
+        let _ = shard;
+        Ok(None)
+    }
 
     /// The shard's cursor; `None` when the shard is not hosted.
     async fn cursor(&self, shard: &str) -> Result<Option<u64>, CacheError>;

@@ -73,6 +73,12 @@ pub struct ProviderFile {
     pub seed_catalog: Option<String>,
     #[serde(default = "d_scale")]
     pub seed_scale: u32,
+    /// Added to every provider read (a delta batch, a slow-path get), ms:
+    /// the wide-area round trip to a third party's database, for
+    /// benchmarks on one machine. 0 (the default) adds nothing — in
+    /// production the network is real.
+    #[serde(default)]
+    pub read_latency_ms: u64,
 }
 
 fn d_provider() -> String {
@@ -88,6 +94,7 @@ impl Default for ProviderFile {
             url: d_provider(),
             seed_catalog: None,
             seed_scale: 1,
+            read_latency_ms: 0,
         }
     }
 }
@@ -116,6 +123,17 @@ pub struct TransferFile {
     /// Orders survive restarts here (relative to the config file).
     #[serde(default)]
     pub state_file: Option<String>,
+    /// An evicted shard's copy is kept parked this long (seconds; not
+    /// served, not refreshed), so a pre-fetch back onto the node within
+    /// it copies only the provider's delta since the copy's cursor. 0 drops
+    /// an evicted copy at once (every re-fetch is a full copy). Default:
+    /// three days, so a weekend does not expire it.
+    #[serde(default = "d_keep_evicted")]
+    pub keep_evicted_s: f64,
+}
+
+fn d_keep_evicted() -> f64 {
+    3.0 * 86_400.0
 }
 
 fn d_conc() -> usize {
@@ -144,6 +162,7 @@ impl Default for TransferFile {
             poll_interval_ms: d_poll(),
             max_backoff_ms: d_backoff(),
             state_file: None,
+            keep_evicted_s: d_keep_evicted(),
         }
     }
 }
@@ -379,6 +398,8 @@ pub struct SyncNode {
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     pub provider_url: String,
+    /// Added to every provider read (see [`ProviderFile::read_latency_ms`]).
+    pub provider_read_latency: Duration,
     pub seed_catalog: Option<PathBuf>,
     pub seed_scale: u32,
     pub control: SocketAddr,
@@ -486,6 +507,14 @@ fn check_cache_url(errs: &mut Vec<String>, field: &str, url: &str) {
     }
 }
 
+fn check_read_latency(errs: &mut Vec<String>, ms: u64) {
+    if ms > 10_000 {
+        errs.push(format!(
+            "provider.read_latency_ms: {ms} is over 10000 (a wide-area round trip is tens of ms)"
+        ));
+    }
+}
+
 fn check_provider_url(errs: &mut Vec<String>, url: &str) {
     if !(url.starts_with("sqlite:") || url.starts_with("postgres") || url.contains("host=")) {
         errs.push(format!(
@@ -509,6 +538,7 @@ impl SyncConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut errs = vec![];
         check_provider_url(&mut errs, &f.provider.url);
+        check_read_latency(&mut errs, f.provider.read_latency_ms);
         let control = addr(&mut errs, "control", &f.control);
         let control_token = f.control_token.clone().filter(|t| !t.is_empty());
         if let Some(a) = control {
@@ -603,12 +633,19 @@ impl SyncConfig {
                 NODE_MAX_CONNECTIONS,
             ),
         };
+        if !(0.0..=30.0 * 86_400.0).contains(&t.keep_evicted_s) {
+            errs.push(format!(
+                "transfer.keep_evicted_s: {} must be between 0 and 2592000 (30 days)",
+                t.keep_evicted_s
+            ));
+        }
         let push = f.manager.validate(&mut errs);
         if !errs.is_empty() {
             return Err(ConfigError { file, errors: errs });
         }
         Ok(SyncConfig {
             provider_url: resolve_provider(base, &f.provider.url),
+            provider_read_latency: Duration::from_millis(f.provider.read_latency_ms),
             seed_catalog: f.provider.seed_catalog.as_deref().map(|p| resolve(base, p)),
             seed_scale: f.provider.seed_scale,
             control: control.unwrap_or_else(|| ([127, 0, 0, 1], 9910).into()),
@@ -626,6 +663,7 @@ impl SyncConfig {
                 },
                 state_file: t.state_file.as_deref().map(|p| resolve(base, p)),
                 keep_finished: 1000,
+                keep_evicted: Duration::from_secs_f64(t.keep_evicted_s.clamp(0.0, 30.0 * 86_400.0)),
             },
             nodes,
             shards,
@@ -694,6 +732,8 @@ pub struct NodeConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub provider_url: String,
+    /// Added to every provider read (see [`ProviderFile::read_latency_ms`]).
+    pub provider_read_latency: Duration,
     pub cache_url: String,
     pub prefix: String,
     pub settings: crate::node::NodeSettings,
@@ -744,6 +784,7 @@ impl NodeConfig {
             }
         };
         check_provider_url(&mut errs, &f.provider.url);
+        check_read_latency(&mut errs, f.provider.read_latency_ms);
         check_cache_url(&mut errs, "cache.url", &f.cache.url);
         if f.max_value_bytes < 256 {
             errs.push("max_value_bytes: must be at least 256".into());
@@ -766,6 +807,7 @@ impl NodeConfig {
             name: f.name.clone(),
             listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
             provider_url: resolve_provider(base, &f.provider.url),
+            provider_read_latency: Duration::from_millis(f.provider.read_latency_ms),
             cache_url: f.cache.url.clone(),
             prefix: f.cache.prefix.clone().unwrap_or_else(|| f.name.clone()),
             settings: crate::node::NodeSettings {

@@ -139,6 +139,25 @@ fn raise_nofile(max_connections: usize) {
     }
 }
 
+/// Every read of `provider` counted into `metrics`, each after `latency`.
+fn counted(
+    provider: Arc<dyn ProviderFull>,
+    latency: Duration,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn provider::Provider> {
+    if !latency.is_zero() {
+        tracing::info!(
+            latency_ms = latency.as_millis() as u64,
+            "every provider read waits a simulated wide-area round trip ([provider] read_latency_ms)"
+        );
+    }
+    Arc::new(provider::reads::Counted::new(
+        provider,
+        latency,
+        metrics.provider_reads.clone(),
+    ))
+}
+
 async fn serve(config: PathBuf) -> Result<()> {
     let cfg = SyncConfig::load(&config)?;
     let in_process = cfg.nodes.iter().filter(|n| n.listen.is_some()).count();
@@ -156,6 +175,7 @@ async fn serve(config: PathBuf) -> Result<()> {
         }
     }
     let metrics = Arc::new(Metrics::default());
+    let reader = counted(provider.clone(), cfg.provider_read_latency, &metrics);
     let mut caches = BTreeMap::new();
     for n in &cfg.nodes {
         let c = cache::open(&n.cache, &n.prefix)
@@ -173,19 +193,24 @@ async fn serve(config: PathBuf) -> Result<()> {
                 max_value_bytes: cfg.scheduler.transfer.max_value_bytes,
                 listener: cfg.node_listener,
             };
+            // The node's own counters; provider reads are the process's.
+            let node_metrics = Arc::new(Metrics {
+                provider_reads: metrics.provider_reads.clone(),
+                ..Metrics::default()
+            });
             let nd = Node::new(
-                provider.clone(),
+                reader.clone(),
                 c.clone(),
                 cfg.shards.clone(),
                 settings,
-                Arc::new(Metrics::default()),
+                node_metrics,
             );
             tokio::spawn(node::run(listener, nd, shutdown.clone()));
         }
         caches.insert(n.name.clone(), c);
     }
     let sched = Scheduler::start(
-        provider.clone(),
+        reader.clone(),
         caches,
         cfg.shards.clone(),
         cfg.scheduler.clone(),
@@ -233,6 +258,7 @@ async fn run_node(
             name: "node".into(),
             listen: ([127, 0, 0, 1], 9081).into(),
             provider_url: "sqlite:var/provider.db".into(),
+            provider_read_latency: Duration::ZERO,
             cache_url: "memory".into(),
             prefix: String::new(),
             settings: NodeSettings::default(),
@@ -261,19 +287,15 @@ async fn run_node(
     let shutdown = CancellationToken::new();
     signals(shutdown.clone());
     let provider = open_provider(&cfg.provider_url, &shutdown).await?;
+    let metrics = Arc::new(Metrics::default());
+    let reader = counted(provider.clone(), cfg.provider_read_latency, &metrics);
     let cache = cache::open(&cfg.cache_url, &cfg.prefix).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("bind {}", cfg.listen))?;
     println!("node {} listening on {}", cfg.name, listener.local_addr()?);
     tracing::info!(node = %cfg.name, addr = %listener.local_addr()?, cache = cache.kind(), provider = provider.kind(), "node up");
-    let nd = Node::new(
-        provider,
-        cache,
-        cfg.shards,
-        cfg.settings,
-        Arc::new(Metrics::default()),
-    );
+    let nd = Node::new(reader, cache, cfg.shards, cfg.settings, metrics);
     node::run(listener, nd, shutdown).await;
     Ok(())
 }

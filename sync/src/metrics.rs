@@ -108,6 +108,9 @@ pub struct Metrics {
     pub node_fills: AtomicU64,
     pub node_latency_hit: Histogram,
     pub node_latency_miss: Histogram,
+    /// Every provider read of the process (the scheduler's deltas and the
+    /// in-process nodes' slow path), with the configured wide-area latency.
+    pub provider_reads: std::sync::Arc<crate::provider::reads::ProviderReads>,
 }
 
 /// Prometheus text for one listener's connections (shardcast-edge's
@@ -279,6 +282,7 @@ impl Metrics {
         );
         self.transfer_seconds
             .render(&mut w, "shardcast_sync_transfer_seconds", &[]);
+        self.provider_reads.render(out);
     }
 
     /// The node's metrics, Prometheus text.

@@ -15,6 +15,7 @@
 //! has seen every version below it — the cursor never skips a row.
 
 pub mod postgres;
+pub mod reads;
 pub mod sqlite;
 
 use std::sync::Arc;

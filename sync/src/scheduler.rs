@@ -84,6 +84,9 @@ pub struct SchedulerConfig {
     pub state_file: Option<PathBuf>,
     /// Finished orders kept for the API.
     pub keep_finished: usize,
+    /// How long an evicted shard's copy stays parked in the node's cache
+    /// (see [`crate::cache::ShardCache::park`]); zero drops it at once.
+    pub keep_evicted: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -95,6 +98,7 @@ impl Default for SchedulerConfig {
             transfer: TransferParams::default(),
             state_file: None,
             keep_finished: 1000,
+            keep_evicted: Duration::from_secs(3 * 86_400),
         }
     }
 }
@@ -119,6 +123,9 @@ struct State {
     running_orders: usize,
     cancels: HashMap<u64, CancellationToken>,
     hosted: BTreeMap<(String, String), HostedShard>,
+    /// Evicted copies parked in a node's cache: (node, shard) → until (unix
+    /// ms). Dropped when the pair is ordered again or the time passes.
+    parked: BTreeMap<(String, String), u64>,
     /// Announces finished orders ([`crate::events`]).
     feed: crate::events::Feed,
 }
@@ -514,6 +521,18 @@ impl Scheduler {
         Ok(o)
     }
 
+    /// Shards whose evicted copy is parked on a node now.
+    pub fn parked(&self, node: &str) -> Vec<String> {
+        let now = now_ms();
+        let mut st = self.inner.state.lock();
+        st.parked.retain(|_, until| *until > now);
+        st.parked
+            .keys()
+            .filter(|(n, _)| n == node)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
     /// Hosted shards of a node.
     pub fn hosted(&self, node: &str) -> Result<Vec<HostedShard>, OrderError> {
         if !self.inner.nodes.contains_key(node) {
@@ -530,7 +549,9 @@ impl Scheduler {
 
     /// Drop a shard from a node: cancel its orders, wait for its transfer
     /// to stop, then evict it from the cache (retried while the cache is
-    /// down). Returns once the eviction is scheduled.
+    /// down): its copy is parked for `keep_evicted` (not served), so a
+    /// later order for the pair copies only the delta. Returns once the
+    /// eviction is scheduled.
     pub fn evict(&self, node: &str, shard: &str) -> Result<(), OrderError> {
         if !self.inner.shards.contains_key(shard) {
             return Err(OrderError::UnknownShard(shard.into()));
@@ -581,6 +602,7 @@ impl Scheduler {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            let keep = s.inner.cfg.keep_evicted;
             let r = retry(
                 "cache evict",
                 &shard,
@@ -588,17 +610,21 @@ impl Scheduler {
                 &s.inner.shutdown,
                 &no_errors(),
                 &s.inner.metrics.cache_errors,
-                || cache.evict(&shard),
+                || cache.park(&shard, keep),
             )
             .await;
             {
                 let mut st = s.inner.state.lock();
                 st.busy.remove(&key);
                 st.hosted.remove(&key);
+                if r.is_ok() && !keep.is_zero() {
+                    st.parked
+                        .insert(key.clone(), now_ms() + keep.as_millis() as u64);
+                }
             }
             if r.is_ok() {
                 Metrics::inc(&s.inner.metrics.evictions);
-                tracing::info!(node = %node, shard = %shard, "shard evicted");
+                tracing::info!(node = %node, shard = %shard, keep_s = keep.as_secs(), "shard evicted (its copy parked for a delta re-fetch)");
             }
             s.inner.wake.notify_one();
         });
@@ -731,6 +757,7 @@ impl Scheduler {
             key: (o.node.clone(), o.shard.clone()),
             released: false,
         };
+        st.parked.remove(&(o.node.clone(), o.shard.clone()));
         st.hosted
             .entry((o.node.clone(), o.shard.clone()))
             .or_insert(HostedShard {
@@ -1047,6 +1074,12 @@ impl Scheduler {
                 h.rows,
             );
         }
+        let now = now_ms();
+        w.gauge(
+            "shardcast_sync_parked_copies",
+            "Evicted copies parked in node caches (kept, not served) for a delta re-fetch.",
+            st.parked.values().filter(|u| **u > now).count(),
+        );
         w.gauge(
             "shardcast_sync_bandwidth_bytes_per_second",
             "Configured budget (0 = unlimited).",

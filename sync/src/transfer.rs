@@ -126,7 +126,9 @@ pub async fn retry<T, E: Display, Fut: Future<Output = Result<T, E>>>(
 ///
 /// `must_be_hosted`: for an incremental refresh, stop with
 /// [`TransferError::NotHosted`] instead of starting a shard from scratch
-/// when its cursor is gone (it was evicted). `progress` is called after
+/// when its cursor is gone (it was evicted). Otherwise a shard not hosted
+/// whose evicted copy is parked in the cache resumes from the parked
+/// cursor: only the delta since is copied. `progress` is called after
 /// every batch.
 #[allow(clippy::too_many_arguments)]
 pub async fn catch_up(
@@ -156,8 +158,29 @@ pub async fn catch_up(
         if start.is_none() && must_be_hosted {
             return Err(TransferError::NotHosted);
         }
-        let mut cursor = start.unwrap_or(0);
+        // Not hosted: an evicted copy kept parked is brought current by the
+        // delta since its cursor instead of copied whole.
+        let parked = match start {
+            Some(_) => None,
+            None => {
+                retry(
+                    "cache parked cursor read",
+                    &shard.id,
+                    params,
+                    cancel,
+                    on_error,
+                    &metrics.cache_errors,
+                    || cache.parked(&shard.id),
+                )
+                .await?
+            }
+        };
+        if let Some(c) = parked {
+            tracing::debug!(shard = %shard.id, cursor = c, "resuming a parked copy from its cursor");
+        }
+        let mut cursor = start.or(parked).unwrap_or(0);
         p.cursor = cursor;
+        let resuming = parked.is_some();
 
         // Reader: one batch ahead of the writer.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<CacheBatch>(2);
@@ -171,6 +194,7 @@ pub async fn catch_up(
             let on_error = on_error.clone();
             tokio::spawn(async move {
                 let mut c = cursor;
+                let mut first = true;
                 loop {
                     let b = retry(
                         "provider delta read",
@@ -191,8 +215,11 @@ pub async fn catch_up(
                     c = cb.to;
                     let empty = cb.upserts.is_empty() && cb.deletes.is_empty() && cb.from == cb.to;
                     // An empty first batch still matters when the shard is not
-                    // hosted yet: applying it creates the cursor.
-                    if (!empty || b.from == 0) && tx.send(cb).await.is_err() {
+                    // hosted yet: applying it creates the cursor (or hosts a
+                    // parked copy again).
+                    let must_send = !empty || b.from == 0 || (resuming && first);
+                    first = false;
+                    if must_send && tx.send(cb).await.is_err() {
                         return Ok(());
                     }
                     if !more {

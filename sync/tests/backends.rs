@@ -433,6 +433,94 @@ async fn transfer_insert_update_delete_resume(p: Arc<dyn ProviderFull>, c: Arc<d
     assert_eq!(pr.rows, 0);
 }
 
+/// An evicted copy parked in the cache is not served, and the next
+/// transfer copies only what changed since its cursor, ending identical to
+/// the provider; a copy dropped (keep 0) or expired is copied whole.
+async fn evicted_copy_resumes_by_delta(p: Arc<dyn ProviderFull>, c: Arc<dyn ShardCache>) {
+    let s = shard("UK/LIGHTING", &[("LIGHTING", "UK")]);
+    let changes: Vec<Change> = (0..300)
+        .map(|i| up(&format!("L{i:03}"), "UK", "LIGHTING", i, 100 + i))
+        .collect();
+    p.apply(&changes).await.unwrap();
+    let first = sync_shard(&p, &c, &s, 64).await;
+    assert_eq!(first.rows, 300);
+    assert_same(&p, &c, &s).await;
+    let cursor = c.cursor(&s.id).await.unwrap().unwrap();
+
+    c.park(&s.id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(c.cursor(&s.id).await.unwrap(), None, "parked is not hosted");
+    assert_eq!(c.parked(&s.id).await.unwrap(), Some(cursor));
+    assert_eq!(
+        c.get(&s.id, "UK:L001").await.unwrap(),
+        None,
+        "a parked copy is never served"
+    );
+    assert_eq!(c.size(&s.id).await.unwrap(), 0);
+
+    // The provider moves on while the copy is parked; the node's slow path
+    // fills one item meanwhile (short-lived, as for any shard not hosted).
+    p.apply(&[
+        Change::Stock {
+            sku: "L001".into(),
+            region: "UK".into(),
+            stock: 999,
+        },
+        Change::Delete {
+            sku: "L002".into(),
+            region: "UK".into(),
+        },
+        up("L900", "UK", "LIGHTING", 5, 5),
+    ])
+    .await
+    .unwrap();
+    let row = p.get("L001", "UK").await.unwrap().unwrap();
+    let v = encode_value(&row, row.item.as_ref().unwrap(), 1 << 20).unwrap();
+    c.fill(&s.id, "UK:L001", v, row.version, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let again = sync_shard(&p, &c, &s, 64).await;
+    assert_eq!(again.rows, 3, "only the changed rows travel: {again:?}");
+    assert!(
+        again.bytes < first.bytes / 20,
+        "{again:?} against {first:?}"
+    );
+    assert_eq!(c.parked(&s.id).await.unwrap(), None);
+    assert_same(&p, &c, &s).await;
+    assert_eq!(
+        c.get(&s.id, "UK:L002").await.unwrap(),
+        None,
+        "the delete arrived"
+    );
+    let snap = p.snapshot(&s, 1000).await.unwrap();
+    let live = snap.rows.len() as u64;
+    assert_eq!(live, 300, "300 - L002 + L900");
+    assert_eq!(c.size(&s.id).await.unwrap(), live);
+
+    // Parked with nothing changed: hosted again by an empty delta.
+    let cursor = c.cursor(&s.id).await.unwrap().unwrap();
+    c.park(&s.id, Duration::from_secs(60)).await.unwrap();
+    let same = sync_shard(&p, &c, &s, 64).await;
+    assert_eq!((same.rows, same.cursor), (0, cursor));
+    assert_eq!(c.cursor(&s.id).await.unwrap(), Some(cursor));
+    assert_same(&p, &c, &s).await;
+
+    // Kept for no time, or past its time: the next copy is whole.
+    c.park(&s.id, Duration::ZERO).await.unwrap();
+    assert_eq!(c.parked(&s.id).await.unwrap(), None);
+    // (A whole copy in batches reads the tombstone too once past cursor 0.)
+    assert!(sync_shard(&p, &c, &s, 64).await.rows >= live);
+    c.park(&s.id, Duration::from_millis(200)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(c.parked(&s.id).await.unwrap(), None, "expired");
+    assert!(sync_shard(&p, &c, &s, 64).await.rows >= live);
+    assert_same(&p, &c, &s).await;
+    // Evict drops a parked copy too.
+    c.park(&s.id, Duration::from_secs(60)).await.unwrap();
+    c.evict(&s.id).await.unwrap();
+    assert_eq!(c.parked(&s.id).await.unwrap(), None);
+}
+
 async fn rejected_rows_are_counted_not_fatal(p: Arc<dyn ProviderFull>, c: Arc<dyn ShardCache>) {
     let s = shard("UK/BAGS", &[("BAGS_STORAGE", "UK")]);
     let huge = format!(r#"{{"description":"{}"}}"#, "x".repeat(100_000));
@@ -561,6 +649,12 @@ macro_rules! pair_tests {
                 let (p, _g1) = $mp().await;
                 let (c, _g2) = $mc().await;
                 transfer_insert_update_delete_resume(p, c).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn evicted_copy_resumes_by_delta() {
+                let (p, _g1) = $mp().await;
+                let (c, _g2) = $mc().await;
+                super::evicted_copy_resumes_by_delta(p, c).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rejected_rows() {

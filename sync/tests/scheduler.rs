@@ -750,3 +750,102 @@ async fn orders_of_a_lower_manager_epoch_are_refused_across_a_restart() {
     assert_eq!(s.epoch(), 5);
     env.shutdown.cancel();
 }
+
+/// Evicting a shard parks its copy: not hosted, not served, not refreshed;
+/// the next order for the pair copies only what the provider changed
+/// meanwhile and ends identical to the provider, row by row (PostgreSQL and
+/// Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_fetch_after_eviction_copies_only_the_delta() {
+    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap();
+    let redis = tokio::task::spawn_blocking(testkit::Redis::start)
+        .await
+        .unwrap();
+    let p = provider::open(&pg.url()).await.unwrap();
+    testkit::seed_catalog(p.as_ref()).await;
+    let mut caches = BTreeMap::new();
+    caches.insert(
+        "a".to_string(),
+        cache::open(&redis.url(), "a").await.unwrap(),
+    );
+    let env = start(
+        p.clone(),
+        caches,
+        SchedulerConfig {
+            poll_interval: Duration::from_millis(200),
+            keep_evicted: Duration::from_secs(300),
+            ..SchedulerConfig::default()
+        },
+    );
+    let s = &env.sched;
+    let c = env.caches["a"].clone();
+    let sd = shard("UK/LIGHTING");
+    let first = s.submit(order("UK/LIGHTING", "a", 1.0)).unwrap();
+    let first = wait_done(s, first.id, Duration::from_secs(30)).await;
+    assert!(first.rows > 100, "a whole copy: {}", first.rows);
+    cache_matches_provider(p.as_ref(), c.as_ref(), &sd)
+        .await
+        .unwrap();
+
+    s.evict("a", "UK/LIGHTING").unwrap();
+    eventually_async(Duration::from_secs(10), "parked", || async {
+        c.parked("UK/LIGHTING").await.unwrap().map(|_| ())
+    })
+    .await;
+    assert_eq!(c.cursor("UK/LIGHTING").await.unwrap(), None);
+    assert!(s.hosted("a").unwrap().is_empty());
+    assert_eq!(s.parked("a"), vec!["UK/LIGHTING".to_string()]);
+    let parked_at = c.parked("UK/LIGHTING").await.unwrap();
+
+    // The provider changes three rows of the shard while it is parked.
+    let snap = p.snapshot(&sd, 5000).await.unwrap();
+    let skus: Vec<(String, String)> = snap
+        .rows
+        .iter()
+        .take(3)
+        .map(|r| (r.sku.clone(), r.region.clone()))
+        .collect();
+    p.apply(&[
+        Change::Stock {
+            sku: skus[0].0.clone(),
+            region: skus[0].1.clone(),
+            stock: 12345,
+        },
+        Change::Price {
+            sku: skus[1].0.clone(),
+            region: skus[1].1.clone(),
+            price_cents: 1,
+        },
+        Change::Delete {
+            sku: skus[2].0.clone(),
+            region: skus[2].1.clone(),
+        },
+    ])
+    .await
+    .unwrap();
+    // Freshness polls leave a parked copy alone, and nothing serves it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(c.parked("UK/LIGHTING").await.unwrap(), parked_at);
+    let f = shardcast_sync::model::field(&skus[0].0, &skus[0].1);
+    assert_eq!(c.get("UK/LIGHTING", &f).await.unwrap(), None);
+
+    let again = s.submit(order("UK/LIGHTING", "a", 1.0)).unwrap();
+    let again = wait_done(s, again.id, Duration::from_secs(30)).await;
+    assert_eq!(again.rows, 3, "only the changed rows travel");
+    assert!(
+        again.bytes * 20 < first.bytes,
+        "{} bytes against {}",
+        again.bytes,
+        first.bytes
+    );
+    cache_matches_provider(p.as_ref(), c.as_ref(), &sd)
+        .await
+        .unwrap();
+    assert!(s.parked("a").is_empty());
+    let v: serde_json::Value =
+        serde_json::from_slice(&c.get("UK/LIGHTING", &f).await.unwrap().unwrap()).unwrap();
+    assert_eq!(v["stock"], 12345);
+    env.shutdown.cancel();
+}

@@ -46,6 +46,9 @@ pub struct Prediction {
     pub rise_at_ms: Option<i64>,
     /// The median forecast of the hour in progress (for skill).
     pub p50_hour: Option<f64>,
+    /// P(the hour in progress crosses the threshold), from the forecast's
+    /// quantiles.
+    pub p_exceed: Option<f64>,
 }
 
 /// How the manager predicts demand.
@@ -65,6 +68,7 @@ const NOTHING: Prediction = Prediction {
     predicted_rps: 0.0,
     rise_at_ms: None,
     p50_hour: None,
+    p_exceed: None,
 };
 
 /// Forecasts at the planning quantile.
@@ -84,6 +88,11 @@ impl DemandPolicy for Forecast {
             let rate = f64::from(q) / (h.hours() as f64 * 3600.0);
             if h == Horizon::Hour {
                 p.p50_hour = Some(f64::from(quantile_at(&hf.levels, &hf.values, 0.5)));
+                p.p_exceed = Some(planner::value::p_exceed(
+                    &hf.levels,
+                    &hf.values,
+                    at.threshold * 3600.0,
+                ));
                 if rate > at.threshold {
                     // the hour forecast is for the hour in progress
                     p.rise_at_ms = Some(at.now);
@@ -142,6 +151,7 @@ impl DemandPolicy for NoDemand {
         Demand {
             predicted_rps: 0.0,
             observed_rps: 0.0,
+            p_exceed: None,
             ..d.clone()
         }
     }
@@ -183,6 +193,8 @@ struct Skill {
 pub struct DemandModel {
     pub policy: Box<dyn DemandPolicy>,
     skill: BTreeMap<String, Skill>,
+    /// Rows of each shard's last hosted copy: its size once evicted.
+    rows: BTreeMap<String, u64>,
 }
 
 impl DemandModel {
@@ -190,6 +202,7 @@ impl DemandModel {
         DemandModel {
             policy,
             skill: BTreeMap::new(),
+            rows: BTreeMap::new(),
         }
     }
 
@@ -283,7 +296,12 @@ pub fn plan_input(
             .hosted
             .values()
             .filter_map(|m| m.get(&s.id).map(|h| h.rows))
-            .max();
+            .max()
+            .filter(|&r| r > 0);
+        if let Some(r) = rows {
+            model.rows.insert(s.id.clone(), r);
+        }
+        let rows = rows.or_else(|| model.rows.get(&s.id).copied());
         let bytes = match (rows, st.bytes_per_row) {
             (Some(r), Some(b)) if r > 0 => (r as f64 * b) as u64,
             _ => DEFAULT_SHARD_BYTES,
@@ -293,6 +311,7 @@ pub fn plan_input(
             rise_at_ms: p.rise_at_ms.unwrap_or(next_hour),
             observed_rps: store.recent_rate(&s.id, now, observe_window_s),
             skill,
+            p_exceed: p.p_exceed,
         };
         shards.push(ShardInput {
             id: s.id.clone(),
@@ -343,6 +362,10 @@ pub fn plan_input(
         scale_in_ratio: cfg.scale_in_ratio,
         // bytes per clock second (deadlines are in clock time)
         bandwidth_bytes_per_s: cfg.bandwidth_bytes_per_s / clock.speed(),
+        economics: planner::Economics {
+            miss_cost_ms: cfg.miss_cost_ms,
+            memory_cost_ms_per_mb_hour: cfg.memory_cost_ms_per_mb_hour,
+        },
         nodes,
         shards,
     };
@@ -381,6 +404,7 @@ mod tests {
             rise_at_ms: 7,
             observed_rps: 3.0,
             skill: 0.9,
+            p_exceed: None,
         };
         let p = NoDemand.planned(&d);
         assert_eq!((p.predicted_rps, p.observed_rps), (0.0, 0.0));

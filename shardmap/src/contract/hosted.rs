@@ -32,6 +32,10 @@ pub struct HostedShard {
 #[serde(deny_unknown_fields)]
 pub struct NodeRecord {
     pub hosted: Vec<HostedShard>,
+    /// Shards whose evicted copy the node's cache keeps parked (not
+    /// served): a pre-fetch back copies only the delta.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parked: Vec<String>,
 }
 
 /// `GET /nodes`: node name → its record.

@@ -18,6 +18,18 @@ struct Shard {
     items: HashMap<String, Bytes>,
     /// Fills for a shard not hosted, with their expiry.
     side: HashMap<String, (Bytes, Instant)>,
+    /// An evicted copy kept (not served): cursor, items, until when.
+    parked: Option<(u64, HashMap<String, Bytes>, Instant)>,
+}
+
+impl Shard {
+    /// The parked copy, dropped first if it expired.
+    fn parked_live(&mut self) -> Option<&mut (u64, HashMap<String, Bytes>, Instant)> {
+        if self.parked.as_ref().is_some_and(|p| p.2 <= Instant::now()) {
+            self.parked = None;
+        }
+        self.parked.as_mut()
+    }
 }
 
 #[derive(Default)]
@@ -48,6 +60,18 @@ impl ShardCache for MemoryCache {
     async fn apply(&self, shard: &str, b: &CacheBatch) -> Result<Applied, CacheError> {
         let mut g = self.shards.write();
         let s = g.entry(shard.to_string()).or_default();
+        if s.cursor.is_none() && s.parked_live().is_some() {
+            let pc = s.parked.as_ref().map_or(0, |p| p.0);
+            if b.from == 0 {
+                s.parked = None;
+            } else if pc == b.from {
+                // Back from the parked copy: hosted again at its cursor.
+                let (c, items, _) = s.parked.take().expect("checked above");
+                s.items = items;
+                s.side.clear();
+                s.cursor = Some(c);
+            }
+        }
         let cur = s.cursor.unwrap_or(0);
         if cur != b.from {
             return Ok(match s.cursor {
@@ -106,6 +130,32 @@ impl ShardCache for MemoryCache {
     async fn evict(&self, shard: &str) -> Result<(), CacheError> {
         self.shards.write().remove(shard);
         Ok(())
+    }
+
+    async fn park(&self, shard: &str, keep: Duration) -> Result<(), CacheError> {
+        let mut g = self.shards.write();
+        let Some(s) = g.get_mut(shard) else {
+            return Ok(());
+        };
+        match s.cursor.take() {
+            Some(c) if !keep.is_zero() => {
+                let items = std::mem::take(&mut s.items);
+                s.side.clear();
+                s.parked = Some((c, items, Instant::now() + keep));
+            }
+            _ => {
+                g.remove(shard);
+            }
+        }
+        Ok(())
+    }
+
+    async fn parked(&self, shard: &str) -> Result<Option<u64>, CacheError> {
+        Ok(self
+            .shards
+            .write()
+            .get_mut(shard)
+            .and_then(|s| s.parked_live().map(|p| p.0)))
     }
 
     async fn cursor(&self, shard: &str) -> Result<Option<u64>, CacheError> {

@@ -1,7 +1,9 @@
-//! The Redis cache. A shard is three keys sharing the hash tag `{shard}`
+//! The Redis cache. A shard is five keys sharing the hash tag `{shard}`
 //! (so a Redis Cluster keeps them in one slot): `P:{shard}:items` (a hash
-//! `field → value`), `P:{shard}:cursor` and `P:{shard}:fills` (slow-path
-//! fills of a shard not hosted, a hash that expires whole). `P` is the
+//! `field → value`), `P:{shard}:cursor`, `P:{shard}:fills` (slow-path
+//! fills of a shard not hosted, a hash that expires whole), and
+//! `P:{shard}:parked` / `P:{shard}:parked_cursor` (an evicted copy kept,
+//! not served, both expiring at the same instant). `P` is the
 //! node's key prefix. Every write is one Lua script, so a batch and its
 //! cursor land together or not at all — on a single Redis and on a Redis
 //! Cluster alike (see [`super::cluster`] for the cluster's URL, routing and
@@ -25,6 +27,24 @@ local c = 0
 if hosted then c = tonumber(cur) end
 local from = tonumber(ARGV[1])
 local to = tonumber(ARGV[2])
+if not hosted then
+  local pc = redis.call('GET', KEYS[5])
+  if pc then
+    if from == 0 then
+      redis.call('DEL', KEYS[4], KEYS[5])
+    elseif tonumber(pc) == from then
+      -- Back from the parked copy: hosted again at its cursor.
+      redis.call('DEL', KEYS[1], KEYS[3])
+      if redis.call('EXISTS', KEYS[4]) == 1 then
+        redis.call('RENAME', KEYS[4], KEYS[1])
+        redis.call('PERSIST', KEYS[1])
+      end
+      redis.call('DEL', KEYS[5])
+      hosted = true
+      c = from
+    end
+  end
+end
 if c ~= from then
   if hosted and c >= to then return {1, c} end
   if hosted then return {2, c} end
@@ -64,6 +84,20 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4], 'NX')
 return 2
 "#;
 
+const PARK: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 or tonumber(ARGV[1]) <= 0 then
+  return redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+end
+redis.call('DEL', KEYS[3], KEYS[4])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[4])
+  redis.call('PEXPIRE', KEYS[4], ARGV[1])
+end
+redis.call('RENAME', KEYS[2], KEYS[5])
+redis.call('PEXPIRE', KEYS[5], ARGV[1])
+return 0
+"#;
+
 const GET: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then return v end
@@ -82,6 +116,7 @@ pub struct RedisCache {
     apply: Script,
     fill: Script,
     get: Script,
+    park: Script,
 }
 
 pub(crate) fn rerr(e: redis::RedisError) -> CacheError {
@@ -125,6 +160,7 @@ impl RedisCache {
             apply: Script::new(APPLY),
             fill: Script::new(FILL),
             get: Script::new(GET),
+            park: Script::new(PARK),
         }
     }
 
@@ -153,8 +189,9 @@ impl RedisCache {
         }
     }
 
-    /// The three keys of a shard: items, cursor, fills.
-    pub fn keys(&self, shard: &str) -> [String; 3] {
+    /// The five keys of a shard: items, cursor, fills, parked items,
+    /// parked cursor.
+    pub fn keys(&self, shard: &str) -> [String; 5] {
         let p = if self.prefix.is_empty() {
             String::new()
         } else {
@@ -164,6 +201,8 @@ impl RedisCache {
             format!("{p}{{{shard}}}:items"),
             format!("{p}{{{shard}}}:cursor"),
             format!("{p}{{{shard}}}:fills"),
+            format!("{p}{{{shard}}}:parked"),
+            format!("{p}{{{shard}}}:parked_cursor"),
         ]
     }
 }
@@ -171,9 +210,13 @@ impl RedisCache {
 #[async_trait]
 impl ShardCache for RedisCache {
     async fn apply(&self, shard: &str, b: &CacheBatch) -> Result<Applied, CacheError> {
-        let [items, cursor, fills] = self.keys(shard);
+        let [items, cursor, fills, parked, parked_cursor] = self.keys(shard);
         let mut inv = self.apply.prepare_invoke();
-        inv.key(items).key(cursor).key(fills);
+        inv.key(items)
+            .key(cursor)
+            .key(fills)
+            .key(parked)
+            .key(parked_cursor);
         inv.arg(b.from).arg(b.to).arg(b.upserts.len());
         for (f, v) in &b.upserts {
             inv.arg(f.as_bytes()).arg(v.as_ref());
@@ -198,7 +241,7 @@ impl ShardCache for RedisCache {
     }
 
     async fn get(&self, shard: &str, field: &str) -> Result<Option<Bytes>, CacheError> {
-        let [items, cursor, fills] = self.keys(shard);
+        let [items, cursor, fills, ..] = self.keys(shard);
         let mut conn = self.conn.clone();
         let v: Option<Vec<u8>> = self
             .bounded(async {
@@ -223,7 +266,7 @@ impl ShardCache for RedisCache {
         version: u64,
         ttl: Duration,
     ) -> Result<(), CacheError> {
-        let [items, cursor, fills] = self.keys(shard);
+        let [items, cursor, fills, ..] = self.keys(shard);
         let mut conn = self.conn.clone();
         let _: i64 = self
             .bounded(async {
@@ -254,8 +297,34 @@ impl ShardCache for RedisCache {
         self.replicated(&mut conn, &keys[1]).await
     }
 
+    async fn park(&self, shard: &str, keep: Duration) -> Result<(), CacheError> {
+        let keys = self.keys(shard);
+        let mut conn = self.conn.clone();
+        let mut inv = self.park.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(keep.as_millis() as u64);
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(rerr)?;
+        self.replicated(&mut conn, &keys[1]).await
+    }
+
+    async fn parked(&self, shard: &str) -> Result<Option<u64>, CacheError> {
+        let [.., parked_cursor] = self.keys(shard);
+        let mut conn = self.conn.clone();
+        let v: Option<String> = conn.get(parked_cursor).await.map_err(rerr)?;
+        match v {
+            None => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(|_| {
+                CacheError::Other(format!(
+                    "shard `{shard}`: parked cursor `{s}` is not a number"
+                ))
+            }),
+        }
+    }
+
     async fn cursor(&self, shard: &str) -> Result<Option<u64>, CacheError> {
-        let [_, cursor, _] = self.keys(shard);
+        let [_, cursor, ..] = self.keys(shard);
         let mut conn = self.conn.clone();
         let v: Option<String> = conn.get(cursor).await.map_err(rerr)?;
         match v {
@@ -267,13 +336,13 @@ impl ShardCache for RedisCache {
     }
 
     async fn size(&self, shard: &str) -> Result<u64, CacheError> {
-        let [items, _, _] = self.keys(shard);
+        let [items, ..] = self.keys(shard);
         let mut conn = self.conn.clone();
         conn.hlen(items).await.map_err(rerr)
     }
 
     async fn dump(&self, shard: &str) -> Result<Vec<(String, Bytes)>, CacheError> {
-        let [items, _, _] = self.keys(shard);
+        let [items, ..] = self.keys(shard);
         let mut conn = self.conn.clone();
         let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
             .arg(items)

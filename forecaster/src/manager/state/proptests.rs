@@ -64,6 +64,7 @@ fn arb_step(shards: usize) -> impl Strategy<Value = Step> {
 /// The planner's input from the state (as `demand::plan_input` builds it).
 fn input(st: &State, demand: &[f64], now: i64, churn_budget: usize) -> PlanInput {
     PlanInput {
+        economics: crate::planner::Economics::default(),
         now_ms: now,
         replication_factor: 2,
         churn_budget,
@@ -99,6 +100,7 @@ fn input(st: &State, demand: &[f64], now: i64, churn_budget: usize) -> PlanInput
                     rise_at_ms: now + 60_000,
                     observed_rps: demand.get(i).copied().unwrap_or(0.0) / 2.0,
                     skill: 0.5,
+                    p_exceed: None,
                 },
                 bytes: 1 << 20,
                 pinned: st.operator.pins.get(id).cloned(),

@@ -1,0 +1,204 @@
+//! What a pre-fetched copy is worth against what it costs to hold.
+//!
+//! A copy of a shard on one more node pays when demand crosses the shard's
+//! threshold: every request it then serves from memory is a provider read
+//! (a wide-area round trip) the storefront does not wait for. Its price is
+//! the memory it holds meanwhile. Per hour:
+//!
+//! - value = P(demand crosses the threshold) × the requests of an hour at
+//!   the threshold × the cost of a miss (ms of storefront wait);
+//! - cost = the copy's size (MB) × the price of memory (storefront ms an
+//!   MB-hour of cache must save to be worth holding).
+//!
+//! The planner keeps (or adds) the copy while value ≥ cost. P comes from
+//! the probabilistic forecast's quantiles ([`p_exceed`]); a shard with
+//! more traffic at its threshold is worth a copy at a lower probability,
+//! a big shard needs a higher one.
+
+use serde::Serialize;
+
+/// The prices the planner weighs a copy with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Economics {
+    /// What one request served by the provider instead of the cache costs
+    /// the storefront, ms (the provider's read latency).
+    pub miss_cost_ms: f64,
+    /// Storefront ms one MB of cache must save per hour to be worth
+    /// holding. 0 turns the weighing off (the quantile rule decides).
+    pub memory_cost_ms_per_mb_hour: f64,
+}
+
+impl Economics {
+    pub fn enabled(&self) -> bool {
+        self.memory_cost_ms_per_mb_hour > 0.0 && self.miss_cost_ms > 0.0
+    }
+
+    /// Expected storefront ms a copy saves per hour.
+    pub fn value_ms_per_hour(&self, p_exceed: f64, threshold_rps: f64) -> f64 {
+        clamp01(p_exceed) * threshold_rps.max(0.0) * 3600.0 * self.miss_cost_ms.max(0.0)
+    }
+
+    /// What holding a copy of `bytes` costs per hour, in the same ms.
+    pub fn cost_ms_per_hour(&self, bytes: u64) -> f64 {
+        bytes as f64 / 1e6 * self.memory_cost_ms_per_mb_hour.max(0.0)
+    }
+
+    /// The probability of crossing above which a copy pays (may exceed 1:
+    /// then no forecast justifies it).
+    pub fn break_even(&self, threshold_rps: f64, bytes: u64) -> f64 {
+        let per_p = self.value_ms_per_hour(1.0, threshold_rps);
+        if per_p > 0.0 {
+            self.cost_ms_per_hour(bytes) / per_p
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Whether a copy is worth its memory at this probability of crossing.
+    pub fn worth_a_copy(&self, p_exceed: f64, threshold_rps: f64, bytes: u64) -> bool {
+        let p = clamp01(p_exceed);
+        p > 0.0 && p >= self.break_even(threshold_rps, bytes)
+    }
+}
+
+fn clamp01(x: f64) -> f64 {
+    if x.is_finite() {
+        x.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// P(X > `x`) from a forecast's quantiles (`levels` increasing in (0, 1),
+/// `values` the quantiles at them): linear between the quantiles, `1 −
+/// level` at a quantile, `1 − l₀` or more below the lowest (rising to 1 at
+/// zero demand), and a tail falling as `1/x` above the highest. Crossed
+/// quantiles are sorted first. Empty or mismatched input gives 0.
+pub fn p_exceed(levels: &[f32], values: &[f32], x: f64) -> f64 {
+    if levels.is_empty() || levels.len() != values.len() || !x.is_finite() {
+        return 0.0;
+    }
+    let mut v: Vec<f64> = values
+        .iter()
+        .map(|&v| {
+            if v.is_finite() {
+                f64::from(v).max(0.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    let l: Vec<f64> = levels
+        .iter()
+        .map(|&l| f64::from(l).clamp(0.0, 1.0))
+        .collect();
+    let n = v.len();
+    if x < 0.0 {
+        return 1.0;
+    }
+    if x < v[0] {
+        // From P = 1 at zero demand down to 1 − l₀ at the lowest quantile.
+        let f = if v[0] > 0.0 { x / v[0] } else { 1.0 };
+        return 1.0 - f * l[0];
+    }
+    if x >= v[n - 1] {
+        let tail = 1.0 - l[n - 1];
+        return if x > 0.0 && v[n - 1] > 0.0 {
+            tail * (v[n - 1] / x).min(1.0)
+        } else {
+            0.0
+        };
+    }
+    // v[i] <= x < v[i + 1]
+    let i = v.partition_point(|&q| q <= x) - 1;
+    let (a, b) = (v[i], v[i + 1]);
+    let f = if b > a { (x - a) / (b - a) } else { 1.0 };
+    1.0 - (l[i] + f * (l[i + 1] - l[i]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const L: [f32; 9] = [0.01, 0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975, 0.99];
+
+    #[test]
+    fn exceedance_reads_the_quantiles() {
+        let v: Vec<f32> = (1..=9).map(|i| i as f32 * 10.0).collect();
+        assert!((p_exceed(&L, &v, 50.0) - 0.5).abs() < 1e-6);
+        assert!((p_exceed(&L, &v, 70.0) - 0.1).abs() < 1e-6);
+        // halfway between the 0.5 and 0.75 quantiles
+        assert!((p_exceed(&L, &v, 55.0) - 0.375).abs() < 1e-6);
+        assert!((p_exceed(&L, &v, 0.0) - 1.0).abs() < 1e-9);
+        // above the top: the 1% tail thinning as 1/x
+        assert!((p_exceed(&L, &v, 180.0) - 0.005).abs() < 1e-6);
+        assert_eq!(p_exceed(&[], &[], 1.0), 0.0);
+        assert_eq!(p_exceed(&L, &v[..3], 1.0), 0.0);
+        // an all-zero forecast: nothing crosses a positive threshold
+        assert_eq!(p_exceed(&L, &[0.0; 9], 0.5), 0.0);
+    }
+
+    #[test]
+    fn a_busier_shard_is_worth_a_copy_at_a_lower_probability() {
+        let e = Economics {
+            miss_cost_ms: 30.0,
+            memory_cost_ms_per_mb_hour: 1000.0,
+        };
+        // 150 kB: 150 ms of storefront wait per hour to pay; 40 requests/h
+        // at the threshold: 1,200 ms per unit of probability.
+        let bytes = 150_000;
+        let quiet = e.break_even(40.0 / 3600.0, bytes);
+        assert!((quiet - 0.125).abs() < 1e-9, "{quiet}");
+        let busy = e.break_even(400.0 / 3600.0, bytes);
+        assert!(busy < quiet / 9.0);
+        assert!(e.worth_a_copy(0.2, 40.0 / 3600.0, bytes));
+        assert!(!e.worth_a_copy(0.1, 40.0 / 3600.0, bytes));
+        assert!(e.worth_a_copy(0.02, 400.0 / 3600.0, bytes));
+        // a shard twice the size needs twice the probability
+        assert!((e.break_even(40.0 / 3600.0, 2 * bytes) - 2.0 * quiet).abs() < 1e-9);
+        // certainty of no crossing is never worth anything
+        assert!(!e.worth_a_copy(0.0, 1e9, 1));
+        assert!(!Economics {
+            memory_cost_ms_per_mb_hour: 0.0,
+            ..e
+        }
+        .enabled());
+    }
+
+    proptest! {
+        #[test]
+        fn exceedance_is_a_probability_falling_with_demand(
+            mut v in proptest::collection::vec(0.0f32..1000.0, 9),
+            x in 0.0f64..2000.0, dx in 0.0f64..500.0,
+        ) {
+            v.sort_by(f32::total_cmp);
+            let (a, b) = (p_exceed(&L, &v, x), p_exceed(&L, &v, x + dx));
+            prop_assert!((0.0..=1.0).contains(&a), "{a}");
+            prop_assert!(b <= a + 1e-9, "P(X > {x}) = {a} < P(X > {}) = {b}", x + dx);
+        }
+
+        #[test]
+        fn crossed_quantiles_read_as_sorted(v in proptest::collection::vec(0.0f32..1000.0, 9), x in 0.0f64..1000.0) {
+            let mut s = v.clone();
+            s.sort_by(f32::total_cmp);
+            prop_assert!((p_exceed(&L, &v, x) - p_exceed(&L, &s, x)).abs() < 1e-12);
+        }
+
+        #[test]
+        fn worth_grows_with_probability_and_traffic(
+            p in 0.0f64..1.0, dp in 0.0f64..0.5, thr in 0.0001f64..10.0, k in 1.0f64..10.0,
+            bytes in 1u64..10_000_000, price in 1.0f64..10_000.0,
+        ) {
+            let e = Economics { miss_cost_ms: 30.0, memory_cost_ms_per_mb_hour: price };
+            if e.worth_a_copy(p, thr, bytes) {
+                prop_assert!(e.worth_a_copy((p + dp).min(1.0), thr, bytes));
+                prop_assert!(e.worth_a_copy(p, thr * k, bytes));
+            }
+            if !e.worth_a_copy(p, thr, bytes) {
+                prop_assert!(!e.worth_a_copy(p, thr, bytes * 2));
+            }
+        }
+    }
+}
