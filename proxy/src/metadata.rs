@@ -1,10 +1,12 @@
 //! Following the metadata store: the shard manager writes each new table
-//! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`])
-//! and publishes its version on `<prefix>:table:changed`. Every proxy
-//! subscribed applies it (only when its assignment version is newer than
-//! the table's; the config generation plays no part), so all proxies
-//! converge on the same assignment version; a proxy that missed a message
-//! catches up on the next one or on the periodic re-read. Redis being down
+//! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`],
+//! with the delta from the table before it at `<prefix>:table:delta`) and
+//! publishes its version on `<prefix>:table:changed`. Every proxy
+//! subscribed applies the delta when it holds the delta's base, else the
+//! full table (only when its assignment version is newer than the
+//! table's; the config generation plays no part), so all proxies converge
+//! on the same assignment version; a proxy that missed a message, or
+//! restarted, catches up on the next one or on the periodic re-read. Redis being down
 //! never affects serving: the current table stays, errors are logged with
 //! backoff and counted.
 
@@ -24,13 +26,35 @@ pub struct MetadataCounters {
     pub errors: AtomicU64,
 }
 
+/// Catch up with the store: the last delta when this proxy holds its base
+/// (a few hundred bytes when few shards changed), else the full table.
 async fn fetch_and_apply(
     shared: &Arc<Shared>,
     conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
+    keys: &shardmap::contract::MetadataKeys,
 ) -> Result<(), String> {
+    let current = shared.current().table.assignment_version;
+    let delta_key = keys.table_delta();
     let raw: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(key)
+        .arg(&delta_key)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(raw) = raw {
+        let delta: shardmap::TableUpdate = serde_json::from_slice(&raw)
+            .map_err(|e| format!("{delta_key}: not a table update: {e}"))?;
+        // Written with the full table, in one step: a delta no newer than
+        // this proxy's table means the table is no newer either.
+        if delta.version <= current {
+            return Ok(());
+        }
+        if delta.base == Some(current) {
+            return apply(shared, delta, &delta_key).await;
+        }
+    }
+    let key = keys.table();
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(&key)
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -40,16 +64,31 @@ async fn fetch_and_apply(
     if update.version <= shared.current().table.assignment_version {
         return Ok(());
     }
+    apply(shared, update, &key).await
+}
+
+async fn apply(
+    shared: &Arc<Shared>,
+    update: shardmap::TableUpdate,
+    key: &str,
+) -> Result<(), String> {
+    let delta = update.base.is_some();
     match crate::reload::apply_update(shared, update).await {
         Ok(v) => {
             shared.metadata.applied.fetch_add(1, Relaxed);
             info!(
                 assignment_version = %v.assignment_version,
+                delta,
                 "table from the metadata store applied"
             );
             Ok(())
         }
-        Err(crate::reload::UpdateError::Table(shardmap::table::TableError::Stale { .. })) => Ok(()),
+        // Moved meanwhile (a push from the manager): the next message or
+        // poll reads again.
+        Err(crate::reload::UpdateError::Table(
+            shardmap::table::TableError::Stale { .. }
+            | shardmap::table::TableError::BaseMismatch { .. },
+        )) => Ok(()),
         Err(e) => Err(format!("{key}: rejected: {e}")),
     }
 }
@@ -67,7 +106,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
         };
         let keys = shardmap::contract::MetadataKeys::new(cfg.prefix.as_str());
-        let (key, channel) = (keys.table(), keys.table_changed());
+        let channel = keys.table_changed();
         let poll = Duration::from_millis(cfg.poll_ms);
         let session = async {
             let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
@@ -81,7 +120,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut messages = pubsub.on_message();
-            fetch_and_apply(&shared, &mut conn, &key).await?;
+            fetch_and_apply(&shared, &mut conn, &keys).await?;
             loop {
                 let same =
                     shared.current().config.control.metadata.as_deref() == Some(url.as_str());
@@ -96,7 +135,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     }
                     _ = tokio::time::sleep(poll) => {}
                 }
-                fetch_and_apply(&shared, &mut conn, &key).await?;
+                fetch_and_apply(&shared, &mut conn, &keys).await?;
             }
         };
         let result = tokio::select! {

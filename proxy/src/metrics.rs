@@ -35,6 +35,7 @@ pub const TABLE_ASSIGNMENT_EPOCH: &str = "shardcast_table_assignment_epoch";
 pub const TABLE_ASSIGNMENT_COUNTER: &str = "shardcast_table_assignment_counter";
 pub const CONFIG_GENERATION: &str = "shardcast_config_generation";
 pub const TABLE_SKUS: &str = "shardcast_table_skus";
+pub const TABLE_UPDATE_APPLY: &str = "shardcast_table_update_apply_seconds";
 pub const RELOADS: &str = "shardcast_config_reloads_total";
 pub const UPDATES: &str = "shardcast_table_updates_total";
 pub const TELEMETRY_FRAMES: &str = "shardcast_telemetry_frames_total";
@@ -212,7 +213,7 @@ pub fn render(shared: &Shared) -> String {
         Kind::Counter,
         "Node cache results reported by x-cache, per shard.",
     );
-    for s in &snap.stats {
+    for s in snap.stats.iter() {
         for (result, v) in [("hit", &s.cache_hits), ("miss", &s.cache_misses)] {
             w.sample(
                 SHARD_CACHE,
@@ -226,7 +227,7 @@ pub fn render(shared: &Shared) -> String {
         Kind::Histogram,
         "Request latency per shard (as of the last telemetry interval).",
     );
-    for s in &snap.stats {
+    for s in snap.stats.iter() {
         let (cumulative, n, sum_us) = s.cumulative_buckets(&BOUNDS_US);
         // The writer takes each bucket's own count and adds them up again.
         let mut below = 0;
@@ -259,6 +260,21 @@ pub fn render(shared: &Shared) -> String {
         TABLE_SKUS,
         "Skus in the catalog in use.",
         snap.table.catalog.len(),
+    )
+    .family(
+        TABLE_UPDATE_APPLY,
+        Kind::Gauge,
+        "Time to apply a table update from the shard manager (table, snapshot, swap): the last one and the longest.",
+    )
+    .sample(
+        TABLE_UPDATE_APPLY,
+        &[("stat", "last")],
+        c.update_apply_last_us.load(Relaxed) as f64 / 1e6,
+    )
+    .sample(
+        TABLE_UPDATE_APPLY,
+        &[("stat", "max")],
+        c.update_apply_max_us.load(Relaxed) as f64 / 1e6,
     );
     let (e, m) = (&shared.export, &shared.metadata);
     let by_result: [(&str, &str, Labelled); 4] = [

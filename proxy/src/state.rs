@@ -43,9 +43,21 @@ pub struct GlobalCounters {
     pub reloads_failed: AtomicU64,
     pub updates_ok: AtomicU64,
     pub updates_rejected: AtomicU64,
+    /// How long the last applied table update took (table, snapshot,
+    /// swap), and the longest one, in microseconds.
+    pub update_apply_last_us: AtomicU64,
+    pub update_apply_max_us: AtomicU64,
     /// Requests whose client hung up (or failed to read or write) before
     /// the answer was delivered: never retried, never charged to a node.
     pub client_aborted: AtomicU64,
+}
+
+impl GlobalCounters {
+    pub fn record_update_apply(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.update_apply_last_us.store(us, Relaxed);
+        self.update_apply_max_us.fetch_max(us, Relaxed);
+    }
 }
 
 /// Retries allowed per one-second window: `min_per_second` plus
