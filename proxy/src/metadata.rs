@@ -26,29 +26,32 @@ pub struct MetadataCounters {
     pub errors: AtomicU64,
 }
 
-/// Catch up with the store: the last delta when this proxy holds its base
-/// (a few hundred bytes when few shards changed), else the full table.
+/// Catch up with the store: nothing when its version is this proxy's; the
+/// last delta when this proxy holds its base (a few hundred bytes when few
+/// shards changed); else the full table. One round trip reads the version
+/// and the delta.
 async fn fetch_and_apply(
     shared: &Arc<Shared>,
     conn: &mut redis::aio::MultiplexedConnection,
     keys: &shardmap::contract::MetadataKeys,
 ) -> Result<(), String> {
     let current = shared.current().table.assignment_version;
-    let delta_key = keys.table_delta();
-    let raw: Option<Vec<u8>> = redis::cmd("GET")
+    let (version_key, delta_key) = (keys.version(), keys.table_delta());
+    let (version, delta): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
+        .arg(&version_key)
         .arg(&delta_key)
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(raw) = raw {
+    let version = version.and_then(|v| serde_json::from_slice::<shardmap::AssignmentVersion>(&v).ok());
+    if version.is_some_and(|v| v <= current) {
+        return Ok(());
+    }
+    if let Some(raw) = delta {
         let delta: shardmap::TableUpdate = serde_json::from_slice(&raw)
             .map_err(|e| format!("{delta_key}: not a table update: {e}"))?;
-        // Written with the full table, in one step: a delta no newer than
-        // this proxy's table means the table is no newer either.
-        if delta.version <= current {
-            return Ok(());
-        }
-        if delta.base == Some(current) {
+        // The delta that led to the stored table, from this proxy's.
+        if Some(delta.version) == version && delta.base == Some(current) {
             return apply(shared, delta, &delta_key).await;
         }
     }
