@@ -16,6 +16,10 @@ Writes, under --out:
   region), with the volatility tier derived from the demand history: the
   coefficient of variation of the category's real daily demand
   (``shard_daily.csv.gz``), lowest third ``low``, highest third ``high``.
+- ``--tuned N`` adds N hand-tuned shards listed one by one beside the rules
+  (``TUNED/T000``…: one category ``TUNED.000``… in region ``UK``, each with
+  its own threshold), the kind an operator edits one at a time — what a
+  reload that changes one shard touches.
 - ``proxy.toml``: a proxy config naming the two files above (traffic on
   --http, admin on --admin).
 
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metadata", default=None, help="redis:// URL of the metadata store")
     ap.add_argument("--zipf", type=float, default=1.1, help="sub-category skew")
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--tuned", type=int, default=0, help="hand-tuned shards listed beside the rules")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.regions < 2 or a.shards % a.regions:
@@ -161,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             f'zone = "z{i % 3 + 1}"',
             "",
         ]
+    for k in range(a.tuned):
+        t += [
+            "[[shards]]",
+            f'id = "TUNED/T{k:03d}"',
+            f'categories = ["TUNED.{k:03d}"]',
+            'regions = ["UK"]',
+            "threshold = 5.0",
+            "",
+        ]
     for c in cats:
         t += [
             "[[shard_rules]]",
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "out": str(a.out),
-                "shards": a.shards,
+                "shards": a.shards + a.tuned,
                 "regions": len(regions),
                 "sub_categories": {c: subs[c] for c in cats},
                 "volatility": tiers,

@@ -71,13 +71,12 @@ async fn answer(
             let id = ORDER_IDS.fetch_add(1, Relaxed) + 1;
             ORDERS
                 .lock()
-                .unwrap()
                 .insert(id, (o.shard.clone(), o.node.clone(), o.epoch));
             ok(order(id, &o.shard, &o.node, o.epoch))
         }
         ("GET", p) if p.starts_with("/orders/") => {
             let id: u64 = p["/orders/".len()..].parse().unwrap_or(0);
-            let Some((shard, node, epoch)) = ORDERS.lock().unwrap().get(&id).cloned() else {
+            let Some((shard, node, epoch)) = ORDERS.lock().get(&id).cloned() else {
                 return Ok(Response::builder()
                     .status(404)
                     .body(Full::new(Bytes::new()))
@@ -110,7 +109,7 @@ async fn answer(
 
 static ORDER_IDS: AtomicU64 = AtomicU64::new(0);
 type Orders = std::collections::HashMap<u64, (String, String, u64)>;
-static ORDERS: std::sync::LazyLock<std::sync::Mutex<Orders>> =
+static ORDERS: std::sync::LazyLock<parking_lot::Mutex<Orders>> =
     std::sync::LazyLock::new(Default::default);
 
 /// An order as sync reports it when it is done.

@@ -43,7 +43,8 @@ async fn fetch_and_apply(
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
-    let version = version.and_then(|v| serde_json::from_slice::<shardmap::AssignmentVersion>(&v).ok());
+    let version =
+        version.and_then(|v| serde_json::from_slice::<shardmap::AssignmentVersion>(&v).ok());
     if version.is_some_and(|v| v <= current) {
         return Ok(());
     }

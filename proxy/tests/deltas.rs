@@ -76,7 +76,11 @@ async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refu
             while !stop.load(SeqCst) && i < 200_000 {
                 i += 4;
                 let sku = if i % 2 == 0 { "A" } else { "B" };
-                match c.get(format!("{base}/inventory/{sku}{}", i % 100)).send().await {
+                match c
+                    .get(format!("{base}/inventory/{sku}{}", i % 100))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => {
                         ok.fetch_add(1, SeqCst);
                     }
@@ -112,10 +116,18 @@ async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refu
     // The last delta is what serves: UK/ALPHA on the one node it names.
     let last = names[59 % 3];
     for i in 0..10 {
-        let r = c.get(p.url(&format!("/inventory/A{i}"))).send().await.unwrap();
+        let r = c
+            .get(p.url(&format!("/inventory/A{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.headers()["x-node"], last);
     }
-    assert_eq!(p.replicas("INTL/ALPHA").await, ["n3"], "untouched by every delta");
+    assert_eq!(
+        p.replicas("INTL/ALPHA").await,
+        ["n3"],
+        "untouched by every delta"
+    );
 
     // A delta from a version the proxy does not hold: 409 with its
     // version, nothing applied; the full table then applies.
@@ -129,10 +141,16 @@ async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refu
     assert_eq!(status, 409, "{answer}");
     assert_eq!(answer["assignment_version"], v(version));
     assert!(
-        answer["error"].as_str().unwrap().contains("send the full table"),
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("send the full table"),
         "{answer}"
     );
-    assert_eq!(p.assignment_version().await, AssignmentVersion::new(1, version));
+    assert_eq!(
+        p.assignment_version().await,
+        AssignmentVersion::new(1, version)
+    );
     let mut full = full.clone();
     full["version"] = v(version + 2);
     full["shards"]["UK/ALPHA"] = serving(&["n2"]);
@@ -148,7 +166,9 @@ async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refu
     .await;
     assert_eq!(status, 200);
     assert_eq!(p.replicas("UK/ALPHA").await.len(), 2);
-    let applied = p.metric("shardcast_table_update_apply_seconds{stat=\"max\"}").await;
+    let applied = p
+        .metric("shardcast_table_update_apply_seconds{stat=\"max\"}")
+        .await;
     assert!(applied.is_some_and(|s| s > 0.0), "{applied:?}");
 }
 
@@ -231,9 +251,11 @@ async fn a_follower_takes_deltas_at_their_base_and_the_full_table_after_a_restar
     // the full table does.
     drop(p);
     let p = Proxy::start_with(tempfile::tempdir().unwrap(), config, hp, ap).await;
-    eventually(Duration::from_secs(10), "the full table after a restart", || async {
-        (p.assignment_version().await == at(3)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the full table after a restart",
+        || async { (p.assignment_version().await == at(3)).then_some(()) },
+    )
     .await;
     assert_eq!(p.replicas("UK/ALPHA").await, ["n3"]);
     assert_eq!(p.replicas("UK/BETA").await, ["n2", "n3"]);

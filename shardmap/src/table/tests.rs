@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::control::{ReplicaAssignment, TableUpdate};
 use std::path::Path;
