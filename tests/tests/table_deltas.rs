@@ -4,11 +4,11 @@
 //! `shardcast-proxy`, in front of stand-in nodes that answer every request
 //! 200.
 //!
-//! 1. A change goes out as a delta, and the proxy takes it. 2. The proxy
-//! restarts (it holds no assignment; the manager believes it delivered):
-//! the next change's delta is refused with 409 and the proxy's version, the
-//! manager sends the full table, and the proxy converges on the manager's
-//! version with every shard's replicas.
+//! 1. A change goes out, and the proxy takes it.
+//! 2. The proxy restarts (it holds no assignment; the manager believes it
+//!    delivered): the next change's delta is refused with 409 and the
+//!    proxy's version, the manager sends the full table, and the proxy
+//!    converges on the manager's version with every shard's replicas.
 
 use std::time::Duration;
 
