@@ -91,8 +91,12 @@ pub struct Manager {
     clock: Clock,
     /// The one owner of the state: only [`Manager::apply`] changes it.
     state: Mutex<State>,
-    /// What views read: the state after the last event.
+    /// What views read: the state after the last event, copied when read
+    /// after a change (`stale`), not after every event — at ten thousand
+    /// shards a copy of the state costs milliseconds, and a round applies
+    /// dozens of events.
     snapshot: ArcSwap<State>,
+    stale: std::sync::atomic::AtomicBool,
     demand: Mutex<DemandModel>,
     log: DecisionLog,
     sync: SyncClient,
@@ -155,6 +159,7 @@ impl Manager {
             forecasts,
             clock,
             snapshot: ArcSwap::from_pointee(st.clone()),
+            stale: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(st),
             demand: Mutex::new(DemandModel::new(policy)),
             log: DecisionLog::default(),
@@ -181,14 +186,26 @@ impl Manager {
 
     /// The state after the last event.
     pub fn snapshot(&self) -> Arc<State> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.stale.swap(false, SeqCst) {
+            // Under the lock: an event applied meanwhile is in the copy,
+            // or marks it stale again.
+            let st = self.state.lock();
+            self.snapshot.store(Arc::new(st.clone()));
+        }
         self.snapshot.load_full()
+    }
+
+    /// Read the current state without copying it (the round's own reads).
+    fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.lock())
     }
 
     /// Feed one event to the state; the effects to carry out.
     fn apply(&self, e: Event) -> Vec<Effect> {
         let mut st = self.state.lock();
         let fx = st.apply(e);
-        self.snapshot.store(Arc::new(st.clone()));
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
         fx
     }
 
@@ -304,7 +321,7 @@ impl Manager {
         }
         let hosted = self.sync.hosted().await.map_err(|e| e.to_string());
         if let Err(e) = &hosted {
-            if self.snapshot().sync_error.is_none() {
+            if self.with_state(|st| st.sync_error.is_none()) {
                 warn!(error = %e, "sync scheduler unreachable; no new orders until it answers");
             }
         }
@@ -318,13 +335,13 @@ impl Manager {
         }
         self.announce_epoch().await;
         // Follow the orders in flight; a finished add turns its replica serving.
-        let open: Vec<u64> = self
-            .snapshot()
-            .orders
-            .iter()
-            .filter(|o| o.state.is_open())
-            .map(|o| o.id)
-            .collect();
+        let open: Vec<u64> = self.with_state(|st| {
+            st.orders
+                .iter()
+                .filter(|o| o.state.is_open())
+                .map(|o| o.id)
+                .collect()
+        });
         for id in open {
             let report = self.sync.order(id).await;
             let fx = self.apply(Event::OrderReported { id, report, now });
@@ -364,8 +381,8 @@ impl Manager {
             clock: self.clock,
             now: self.clock.now_ms(),
         };
-        let st = self.snapshot();
-        let (input, shards) = demand::plan_input(&inputs, &st, &mut self.demand.lock());
+        let (input, shards) =
+            self.with_state(|st| demand::plan_input(&inputs, st, &mut self.demand.lock()));
         (planner::plan(&input), shards, input.now_ms)
     }
 
@@ -442,7 +459,7 @@ impl Manager {
         let Some(epoch) = self.lease.may_write() else {
             return Err("not leading: no orders".into());
         };
-        if self.snapshot().sync_epoch < epoch {
+        if self.with_state(|st| st.sync_epoch) < epoch {
             return Err(format!("epoch {epoch} not yet announced to sync"));
         }
         self.sync
@@ -458,7 +475,7 @@ impl Manager {
         let Some(epoch) = self.lease.may_write() else {
             return;
         };
-        if self.snapshot().sync_epoch >= epoch {
+        if self.with_state(|st| st.sync_epoch) >= epoch {
             return;
         }
         match self.sync.announce(epoch).await {
@@ -481,16 +498,22 @@ impl Manager {
         let started = changed.then(std::time::Instant::now);
         let mut changed = changed;
         for _ in 0..3 {
-            let st = self.snapshot();
+            let (update, behind, metadata_error) = self.with_state(|st| {
+                (
+                    st.update(),
+                    st.proxies_behind.iter().cloned().collect(),
+                    st.metadata_error.clone(),
+                )
+            });
             let pass = Pass {
-                update: st.update(),
-                behind: st.proxies_behind.iter().cloned().collect(),
+                update,
+                behind,
                 changed,
                 keys: &topo.keys,
                 metadata_url: self.metadata_url(),
-                metadata_error: st.metadata_error.clone(),
+                metadata_error,
             };
-            let records = || view::records(&self.snapshot(), topo);
+            let records = || self.with_state(|st| view::records(st, topo));
             let out = self
                 .publisher
                 .publish_once(conn, pass, records, &self.lease, &self.refusals)

@@ -492,7 +492,11 @@ mod tests {
         m.record_cycle(&set(9.0, [(true, true), (true, true)]));
         // A model that is not loaded did not run, cached or not.
         m.record_cycle(&set(2.0, [(false, false), (false, false)]));
-        let text = m.render(&Store::new(crate::store::Retention::default(), crate::time::Zone::utc(), 10));
+        let text = m.render(&Store::new(
+            crate::store::Retention::default(),
+            crate::time::Zone::utc(),
+            10,
+        ));
         let at = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<f64>().ok()))

@@ -148,11 +148,14 @@ where
                     Ok(answer) => json(StatusCode::OK, &answer),
                     // Not newer than the assignment this proxy holds: say
                     // which, so the manager can number its next one past it.
+                    // A delta computed from another version than this
+                    // proxy's: the same answer, and the manager sends the
+                    // full table.
                     Err(
-                        e @ reload::UpdateError::Table(shardmap::table::TableError::Stale {
-                            current,
-                            ..
-                        }),
+                        e @ reload::UpdateError::Table(
+                            shardmap::table::TableError::Stale { current, .. }
+                            | shardmap::table::TableError::BaseMismatch { current, .. },
+                        ),
                     ) => json(
                         StatusCode::CONFLICT,
                         &UpdateAnswer {

@@ -229,7 +229,7 @@ pub async fn sample_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
             _ = shutdown.changed() => return,
         }
         let now = now_ms();
-        for s in &shared.current().stats {
+        for s in shared.current().stats.iter() {
             s.tick(now);
         }
     }
@@ -361,7 +361,7 @@ pub async fn data(shared: &Shared) -> Data {
     let mut all_recent = Recent::default();
     let mut all_totals = [0u64; 4];
     let mut shards = Vec::with_capacity(snap.stats.len());
-    for (entry, stats) in snap.table.shards.iter().zip(&snap.stats) {
+    for (entry, stats) in snap.table.shards.iter().zip(snap.stats.iter()) {
         let mut latency = latency_histogram();
         let recent = stats.recent(Some(&mut latency));
         let _ = all_latency.add(&latency);

@@ -1,10 +1,12 @@
 //! Following the metadata store: the shard manager writes each new table
-//! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`])
-//! and publishes its version on `<prefix>:table:changed`. Every proxy
-//! subscribed applies it (only when its assignment version is newer than
-//! the table's; the config generation plays no part), so all proxies
-//! converge on the same assignment version; a proxy that missed a message
-//! catches up on the next one or on the periodic re-read. Redis being down
+//! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`],
+//! with the delta from the table before it at `<prefix>:table:delta`) and
+//! publishes its version on `<prefix>:table:changed`. Every proxy
+//! subscribed applies the delta when it holds the delta's base, else the
+//! full table (only when its assignment version is newer than the
+//! table's; the config generation plays no part), so all proxies converge
+//! on the same assignment version; a proxy that missed a message, or
+//! restarted, catches up on the next one or on the periodic re-read. Redis being down
 //! never affects serving: the current table stays, errors are logged with
 //! backoff and counted.
 
@@ -24,13 +26,39 @@ pub struct MetadataCounters {
     pub errors: AtomicU64,
 }
 
+/// Catch up with the store: nothing when its version is this proxy's; the
+/// last delta when this proxy holds its base (a few hundred bytes when few
+/// shards changed); else the full table. One round trip reads the version
+/// and the delta.
 async fn fetch_and_apply(
     shared: &Arc<Shared>,
     conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
+    keys: &shardmap::contract::MetadataKeys,
 ) -> Result<(), String> {
+    let current = shared.current().table.assignment_version;
+    let (version_key, delta_key) = (keys.version(), keys.table_delta());
+    let (version, delta): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
+        .arg(&version_key)
+        .arg(&delta_key)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let version =
+        version.and_then(|v| serde_json::from_slice::<shardmap::AssignmentVersion>(&v).ok());
+    if version.is_some_and(|v| v <= current) {
+        return Ok(());
+    }
+    if let Some(raw) = delta {
+        let delta: shardmap::TableUpdate = serde_json::from_slice(&raw)
+            .map_err(|e| format!("{delta_key}: not a table update: {e}"))?;
+        // The delta that led to the stored table, from this proxy's.
+        if Some(delta.version) == version && delta.base == Some(current) {
+            return apply(shared, delta, &delta_key).await;
+        }
+    }
+    let key = keys.table();
     let raw: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(key)
+        .arg(&key)
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -40,16 +68,31 @@ async fn fetch_and_apply(
     if update.version <= shared.current().table.assignment_version {
         return Ok(());
     }
+    apply(shared, update, &key).await
+}
+
+async fn apply(
+    shared: &Arc<Shared>,
+    update: shardmap::TableUpdate,
+    key: &str,
+) -> Result<(), String> {
+    let delta = update.base.is_some();
     match crate::reload::apply_update(shared, update).await {
         Ok(v) => {
             shared.metadata.applied.fetch_add(1, Relaxed);
             info!(
                 assignment_version = %v.assignment_version,
+                delta,
                 "table from the metadata store applied"
             );
             Ok(())
         }
-        Err(crate::reload::UpdateError::Table(shardmap::table::TableError::Stale { .. })) => Ok(()),
+        // Moved meanwhile (a push from the manager): the next message or
+        // poll reads again.
+        Err(crate::reload::UpdateError::Table(
+            shardmap::table::TableError::Stale { .. }
+            | shardmap::table::TableError::BaseMismatch { .. },
+        )) => Ok(()),
         Err(e) => Err(format!("{key}: rejected: {e}")),
     }
 }
@@ -67,7 +110,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
         };
         let keys = shardmap::contract::MetadataKeys::new(cfg.prefix.as_str());
-        let (key, channel) = (keys.table(), keys.table_changed());
+        let channel = keys.table_changed();
         let poll = Duration::from_millis(cfg.poll_ms);
         let session = async {
             let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
@@ -81,7 +124,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut messages = pubsub.on_message();
-            fetch_and_apply(&shared, &mut conn, &key).await?;
+            fetch_and_apply(&shared, &mut conn, &keys).await?;
             loop {
                 let same =
                     shared.current().config.control.metadata.as_deref() == Some(url.as_str());
@@ -96,7 +139,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     }
                     _ = tokio::time::sleep(poll) => {}
                 }
-                fetch_and_apply(&shared, &mut conn, &key).await?;
+                fetch_and_apply(&shared, &mut conn, &keys).await?;
             }
         };
         let result = tokio::select! {

@@ -256,7 +256,7 @@ pub fn render(shared: &Shared) -> String {
         Kind::Counter,
         "Node cache results reported by x-cache, per shard.",
     );
-    for s in &snap.stats {
+    for s in snap.stats.iter() {
         for (result, v) in [("hit", &s.cache_hits), ("miss", &s.cache_misses)] {
             w.sample(
                 SHARD_CACHE,
@@ -270,7 +270,7 @@ pub fn render(shared: &Shared) -> String {
         Kind::Histogram,
         "Request latency per shard (as of the last telemetry interval).",
     );
-    for s in &snap.stats {
+    for s in snap.stats.iter() {
         let (cumulative, n, sum_us) = s.cumulative_buckets(&BOUNDS_US);
         // The writer takes each bucket's own count and adds them up again.
         let mut below = 0;

@@ -145,7 +145,8 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
             // The next config generation; the manager's assignment (and its
             // version) stays wherever it still applies.
             let table = cur2.table.rebase(&p.config, p.catalog.clone());
-            let snap = Snapshot::build(
+            let snap = Snapshot::rebuild(
+                Some(&cur2),
                 p.config.clone(),
                 p.source.clone(),
                 table,
@@ -225,13 +226,16 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
 pub enum UpdateError {
     #[error(transparent)]
     Table(#[from] TableError),
-    #[error("cannot build the updated table: {0}")]
-    Build(String),
 }
 
 /// Apply a versioned table update from the shard manager: compare-and-set
 /// on the assignment version alone (the config generation does not take
-/// part). The versions now serving, or why not.
+/// part); a delta only onto the version it was computed from. The
+/// versions now serving, or why not.
+///
+/// The new table shares every shard entry the update leaves alone, and the
+/// snapshot everything resolved from the config, so the cost follows the
+/// number of shards that changed.
 pub async fn apply_update(
     shared: &Arc<Shared>,
     update: TableUpdate,
@@ -239,7 +243,7 @@ pub async fn apply_update(
     let _guard = shared.reload_lock.lock().await;
     let started = std::time::Instant::now();
     let cur = shared.current();
-    let table = match cur.table.apply(&cur.config, &update) {
+    let table = match cur.table.apply(&update) {
         Ok(t) => t,
         Err(e) => {
             shared.counters.updates_rejected.fetch_add(1, Relaxed);
@@ -251,24 +255,18 @@ pub async fn apply_update(
         assignment_version: table.assignment_version,
         config_generation: table.config_generation,
     };
-    // Same nodes as the running snapshot: address resolution cannot fail
-    // differently, but keep the error path total.
-    let snap = Snapshot::build(
-        cur.config.clone(),
-        cur.source.clone(),
-        table,
-        &shared.nodes,
-        &shared.stats,
-    )
-    .map_err(UpdateError::Build)?;
-    shared.snapshot.store(Arc::new(snap));
-    shared.counters.update_apply.observe(started.elapsed());
+    shared.snapshot.store(Arc::new(cur.with_table(table)));
+    let took = started.elapsed();
     shared.counters.updates_ok.fetch_add(1, Relaxed);
+    shared.counters.update_apply.observe(took);
     shared.record_version(&shared.current().table, "update");
     info!(
         assignment_version = %answer.assignment_version,
         config_generation = answer.config_generation,
+        delta = update.base.is_some(),
         shards = update.shards.len(),
+        removed = update.removed.len(),
+        apply_us = took.as_micros() as u64,
         "table update applied"
     );
     Ok(answer)

@@ -58,15 +58,18 @@ pub struct Args {
 /// valid (exit 0).
 pub fn check(args: &Args) -> Result<String, Vec<String>> {
     let p = reload::prepare(&args.config, None)?;
-    let snap = reload::initial(&p, &NodeRegistry::default(), &StatsRegistry::default())?;
+    // What serving would build and resolve, without the per-shard telemetry
+    // a running proxy keeps (histograms for every shard).
+    let table = shardmap::RoutingTable::build(&p.config, p.catalog.clone(), 1);
+    crate::snapshot::resolve_peers(&p.config, &table).map_err(|e| vec![e])?;
     let mut out = format!(
         "{}: ok: {} nodes, {} shards, {} routes, {} skus in {} categories",
         args.config.display(),
-        snap.table.nodes.len(),
-        snap.table.shards.len(),
-        snap.config.routes.len(),
-        snap.table.catalog.len(),
-        snap.table.catalog.categories.len()
+        table.nodes.len(),
+        table.shards.len(),
+        p.config.routes.len(),
+        table.catalog.len(),
+        table.catalog.categories.len()
     );
     for line in crate::restart::compare_with_running(&p.config) {
         out.push('\n');

@@ -98,11 +98,36 @@ pub struct Snapshot {
     /// By table node index.
     pub nodes: Vec<Arc<NodeRuntime>>,
     pub capacity: Vec<f64>,
-    pub peers: Vec<HttpPeer>,
-    /// By table shard index.
-    pub stats: Vec<Arc<ShardStats>>,
+    pub peers: Arc<[HttpPeer]>,
+    /// By table shard index; shared by every snapshot with the same shards.
+    pub stats: Arc<[Arc<ShardStats>]>,
     /// Per route: the default pool's node indices (empty = reject).
     pub default_pools: Vec<Vec<NodeIdx>>,
+}
+
+/// An upstream peer per table node, in node order. Fails when a node
+/// address does not resolve.
+pub fn resolve_peers(config: &Config, table: &RoutingTable) -> Result<Vec<HttpPeer>, String> {
+    let t = &config.timeouts;
+    let mut peers = Vec::with_capacity(table.nodes.len());
+    for (i, n) in table.nodes.iter().enumerate() {
+        use std::net::ToSocketAddrs;
+        let addr = n
+            .address
+            .to_socket_addrs()
+            .map_err(|e| format!("nodes[{i}].address: `{}` does not resolve: {e}", n.address))?
+            .next()
+            .ok_or_else(|| format!("nodes[{i}].address: `{}` resolves to nothing", n.address))?;
+        let mut p = HttpPeer::new(addr, false, String::new());
+        p.options.connection_timeout = Some(t.connect);
+        p.options.total_connection_timeout = Some(t.connect);
+        p.options.read_timeout = Some(t.read);
+        p.options.write_timeout = Some(t.write);
+        p.options.idle_timeout = Some(t.upstream_idle);
+        p.options.tcp_keepalive = None;
+        peers.push(p);
+    }
+    Ok(peers)
 }
 
 impl Snapshot {
@@ -115,36 +140,50 @@ impl Snapshot {
         nodes: &NodeRegistry,
         stats: &StatsRegistry,
     ) -> Result<Snapshot, String> {
-        let t = &config.timeouts;
-        let mut peers = Vec::with_capacity(table.nodes.len());
-        for (i, n) in table.nodes.iter().enumerate() {
-            use std::net::ToSocketAddrs;
-            let addr = n
-                .address
-                .to_socket_addrs()
-                .map_err(|e| format!("nodes[{i}].address: `{}` does not resolve: {e}", n.address))?
-                .next()
-                .ok_or_else(|| {
-                    format!("nodes[{i}].address: `{}` resolves to nothing", n.address)
-                })?;
-            let mut p = HttpPeer::new(addr, false, String::new());
-            p.options.connection_timeout = Some(t.connect);
-            p.options.total_connection_timeout = Some(t.connect);
-            p.options.read_timeout = Some(t.read);
-            p.options.write_timeout = Some(t.write);
-            p.options.idle_timeout = Some(t.upstream_idle);
-            p.options.tcp_keepalive = None;
-            peers.push(p);
-        }
-        let node_rt: Vec<Arc<NodeRuntime>> =
-            table.nodes.iter().map(|n| nodes.get(&n.name)).collect();
+        Self::rebuild(None, config, source, table, nodes, stats)
+    }
+
+    /// [`Snapshot::build`], keeping what `prev` resolved that still holds:
+    /// the peers when the nodes and timeouts are the same, the per-shard
+    /// stats when the shards are (a reload that touches one shard does not
+    /// look up ten thousand).
+    pub fn rebuild(
+        prev: Option<&Snapshot>,
+        config: Arc<Config>,
+        source: Source,
+        table: RoutingTable,
+        nodes: &NodeRegistry,
+        stats: &StatsRegistry,
+    ) -> Result<Snapshot, String> {
+        let same_nodes = prev.filter(|p| *p.table.nodes == *table.nodes);
+        let peers: Arc<[HttpPeer]> = match same_nodes {
+            Some(p) if same_timeouts(&p.config, &config) => p.peers.clone(),
+            _ => resolve_peers(&config, &table)?.into(),
+        };
+        let node_rt: Vec<Arc<NodeRuntime>> = match same_nodes {
+            Some(p) => p.nodes.clone(),
+            None => table.nodes.iter().map(|n| nodes.get(&n.name)).collect(),
+        };
         let capacity = table.nodes.iter().map(|n| n.capacity).collect();
         let top_k = config.telemetry.top_k;
-        let shard_stats = table
-            .shards
-            .iter()
-            .map(|s| stats.get(&s.id, top_k))
-            .collect();
+        let shard_stats = match prev {
+            Some(p)
+                if p.config.telemetry.top_k == top_k
+                    && p.table.shards.len() == table.shards.len()
+                    && p.table
+                        .shards
+                        .iter()
+                        .zip(&table.shards)
+                        .all(|(a, b)| Arc::ptr_eq(a, b) || a.id == b.id) =>
+            {
+                p.stats.clone()
+            }
+            _ => table
+                .shards
+                .iter()
+                .map(|s| stats.get(&s.id, top_k))
+                .collect(),
+        };
         let default_pools = config
             .routes
             .iter()
@@ -166,4 +205,24 @@ impl Snapshot {
             default_pools,
         })
     }
+
+    /// This snapshot with `table`, a manager's update of its own table: the
+    /// same config, nodes and shards, so everything resolved is shared.
+    pub fn with_table(&self, table: RoutingTable) -> Snapshot {
+        Snapshot {
+            config: self.config.clone(),
+            source: self.source.clone(),
+            table,
+            nodes: self.nodes.clone(),
+            capacity: self.capacity.clone(),
+            peers: self.peers.clone(),
+            stats: self.stats.clone(),
+            default_pools: self.default_pools.clone(),
+        }
+    }
+}
+
+fn same_timeouts(a: &Config, b: &Config) -> bool {
+    let (a, b) = (&a.timeouts, &b.timeouts);
+    (a.connect, a.read, a.write, a.upstream_idle) == (b.connect, b.read, b.write, b.upstream_idle)
 }

@@ -116,13 +116,81 @@ impl fmt::Display for AssignmentVersion {
 
 /// A versioned replica assignment. Applied only when `version` is newer than
 /// the table's assignment version; shards it does not name keep their
-/// replicas.
+/// replicas, shards in `removed` go back to their configured replicas.
+///
+/// Two kinds: a full table (`base` absent: the whole assignment, what the
+/// metadata store keeps and what a proxy that restarted or fell behind
+/// takes), and a delta (`base` set: only the shards whose replicas changed
+/// since the assignment at `base`, and the shards no longer assigned).
+/// A delta applies only to a table at exactly `base`; any other table
+/// refuses it (`409` with its version) and is sent the full table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableUpdate {
     pub version: AssignmentVersion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<AssignmentVersion>,
     #[serde(default)]
     pub shards: BTreeMap<String, Vec<ReplicaAssignment>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl TableUpdate {
+    /// A full table: the whole assignment at `version`.
+    pub fn full(
+        version: AssignmentVersion,
+        shards: BTreeMap<String, Vec<ReplicaAssignment>>,
+    ) -> TableUpdate {
+        TableUpdate {
+            version,
+            shards,
+            ..TableUpdate::default()
+        }
+    }
+
+    /// The delta that turns the full table `prev` into the full table
+    /// `self`: the shards whose replicas differ, and those `prev` had and
+    /// `self` has not. One ordered walk over both (their maps are sorted).
+    pub fn delta_from(&self, prev: &TableUpdate) -> TableUpdate {
+        let mut shards = BTreeMap::new();
+        let mut removed = vec![];
+        let mut old = prev.shards.iter().peekable();
+        for (id, reps) in &self.shards {
+            while let Some((o, _)) = old.next_if(|(o, _)| *o < id) {
+                removed.push(o.clone());
+            }
+            match old.next_if(|(o, _)| *o == id) {
+                Some((_, r)) if r == reps => {}
+                _ => {
+                    shards.insert(id.clone(), reps.clone());
+                }
+            }
+        }
+        removed.extend(old.map(|(o, _)| o.clone()));
+        TableUpdate {
+            version: self.version,
+            base: Some(prev.version),
+            shards,
+            removed,
+        }
+    }
+
+    /// The full table after applying `delta` to this full table (whose
+    /// version must be the delta's base), or `None` when it is not.
+    pub fn then(&self, delta: &TableUpdate) -> Option<TableUpdate> {
+        if delta.base != Some(self.version) {
+            return None;
+        }
+        let mut shards = self.shards.clone();
+        for r in &delta.removed {
+            shards.remove(r);
+        }
+        for (id, reps) in &delta.shards {
+            shards.insert(id.clone(), reps.clone());
+        }
+        Some(TableUpdate::full(delta.version, shards))
+    }
 }
 
 /// The proxy's answer to `PUT /admin/table`: the versions its table has

@@ -422,12 +422,12 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_steps_down() {
 
     // Every target refuses the old epoch. The store's publish script:
     let mut conn = metadata::connect(&s.redis.url()).await.unwrap();
-    let stale = TableUpdate {
-        version: AssignmentVersion::new(epoch, u64::MAX / 2),
-        shards: Default::default(),
-    };
+    let stale = TableUpdate::full(
+        AssignmentVersion::new(epoch, u64::MAX / 2),
+        Default::default(),
+    );
     let keys = MetadataKeys::new(PREFIX);
-    let r = metadata::publish_table(&mut conn, &keys, &stale)
+    let r = metadata::publish_table(&mut conn, &keys, &stale, None)
         .await
         .unwrap();
     assert!(matches!(r, Published::Fenced(_)), "{r:?}");

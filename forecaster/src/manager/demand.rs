@@ -275,6 +275,16 @@ pub fn plan_input(
     let observe_window_s = cfg.observe_window_s.max(frame_s);
     let mut shards = Vec::with_capacity(topo.shards.len());
     let mut seen = Vec::with_capacity(topo.shards.len());
+    // The most rows any node holds of each shard, in one pass over what the
+    // nodes host (not one lookup per node for each of thousands of shards).
+    let mut hosted_rows: std::collections::HashMap<&str, u64> =
+        std::collections::HashMap::with_capacity(topo.shards.len());
+    for m in st.hosted.values() {
+        for (id, h) in m {
+            let r = hosted_rows.entry(id.as_str()).or_insert(h.rows);
+            *r = (*r).max(h.rows);
+        }
+    }
     for s in &topo.shards {
         let threshold = st
             .operator
@@ -292,12 +302,7 @@ pub fn plan_input(
         };
         let p = model.policy.predict(&at);
         let skill = model.skill(&s.id, store_hour, p.p50_hour, store);
-        let rows = st
-            .hosted
-            .values()
-            .filter_map(|m| m.get(&s.id).map(|h| h.rows))
-            .max()
-            .filter(|&r| r > 0);
+        let rows = hosted_rows.get(s.id.as_str()).copied().filter(|&r| r > 0);
         if let Some(r) = rows {
             model.rows.insert(s.id.clone(), r);
         }

@@ -3,7 +3,8 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `<prefix>:table` | string | the current [`shardmap::TableUpdate`] (JSON); proxies follow it |
+//! | `<prefix>:table` | string | the current [`shardmap::TableUpdate`] (JSON, the full table); proxies follow it |
+//! | `<prefix>:table:delta` | string | the delta from the table before it (JSON, `base` set), when there is one; proxies at `base` read only this |
 //! | `<prefix>:table:changed` | channel | the new version, published after each write of `:table` |
 //! | `<prefix>:version` | string | the table's assignment version, JSON: `{"epoch": 1, "counter": 42}` |
 //! | `<prefix>:shard:<id>` | hash | `content`, `replicas`, `cursors`, `version` (JSON), `observed_rps`, `predicted_rps`, `target` |
@@ -108,6 +109,11 @@ if led and led > e then
   return {0, 'epoch ' .. led .. ' was taken by a newer leader'}
 end
 redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[4] == '' then
+  redis.call('DEL', KEYS[5])
+else
+  redis.call('SET', KEYS[5], ARGV[4])
+end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('PUBLISH', KEYS[3], ARGV[2])
 return {1, ''}
@@ -121,11 +127,14 @@ pub enum Published {
     Fenced(String),
 }
 
-/// Write a new table and announce it, fenced by the update's epoch.
+/// Write a new table (and the delta from the table before it, when there
+/// is one; else the stored delta is dropped) and announce it, fenced by the
+/// update's epoch.
 pub async fn publish_table(
     conn: &mut MultiplexedConnection,
     keys: &MetadataKeys,
     update: &TableUpdate,
+    delta: Option<&[u8]>,
 ) -> Result<Published, String> {
     let json = serde_json::to_vec(update).map_err(|e| e.to_string())?;
     let version = serde_json::to_string(&update.version).map_err(|e| e.to_string())?;
@@ -134,9 +143,11 @@ pub async fn publish_table(
         .key(keys.version())
         .key(keys.table_changed())
         .key(keys.epoch())
+        .key(keys.table_delta())
         .arg(json)
         .arg(&version)
         .arg(update.version.epoch)
+        .arg(delta.unwrap_or_default())
         .invoke_async(conn)
         .await
         .map_err(|e| e.to_string())?;

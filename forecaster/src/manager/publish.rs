@@ -8,11 +8,19 @@
 //! manager's epoch, the counter moves past it and the same assignment goes
 //! out again to every target at once; a higher epoch fences this manager.
 //! What a pass learnt comes back as state machine events.
+//!
+//! A pass with a new version sends each proxy the delta from the last table
+//! pushed (the shards whose replicas changed, and those removed), not the
+//! whole table; a proxy known to be behind, or one that refuses the delta
+//! because it holds another version (a 409 with a version older than
+//! ours), gets the full table. The store is written the full table and
+//! the delta together.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use shardmap::contract::MetadataKeys;
 use shardmap::{TableUpdate, UpdateAnswer};
@@ -55,6 +63,9 @@ pub struct Publisher {
     http: Client,
     proxies: Vec<String>,
     token: Option<String>,
+    /// The last table that went out with a new version: the base of the
+    /// next delta.
+    last: Mutex<Option<TableUpdate>>,
 }
 
 impl Publisher {
@@ -63,7 +74,23 @@ impl Publisher {
             http: Client::default(),
             proxies,
             token,
+            last: Mutex::new(None),
         }
+    }
+
+    async fn put(&self, proxy: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
+        let url = format!("{proxy}/admin/table");
+        self.http
+            .send(
+                Method::PUT,
+                &url,
+                Some(body),
+                self.token.as_deref(),
+                CALL_TIMEOUT,
+            )
+            .await
+            .map(|(s, b)| (s, b.to_vec()))
+            .map_err(|e| e.to_string())
     }
 
     /// One pass: the store (when there is one), then the proxies.
@@ -76,6 +103,20 @@ impl Publisher {
         refusals: &Refusals,
     ) -> Outcome {
         let mut out = Outcome::default();
+        // The delta from the last table that went out, for a new version.
+        let delta = pass
+            .changed
+            .then(|| {
+                self.last
+                    .lock()
+                    .as_ref()
+                    .filter(|l| l.version < pass.update.version)
+                    .map(|l| pass.update.delta_from(l))
+            })
+            .flatten();
+        let delta_body = delta
+            .as_ref()
+            .map(|d| serde_json::to_vec(d).unwrap_or_default());
         let Pass {
             update,
             behind,
@@ -149,7 +190,9 @@ impl Publisher {
                 } else {
                     let mut res = Ok(());
                     if write {
-                        res = match metadata::publish_table(c, keys, &update).await {
+                        res = match metadata::publish_table(c, keys, &update, delta_body.as_deref())
+                            .await
+                        {
                             Ok(metadata::Published::Written) => Ok(()),
                             Ok(metadata::Published::Fenced(why)) => {
                                 refusals.metadata.fetch_add(1, Relaxed);
@@ -185,27 +228,44 @@ impl Publisher {
             }
         }
         if changed || !behind.is_empty() {
-            let body = serde_json::to_vec(&update).unwrap_or_default();
+            let mut full: Option<Vec<u8>> = None;
+            let mut full_body = || {
+                full.get_or_insert_with(|| serde_json::to_vec(&update).unwrap_or_default())
+                    .clone()
+            };
             let targets: Vec<String> = if changed {
                 self.proxies.clone()
             } else {
                 behind.clone()
             };
+            if changed {
+                *self.last.lock() = Some(update.clone());
+            }
             for p in targets {
                 if lease.may_write().is_none() {
                     return out;
                 }
-                let url = format!("{p}/admin/table");
-                let r = self
-                    .http
-                    .send(
-                        Method::PUT,
-                        &url,
-                        Some(body.clone()),
-                        self.token.as_deref(),
-                        CALL_TIMEOUT,
-                    )
-                    .await;
+                // A proxy known to be behind holds no known base.
+                let via_delta = match &delta_body {
+                    Some(d) if !behind.contains(&p) => {
+                        let r = self.put(&p, d.clone()).await;
+                        match &r {
+                            Ok((StatusCode::CONFLICT, answer))
+                                if serde_json::from_slice::<UpdateAnswer>(answer)
+                                    .is_ok_and(|a| a.assignment_version < update.version) =>
+                            {
+                                // Not at the delta's base: the full table.
+                                None
+                            }
+                            _ => Some(r),
+                        }
+                    }
+                    _ => None,
+                };
+                let r = match via_delta {
+                    Some(r) => r,
+                    None => self.put(&p, full_body()).await,
+                };
                 let delivered = match &r {
                     Ok((s, _)) if s.is_success() => true,
                     // Not newer than what the proxy holds: delivered only if

@@ -428,10 +428,7 @@ impl State {
 
     /// The table as published.
     pub fn update(&self) -> TableUpdate {
-        TableUpdate {
-            version: self.version,
-            shards: self.replicas.clone(),
-        }
+        TableUpdate::full(self.version, self.replicas.clone())
     }
 
     /// The open order for this shard on this node, if any.

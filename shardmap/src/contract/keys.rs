@@ -3,7 +3,8 @@
 //!
 //! | key | what |
 //! |---|---|
-//! | `<prefix>:table` | the current [`crate::TableUpdate`], JSON |
+//! | `<prefix>:table` | the current [`crate::TableUpdate`] (the full table), JSON |
+//! | `<prefix>:table:delta` | the change that led to it (a delta from the table before), JSON |
 //! | `<prefix>:version` | its [`crate::AssignmentVersion`], JSON |
 //! | `<prefix>:table:changed` | pub/sub channel: the version, on every publish |
 //! | `<prefix>:epoch` | the highest manager epoch (the fencing token) |
@@ -44,6 +45,13 @@ impl MetadataKeys {
 
     pub fn version(&self) -> String {
         self.key("version")
+    }
+
+    /// The last delta: the change from the table before `table` to
+    /// `table` (a [`crate::TableUpdate`] with `base`), written with it;
+    /// absent when the last write was a full table only.
+    pub fn table_delta(&self) -> String {
+        self.key("table:delta")
     }
 
     /// A channel, not a key.
