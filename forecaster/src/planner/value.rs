@@ -72,7 +72,7 @@ fn clamp01(x: f64) -> f64 {
 /// P(X > `x`) from a forecast's quantiles (`levels` increasing in (0, 1),
 /// `values` the quantiles at them): linear between the quantiles, `1 −
 /// level` at a quantile, `1 − l₀` or more below the lowest (rising to 1 at
-/// zero demand), and a tail falling as `1/x` above the highest. Crossed
+/// zero demand), and an exponential tail through the two highest above the top. Crossed
 /// quantiles are sorted first. Empty or mismatched input gives 0.
 pub fn p_exceed(levels: &[f32], values: &[f32], x: f64) -> f64 {
     if levels.is_empty() || levels.len() != values.len() || !x.is_finite() {
@@ -103,12 +103,19 @@ pub fn p_exceed(levels: &[f32], values: &[f32], x: f64) -> f64 {
         return 1.0 - f * l[0];
     }
     if x >= v[n - 1] {
+        // An exponential tail through the two highest quantiles: the
+        // forecast says nothing above its top quantile, and a heavy tail
+        // (1/x) there would keep a shard's value at a threshold far above
+        // every forecast about constant, as value ∝ threshold × P.
         let tail = 1.0 - l[n - 1];
-        return if x > 0.0 && v[n - 1] > 0.0 {
-            tail * (v[n - 1] / x).min(1.0)
-        } else {
-            0.0
-        };
+        if x == v[n - 1] {
+            return tail;
+        }
+        if n < 2 || v[n - 1] <= v[n - 2] || l[n - 1] <= l[n - 2] || tail <= 0.0 {
+            return 0.0;
+        }
+        let rate = ((1.0 - l[n - 2]) / tail).ln() / (v[n - 1] - v[n - 2]);
+        return tail * (-rate * (x - v[n - 1])).exp();
     }
     // v[i] <= x < v[i + 1]
     let i = v.partition_point(|&q| q <= x) - 1;
@@ -132,8 +139,20 @@ mod tests {
         // halfway between the 0.5 and 0.75 quantiles
         assert!((p_exceed(&L, &v, 55.0) - 0.375).abs() < 1e-6);
         assert!((p_exceed(&L, &v, 0.0) - 1.0).abs() < 1e-9);
-        // above the top: the 1% tail thinning as 1/x
-        assert!((p_exceed(&L, &v, 180.0) - 0.005).abs() < 1e-6);
+        // above the top: the 1% tail falling exponentially at the rate of
+        // the two highest quantiles (2.5% at 80, 1% at 90)
+        let rate = (0.025f64 / 0.01).ln() / 10.0;
+        assert!((p_exceed(&L, &v, 100.0) - 0.01 * (-rate * 10.0).exp()).abs() < 1e-6);
+        assert!(p_exceed(&L, &v, 180.0) < 1e-5);
+        // a threshold far above every forecast is worth nothing: value
+        // (∝ threshold × P) falls as the threshold rises
+        let e = Economics {
+            miss_cost_ms: 30.0,
+            memory_cost_ms_per_mb_hour: 150.0,
+        };
+        let at = |x: f64| e.value_ms_per_hour(p_exceed(&L, &v, x), x);
+        assert!(at(1_000.0) < at(200.0) && at(200.0) < at(100.0));
+        assert!(!e.worth_a_copy(p_exceed(&L, &v, 5_000.0), 5_000.0, 10_000));
         assert_eq!(p_exceed(&[], &[], 1.0), 0.0);
         assert_eq!(p_exceed(&L, &v[..3], 1.0), 0.0);
         // an all-zero forecast: nothing crosses a positive threshold
