@@ -134,6 +134,21 @@ pub fn assignment_version(v: &serde_json::Value) -> Option<(u64, u64)> {
 }
 
 /// (sku, category) pairs of the project's catalog.
+/// The nodes a table (`/admin/table` JSON) lists for `shard`, in order;
+/// empty when the shard is not in it.
+pub fn replicas(table: &serde_json::Value, shard: &str) -> Vec<String> {
+    table["shards"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == shard))
+        .and_then(|s| s["replicas"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["node"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn catalog() -> Vec<(String, String)> {
     let path = workspace_root().join("data/online_retail/catalog.csv.gz");
     let f = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -13,20 +13,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use system::{assignment_version, bin, eventually, free_port, get_json, FakeNode, Proc};
-
-fn replicas(table: &Value, shard: &str) -> Vec<String> {
-    table["shards"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["id"] == shard))
-        .and_then(|s| s["replicas"].as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["node"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use system::{assignment_version, bin, eventually, free_port, get_json, replicas, FakeNode, Proc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_refuses_the_delta_and_takes_the_full_table() {

@@ -19,23 +19,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use system::{
-    assignment_version, bin, eventually, free_port, get_json, metric, FakeNode, Proc, Redis,
+    assignment_version, bin, eventually, free_port, get_json, metric, replicas, FakeNode, Proc,
+    Redis,
 };
 
 /// The replica nodes of `shard` in a proxy's `/admin/table`.
-fn replicas(table: &Value, shard: &str) -> Vec<String> {
-    table["shards"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["id"] == shard))
-        .and_then(|s| s["replicas"].as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["node"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manager_numbers_its_table_past_a_refusal_and_the_proxies_converge() {
     const PREFIX: &str = "vt";
