@@ -36,10 +36,13 @@ cross-fitted, factors from the other folds).
 The candidate with the best CV score — the worse of MASE / (0.90 × best
 baseline's) and wQL / (0.95 × best baseline's) — is then applied, unchanged,
 to the test window. Spread factors leave the median, so a MASE-bound score
-rarely tells a recalibration from none: when the winner's 80 % interval,
-pooled over the folds, covers outside the target band (0.77–0.83), its
-recalibrated form ships instead, unless that scores more than
-``RECAL_TOLERANCE`` worse. ``variants`` in eval.json also reports the raw LSTM.
+rarely tells a recalibration from none; ``--coverage-recal`` ships the
+recalibrated form when the winner's 80 % interval, pooled over the folds,
+covers outside the target band (0.77–0.83) and the cross-fitted factors bring
+the folds nearer 0.80 (factors moved only as far as the band needs). Off by
+default: on the dev data's peak-season test windows it fixed daily h=1 and
+narrowed three setups that were in the band. ``variants`` in eval.json also
+reports the raw LSTM and, when the graph was recalibrated, the graph as served.
 
 A graph's own output (the raw LSTM, or the hourly graph's 24-hour head for
 D h=1) is recalibrated in the graph's transformed space, and the factors are
@@ -123,6 +126,9 @@ def parse_args(argv=None):
     ap.add_argument("--hourly-run", default=None,
                     help="D only: the --out of an hourly backtest of the same series and windows; its models' "
                          "24-hour totals become a second LSTM candidate for D h=1 (chosen by CV like the rest)")
+    ap.add_argument("--coverage-recal", action="store_true",
+                    help="ship the chosen candidate's recalibrated spread when the CV folds' 80%% coverage is off "
+                         "the 0.77-0.83 band and the cross-fitted factors bring it nearer (see eval_notes.md)")
     ap.add_argument("--rescore", action="store_true",
                     help="re-run only the choice and the scoring on the forecasts an earlier run saved in --out")
     ap.add_argument("--train-arg", action="append", default=[],
@@ -371,8 +377,12 @@ def lstm_window(a, targs, panel, spec, cutoff: int, val: int, setups, test: int,
     if export:
         train.write_artifacts(out_dir, name, spec, members, calib, trained, prep, cutoff)
     sess = ort.InferenceSession(str(fold_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    return graph_forecasts(sess, prep, len(panel.ids), cutoff, setups, test), trained
+
+
+def graph_forecasts(sess, prep, S: int, cutoff: int, setups, test: int) -> dict:
+    """{(h, step): (quantiles, transformed quantiles, scale)} of a graph over every setup's origins."""
     res = {}
-    S = len(panel.ids)
     for h, step in setups:
         n_win = (test - h) // step + 1
         origins = cutoff - 1 + step * np.arange(n_win)
@@ -389,7 +399,35 @@ def lstm_window(a, targs, panel, spec, cutoff: int, val: int, setups, test: int,
         res[(h, step)] = (np.concatenate(qs)[:, :h, :].reshape(shape).astype(np.float64),
                           np.concatenate(zs)[:, :h, :].reshape(shape).astype(np.float64),
                           np.repeat(np.concatenate(sc).astype(np.float64), h, axis=1).reshape(shape[:3]))
-    return res, trained
+    return res
+
+
+def fill_graph_outputs(data: dict, windows, setups, test: int, panel, spec, a, mdir: Path, name: str,
+                       hourly=None) -> None:
+    """``--rescore`` of a run saved before the graphs' transformed outputs were kept: run its window graphs
+    (``models/folds/``) again for them, so a recalibration can go into the graph."""
+    import onnxruntime as ort
+
+    prep = None
+    for c, _ in windows:
+        if all("lstm" in data[(c, h)]["z"] for h, _ in setups) and (
+                hourly is None or "lstm_hourly" in data[(c, 1)]["z"]):
+            continue
+        g = mdir / "folds" / str(panel.index[c].date()) / f"{name}.onnx"
+        if not g.exists():
+            continue
+        if prep is None:
+            prep = Prepared.make(panel, spec, a.events)
+        res = graph_forecasts(ort.InferenceSession(str(g), providers=["CPUExecutionProvider"]), prep,
+                              len(panel.ids), c, setups, test)
+        for h, step in setups:
+            q, z, s = res[(h, step)]
+            if not np.allclose(q, data[(c, h)]["lstm"], rtol=1e-4, atol=1e-3):
+                raise BacktestError(f"--rescore: {g} no longer gives the saved forecasts (other flags?)")
+            data[(c, h)]["z"]["lstm"] = (z, s)
+        if hourly is not None:
+            q, z, s = daily_from_hourly(*hourly, c, test)
+            data[(c, 1)]["z"]["lstm_hourly"] = (z, s)
 
 
 # ---------------------------------------------------------------------------
@@ -473,6 +511,28 @@ def fit_spread(y: np.ndarray, q: np.ndarray, m: np.ndarray, s: np.ndarray | None
     return c
 
 
+def toward_band(y, q, m, s, c: np.ndarray) -> np.ndarray:
+    """The least move from the calibration the forecast has (factors 1) toward ``c`` that brings the 80 %
+    coverage of these cells inside the target band, ``BAND_MARGIN`` from its edge: ``c ** alpha``, the smallest
+    alpha.
+
+    The folds are few and their coverage noisy, and it does not carry over whole: a full refit to 0.80 on two
+    autumn folds took the hourly 24-step intervals from 0.81 to 0.75 on the test window. The band is what is
+    asked, so the validation calibration moves only as far as the folds say it must."""
+    ok = m & np.isfinite(q).all(-1)
+    yy, qq = y[ok], q[ok]
+    ss = None if s is None else s[ok]
+    lo, hi = LEVELS.index(0.1), LEVELS.index(0.9)
+    want = (COV80[0] + BAND_MARGIN, COV80[1] - BAND_MARGIN)
+    for alpha in np.linspace(0.0, 1.0, 51):
+        ca = c ** alpha
+        f = spread(qq, ca) if ss is None else spread_z(qq, ss, ca)
+        cov = ((yy >= f[:, lo]) & (yy <= f[:, hi])).mean()
+        if want[0] <= cov <= want[1]:
+            return ca
+    return c
+
+
 def candidates(stat_names: list[str], sources: list[str]):
     for src in sources:
         yield (src, src, None, 1.0)
@@ -521,17 +581,21 @@ def pooled_cov80(folds: list[dict], qs: list[np.ndarray]) -> float:
     return inside / max(n, 1)
 
 
+BAND_MARGIN = 0.005  # how far inside the 80 % band a recalibration aims
+DEBUG_CHOICE = False
 RECAL_TOLERANCE = 0.01  # a recalibration may cost this much CV score when the folds' coverage asks for it
 
 
-def choose(folds: list[dict], stat_names: list[str], base_names: list[str]):
+def choose(folds: list[dict], stat_names: list[str], base_names: list[str], coverage_recal: bool = False):
     """Pick the candidate and its spread factors on the CV folds; returns (label, src, b, w, c, table).
 
     Each candidate is scored as it is (the LSTM's own validation calibration) and with spread factors
     fitted on the *other* folds (cross-fitted, so the refit is judged out of sample; with one fold, on
-    itself). The best score wins. Spread factors change the median not at all, so they rarely change a
-    MASE-bound score: when the winner's 80 % interval, pooled over the folds, covers outside the target
-    band, its recalibrated form ships instead, unless that scores more than ``RECAL_TOLERANCE`` worse.
+    itself). The best score wins; a tie keeps the candidate as it is. Spread factors change the median not at
+    all, so they rarely change a MASE-bound score. With ``coverage_recal`` (``--coverage-recal``): when the
+    winner's 80 % interval, pooled over the folds, covers outside the target band, its recalibrated form
+    ships instead if its cross-fitted coverage is nearer 0.80 than the candidate's own and it scores at most
+    ``RECAL_TOLERANCE`` worse (off by default: on the dev data it fixed one setup and broke three, eval_notes.md).
     The factors applied to the test window are fitted on every fold."""
     table = []
     bests = []
@@ -550,7 +614,7 @@ def choose(folds: list[dict], stat_names: list[str], base_names: list[str]):
         q = np.concatenate([arrs[i][0].reshape(-1, len(LEVELS)) for i in idx])
         m = np.concatenate([folds[i]["m"].ravel() for i in idx])
         s = None if arrs[idx[0]][1] is None else np.concatenate([arrs[i][1].ravel() for i in idx])
-        return fit_spread(y, q, m, s)
+        return toward_band(y, q, m, s, fit_spread(y, q, m, s))
 
     sources = ["lstm"] + [k for k in folds[0]["alt"] if all(k in f["alt"] for f in folds)]
     raw_cov = {}
@@ -561,21 +625,29 @@ def choose(folds: list[dict], stat_names: list[str], base_names: list[str]):
         n = len(folds)
         raw_cov[label] = pooled_cov80(folds, [combine(source(f, src), f["base"], b, w) for f in folds])
         for recal in (False, True):
-            crit = []
+            crit, dev = [], []
             for i, f in enumerate(folds):
                 c = pooled(arrs, [j for j in range(n) if j != i] or [i]) if recal else one
                 r = score(f["y"], forecast(f, src, b, w, c), f["m"], f["scale"])
                 crit.append(criterion(r, bests[i]))
+                dev.append(abs(r["cov80"] - 0.80))
             c_all = pooled(arrs, list(range(n))) if recal else one
             table.append((float(np.mean(crit)), label + (" (recalibrated)" if recal else ""), src, b, w, c_all,
-                          label, recal))
-    table.sort(key=lambda r: r[0])
+                          label, recal, float(np.mean(dev))))
+    # a tie (within float noise: factors in a graph's transformed space move its median by ~1e-6) keeps
+    # the candidate as it is
+    table.sort(key=lambda r: (round(r[0], 4), r[7]))
     pick = table[0]
-    if not pick[7] and not COV80[0] <= raw_cov[pick[6]] <= COV80[1]:
+    if coverage_recal and not pick[7] and not COV80[0] <= raw_cov[pick[6]] <= COV80[1]:
         rc = next(t for t in table if t[6] == pick[6] and t[7])
-        if rc[0] <= pick[0] + RECAL_TOLERANCE:
+        # the folds' factors must bring the *other* folds' coverage closer to 0.80 (cross-fitted), not only
+        # their own: on the dev data's peak-season test windows a refit that did not passed its error on
+        if rc[0] <= pick[0] + RECAL_TOLERANCE and rc[8] < pick[8]:
             pick = rc
-    _, label, src, b, w, c, base_label, _ = pick
+    _, label, src, b, w, c, base_label, _, _ = pick
+    if DEBUG_CHOICE:
+        for t_ in table[:6]:
+            print(f"    cv {t_[1]}: score {t_[0]:.4f}, cross-fitted |cov80 - 0.80| {t_[8]:.4f}", flush=True)
     return label, src, b, w, c, [(round(t[0], 4), t[1]) for t in table], raw_cov[base_label]
 
 
@@ -729,6 +801,11 @@ def main(argv=None) -> dict:
         data = load_arrays(out / "forecasts.npz", windows, setups, test)
         prev = json.loads((out / "eval.json").read_text())
         trained = prev["trained"]
+        if (prev.get("timezone") or "UTC") != a.timezone and freq == "H":
+            raise BacktestError(f"--rescore: the run in {out} was made with --timezone {prev.get('timezone') or 'UTC'}")
+        if daily is None:
+            fill_graph_outputs(data, windows, setups, test, panel, spec, a, mdir, name,
+                               (Path(a.hourly_run), hpanel, panel, hevents) if hpanel is not None else None)
     for c, is_test in ([] if a.rescore else windows):
         print(f"window from {panel.index[c]} ({'test' if is_test else 'CV fold'})", flush=True)
         lq, tr = lstm_window(a, targs, panel, spec, c, val, setups, test, mdir, name, export=is_test, daily=daily)
@@ -749,19 +826,18 @@ def main(argv=None) -> dict:
                 data[(c, h)]["z"]["lstm_hourly"] = (z, s)
             print(f"  h={h}: {n_win} origins, baselines {time.time() - tb:.0f}s", flush=True)
 
-    if not a.rescore:
-        save_arrays(out / "forecasts.npz", data)
+    save_arrays(out / "forecasts.npz", data)  # (a --rescore may have added the graphs' transformed outputs)
     result = {"panel": str(a.panel), "freq": freq, "series": len(panel.ids), "periods": T,
               "first_period": str(panel.index[0]), "last_period": str(panel.index[-1]),
               "test_periods": test, "test_window": [str(panel.index[test_start]), str(panel.index[-1])],
               "cv_cutoffs": [str(panel.index[c]) for c in folds_c], "open_hours": a.open_hours if freq == "H" else None,
-              "events": a.events, "timezone": a.timezone if freq == "H" else None, "daily_panel": a.daily_panel, "mase_season": None, "baseline_history": bhist, "model": name, "spec": spec.to_json(),
+              "events": a.events, "timezone": a.timezone if freq == "H" else None, "daily_panel": a.daily_panel, "coverage_recal": a.coverage_recal, "mase_season": None, "baseline_history": bhist, "model": name, "spec": spec.to_json(),
               "trained": trained, "setups": []}
     for h, step in setups:
         d = data[(test_start, h)]
         folds = [data[(c, h)] for c in folds_c]
         if folds:
-            label, src, b, w, c, table, cv_cov = choose(folds, stat_names, base_names)
+            label, src, b, w, c, table, cv_cov = choose(folds, stat_names, base_names, a.coverage_recal)
         else:
             label, src, b, w, c, table, cv_cov = "lstm", "lstm", None, 1.0, np.ones(len(LEVELS)), [], None
         models = {}
@@ -866,7 +942,9 @@ def report(r: dict, a) -> str:
              f"({r['test_window'][0]} .. {r['test_window'][1]}), never seen in training, validation, "
              "model choice or calibration. Event calendar: "
              + (f"`{Path(r['events']).name}`." if r["events"] else "none.")
-             + (f" Hourly cells scored: `{r['open_hours']}`." if f == "H" else ""), "",
+             + (f" Hourly cells scored: `{r['open_hours']}`; clock: `{r['timezone'] or 'UTC'}`"
+                + (" (the store's wall clock read as UTC)" if (r["timezone"] or "UTC") == "UTC" else "") + "."
+                if f == "H" else ""), "",
              f"Model: `{r['model']}` — " + (f"the daily model trained on `{Path(r['daily_panel']).name}`, its "
                                             "weekly-total heads answering weeks 1-4: " if r.get("daily_panel") else "")
              + f"LSTM(hidden={tr.get('hyper', {}).get('hidden')}) over a context of "
@@ -886,10 +964,13 @@ def report(r: dict, a) -> str:
              + (f"{len(r['cv_cutoffs'])} earlier windows (cut-offs {', '.join(r['cv_cutoffs'])}), each with "
                 "its own LSTM trained only on data before it: the raw LSTM or a quantile average of it with "
                 "one statistical model, as it is or with its spread recalibrated (factors cross-fitted across folds); "
-                "the best CV score wins, and when the winner's 80 % interval, pooled over the folds, covers outside "
-                f"{COV80[0]:.2f}–{COV80[1]:.2f}, its recalibrated form ships unless that scores more than "
-                f"{RECAL_TOLERANCE:g} worse. A graph's own output is recalibrated in its transformed space, and the "
-                "factors are multiplied into the graph's calibration, so the sidecar serves them." if r["cv_cutoffs"] else
+                "the best CV score wins (a tie keeps the candidate as it is)"
+                + (f"; when the winner's 80 % interval, pooled over the folds, covers outside "
+                   f"{COV80[0]:.2f}–{COV80[1]:.2f} and the cross-fitted factors bring the folds nearer 0.80, its "
+                   f"recalibrated form ships unless that scores more than {RECAL_TOLERANCE:g} worse "
+                   "(`--coverage-recal`)" if r.get("coverage_recal") else "")
+                + ". A graph's own output is recalibrated in its transformed space and the factors are multiplied "
+                "into the graph's calibration, so the sidecar serves them." if r["cv_cutoffs"] else
                 "no earlier windows (too little history): the raw LSTM with its validation calibration."),
              "", "## Results", "",
              "| setup | origins × cells | lstm method | lstm MASE / best | lstm wQL / best | lstm cov80 | target |",

@@ -26,14 +26,19 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 "$repo/forecaster/train/setup_venv.sh"
 py=${SHARDCAST_VENV:-$repo/.venv}/bin/python
 out=${OUT:-/tmp/shardcast-eval}
-data=$repo/data/online_retail
+data=data/online_retail  # relative to the repo (cd below): eval_dev.json names no machine's paths
 note="Online Retail II shard panel (UCI, CC BY 4.0; 14 shards = region × category, target = invoice lines per"
 cd "$repo"
 common=(--id-col shard_id --target-col lines --events "$data/events.csv")
 bt=forecaster/train/backtest.sh
 intro=$(cat forecaster/train/eval_intro.md)
-# the data's timestamps are the UK store's wall clock (BST in summer): read them in its zone
-$bt --panel "$data/shard_hourly.csv.gz" --freq H "${common[@]}" --open-hours Sun-Fri:08-17 --timezone Europe/London \
+# the data's timestamps are the UK store's wall clock (BST in summer): read them in its zone (a kept hourly
+# run that was trained before the zone was read is re-scored on the clock it was trained on: UTC = wall clock)
+tz=Europe/London
+if [ ${#rescore_h[@]} -gt 0 ]; then
+  tz=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("timezone") or "UTC")' "$out/hourly/eval.json")
+fi
+$bt --panel "$data/shard_hourly.csv.gz" --freq H "${common[@]}" --open-hours Sun-Fri:08-17 --timezone "$tz" \
   --name shardcast_hourly --out "$out/hourly" "${rescore_h[@]}" --data-note "$note hour; data/online_retail/shard_hourly.csv.gz)"
 # daily: D h=1 may also be answered by the hourly models' 24-hour totals (the CV chooses)
 $bt --panel "$data/shard_daily.csv.gz" --freq D "${common[@]}" --hourly-run "$out/hourly" \
