@@ -66,22 +66,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import (FREQS, QUANTILES, Z_MAX, FeatureSpec, Prepared, load_panel, metric_table,  # noqa: E402
-                    open_hours_mask, seasonal_mae, set_threads)
+from common import FREQS, FeatureSpec, Prepared, load_panel, open_hours_mask, seasonal_mae, set_threads  # noqa: E402
 
 set_threads()
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-LEVELS = list(QUANTILES)
+from backtest_report import UNIT, report  # noqa: E402,F401
+from choice import (COV80, LEVELS, MASE_RATIO, WQL_RATIO, bake_spread, best_of, choose, combine,  # noqa: E402,F401
+                    fit_spread, forecast, from_z, graph_edits, pooled_cov80, score, source, spread, spread_z)
 TEST_DEFAULT = {"H": 28 * 24, "D": 28, "W": 13, "M": 12}
 SETUPS = {"H": [(1, 1), (24, 24)], "D": [(1, 1), (7, 1)], "W": [(1, 1), (4, 1)], "M": [(1, 1), (12, 1)]}
 SF_ALIAS = {"H": "h", "D": "D", "W": "7D", "M": "MS"}
-UNIT = {"H": "hour", "D": "day", "W": "week", "M": "month"}
 MASE_SEASON = {"H": 24, "D": 7, "W": 52, "M": 12}
-MASE_RATIO, WQL_RATIO = 0.90, 0.95
-COV80 = (0.77, 0.83)
 
 
 class BacktestError(SystemExit):
@@ -443,15 +441,6 @@ def cells(panel, cutoff: int, h: int, step: int, n_win: int, hours: np.ndarray):
     return y, m
 
 
-def score(y, q, m, scale) -> dict:
-    S = y.shape[0]
-    mm = m & np.isfinite(q).all(-1)
-    r = metric_table(y.reshape(S, -1), np.nan_to_num(q).reshape(S, -1, q.shape[-1]), LEVELS, scale,
-                     mm.reshape(S, -1))
-    return {"mase": r["MASE"], "wql": r["wQL"], "cov80": r["cov80"], "cov98": r["cov98"], "smape": r["sMAPE"],
-            "n": r["n"]}
-
-
 def mase_scale(panel, cutoff: int, hours: np.ndarray) -> np.ndarray:
     """In-sample seasonal-naive MAE per series over the observed, counted periods before ``cutoff``."""
     m = MASE_SEASON[panel.freq]
@@ -461,232 +450,6 @@ def mase_scale(panel, cutoff: int, hours: np.ndarray) -> np.ndarray:
         m = 1
     out = seasonal_mae(panel.y[:, :cutoff], m, obs & np.roll(obs, m, axis=1))
     return np.where(np.isfinite(out), out, 1.0)
-
-
-def spread(q: np.ndarray, c: np.ndarray) -> np.ndarray:
-    mi = LEVELS.index(0.5)
-    med = q[..., mi:mi + 1]
-    return np.maximum(med + c * (q - med), 0.0)
-
-
-def from_z(z: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """A graph's transformed quantiles back in demand units (its ``inverse``; ``s`` = scale x head length)."""
-    return np.maximum(s[..., None] * (np.exp(np.minimum(z, Z_MAX)) - 1.0), 0.0)
-
-
-def spread_z(z: np.ndarray, s: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Spread factors applied in a graph's transformed space: what multiplying its calibration by ``c`` serves."""
-    mi = LEVELS.index(0.5)
-    med = z[..., mi:mi + 1]
-    return from_z(med + c * (z - med), s)
-
-
-def fit_spread(y: np.ndarray, q: np.ndarray, m: np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
-    """Per-level factors on the spread around the median so that CV miss rates match the levels.
-
-    With ``s``, ``q`` is a graph's transformed output and the factors apply there (``spread_z``)."""
-    mi = LEVELS.index(0.5)
-    grid = np.exp(np.linspace(np.log(0.25), np.log(5.0), 121))
-    c = np.ones(len(LEVELS))
-    ok = m & np.isfinite(q).all(-1)
-    yy, qq = y[ok], q[ok]
-    if len(yy) < 50:
-        return c
-    med = qq[:, mi:mi + 1]
-    for i, tau in enumerate(LEVELS):
-        if i == mi:
-            continue
-        cand = med + grid[None, :] * (qq[:, i:i + 1] - med)
-        if s is None:
-            cand = np.maximum(cand, 0.0)
-        else:
-            cand = np.maximum(s[ok][:, None] * (np.exp(np.minimum(cand, Z_MAX)) - 1.0), 0.0)
-        miss = (yy[:, None] < cand).mean(0) if tau < 0.5 else (yy[:, None] > cand).mean(0)
-        target = tau if tau < 0.5 else 1 - tau
-        c[i] = grid[np.argmin(np.abs(miss - target))]
-    for i in range(mi + 2, len(LEVELS)):
-        c[i] = max(c[i], c[i - 1])
-    for i in range(mi - 2, -1, -1):
-        c[i] = max(c[i], c[i + 1])
-    return c
-
-
-def toward_band(y, q, m, s, c: np.ndarray) -> np.ndarray:
-    """The least move from the calibration the forecast has (factors 1) toward ``c`` that brings the 80 %
-    coverage of these cells inside the target band, ``BAND_MARGIN`` from its edge: ``c ** alpha``, the smallest
-    alpha.
-
-    The folds are few and their coverage noisy, and it does not carry over whole: a full refit to 0.80 on two
-    autumn folds took the hourly 24-step intervals from 0.81 to 0.75 on the test window. The band is what is
-    asked, so the validation calibration moves only as far as the folds say it must."""
-    ok = m & np.isfinite(q).all(-1)
-    yy, qq = y[ok], q[ok]
-    ss = None if s is None else s[ok]
-    lo, hi = LEVELS.index(0.1), LEVELS.index(0.9)
-    want = (COV80[0] + BAND_MARGIN, COV80[1] - BAND_MARGIN)
-    for alpha in np.linspace(0.0, 1.0, 51):
-        ca = c ** alpha
-        f = spread(qq, ca) if ss is None else spread_z(qq, ss, ca)
-        cov = ((yy >= f[:, lo]) & (yy <= f[:, hi])).mean()
-        if want[0] <= cov <= want[1]:
-            return ca
-    return c
-
-
-def candidates(stat_names: list[str], sources: list[str]):
-    for src in sources:
-        yield (src, src, None, 1.0)
-        for b in stat_names:
-            for w in (0.25, 0.5, 0.75):
-                yield (f"{w:g}*{src}+{1 - w:g}*{b}", src, b, w)
-
-
-def combine(lstm_q, base_q, b, w):
-    if b is None:
-        return lstm_q
-    bq = base_q[b]
-    return np.where(np.isfinite(bq), w * lstm_q + (1 - w) * np.nan_to_num(bq), lstm_q)
-
-
-def source(d: dict, src: str) -> np.ndarray:
-    return d["lstm"] if src == "lstm" else d["alt"][src]
-
-
-def forecast(d: dict, src: str, b, w, c) -> np.ndarray:
-    """A candidate's quantiles: a graph's own output recalibrated in its transformed space (what the sidecar
-    serves once the factors are in the graph), a combination's in demand units."""
-    if np.allclose(c, 1.0):
-        return combine(source(d, src), d["base"], b, w)
-    if b is None and src in d.get("z", {}):
-        z, s = d["z"][src]
-        return spread_z(z, s, c)
-    return spread(combine(source(d, src), d["base"], b, w), c)
-
-
-def criterion(res: dict, best_base: dict) -> float:
-    return max(res["mase"] / (MASE_RATIO * best_base["mase"]), res["wql"] / (WQL_RATIO * best_base["wql"]))
-
-
-def best_of(results: dict, names: list[str]) -> dict:
-    return {k: min(results[n][k] for n in names) for k in ("mase", "wql")}
-
-
-def pooled_cov80(folds: list[dict], qs: list[np.ndarray]) -> float:
-    lo, hi = LEVELS.index(0.1), LEVELS.index(0.9)
-    inside, n = 0, 0
-    for f, q in zip(folds, qs):
-        ok = f["m"] & np.isfinite(q).all(-1)
-        inside += int(((f["y"] >= q[..., lo]) & (f["y"] <= q[..., hi]))[ok].sum())
-        n += int(ok.sum())
-    return inside / max(n, 1)
-
-
-BAND_MARGIN = 0.005  # how far inside the 80 % band a recalibration aims
-DEBUG_CHOICE = False
-RECAL_TOLERANCE = 0.01  # a recalibration may cost this much CV score when the folds' coverage asks for it
-
-
-def choose(folds: list[dict], stat_names: list[str], base_names: list[str], coverage_recal: bool = False):
-    """Pick the candidate and its spread factors on the CV folds; returns (label, src, b, w, c, table).
-
-    Each candidate is scored as it is (the LSTM's own validation calibration) and with spread factors
-    fitted on the *other* folds (cross-fitted, so the refit is judged out of sample; with one fold, on
-    itself). The best score wins; a tie keeps the candidate as it is. Spread factors change the median not at
-    all, so they rarely change a MASE-bound score. With ``coverage_recal`` (``--coverage-recal``): when the
-    winner's 80 % interval, pooled over the folds, covers outside the target band, its recalibrated form
-    ships instead if its cross-fitted coverage is nearer 0.80 than the candidate's own and it scores at most
-    ``RECAL_TOLERANCE`` worse (off by default: on the dev data it fixed one setup and broke three, eval_notes.md).
-    The factors applied to the test window are fitted on every fold."""
-    table = []
-    bests = []
-    for f in folds:
-        base = {n: score(f["y"], f["base"][n], f["m"], f["scale"]) for n in base_names if n in f["base"]}
-        bests.append(best_of(base, list(base)))
-    one = np.ones(len(LEVELS))
-
-    def arrays(f, src, b, w):  # what the spread factors act on, and the multiplier back to demand units
-        if b is None and src in f.get("z", {}):
-            return f["z"][src]
-        return combine(source(f, src), f["base"], b, w), None
-
-    def pooled(arrs, idx):
-        y = np.concatenate([folds[i]["y"].ravel() for i in idx])
-        q = np.concatenate([arrs[i][0].reshape(-1, len(LEVELS)) for i in idx])
-        m = np.concatenate([folds[i]["m"].ravel() for i in idx])
-        s = None if arrs[idx[0]][1] is None else np.concatenate([arrs[i][1].ravel() for i in idx])
-        return toward_band(y, q, m, s, fit_spread(y, q, m, s))
-
-    sources = ["lstm"] + [k for k in folds[0]["alt"] if all(k in f["alt"] for f in folds)]
-    raw_cov = {}
-    for label, src, b, w in candidates(stat_names, sources):
-        if b is not None and any(b not in f["base"] for f in folds):
-            continue
-        arrs = [arrays(f, src, b, w) for f in folds]
-        n = len(folds)
-        raw_cov[label] = pooled_cov80(folds, [combine(source(f, src), f["base"], b, w) for f in folds])
-        for recal in (False, True):
-            crit, dev = [], []
-            for i, f in enumerate(folds):
-                c = pooled(arrs, [j for j in range(n) if j != i] or [i]) if recal else one
-                r = score(f["y"], forecast(f, src, b, w, c), f["m"], f["scale"])
-                crit.append(criterion(r, bests[i]))
-                dev.append(abs(r["cov80"] - 0.80))
-            c_all = pooled(arrs, list(range(n))) if recal else one
-            table.append((float(np.mean(crit)), label + (" (recalibrated)" if recal else ""), src, b, w, c_all,
-                          label, recal, float(np.mean(dev))))
-    # a tie (within float noise: factors in a graph's transformed space move its median by ~1e-6) keeps
-    # the candidate as it is
-    table.sort(key=lambda r: (round(r[0], 4), r[7]))
-    pick = table[0]
-    if coverage_recal and not pick[7] and not COV80[0] <= raw_cov[pick[6]] <= COV80[1]:
-        rc = next(t for t in table if t[6] == pick[6] and t[7])
-        # the folds' factors must bring the *other* folds' coverage closer to 0.80 (cross-fitted), not only
-        # their own: on the dev data's peak-season test windows a refit that did not passed its error on
-        if rc[0] <= pick[0] + RECAL_TOLERANCE and rc[8] < pick[8]:
-            pick = rc
-    _, label, src, b, w, c, base_label, _, _ = pick
-    if DEBUG_CHOICE:
-        for t_ in table[:6]:
-            print(f"    cv {t_[1]}: score {t_[0]:.4f}, cross-fitted |cov80 - 0.80| {t_[8]:.4f}", flush=True)
-    return label, src, b, w, c, [(round(t[0], 4), t[1]) for t in table], raw_cov[base_label]
-
-
-def bake_spread(src_dir: Path, name: str, out_dir: Path, prep: Prepared, cutoff: int, edits: list[dict]) -> dict:
-    """Write the graph ``src_dir/name`` into ``out_dir`` with the CV's spread factors multiplied into its
-    calibration (``edits``: head ``steps`` or ``aggs``, the rows it owns, the factors per level), so that the
-    sidecar, which runs the graph alone, serves the recalibrated forecast. Returns the record kept in the
-    model's contract (``trained.spread_recalibration``)."""
-    import parity
-    import train
-
-    members, calib = parity.load_members(src_dir / f"{name}.weights.npz")
-    meta = json.loads((src_dir / f"{name}.json").read_text())
-    spec = FeatureSpec.from_json(meta["spec"])
-    calib = {k: np.array(v, np.float32) for k, v in calib.items()}
-    record = list(meta["trained"].get("spread_recalibration", []))
-    for e in edits:
-        calib[e["head"]][e["rows"]] *= np.asarray(e["factors"], np.float32)[None, :]
-        record.append({"head": e["head"], "rows": e["rows"], "factors": e["factors"], "by": e["by"]})
-    trained = dict(meta["trained"], spread_recalibration=record)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train.write_artifacts(out_dir, name, spec, members, calib, trained, prep, cutoff)
-    return {"model": name, "edits": record}
-
-
-def graph_edits(result_setups: list[dict], src: str, head: str, rows_of) -> list[dict]:
-    """The spread factors that setups answered by graph source ``src`` chose, each on the rows it owns: a
-    shorter horizon keeps the rows it shares with a longer one (the 1-step setup owns step 1)."""
-    edits, taken = [], set()
-    for s in sorted(result_setups, key=lambda s: s["horizon"]):
-        lm = s["lstm_method"]
-        if lm["source"] != src or not lm["in_graph"] or all(abs(x - 1) < 1e-9 for x in lm["spread_factors"]):
-            continue
-        rows = [r for r in rows_of(s["horizon"]) if r not in taken]
-        taken |= set(rows)
-        if rows:
-            edits.append({"head": head, "rows": rows, "factors": lm["spread_factors"],
-                          "by": f"{s['freq']} h={s['horizon']}"})
-    return edits
 
 
 def load_arrays(path: Path, windows, setups, test: int) -> dict:
@@ -903,6 +666,10 @@ def main(argv=None) -> dict:
         hr_spec = FeatureSpec.from_json(hr["spec"])
         j24 = [i for i, (st, n) in enumerate(hr_spec.aggregates) if st == 0 and n == 24]
         edits = graph_edits(result["setups"], "lstm_hourly", "aggs", lambda h: j24)
+        if (mdir / "hourly").exists():  # an earlier choice's graph must not outlive it
+            import shutil
+
+            shutil.rmtree(mdir / "hourly")
         if edits:
             hdir = Path(a.hourly_run) / "models"
             hcut = len(hpanel.index) - hr["test_periods"]
@@ -921,95 +688,6 @@ def main(argv=None) -> dict:
         Path(a.report).write_text(text)
     print(text)
     return result
-
-
-def describe_data(r: dict, a) -> str:
-    note = a.data_note or f"`{Path(r['panel']).name}`"
-    return (f"{note}: {r['series']} series × {r['periods']} {UNIT[r['freq']]}s "
-            f"({r['first_period']} .. {r['last_period']}).")
-
-
-def report(r: dict, a) -> str:
-    f = r["freq"]
-    unit = UNIT[f]
-    tr = r["trained"] or {}
-    mem = tr.get("members", [{}])[0]
-    grain = {"H": "hourly", "D": "daily", "W": "weekly", "M": "monthly"}[f]
-    lines = [f"# {a.title or f'Forecaster backtest, {grain}'}", "",
-             f"Written by `forecaster/train/backtest.sh` on {dt.date.today().isoformat()} ({r['seconds']:.0f} s). "
-             "Do not edit by hand: re-run it.", "",
-             "Data: " + describe_data(r, a) + f" Test window: the final {r['test_periods']} {unit}s "
-             f"({r['test_window'][0]} .. {r['test_window'][1]}), never seen in training, validation, "
-             "model choice or calibration. Event calendar: "
-             + (f"`{Path(r['events']).name}`." if r["events"] else "none.")
-             + (f" Hourly cells scored: `{r['open_hours']}`; clock: `{r['timezone'] or 'UTC'}`"
-                + (" (the store's wall clock read as UTC)" if (r["timezone"] or "UTC") == "UTC" else "") + "."
-                if f == "H" else ""), "",
-             f"Model: `{r['model']}` — " + (f"the daily model trained on `{Path(r['daily_panel']).name}`, its "
-                                            "weekly-total heads answering weeks 1-4: " if r.get("daily_panel") else "")
-             + f"LSTM(hidden={tr.get('hyper', {}).get('hidden')}) over a context of "
-             f"{r['spec']['context']} {UNIT[r['spec']['freq']]}s, seasonal lag channels {r['spec']['periods'] or 'none'}, "
-             f"{r['spec']['horizon']}-step quantile heads; best validation step {mem.get('best_step')} of "
-             f"{mem.get('steps_run')} run (early stopping, most {tr.get('hyper', {}).get('steps')}), refitted on "
-             f"every target before the test window. Exported to ONNX and scored through ONNX Runtime.", "",
-             "Protocol: rolling origin over the test window; baselines (statsforecast) fitted on the history "
-             "before the window" + (f" (ETS/Theta: the last {r['baseline_history']} {unit}s)" if r["baseline_history"]
-                                    else "") + " and rolled forward without refitting; intervals read as 9 "
-             "quantile levels. "
-             f"MASE = mean over series of MAE(p50) / in-sample seasonal-naive MAE (season {r['mase_season']}, "
-             "pre-test data); wQL = mean over the 2.5/10/50/90/97.5 % levels of 2·Σpinball/Σ|y|; coverage = "
-             "share of cells inside [p10, p90] and [p1, p99]. Every method is scored on the same cells; a "
-             "series' cells before its first observation are never scored.", "",
-             "`lstm` is the shipped forecast, chosen by rolling-origin CV on "
-             + (f"{len(r['cv_cutoffs'])} earlier windows (cut-offs {', '.join(r['cv_cutoffs'])}), each with "
-                "its own LSTM trained only on data before it: the raw LSTM or a quantile average of it with "
-                "one statistical model, as it is or with its spread recalibrated (factors cross-fitted across folds); "
-                "the best CV score wins (a tie keeps the candidate as it is)"
-                + (f"; when the winner's 80 % interval, pooled over the folds, covers outside "
-                   f"{COV80[0]:.2f}–{COV80[1]:.2f} and the cross-fitted factors bring the folds nearer 0.80, its "
-                   f"recalibrated form ships unless that scores more than {RECAL_TOLERANCE:g} worse "
-                   "(`--coverage-recal`)" if r.get("coverage_recal") else "")
-                + ". A graph's own output is recalibrated in its transformed space and the factors are multiplied "
-                "into the graph's calibration, so the sidecar serves them." if r["cv_cutoffs"] else
-                "no earlier windows (too little history): the raw LSTM with its validation calibration."),
-             "", "## Results", "",
-             "| setup | origins × cells | lstm method | lstm MASE / best | lstm wQL / best | lstm cov80 | target |",
-             "|---|---|---|---|---|---|---|"]
-    for s in r["setups"]:
-        t = s["target"]
-        L = s["models"]["lstm"]
-        lines.append(f"| {f} h={s['horizon']} | {s['origins']} × {s['cells']} | {s['lstm_method']['chosen']} | "
-                     f"{L['mase']:.3f} / {s['models'][t['best_baseline']['mase']]['mase']:.3f} "
-                     f"({t['mase_ratio']:.3f}, {t['best_baseline']['mase']}) | "
-                     f"{L['wql']:.3f} / {s['models'][t['best_baseline']['wql']]['wql']:.3f} "
-                     f"({t['wql_ratio']:.3f}, {t['best_baseline']['wql']}) | {L['cov80']:.3f} | "
-                     f"{'met' if t['met'] else 'not met'} |")
-    lines += ["", f"Target: MASE ≤ {MASE_RATIO:.2f}× and wQL ≤ {WQL_RATIO:.2f}× of the best baseline, "
-              f"80 % coverage in {COV80[0]:.2f}–{COV80[1]:.2f}.", ""]
-    for g in r.get("graph_recalibration", []):
-        lines += [f"Served graph `{g['model']}`: " + "; ".join(
-            f"the spread factors of {e['by']} multiplied into its {'per-step' if e['head'] == 'steps' else 'aggregate'} "
-            f"calibration ({'steps' if e['head'] == 'steps' else 'heads'} {', '.join(str(x + 1) if e['head'] == 'steps' else str(x) for x in e['rows'])}): "
-            + " ".join(f"{x:.2f}" for x in e["factors"]) for e in g["edits"]) + ".", ""]
-    for s in r["setups"]:
-        lines += [f"## {f} h={s['horizon']}", "",
-                  f"{s['origins']} origins (every {s['origin_step']} {unit}s), {s['cells']} scored cells, targets "
-                  f"{s['targets'][0]} .. {s['targets'][1]}. `lstm` = {s['lstm_method']['chosen']}.", "",
-                  "| method | MASE | wQL | 80 % cov. | 98 % cov. |", "|---|---|---|---|---|"]
-        for n, m in list(s["models"].items()) + list(s["variants"].items()):
-            lines.append(f"| {n} | {m['mase']:.3f} | {m['wql']:.3f} | {m['cov80']:.3f} | {m['cov98']:.3f} |")
-        if s["lstm_method"].get("cv_cov80_as_is") is not None:
-            lines += ["", f"80 % coverage of the chosen candidate as it is, pooled over the CV folds: "
-                      f"{s['lstm_method']['cv_cov80_as_is']:.3f}."]
-        if s["lstm_method"]["cv_table"]:
-            lines += ["", "CV score of the best candidates (max of MASE/(0.90·best) and wQL/(0.95·best), "
-                      "mean over folds; < 1 meets both): "
-                      + "; ".join(f"{lab} {v:.3f}" for v, lab in s["lstm_method"]["cv_table"][:4]) + "."]
-        lines.append("")
-    text = "\n".join(lines)
-    if a.notes and Path(a.notes).exists():
-        text += "\n" + Path(a.notes).read_text()
-    return text
 
 
 if __name__ == "__main__":

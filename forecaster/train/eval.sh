@@ -5,21 +5,22 @@
 # shardcast_hourly / shardcast_daily; `--ship` copies them into forecaster/models/
 # (then run the parity tests). About 20-30 minutes on 2 cores.
 #
-#   forecaster/train/eval.sh [--ship] [--rescore-hourly]   # OUT=/tmp/dir keeps the runs elsewhere
+#   forecaster/train/eval.sh [--ship] [--rescore-hourly | --rescore]   # OUT=/tmp/dir keeps the runs elsewhere
 #
-# --rescore-hourly keeps the hourly run already in OUT (trained by this script with the
-# same data and flags) and only re-runs its choice and scoring (backtest --rescore); the
-# hourly training is most of the time.
+# --rescore-hourly keeps the hourly run already in OUT (made by this script's command) and
+# only re-runs its choice and scoring (backtest --rescore): the hourly training is most of
+# the time. --rescore does that for every run in OUT (seconds).
 #
 # Monthly is not run: the data holds 24 months, and a 12-month test window with a
 # 12-month validation window leaves no training history.
 set -euo pipefail
-ship=0 rescore_h=()
+ship=0 rescore_h=() rescore_dw=()
 for arg in "$@"; do
   case $arg in
     --ship) ship=1 ;;
     --rescore-hourly) rescore_h=(--rescore) ;;
-    *) echo "eval.sh: unknown flag $arg (use --ship, --rescore-hourly)" >&2; exit 2 ;;
+    --rescore) rescore_h=(--rescore) rescore_dw=(--rescore) ;;
+    *) echo "eval.sh: unknown flag $arg (use --ship, --rescore-hourly, --rescore)" >&2; exit 2 ;;
   esac
 done
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,10 +43,11 @@ $bt --panel "$data/shard_hourly.csv.gz" --freq H "${common[@]}" --open-hours Sun
   --name shardcast_hourly --out "$out/hourly" "${rescore_h[@]}" --data-note "$note hour; data/online_retail/shard_hourly.csv.gz)"
 # daily: D h=1 may also be answered by the hourly models' 24-hour totals (the CV chooses)
 $bt --panel "$data/shard_daily.csv.gz" --freq D "${common[@]}" --hourly-run "$out/hourly" \
-  --name shardcast_daily --out "$out/daily" --data-note "$note day; data/online_retail/shard_daily.csv.gz)"
-# weekly: the daily model's weekly-total heads (7x the training samples of a weekly model)
+  --name shardcast_daily --out "$out/daily" "${rescore_dw[@]}" --data-note "$note day; data/online_retail/shard_daily.csv.gz)"
+# weekly: the daily model's weekly-total heads (7x the training samples of a weekly model); 4 CV folds
+# (a weekly model is cheap) reach back to the previous autumn, the season of the test window
 $bt --panel "$data/shard_weekly.csv.gz" --daily-panel "$data/shard_daily.csv.gz" --freq W "${common[@]}" \
-  --name shardcast_weekly_from_daily --out "$out/weekly" \
+  --name shardcast_weekly_from_daily --out "$out/weekly" --cv-folds 4 "${rescore_dw[@]}" \
   --data-note "$note Monday-based week; data/online_retail/shard_weekly.csv.gz, with shard_daily.csv.gz for the daily model)"
 "$py" forecaster/train/merge_eval.py "$out/hourly" "$out/daily" "$out/weekly" \
   --title "Forecaster evaluation (dev data: Online Retail II)" --intro "$intro" \
