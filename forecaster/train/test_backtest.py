@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 BACKTEST = HERE / "backtest.sh"
 TRAIN = HERE / "train.py"
 FAST = ["--steps", "24", "--eval-every", "8", "--patience", "0", "--cv-folds", "0"]
-CV_FREQS = {"D"}  # one frequency also runs the CV selection (one earlier fold): the rest skip it for speed
+CV_FREQS = {"D", "M"}  # these also run the CV selection (one earlier fold): the rest skip it for speed
 
 # (frequency, periods in the panel, --test-periods, baselines expected, horizons)
 CASES = {
@@ -61,7 +61,8 @@ def test_end_to_end(freq, tmp_path):
     out = tmp_path / "out"
     r = run(["--panel", str(panel), "--freq", freq, "--id-col", "store", "--time-col", "when",
              "--target-col", "sales", "--test-periods", str(test), "--out", str(out), *FAST,
-             *(["--cv-folds", "1"] if freq in CV_FREQS else [])])
+             *(["--cv-folds", "1"] if freq in CV_FREQS else []),
+             *(["--coverage-recal"] if freq == "M" else [])])
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     ev = json.loads((out / "eval.json").read_text())
     text = (out / "EVAL.md").read_text()
@@ -84,6 +85,16 @@ def test_end_to_end(freq, tmp_path):
     assert (out / "models" / f"backtest_{freq.lower()}.onnx").exists()
     assert ev["events"] is None
     assert len(ev["cv_cutoffs"]) == (1 if freq in CV_FREQS else 0)
+    assert ev["coverage_recal"] == (freq == "M")
+    # spread factors chosen for the graph's own output are in the shipped graph, and scored as served
+    baked = [s for s in ev["setups"] if s["lstm_method"]["in_graph"]
+             and any(abs(x - 1) > 1e-9 for x in s["lstm_method"]["spread_factors"])]
+    meta = json.loads((out / "models" / f"backtest_{freq.lower()}.json").read_text())
+    assert bool(ev["graph_recalibration"]) == bool(baked)
+    assert len(meta["trained"].get("spread_recalibration", [])) == (len(ev["graph_recalibration"][0]["edits"])
+                                                                     if baked else 0)
+    for s in ev["setups"]:
+        assert ("lstm_served" in s["variants"]) == bool(baked)
 
 
 def test_late_series_history_is_not_zero_filled(tmp_path):
