@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
-use shardcast_forecaster::engine::{Engine, EngineConfig, ForecastHandle};
+use shardcast_forecaster::engine::{Engine, EngineConfig, ForecastHandle, RefreshBudget};
 use shardcast_forecaster::feeds::{self, FeedSource, FeedSpec, Signals};
 use shardcast_forecaster::metrics::Metrics;
 use shardcast_forecaster::service::seed_history;
@@ -83,6 +83,7 @@ fn engine(store: Arc<Store>, signals: Signals, threads: usize) -> Engine {
             cycle: Duration::from_secs(10),
             retry_load: Duration::from_secs(60),
             clock: shardcast_forecaster::time::Clock::real(),
+            refresh: RefreshBudget::unbounded(),
         },
         store,
         Arc::new(ArcSwap::from_pointee(signals)),

@@ -42,11 +42,22 @@ pub struct ModelStatus {
     pub contract: String,
     pub loaded: bool,
     pub detail: String,
-    /// Whether this cycle reused the outputs of an earlier run.
+    /// Whether this cycle served only outputs of earlier runs (it ran no
+    /// row of this model).
     pub cached: bool,
+    /// Rows (shards) this model re-ran in this cycle.
     pub rows: usize,
-    /// Wall time of the last `session.run` (ms).
+    /// Wall time of this cycle's `session.run`s (ms); `None` when the
+    /// model did not run.
     pub run_ms: Option<f64>,
+    /// Shards whose served answer predates their current inputs (the model
+    /// re-runs them in the next cycles, within its budget).
+    #[serde(default)]
+    pub stale: usize,
+    /// How far the oldest model answer served lags the current origin, in
+    /// seconds (0: every answer is for the current origin).
+    #[serde(default)]
+    pub lag_s: u64,
 }
 
 /// Health of a feed as the last forecast saw it.
