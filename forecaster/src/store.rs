@@ -107,14 +107,20 @@ impl Ring {
 
     /// Copy buckets `[from, from + out.len())` into `out`, 0 where absent.
     pub fn copy_into(&self, from: i64, out: &mut [f64]) {
-        let start = self.start();
-        for (i, o) in out.iter_mut().enumerate() {
-            let b = from + i as i64;
-            *o = if b < start || b >= self.end {
-                0.0
-            } else {
-                f64::from(self.vals[(b - start) as usize])
-            };
+        out.fill(0.0);
+        // The retained part of the window, copied slice by slice (the
+        // planning cycle copies ~900 hours of every shard it re-runs).
+        let to = from + out.len() as i64;
+        let (lo, hi) = (from.max(self.start()), to.min(self.end));
+        if lo >= hi {
+            return;
+        }
+        let (a, b) = self.vals.as_slices();
+        let skip = (lo - self.start()) as usize;
+        let dst = &mut out[(lo - from) as usize..(hi - from) as usize];
+        let src = a.iter().chain(b).skip(skip);
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = f64::from(v);
         }
     }
 
@@ -572,6 +578,28 @@ mod tests {
         // backfill inside the window
         assert!(r.add(98, 1.0));
         assert_eq!((r.start(), r.len()), (98, 3));
+    }
+
+    #[test]
+    fn copy_into_is_get_over_the_window() {
+        // A ring that wrapped (its deque is in two slices) and was extended
+        // backwards.
+        let mut r = Ring::new(10);
+        for b in 0..25 {
+            r.add(b, b as f32);
+        }
+        r.add(30, 30.0);
+        assert_eq!((r.start(), r.end()), (21, 31));
+        for from in 15..35 {
+            for len in [0usize, 1, 3, 10, 20] {
+                let mut out = vec![-1.0; len];
+                r.copy_into(from, &mut out);
+                let want: Vec<f64> = (0..len as i64)
+                    .map(|i| f64::from(r.get(from + i)))
+                    .collect();
+                assert_eq!(out, want, "from {from} len {len}");
+            }
+        }
     }
 
     #[test]

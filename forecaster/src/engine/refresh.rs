@@ -29,11 +29,19 @@ use crate::model::OnnxModel;
 use crate::store::Store;
 use crate::time::Zone;
 
-/// Rows per `session.run`. ONNX Runtime's LSTM and heads spend ~20 % less
-/// CPU per row on chunks of 1–2.5k rows than on one batch of 10k (their
-/// working set stays in cache), and a chunk is the unit the budget is
-/// checked against.
-pub const CHUNK_ROWS: usize = 2048;
+/// Most rows per `session.run`. ONNX Runtime's LSTM and heads spend ~20 %
+/// less CPU per row on chunks of 1–2.5k rows than on one batch of 10k
+/// (their working set stays in cache), and a chunk is the unit the budget
+/// is checked against.
+pub const CHUNK_ROWS: usize = 1024;
+
+/// Fewest rows per chunk when a budget applies: the first chunk of a cycle
+/// always runs (a refresh always progresses), later ones only when the
+/// budget left fits this many at the measured cost per row.
+const MIN_CHUNK_ROWS: usize = 64;
+
+/// The first chunk of a model with no measured cost yet.
+const PROBE_ROWS: usize = 256;
 
 /// How much model work one planning cycle may do.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -122,6 +130,9 @@ pub(super) struct Slot {
     pub lag_periods: i64,
     /// When the current backlog began (for the refresh-time metric).
     pub backlog_since: Option<Instant>,
+    /// Wall seconds per row of the latest chunks (features + run), as this
+    /// machine runs them now: sizes chunks to the budget left.
+    row_cost: Option<f64>,
 }
 
 impl Slot {
@@ -149,6 +160,7 @@ impl Slot {
             stale: 0,
             lag_periods: 0,
             backlog_since: None,
+            row_cost: None,
         }
     }
 
@@ -264,14 +276,25 @@ impl Slot {
         let mut run_s = 0.0;
         while next < queue.len() {
             let cap = cx.max_rows.map_or(usize::MAX, |m| m.saturating_sub(self.rows));
-            let over = cx.deadline.is_some_and(|d| Instant::now() >= d);
-            if cap == 0 || (over && self.rows > 0) {
+            let mut n = CHUNK_ROWS.min(cap).min(queue.len() - next);
+            if let Some(d) = cx.deadline {
+                // As many rows as the budget left fits at the cost measured.
+                let left = d.saturating_duration_since(Instant::now()).as_secs_f64();
+                let fit = self.row_cost.map_or(PROBE_ROWS, |c| (left / c) as usize);
+                if self.rows > 0 && fit < MIN_CHUNK_ROWS {
+                    break;
+                }
+                n = n.min(fit.max(MIN_CHUNK_ROWS));
+            }
+            if n == 0 {
                 break;
             }
-            let n = CHUNK_ROWS.min(cap).min(queue.len() - next);
             let chunk: Vec<&(Arc<str>, u64, usize)> =
                 queue[next..next + n].iter().map(|&i| &shards[i]).collect();
+            let t = Instant::now();
             let out = self.run_chunk(cx, origin, &chunk, metrics, &levels);
+            let per_row = t.elapsed().as_secs_f64() / n as f64;
+            self.row_cost = Some(self.row_cost.map_or(per_row, |c| (c + per_row) / 2.0));
             run_s += out.run_s;
             for (j, (horizons, stamp)) in out.answers.into_iter().enumerate() {
                 let key = self.key(origin, feeds, stamp);
