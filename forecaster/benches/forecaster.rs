@@ -214,6 +214,34 @@ fn inference(c: &mut Criterion) {
                 set
             })
         });
+        // CPU time per cycle of each kind (this process, all threads): robust
+        // to other load on the shared machine, unlike wall time.
+        let mut cpu_per = |what: &str,
+                           f: &mut dyn FnMut(
+            &mut Engine,
+            u64,
+        )
+            -> Arc<shardcast_forecaster::engine::ForecastSet>| {
+            let (cpu0, t0) = (cpu_seconds(), std::time::Instant::now());
+            let mut max_ms = 0.0f64;
+            for k in 0..5 {
+                max_ms = max_ms.max(f(&mut e, k).cycle_ms);
+            }
+            eprintln!(
+                "{label}: {what}: mean wall {:.1} ms, slowest {max_ms:.1} ms, mean CPU {:.1} ms",
+                t0.elapsed().as_secs_f64() * 200.0,
+                (cpu_seconds() - cpu0) * 200.0
+            );
+        };
+        cpu_per("cached cycle", &mut |e, _| e.cycle(now));
+        cpu_per("new hour (hourly re-run)", &mut |e, k| {
+            e.cycle(now + (k as i64 + 1) * 3_600_000)
+        });
+        cpu_per("both models invalidated (both re-run)", &mut |e, _| {
+            e.invalidate();
+            e.cycle(now)
+        });
+        refresh(&mut e, now, "after the CPU runs");
         // CPU time (this process, all threads) of 5 both-model re-runs
         // (to completion): robust to other load on the shared machine.
         let cpu0 = cpu_seconds();

@@ -510,7 +510,12 @@ impl Engine {
             let horizons = self
                 .slots
                 .iter()
-                .flat_map(|s| s.served.get(id).map(|x| x.horizons.clone()).unwrap_or_default())
+                .flat_map(|s| {
+                    s.served
+                        .get(id)
+                        .map(|x| x.horizons.clone())
+                        .unwrap_or_default()
+                })
                 .collect();
             self.assembled.insert(
                 id.to_string(),

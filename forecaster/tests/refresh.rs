@@ -325,7 +325,11 @@ async fn a_staggered_refresh_follows_late_frames_and_feed_changes() {
     b.signals.store(Arc::new(events_signals().await));
     let sets = refresh_all(&mut b.engine, at);
     assert!(sets.len() >= 3, "{} cycles", sets.len());
-    assert!(sets[0].models.iter().all(|m| m.rows == 4), "{:?}", sets[0].models);
+    assert!(
+        sets[0].models.iter().all(|m| m.rows == 4),
+        "{:?}",
+        sets[0].models
+    );
     let mut fresh = rig(store.clone(), events_signals().await, None);
     assert_same_forecasts(sets.last().unwrap(), &fresh.engine.cycle(at));
 }

@@ -275,7 +275,9 @@ impl Slot {
         let mut next = 0;
         let mut run_s = 0.0;
         while next < queue.len() {
-            let cap = cx.max_rows.map_or(usize::MAX, |m| m.saturating_sub(self.rows));
+            let cap = cx
+                .max_rows
+                .map_or(usize::MAX, |m| m.saturating_sub(self.rows));
             let mut n = CHUNK_ROWS.min(cap).min(queue.len() - next);
             if let Some(d) = cx.deadline {
                 // As many rows as the budget left fits at the cost measured.
@@ -523,7 +525,11 @@ impl<'a> Plan<'a> {
             window: cx
                 .events
                 .map(|e| e.window(day_of(first_period), day_of(last_period))),
-            covs: c.covariates.iter().map(|n| cx.signals.covariate(n)).collect(),
+            covs: c
+                .covariates
+                .iter()
+                .map(|n| cx.signals.covariate(n))
+                .collect(),
         }
     }
 
