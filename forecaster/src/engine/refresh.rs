@@ -258,20 +258,20 @@ impl Slot {
             self.lag_periods = 0;
             return changed;
         }
-        // Shards owed a run, without a model answer first, then the busiest.
-        let mut queue: Vec<usize> = (0..shards.len())
-            .filter(|&i| !self.current(&shards[i].0, self.key(origin, feeds, shards[i].1)))
-            .collect();
-        let rank = |i: usize| {
-            self.served
-                .get(&shards[i].0)
-                .map_or((false, 0.0), |s| (s.from_model, s.weight))
-        };
-        queue.sort_by(|&a, &b| {
-            let (ma, wa) = rank(a);
-            let (mb, wb) = rank(b);
-            ma.cmp(&mb).then(wb.total_cmp(&wa)).then(a.cmp(&b))
-        });
+        // Shards owed a run, without a model answer first, then the busiest
+        // (ranked once: a comparator that looked shards up would cost more
+        // than the rest of the bookkeeping at 10k shards).
+        let mut queue: Vec<(bool, f32, usize)> = Vec::new();
+        for (i, (id, stamp, _)) in shards.iter().enumerate() {
+            let key = self.key(origin, feeds, *stamp);
+            match self.served.get(id) {
+                Some(s) if s.done && s.key == key => {}
+                Some(s) => queue.push((s.from_model, s.weight, i)),
+                None => queue.push((false, 0.0, i)),
+            }
+        }
+        queue.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+        let queue: Vec<usize> = queue.into_iter().map(|q| q.2).collect();
         let mut next = 0;
         let mut run_s = 0.0;
         while next < queue.len() {
