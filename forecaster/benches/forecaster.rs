@@ -1,6 +1,9 @@
-//! Benchmarks of issue 4: a planning cycle for 10k shards × all horizons
-//! (cold: both models run; warm: inputs unchanged, outputs reused), ingest
-//! throughput (decode + store), and memory per shard (printed).
+//! Benchmarks of the forecaster: a planning cycle for 10k shards × all
+//! horizons, by what re-ran (both models, the hourly model at a new hour,
+//! one shard after a late frame, nothing), with no refresh budget and with
+//! the shipped one (and, printed, how many budgeted cycles a full refresh
+//! takes); ingest throughput (decode + store), and memory per shard
+//! (printed).
 //!
 //! `cargo bench -p shardcast-forecaster` — needs `.venv` (scripts/setup).
 
@@ -11,7 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
-use shardcast_forecaster::engine::{Engine, EngineConfig, ForecastHandle};
+use shardcast_forecaster::engine::{Engine, EngineConfig, ForecastHandle, RefreshBudget};
 use shardcast_forecaster::feeds::{self, FeedSource, FeedSpec, Signals};
 use shardcast_forecaster::metrics::Metrics;
 use shardcast_forecaster::service::seed_history;
@@ -73,7 +76,7 @@ fn store_10k() -> Arc<Store> {
     store
 }
 
-fn engine(store: Arc<Store>, signals: Signals, threads: usize) -> Engine {
+fn engine(store: Arc<Store>, signals: Signals, threads: usize, refresh: RefreshBudget) -> Engine {
     Engine::new(
         EngineConfig {
             hourly_contract: root().join("forecaster/models/shardcast_hourly.json"),
@@ -83,12 +86,30 @@ fn engine(store: Arc<Store>, signals: Signals, threads: usize) -> Engine {
             cycle: Duration::from_secs(10),
             retry_load: Duration::from_secs(60),
             clock: shardcast_forecaster::time::Clock::real(),
+            refresh,
         },
         store,
         Arc::new(ArcSwap::from_pointee(signals)),
         Arc::new(Metrics::default()),
         ForecastHandle::new(),
     )
+}
+
+/// A frame of `requests` for shard `id` over the second starting at `t_ms`.
+fn one_shard_frame(seq: u64, id: &str, t_ms: i64, requests: u64) -> Frame {
+    Frame {
+        v: FRAME_VERSION,
+        source: "late".into(),
+        seq,
+        start_unix_ms: t_ms as u64,
+        interval_ms: 1000,
+        shards: vec![ShardSample {
+            shard: id.into(),
+            requests,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 fn inference(c: &mut Criterion) {
@@ -112,50 +133,130 @@ fn inference(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(SHARDS as u64));
-    for threads in [1usize, 2] {
-        let mut e = engine(store.clone(), signals.clone(), threads);
+    // `intra1`: no budget, every changed shard re-runs in the cycle that
+    // sees the change (the names of the earlier engine's bench, for a side
+    // by side run); `budget120`: the shipped default (refresh_budget_ms = 120).
+    let budgeted = RefreshBudget {
+        per_cycle: Some(Duration::from_millis(120)),
+        max_rows: None,
+        catch_up: Duration::from_secs(1),
+    };
+    for (label, budget) in [
+        ("intra1", RefreshBudget::unbounded()),
+        ("budget120", budgeted),
+    ] {
+        let mut e = engine(store.clone(), signals.clone(), 1, budget);
         let set = e.cycle(now);
         assert_eq!(set.shards.len(), SHARDS);
-        assert!(
-            set.models.iter().all(|m| m.loaded && m.rows == SHARDS),
-            "{:?}",
-            set.models
+        let fallback = |set: &shardcast_forecaster::engine::ForecastSet| {
+            set.shards
+                .values()
+                .flat_map(|s| &s.horizons)
+                .filter(|h| h.is_fallback())
+                .count()
+        };
+        eprintln!(
+            "{label}: first cycle of a new engine (loads both models) {:.1} ms, rows run {} / {}, fallback horizons {}",
+            set.cycle_ms,
+            set.models[0].rows,
+            set.models[1].rows,
+            fallback(&set)
         );
-        let fallback = set
-            .shards
-            .values()
-            .flat_map(|s| &s.horizons)
-            .filter(|h| h.is_fallback())
-            .count();
-        eprintln!("intra_threads={threads}: cold cycle {:.1} ms, hourly run {:.1} ms, daily run {:.1} ms, fallback rows {fallback}",
-            set.cycle_ms, set.models[0].run_ms.unwrap_or(0.0), set.models[1].run_ms.unwrap_or(0.0));
-        g.bench_function(format!("cold_both_models_intra{threads}"), |b| {
+        // Refresh to completion after both models' inputs change.
+        let refresh = |e: &mut Engine, at: i64, what: &str| {
+            let (mut n, mut max_ms, mut sum_ms) = (0, 0.0f64, 0.0);
+            loop {
+                let set = e.cycle(at);
+                n += 1;
+                max_ms = max_ms.max(set.cycle_ms);
+                sum_ms += set.cycle_ms;
+                if e.backlog() == 0 || n > 100 {
+                    eprintln!(
+                        "{label}: {what}: {n} cycles to refresh every shard, slowest {max_ms:.1} ms, total {sum_ms:.0} ms, fallback horizons at the end {}",
+                        fallback(&set)
+                    );
+                    return;
+                }
+            }
+        };
+        refresh(&mut e, now, "after the first cycle");
+        e.invalidate();
+        refresh(&mut e, now, "both models invalidated");
+        refresh(&mut e, now + 3_600_000, "a new hour");
+        refresh(&mut e, now, "back to the first hour");
+        g.bench_function(format!("cold_both_models_{label}"), |b| {
             b.iter(|| {
                 e.invalidate();
                 e.cycle(now)
             })
         });
-        g.bench_function(format!("warm_cached_intra{threads}"), |b| {
-            b.iter(|| e.cycle(now))
-        });
+        refresh(&mut e, now, "after the both-models bench");
+        g.bench_function(format!("warm_cached_{label}"), |b| b.iter(|| e.cycle(now)));
         // A new hour in the same day: only the hourly model re-runs.
         let mut hour = 0i64;
-        g.bench_function(format!("new_hour_hourly_model_only_intra{threads}"), |b| {
+        g.bench_function(format!("new_hour_hourly_model_only_{label}"), |b| {
             b.iter(|| {
                 hour = (hour + 1) % 23;
                 e.cycle(now + hour * 3_600_000)
             })
         });
-        // CPU time (this process, all threads) of 5 cold cycles: robust to
-        // other load on the shared machine, unlike wall time.
+        refresh(&mut e, now, "after the new-hour bench");
+        // A late frame lands in a closed hour of one shard.
+        let ids = store.shard_ids();
+        let mut seq = 0u64;
+        g.bench_function(format!("late_frame_one_shard_{label}"), |b| {
+            b.iter(|| {
+                seq += 1;
+                let id = &ids[seq as usize % ids.len()];
+                store.ingest(&one_shard_frame(seq, id, now - 3_600_000, 5), now);
+                let set = e.cycle(now);
+                assert_eq!(set.models[0].rows, 1);
+                set
+            })
+        });
+        // CPU time per cycle of each kind (this process, all threads): robust
+        // to other load on the shared machine, unlike wall time.
+        let mut cpu_per = |what: &str,
+                           f: &mut dyn FnMut(
+            &mut Engine,
+            u64,
+        )
+            -> Arc<shardcast_forecaster::engine::ForecastSet>| {
+            let (cpu0, t0) = (cpu_seconds(), std::time::Instant::now());
+            let mut max_ms = 0.0f64;
+            for k in 0..5 {
+                max_ms = max_ms.max(f(&mut e, k).cycle_ms);
+            }
+            eprintln!(
+                "{label}: {what}: mean wall {:.1} ms, slowest {max_ms:.1} ms, mean CPU {:.1} ms",
+                t0.elapsed().as_secs_f64() * 200.0,
+                (cpu_seconds() - cpu0) * 200.0
+            );
+        };
+        cpu_per("cached cycle", &mut |e, _| e.cycle(now));
+        cpu_per("new hour (hourly re-run)", &mut |e, k| {
+            e.cycle(now + (k as i64 + 1) * 3_600_000)
+        });
+        cpu_per("both models invalidated (both re-run)", &mut |e, _| {
+            e.invalidate();
+            e.cycle(now)
+        });
+        refresh(&mut e, now, "after the CPU runs");
+        // CPU time (this process, all threads) of 5 both-model re-runs
+        // (to completion): robust to other load on the shared machine.
         let cpu0 = cpu_seconds();
         let t0 = std::time::Instant::now();
         for _ in 0..5 {
             e.invalidate();
-            e.cycle(now);
+            loop {
+                e.cycle(now);
+                if e.backlog() == 0 {
+                    break;
+                }
+            }
         }
         eprintln!(
-            "intra_threads={threads}: 5 cold cycles, mean wall {:.0} ms, mean CPU {:.0} ms",
+            "{label}: 5 both-model re-runs of every shard, mean wall {:.0} ms, mean CPU {:.0} ms",
             t0.elapsed().as_secs_f64() * 200.0,
             (cpu_seconds() - cpu0) * 200.0
         );

@@ -381,6 +381,8 @@ fn one() -> usize {
 struct WirePlanner {
     cycle_s: f64,
     retry_model_s: u64,
+    refresh_budget_ms: u64,
+    refresh_catch_up_s: f64,
 }
 
 impl Default for WirePlanner {
@@ -388,6 +390,8 @@ impl Default for WirePlanner {
         WirePlanner {
             cycle_s: 10.0,
             retry_model_s: 60,
+            refresh_budget_ms: 120,
+            refresh_catch_up_s: 1.0,
         }
     }
 }
@@ -494,6 +498,8 @@ pub struct Config {
     pub onnxruntime_lib: Option<PathBuf>,
     pub intra_threads: usize,
     pub cycle: Duration,
+    /// Model work per cycle (`planner.refresh_budget_ms`, `refresh_catch_up_s`).
+    pub model_budget: crate::engine::RefreshBudget,
     pub retry_model: Duration,
     pub refresh: Duration,
     pub history: Option<HistoryConfig>,
@@ -592,6 +598,21 @@ impl Config {
             err(
                 "model.intra_threads",
                 format!("{} not in 1..=64", w.model.intra_threads),
+            );
+        }
+        if w.planner.refresh_budget_ms > 60_000 {
+            err(
+                "planner.refresh_budget_ms",
+                format!(
+                    "{} not in 0..=60000 (0 = no budget: re-run every changed shard at once)",
+                    w.planner.refresh_budget_ms
+                ),
+            );
+        }
+        if !(w.planner.refresh_catch_up_s >= 0.05 && w.planner.refresh_catch_up_s <= 3600.0) {
+            err(
+                "planner.refresh_catch_up_s",
+                format!("{} not in 0.05..=3600", w.planner.refresh_catch_up_s),
             );
         }
         if !(w.planner.cycle_s >= 0.1 && w.planner.cycle_s <= 3600.0) {
@@ -878,6 +899,12 @@ impl Config {
                 .map(|p| resolve(base, p)),
             intra_threads: w.model.intra_threads,
             cycle: Duration::from_secs_f64(w.planner.cycle_s),
+            model_budget: crate::engine::RefreshBudget {
+                per_cycle: (w.planner.refresh_budget_ms > 0)
+                    .then(|| Duration::from_millis(w.planner.refresh_budget_ms)),
+                max_rows: None,
+                catch_up: Duration::from_secs_f64(w.planner.refresh_catch_up_s),
+            },
             retry_model: Duration::from_secs(w.planner.retry_model_s),
             refresh: Duration::from_secs(w.feeds.refresh_s),
             history: w.feeds.history.as_ref().map(|h| HistoryConfig {

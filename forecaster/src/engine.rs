@@ -1,15 +1,18 @@
-//! The planning cycle: every `cycle` a dedicated thread snapshots the hourly
-//! series of all shards, builds both models' inputs per their contracts,
-//! runs each model once over the whole batch, replaces whatever the model
-//! could not answer with the seasonal-naive fallback (flagged), and
-//! publishes a [`ForecastSet`] through a [`ForecastHandle`].
+//! The planning cycle: every `cycle` a dedicated thread reads the hourly
+//! series of the shards whose model inputs changed, builds both models'
+//! inputs per their contracts, runs each model over those shards in
+//! batched chunks, replaces whatever the model could not answer with the
+//! seasonal-naive fallback (flagged), and publishes a [`ForecastSet`]
+//! through a [`ForecastHandle`].
 //!
 //! Inference is CPU-bound and blocking, so it lives on its own
 //! `std::thread`, never on the tokio workers; the async side only reads the
 //! published snapshot. A model's inputs only change when its period closes
 //! (an hour, a day), when feeds change, or when a late frame lands in a
-//! closed hour, so its outputs are cached under that key and a cycle re-runs
-//! only the model whose inputs changed.
+//! closed hour (of one shard), so each shard's answers are kept under that
+//! key and a cycle re-runs only the shards whose key moved, at most as many
+//! as the cycle's budget allows ([`refresh`]): the others keep serving
+//! their previous answer until their turn, a few catch-up cycles later.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -22,13 +25,16 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::contract::Freq;
-use crate::fallback::{seasonal_naive, seasonal_naive_ahead};
-use crate::features::{Batch, CalendarRows, EventChannels, SeriesInput};
 use crate::feeds::{FeedState, FeedStatus, Signals};
 use crate::metrics::Metrics;
 use crate::model::OnnxModel;
 use crate::store::Store;
 use crate::time::{format_local, format_utc_ms, Zone};
+
+pub mod refresh;
+
+pub use refresh::RefreshBudget;
+use refresh::{CycleInputs, Slot};
 
 /// Quantile levels used when no model contract could be read.
 pub const DEFAULT_LEVELS: [f32; 9] = [0.01, 0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975, 0.99];
@@ -141,8 +147,9 @@ pub struct ForecastSet {
     pub cycle_ms: f64,
     pub models: Vec<ModelStatus>,
     pub feeds: Vec<FeedStatus>,
-    /// Per shard, by id. Shared between consecutive sets when nothing changed.
-    pub shards: Arc<BTreeMap<String, ShardForecast>>,
+    /// Per shard, by id. The map is shared between consecutive sets when
+    /// nothing changed, and each shard's entry while its forecasts did not.
+    pub shards: Arc<BTreeMap<String, Arc<ShardForecast>>>,
 }
 
 impl ForecastSet {
@@ -215,61 +222,17 @@ pub struct EngineConfig {
     pub retry_load: Duration,
     /// Real time, or trace time when replaying.
     pub clock: crate::time::Clock,
+    /// Model work allowed per cycle.
+    pub refresh: RefreshBudget,
 }
 
-type CacheKey = (i64, u64, u64, usize);
-/// Per served horizon: the model's quantiles, or why there are none.
-type Answers = Vec<Result<Vec<f32>, Arc<str>>>;
 /// Shards by id, as published.
-type ShardMap = Arc<BTreeMap<String, ShardForecast>>;
+type ShardMap = Arc<BTreeMap<String, Arc<ShardForecast>>>;
 
-struct Slot {
-    freq: Freq,
-    path: PathBuf,
-    /// Horizons this model answers: (our horizon, contract horizon key).
-    serves: Vec<(Horizon, &'static str)>,
-    model: Option<OnnxModel>,
-    detail: String,
-    last_attempt: Option<Instant>,
-    cache_key: Option<CacheKey>,
-    /// Per shard, per served horizon: model values, or why not.
-    cache: HashMap<Arc<str>, Answers>,
-    run_ms: Option<f64>,
-    rows: usize,
-}
-
-impl Slot {
-    fn new(freq: Freq, path: PathBuf) -> Slot {
-        let serves = match freq {
-            // The next hour is step 2 of the hourly profile ("1h" is step 1).
-            Freq::Hourly => vec![
-                (Horizon::Hour, "1h"),
-                (Horizon::NextHour, "1h+1"),
-                (Horizon::Day, "1d"),
-            ],
-            Freq::Daily => vec![(Horizon::Week, "1w"), (Horizon::Month, "1mo")],
-        };
-        Slot {
-            freq,
-            path,
-            serves,
-            model: None,
-            detail: "not loaded yet".into(),
-            last_attempt: None,
-            cache_key: None,
-            cache: HashMap::new(),
-            run_ms: None,
-            rows: 0,
-        }
-    }
-
-    fn levels(&self) -> Vec<f32> {
-        self.model
-            .as_ref()
-            .map(|m| m.contract.quantiles.clone())
-            .unwrap_or_else(|| DEFAULT_LEVELS.to_vec())
-    }
-}
+/// Everything a cached cycle must match to re-publish the previous set:
+/// both origins, the feeds' version, the store's change counter and size,
+/// and both models' load generations.
+type Fingerprint = (i64, i64, u64, u64, usize, [u64; 2]);
 
 /// The inference engine. Owned by its thread; [`Engine::cycle`] is public
 /// so tests and benches can drive it synchronously.
@@ -280,9 +243,11 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     handle: ForecastHandle,
     slots: [Slot; 2],
-    buf: Vec<f64>,
-    /// The last assembled shards and the model cache keys they came from.
-    last: Option<([CacheKey; 2], ShardMap)>,
+    /// What the published shards are assembled from.
+    assembled: BTreeMap<String, Arc<ShardForecast>>,
+    /// The last published shards and what they were made from, when
+    /// nothing was left to refresh.
+    last: Option<(Fingerprint, ShardMap)>,
 }
 
 /// Hours of history kept per shard for one cycle: enough for the daily
@@ -319,7 +284,7 @@ impl Engine {
             metrics,
             handle,
             slots,
-            buf: Vec::new(),
+            assembled: BTreeMap::new(),
             last: None,
         }
     }
@@ -345,7 +310,7 @@ impl Engine {
                     tracing::info!(model = %m.contract.name, path = %slot.path.display(), "model loaded");
                     slot.detail = String::new();
                     slot.model = Some(m);
-                    slot.cache_key = None;
+                    slot.generation += 1;
                 }
                 Ok(m) => {
                     slot.detail = format!(
@@ -363,12 +328,20 @@ impl Engine {
         }
     }
 
-    /// Forget cached model outputs: the next cycle re-runs both models.
+    /// Treat every model answer as out of date: the following cycles
+    /// re-run both models for every shard (within the refresh budget; the
+    /// answers keep serving until replaced).
     pub fn invalidate(&mut self) {
         for s in &mut self.slots {
-            s.cache_key = None;
+            s.generation += 1;
         }
         self.last = None;
+    }
+
+    /// Shards still owed a model run for their current inputs after the
+    /// latest cycle (both models).
+    pub fn backlog(&self) -> usize {
+        self.slots.iter().map(|s| s.stale).sum()
     }
 
     /// One planning cycle at wall time `now_unix_ms`: forecasts for every
@@ -377,20 +350,19 @@ impl Engine {
         let t0 = Instant::now();
         self.ensure_loaded();
         let signals = self.signals.load_full();
-        let ids = self.store.shard_ids();
         let zone = self.store.zone().clone();
         // The last complete hour, and the last complete local day (the day
         // before the one the current hour is in).
         let origin_h = self.store.local_hour(now_unix_ms) - 1;
         let origin_d = zone.day_of_hour(origin_h + 1) - 1;
-        let hourly_need = self.slots[0]
-            .model
-            .as_ref()
-            .map_or(192, |m| m.contract.history_needed());
-        let daily_need = self.slots[1]
-            .model
-            .as_ref()
-            .map_or(35, |m| m.contract.history_needed());
+        let origins = [origin_h, origin_d];
+        let need = |i: usize, default: usize| {
+            self.slots[i]
+                .model
+                .as_ref()
+                .map_or(default, |m| m.contract.history_needed())
+        };
+        let (hourly_need, daily_need) = (need(0, 192), need(1, 35));
         // Feed states as this origin sees them.
         let events = signals
             .events
@@ -414,71 +386,78 @@ impl Engine {
                 }
             }
         }
-        let key_base = (
+        let fingerprint: Fingerprint = (
+            origin_h,
+            origin_d,
             signals.version,
             self.store.counters.changes.load(Ordering::Relaxed),
-            ids.len(),
+            self.store.len(),
+            [self.slots[0].generation, self.slots[1].generation],
         );
-        let keys: [CacheKey; 2] =
-            [origin_h, origin_d].map(|o| (o, key_base.0, key_base.1, key_base.2));
-        let cached: [bool; 2] = [0, 1]
-            .map(|i| self.slots[i].model.is_some() && self.slots[i].cache_key == Some(keys[i]));
         let reuse = match &self.last {
-            Some((k, shards)) if cached == [true, true] && *k == keys => Some(shards.clone()),
+            Some((f, shards)) if *f == fingerprint => Some(shards.clone()),
             _ => None,
         };
+        let cached = reuse.is_some();
         let shards = match reuse {
-            Some(shards) => shards,
+            Some(shards) => {
+                for s in &mut self.slots {
+                    s.rows = 0;
+                }
+                shards
+            }
             None => {
+                let stamps = self.store.shard_stamps();
                 let (buf_start, buf_len) =
                     buffer_hours(&zone, origin_h, origin_d, hourly_need, daily_need);
-                // Snapshot the hourly history of every shard (one short lock each).
-                self.buf.clear();
-                self.buf.resize(ids.len() * buf_len, 0.0);
-                let mut hist = Vec::with_capacity(ids.len());
-                for (i, id) in ids.iter().enumerate() {
-                    let out = &mut self.buf[i * buf_len..(i + 1) * buf_len];
-                    hist.push(self.store.hourly_window(id, buf_start, out));
-                }
-                let ev = events.as_deref().filter(|_| events_current);
-                let (buf, metrics) = (&self.buf, &*self.metrics);
-                let [s0, s1] = &mut self.slots;
-                let runs = [!cached[0], !cached[1]];
-                let run = |slot: &mut Slot, key: CacheKey| {
-                    run_slot(
-                        slot, metrics, buf, &ids, &zone, buf_start, buf_len, key.0, ev, &signals,
-                    );
-                    slot.cache_key = slot.model.as_ref().map(|_| key);
+                let budget = self.cfg.refresh;
+                let cx = CycleInputs {
+                    store: &self.store,
+                    zone: &zone,
+                    signals: &signals,
+                    events: events.as_deref().filter(|_| events_current),
+                    buf_start,
+                    buf_len,
+                    deadline: budget.per_cycle.map(|d| t0 + d),
+                    max_rows: budget.max_rows,
                 };
-                match runs {
+                let metrics = &*self.metrics;
+                let [s0, s1] = &mut self.slots;
+                let (c0, c1) = if s0.model.is_some() && s1.model.is_some() {
                     // Two models, two threads: their runs are independent.
-                    [true, true] if s0.model.is_some() && s1.model.is_some() => {
-                        std::thread::scope(|sc| {
-                            let h = sc.spawn(|| run(s0, keys[0]));
-                            run(s1, keys[1]);
-                            let _ = h.join();
-                        });
-                    }
-                    _ => {
-                        if runs[0] {
-                            run(s0, keys[0]);
-                        }
-                        if runs[1] {
-                            run(s1, keys[1]);
-                        }
-                    }
-                }
-                let shards = Arc::new(self.assemble(&ids, &hist, buf_len));
-                let all_loaded = self.slots.iter().all(|s| s.model.is_some());
-                self.last = all_loaded.then(|| (keys, shards.clone()));
+                    std::thread::scope(|sc| {
+                        let h = sc.spawn(|| s0.refresh(&cx, origins[0], &stamps, metrics));
+                        let c1 = s1.refresh(&cx, origins[1], &stamps, metrics);
+                        let c0 = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                        (c0, c1)
+                    })
+                } else {
+                    (
+                        s0.refresh(&cx, origins[0], &stamps, metrics),
+                        s1.refresh(&cx, origins[1], &stamps, metrics),
+                    )
+                };
+                let changed: Vec<bool> = c0.iter().zip(&c1).map(|(a, b)| *a || *b).collect();
+                let shards = self.assemble(&stamps, &changed);
+                let done = self.slots.iter().all(|s| s.stale == 0);
+                self.last = done.then(|| (fingerprint, shards.clone()));
                 shards
             }
         };
+        for s in &mut self.slots {
+            match (s.stale, s.backlog_since) {
+                (0, Some(since)) => {
+                    self.metrics.record_refresh(s.freq, since.elapsed());
+                    s.backlog_since = None;
+                }
+                (n, None) if n > 0 => s.backlog_since = Some(t0),
+                _ => {}
+            }
+        }
         let models: Vec<ModelStatus> = self
             .slots
             .iter()
-            .zip(cached)
-            .map(|(s, cached)| ModelStatus {
+            .map(|s| ModelStatus {
                 name: s.model.as_ref().map_or_else(
                     || {
                         s.path
@@ -491,9 +470,15 @@ impl Engine {
                 contract: s.path.display().to_string(),
                 loaded: s.model.is_some(),
                 detail: s.detail.clone(),
-                cached,
+                cached: cached || (s.model.is_some() && s.rows == 0),
                 rows: s.rows,
                 run_ms: s.run_ms,
+                stale: s.stale,
+                lag_s: s.lag_periods.max(0) as u64
+                    * match s.freq {
+                        Freq::Hourly => 3_600,
+                        Freq::Daily => 86_400,
+                    },
             })
             .collect();
         let set = Arc::new(ForecastSet {
@@ -511,60 +496,37 @@ impl Engine {
         set
     }
 
-    /// Per shard, the model's answer or the seasonal-naive fallback.
-    fn assemble(
-        &self,
-        ids: &[Arc<str>],
-        hist: &[usize],
-        buf_len: usize,
-    ) -> BTreeMap<String, ShardForecast> {
-        let mut shards = BTreeMap::new();
-        for (i, id) in ids.iter().enumerate() {
-            let y = &self.buf[i * buf_len..(i + 1) * buf_len];
-            let mut horizons = Vec::with_capacity(4);
-            for s in &self.slots {
-                let levels = s.levels();
-                let name = s.model.as_ref().map(|m| m.contract.name.clone());
-                for (j, (h, _)) in s.serves.iter().enumerate() {
-                    let got = match (s.model.is_some(), s.cache.get(id)) {
-                        (true, Some(r)) => r[j].clone(),
-                        (true, None) => Err(Arc::from("shard not in the model batch")),
-                        (false, _) => Err(Arc::from(format!("model unavailable: {}", s.detail))),
-                    };
-                    let f = match got {
-                        Ok(values) => HorizonForecast {
-                            horizon: *h,
-                            levels: levels.clone(),
-                            values,
-                            source: Source::Model {
-                                model: name.clone().unwrap_or_default(),
-                            },
-                        },
-                        Err(reason) => HorizonForecast {
-                            horizon: *h,
-                            levels: levels.clone(),
-                            values: match h {
-                                Horizon::NextHour => seasonal_naive_ahead(y, 2, &levels),
-                                _ => seasonal_naive(y, h.hours(), &levels),
-                            },
-                            source: Source::SeasonalNaive {
-                                reason: reason.to_string(),
-                            },
-                        },
-                    };
-                    horizons.push(f);
-                }
+    /// The published map: every shard whose served horizons changed is
+    /// rebuilt, every other entry is shared with the previous set.
+    fn assemble(&mut self, stamps: &[(Arc<str>, u64, usize)], changed: &[bool]) -> ShardMap {
+        if self.assembled.len() > stamps.len() {
+            let ids: std::collections::HashSet<&str> = stamps.iter().map(|s| &*s.0).collect();
+            self.assembled.retain(|k, _| ids.contains(k.as_str()));
+        }
+        for (i, (id, _, hours)) in stamps.iter().enumerate() {
+            if !changed[i] && self.assembled.contains_key(&**id) {
+                continue;
             }
-            shards.insert(
+            let horizons = self
+                .slots
+                .iter()
+                .flat_map(|s| {
+                    s.served
+                        .get(id)
+                        .map(|x| x.horizons.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            self.assembled.insert(
                 id.to_string(),
-                ShardForecast {
+                Arc::new(ShardForecast {
                     shard: id.to_string(),
-                    history_hours: hist[i],
+                    history_hours: *hours,
                     horizons,
-                },
+                }),
             );
         }
-        shards
+        Arc::new(self.assembled.clone())
     }
 }
 
@@ -582,163 +544,6 @@ pub fn period_day(zone: &Zone, freq: Freq, p: i64) -> i64 {
     match freq {
         Freq::Hourly => zone.day_of_hour(p),
         Freq::Daily => p,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-/// Build one model's batch over all shards, run it once, and cache each
-/// shard's answer (or why there is none).
-fn run_slot(
-    slot: &mut Slot,
-    metrics: &Metrics,
-    buf: &[f64],
-    ids: &[Arc<str>],
-    zone: &Zone,
-    buf_start: i64,
-    buf_len: usize,
-    origin: i64,
-    events: Option<&crate::feeds::Events>,
-    signals: &Signals,
-) {
-    slot.cache.clear();
-    slot.rows = 0;
-    let Some(model) = slot.model.as_mut() else {
-        return;
-    };
-    let c = model.contract.clone();
-    let need = c.history_needed();
-    let cal = CalendarRows::new(&c, zone, origin);
-    let first_period = origin - (c.context as i64 - 1);
-    let last_period = origin + c.horizon as i64;
-    let hours_of = |p: i64| period_hours(zone, c.freq, p);
-    let day_of = |p: i64| period_day(zone, c.freq, p);
-    let civil_start = |p: i64| match c.freq {
-        Freq::Hourly => zone.local_hour(p).civil_s,
-        Freq::Daily => p * 86_400,
-    };
-    let window = events.map(|e| e.window(day_of(first_period), day_of(last_period)));
-    let covs: Vec<Option<&Arc<crate::feeds::Covariate>>> =
-        c.covariates.iter().map(|n| signals.covariate(n)).collect();
-    let mut batch = Batch::with_capacity(&c, ids.len());
-    let mut y = vec![0.0f64; need];
-    let mut ev: Vec<EventChannels> = Vec::with_capacity(c.context + c.horizon);
-    let mut order = Vec::with_capacity(ids.len());
-    // Per period: the buffer's hour range, and the feeds' keys (the same
-    // for every shard).
-    let y_hours: Vec<(i64, i64)> = (0..need as i64)
-        .map(|k| {
-            let (a, b) = hours_of(origin - need as i64 + 1 + k);
-            (a - buf_start, b - buf_start)
-        })
-        .collect();
-    let ev_days: Vec<i64> = (first_period..=last_period).map(day_of).collect();
-    let cov_secs: Vec<i64> = (0..c.context as i64)
-        .map(|k| civil_start(first_period + k))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        let hours = &buf[i * buf_len..(i + 1) * buf_len];
-        // Periods origin-need+1 ..= origin, from the hourly buffer.
-        for (slot_y, &(h0, h1)) in y.iter_mut().zip(&y_hours) {
-            *slot_y = (h0..h1)
-                .filter(|&h| h >= 0 && (h as usize) < buf_len)
-                .map(|h| hours[h as usize])
-                .sum();
-        }
-        ev.clear();
-        if let Some(w) = window.as_ref().filter(|w| w.any_for(id)) {
-            for &d in &ev_days {
-                ev.push(w.channels(id, d));
-            }
-        }
-        let cov: Vec<Option<Vec<f64>>> = covs
-            .iter()
-            .map(|f| {
-                f.map(|f| {
-                    cov_secs
-                        .iter()
-                        .map(|&t| f.value(id, t).unwrap_or(f64::NAN))
-                        .collect()
-                })
-            })
-            .collect();
-        let input = SeriesInput {
-            y: &y,
-            events: &ev,
-            events_known: window.is_some(),
-            covariates: &cov,
-        };
-        if batch.push(&c, &cal, &input) {
-            order.push(id.clone());
-        }
-    }
-    let rows = batch.rows;
-    if rows == 0 {
-        // No shard to forecast (an empty store): ONNX Runtime aborts the
-        // process on a zero-row batch, and there is nothing to answer.
-        return;
-    }
-    let t = Instant::now();
-    let res = model.run(batch);
-    slot.run_ms = Some(t.elapsed().as_secs_f64() * 1e3);
-    slot.rows = rows;
-    metrics.record_run(&c.name, t.elapsed(), res.is_ok());
-    let out = match res {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::warn!(model = %c.name, error = %e, "model run failed; seasonal-naive fallback");
-            let reason: Arc<str> = Arc::from(format!("model run failed: {e}"));
-            for id in order {
-                slot.cache
-                    .insert(id, vec![Err(reason.clone()); slot.serves.len()]);
-            }
-            return;
-        }
-    };
-    let nq = c.quantiles.len();
-    let slots: Vec<Option<crate::contract::HorizonSlot>> = slot
-        .serves
-        .iter()
-        .map(|(_, k)| match k.strip_suffix("+1") {
-            // one step further along the same output
-            Some(base) => {
-                c.horizon(base)
-                    .filter(|s| !s.aggregate)
-                    .map(|s| crate::contract::HorizonSlot {
-                        aggregate: false,
-                        index: s.index + 1,
-                    })
-            }
-            None => c.horizon(k).cloned(),
-        })
-        .collect();
-    for (b, id) in order.into_iter().enumerate() {
-        let pick = |j: usize| -> Result<Vec<f32>, Arc<str>> {
-            let Some(hs) = &slots[j] else {
-                return Err(Arc::from("model contract has no such horizon"));
-            };
-            let (data, per_row) = if hs.aggregate {
-                (&out.agg_quantiles, c.aggregates.len())
-            } else {
-                (&out.quantiles, c.horizon)
-            };
-            if hs.index >= per_row {
-                return Err(Arc::from("model output has no such step"));
-            }
-            let at = (b * per_row + hs.index) * nq;
-            let v = &data[at..at + nq];
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(Arc::from("model output not finite"));
-            }
-            if v.iter().any(|&x| x < 0.0) {
-                return Err(Arc::from("model output negative"));
-            }
-            if v.windows(2).any(|p| p[1] < p[0]) {
-                return Err(Arc::from("model quantiles cross"));
-            }
-            Ok(v.to_vec())
-        };
-        let answers = (0..slots.len()).map(pick).collect();
-        slot.cache.insert(id, answers);
     }
 }
 
@@ -773,9 +578,16 @@ fn run_thread(mut engine: Engine, rx: &std::sync::mpsc::Receiver<Command>) {
         tracing::debug!(
             shards = set.shards.len(),
             ms = set.cycle_ms,
+            backlog = engine.backlog(),
             "planning cycle"
         );
-        next = Instant::now() + every;
+        // Shards still waiting for their refresh: come back sooner.
+        let wait = if engine.backlog() > 0 {
+            engine.cfg.refresh.catch_up.min(every)
+        } else {
+            every
+        };
+        next = Instant::now() + wait;
     }
 }
 

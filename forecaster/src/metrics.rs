@@ -124,6 +124,8 @@ struct Latest {
     counts: Vec<(Horizon, bool, usize)>,
     feeds: Vec<(String, FeedState)>,
     models: Vec<(String, bool, bool)>,
+    /// Per model (hourly, daily): stale shards, lag of the oldest answer.
+    refresh: Vec<(usize, u64)>,
     shards: usize,
     cycle_ms: f64,
 }
@@ -139,6 +141,9 @@ pub struct Metrics {
     cycle_seconds: [Histogram; 4],
     run_seconds: [Histogram; 2],
     run_failures: [AtomicU64; 2],
+    /// Per model: from the first cycle that found shards with changed
+    /// inputs to the cycle that had re-run them all.
+    refresh_seconds: [Histogram; 2],
     pub snapshots_written: AtomicU64,
     pub snapshot_failures: AtomicU64,
     pub snapshot_restore_failures: AtomicU64,
@@ -164,6 +169,13 @@ impl Metrics {
         }
     }
 
+    /// Called by the engine when a model's backlog of changed shards is
+    /// cleared, with how long that took.
+    pub fn record_refresh(&self, freq: crate::contract::Freq, d: Duration) {
+        let i = usize::from(freq == crate::contract::Freq::Daily);
+        self.refresh_seconds[i].observe(d);
+    }
+
     /// Called by the engine after each cycle.
     pub fn record_cycle(&self, set: &ForecastSet) {
         self.cycles.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +199,7 @@ impl Metrics {
             .iter()
             .map(|m| (m.name.clone(), m.loaded, m.cached))
             .collect();
+        l.refresh = set.models.iter().map(|m| (m.stale, m.lag_s)).collect();
         l.shards = set.shards.len();
         l.cycle_ms = set.cycle_ms;
     }
@@ -262,7 +275,7 @@ impl Metrics {
         .family(
             "shardcast_forecaster_cycle_seconds",
             Kind::Histogram,
-            "Wall time of a planning cycle, by the models it re-ran.",
+            "Wall time of a planning cycle, by the models it re-ran (for some or all shards).",
         );
         for r in Rerun::ALL {
             self.cycle_seconds[r as usize].render(
@@ -280,6 +293,18 @@ impl Metrics {
             self.run_seconds[i].render(
                 &mut w,
                 "shardcast_forecaster_model_run_seconds",
+                &[("model", m)],
+            );
+        }
+        w.family(
+            "shardcast_forecaster_refresh_seconds",
+            Kind::Histogram,
+            "From the cycle that found shards with changed model inputs to the one that had re-run them all.",
+        );
+        for (i, m) in ["hourly", "daily"].iter().enumerate() {
+            self.refresh_seconds[i].render(
+                &mut w,
+                "shardcast_forecaster_refresh_seconds",
                 &[("model", m)],
             );
         }
@@ -320,6 +345,25 @@ impl Metrics {
                 *loaded,
             );
         }
+        let refresh = |f: fn(&(usize, u64)) -> u64| {
+            ["hourly", "daily"]
+                .into_iter()
+                .zip(latest.refresh.iter().map(f).chain(std::iter::repeat(0)))
+        };
+        w.by_label(
+            "shardcast_forecaster_stale_shards",
+            Kind::Gauge,
+            "Shards serving a forecast older than their inputs (re-run within the next cycles), by model.",
+            "model",
+            refresh(|r| r.0 as u64),
+        )
+        .by_label(
+            "shardcast_forecaster_forecast_lag_seconds",
+            Kind::Gauge,
+            "How far the oldest model forecast served lags the current origin, by model.",
+            "model",
+            refresh(|r| r.1),
+        );
         w.family(
             "shardcast_forecaster_feed_state",
             Kind::Gauge,
@@ -477,6 +521,8 @@ mod tests {
                     cached,
                     rows: 0,
                     run_ms: None,
+                    stale: 0,
+                    lag_s: 0,
                 })
                 .collect(),
             ..ForecastSet::default()

@@ -169,6 +169,7 @@ pub fn decode(bytes: &[u8], retention: Retention, path: &str) -> Result<Contents
                 minutes,
                 hours,
                 totals,
+                changed: 0,
             },
         ));
     }

@@ -223,6 +223,7 @@ impl Service {
             onnxruntime_lib: cfg.onnxruntime_lib.clone(),
             intra_threads: cfg.intra_threads,
             cycle: cfg.cycle,
+            refresh: cfg.model_budget,
             retry_load: cfg.retry_model,
             clock,
         };

@@ -107,14 +107,20 @@ impl Ring {
 
     /// Copy buckets `[from, from + out.len())` into `out`, 0 where absent.
     pub fn copy_into(&self, from: i64, out: &mut [f64]) {
-        let start = self.start();
-        for (i, o) in out.iter_mut().enumerate() {
-            let b = from + i as i64;
-            *o = if b < start || b >= self.end {
-                0.0
-            } else {
-                f64::from(self.vals[(b - start) as usize])
-            };
+        out.fill(0.0);
+        // The retained part of the window, copied slice by slice (the
+        // planning cycle copies ~900 hours of every shard it re-runs).
+        let to = from + out.len() as i64;
+        let (lo, hi) = (from.max(self.start()), to.min(self.end));
+        if lo >= hi {
+            return;
+        }
+        let (a, b) = self.vals.as_slices();
+        let skip = (lo - self.start()) as usize;
+        let dst = &mut out[(lo - from) as usize..(hi - from) as usize];
+        let src = a.iter().chain(b).skip(skip);
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = f64::from(v);
         }
     }
 
@@ -142,12 +148,27 @@ impl Default for Retention {
 }
 
 /// One shard's series and running totals.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ShardSeries {
     pub seconds: Ring,
     pub minutes: Ring,
     pub hours: Ring,
     pub totals: Totals,
+    /// The store's change counter when this shard's closed history last
+    /// changed (created, seeded, restored, a late write): the engine
+    /// re-runs a shard whose stamp moved, and only that shard.
+    pub changed: u64,
+}
+
+/// Two series are equal when their data is; the change stamp is the
+/// store's bookkeeping (a restored copy gets a new one).
+impl PartialEq for ShardSeries {
+    fn eq(&self, o: &ShardSeries) -> bool {
+        self.seconds == o.seconds
+            && self.minutes == o.minutes
+            && self.hours == o.hours
+            && self.totals == o.totals
+    }
 }
 
 /// Cumulative counters of a shard since the store began.
@@ -168,6 +189,7 @@ impl ShardSeries {
             minutes: Ring::new(r.minutes),
             hours: Ring::new(r.hours),
             totals: Totals::default(),
+            changed: 0,
         }
     }
 
@@ -282,10 +304,16 @@ impl Store {
         if w.len() >= self.max_shards {
             return None;
         }
-        let s = Arc::new(Mutex::new(ShardSeries::new(self.retention)));
+        let mut series = ShardSeries::new(self.retention);
+        series.changed = self.stamp();
+        let s = Arc::new(Mutex::new(series));
         w.insert(Arc::from(id), s.clone());
-        self.counters.changes.fetch_add(1, Ordering::Relaxed);
         Some(s)
+    }
+
+    /// Bump the change counter; the new value stamps what changed.
+    fn stamp(&self) -> u64 {
+        self.counters.changes.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A shard's series, if known.
@@ -349,6 +377,7 @@ impl Store {
             let mut guard = sh.lock();
             let g = &mut *guard;
             let mut stored = false;
+            let mut late = false;
             if v > 0.0 {
                 for (ring, w) in [
                     (&mut g.seconds, SECOND_MS),
@@ -359,12 +388,15 @@ impl Store {
                         stored |= ring.add(b, (v * frac) as f32);
                         if w == HOUR_MS && b < closed_before {
                             c.closed_hour_writes.fetch_add(1, Ordering::Relaxed);
-                            c.changes.fetch_add(1, Ordering::Relaxed);
+                            late = true;
                         }
                     });
                 }
             } else {
                 stored = true;
+            }
+            if late {
+                g.changed = self.stamp();
             }
             if !stored {
                 out.too_old += 1;
@@ -399,7 +431,7 @@ impl Store {
         for (i, &v) in values.iter().enumerate() {
             g.hours.add(first_hour + i as i64, v.max(0.0) as f32);
         }
-        self.counters.changes.fetch_add(1, Ordering::Relaxed);
+        g.changed = self.stamp();
         true
     }
 
@@ -417,6 +449,43 @@ impl Store {
                 0
             }
         }
+    }
+
+    /// Like [`Store::hourly_window`], and also the shard's change stamp,
+    /// read under the same lock as the values (so a forecast made from them
+    /// is keyed by exactly what it read).
+    pub fn hourly_snapshot(&self, id: &str, from: i64, out: &mut [f64]) -> (usize, u64) {
+        match self.shard(id) {
+            Some(s) => {
+                let g = s.lock();
+                g.hours.copy_into(from, out);
+                (g.hours.len(), g.changed)
+            }
+            None => {
+                out.iter_mut().for_each(|o| *o = 0.0);
+                (0, 0)
+            }
+        }
+    }
+
+    /// Every known shard, sorted by id, with its change stamp and the
+    /// hours of history it holds.
+    pub fn shard_stamps(&self) -> Vec<(Arc<str>, u64, usize)> {
+        let shards: Vec<(Arc<str>, ShardRef)> = self
+            .shards
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut v: Vec<(Arc<str>, u64, usize)> = shards
+            .into_iter()
+            .map(|(k, s)| {
+                let g = s.lock();
+                (k, g.changed, g.hours.len())
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Mean requests per second of a shard over the last `window_s`
@@ -469,7 +538,9 @@ impl Store {
     /// configured retention.
     pub fn import(&self, shards: Vec<(String, ShardSeries)>, sources: HashMap<String, u64>) {
         let mut m = HashMap::with_capacity(shards.len());
+        let stamp = self.stamp();
         for (id, mut s) in shards.into_iter().take(self.max_shards) {
+            s.changed = stamp;
             for (ring, cap) in [
                 (&mut s.seconds, self.retention.seconds),
                 (&mut s.minutes, self.retention.minutes),
@@ -484,7 +555,6 @@ impl Store {
         }
         *self.shards.write() = m;
         *self.sources.lock() = sources;
-        self.counters.changes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -508,6 +578,28 @@ mod tests {
         // backfill inside the window
         assert!(r.add(98, 1.0));
         assert_eq!((r.start(), r.len()), (98, 3));
+    }
+
+    #[test]
+    fn copy_into_is_get_over_the_window() {
+        // A ring that wrapped (its deque is in two slices) and was extended
+        // backwards.
+        let mut r = Ring::new(10);
+        for b in 0..25 {
+            r.add(b, b as f32);
+        }
+        r.add(30, 30.0);
+        assert_eq!((r.start(), r.end()), (21, 31));
+        for from in 15..35 {
+            for len in [0usize, 1, 3, 10, 20] {
+                let mut out = vec![-1.0; len];
+                r.copy_into(from, &mut out);
+                let want: Vec<f64> = (0..len as i64)
+                    .map(|i| f64::from(r.get(from + i)))
+                    .collect();
+                assert_eq!(out, want, "from {from} len {len}");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
 use shardcast_forecaster::engine::{
-    Engine, EngineConfig, ForecastHandle, ForecastSet, Horizon, Source,
+    Engine, EngineConfig, ForecastHandle, ForecastSet, Horizon, RefreshBudget, Source,
 };
 use shardcast_forecaster::feeds::{self, FeedSource, FeedSpec, FeedState, Signals};
 use shardcast_forecaster::metrics::Metrics;
@@ -58,6 +58,7 @@ fn engine(store: Arc<Store>, signals: Signals, hourly: PathBuf) -> (Engine, Arc<
             cycle: Duration::from_secs(10),
             retry_load: Duration::from_secs(60),
             clock: shardcast_forecaster::time::Clock::real(),
+            refresh: RefreshBudget::unbounded(),
         },
         store,
         Arc::new(ArcSwap::from_pointee(signals)),
@@ -363,6 +364,7 @@ async fn an_inference_thread_that_panics_is_started_again() {
                         cycle: Duration::from_secs(10),
                         retry_load: Duration::from_secs(60),
                         clock: shardcast_forecaster::time::Clock::real(),
+                        refresh: RefreshBudget::unbounded(),
                     },
                     store.clone(),
                     Arc::new(ArcSwap::from_pointee(Signals::default())),

@@ -42,11 +42,22 @@ pub struct ModelStatus {
     pub contract: String,
     pub loaded: bool,
     pub detail: String,
-    /// Whether this cycle reused the outputs of an earlier run.
+    /// Whether this cycle served only outputs of earlier runs (it ran no
+    /// row of this model).
     pub cached: bool,
+    /// Rows (shards) this model re-ran in this cycle.
     pub rows: usize,
-    /// Wall time of the last `session.run` (ms).
+    /// Wall time of this cycle's `session.run`s (ms); `None` when the
+    /// model did not run.
     pub run_ms: Option<f64>,
+    /// Shards whose served answer predates their current inputs (the model
+    /// re-runs them in the next cycles, within its budget).
+    #[serde(default)]
+    pub stale: usize,
+    /// How far the oldest model answer served lags the current origin, in
+    /// seconds (0: every answer is for the current origin).
+    #[serde(default)]
+    pub lag_s: u64,
 }
 
 /// Health of a feed as the last forecast saw it.
@@ -214,7 +225,7 @@ mod tests {
         // The shape the forecaster's `set_json` built by hand.
         let raw = r#"{"generated_at":"2025-01-01T10:00:00Z","origin_hour":"2025-01-01 09:00",
             "origin_day":"2024-12-31","cycle_ms":12.5,
-            "models":[{"name":"lstm","contract":"m.json","loaded":true,"detail":"","cached":false,"rows":14,"run_ms":3.5}],
+            "models":[{"name":"lstm","contract":"m.json","loaded":true,"detail":"","cached":false,"rows":14,"run_ms":3.5,"stale":3,"lag_s":3600}],
             "feeds":[{"name":"sales_history","state":"ok","source":"f.csv","detail":"","rows":10,"loaded_at_unix_ms":1}],
             "shards":{"UK/SEASONAL":{"history_hours":72,"horizons":{
               "1h":{"levels":[0.1,0.5,0.9],"values":[10.0,30.0,50.0],"source":{"kind":"model","model":"lstm"},"fallback":false},
@@ -228,6 +239,11 @@ mod tests {
             back,
             serde_json::from_str::<serde_json::Value>(raw).unwrap()
         );
+        assert_eq!((v.models[0].stale, v.models[0].lag_s), (3, 3600));
+        // A forecaster from before the staggered refresh omits both: none stale.
+        let old: ForecastsView =
+            serde_json::from_str(&raw.replace(",\"stale\":3,\"lag_s\":3600", "")).unwrap();
+        assert_eq!((old.models[0].stale, old.models[0].lag_s), (0, 0));
         assert!(serde_json::from_str::<ForecastsView>(&raw.replace("\"ok\"", "\"fine\"")).is_err());
         assert!(
             serde_json::from_str::<ForecastsView>(&raw.replace("\"horizons\"", "\"h\"")).is_err()
