@@ -209,8 +209,7 @@ pub(super) enum Whole {
 /// read whole, with [`HeadScan`]'s verdict; `None` when the head does not
 /// end in `data` or has anything the byte-wise scan must judge: a CR
 /// inside a line it reads, a line starting with whitespace or CR, a
-/// `t`/`c`/`u` field line without a colon, whitespace inside a
-/// `Transfer-Encoding` or `Content-Length` value.
+/// `t`/`c`/`u` field line without a colon.
 ///
 /// Per line: one `memchr` for its end; a line whose first byte cannot
 /// start a field the scan reads is not looked at further.
@@ -249,11 +248,11 @@ pub(super) fn whole(data: &[u8]) -> Option<Whole> {
         let colon = memchr(b':', line)?;
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let v = plain_value(value)?;
+            let v = plain_value(value);
             sum.te += 1;
             sum.te_chunked = v.eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            let v = plain_value(value)?;
+            let v = plain_value(value);
             sum.cl += 1;
             sum.cl_value = (!v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
                 .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
@@ -263,11 +262,12 @@ pub(super) fn whole(data: &[u8]) -> Option<Whole> {
     }
 }
 
-/// A field value without its outer whitespace; `None` when whitespace is
-/// left inside (the byte-wise scan folds such runs).
-fn plain_value(v: &[u8]) -> Option<&[u8]> {
+/// A field value without its outer whitespace. (The byte-wise scan also
+/// folds inner runs of whitespace into one space; no value with inner
+/// whitespace is `chunked` or a length either way, so the verdict is the
+/// same.)
+fn plain_value(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|&b| !is_ows(b)).unwrap_or(v.len());
     let end = v.iter().rposition(|&b| !is_ows(b)).map_or(start, |e| e + 1);
-    let v = &v[start..end];
-    (!v.iter().copied().any(is_ows)).then_some(v)
+    &v[start..end]
 }
