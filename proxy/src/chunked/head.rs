@@ -211,7 +211,7 @@ pub(super) enum Whole {
 /// inside a line it reads, a line starting with whitespace or CR, a
 /// `t`/`c`/`u` field line without a colon.
 ///
-/// Per line: one `memchr` for its end; a line whose first byte cannot
+/// Per line: one `memchr` for its end; a line whose first two bytes cannot
 /// start a field the scan reads is not looked at further.
 pub(super) fn whole(data: &[u8]) -> Option<Whole> {
     use memchr::memchr;
@@ -238,7 +238,19 @@ pub(super) fn whole(data: &[u8]) -> Option<Whole> {
             None => return Some(Whole::Head { len: at, sum }),
             Some(b'\r') if line.len() == 1 => return Some(Whole::Head { len: at, sum }),
             Some(b'\r' | b' ' | b'\t') => return None,
-            Some(b't' | b'T' | b'c' | b'C' | b'u' | b'U') => {}
+            Some(&(c @ (b't' | b'T' | b'c' | b'C' | b'u' | b'U'))) => {
+                // The second letter tells `user-agent` from `upgrade` and
+                // `cookie` from `content-length` (a CR is the byte-wise
+                // scan's to judge).
+                let second = match c | 0x20 {
+                    b't' => b'r',
+                    b'c' => b'o',
+                    _ => b'p',
+                };
+                if line.get(1).is_some_and(|&b| b != b'\r' && b | 0x20 != second) {
+                    continue;
+                }
+            }
             Some(_) => continue,
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
