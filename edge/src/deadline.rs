@@ -524,7 +524,9 @@ mod tests {
         let t0 = Instant::now();
         let feeder = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(90)).await;
-            b.write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n").await.unwrap();
+            b.write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n")
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(b);
         });

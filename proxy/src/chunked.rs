@@ -321,13 +321,10 @@ mod tests {
         };
         // one byte at a time: every head through the byte-wise scan
         let mut c = ChunkedFraming::new();
-        let bytewise = data
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, b)| {
-                c.feed(std::slice::from_ref(b))
-                    .map_err(|bad| (i + bad.at, bad.reason))
-            });
+        let bytewise = data.iter().enumerate().try_for_each(|(i, b)| {
+            c.feed(std::slice::from_ref(b))
+                .map_err(|bad| (i + bad.at, bad.reason))
+        });
         assert_eq!(
             bytewise,
             whole,
@@ -356,7 +353,10 @@ mod tests {
         (c.st, c.chunk, c.await_101, c.refused)
     }
 
-    fn feed_pieces(data: &[u8], cuts: &[usize]) -> (Result<(), (usize, &'static str)>, ChunkedFraming) {
+    fn feed_pieces(
+        data: &[u8],
+        cuts: &[usize],
+    ) -> (Result<(), (usize, &'static str)>, ChunkedFraming) {
         let mut c = ChunkedFraming::new();
         let mut at = 0;
         let mut cuts: Vec<usize> = cuts.iter().map(|&k| k % (data.len() + 1)).collect();
@@ -374,30 +374,70 @@ mod tests {
     /// Pieces of requests, ordinary and hostile, that the two head readers
     /// frame differently if they disagree anywhere.
     const REQUEST_LINES: &[&str] = &[
-        "GET / HTTP/1.1", "POST /x HTTP/1.1", "PRI * HTTP/2.0", "PRI * HTTP/2.0x", "P\rRI * HTTP/2.0",
+        "GET / HTTP/1.1",
+        "POST /x HTTP/1.1",
+        "PRI * HTTP/2.0",
+        "PRI * HTTP/2.0x",
+        "P\rRI * HTTP/2.0",
         "PUT /\r/ HTTP/1.1",
     ];
     const LINE_ENDS: &[&str] = &["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n"];
     const NAMES: &[&str] = &[
-        "Host", "Transfer-Encoding", "transfer-encoding", "TRANSFER-ENCODINGx", "transfer",
-        "Content-Length", "content-length", "CONTENT-length", "content-lengt", "Upgrade",
-        "upgrade", "user-agent", "Cookie", "Content-Type", "con\rtent-length", " folded", "\tx",
+        "Host",
+        "Transfer-Encoding",
+        "transfer-encoding",
+        "TRANSFER-ENCODINGx",
+        "transfer",
+        "Content-Length",
+        "content-length",
+        "CONTENT-length",
+        "content-lengt",
+        "Upgrade",
+        "upgrade",
+        "user-agent",
+        "Cookie",
+        "Content-Type",
+        "con\rtent-length",
+        " folded",
+        "\tx",
         "\rcontent-length",
     ];
     const SEPS: &[&str] = &[":", ":", ": ", " :", ":\t ", ""];
     const VALUES: &[&str] = &[
-        "chunked", "Chunked ", " chunked", "ch unked", "chunked\r", "3", "0", " 12 ", "1 2", "x",
-        "99999999999999999999", "gzip, chunked", "",
+        "chunked",
+        "Chunked ",
+        " chunked",
+        "ch unked",
+        "chunked\r",
+        "3",
+        "0",
+        " 12 ",
+        "1 2",
+        "x",
+        "99999999999999999999",
+        "gzip, chunked",
+        "",
     ];
     const BODIES: &[&str] = &[
-        "", "", "3\r\nabc\r\n0\r\n\r\n", "3;x\nabc", "abc", "0\r\n\r\n", "1\r\nz\r\n",
+        "",
+        "",
+        "3\r\nabc\r\n0\r\n\r\n",
+        "3;x\nabc",
+        "abc",
+        "0\r\n\r\n",
+        "1\r\nz\r\n",
         "\r\n",
     ];
 
     fn request() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::sample::select;
         use proptest::strategy::Strategy;
-        let field = (select(NAMES), select(SEPS), select(VALUES), select(LINE_ENDS))
+        let field = (
+            select(NAMES),
+            select(SEPS),
+            select(VALUES),
+            select(LINE_ENDS),
+        )
             .prop_map(|(n, s, v, e)| format!("{n}{s}{v}{e}"));
         (
             select(REQUEST_LINES),

@@ -22,12 +22,12 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::TlsRef;
+#[cfg(doc)]
+use pingora_core::protocols::Stream;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
 };
 use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType, ALPN, IO};
-#[cfg(doc)]
-use pingora_core::protocols::Stream;
 use shardcast_edge::{ConnGuard, DeadlineIo, Deadlines, Mode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 

@@ -193,8 +193,8 @@ impl HeadScan {
         self.value_len = 0;
         self.value_ws = false;
         false
-    }}
-
+    }
+}
 
 /// A head read in one go by [`whole`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +238,7 @@ pub(super) fn whole(data: &[u8]) -> Option<Whole> {
             None => return Some(Whole::Head { len: at, sum }),
             Some(b'\r') if line.len() == 1 => return Some(Whole::Head { len: at, sum }),
             Some(b'\r' | b' ' | b'\t') => return None,
-            Some(&(c @ (b't' | b'T' | b'c' | b'C' | b'u' | b'U'))) => {
+            Some(&c @ (b't' | b'T' | b'c' | b'C' | b'u' | b'U')) => {
                 // The second letter tells `user-agent` from `upgrade` and
                 // `cookie` from `content-length` (a CR is the byte-wise
                 // scan's to judge).
@@ -247,7 +247,10 @@ pub(super) fn whole(data: &[u8]) -> Option<Whole> {
                     b'c' => b'o',
                     _ => b'p',
                 };
-                if line.get(1).is_some_and(|&b| b != b'\r' && b | 0x20 != second) {
+                if line
+                    .get(1)
+                    .is_some_and(|&b| b != b'\r' && b | 0x20 != second)
+                {
                     continue;
                 }
             }
