@@ -20,17 +20,21 @@
 //! The body phase ends when the response starts, so a server that answers
 //! before reading the whole body is not cut off by it.
 //!
-//! Cost: one timer per connection, reset at most once per request phase;
-//! writes between requests only set a flag (the idle timer is pushed out
-//! lazily when it fires), so a keep-alive request costs two timer resets.
-//! The timer is polled only by a read that has to wait: a deadline is
-//! enforced at the connection's next wait, not at every read.
+//! Cost: one timer per connection. A phase change stores its deadline (a
+//! clock read) and touches the timer only when the new deadline is earlier
+//! than the one the timer is set for; a timer that fires before the stored
+//! deadline is pushed out to it then. Writes between requests only set a
+//! flag (the idle deadline is pushed out lazily when it fires). So a
+//! keep-alive request under steady traffic costs no timer operation: the
+//! timer moves about once per deadline period. The timer is polled only by
+//! a read that has to wait: a deadline is enforced at the connection's next
+//! wait, not at every read.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -94,7 +98,13 @@ pub struct DeadlineIo<T> {
     inner: T,
     phase: Phase,
     d: Deadlines,
+    /// When the current phase ends; the timer is set for this or earlier.
+    deadline: Instant,
     sleep: Pin<Box<Sleep>>,
+    /// The waker the timer was last polled with, until it is reset: while
+    /// it has not fired, it wakes that task, and polling it again with the
+    /// same waker would only register it again.
+    timer_waker: Option<Waker>,
     /// Written to since the idle timer was armed: push it out rather than
     /// fire.
     wrote: bool,
@@ -120,11 +130,14 @@ impl<T> DeadlineIo<T> {
             Mode::Http1 => Phase::Idle,
             Mode::H2 => Phase::Preface(H2_PREFACE_LEN),
         };
+        let deadline = Instant::now() + d.header;
         Self {
             inner,
             phase,
             d,
-            sleep: Box::pin(tokio::time::sleep(d.header)),
+            deadline,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            timer_waker: None,
             wrote: false,
             write_sleep: None,
             write_armed: false,
@@ -143,6 +156,51 @@ impl<T> DeadlineIo<T> {
     /// The connection's place on its listener.
     pub fn guard(&self) -> Option<&ConnGuard> {
         self.guard.as_ref()
+    }
+
+    /// The current phase ends at `at`. The timer is reset only when `at`
+    /// is earlier than the time it is set for; otherwise it fires early and
+    /// [`Self::poll_deadline`] pushes it out.
+    fn set_deadline(&mut self, at: Instant) {
+        self.deadline = at;
+        if at < self.sleep.deadline() {
+            self.reset_timer(at);
+        }
+    }
+
+    fn reset_timer(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.timer_waker = None;
+    }
+
+    /// Ready once the stored deadline has passed (the timer, set for it or
+    /// earlier, is pushed out to it when it fires early).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.sleep.is_elapsed()
+            && self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                if !self
+                    .timer_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    self.timer_waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            if self.sleep.deadline() >= self.deadline {
+                return Poll::Ready(());
+            }
+            let at = self.deadline;
+            self.reset_timer(at);
+        }
     }
 
     fn expire(&mut self, how: Closed) {
@@ -167,11 +225,11 @@ impl<T> DeadlineIo<T> {
                 } else {
                     self.d.header
                 };
-                self.sleep.as_mut().reset(Instant::now() + d);
+                self.set_deadline(Instant::now() + d);
             }
             Phase::Head(_) => {
                 if self.scan_head(data) {
-                    self.sleep.as_mut().reset(Instant::now() + self.d.body);
+                    self.set_deadline(Instant::now() + self.d.body);
                 }
             }
             Phase::Preface(left) => {
@@ -228,7 +286,7 @@ impl<T> DeadlineIo<T> {
             Phase::Head(_) | Phase::Body => {
                 self.phase = Phase::Idle;
                 self.wrote = false;
-                self.sleep.as_mut().reset(Instant::now() + self.d.keepalive);
+                self.set_deadline(Instant::now() + self.d.keepalive);
             }
             Phase::Idle => self.wrote = true,
             _ => {}
@@ -300,11 +358,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         }
         match this.phase {
             Phase::Idle => {
-                while this.sleep.as_mut().poll(cx).is_ready() {
+                while this.poll_deadline(cx).is_ready() {
                     if this.wrote {
                         // Still answering, or just done: idle from now.
                         this.wrote = false;
-                        this.sleep.as_mut().reset(Instant::now() + this.d.keepalive);
+                        this.set_deadline(Instant::now() + this.d.keepalive);
                         continue;
                     }
                     // Nothing to read for the whole idle time: end of
@@ -314,7 +372,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                 }
             }
             Phase::Head(_) | Phase::Body | Phase::Preface(_) => {
-                if this.sleep.as_mut().poll(cx).is_ready() {
+                if this.poll_deadline(cx).is_ready() {
                     let (how, what) = match this.phase {
                         Phase::Body => (Closed::Body, "request body deadline"),
                         _ => (Closed::Header, "request header deadline"),
@@ -453,6 +511,31 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         // 30 ms to the first byte, then 100 ms for the head
         assert_eq!(t0.elapsed(), Duration::from_millis(130));
+        feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_deadline_holds_when_the_timer_was_set_earlier() {
+        // The first-byte timer (100) is set when the head arrives at 90; the
+        // body deadline (90 + 200) is stored, and the timer that fires at
+        // 100 is pushed out to it rather than cutting the body short.
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut io = DeadlineIo::new(a, Mode::Http1, d(100), None);
+        let t0 = Instant::now();
+        let feeder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(90)).await;
+            b.write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(b);
+        });
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(io.phase, Phase::Body);
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(t0.elapsed(), Duration::from_millis(290));
         feeder.abort();
     }
 

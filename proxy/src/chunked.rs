@@ -8,6 +8,10 @@
 
 /// Why bytes a client sent break HTTP/1 chunked framing: `at` is the offset
 /// (in the data just fed) of the first byte that does.
+mod head;
+
+use head::{HeadScan, Summary, Whole, H2_REQUEST_LINE};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadChunk {
     pub at: usize,
@@ -76,193 +80,12 @@ enum St {
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Other,
-    Te,
-    Cl,
-    Upgrade,
-}
-
-/// What the head scan keeps: bounded, and enough to frame the body.
-#[derive(Debug, Clone, Default)]
-struct HeadScan {
-    request_line: bool,
-    line_len: usize,
-    prefix: [u8; 14],
-    name: [u8; 17],
-    name_len: usize,
-    name_over: bool,
-    in_value: bool,
-    field: Option<Field>,
-    /// A TE or CL value with outer whitespace dropped and inner runs of it
-    /// kept as one space; `value_len` past the array means "too long to be
-    /// `chunked` or a length".
-    value: [u8; 24],
-    value_len: usize,
-    value_ws: bool,
-    te: u32,
-    te_chunked: bool,
-    cl: u32,
-    cl_value: Option<u64>,
-    upgrade: bool,
-    folded: bool,
-}
-
-const H2_REQUEST_LINE: &[u8; 14] = b"PRI * HTTP/2.0";
-
-/// The fields the head scan reads, lower case.
-const READ_FIELDS: [&[u8]; 3] = [b"transfer-encoding", b"content-length", b"upgrade"];
-
-fn is_ows(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
 fn hex(b: u8) -> Option<u64> {
     match b {
         b'0'..=b'9' => Some(u64::from(b - b'0')),
         b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
         b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
         _ => None,
-    }
-}
-
-impl HeadScan {
-    fn new() -> Self {
-        Self {
-            request_line: true,
-            ..Self::default()
-        }
-    }
-
-    fn byte(&mut self, b: u8) {
-        if b == b'\r' {
-            // Part of the line end (a bare CR is refused by Pingora).
-            return;
-        }
-        let first = self.line_len == 0;
-        self.line_len = self.line_len.saturating_add(1);
-        if self.request_line {
-            if let Some(p) = self.prefix.get_mut(self.line_len - 1) {
-                *p = b;
-            }
-            if first && b != H2_REQUEST_LINE[0] {
-                // Cannot be `PRI * HTTP/2.0`: skip the rest of the line.
-                self.line_len = self.prefix.len();
-            }
-            return;
-        }
-        if first && is_ows(b) {
-            self.folded = true;
-        }
-        if first && !matches!(b, b't' | b'T' | b'c' | b'C' | b'u' | b'U') {
-            // Not a field this scan reads (it can only be refused by
-            // Pingora, if malformed): the rest of the line is skipped.
-            self.in_value = true;
-            self.field = Some(Field::Other);
-            return;
-        }
-        if !self.in_value {
-            if b == b':' {
-                self.in_value = true;
-                let name = &self.name[..self.name_len];
-                self.field = Some(if self.name_over {
-                    Field::Other
-                } else if name == b"transfer-encoding" {
-                    Field::Te
-                } else if name == b"content-length" {
-                    Field::Cl
-                } else if name == b"upgrade" {
-                    Field::Upgrade
-                } else {
-                    Field::Other
-                });
-            } else if self.name_len < self.name.len() {
-                self.name[self.name_len] = b.to_ascii_lowercase();
-                self.name_len += 1;
-                let name = &self.name[..self.name_len];
-                if !READ_FIELDS.iter().any(|f| f.starts_with(name)) {
-                    // No longer the start of a field this scan reads
-                    // (`user-agent` after `us`): skip the rest of the line.
-                    self.in_value = true;
-                    self.field = Some(Field::Other);
-                }
-            } else {
-                self.name_over = true;
-            }
-            return;
-        }
-        if !matches!(self.field, Some(Field::Te | Field::Cl)) {
-            return;
-        }
-        if is_ows(b) {
-            self.value_ws = self.value_len > 0;
-            return;
-        }
-        if std::mem::take(&mut self.value_ws) {
-            self.push_value(b' ');
-        }
-        self.push_value(b);
-    }
-
-    /// Nothing before the next LF changes what the scan keeps: the rest of
-    /// a request line past its prefix, or the value of a field that is not
-    /// `Transfer-Encoding` or `Content-Length`. [`ChunkedFraming::feed`]
-    /// jumps to the LF (most of a head's bytes).
-    fn rest_of_line_ignored(&self) -> bool {
-        if self.line_len == 0 {
-            return false;
-        }
-        if self.request_line {
-            return self.line_len >= self.prefix.len();
-        }
-        self.in_value && !matches!(self.field, Some(Field::Te | Field::Cl))
-    }
-
-    fn push_value(&mut self, b: u8) {
-        if let Some(v) = self.value.get_mut(self.value_len) {
-            *v = b;
-        }
-        self.value_len = self.value_len.saturating_add(1);
-    }
-
-    /// A line ended; `true` when it was the empty line ending the head.
-    fn line_end(&mut self) -> bool {
-        if self.line_len == 0 && !self.request_line {
-            return true;
-        }
-        if !self.request_line {
-            let v = (self.value_len <= self.value.len()).then(|| &self.value[..self.value_len]);
-            match self.field {
-                Some(Field::Te) => {
-                    self.te += 1;
-                    self.te_chunked = v.is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
-                }
-                Some(Field::Cl) => {
-                    self.cl += 1;
-                    self.cl_value = v
-                        .filter(|v| {
-                            !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit)
-                        })
-                        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-                }
-                Some(Field::Upgrade) => self.upgrade = true,
-                Some(Field::Other) => {}
-                // A field line without a colon: refused by Pingora.
-                None => self.folded = true,
-            }
-        }
-        // The next line: reset what is per line (the arrays are read only
-        // up to their lengths, so they need no clearing).
-        self.request_line = false;
-        self.line_len = 0;
-        self.name_len = 0;
-        self.name_over = false;
-        self.in_value = false;
-        self.field = None;
-        self.value_len = 0;
-        self.value_ws = false;
-        false
     }
 }
 
@@ -313,6 +136,21 @@ impl ChunkedFraming {
                     }
                     continue;
                 }
+                St::Idle if !matches!(data[i], b'\r' | b'\n') => {
+                    // A head that is whole in this read: read it in one go.
+                    match head::whole(&data[i..]) {
+                        Some(Whole::H2) => {
+                            self.st = St::Off;
+                            return Ok(());
+                        }
+                        Some(Whole::Head { len, sum }) => {
+                            i += len;
+                            self.st = self.body(sum);
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
                 St::Head if self.head.rest_of_line_ignored() => {
                     // Only the line end matters from here: jump to it.
                     match memchr::memchr(b'\n', &data[i..]) {
@@ -345,7 +183,7 @@ impl ChunkedFraming {
             (St::Head, b'\n') => {
                 let was_request_line = self.head.request_line;
                 if self.head.line_end() {
-                    self.body()
+                    self.body(self.head.sum)
                 } else if was_request_line && self.head.prefix == *H2_REQUEST_LINE {
                     St::Off
                 } else {
@@ -394,8 +232,7 @@ impl ChunkedFraming {
     }
 
     /// The head just ended: how its body is framed.
-    fn body(&mut self) -> St {
-        let h = &self.head;
+    fn body(&mut self, h: Summary) -> St {
         self.await_101 = h.upgrade;
         if h.folded || h.cl > 1 || h.te > 1 {
             // Refused by Pingora or by `framing::check`, and the connection closed.
@@ -482,6 +319,18 @@ mod tests {
             let mut c = ChunkedFraming::new();
             c.feed(data).map_err(|b| (b.at, b.reason))
         };
+        // one byte at a time: every head through the byte-wise scan
+        let mut c = ChunkedFraming::new();
+        let bytewise = data.iter().enumerate().try_for_each(|(i, b)| {
+            c.feed(std::slice::from_ref(b))
+                .map_err(|bad| (i + bad.at, bad.reason))
+        });
+        assert_eq!(
+            bytewise,
+            whole,
+            "byte by byte: {:?}",
+            String::from_utf8_lossy(data)
+        );
         for cut in 0..=data.len() {
             let mut c = ChunkedFraming::new();
             let r = c
@@ -496,6 +345,130 @@ mod tests {
             );
         }
         whole
+    }
+
+    /// What a connection's check has decided after some bytes (the
+    /// byte-wise head scan's own progress aside).
+    fn state(c: &ChunkedFraming) -> (St, u64, bool, Option<&'static str>) {
+        (c.st, c.chunk, c.await_101, c.refused)
+    }
+
+    fn feed_pieces(
+        data: &[u8],
+        cuts: &[usize],
+    ) -> (Result<(), (usize, &'static str)>, ChunkedFraming) {
+        let mut c = ChunkedFraming::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|&k| k % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(data.len());
+        for cut in cuts {
+            if let Err(b) = c.feed(&data[at..cut]) {
+                return (Err((at + b.at, b.reason)), c);
+            }
+            at = cut;
+        }
+        (Ok(()), c)
+    }
+
+    /// Pieces of requests, ordinary and hostile, that the two head readers
+    /// frame differently if they disagree anywhere.
+    const REQUEST_LINES: &[&str] = &[
+        "GET / HTTP/1.1",
+        "POST /x HTTP/1.1",
+        "PRI * HTTP/2.0",
+        "PRI * HTTP/2.0x",
+        "P\rRI * HTTP/2.0",
+        "PUT /\r/ HTTP/1.1",
+    ];
+    const LINE_ENDS: &[&str] = &["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n"];
+    const NAMES: &[&str] = &[
+        "Host",
+        "Transfer-Encoding",
+        "transfer-encoding",
+        "TRANSFER-ENCODINGx",
+        "transfer",
+        "Content-Length",
+        "content-length",
+        "CONTENT-length",
+        "content-lengt",
+        "Upgrade",
+        "upgrade",
+        "user-agent",
+        "Cookie",
+        "Content-Type",
+        "con\rtent-length",
+        " folded",
+        "\tx",
+        "\rcontent-length",
+    ];
+    const SEPS: &[&str] = &[":", ":", ": ", " :", ":\t ", ""];
+    const VALUES: &[&str] = &[
+        "chunked",
+        "Chunked ",
+        " chunked",
+        "ch unked",
+        "chunked\r",
+        "3",
+        "0",
+        " 12 ",
+        "1 2",
+        "x",
+        "99999999999999999999",
+        "gzip, chunked",
+        "",
+    ];
+    const BODIES: &[&str] = &[
+        "",
+        "",
+        "3\r\nabc\r\n0\r\n\r\n",
+        "3;x\nabc",
+        "abc",
+        "0\r\n\r\n",
+        "1\r\nz\r\n",
+        "\r\n",
+    ];
+
+    fn request() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::sample::select;
+        use proptest::strategy::Strategy;
+        let field = (
+            select(NAMES),
+            select(SEPS),
+            select(VALUES),
+            select(LINE_ENDS),
+        )
+            .prop_map(|(n, s, v, e)| format!("{n}{s}{v}{e}"));
+        (
+            select(REQUEST_LINES),
+            select(LINE_ENDS),
+            proptest::collection::vec(field, 0..5),
+            select(LINE_ENDS),
+            select(BODIES),
+        )
+            .prop_map(|(r, e, f, e2, b)| format!("{r}{e}{}{e2}{b}", f.concat()))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+        #[test]
+        fn every_split_gives_the_same_verdict(
+            reqs in proptest::collection::vec(request(), 1..4),
+            cuts in proptest::collection::vec(0usize..4096, 0..4),
+        ) {
+            let data = reqs.concat();
+            let data = data.as_bytes();
+            let (whole, cw) = feed_pieces(data, &[]);
+            let (split, cs) = feed_pieces(data, &cuts);
+            let all: Vec<usize> = (1..data.len()).collect();
+            let (bytewise, cb) = feed_pieces(data, &all);
+            proptest::prop_assert_eq!(whole, split);
+            proptest::prop_assert_eq!(whole, bytewise);
+            if whole.is_ok() {
+                proptest::prop_assert_eq!(state(&cw), state(&cs));
+                proptest::prop_assert_eq!(state(&cw), state(&cb));
+            }
+        }
     }
 
     const CHUNKED: &str = "POST /i/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";

@@ -2,8 +2,12 @@
 //!
 //! [`DeadlineStream`] is `shardcast_edge`'s [`DeadlineIo`] (a deadline at
 //! every stage of a connection: first byte, head, body, keep-alive idle,
-//! stalled writes, the HTTP/2 preface) around a Pingora [`Stream`], with
-//! the traits Pingora's HTTP server needs passed through. It also answers
+//! stalled writes, the HTTP/2 preface) around a Pingora stream, with the
+//! traits Pingora's HTTP server needs passed through. It wraps the concrete
+//! stream (the TCP stream, or TLS over it), not a boxed [`Stream`]: Pingora
+//! calls the connection through one `dyn` (the `Stream` it is handed), and a
+//! boxed stream inside would add a second dynamic call to every read and
+//! write. It also answers
 //! Pingora's h2c sniff: the listener has already told HTTP/1 from h2c
 //! (within the header deadline, and without waiting for 24 bytes when the
 //! first bytes cannot be the preface), so [`Peek::try_peek`] reports that
@@ -18,10 +22,12 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::TlsRef;
+#[cfg(doc)]
+use pingora_core::protocols::Stream;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
 };
-use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType, ALPN, IO};
 use shardcast_edge::{ConnGuard, DeadlineIo, Deadlines, Mode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -29,8 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client connection with per-stage deadlines, as Pingora sees it.
-pub struct DeadlineStream {
-    io: DeadlineIo<Stream>,
+pub struct DeadlineStream<S> {
+    io: DeadlineIo<S>,
     /// Cleartext HTTP/2 (prior knowledge), decided by the listener.
     h2c: bool,
     /// HTTP/1 only: chunk-size lines ended by CRLF alone (Pingora's parser
@@ -38,7 +44,7 @@ pub struct DeadlineStream {
     chunks: Option<crate::chunked::ChunkedFraming>,
 }
 
-impl fmt::Debug for DeadlineStream {
+impl<S> fmt::Debug for DeadlineStream<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineStream")
             .field("io", &self.io)
@@ -48,10 +54,10 @@ impl fmt::Debug for DeadlineStream {
     }
 }
 
-impl DeadlineStream {
+impl<S: IO> DeadlineStream<S> {
     /// `h2c`: a cleartext connection that opened with the HTTP/2 preface.
     /// A TLS connection speaks HTTP/2 when ALPN chose it.
-    pub fn new(inner: Stream, h2c: bool, d: Deadlines, guard: Option<ConnGuard>) -> Self {
+    pub fn new(inner: S, h2c: bool, d: Deadlines, guard: Option<ConnGuard>) -> Self {
         let h2 = h2c || matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         let mode = if h2 { Mode::H2 } else { Mode::Http1 };
         Self {
@@ -61,12 +67,12 @@ impl DeadlineStream {
         }
     }
 
-    fn inner(&self) -> &Stream {
+    fn inner(&self) -> &S {
         self.io.get_ref()
     }
 }
 
-impl AsyncRead for DeadlineStream {
+impl<S: IO> AsyncRead for DeadlineStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -77,7 +83,7 @@ impl AsyncRead for DeadlineStream {
     }
 }
 
-impl AsyncWrite for DeadlineStream {
+impl<S: IO> AsyncWrite for DeadlineStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -112,17 +118,17 @@ impl AsyncWrite for DeadlineStream {
 }
 
 #[async_trait]
-impl Shutdown for DeadlineStream {
+impl<S: IO> Shutdown for DeadlineStream<S> {
     async fn shutdown(&mut self) {
         self.io.get_mut().shutdown().await
     }
 }
-impl UniqueID for DeadlineStream {
+impl<S: IO> UniqueID for DeadlineStream<S> {
     fn id(&self) -> UniqueIDType {
         self.inner().id()
     }
 }
-impl Ssl for DeadlineStream {
+impl<S: IO> Ssl for DeadlineStream<S> {
     fn get_ssl(&self) -> Option<&TlsRef> {
         self.inner().get_ssl()
     }
@@ -133,23 +139,23 @@ impl Ssl for DeadlineStream {
         self.inner().selected_alpn_proto()
     }
 }
-impl GetTimingDigest for DeadlineStream {
+impl<S: IO> GetTimingDigest for DeadlineStream<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner().get_timing_digest()
     }
 }
-impl GetProxyDigest for DeadlineStream {
+impl<S: IO> GetProxyDigest for DeadlineStream<S> {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner().get_proxy_digest()
     }
 }
-impl GetSocketDigest for DeadlineStream {
+impl<S: IO> GetSocketDigest for DeadlineStream<S> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner().get_socket_digest()
     }
 }
 #[async_trait]
-impl Peek for DeadlineStream {
+impl<S: IO> Peek for DeadlineStream<S> {
     /// Pingora peeks 24 bytes to tell h2c from HTTP/1; the listener already
     /// knows. Reports "peeked" with the preface for h2c and with bytes that
     /// are not the preface otherwise; nothing is consumed either way.

@@ -268,7 +268,9 @@ async fn serve_connection(
         keepalive: t.client_keepalive,
         write: t.client_write,
     };
-    let (stream, h2c): (Stream, bool) = match tls {
+    // The concrete stream inside the deadline wrapper (one dynamic call
+    // per read and write, through the `Stream` Pingora is handed).
+    let stream: Stream = match tls {
         None => {
             let mut tcp = tcp;
             let first = match tokio::time::timeout(t.client_header, sniff(&mut tcp)).await {
@@ -285,7 +287,7 @@ async fn serve_connection(
             };
             let mut l4 = l4_stream(tcp, peer);
             l4.rewind(&first.buf[..first.len]);
-            (Box::new(l4), first.h2c)
+            Box::new(DeadlineStream::new(l4, first.h2c, deadlines, Some(guard)))
         }
         Some(acceptor) => {
             let l4 = l4_stream(tcp, peer);
@@ -293,7 +295,7 @@ async fn serve_connection(
             // part of every connection's task, TLS or not, idle or not.
             let handshake = Box::pin(acceptor.tls_handshake(l4));
             match tokio::time::timeout(t.client_handshake, handshake).await {
-                Ok(Ok(s)) => (Box::new(s), false),
+                Ok(Ok(s)) => Box::new(DeadlineStream::new(s, false, deadlines, Some(guard))),
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
                     return;
@@ -305,7 +307,6 @@ async fn serve_connection(
             }
         }
     };
-    let stream: Stream = Box::new(DeadlineStream::new(stream, h2c, deadlines, Some(guard)));
     // Pingora's HTTP server from here: the keep-alive loop, HTTP/2 streams,
     // the proxy phases. It returns when the connection is done.
     let _ = app.process_new(stream, &shutdown).await;

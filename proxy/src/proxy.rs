@@ -32,7 +32,7 @@ use crate::telemetry::Outcome;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_TRIED: usize = 8;
 const SKU_INLINE: usize = 48;
-/// The node's cache verdict; a constant name, so the lookup skips parsing it.
+/// The node's cache verdict (a response field).
 static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 
 /// Where the request goes.
@@ -440,7 +440,10 @@ impl ProxyHttp for ShardProxy {
         } else {
             rt.record_success();
         }
-        ctx.cache_hit = match resp.headers.get(&X_CACHE).map(|v| v.as_bytes()) {
+        // A walk over the few fields a node sends, comparing names, costs
+        // less than hashing the name for a lookup.
+        let x_cache = resp.headers.iter().find(|(k, _)| **k == X_CACHE);
+        ctx.cache_hit = match x_cache.map(|(_, v)| v.as_bytes()) {
             Some(v) if v.eq_ignore_ascii_case(b"hit") => Some(true),
             Some(v) if v.eq_ignore_ascii_case(b"miss") => Some(false),
             _ => None,

@@ -33,6 +33,10 @@ fn load(nodes: &[Arc<NodeRuntime>], capacity: &[f64], i: NodeIdx) -> f64 {
     (nodes[i as usize].in_flight() as f64 + 1.0) / capacity[i as usize]
 }
 
+/// Candidates gathered on the stack in one pass; a shard has a handful of
+/// replicas, and a longer list takes the two-pass path below.
+const GATHER: usize = 16;
+
 impl Selector for P2c {
     #[inline]
     fn pick(
@@ -44,32 +48,63 @@ impl Selector for P2c {
         now: u64,
     ) -> Option<NodeIdx> {
         let ok = |i: &NodeIdx| !skip.contains(i) && nodes[*i as usize].usable(now);
+        if candidates.len() <= GATHER {
+            // One pass: the usable candidates, then two of them at random.
+            let mut usable = [0 as NodeIdx; GATHER];
+            let mut n = 0;
+            for &i in candidates {
+                if ok(&i) {
+                    usable[n] = i;
+                    n += 1;
+                }
+            }
+            return match n {
+                0 => None,
+                1 => Some(usable[0]),
+                _ => {
+                    let (a, b) = two_of(n);
+                    Some(lighter(nodes, capacity, usable[a], usable[b]))
+                }
+            };
+        }
         let n = candidates.iter().filter(|i| ok(i)).count();
         match n {
             0 => None,
             1 => candidates.iter().copied().find(|i| ok(i)),
             _ => {
-                // Two distinct usable candidates at random.
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
-                }
+                let (a, b) = two_of(n);
                 let mut usable = candidates.iter().copied().filter(|i| ok(i));
                 let (lo, hi) = (a.min(b), a.max(b));
                 let mut x = usable.nth(lo)?;
                 let mut y = usable.nth(hi - lo - 1)?;
-                // Ties go to the first draw, which is uniformly random.
                 if a > b {
                     std::mem::swap(&mut x, &mut y);
                 }
-                Some(if load(nodes, capacity, x) <= load(nodes, capacity, y) {
-                    x
-                } else {
-                    y
-                })
+                Some(lighter(nodes, capacity, x, y))
             }
         }
+    }
+}
+
+/// Two distinct positions out of `n` (at least 2), uniformly at random.
+#[inline]
+fn two_of(n: usize) -> (usize, usize) {
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
+}
+
+/// The less loaded of `x` and `y`; ties go to `x`, the first draw, which is
+/// uniformly random.
+#[inline]
+fn lighter(nodes: &[Arc<NodeRuntime>], capacity: &[f64], x: NodeIdx, y: NodeIdx) -> NodeIdx {
+    if load(nodes, capacity, x) <= load(nodes, capacity, y) {
+        x
+    } else {
+        y
     }
 }
 
@@ -100,6 +135,22 @@ mod tests {
             .filter(|_| P2c.pick(&[0, 1, 2], &ns, &cap, &[], 1) == Some(0))
             .count();
         assert_eq!(picks0, 0);
+    }
+
+    #[test]
+    fn a_long_candidate_list_takes_the_same_choice_rules() {
+        let ns = nodes(GATHER + 4);
+        let cap = vec![1.0; ns.len()];
+        let all: Vec<NodeIdx> = (0..ns.len() as NodeIdx).collect();
+        let mut seen = vec![0usize; ns.len()];
+        for _ in 0..4000 {
+            let i = P2c.pick(&all, &ns, &cap, &[0], 1).unwrap();
+            seen[i as usize] += 1;
+        }
+        assert_eq!(seen[0], 0, "a tried node is skipped");
+        assert!(seen[1..].iter().all(|&c| c > 0), "{seen:?}");
+        let _held: Vec<_> = (0..50).map(|_| ns[1].start()).collect();
+        assert!((0..500).all(|_| P2c.pick(&all, &ns, &cap, &[], 1) != Some(1)));
     }
 
     #[test]
