@@ -207,10 +207,12 @@ def read_trace(start=None, end=None, path=LINES):
 class Stats:
     """Counters the workers add to (one per worker, summed by readers)."""
 
-    __slots__ = ("sent", "ok", "non2xx", "errors", "hit", "miss", "lat_sum")
+    __slots__ = ("sent", "ok", "non2xx", "errors", "hit", "miss", "lat_sum", "resent")
 
     def __init__(self):
         self.sent = self.ok = self.non2xx = self.errors = self.hit = self.miss = 0
+        # requests sent again after the server had closed an idle connection
+        self.resent = 0
         self.lat_sum = 0.0
 
 
@@ -238,6 +240,9 @@ class Replayer:
         self.q = queue.Queue(maxsize=workers * 8)
         self.stats = [Stats() for _ in range(workers)]
         self.records = [[] for _ in range(workers)]
+        # Requests that failed (no response or 5xx), for the report:
+        # (trace second, path, status, shard, x-cache, first bytes of the body).
+        self.failures = []
         self.skipped = 0
         self.passed = 0  # lines the clock passed while the slice opened
         self.resume_at = 0
@@ -364,23 +369,37 @@ class Replayer:
                 if -wait > self.max_lag_s:
                     self.max_lag_s = -wait
             t = time.monotonic()
-            status, shard, cache = 0, "", ""
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-                conn.request("GET", path, headers={"Accept": "application/json"})
-                r = conn.getresponse()
-                r.read()
-                status = r.status
-                shard = r.getheader("x-shardcast-shard", "") or ""
-                cache = r.getheader("x-cache", "") or ""
-                if r.getheader("connection", "").lower() == "close":
-                    conn.close()
+            status, shard, cache, body = 0, "", "", b""
+            # A keep-alive connection the server closed while it idled (the
+            # proxy's client keep-alive deadline, 10 s by default: a closed
+            # store's night or weekend at replay speed) fails the next
+            # request before any response. A GET is idempotent: it is sent
+            # again, once, on a new connection, as browsers and HTTP client
+            # pools do (RFC 9112, 9.3.1); a new connection is never retried.
+            for attempt in (0, 1):
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                    conn.request("GET", path, headers={"Accept": "application/json"})
+                    r = conn.getresponse()
+                    body = r.read()
+                    status = r.status
+                    shard = r.getheader("x-shardcast-shard", "") or ""
+                    cache = r.getheader("x-cache", "") or ""
+                    if r.getheader("connection", "").lower() == "close":
+                        conn.close()
+                        conn = None
+                    break
+                except (OSError, http.client.HTTPException) as e:
+                    if conn is not None:
+                        conn.close()
                     conn = None
-            except (OSError, http.client.HTTPException):
-                if conn is not None:
-                    conn.close()
-                conn = None
+                    stale = isinstance(e, (ConnectionResetError, BrokenPipeError,
+                                           http.client.RemoteDisconnected))
+                    if not (stale and reused and attempt == 0):
+                        break
+                    st.resent += 1
             ms = (time.monotonic() - t) * 1000.0
             st.sent += 1
             st.lat_sum += ms
@@ -396,6 +415,9 @@ class Replayer:
                 st.miss += 1
             if self.record:
                 rec.append((tsec, shard, cache, ms, status))
+            if (status == 0 or status >= 500) and len(self.failures) < 1000:
+                self.failures.append((tsec, path, status, shard, cache,
+                                      body[:300].decode("utf-8", "replace")))
         if conn is not None:
             conn.close()
 

@@ -218,6 +218,12 @@ class Run:
         keep = 0 if a.no_keep_evicted else round(shipped_keep_evicted_s() / a.speed, 3)
         out = ["--sync-set", f"provider.read_latency_ms={a.provider_latency_ms}",
                "--sync-set", f"transfer.keep_evicted_s={keep}"]
+        if a.max_staleness_s is not None:
+            # One bound in trace time for every policy: sync's hosted copies
+            # and the nodes' slow-path fills (scripts/stack gives the nodes
+            # sync's value).
+            out += ["--sync-set",
+                    f"freshness.max_staleness_s={round(a.max_staleness_s / a.speed, 4)}"]
         if a.provider_latency_ms > 0:
             out += ["--set", f"manager.miss_cost_ms={a.provider_latency_ms}"]
         for s in a.sync_set:
@@ -388,6 +394,8 @@ class Run:
                     tnow = replay.to_sec(rp.start) + (time.monotonic() - rp.t0) * a.speed
                     try:
                         self.reads.add(tnow, prom(get(u["sync"] + "/metrics", timeout=2.0)))
+                        self.reads.add_orders(tnow, time.time(), a.speed,
+                                              get_json(u["sync"] + "/orders", timeout=2.0))
                     except Exception:  # noqa: BLE001 — a missed sample widens the next
                         pass
 
@@ -482,6 +490,11 @@ class Run:
             "non_2xx": non2xx,
             "failed": failed,
             "skipped_lines": rp.skipped,
+            # sent again once after the proxy closed an idle keep-alive connection
+            "resent_after_idle_close": tot.resent,
+            "failures": [{"trace_time": f"{replay.from_sec(int(t)):%Y-%m-%d %H:%M:%S}", "path": pth,
+                          "status": st, "shard": sh, "x_cache": xc, "body": b}
+                         for t, pth, st, sh, xc, b in rp.failures[:50]],
             "max_lag_s": round(rp.max_lag_s, 2),
             "hit_rate": hit / (hit + miss) if hit + miss else None,
             "hit_rate_spikes": sh_hit / (sh_hit + sh_miss) if sh_hit + sh_miss else None,
@@ -535,10 +548,16 @@ class Run:
             hit += cache == "hit"
             miss += cache == "miss"
         sq = sr = 0
+        split = dict.fromkeys(ProviderReadsByHour.KINDS, 0)
+        fresh = 0
         for (shard, h), (q, r) in self.reads.delta.items():
             if h in self.spikes.get(shard, ()):
                 sq += q
                 sr += r
+                orow = self.reads.order_rows.get((shard, h), {})
+                for k, v in orow.items():
+                    split[k] += v
+                fresh += max(0, r - sum(orow.values()))
         return {
             "requests": len(lat),
             "warm_hit_rate": hit / (hit + miss) if hit + miss else None,
@@ -552,6 +571,10 @@ class Run:
                 "queries": miss + sq,
                 "rows": miss + sr,
             },
+            # sync's rows in spike hours by what read them: pre-fetch orders
+            # (a pair's first copy or a re-fetch; started within the spike
+            # hour or before it) and freshness deltas of hosted copies.
+            "sync_rows_split": dict(split, freshness=fresh),
             "week_sync_queries": sum(q for q, _ in self.reads.delta.values()),
             "week_sync_rows": sum(r for _, r in self.reads.delta.values()),
             "reads_samples": self.reads.samples,
@@ -560,15 +583,45 @@ class Run:
 
 class ProviderReadsByHour:
     """sync's per-shard delta-read counters, differenced between samples
-    and charged to the trace hour of the sample."""
+    and charged to the trace hour of the sample; beside them the rows each
+    pre-fetch order copied between the same samples (sync's `/orders`), so
+    the rows of a shard-hour split into orders and freshness (the rest:
+    deltas that keep hosted copies current)."""
 
     Q = 'shardcast_sync_provider_queries_total{op="delta",shard="'
     R = 'shardcast_sync_provider_rows_read_total{op="delta",shard="'
+    # An order's kind: the first copy of the (node, shard) pair in the run
+    # (whole), or a later one (a re-fetch: the delta since a parked copy's
+    # cursor, or whole once the park expired); and whether it started in
+    # the hour its rows are charged to or before.
+    KINDS = ("first_in_hour", "first_before", "refetch_in_hour", "refetch_before")
 
     def __init__(self):
         self.last = {}
         self.delta = defaultdict(lambda: [0, 0])  # (shard, hour) → [queries, rows]
+        self.order_rows = defaultdict(lambda: dict.fromkeys(self.KINDS, 0))  # (shard, hour) → kind → rows
+        self.seen_rows = {}  # order id → rows already charged
+        self.first_order = {}  # (node, shard) → id of the run's first order on the pair
         self.samples = 0
+
+    def add_orders(self, trace_sec, wall_sec, speed, orders):
+        if not isinstance(orders, list):
+            return
+        h = int(trace_sec) // 3600 * 3600
+        for o in sorted(orders, key=lambda o: o.get("id", 0)):
+            pair = (o.get("node"), o.get("shard"))
+            self.first_order.setdefault(pair, o.get("id"))
+            rows = int(o.get("rows") or 0)
+            d = rows - self.seen_rows.get(o["id"], 0)
+            if d <= 0:
+                continue
+            self.seen_rows[o["id"]] = rows
+            started = o.get("started_unix_ms")
+            started_trace = (trace_sec - (wall_sec - started / 1000.0) * speed
+                             if started else trace_sec)
+            kind = ("first" if self.first_order[pair] == o["id"] else "refetch") + (
+                "_in_hour" if started_trace >= h else "_before")
+            self.order_rows[(o["shard"], h)][kind] += d
 
     def add(self, trace_sec, metrics):
         h = int(trace_sec) // 3600 * 3600
@@ -627,6 +680,18 @@ def spike_markdown(summary):
             f"| {pr.get('rows', 0):,} ({pr.get('slow_path_rows', 0):,} + {pr.get('sync_rows', 0):,}) "
             f"| {c.get('mean_hosted_copies') or 0:.1f} | {c.get('mean_parked_copies') or 0:.1f} "
             f"| {t['bytes']:,} ({t['full_copy_bytes']:,}) |")
+    split_rows = [r for r in runs if (r.get("spike_hours") or {}).get("sync_rows_split")]
+    if split_rows:
+        lines += ["", "sync's rows in spike shard-hours, by what read them (orders: the pair's first "
+                  "copy or a re-fetch, started within the spike hour or before; freshness: deltas "
+                  "of hosted copies):", "",
+                  "| policy | first copy, started in the hour | first copy, started before "
+                  "| re-fetch, started in the hour | re-fetch, started before | freshness |",
+                  "|---|---|---|---|---|---|"]
+        for r in split_rows:
+            x = r["spike_hours"]["sync_rows_split"]
+            lines.append(f"| {r['policy']} | {x['first_in_hour']:,} | {x['first_before']:,} "
+                         f"| {x['refetch_in_hour']:,} | {x['refetch_before']:,} | {x['freshness']:,} |")
     by = {r["policy"]: r for r in runs}
     f, o = by.get("forecast"), by.get("oracle")
     if f and o:
@@ -781,6 +846,11 @@ def main():
                     help="drop an evicted copy at once (every re-fetch a full copy)")
     ap.add_argument("--changes-rate", type=float, default=100.0,
                     help="provider changes per real second during the replay (0: none)")
+    ap.add_argument("--max-staleness-s", type=float, default=900.0,
+                    help="how far a node's answer may lag the provider, trace seconds, for "
+                         "every policy: hosted copies' delta reads and slow-path fills "
+                         "(sync's [freshness] max_staleness_s, scaled by --speed; default "
+                         "900 = 15 trace minutes)")
     ap.add_argument("--sync-set", action="append", default=[], help="extra sync override")
     ap.add_argument("--var", default=str(ROOT / "var/replay"),
                     help="state of each policy's stack: VAR/<policy> (default var/replay)")
@@ -845,6 +915,7 @@ def main():
                      "interval_ms": a.interval_ms, "thresholds_rps": thr,
                      "provider_latency_ms": a.provider_latency_ms,
                      "keep_evicted": not a.no_keep_evicted, "changes_rate": a.changes_rate,
+                     "max_staleness_trace_s": a.max_staleness_s,
                      "set": a.set, "sync_set": a.sync_set,
                      "binaries": a.bin_dir or ("debug" if a.debug else "release")},
         "spikes": {

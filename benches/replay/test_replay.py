@@ -71,3 +71,33 @@ def test_a_looping_replay_follows_the_clock_across_laps():
     assert wrapped, "the replay never started over"
     t, lap = rp.in_lap(clock())
     assert lap >= 2 and base <= t < base + period
+
+
+class IdleClosing(Answer):
+    """A keep-alive server that closes a connection idle for 0.3 s, as the
+    proxy closes one idle for its client keep-alive deadline."""
+
+    timeout = 0.3
+
+
+def test_a_keepalive_connection_closed_while_idle_costs_no_request():
+    """A night of the trace at replay speed outlasts the server's idle
+    deadline on every worker's connection: the first request after it must
+    not fail (before the fix: one failure per worker, no response)."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), IdleClosing)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        # Monday evening to Tuesday morning at 10 trace hours a second: the
+        # night is about a real second, three idle deadlines.
+        start = replay.parse_time("2011-11-07 17:00")
+        end = replay.parse_time("2011-11-08 09:00")
+        rp = replay.Replayer(f"http://127.0.0.1:{srv.server_port}", start, end, speed=36000.0,
+                             workers=4, max_rps=2000, max_seconds=20)
+        tot = rp.run(progress_s=0)
+    finally:
+        srv.shutdown()
+    recs = rp.all_records()
+    assert len(recs) > 50 and tot.sent == len(recs)
+    failed = [r for r in recs if r[4] != 200]
+    assert not failed, f"{len(failed)} requests failed after the idle close: {failed[:5]}"
+    assert tot.resent >= 1, "the night did not outlast the idle deadline: the test tests nothing"

@@ -325,6 +325,10 @@ pub struct SyncFile {
     pub control_token: Option<String>,
     #[serde(default)]
     pub transfer: TransferFile,
+    /// `[freshness]`: how far a node's answer may lag the provider
+    /// ([`crate::freshness`]).
+    #[serde(default)]
+    pub freshness: crate::freshness::FreshnessFile,
     /// The topology file (shards, nodes) shared with the proxy and the
     /// shard manager, relative to this file.
     #[serde(default)]
@@ -359,9 +363,10 @@ fn d_control() -> String {
 pub struct NodeOptions {
     #[serde(default = "d_region")]
     pub default_region: Option<String>,
-    /// Seconds a slow-path fill of a shard not hosted is kept.
-    #[serde(default = "d_ttl")]
-    pub fill_ttl_s: u64,
+    /// The older name of the fill lifetime, now `[freshness]
+    /// max_staleness_s`: accepted only when equal to it.
+    #[serde(default)]
+    pub fill_ttl_s: Option<u64>,
     /// `[node.limits]`: connection bounds of each in-process node's
     /// listener (default 4096 / 4096).
     #[serde(default)]
@@ -371,15 +376,12 @@ pub struct NodeOptions {
 fn d_region() -> Option<String> {
     Some("UK".into())
 }
-fn d_ttl() -> u64 {
-    30
-}
 
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             default_region: d_region(),
-            fill_ttl_s: d_ttl(),
+            fill_ttl_s: None,
             limits: LimitsFile::default(),
         }
     }
@@ -640,6 +642,18 @@ impl SyncConfig {
             ));
         }
         let push = f.manager.validate(&mut errs);
+        let max_staleness = crate::freshness::bound(
+            &mut errs,
+            "freshness.max_staleness_s",
+            f.freshness.max_staleness_s,
+        );
+        crate::freshness::fill_ttl(
+            &mut errs,
+            max_staleness,
+            "freshness.max_staleness_s",
+            f.node.fill_ttl_s,
+            "node.fill_ttl_s",
+        );
         if !errs.is_empty() {
             return Err(ConfigError { file, errors: errs });
         }
@@ -654,6 +668,7 @@ impl SyncConfig {
                 bandwidth_bytes_per_s: t.bandwidth_bytes_per_s,
                 concurrency: t.concurrency,
                 poll_interval: Duration::from_millis(t.poll_interval_ms),
+                max_staleness,
                 transfer: TransferParams {
                     batch_rows: t.batch_rows,
                     max_value_bytes: t.max_value_bytes,
@@ -710,8 +725,14 @@ pub struct NodeFile {
     pub cache: NodeCacheFile,
     #[serde(default = "d_region")]
     pub default_region: Option<String>,
-    #[serde(default = "d_ttl")]
-    pub fill_ttl_s: u64,
+    /// How far an answer may lag the provider: the lifetime of slow-path
+    /// fills of shards not hosted (the same bound as sync's `[freshness]
+    /// max_staleness_s`, which keeps hosted copies within it).
+    #[serde(default = "crate::freshness::d_max_staleness")]
+    pub max_staleness_s: f64,
+    /// The older name of `max_staleness_s`: accepted only when equal to it.
+    #[serde(default)]
+    pub fill_ttl_s: Option<u64>,
     #[serde(default = "d_max_value")]
     pub max_value_bytes: usize,
     #[serde(default)]
@@ -800,6 +821,14 @@ impl NodeConfig {
             deadlines: deadlines(&mut errs, &f.timeouts),
             limits: limits(&mut errs, &f.limits, "limits", NODE_MAX_CONNECTIONS),
         };
+        let bound = crate::freshness::bound(&mut errs, "max_staleness_s", f.max_staleness_s);
+        let fill_ttl = crate::freshness::fill_ttl(
+            &mut errs,
+            bound,
+            "max_staleness_s",
+            f.fill_ttl_s,
+            "fill_ttl_s",
+        );
         if !errs.is_empty() {
             return Err(ConfigError { file, errors: errs });
         }
@@ -813,7 +842,7 @@ impl NodeConfig {
             settings: crate::node::NodeSettings {
                 name: f.name,
                 default_region: f.default_region,
-                fill_ttl: Duration::from_secs(f.fill_ttl_s.max(1)),
+                fill_ttl,
                 max_value_bytes: f.max_value_bytes,
                 listener,
             },
@@ -939,6 +968,45 @@ listen = "127.0.0.1:0"
                 (Err(e), true) => panic!("{head}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn one_staleness_bound_for_hosted_copies_and_fills() {
+        let nodes = "[[nodes]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n";
+        let c = SyncConfig::from_toml(nodes, Path::new("sync.toml")).unwrap();
+        assert_eq!(c.scheduler.max_staleness, Duration::from_secs(30));
+        let c = SyncConfig::from_toml(
+            &format!("[freshness]\nmax_staleness_s = 0.25\n{nodes}"),
+            Path::new("sync.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.scheduler.max_staleness, Duration::from_millis(250));
+        // The older fill_ttl_s: accepted when it agrees, named when not.
+        let ok = format!("[node]\nfill_ttl_s = 30\n{nodes}");
+        assert!(SyncConfig::from_toml(&ok, Path::new("sync.toml")).is_ok());
+        let bad = format!("[freshness]\nmax_staleness_s = -2\n[node]\nfill_ttl_s = 60\n{nodes}");
+        let all = SyncConfig::from_toml(&bad, Path::new("sync.toml"))
+            .unwrap_err()
+            .errors
+            .join("\n");
+        assert!(all.contains("freshness.max_staleness_s: -2"), "{all}");
+        assert!(all.contains("node.fill_ttl_s: 60 differs"), "{all}");
+        let n = NodeConfig::from_toml(
+            "name = \"n\"\nlisten = \"127.0.0.1:0\"\nmax_staleness_s = 0.5\n",
+            Path::new("node.toml"),
+        )
+        .unwrap();
+        assert_eq!(n.settings.fill_ttl, Duration::from_millis(500));
+        let e = NodeConfig::from_toml(
+            "name = \"n\"\nlisten = \"127.0.0.1:0\"\nfill_ttl_s = 10\n",
+            Path::new("node.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("fill_ttl_s: 10 differs from max_staleness_s"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod events;
+pub mod freshness;
 pub mod http;
 pub mod load;
 pub mod metrics;

@@ -189,7 +189,7 @@ async fn serve(config: PathBuf) -> Result<()> {
             let settings = NodeSettings {
                 name: n.name.clone(),
                 default_region: cfg.node.default_region.clone(),
-                fill_ttl: Duration::from_secs(cfg.node.fill_ttl_s.max(1)),
+                fill_ttl: cfg.scheduler.max_staleness,
                 max_value_bytes: cfg.scheduler.transfer.max_value_bytes,
                 listener: cfg.node_listener,
             };

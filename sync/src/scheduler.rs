@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::ShardCache;
+use crate::freshness::CopyClock;
 use crate::metrics::Metrics;
 use crate::model::ShardDef;
 use crate::persist::{self, Loaded, Persister};
@@ -78,7 +79,14 @@ pub enum OrderError {
 pub struct SchedulerConfig {
     pub bandwidth_bytes_per_s: u64,
     pub concurrency: usize,
+    /// Without provider notifications: how often the freshness pass looks
+    /// for copies due; with them, the safety read of a copy with no known
+    /// change (at least once per `max_staleness` when shorter).
     pub poll_interval: Duration,
+    /// How far a hosted copy may lag the provider ([`crate::freshness`]):
+    /// each copy's delta is read to land within it, at most about once per
+    /// it; zero reads on every notification and every poll.
+    pub max_staleness: Duration,
     pub transfer: TransferParams,
     /// Where queued orders survive a restart; `None` keeps them in memory.
     pub state_file: Option<PathBuf>,
@@ -95,6 +103,7 @@ impl Default for SchedulerConfig {
             bandwidth_bytes_per_s: 0,
             concurrency: 2,
             poll_interval: Duration::from_secs(1),
+            max_staleness: Duration::from_secs_f64(crate::freshness::DEFAULT_MAX_STALENESS_S),
             transfer: TransferParams::default(),
             state_file: None,
             keep_finished: 1000,
@@ -922,44 +931,99 @@ impl Scheduler {
         self.inner.wake.notify_one();
     }
 
-    /// Keep hosted shards fresh: on every provider NOTIFY, and every
-    /// `poll_interval` regardless (the fallback when NOTIFY is unavailable
-    /// or a notification was lost).
+    /// Keep hosted shards within `max_staleness` of the provider: each copy
+    /// is read when its [`CopyClock`] says (provider NOTIFYs mark copies
+    /// changed; `poll_interval` bounds the sleep in between).
     async fn freshness(self) {
         let mut notify = self.inner.provider.subscribe();
+        let (bound, poll) = (self.inner.cfg.max_staleness, self.inner.cfg.poll_interval);
+        // Copies due within one tick are read together: early by at most a
+        // tick (the bound still holds), and one pass per tick however many
+        // copies there are.
+        let tick = (bound / 20).clamp(Duration::from_millis(5), poll.max(Duration::from_millis(5)));
+        let tick_ms = tick.as_millis() as u64;
+        let mut clocks: HashMap<(String, String), CopyClock> = HashMap::new();
         loop {
-            let woke_by_notify = tokio::select! {
+            let notified = notify.is_some();
+            let now = now_ms();
+            let due: Vec<(String, String)> = {
+                let st = self.inner.state.lock();
+                clocks.retain(|k, _| st.hosted.contains_key(k));
+                let mut due = vec![];
+                for (k, h) in &st.hosted {
+                    let c = clocks
+                        .entry(k.clone())
+                        .or_insert_with(|| CopyClock::copied(h.last_sync_unix_ms));
+                    if h.last_sync_unix_ms > c.synced {
+                        // An order brought it current meanwhile.
+                        *c = CopyClock::copied(h.last_sync_unix_ms);
+                    }
+                    let is_due = c
+                        .due_at(bound, notified, poll)
+                        .is_some_and(|t| t <= now + tick_ms);
+                    if is_due && !st.busy.contains(k) {
+                        due.push(k.clone());
+                    }
+                }
+                due
+            };
+            if !due.is_empty() {
+                for (key, started, finished) in self.refresh_pairs(due).await {
+                    if let Some(c) = clocks.get_mut(&key) {
+                        c.read(started, finished);
+                    }
+                }
+            }
+            let now = now_ms();
+            // A copy due but busy (an order or an eviction on it) waits for
+            // the next tick; an order leaves it current anyway.
+            let next = clocks
+                .values()
+                .filter_map(|c| c.due_at(bound, notified, poll))
+                .min()
+                .map_or(poll, |t| Duration::from_millis(t.saturating_sub(now)))
+                .clamp(tick, poll.max(tick));
+            tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.inner.cfg.poll_interval) => false,
+                _ = tokio::time::sleep(next) => {}
                 r = async {
                     match notify.as_mut() {
                         Some(rx) => rx.changed().await.is_ok(),
                         None => std::future::pending().await,
                     }
                 } => {
-                    if !r {
+                    if r {
+                        Metrics::inc(&self.inner.metrics.wakeups_notify);
+                        let at = now_ms();
+                        for c in clocks.values_mut() {
+                            c.changed(at);
+                        }
+                    } else {
                         notify = None;
                     }
-                    r
                 }
-            };
-            if woke_by_notify {
-                Metrics::inc(&self.inner.metrics.wakeups_notify);
             }
-            self.refresh_all().await;
         }
     }
 
-    /// One freshness pass over every hosted (node, shard) not busy.
+    /// One freshness pass over every hosted (node, shard) not busy, now.
     pub async fn refresh_all(&self) {
+        let pairs: Vec<(String, String)> = self.inner.state.lock().hosted.keys().cloned().collect();
+        self.refresh_pairs(pairs).await;
+    }
+
+    /// Read the delta of each of `pairs` not busy into its copy; returns
+    /// each pair read with when its read started and finished (Unix ms).
+    async fn refresh_pairs(
+        &self,
+        pairs: Vec<(String, String)>,
+    ) -> Vec<((String, String), u64, u64)> {
         Metrics::inc(&self.inner.metrics.refreshes);
         let pairs: Vec<(String, String)> = {
             let mut st = self.inner.state.lock();
-            let free: Vec<_> = st
-                .hosted
-                .keys()
-                .filter(|k| !st.busy.contains(*k))
-                .cloned()
+            let free: Vec<_> = pairs
+                .into_iter()
+                .filter(|k| st.hosted.contains_key(k) && !st.busy.contains(k))
                 .collect();
             for k in &free {
                 st.busy.insert(k.clone());
@@ -971,6 +1035,7 @@ impl Scheduler {
         let tasks = pairs.iter().cloned().map(|key| {
             let s = self.clone();
             async move {
+                let started = now_ms();
                 let (node, shard_id) = &key;
                 let found = (
                     s.inner.nodes.get(node).cloned(),
@@ -980,7 +1045,7 @@ impl Scheduler {
                     let mut st = s.inner.state.lock();
                     st.busy.remove(&key);
                     st.hosted.remove(&key);
-                    return;
+                    return None;
                 };
                 let res = catch_up(
                     s.inner.provider.clone(),
@@ -1004,26 +1069,34 @@ impl Scheduler {
                 st.busy.remove(&key);
                 match res {
                     Ok(p) => {
+                        let finished = now_ms();
                         if let Some(h) = st.hosted.get_mut(&key) {
                             h.cursor = p.cursor;
                             h.state = HostedState::Warm;
                             if let Some(n) = size {
                                 h.rows = n;
                             }
-                            h.last_sync_unix_ms = now_ms();
+                            h.last_sync_unix_ms = finished;
                         }
+                        Some((key, started, finished))
                     }
                     Err(TransferError::NotHosted) => {
                         st.hosted.remove(&key);
+                        None
                     }
-                    Err(TransferError::Cancelled) => {}
+                    Err(TransferError::Cancelled) => None,
                 }
             }
         });
-        futures::future::join_all(tasks).await;
+        let done: Vec<_> = futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if !pairs.is_empty() {
             self.inner.wake.notify_one();
         }
+        done
     }
 
     /// Prometheus text for the scheduler.

@@ -450,6 +450,14 @@ async fn evicted_copy_resumes_by_delta(p: Arc<dyn ProviderFull>, c: Arc<dyn Shar
     c.park(&s.id, Duration::from_secs(60)).await.unwrap();
     assert_eq!(c.cursor(&s.id).await.unwrap(), None, "parked is not hosted");
     assert_eq!(c.parked(&s.id).await.unwrap(), Some(cursor));
+    // Evicted again (a manager's round that repeats its eviction): the
+    // parked copy stays, so the next pre-fetch is still a delta.
+    c.park(&s.id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        c.parked(&s.id).await.unwrap(),
+        Some(cursor),
+        "a second eviction dropped the parked copy"
+    );
     assert_eq!(
         c.get(&s.id, "UK:L001").await.unwrap(),
         None,

@@ -46,8 +46,9 @@ pub struct Prediction {
     pub rise_at_ms: Option<i64>,
     /// The median forecast of the hour in progress (for skill).
     pub p50_hour: Option<f64>,
-    /// P(the hour in progress crosses the threshold), from the forecast's
-    /// quantiles.
+    /// P(the hour in progress or the next one crosses the threshold), from
+    /// the forecast's quantiles: a copy started now serves both, and one
+    /// started only once the hour in progress looks hot lands in it.
     pub p_exceed: Option<f64>,
 }
 
@@ -86,15 +87,15 @@ impl DemandPolicy for Forecast {
             let Some(hf) = f.horizon(h) else { continue };
             let q = quantile_at(&hf.levels, &hf.values, self.quantile);
             let rate = f64::from(q) / (h.hours() as f64 * 3600.0);
+            if matches!(h, Horizon::Hour | Horizon::NextHour) {
+                let pe = planner::value::p_exceed(&hf.levels, &hf.values, at.threshold * 3600.0);
+                p.p_exceed = Some(p.p_exceed.map_or(pe, |q| q.max(pe)));
+            }
             if h == Horizon::Hour {
                 p.p50_hour = Some(f64::from(quantile_at(&hf.levels, &hf.values, 0.5)));
-                p.p_exceed = Some(planner::value::p_exceed(
-                    &hf.levels,
-                    &hf.values,
-                    at.threshold * 3600.0,
-                ));
                 if rate > at.threshold {
-                    // the hour forecast is for the hour in progress
+                    // the hour forecast is for the hour in progress (else
+                    // the rise is the next hour's, the default)
                     p.rise_at_ms = Some(at.now);
                 }
             }
@@ -417,6 +418,55 @@ mod tests {
         assert!(!NoDemand.plans_demand());
         assert_eq!(Reactive.planned(&d), d);
         assert!(Reactive.plans_demand());
+    }
+
+    #[test]
+    fn the_forecast_prices_a_copy_by_the_hour_in_progress_or_the_next() {
+        use crate::engine::{HorizonForecast, ShardForecast, Source};
+        let levels = vec![0.1, 0.5, 0.9];
+        let hf = |horizon, values: [f32; 3]| HorizonForecast {
+            horizon,
+            levels: levels.clone(),
+            values: values.to_vec(),
+            source: Source::Model { model: "m".into() },
+        };
+        let set = |this: [f32; 3], next: [f32; 3]| ForecastSet {
+            shards: std::sync::Arc::new(
+                [(
+                    "s".to_string(),
+                    ShardForecast {
+                        shard: "s".into(),
+                        history_hours: 0,
+                        horizons: vec![hf(Horizon::Hour, this), hf(Horizon::NextHour, next)],
+                    },
+                )]
+                .into(),
+            ),
+            ..ForecastSet::default()
+        };
+        let policy = Forecast { quantile: 0.9 };
+        // Threshold 100 requests an hour: quiet now, a spike the next hour.
+        let quiet_then_spike = set([1.0, 2.0, 3.0], [150.0, 200.0, 300.0]);
+        fn at(forecasts: &ForecastSet) -> At<'_> {
+            At {
+                shard: "s",
+                now: 7,
+                store_hour: 10,
+                threshold: 100.0 / 3600.0,
+                forecasts,
+            }
+        }
+        let p = policy.predict(&at(&quiet_then_spike));
+        let pe = p.p_exceed.unwrap();
+        assert!(pe > 0.9, "the next hour's spike is priced now: {pe}");
+        assert_eq!(p.rise_at_ms, None, "the rise is the next hour's");
+        let spike_now = set([150.0, 200.0, 300.0], [1.0, 2.0, 3.0]);
+        let p = policy.predict(&at(&spike_now));
+        assert!(p.p_exceed.unwrap() > 0.9);
+        assert_eq!(p.rise_at_ms, Some(7), "the hour in progress rises now");
+        let quiet = set([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]);
+        let p = policy.predict(&at(&quiet));
+        assert!(p.p_exceed.unwrap() < 0.01);
     }
 
     #[test]

@@ -143,6 +143,10 @@ impl ShardCache for MemoryCache {
                 s.side.clear();
                 s.parked = Some((c, items, Instant::now() + keep));
             }
+            // Not hosted: evicting again is the same eviction, and a copy
+            // parked by the first one stays as it is (dropping it would make
+            // the next pre-fetch a whole copy).
+            None if !keep.is_zero() => s.side.clear(),
             _ => {
                 g.remove(shard);
             }

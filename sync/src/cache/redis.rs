@@ -85,8 +85,12 @@ return 2
 "#;
 
 const PARK: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 0 or tonumber(ARGV[1]) <= 0 then
+if tonumber(ARGV[1]) <= 0 then
   return redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  -- not hosted: evicting again keeps a copy parked by the first eviction
+  return redis.call('UNLINK', KEYS[1], KEYS[3])
 end
 redis.call('DEL', KEYS[3], KEYS[4])
 if redis.call('EXISTS', KEYS[1]) == 1 then
