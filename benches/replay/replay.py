@@ -243,6 +243,8 @@ class Replayer:
         self.resume_at = 0
         self.lag_s = 0.0        # how late the last request went out
         self.max_lag_s = 0.0
+        # GETs sent again after a kept-alive connection turned out closed.
+        self.stale_retries = 0
         self.trace_now = to_sec(start)  # trace time of the latest dispatched request
         base = to_sec(start)
         # A loop with an end has a fixed lap; `begin` falls in lap `lap`.
@@ -365,22 +367,36 @@ class Replayer:
                     self.max_lag_s = -wait
             t = time.monotonic()
             status, shard, cache = 0, "", ""
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-                conn.request("GET", path, headers={"Accept": "application/json"})
-                r = conn.getresponse()
-                r.read()
-                status = r.status
-                shard = r.getheader("x-shardcast-shard", "") or ""
-                cache = r.getheader("x-cache", "") or ""
-                if r.getheader("connection", "").lower() == "close":
-                    conn.close()
+            # A kept-alive connection the proxy closed while idle (its
+            # client keep-alive, 10 s, is shorter than the trace's night
+            # gaps) fails before any answer: the GET is sent again once on
+            # a new connection, as HTTP clients do with an idempotent
+            # request (RFC 9112 §9.3.1). A new connection that fails is
+            # a failed request.
+            for attempt in (0, 1):
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                    conn.request("GET", path, headers={"Accept": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                    status = r.status
+                    shard = r.getheader("x-shardcast-shard", "") or ""
+                    cache = r.getheader("x-cache", "") or ""
+                    if r.getheader("connection", "").lower() == "close":
+                        conn.close()
+                        conn = None
+                    break
+                except (OSError, http.client.HTTPException) as e:
+                    if conn is not None:
+                        conn.close()
                     conn = None
-            except (OSError, http.client.HTTPException):
-                if conn is not None:
-                    conn.close()
-                conn = None
+                    # RemoteDisconnected is a ConnectionError; a timeout is not.
+                    if attempt == 0 and reused and isinstance(e, ConnectionError):
+                        self.stale_retries += 1
+                        continue
+                    break
             ms = (time.monotonic() - t) * 1000.0
             st.sent += 1
             st.lat_sum += ms
