@@ -490,7 +490,9 @@ impl Scheduler {
     /// is left out).
     pub fn orders_of(&self, ids: &[u64]) -> Vec<Order> {
         let st = self.inner.state.lock();
-        ids.iter().filter_map(|id| st.orders.get(id).cloned()).collect()
+        ids.iter()
+            .filter_map(|id| st.orders.get(id).cloned())
+            .collect()
     }
 
     /// Raise the highest manager epoch seen to `epoch`, before any order of

@@ -114,10 +114,7 @@ async fn a_batch_queues_each_order_on_its_own_and_answers_per_order() {
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["results"][0]["status"], 409, "{j}");
     assert!(
-        j["results"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("epoch"),
+        j["results"][0]["error"].as_str().unwrap().contains("epoch"),
         "{j}"
     );
 
