@@ -418,6 +418,9 @@ class Harness:
             "failed_requests": non2xx + errors,
             "non_2xx": non2xx,
             "no_response": errors,
+            # Requests sent again because a kept-alive connection the proxy
+            # closed while idle failed before any answer (not failures).
+            "client_stale_connection_retries": sum(p.totals().resent for p in players),
             "request_rate": round(sent / wall, 1) if wall else None,
             "mean_latency_ms": round(lat / sent, 2) if sent else None,
             "hit_rate": round(hit / (hit + miss), 4) if hit + miss else None,

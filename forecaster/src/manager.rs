@@ -342,8 +342,8 @@ impl Manager {
                 .map(|o| o.id)
                 .collect()
         });
-        for id in open {
-            let report = self.sync.order(id).await;
+        // One call per thousand open orders, not one per order.
+        for (id, report) in self.sync.orders(&open).await {
             let fx = self.apply(Event::OrderReported { id, report, now });
             self.carry_out(fx).await;
         }
@@ -398,16 +398,40 @@ impl Manager {
                     continue;
                 }
                 Effect::Submit(order) => {
-                    let now = now_unix_ms();
-                    match self.submit(&order).await {
-                        Ok(id) => self.apply(Event::OrderSubmitted { order, id, now }),
-                        Err(error) => {
-                            if !order.adds_replica {
-                                warn!(shard = %order.shard, node = %order.node, error = %error, "refresh order refused");
+                    // The orders queued after it go in the same call, up to
+                    // the first effect that is neither an order nor a log
+                    // line (a cancel or an eviction must reach sync before
+                    // the orders that follow it).
+                    let mut orders = vec![order];
+                    loop {
+                        match queue.pop_front() {
+                            Some(Effect::Submit(o)) => orders.push(o),
+                            Some(Effect::Record(d)) => {
+                                self.metrics.decision(&d);
+                                self.log.record(d);
                             }
-                            self.apply(Event::OrderRefused { order, error, now })
+                            Some(other) => {
+                                queue.push_front(other);
+                                break;
+                            }
+                            None => break,
                         }
                     }
+                    let results = self.submit(&orders).await;
+                    let now = now_unix_ms();
+                    let mut more = vec![];
+                    for (order, r) in orders.into_iter().zip(results) {
+                        more.extend(match r {
+                            Ok(id) => self.apply(Event::OrderSubmitted { order, id, now }),
+                            Err(error) => {
+                                if !order.adds_replica {
+                                    warn!(shard = %order.shard, node = %order.node, error = %error, "refresh order refused");
+                                }
+                                self.apply(Event::OrderRefused { order, error, now })
+                            }
+                        });
+                    }
+                    more
                 }
                 Effect::Cancel { id } => {
                     self.sync.cancel(id).await;
@@ -454,18 +478,22 @@ impl Manager {
         }
     }
 
-    /// A pre-fetch order to sync, in the lease's epoch once sync knows it.
-    async fn submit(&self, o: &OrderRequest) -> Result<u64, String> {
+    /// Pre-fetch orders to sync, in the lease's epoch once sync knows it:
+    /// per order, sync's id or why not.
+    async fn submit(&self, orders: &[OrderRequest]) -> Vec<Result<u64, String>> {
+        let refuse = |why: String| orders.iter().map(|_| Err(why.clone())).collect();
         let Some(epoch) = self.lease.may_write() else {
-            return Err("not leading: no orders".into());
+            return refuse("not leading: no orders".into());
         };
         if self.with_state(|st| st.sync_epoch) < epoch {
-            return Err(format!("epoch {epoch} not yet announced to sync"));
+            return refuse(format!("epoch {epoch} not yet announced to sync"));
         }
         self.sync
-            .submit(o, epoch, &self.lease)
+            .submit(orders, epoch, &self.lease)
             .await
-            .map_err(|e| e.to_string())
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
     }
 
     /// A new term tells sync its epoch before ordering anything, so the

@@ -1,4 +1,5 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `GET|PUT /admin/table`,
+//! The admin listener: `/live`, `/ready`, `/metrics`, `GET|PUT /admin/table`
+//! (`GET /admin/table?shards=none`: the version and the nodes only),
 //! `POST /admin/reload`, `GET /admin/config`, `GET /admin/history`, and the
 //! operator dashboard (`GET /dashboard`, `GET /dashboard/data`, see
 //! [`crate::dashboard`]).
@@ -61,6 +62,33 @@ pub fn snapshot_view(snap: &Snapshot) -> TableView {
     })
 }
 
+/// The table's version and its nodes with their health now, without the
+/// shards (`GET /admin/table?shards=none`): what the shard manager reads
+/// every round, a few KB where the whole view at 10k shards is megabytes.
+pub fn nodes_view(snap: &Snapshot) -> TableView {
+    let now = now_ms();
+    let t = &snap.table;
+    TableView {
+        assignment_version: t.assignment_version,
+        config_generation: t.config_generation,
+        skus: t.catalog.len(),
+        shards: vec![],
+        nodes: t
+            .nodes
+            .iter()
+            .zip(snap.nodes.iter())
+            .map(|(n, state)| shardmap::control::NodeView {
+                name: n.name.clone(),
+                address: n.address.clone(),
+                capacity: n.capacity,
+                zone: n.zone.clone(),
+                health: state.health(now),
+                in_flight: state.in_flight(),
+            })
+            .collect(),
+    }
+}
+
 /// Handle one admin request (no socket needed: tests call this directly).
 pub async fn handle<B>(shared: Arc<Shared>, req: Request<B>) -> Result<Resp, Infallible>
 where
@@ -95,7 +123,15 @@ where
             .header("content-type", "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(crate::metrics::render(&shared))))
             .unwrap_or_default(),
-        (&Method::GET, "/admin/table") => json(StatusCode::OK, &table_view(&shared)),
+        (&Method::GET, "/admin/table") => {
+            let no_shards = shardcast_edge::url::query_param(parts.uri.query(), "shards")
+                .is_some_and(|v| v == "none");
+            if no_shards {
+                json(StatusCode::OK, &nodes_view(&shared.current()))
+            } else {
+                json(StatusCode::OK, &table_view(&shared))
+            }
+        }
         // The restart-only settings the process runs with (what `-t` and
         // reload compare a file against).
         (&Method::GET, "/admin/config") => json(StatusCode::OK, &shared.edge.started),

@@ -79,14 +79,17 @@ impl TopK {
     }
 }
 
-/// What the background tasks hold between merges.
+/// What the background tasks hold between merges. The histograms are
+/// made on the first merge that has a latency in it: a shard that never
+/// sees a request costs none of them (at 10k shards, three ~20 KiB
+/// histograms each would be 600 MB).
 #[derive(Debug)]
 struct Window {
     /// Since the last exported frame.
-    hist: Histogram<u64>,
+    hist: Option<Histogram<u64>>,
     /// Since the last dashboard tick (independent of the export interval,
     /// which may be a minute or more).
-    recent: Histogram<u64>,
+    recent: Option<Histogram<u64>>,
     /// Sum of the latencies in `hist` (µs): the mean without a pass over
     /// every bucket.
     sum_us: u64,
@@ -200,8 +203,8 @@ pub struct ShardStats {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub bytes: AtomicU64,
-    /// Since start, for /metrics.
-    lifetime: Mutex<Histogram<u64>>,
+    /// Since start, for /metrics; made at the first export with a latency.
+    lifetime: Mutex<Option<Histogram<u64>>>,
     /// Written by the request path, one per worker.
     slots: [Padded; SLOTS],
     /// The slots merged; only the background tasks lock it.
@@ -232,7 +235,7 @@ impl ShardStats {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            lifetime: Mutex::new(new_hist()),
+            lifetime: Mutex::new(None),
             slots: std::array::from_fn(|_| {
                 Padded(Mutex::new(Slot {
                     hist: None,
@@ -244,8 +247,8 @@ impl ShardStats {
                 }))
             }),
             window: Mutex::new(Window {
-                hist: new_hist(),
-                recent: new_hist(),
+                hist: None,
+                recent: None,
                 sum_us: 0,
                 top: TopK {
                     cap: (top_k * 4).max(8),
@@ -291,8 +294,8 @@ impl ShardStats {
             let mut slot = slot.0.lock();
             w.sum_us += std::mem::take(&mut slot.sum_us);
             if let Some(h) = slot.hist.as_mut().filter(|h| !h.is_empty()) {
-                let _ = w.hist.add(&*h);
-                let _ = w.recent.add(&*h);
+                let _ = w.hist.get_or_insert_with(new_hist).add(&*h);
+                let _ = w.recent.get_or_insert_with(new_hist).add(&*h);
                 h.reset();
             }
             if !slot.top.counts.is_empty() {
@@ -305,8 +308,26 @@ impl ShardStats {
     /// at or below each bound in µs.
     pub fn cumulative_buckets(&self, bounds_us: &[u64]) -> (Vec<u64>, u64, f64) {
         let h = self.lifetime.lock();
+        let Some(h) = h.as_ref() else {
+            return (vec![0; bounds_us.len()], 0, 0.0);
+        };
         let counts = bounds_us.iter().map(|&b| h.count_between(0, b)).collect();
         (counts, h.len(), h.mean() * h.len() as f64)
+    }
+
+    /// Whether the shard has seen a request since start.
+    pub fn seen(&self) -> bool {
+        self.requests.load(Relaxed) > 0
+    }
+
+    /// Whether any of the shard's latency histograms exists (made on its
+    /// first request; for the memory they cost).
+    pub fn holds_histograms(&self) -> bool {
+        let w = self.window.lock();
+        w.hist.is_some()
+            || w.recent.is_some()
+            || self.lifetime.lock().is_some()
+            || self.slots.iter().any(|s| s.0.lock().hist.is_some())
     }
 
     /// Requests, errors, cache hits and cache misses since start.
@@ -326,18 +347,18 @@ impl ShardStats {
         let latencies = {
             let mut w = self.window.lock();
             self.merge_slots(&mut w);
-            if w.recent.is_empty() {
-                Vec::new()
-            } else {
-                // In place: a new histogram each tick would be ~20 KiB
-                // allocated and zeroed per shard per second.
-                let v = w
-                    .recent
-                    .iter_recorded()
-                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                    .collect();
-                w.recent.reset();
-                v
+            match w.recent.as_mut().filter(|h| !h.is_empty()) {
+                None => Vec::new(),
+                Some(recent) => {
+                    // In place: a new histogram each tick would be ~20 KiB
+                    // allocated and zeroed per shard per second.
+                    let v = recent
+                        .iter_recorded()
+                        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                        .collect();
+                    recent.reset();
+                    v
+                }
             }
         };
         let t = Tick {
@@ -385,14 +406,29 @@ impl ShardStats {
             self.cache_misses.load(Relaxed),
             self.bytes.load(Relaxed),
         ];
-        let (hist, sum_us, top) = {
+        let (latency, top) = {
             let mut w = self.window.lock();
             self.merge_slots(&mut w);
-            let h = std::mem::replace(&mut w.hist, new_hist());
-            let top = w.top.take(top_k);
-            (h, std::mem::take(&mut w.sum_us), top)
+            let sum_us = std::mem::take(&mut w.sum_us);
+            let latency = match w.hist.as_mut().filter(|h| !h.is_empty()) {
+                None => Latency::default(),
+                Some(h) => {
+                    let _ = self.lifetime.lock().get_or_insert_with(new_hist).add(&*h);
+                    let l = Latency {
+                        count: h.len(),
+                        p50_us: h.value_at_quantile(0.5),
+                        p90_us: h.value_at_quantile(0.9),
+                        p99_us: h.value_at_quantile(0.99),
+                        max_us: h.max(),
+                        mean_us: sum_us as f64 / h.len() as f64,
+                    };
+                    // In place, as the dashboard's window.
+                    h.reset();
+                    l
+                }
+            };
+            (latency, w.top.take(top_k))
         };
-        let _ = self.lifetime.lock().add(&hist);
         let mut last = self.exported.lock();
         let d: Vec<u64> = now
             .iter()
@@ -410,18 +446,7 @@ impl ShardStats {
             cache_hits: d[2],
             cache_misses: d[3],
             bytes: d[4],
-            latency: Latency {
-                count: hist.len(),
-                p50_us: hist.value_at_quantile(0.5),
-                p90_us: hist.value_at_quantile(0.9),
-                p99_us: hist.value_at_quantile(0.99),
-                max_us: hist.max(),
-                mean_us: if hist.is_empty() {
-                    0.0
-                } else {
-                    sum_us as f64 / hist.len() as f64
-                },
-            },
+            latency,
             top_skus: top,
         })
     }
@@ -665,6 +690,24 @@ mod tests {
         assert_eq!(b.top_skus[0].0, "cold");
         let (_, lifetime, _) = many.cumulative_buckets(&[1_000_000]);
         assert_eq!(lifetime, N);
+    }
+
+    /// Memory follows traffic: a shard without requests holds no
+    /// histogram through ticks and exports; its first request makes them.
+    #[test]
+    fn histograms_are_made_on_a_shards_first_request() {
+        let s = ShardStats::new("UK/IDLE", 2);
+        s.tick(1_000);
+        assert!(s.take_sample(2).is_none());
+        s.tick(2_000);
+        assert_eq!(s.cumulative_buckets(&[1_000]), (vec![0], 0, 0.0));
+        assert!(!s.holds_histograms() && !s.seen());
+        s.record(outcome(1));
+        assert!(s.holds_histograms() && s.seen());
+        s.tick(3_000);
+        let a = s.take_sample(2).unwrap();
+        assert_eq!((a.requests, a.latency.count), (1, 1));
+        assert_eq!(s.cumulative_buckets(&[1_000_000]).1, 1);
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub mod orders;
 pub use hosted::{HostedShard, HostedState, NodeRecord};
 pub use keys::MetadataKeys;
 pub use orders::{
-    EpochBody, Evicting, Order, OrderEvent, OrderEventAnswer, OrderRequest, OrderState, Report,
+    EpochBody, Evicting, Order, OrderBatch, OrderBatchAnswer, OrderEvent, OrderEventAnswer,
+    OrderRequest, OrderResult, OrderState, Report, MAX_BATCH,
 };
 
 use serde::{Deserialize, Serialize};

@@ -4,9 +4,10 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /orders` | submit `{shard, node, priority?, deadline_unix_ms? \| deadline_in_ms?, epoch?}` → 202 + order; 409 when `epoch` is below the highest seen (a fenced, stale manager) |
+//! | `POST /orders/batch` | `{"orders": [order, …]}`, at most 1000 → 200 `{"results": [{status, order? \| error?}, …]}`, one per order in the order sent, each queued or refused as `POST /orders` would (202 / 422 / 409); the state is saved once per batch; more than 1000 → 413 |
 //! | `POST /epoch` | `{epoch}`: a new leading manager fences the old one's orders before it orders → 200 `{epoch}`; 409 when lower than the highest seen |
 //! | `GET /epoch` | `{epoch}`: the highest manager epoch seen (persisted with the orders) |
-//! | `GET /orders` | every order (`?state=queued\|running\|done\|cancelled` filters) |
+//! | `GET /orders` | every order (`?state=queued\|running\|done\|cancelled` filters; `?ids=1,2,3`, at most 1000: only those, an unknown id left out) |
 //! | `GET /orders/{id}` | one order, with its report once done (a cancelled one with its `reason`) |
 //! | `DELETE /orders/{id}` | cancel a queued or running order |
 //! | `GET /nodes` | node names and their hosted shards |
@@ -35,21 +36,95 @@ use shardcast_edge::{auth, ConnLimiter};
 
 use shardmap::contract::hosted::Nodes;
 use shardmap::contract::orders::EvictTarget;
-use shardmap::contract::{EpochBody, Evicting, NodeRecord, StatusBody};
+use shardmap::contract::{
+    EpochBody, Evicting, NodeRecord, OrderBatch, OrderBatchAnswer, OrderResult, StatusBody,
+    MAX_BATCH,
+};
 
 use crate::http::{self, ListenerConfig, Resp};
 use crate::scheduler::{OrderError, OrderRequest, OrderState, Scheduler};
 
 fn order_error(e: &OrderError) -> Resp {
-    let status = match e {
+    http::error(order_status(e), &e.to_string())
+}
+
+fn order_status(e: &OrderError) -> StatusCode {
+    match e {
         OrderError::UnknownShard(_)
         | OrderError::UnknownNode(_)
         | OrderError::BadPriority(_)
         | OrderError::TwoDeadlines => StatusCode::UNPROCESSABLE_ENTITY,
         OrderError::NoOrder(_) | OrderError::NotHosted { .. } => StatusCode::NOT_FOUND,
         OrderError::Finished(_) | OrderError::StaleEpoch { .. } => StatusCode::CONFLICT,
+    }
+}
+
+/// `POST /orders/batch`: at most [`MAX_BATCH`] orders, each queued or
+/// refused on its own; a body that is not a batch refuses the whole call.
+async fn submit_batch(s: &Scheduler, req: Request<Incoming>) -> Resp {
+    let body = match http::body(req, 1 << 20).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    http::error(status, &e.to_string())
+    let batch: OrderBatch = match shardcast_edge::body::require_json_object(&body)
+        .map_err(|why| why.to_string())
+        .and_then(|()| serde_json::from_slice(&body).map_err(|e| e.to_string()))
+    {
+        Ok(b) => b,
+        Err(why) => {
+            crate::metrics::Metrics::inc(&s.metrics().orders_rejected);
+            return http::error(StatusCode::BAD_REQUEST, &format!("order batch body: {why}"));
+        }
+    };
+    if batch.orders.len() > MAX_BATCH {
+        crate::metrics::Metrics::inc(&s.metrics().orders_rejected);
+        return http::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "order batch of {} orders: at most {MAX_BATCH} in one call",
+                batch.orders.len()
+            ),
+        );
+    }
+    let results = s
+        .submit_batch(batch.orders)
+        .into_iter()
+        .map(|r| match r {
+            Ok(o) => OrderResult {
+                status: StatusCode::ACCEPTED.as_u16(),
+                order: Some(o),
+                error: None,
+            },
+            Err(e) => {
+                tracing::info!(reason = %e, "order refused");
+                OrderResult {
+                    status: order_status(&e).as_u16(),
+                    order: None,
+                    error: Some(e.to_string()),
+                }
+            }
+        })
+        .collect();
+    http::json(StatusCode::OK, &OrderBatchAnswer { results })
+}
+
+/// `?ids=1,2,3` of `GET /orders`: at most [`MAX_BATCH`] numbers.
+fn parse_ids(v: &str) -> Result<Vec<u64>, String> {
+    let ids = v
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<u64>()
+                .map_err(|_| format!("ids: `{x}` is not an order id"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.len() > MAX_BATCH {
+        return Err(format!(
+            "ids: {} order ids, at most {MAX_BATCH} in one call",
+            ids.len()
+        ));
+    }
+    Ok(ids)
 }
 
 /// Answer one control request; `conns` is the listener's, for `/metrics`;
@@ -104,6 +179,7 @@ pub async fn handle(
                 }
             }
         }
+        (&Method::POST, ["orders", "batch"]) => submit_batch(&s, req).await,
         (&Method::POST, ["epoch"]) => {
             let body = match http::body(req, 4 * 1024).await {
                 Ok(b) => b,
@@ -127,8 +203,18 @@ pub async fn handle(
                 Ok(w) => w,
                 Err(e) => return http::error(StatusCode::BAD_REQUEST, &e.to_string()),
             };
-            let orders: Vec<_> = s
-                .orders()
+            let ids = match http::query_param(req.uri().query(), "ids")
+                .map(|v| parse_ids(&v))
+                .transpose()
+            {
+                Ok(ids) => ids,
+                Err(e) => return http::error(StatusCode::BAD_REQUEST, &e),
+            };
+            let all = match &ids {
+                Some(ids) => s.orders_of(ids),
+                None => s.orders(),
+            };
+            let orders: Vec<_> = all
                 .into_iter()
                 .filter(|o| want.is_none_or(|w| o.state == w))
                 .collect();

@@ -177,6 +177,8 @@ async fn serve(config: PathBuf) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let reader = counted(provider.clone(), cfg.provider_read_latency, &metrics);
     let mut caches = BTreeMap::new();
+    // One catalog for every in-process node (they serve the same shards).
+    let catalog = node::SharedCatalog::new();
     for n in &cfg.nodes {
         let c = cache::open(&n.cache, &n.prefix)
             .await
@@ -198,12 +200,13 @@ async fn serve(config: PathBuf) -> Result<()> {
                 provider_reads: metrics.provider_reads.clone(),
                 ..Metrics::default()
             });
-            let nd = Node::new(
+            let nd = Node::sharing(
                 reader.clone(),
                 c.clone(),
                 cfg.shards.clone(),
                 settings,
                 node_metrics,
+                catalog.clone(),
             );
             tokio::spawn(node::run(listener, nd, shutdown.clone()));
         }

@@ -55,6 +55,21 @@ impl Default for NodeSettings {
     }
 }
 
+/// One catalog for the nodes of a process that serve the same shards:
+/// the first node to load it builds the lookup, the others take the same
+/// copy (24 in-process nodes at 1M skus would otherwise hold 24 copies).
+/// A node whose shards differ from those it was built for builds its own.
+#[derive(Default)]
+pub struct SharedCatalog {
+    built: tokio::sync::Mutex<Option<(Vec<ShardDef>, Arc<Lookup>)>>,
+}
+
+impl SharedCatalog {
+    pub fn new() -> Arc<SharedCatalog> {
+        Arc::new(SharedCatalog::default())
+    }
+}
+
 /// The catalog as the node uses it: sku → category id → per-region shard.
 #[derive(Default)]
 struct Lookup {
@@ -78,6 +93,7 @@ pub struct Node {
     conns: Arc<ConnLimiter>,
     /// The catalog loader, supervised once [`run`] starts it.
     tasks: Arc<Tasks>,
+    catalog: Arc<SharedCatalog>,
 }
 
 const LEARNED_MAX: usize = 200_000;
@@ -92,6 +108,26 @@ impl Node {
         shards: Vec<ShardDef>,
         settings: NodeSettings,
         metrics: Arc<Metrics>,
+    ) -> Arc<Node> {
+        Node::sharing(
+            provider,
+            cache,
+            shards,
+            settings,
+            metrics,
+            SharedCatalog::new(),
+        )
+    }
+
+    /// A node that takes its catalog from `catalog` when another node of
+    /// the same shards has loaded it (the nodes of one sync process).
+    pub fn sharing(
+        provider: Arc<dyn Provider>,
+        cache: Arc<dyn ShardCache>,
+        shards: Vec<ShardDef>,
+        settings: NodeSettings,
+        metrics: Arc<Metrics>,
+        catalog: Arc<SharedCatalog>,
     ) -> Arc<Node> {
         let mut categories: Vec<String> = shards
             .iter()
@@ -112,48 +148,78 @@ impl Node {
             ready: std::sync::atomic::AtomicBool::new(false),
             conns: ConnLimiter::new("node", settings_limits),
             tasks: Tasks::new(),
+            catalog,
         })
+    }
+
+    /// The lookup over the provider's `(sku, category)` pairs for this
+    /// node's shards.
+    fn build_lookup(&self, pairs: &[(String, String)]) -> Lookup {
+        let idx: HashMap<&str, CategoryId> = self
+            .categories
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as CategoryId))
+            .collect();
+        // Skus of categories no shard covers are left out: they are served
+        // by the slow path without caching.
+        let entries: Vec<(&str, CategoryId)> = pairs
+            .iter()
+            .filter_map(|(s, c)| Some((s.as_str(), *idx.get(c.as_str())?)))
+            .collect();
+        let skus = SkuMap::build(entries.len(), || entries.iter().copied());
+        let mut cells = vec![Vec::new(); self.categories.len()];
+        for (si, s) in self.shards.iter().enumerate() {
+            for (c, r) in &s.cells {
+                if let Some(&ci) = idx.get(c.as_str()) {
+                    let v: &mut Vec<(String, usize)> = &mut cells[ci as usize];
+                    if !v.iter().any(|(rr, _)| rr == r) {
+                        v.push((r.clone(), si));
+                    }
+                }
+            }
+        }
+        Lookup {
+            skus: Some(skus),
+            cells,
+        }
+    }
+
+    fn catalog_loaded(&self, lookup: Arc<Lookup>, shared: bool) {
+        let skus = lookup.skus.as_ref().map_or(0, SkuMap::len);
+        self.lookup.store(lookup);
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(node = %self.settings.name, skus, shared, "catalog loaded");
     }
 
     /// Load the catalog from the provider, retrying until it answers.
     pub async fn load_catalog(self: &Arc<Node>, shutdown: &CancellationToken) {
         let mut delay = Duration::from_millis(100);
         loop {
+            // Held while loading: the other nodes wait for this copy
+            // rather than read the provider too.
+            let mut built = tokio::select! {
+                b = self.catalog.built.lock() => b,
+                _ = shutdown.cancelled() => return,
+            };
+            if let Some((_, l)) = built.as_ref().filter(|(s, _)| *s == self.shards) {
+                let l = l.clone();
+                drop(built);
+                self.catalog_loaded(l, true);
+                return;
+            }
             match self.provider.catalog().await {
                 Ok(pairs) => {
-                    let idx: HashMap<&str, CategoryId> = self
-                        .categories
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| (c.as_str(), i as CategoryId))
-                        .collect();
-                    // Skus of categories no shard covers are left out: they
-                    // are served by the slow path without caching.
-                    let entries: Vec<(&str, CategoryId)> = pairs
-                        .iter()
-                        .filter_map(|(s, c)| Some((s.as_str(), *idx.get(c.as_str())?)))
-                        .collect();
-                    let skus = SkuMap::build(entries.len(), || entries.iter().copied());
-                    let mut cells = vec![Vec::new(); self.categories.len()];
-                    for (si, s) in self.shards.iter().enumerate() {
-                        for (c, r) in &s.cells {
-                            if let Some(&ci) = idx.get(c.as_str()) {
-                                let v: &mut Vec<(String, usize)> = &mut cells[ci as usize];
-                                if !v.iter().any(|(rr, _)| rr == r) {
-                                    v.push((r.clone(), si));
-                                }
-                            }
-                        }
+                    let l = Arc::new(self.build_lookup(&pairs));
+                    if built.is_none() {
+                        *built = Some((self.shards.clone(), l.clone()));
                     }
-                    self.lookup.store(Arc::new(Lookup {
-                        skus: Some(skus),
-                        cells,
-                    }));
-                    self.ready.store(true, std::sync::atomic::Ordering::Release);
-                    tracing::info!(node = %self.settings.name, skus = entries.len(), "catalog loaded");
+                    drop(built);
+                    self.catalog_loaded(l, false);
                     return;
                 }
                 Err(e) => {
+                    drop(built);
                     tracing::warn!(node = %self.settings.name, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "cannot load the catalog from the provider; serving by the slow path meanwhile");
                     tokio::select! {

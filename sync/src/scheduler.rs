@@ -381,16 +381,39 @@ impl Scheduler {
     /// updates that order (higher priority, earlier deadline win) and
     /// returns it.
     pub fn submit(&self, req: OrderRequest) -> Result<Order, OrderError> {
-        let m = &self.inner.metrics;
-        let res = self.submit_inner(req);
-        match &res {
-            Ok(_) => Metrics::inc(&m.orders_submitted),
-            Err(_) => Metrics::inc(&m.orders_rejected),
+        let res = self.queue(req);
+        self.counted(&res);
+        if res.is_ok() {
+            self.persist();
+            self.inner.wake.notify_one();
         }
         res
     }
 
-    fn submit_inner(&self, req: OrderRequest) -> Result<Order, OrderError> {
+    /// Queue several orders, each as [`Scheduler::submit`] would (one
+    /// refused does not refuse the others); the state is saved once for the
+    /// batch, which is what makes a thousand orders one call's work
+    /// rather than a thousand saves of every order.
+    pub fn submit_batch(&self, reqs: Vec<OrderRequest>) -> Vec<Result<Order, OrderError>> {
+        let res: Vec<_> = reqs.into_iter().map(|r| self.queue(r)).collect();
+        res.iter().for_each(|r| self.counted(r));
+        if res.iter().any(Result::is_ok) {
+            self.persist();
+            self.inner.wake.notify_one();
+        }
+        res
+    }
+
+    fn counted(&self, res: &Result<Order, OrderError>) {
+        let m = &self.inner.metrics;
+        match res {
+            Ok(_) => Metrics::inc(&m.orders_submitted),
+            Err(_) => Metrics::inc(&m.orders_rejected),
+        }
+    }
+
+    /// Validate and queue one order, without saving the state.
+    fn queue(&self, req: OrderRequest) -> Result<Order, OrderError> {
         if !self.inner.shards.contains_key(&req.shard) {
             return Err(OrderError::UnknownShard(req.shard));
         }
@@ -461,8 +484,6 @@ impl Scheduler {
             }
         };
         tracing::debug!(order = order.id, shard = %order.shard, node = %order.node, priority = order.priority, "order queued");
-        self.persist();
-        self.inner.wake.notify_one();
         Ok(order)
     }
 
@@ -472,6 +493,15 @@ impl Scheduler {
 
     pub fn order(&self, id: u64) -> Option<Order> {
         self.inner.state.lock().orders.get(&id).cloned()
+    }
+
+    /// The orders of `ids` sync knows, in the order asked (an unknown id
+    /// is left out).
+    pub fn orders_of(&self, ids: &[u64]) -> Vec<Order> {
+        let st = self.inner.state.lock();
+        ids.iter()
+            .filter_map(|id| st.orders.get(id).cloned())
+            .collect()
     }
 
     /// Raise the highest manager epoch seen to `epoch`, before any order of

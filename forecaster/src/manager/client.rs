@@ -18,7 +18,9 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use shardcast_edge::client::{self as edge, Call, ClientOptions};
 use shardmap::contract::hosted::Nodes;
-use shardmap::contract::{EpochBody, Evicting, Order, OrderRequest};
+use shardmap::contract::{
+    EpochBody, Evicting, Order, OrderBatch, OrderBatchAnswer, OrderRequest, OrderResult,
+};
 
 const MAX_RESPONSE: usize = 16 << 20;
 
@@ -79,6 +81,18 @@ impl SyncError {
                 SyncError::Refused(message.clone())
             }
             _ => SyncError::Call(e),
+        }
+    }
+}
+
+impl SyncError {
+    /// The refusal of one order of a batch (its result's status and error),
+    /// as the same refusal of `POST /orders` would be.
+    pub fn of_result(status: u16, message: String, epoch: u64) -> SyncError {
+        if status == StatusCode::CONFLICT.as_u16() && message.contains("epoch") {
+            SyncError::Fenced { epoch, message }
+        } else {
+            SyncError::Refused(message)
         }
     }
 }
@@ -181,6 +195,50 @@ impl Client {
         self.sync_json(Method::POST, &url, Some(body), timeout)
             .await
             .map_err(|e| SyncError::of(e, None, order.epoch))
+    }
+
+    /// `POST {sync}/orders/batch`: one result per order, in the order
+    /// sent. An error is the call's (every order of it unsent or unknown);
+    /// a refused order is its result's.
+    pub async fn sync_submit_batch(
+        &self,
+        sync: &str,
+        batch: &OrderBatch,
+        timeout: Duration,
+    ) -> Result<Vec<OrderResult>, SyncError> {
+        let url = format!("{}/orders/batch", sync.trim_end_matches('/'));
+        let body = serde_json::to_vec(batch).unwrap_or_default();
+        let epoch = batch.orders.first().map_or(0, |o| o.epoch);
+        let answer: OrderBatchAnswer = self
+            .sync_json(Method::POST, &url, Some(body), timeout)
+            .await
+            .map_err(|e| SyncError::of(e, None, epoch))?;
+        if answer.results.len() != batch.orders.len() {
+            return Err(SyncError::Refused(format!(
+                "{} results for a batch of {} orders",
+                answer.results.len(),
+                batch.orders.len()
+            )));
+        }
+        Ok(answer.results)
+    }
+
+    /// `GET {sync}/orders?ids=…`: the orders of `ids` sync knows.
+    pub async fn sync_orders_of(
+        &self,
+        sync: &str,
+        ids: &[u64],
+        timeout: Duration,
+    ) -> Result<Vec<Order>, SyncError> {
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let url = format!(
+            "{}/orders?ids={}",
+            sync.trim_end_matches('/'),
+            list.join(",")
+        );
+        self.sync_json(Method::GET, &url, None, timeout)
+            .await
+            .map_err(|e| SyncError::of(e, None, 0))
     }
 
     /// `DELETE {sync}/orders/{id}`.

@@ -158,7 +158,7 @@ pub async fn read_store(
     Ok(out)
 }
 
-/// The node states in each proxy's `GET /admin/table`, as reports taken
+/// The node states in each proxy's `GET /admin/table?shards=none`, as reports taken
 /// now. That view has no separate active-check flag: a node counts as
 /// failing its checks when the proxy shows it `down`.
 pub async fn read_proxies(
@@ -170,7 +170,8 @@ pub async fn read_proxies(
 ) -> Vec<HealthReport> {
     let mut out = vec![];
     for p in proxies {
-        let url = format!("{p}/admin/table");
+        // The nodes only: the whole view is megabytes at 10k shards.
+        let url = format!("{p}/admin/table?shards=none");
         let view = http.get_typed::<TableView>(&url, token, timeout).await;
         match view {
             Ok(v) => out.push(HealthReport {

@@ -32,7 +32,16 @@ use super::metadata::{self, NodeRecord, ShardRecord};
 use super::state::Event;
 use super::versions::{on_refusal, Refusal, Refusals};
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a proxy has to answer a push of `bytes`: a delta (a few
+/// hundred bytes, applied in well under a millisecond) gets 2 s; a full
+/// table (~1 MB at 10k shards, the first push of every term and the cure
+/// for a proxy that is behind) is read, parsed and built whole, so the
+/// bound grows with the body: 2 s plus 10 s per MB, at most 30 s. A push
+/// cut short is sent again next round, whole, and would be cut short again.
+fn push_timeout(bytes: usize) -> Duration {
+    let extra = Duration::from_millis((bytes as u64).saturating_mul(10) / 1000);
+    (Duration::from_secs(2) + extra).min(Duration::from_secs(30))
+}
 
 /// The records written beside the table.
 pub type Records = (Vec<ShardRecord>, Vec<NodeRecord>, Vec<u8>);
@@ -80,13 +89,14 @@ impl Publisher {
 
     async fn put(&self, proxy: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
         let url = format!("{proxy}/admin/table");
+        let timeout = push_timeout(body.len());
         self.http
             .send(
                 Method::PUT,
                 &url,
                 Some(body),
                 self.token.as_deref(),
-                CALL_TIMEOUT,
+                timeout,
             )
             .await
             .map(|(s, b)| (s, b.to_vec()))
@@ -309,5 +319,19 @@ impl Publisher {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn a_full_table_gets_longer_than_a_delta() {
+        assert_eq!(push_timeout(250), Duration::from_millis(2002));
+        // 10k shards: ~1 MB.
+        assert_eq!(push_timeout(1_006_871), Duration::from_millis(12_068));
+        assert_eq!(push_timeout(100 << 20), Duration::from_secs(30));
     }
 }

@@ -4,9 +4,10 @@
 //! [`super::client`], in the shared contract types of `shardmap::contract`,
 //! translated to and from the state machine's events.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use shardmap::contract::{HostedState, OrderRequest};
+use shardmap::contract::{HostedState, Order, OrderBatch, OrderRequest, MAX_BATCH};
 use tracing::warn;
 
 use super::client::{Client, SyncError};
@@ -16,6 +17,27 @@ use shardmap::contract::manager::HostedView;
 use super::state::{self, Hosted, OrderReport};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A batch of orders: sync saves its state once per call, so this bounds
+/// a call of [`MAX_BATCH`] orders, not one order.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An order as sync takes it, in `epoch`.
+fn request(o: &state::OrderRequest, epoch: u64) -> OrderRequest {
+    let priority = if o.priority.is_finite() && o.priority > 0.0 {
+        o.priority
+    } else {
+        1.0
+    };
+    OrderRequest {
+        shard: o.shard.clone(),
+        node: o.node.clone(),
+        priority,
+        deadline_unix_ms: Some(o.deadline_unix_ms.max(0) as u64),
+        deadline_in_ms: None,
+        epoch,
+    }
+}
 
 /// What announcing an epoch to sync came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,40 +130,80 @@ impl SyncClient {
         }
     }
 
-    /// Submit a pre-fetch order in `epoch`: sync's id for it. A refusal of
-    /// the epoch means sync has seen a higher one: the lease is told
-    /// (another manager leads).
+    /// Where the orders of `ids` are (`GET /orders?ids=`, up to
+    /// [`MAX_BATCH`] a call): one report per id, in the order asked. An id
+    /// sync's answer leaves out is missing there; a call that fails leaves
+    /// its ids unanswered.
+    pub async fn orders(&self, ids: &[u64]) -> Vec<(u64, OrderReport)> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_BATCH) {
+            match self
+                .http
+                .sync_orders_of(&self.base, chunk, CALL_TIMEOUT)
+                .await
+            {
+                Ok(found) => {
+                    let mut found: HashMap<u64, Order> =
+                        found.into_iter().map(|o| (o.id, o)).collect();
+                    out.extend(chunk.iter().map(|&id| {
+                        let r = match found.remove(&id) {
+                            Some(o) => OrderReport::Found(Box::new(o)),
+                            None => OrderReport::Missing(SyncError::NoOrder(id).to_string()),
+                        };
+                        (id, r)
+                    }));
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    out.extend(
+                        chunk
+                            .iter()
+                            .map(|&id| (id, OrderReport::Unreachable(why.clone()))),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Submit pre-fetch orders in `epoch` (`POST /orders/batch`, up to
+    /// [`MAX_BATCH`] a call): per order, in the order given, sync's id for
+    /// it or why not. A refusal of the epoch means sync has seen a higher
+    /// one: the lease is told (another manager leads).
     pub async fn submit(
         &self,
-        o: &state::OrderRequest,
+        orders: &[state::OrderRequest],
         epoch: u64,
         lease: &Lease,
-    ) -> Result<u64, SyncError> {
-        let priority = if o.priority.is_finite() && o.priority > 0.0 {
-            o.priority
-        } else {
-            1.0
-        };
-        let request = OrderRequest {
-            shard: o.shard.clone(),
-            node: o.node.clone(),
-            priority,
-            deadline_unix_ms: Some(o.deadline_unix_ms.max(0) as u64),
-            deadline_in_ms: None,
-            epoch,
-        };
-        match self
-            .http
-            .sync_submit(&self.base, &request, CALL_TIMEOUT)
-            .await
-        {
-            Ok(order) => Ok(order.id),
-            Err(e @ SyncError::Fenced { .. }) => {
-                lease.fenced("sync refused a pre-fetch order of this epoch");
-                Err(e)
+    ) -> Vec<Result<u64, SyncError>> {
+        let mut out = Vec::with_capacity(orders.len());
+        for chunk in orders.chunks(MAX_BATCH) {
+            let batch = OrderBatch {
+                orders: chunk.iter().map(|o| request(o, epoch)).collect(),
+            };
+            match self
+                .http
+                .sync_submit_batch(&self.base, &batch, BATCH_TIMEOUT)
+                .await
+            {
+                Ok(results) => out.extend(results.into_iter().map(|r| match r.order {
+                    Some(o) if r.status < 300 => Ok(o.id),
+                    _ => Err(SyncError::of_result(
+                        r.status,
+                        r.error.unwrap_or_else(|| format!("status {}", r.status)),
+                        epoch,
+                    )),
+                })),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
             }
-            Err(e) => Err(e),
         }
+        if out
+            .iter()
+            .any(|r| matches!(r, Err(SyncError::Fenced { .. })))
+        {
+            lease.fenced("sync refused a pre-fetch order of this epoch");
+        }
+        out
     }
 
     /// Evict after a drain: a failure is logged, the copy stays until the

@@ -1,5 +1,6 @@
 //! Pre-fetch orders between the shard manager and sync: the order as
-//! submitted (`POST /orders`), the order as sync tracks it (the answer of
+//! submitted (`POST /orders`, several at once with `POST /orders/batch`),
+//! the order as sync tracks it (the answer of
 //! `POST /orders`, `GET /orders[/{id}]`, `DELETE /orders/{id}`), its
 //! [`Report`] once done, the epoch fence (`POST /epoch`, `GET /epoch`) and
 //! the [`OrderEvent`] sync pushes to the managers when an order finishes.
@@ -34,6 +35,41 @@ pub struct OrderRequest {
 
 fn one() -> f64 {
     1.0
+}
+
+/// At most this many orders in one `POST /orders/batch`, and ids in one
+/// `GET /orders?ids=`: a round's orders in a few calls, each call bounded
+/// (a batch of this size is ~150 KB of JSON).
+pub const MAX_BATCH: usize = 1000;
+
+/// Several orders in one call (the body of `POST /orders/batch`), each
+/// validated and queued on its own, as `POST /orders` would.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBatch {
+    pub orders: Vec<OrderRequest>,
+}
+
+/// The answer of `POST /orders/batch` (200 once the batch was read): one
+/// result per order, in the order submitted.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBatchAnswer {
+    pub results: Vec<OrderResult>,
+}
+
+/// One order of a batch: queued (`order`, status 202) or refused (`error`
+/// with the status `POST /orders` answers for it: 422 unknown shard or
+/// node, bad priority or two deadlines; 409 an epoch below the highest
+/// seen).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderResult {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where an order is in its life: queued → running → done, or cancelled

@@ -3,14 +3,32 @@
 //! order), then refreshes of replicas the caches lack and evictions of
 //! shards that cooled.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use shardmap::table::ReplicaState;
 
 use super::{Decision, Effect, OrderRequest, State, TrackedState};
 use crate::planner::{Action, Plan, Reason};
 
+/// Refresh orders open at sync at once, at most. Sync copies a few shards
+/// at a time within its bandwidth budget, so more would only queue there,
+/// and every open order is followed each round: at 10k shards the forecast
+/// can find ten thousand replicas unhosted in one round, and ordering them
+/// all made a round seconds long. The most loaded go first; the rest are
+/// ordered in later rounds as these finish (their replicas keep serving,
+/// filling on miss, meanwhile).
+pub const REFRESHES_OPEN_MAX: usize = shardmap::contract::MAX_BATCH;
+
 impl State {
+    /// `(shard, node)` of every open order.
+    fn open_pairs(&self) -> HashSet<(&str, &str)> {
+        self.orders
+            .iter()
+            .filter(|o| o.state.is_open())
+            .map(|o| (o.shard.as_str(), o.node.as_str()))
+            .collect()
+    }
+
     /// The plan's actions; `now` is real time, `tnow` the plan's clock time.
     pub(super) fn carry_out(&mut self, plan: &Plan, now: i64, tnow: i64, fx: &mut Vec<Effect>) {
         if self.operator.dry_run {
@@ -142,6 +160,13 @@ impl State {
             return;
         }
         let Some(plan) = &self.last_plan else { return };
+        let open = self.open_pairs();
+        let open_refreshes = self
+            .orders
+            .iter()
+            .filter(|o| o.state.is_open() && !o.adds_replica)
+            .count();
+        let mut refreshes = vec![];
         for p in &plan.shards {
             let hot = p
                 .reason
@@ -167,9 +192,9 @@ impl State {
                 if r.state == ReplicaState::Serving
                     && healthy
                     && !hosted
-                    && self.open_order(&p.id, &r.node).is_none()
+                    && !open.contains(&(p.id.as_str(), r.node.as_str()))
                 {
-                    fx.push(Effect::Submit(OrderRequest {
+                    refreshes.push(OrderRequest {
                         shard: p.id.clone(),
                         node: r.node.clone(),
                         priority,
@@ -178,10 +203,14 @@ impl State {
                         replaces: None,
                         adds_replica: false,
                         decision: None,
-                    }));
+                    });
                 }
             }
         }
+        // Stable: equal priorities keep the plan's order.
+        refreshes.sort_by(|a, b| b.priority.total_cmp(&a.priority));
+        let room = REFRESHES_OPEN_MAX.saturating_sub(open_refreshes);
+        fx.extend(refreshes.into_iter().take(room).map(Effect::Submit));
     }
 
     /// Without `host_baseline`: shards that cooled down (not hot, observed
@@ -192,6 +221,7 @@ impl State {
             return;
         }
         let Some(plan) = &self.last_plan else { return };
+        let open = self.open_pairs();
         for p in &plan.shards {
             let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
             let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
@@ -202,7 +232,7 @@ impl State {
                 continue;
             }
             for (node, m) in &self.hosted {
-                if m.contains_key(&p.id) && self.open_order(&p.id, node).is_none() {
+                if m.contains_key(&p.id) && !open.contains(&(p.id.as_str(), node.as_str())) {
                     fx.push(Effect::Evict {
                         shard: p.id.clone(),
                         node: node.clone(),

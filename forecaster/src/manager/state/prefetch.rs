@@ -104,12 +104,17 @@ impl Prefetches {
 
     /// A plan at real time `now`: episodes open, rise and close.
     pub fn planned(&mut self, plan: &Plan, shards: &[ShardDemand], scale_in_ratio: f64, now: i64) {
+        // One map, not a scan of the plan per shard (10k × 10k at scale).
+        let reasons: std::collections::HashMap<&str, Option<Reason>> = plan
+            .shards
+            .iter()
+            .map(|p| (p.id.as_str(), p.reason))
+            .collect();
         for s in shards {
-            let hot = plan
-                .shards
-                .iter()
-                .find(|p| p.id == s.id)
-                .and_then(|p| p.reason)
+            let hot = reasons
+                .get(s.id.as_str())
+                .copied()
+                .flatten()
                 .is_some_and(demand_driven);
             let observed = s.demand.observed_rps;
             let above = s.threshold > 0.0 && observed > s.threshold;

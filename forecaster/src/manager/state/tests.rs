@@ -438,3 +438,61 @@ fn a_refusal_moves_the_version_past_the_target_and_every_proxy_is_behind() {
     });
     assert_eq!(st.version, AssignmentVersion::new(1, 50));
 }
+
+/// Ten thousand unhosted replicas are not ten thousand orders at once: at
+/// most [`plan::REFRESHES_OPEN_MAX`] refreshes are open, the most loaded
+/// first, and the next are ordered as those finish.
+#[test]
+fn refreshes_open_at_once_are_bounded_and_the_most_loaded_go_first() {
+    let n = 700; // two replicas each: 1,400 unhosted
+    let mut st = state(n, 2);
+    st.apply(Event::SyncObserved(Ok(Default::default())));
+    let shards: Vec<crate::planner::ShardPlan> = (0..n)
+        .map(|i| crate::planner::ShardPlan {
+            id: format!("s{i}"),
+            target: 2,
+            // the last ten are hot: their refreshes rank first
+            load_rps: if i >= n - 10 { 5.0 } else { 0.0 },
+            predicted_rps: 0.0,
+            observed_rps: 0.0,
+            threshold: 1.0,
+            reason: (i >= n - 10).then_some(Reason::Forecast),
+        })
+        .collect();
+    st.apply(Event::PlanComputed {
+        plan: Plan {
+            shards,
+            ..Plan::default()
+        },
+        shards: vec![],
+        now: 0,
+        tnow: 0,
+    });
+    let first = submits(&st.apply(Event::PlanCarriedOut { now: 0 }));
+    assert_eq!(first.len(), plan::REFRESHES_OPEN_MAX);
+    assert!(first[..20]
+        .iter()
+        .all(|o| o.shard.as_str() >= "s690" && o.reason == Reason::Forecast));
+    assert!(first.iter().all(|o| !o.adds_replica));
+    for (i, o) in first.iter().enumerate() {
+        st.apply(Event::OrderSubmitted {
+            order: o.clone(),
+            id: i as u64 + 1,
+            now: 0,
+        });
+    }
+    // All open: nothing more this round.
+    assert!(submits(&st.apply(Event::PlanCarriedOut { now: 1 })).is_empty());
+    // One finishes: one more goes out, never one already open.
+    st.apply(Event::OrderReported {
+        id: 1,
+        report: at_sync(OrderState::Done, 1, 1),
+        now: 2,
+    });
+    let next = submits(&st.apply(Event::PlanCarriedOut { now: 3 }));
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert!(!first
+        .iter()
+        .skip(1)
+        .any(|o| o.shard == next[0].shard && o.node == next[0].node));
+}
