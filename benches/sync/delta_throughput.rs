@@ -38,6 +38,19 @@ use shardcast_sync::testkit::{self, RedisCluster};
 use shardcast_sync::transfer::{catch_up, no_errors, TokenBucket, TransferParams};
 use tokio_util::sync::CancellationToken;
 
+/// cutime + cstime of a process (its children waited for), in seconds.
+fn cpu_of_exited_children(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = s.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(13) + ticks(14)) / 100.0
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_of(pid: u32) -> f64 {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -53,9 +66,10 @@ fn cpu_of(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// CPU seconds of `pid` and every process whose parent it is.
+/// CPU seconds of `pid`, of every live process whose parent it is, and of
+/// its children that exited (PostgreSQL backends come and go).
 fn cpu_tree(pid: u32) -> f64 {
-    let mut total = cpu_of(pid);
+    let mut total = cpu_of(pid) + cpu_of_exited_children(pid);
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -237,7 +251,14 @@ async fn copy(
             to: before,
             ..Default::default()
         };
-        cache.apply(&s.id, &hosted).await.unwrap();
+        // Retried: a cluster's replicas may still be catching up on the
+        // flush, and the write waits for one.
+        let mut tries = 0;
+        while let Err(e) = cache.apply(&s.id, &hosted).await {
+            tries += 1;
+            assert!(tries < 30, "hosting {}: {e}", s.id);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let metrics = Arc::new(Metrics::default());
     let params = TransferParams {

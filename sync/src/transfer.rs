@@ -291,7 +291,17 @@ pub async fn catch_up(
                     let streamed = match stream.as_mut() {
                         None => None,
                         Some(s) => match s.next().await {
-                            Some(Ok(b)) if b.from == c => Some(b),
+                            Some(Ok(mut b)) if b.from == c => {
+                                if !b.more {
+                                    // The stream's snapshot is the one its
+                                    // portal opened with: a read of what was
+                                    // committed since ends the transfer.
+                                    b.more = true;
+                                    stream = None;
+                                    may_stream = false;
+                                }
+                                Some(b)
+                            }
                             Some(Ok(b)) => {
                                 tracing::warn!(shard = %shard.id, expected = c, got = b.from,
                                     "streamed delta out of step; reading per batch");
@@ -387,6 +397,9 @@ pub async fn catch_up(
                     let outcome = match r {
                         Ok(Ok(o)) => o,
                         Ok(Err(e)) => return Err(e),
+                        // A write that panicked fails the transfer as it
+                        // would have had it run inline.
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                         Err(e) => {
                             tracing::error!(shard = %shard.id, error = %e, "cache write task failed; restarting the transfer");
                             restart.get_or_insert(Restart::Again);
