@@ -235,6 +235,10 @@ impl Mode {
     }
 }
 
+/// A target: name, the port redis-benchmark uses, whether it is a
+/// cluster, every node's port, the cache URL, the shards copied into it.
+type Target<'a> = (&'a str, u16, bool, Vec<u16>, String, &'a [ShardDef]);
+
 /// One copy of the whole delta: `(rows, bytes, seconds)`.
 async fn copy(
     p: Arc<dyn Provider>,
@@ -392,7 +396,7 @@ fn main() {
         );
         let mut ratios: Vec<(&str, Mode, f64)> = vec![];
         for round in 1..=rounds {
-            let mut targets: Vec<(&str, u16, bool, Vec<u16>, String, &[ShardDef])> = vec![];
+            let mut targets: Vec<Target> = vec![];
             if let Some(r) = &redis {
                 targets.push(("redis", r.port(), false, vec![r.port()], r.url(), &all));
             }
