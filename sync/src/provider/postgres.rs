@@ -281,6 +281,16 @@ async fn stream_delta(
             .start()
             .await
             .map_err(classify)?;
+        // With no LIMIT the planner expects every row to be fetched and
+        // sorts bitmap scans of every cell up front (in parallel, JIT
+        // compiled); a portal read batch by batch wants the ordered index
+        // scans merged in version order, as the per-batch query gets.
+        t.batch_execute(
+            "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off;
+             SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off",
+        )
+        .await
+        .map_err(classify)?;
         let stmt = t
             .prepare(&delta_sql(shard.cells.len(), false))
             .await
