@@ -268,6 +268,7 @@ async fn copy(
     let params = TransferParams {
         batch_rows,
         in_flight,
+        stream: true,
         ..TransferParams::default()
     };
     let bucket = TokenBucket::new(0);

@@ -2,11 +2,11 @@
 //!
 //! [`catch_up`] reads batches from the cache's cursor on, in version order,
 //! and applies each one atomically with its cursor. Reading runs ahead of
-//! writing: the first batch is one query, and when the delta is longer the
-//! rest streams through one read ([`Provider::delta_stream`]: one
-//! PostgreSQL portal) while several batches are in flight to the cache
-//! ([`TransferParams::in_flight`]), each landing only where its start is
-//! the cursor, and taken in order. Every
+//! writing. Optionally ([`TransferParams::stream`], off by default) the
+//! rest of a long delta streams through one read after its first batch
+//! ([`Provider::delta_stream`]: one PostgreSQL portal), and several
+//! batches may be in flight to the cache ([`TransferParams::in_flight`]),
+//! each landing only where its start is the cursor, taken in order. Every
 //! batch is charged to a shared [`TokenBucket`] before it is written, at
 //! the transfer's [`Urgency`] (see [`crate::budget`]).
 //! Provider or cache outages are retried with capped exponential backoff
@@ -42,8 +42,13 @@ pub struct TransferParams {
     /// Batches written to the cache before the first of them is answered
     /// (1: one at a time). More than one keeps the cache busy while the
     /// next batch travels; the cursor check makes every batch land only
-    /// behind the one before it.
+    /// behind the one before it. Default 1: 4 measured no faster on one
+    /// Redis and slower on a cluster (benches/RESULTS.md).
     pub in_flight: usize,
+    /// Read a long delta through one streaming read
+    /// ([`Provider::delta_stream`]) after its first batch, instead of a
+    /// query per batch. Default off, for the same reason.
+    pub stream: bool,
 }
 
 impl Default for TransferParams {
@@ -54,7 +59,8 @@ impl Default for TransferParams {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             urgency: Urgency::default(),
-            in_flight: 4,
+            in_flight: 1,
+            stream: false,
         }
     }
 }
@@ -285,7 +291,7 @@ pub async fn catch_up(
                 let mut stream: Option<BoxStream<'static, Result<Batch, ProviderError>>> = None;
                 // A streaming read that failed is not tried again in this
                 // transfer (the per-batch reads retry with backoff).
-                let mut may_stream = true;
+                let mut may_stream = params.stream;
                 let mut report_recovery = false;
                 loop {
                     let streamed = match stream.as_mut() {

@@ -327,6 +327,7 @@ async fn failover(wait: &str, pause_replica: bool, in_flight: usize) -> Failover
         batch_rows: 20,
         backoff_max: Duration::from_secs(1),
         in_flight,
+        stream: in_flight > 1,
         ..TransferParams::default()
     };
     let started = Instant::now();

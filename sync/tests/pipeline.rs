@@ -53,6 +53,7 @@ async fn transfer(
     let params = TransferParams {
         batch_rows: 40,
         in_flight,
+        stream: true,
         ..TransferParams::default()
     };
     let p: Arc<dyn Provider> = p.clone();
