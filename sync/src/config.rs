@@ -674,7 +674,7 @@ impl SyncConfig {
                     max_value_bytes: t.max_value_bytes,
                     backoff_min: Duration::from_millis(100),
                     backoff_max: Duration::from_millis(t.max_backoff_ms.max(100)),
-                    urgency: Default::default(),
+                    ..TransferParams::default()
                 },
                 state_file: t.state_file.as_deref().map(|p| resolve(base, p)),
                 keep_finished: 1000,

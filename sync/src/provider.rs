@@ -21,6 +21,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 
 use crate::model::{Batch, Row, ShardDef};
 
@@ -85,6 +86,22 @@ pub trait Provider: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Batch, ProviderError>;
 
+    /// The delta of `shard` from `cursor` on as a stream of batches of at
+    /// most `limit` rows each, the same batches [`Provider::delta`] gives
+    /// when called again from each batch's `to`, ending with the batch
+    /// whose `more` is false. A backend that can hold one query open reads
+    /// the whole delta through it (PostgreSQL: one portal on a connection
+    /// of its own) instead of a query per batch; the default calls
+    /// [`Provider::delta`] per batch. Dropping the stream ends the read.
+    fn delta_stream(
+        self: Arc<Self>,
+        shard: ShardDef,
+        cursor: u64,
+        limit: usize,
+    ) -> BoxStream<'static, Result<Batch, ProviderError>> {
+        per_batch(self, shard, cursor, limit)
+    }
+
     /// Every live row of `shard` and the cursor they are current at
     /// (paged by version internally).
     async fn snapshot(&self, shard: &ShardDef, page: usize) -> Result<Batch, ProviderError> {
@@ -126,6 +143,30 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Short name for logs (`postgres`, `sqlite`).
     fn kind(&self) -> &'static str;
+}
+
+/// [`Provider::delta_stream`] by one [`Provider::delta`] per batch.
+pub fn per_batch<P: Provider + ?Sized>(
+    p: Arc<P>,
+    shard: ShardDef,
+    cursor: u64,
+    limit: usize,
+) -> BoxStream<'static, Result<Batch, ProviderError>> {
+    futures::stream::unfold(Some(cursor), move |c| {
+        let (p, shard) = (p.clone(), shard.clone());
+        async move {
+            let c = c?;
+            match p.delta(&shard, c, limit).await {
+                Ok(b) => {
+                    let next = b.more.then_some(b.to);
+                    Some((Ok(b), next))
+                }
+                // The caller retries from the last batch it took.
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// The provider's write side.

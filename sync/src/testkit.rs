@@ -209,6 +209,13 @@ impl Postgres {
         self.port
     }
 
+    /// The postmaster's process id (benches account its CPU and its
+    /// backends'); `None` when it is not running.
+    pub fn pid(&self) -> Option<u32> {
+        let s = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        s.lines().next()?.trim().parse().ok()
+    }
+
     /// A tokio-postgres connection string.
     pub fn url(&self) -> String {
         format!(
@@ -347,6 +354,11 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's process id (benches account its CPU).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kill the server (an outage).

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
+use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
@@ -179,25 +180,7 @@ impl PgProvider {
         if let Some(s) = conn.deltas.lock().get(&ncells) {
             return Ok(s.clone());
         }
-        // One index range scan per cell, merged in version order
-        // (Merge Append over `inventory_cell_version`).
-        let parts: Vec<String> = (0..ncells)
-            .map(|k| {
-                format!(
-                    "(SELECT {SELECT_COLS} FROM inventory
-                      WHERE category = ${} AND region = ${} AND version > $1 AND ($1 > 0 OR NOT deleted)
-                      ORDER BY version LIMIT $2)",
-                    3 + 2 * k,
-                    4 + 2 * k
-                )
-            })
-            .collect();
-        let merged = if parts.len() == 1 {
-            parts[0].clone()
-        } else {
-            format!("{} ORDER BY version LIMIT $2", parts.join(" UNION ALL "))
-        };
-        let sql = format!("SELECT {SELECT_COLS} FROM ({merged}) i ORDER BY version");
+        let sql = delta_sql(ncells, true);
         let s = conn.client.prepare(&sql).await.map_err(classify)?;
         conn.deltas.lock().insert(ncells, s.clone());
         Ok(s)
@@ -218,6 +201,125 @@ impl PgProvider {
             .as_ref()
             .ok_or_else(|| ProviderError::Unavailable("no connection".into()))?;
         c.batch_execute(sql).await.map_err(classify)
+    }
+}
+
+/// Rows read from `cursor` as a batch of at most `limit` (one more row read
+/// says there are more).
+fn to_batch(shard: &str, rows: &[tokio_postgres::Row], cursor: u64, limit: usize) -> Batch {
+    let mut b = Batch {
+        from: cursor,
+        to: cursor,
+        rows: Vec::with_capacity(rows.len().min(limit.max(1))),
+        ..Batch::default()
+    };
+    for r in rows {
+        if b.rows.len() + b.malformed as usize == limit.max(1) {
+            b.more = true;
+            break;
+        }
+        match decode(r) {
+            Some(row) => {
+                b.to = row.version;
+                b.rows.push(row);
+            }
+            None => {
+                b.malformed += 1;
+                if let Some(v) = r.try_get::<_, i64>(6).ok().and_then(version_of) {
+                    b.to = b.to.max(v);
+                }
+                tracing::warn!(shard, "provider row unreadable; skipped and counted");
+            }
+        }
+    }
+    b
+}
+
+/// The SQL of a delta over `ncells` cells: one index range scan per cell
+/// (`inventory_cell_version`), merged in version order (Merge Append);
+/// `$1` the cursor, `$2` the limit (`None`: unlimited, for a portal that
+/// is read batch by batch), then each cell's category and region.
+fn delta_sql(ncells: usize, limited: bool) -> String {
+    let limit = if limited { " LIMIT $2" } else { "" };
+    let first = if limited { 3 } else { 2 };
+    let parts: Vec<String> = (0..ncells)
+        .map(|k| {
+            format!(
+                "(SELECT {SELECT_COLS} FROM inventory
+                  WHERE category = ${} AND region = ${} AND version > $1 AND ($1 > 0 OR NOT deleted)
+                  ORDER BY version{limit})",
+                first + 2 * k,
+                first + 1 + 2 * k
+            )
+        })
+        .collect();
+    let merged = if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        format!("{} ORDER BY version{limit}", parts.join(" UNION ALL "))
+    };
+    format!("SELECT {SELECT_COLS} FROM ({merged}) i ORDER BY version")
+}
+
+/// One delta read through one portal on a connection of its own, batch by
+/// batch into `tx`, the next batch asked for as soon as one is handed on,
+/// so the database produces rows while the cache writes. The snapshot is
+/// the portal's (taken when it opens): rows committed later come with the
+/// next delta. Ends at the last batch, or when the receiver is gone.
+async fn stream_delta(
+    url: String,
+    shard: ShardDef,
+    cursor: u64,
+    limit: usize,
+    tx: tokio::sync::mpsc::Sender<Result<Batch, ProviderError>>,
+) {
+    let run = async {
+        let mut client = connect(&url).await?;
+        let t = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(classify)?;
+        // With no LIMIT the planner expects every row to be fetched and
+        // sorts bitmap scans of every cell up front (in parallel, JIT
+        // compiled); a portal read batch by batch wants the ordered index
+        // scans merged in version order, as the per-batch query gets.
+        t.batch_execute(
+            "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off;
+             SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off",
+        )
+        .await
+        .map_err(classify)?;
+        let stmt = t
+            .prepare(&delta_sql(shard.cells.len(), false))
+            .await
+            .map_err(classify)?;
+        let cursor_i =
+            i64::try_from(cursor).map_err(|_| ProviderError::Invalid("cursor too large".into()))?;
+        let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&cursor_i];
+        for (c, r) in &shard.cells {
+            args.push(c);
+            args.push(r);
+        }
+        let portal = t.bind(&stmt, &args).await.map_err(classify)?;
+        let limit = limit.max(1);
+        let fetch = i32::try_from(limit).unwrap_or(i32::MAX);
+        let mut from = cursor;
+        loop {
+            let rows = t.query_portal(&portal, fetch).await.map_err(classify)?;
+            let mut b = to_batch(&shard.id, &rows, from, limit);
+            // A full fetch may have more behind it; a short one is the end.
+            b.more = rows.len() == limit;
+            from = b.to;
+            let more = b.more;
+            if tx.send(Ok(b)).await.is_err() || !more {
+                return Ok(());
+            }
+        }
+    };
+    if let Err(e) = run.await {
+        let _ = tx.send(Err(e)).await;
     }
 }
 
@@ -276,31 +378,7 @@ impl Provider for PgProvider {
                 args.push(r);
             }
             let rows = conn.client.query(&stmt, &args).await.map_err(classify)?;
-            let mut b = Batch {
-                from: cursor,
-                to: cursor,
-                ..Batch::default()
-            };
-            for r in rows.iter() {
-                if b.rows.len() + b.malformed as usize == limit.max(1) {
-                    b.more = true;
-                    break;
-                }
-                match decode(r) {
-                    Some(row) => {
-                        b.to = row.version;
-                        b.rows.push(row);
-                    }
-                    None => {
-                        b.malformed += 1;
-                        if let Some(v) = r.try_get::<_, i64>(6).ok().and_then(version_of) {
-                            b.to = b.to.max(v);
-                        }
-                        tracing::warn!(shard = %shard.id, "provider row unreadable; skipped and counted");
-                    }
-                }
-            }
-            Ok(b)
+            Ok(to_batch(&shard.id, &rows, cursor, limit))
         };
         let res = run.await;
         if let Err(e) = &res {
@@ -365,6 +443,18 @@ impl Provider for PgProvider {
         Some(rx)
     }
 
+    fn delta_stream(
+        self: Arc<Self>,
+        shard: ShardDef,
+        cursor: u64,
+        limit: usize,
+    ) -> BoxStream<'static, Result<Batch, ProviderError>> {
+        // One batch read ahead of the consumer.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(stream_delta(self.url.clone(), shard, cursor, limit, tx));
+        tokio_stream_of(rx)
+    }
+
     fn kind(&self) -> &'static str {
         "postgres"
     }
@@ -414,6 +504,15 @@ async fn listen_loop(url: String, tx: tokio::sync::watch::Sender<u64>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A receiver as a stream.
+fn tokio_stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> BoxStream<'static, T> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        let v = rx.recv().await?;
+        Some((v, rx))
+    })
+    .boxed()
 }
 
 fn copy_escape(out: &mut BytesMut, s: &str) {

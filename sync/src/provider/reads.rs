@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use parking_lot::RwLock;
 use shardcast_edge::metrics::{Kind, Writer};
 
@@ -152,6 +153,36 @@ impl Provider for Counted {
         let b = self.inner.delta(shard, cursor, limit).await?;
         c[1].fetch_add(b.rows.len() as u64, Relaxed);
         Ok(b)
+    }
+
+    /// One query for the whole stream; the latency is paid once per batch
+    /// (each is a round trip for the next rows): a batch is handed on that
+    /// long after the provider produced it.
+    fn delta_stream(
+        self: Arc<Self>,
+        shard: ShardDef,
+        cursor: u64,
+        limit: usize,
+    ) -> BoxStream<'static, Result<Batch, ProviderError>> {
+        let c = self.reads.delta_of(&shard.id);
+        c[0].fetch_add(1, Relaxed);
+        let latency = self.latency;
+        self.inner
+            .clone()
+            .delta_stream(shard, cursor, limit)
+            .then(move |b| {
+                let c = c.clone();
+                async move {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
+                    if let Ok(b) = &b {
+                        c[1].fetch_add(b.rows.len() as u64, Relaxed);
+                    }
+                    b
+                }
+            })
+            .boxed()
     }
 
     async fn get(&self, sku: &str, region: &str) -> Result<Option<Row>, ProviderError> {

@@ -389,6 +389,14 @@ impl RedisCluster {
         self.signal(port, "-CONT");
     }
 
+    /// The process id of every running node (benches account their CPU).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// The client port of every node.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
