@@ -2,14 +2,16 @@
 //! Retail panel, the fallback when the model is unavailable, and degraded
 //! (but produced) forecasts when a feed is missing or malformed.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
 use shardcast_forecaster::engine::{
-    Engine, EngineConfig, ForecastHandle, ForecastSet, Horizon, RefreshBudget, Source,
+    Engine, EngineConfig, ForecastHandle, Horizon, RefreshBudget, Source,
 };
 use shardcast_forecaster::feeds::{self, FeedSource, FeedSpec, FeedState, Signals};
 use shardcast_forecaster::metrics::Metrics;
@@ -17,106 +19,18 @@ use shardcast_forecaster::service::seed_history;
 use shardcast_forecaster::store::{Retention, Store};
 use shardcast_forecaster::time::parse_local;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn seeded_store() -> Arc<Store> {
-    let store = Arc::new(Store::new(
-        Retention::default(),
-        shardcast_forecaster::time::Zone::utc(),
-        1000,
-    ));
-    let st = seed_history(
-        &store,
-        &HistoryConfig {
-            source: FeedSource::File(root().join("data/online_retail/shard_hourly.csv.gz")),
-            id_col: "shard_id".into(),
-            time_col: "ds".into(),
-            value_col: "lines".into(),
-            align: HistoryAlign::AsIs,
-        },
-        // after the data ends: seeding keeps only hours before "now"
-        shardcast_forecaster::time::parse_local("2012-01-01 00:00:00").unwrap() * 1000,
-    );
-    assert_eq!(st.state, FeedState::Ok, "{}", st.detail);
-    assert_eq!(store.len(), 14);
-    store
-}
+use common::{assert_valid, events_spec, hourly_model, now_ms, root, seeded_store, signals_with};
 
 fn engine(store: Arc<Store>, signals: Signals, hourly: PathBuf) -> (Engine, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
-    let e = Engine::new(
-        EngineConfig {
-            hourly_contract: hourly,
-            daily_contract: root().join("forecaster/models/shardcast_daily.json"),
-            onnxruntime_lib: None,
-            intra_threads: 1,
-            cycle: Duration::from_secs(10),
-            retry_load: Duration::from_secs(60),
-            clock: shardcast_forecaster::time::Clock::real(),
-            refresh: RefreshBudget::unbounded(),
-        },
+    let e = common::engine_with(
         store,
         Arc::new(ArcSwap::from_pointee(signals)),
         metrics.clone(),
-        ForecastHandle::new(),
+        hourly,
+        RefreshBudget::unbounded(),
     );
     (e, metrics)
-}
-
-fn hourly_model() -> PathBuf {
-    root().join("forecaster/models/shardcast_hourly.json")
-}
-
-/// Wall time just after 2011-11-11 00:00 (the held-out period begins), so
-/// the origin is 2011-11-10 23:00, the last hour the models trained on.
-fn now_ms() -> i64 {
-    parse_local("2011-11-11 00:00:30").unwrap() * 1000
-}
-
-fn assert_valid(set: &ForecastSet) {
-    assert_eq!(set.shards.len(), 14);
-    for (id, s) in set.shards.iter() {
-        assert_eq!(s.horizons.len(), 5, "{id}");
-        for h in &s.horizons {
-            assert_eq!(h.values.len(), h.levels.len());
-            assert!(h.levels.windows(2).all(|p| p[0] < p[1]));
-            assert!(
-                h.values.iter().all(|v| v.is_finite() && *v >= 0.0),
-                "{id} {:?}: {:?}",
-                h.horizon,
-                h.values
-            );
-            assert!(
-                h.values.windows(2).all(|p| p[0] <= p[1]),
-                "{id} {:?} not monotone: {:?}",
-                h.horizon,
-                h.values
-            );
-        }
-    }
-}
-
-async fn signals_with(events: Option<FeedSpec>, covs: Vec<FeedSpec>) -> Signals {
-    feeds::reload(
-        &Signals::default(),
-        events.as_ref(),
-        &covs,
-        Duration::from_secs(5),
-    )
-    .await
-}
-
-fn events_spec(p: PathBuf) -> FeedSpec {
-    FeedSpec {
-        name: "events".into(),
-        source: FeedSource::File(p),
-        max_age: Duration::from_secs(0),
-    }
 }
 
 #[tokio::test]

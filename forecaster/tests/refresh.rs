@@ -5,64 +5,18 @@
 //! are those an unbudgeted engine makes from the same inputs — also when
 //! late frames and feed changes arrive in the middle of it.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use shardcast_forecaster::config::{HistoryAlign, HistoryConfig};
-use shardcast_forecaster::engine::{
-    Engine, EngineConfig, ForecastHandle, ForecastSet, Horizon, RefreshBudget, Source,
-};
-use shardcast_forecaster::feeds::{self, FeedSource, FeedSpec, FeedState, Signals};
+use common::{assert_valid, events_signals, hourly_model, now_ms, seeded_store};
+use shardcast_forecaster::engine::{Engine, ForecastSet, Horizon, RefreshBudget, Source};
+use shardcast_forecaster::feeds::Signals;
 use shardcast_forecaster::metrics::{Metrics, Rerun};
-use shardcast_forecaster::service::seed_history;
-use shardcast_forecaster::store::{Retention, Store};
-use shardcast_forecaster::time::parse_local;
+use shardcast_forecaster::store::Store;
 use shardmap::telemetry::{Frame, ShardSample, FRAME_VERSION};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn seeded_store() -> Arc<Store> {
-    let store = Arc::new(Store::new(
-        Retention::default(),
-        shardcast_forecaster::time::Zone::utc(),
-        1000,
-    ));
-    let st = seed_history(
-        &store,
-        &HistoryConfig {
-            source: FeedSource::File(root().join("data/online_retail/shard_hourly.csv.gz")),
-            id_col: "shard_id".into(),
-            time_col: "ds".into(),
-            value_col: "lines".into(),
-            align: HistoryAlign::AsIs,
-        },
-        parse_local("2012-01-01 00:00:00").unwrap() * 1000,
-    );
-    assert_eq!(st.state, FeedState::Ok, "{}", st.detail);
-    assert_eq!(store.len(), 14);
-    store
-}
-
-async fn events_signals() -> Signals {
-    feeds::reload(
-        &Signals::default(),
-        Some(&FeedSpec {
-            name: "events".into(),
-            source: FeedSource::File(root().join("data/online_retail/events.csv")),
-            max_age: Duration::from_secs(0),
-        }),
-        &[],
-        Duration::from_secs(5),
-    )
-    .await
-}
 
 struct Rig {
     engine: Engine,
@@ -73,25 +27,16 @@ struct Rig {
 fn rig(store: Arc<Store>, signals: Signals, max_rows: Option<usize>) -> Rig {
     let signals = Arc::new(ArcSwap::from_pointee(signals));
     let metrics = Arc::new(Metrics::default());
-    let engine = Engine::new(
-        EngineConfig {
-            hourly_contract: root().join("forecaster/models/shardcast_hourly.json"),
-            daily_contract: root().join("forecaster/models/shardcast_daily.json"),
-            onnxruntime_lib: None,
-            intra_threads: 1,
-            cycle: Duration::from_secs(10),
-            retry_load: Duration::from_secs(60),
-            clock: shardcast_forecaster::time::Clock::real(),
-            refresh: RefreshBudget {
-                per_cycle: None,
-                max_rows,
-                catch_up: Duration::from_secs(1),
-            },
-        },
+    let engine = common::engine_with(
         store,
         signals.clone(),
         metrics.clone(),
-        ForecastHandle::new(),
+        hourly_model(),
+        RefreshBudget {
+            per_cycle: None,
+            max_rows,
+            catch_up: Duration::from_secs(1),
+        },
     );
     Rig {
         engine,
@@ -100,28 +45,8 @@ fn rig(store: Arc<Store>, signals: Signals, max_rows: Option<usize>) -> Rig {
     }
 }
 
-/// Just after 2011-11-11 00:00: the origin is 2011-11-10 23:00.
-fn now_ms() -> i64 {
-    parse_local("2011-11-11 00:00:30").unwrap() * 1000
-}
-
 const HOUR: i64 = 3_600_000;
 
-fn assert_valid(set: &ForecastSet) {
-    assert_eq!(set.shards.len(), 14);
-    for (id, s) in set.shards.iter() {
-        let got: Vec<Horizon> = s.horizons.iter().map(|h| h.horizon).collect();
-        assert_eq!(got, Horizon::ALL.to_vec(), "{id}");
-        for h in &s.horizons {
-            assert_eq!(h.values.len(), h.levels.len());
-            assert!(h.values.iter().all(|v| v.is_finite() && *v >= 0.0));
-            assert!(h.values.windows(2).all(|p| p[0] <= p[1]), "{id} {h:?}");
-        }
-    }
-}
-
-/// Every horizon of every shard from the model, and equal (within float
-/// noise of a different batch composition) to `want`'s.
 fn assert_same_forecasts(got: &ForecastSet, want: &ForecastSet) {
     assert_eq!(got.origin_hour, want.origin_hour);
     assert_eq!(got.shards.len(), want.shards.len());

@@ -434,11 +434,11 @@ mod tests {
             shards: std::sync::Arc::new(
                 [(
                     "s".to_string(),
-                    ShardForecast {
+                    std::sync::Arc::new(ShardForecast {
                         shard: "s".into(),
                         history_hours: 0,
                         horizons: vec![hf(Horizon::Hour, this), hf(Horizon::NextHour, next)],
-                    },
+                    }),
                 )]
                 .into(),
             ),
