@@ -28,6 +28,36 @@ struct Env {
     shutdown: CancellationToken,
 }
 
+/// PostgreSQL seeded with the catalog, and node `a` caching on its own Redis.
+struct PgRedis {
+    pg: testkit::Postgres,
+    redis: testkit::Redis,
+    provider: Arc<dyn ProviderFull>,
+    caches: BTreeMap<String, Arc<dyn ShardCache>>,
+}
+
+async fn pg_with_node_a_on_redis() -> PgRedis {
+    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap();
+    let redis = tokio::task::spawn_blocking(testkit::Redis::start)
+        .await
+        .unwrap();
+    let provider = provider::open(&pg.url()).await.unwrap();
+    testkit::seed_catalog(provider.as_ref()).await;
+    let mut caches = BTreeMap::new();
+    caches.insert(
+        "a".to_string(),
+        cache::open(&redis.url(), "a").await.unwrap(),
+    );
+    PgRedis {
+        pg,
+        redis,
+        provider,
+        caches,
+    }
+}
+
 fn start(
     provider: Arc<dyn ProviderFull>,
     caches: BTreeMap<String, Arc<dyn ShardCache>>,
@@ -368,19 +398,13 @@ async fn control_api_orders_reports_eviction_and_4xx() {
 /// hosted shard fresh in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_notify_keeps_hosted_shards_fresh() {
-    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
-        .await
-        .unwrap();
-    let redis = tokio::task::spawn_blocking(testkit::Redis::start)
-        .await
-        .unwrap();
-    let p = provider::open(&pg.url()).await.unwrap();
-    testkit::seed_catalog(p.as_ref()).await;
-    let mut caches = BTreeMap::new();
-    caches.insert(
-        "a".to_string(),
-        cache::open(&redis.url(), "a").await.unwrap(),
-    );
+    // The servers live as long as the bindings.
+    let PgRedis {
+        pg: _pg,
+        redis: _redis,
+        provider: p,
+        caches,
+    } = pg_with_node_a_on_redis().await;
     let env = start(
         p,
         caches,
@@ -544,19 +568,12 @@ async fn changes_within_the_staleness_bound_are_read_together_at_the_bound() {
 /// backoff (visible as `last_error`) and completes once the server is back,
 /// with the cache equal to the provider.
 async fn outage_mid_transfer(kill_redis: bool) {
-    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
-        .await
-        .unwrap();
-    let mut redis = tokio::task::spawn_blocking(testkit::Redis::start)
-        .await
-        .unwrap();
-    let p = provider::open(&pg.url()).await.unwrap();
-    testkit::seed_catalog(p.as_ref()).await;
-    let mut caches = BTreeMap::new();
-    caches.insert(
-        "a".to_string(),
-        cache::open(&redis.url(), "a").await.unwrap(),
-    );
+    let PgRedis {
+        pg,
+        mut redis,
+        provider: p,
+        caches,
+    } = pg_with_node_a_on_redis().await;
     let env = start(
         p,
         caches,
@@ -840,19 +857,13 @@ async fn orders_of_a_lower_manager_epoch_are_refused_across_a_restart() {
 /// Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_fetch_after_eviction_copies_only_the_delta() {
-    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
-        .await
-        .unwrap();
-    let redis = tokio::task::spawn_blocking(testkit::Redis::start)
-        .await
-        .unwrap();
-    let p = provider::open(&pg.url()).await.unwrap();
-    testkit::seed_catalog(p.as_ref()).await;
-    let mut caches = BTreeMap::new();
-    caches.insert(
-        "a".to_string(),
-        cache::open(&redis.url(), "a").await.unwrap(),
-    );
+    // The servers live as long as the bindings.
+    let PgRedis {
+        pg: _pg,
+        redis: _redis,
+        provider: p,
+        caches,
+    } = pg_with_node_a_on_redis().await;
     let env = start(
         p.clone(),
         caches,
