@@ -569,6 +569,11 @@ def main(argv=None) -> dict:
         if daily is None:
             fill_graph_outputs(data, windows, setups, test, panel, spec, a, mdir, name,
                                (Path(a.hourly_run), hpanel, panel, hevents) if hpanel is not None else None)
+        if hpanel is not None:  # the hourly run may have been made again since: its graphs are the source
+            for c, _ in windows:
+                q, z, s = daily_from_hourly(Path(a.hourly_run), hpanel, panel, hevents, c, test)
+                data[(c, 1)]["alt"]["lstm_hourly"] = q
+                data[(c, 1)]["z"]["lstm_hourly"] = (z, s)
     for c, is_test in ([] if a.rescore else windows):
         print(f"window from {panel.index[c]} ({'test' if is_test else 'CV fold'})", flush=True)
         lq, tr = lstm_window(a, targs, panel, spec, c, val, setups, test, mdir, name, export=is_test, daily=daily)

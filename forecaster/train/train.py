@@ -119,6 +119,10 @@ def parse_args(argv=None):
                     help="hourly cells used to calibrate (and, in the backtest, score): 'all' or e.g. "
                          "'Sun-Fri:08-17' (the same flag and default as evaluate.py/backtest.py)")
     ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--day-head-origins", choices=["day-start", "all"], default="day-start",
+                    help="hourly: origins that calibrate a whole-day total head (e.g. the 24-hour head that "
+                         "answers next-day demand): 'day-start' (the hour before local midnight, where a daily "
+                         "forecast is read) or 'all' (every validation origin)")
     ap.add_argument("--refit", action="store_true",
                     help="after validation, retrain each member up to its best step on targets up to the cutoff")
     ap.add_argument("--name", required=True)
@@ -233,7 +237,7 @@ def val_set(prep: Prepared, spec: FeatureSpec, val_start: int, cutoff: int, mask
     ya = np.log1p(ya_raw / (scale * np.array([n for _, n in spec.aggregates])[None, :])).astype(np.float32)
     cell_mask = valid & (mask_t[np.minimum(yk, len(mask_t) - 1)] if mask_t is not None else True)
     return dict(past=past, future=future, scale=scale, ys=ys, ya=ya, valid=valid, ag_valid=ag_valid,
-                cell_mask=cell_mask, ys_raw=ys_raw, ya_raw=ya_raw)
+                cell_mask=cell_mask, ys_raw=ys_raw, ya_raw=ya_raw, origins=oo)
 
 
 def fit_calibration(z: np.ndarray, y: np.ndarray, mask: np.ndarray, levels: list[float], per_step: bool) -> np.ndarray:
@@ -269,6 +273,27 @@ def fit_calibration(z: np.ndarray, y: np.ndarray, mask: np.ndarray, levels: list
     if not per_step:
         out = np.repeat(out, K, axis=0)
     return out
+
+
+DAY_HEAD_MIN_CELLS = 200  # fit_calibration's own minimum: fewer day-start cells fall back to every origin
+
+
+def agg_calibration_mask(args, spec: FeatureSpec, vs: dict, prep: Prepared, j: int) -> np.ndarray:
+    """Validation cells [N, 1] that calibrate aggregate head ``j``.
+
+    An hourly head that totals whole local days from the first step (the 24-hour head) answers the
+    daily forecast, read at the origin whose first target hour starts a local day. Its miss rates at
+    those origins differ from the mean over every hour of the day (a total that starts at 15:00 spans
+    two trading days), so with ``--day-head-origins day-start`` it is calibrated on them alone."""
+    a, n = spec.aggregates[j]
+    mask = vs["ag_valid"][:, j:j + 1]
+    if args.freq != "H" or getattr(args, "day_head_origins", "all") != "day-start" or a != 0 or n % 24:
+        return mask
+    local = prep.panel.local
+    first = np.minimum(vs["origins"] + 1, len(local) - 1)
+    day_start = (local.hour[first] == 0)[:, None]
+    m = mask & day_start
+    return m if m.sum() >= DAY_HEAD_MIN_CELLS else mask
 
 
 def make_spec(args) -> FeatureSpec:
@@ -325,7 +350,8 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
         per_step = vs["cell_mask"].sum(0).min() >= 1000
         calib["steps"] = fit_calibration(zs, vs["ys"], vs["cell_mask"], spec.quantiles, per_step)
         calib["aggs"] = np.concatenate([fit_calibration(za[:, j:j + 1], vs["ya"][:, j:j + 1],
-                                                        vs["ag_valid"][:, j:j + 1], spec.quantiles, False)
+                                                        agg_calibration_mask(args, spec, vs, prep, j),
+                                                        spec.quantiles, False)
                                         for j in range(len(spec.aggregates))], 0)
         print("calibration (steps, first/last):", np.round(calib["steps"][0], 2), np.round(calib["steps"][-1], 2))
         print("calibration (aggs):", np.round(calib["aggs"], 2))
@@ -356,7 +382,7 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
                     for m, lg in enumerate(logs)],
         "hyper": {k: getattr(args, k) for k in ("hidden", "head", "steps", "patience", "batch", "lr",
                                                  "weight_decay", "drop_events", "drop_cov", "weight_power",
-                                                 "recent_boost", "refit")},
+                                                 "recent_boost", "refit", "day_head_origins")},
         "train_seconds": round(time.time() - t_start, 1),
     }
     return members, calib, trained
