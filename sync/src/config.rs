@@ -40,6 +40,14 @@ pub struct ConfigError {
     pub errors: Vec<String>,
 }
 
+/// A config file's text; one that cannot be read is the file's one error.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        errors: vec![format!("cannot read: {e}")],
+    })
+}
+
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {

@@ -10,7 +10,7 @@ use shardmap::config::ShardFile;
 use super::listener::{deadlines, limits, LimitsFile, TimeoutsFile};
 use super::provider::{check_provider_url, check_read_latency, resolve_provider, ProviderFile};
 use super::shards::load_shards;
-use super::{addr, check_cache_url, d_cache, d_max_value, d_region, parse, ConfigError};
+use super::{addr, check_cache_url, d_cache, d_max_value, d_region, parse, read, ConfigError};
 use crate::http::{ListenerConfig, NODE_MAX_CONNECTIONS};
 use crate::model::ShardDef;
 
@@ -87,11 +87,7 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            errors: vec![format!("cannot read: {e}")],
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read(path)?, path)
     }
 
     pub fn from_toml(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {

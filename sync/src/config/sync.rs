@@ -10,7 +10,9 @@ use shardmap::config::ShardFile;
 use super::listener::{deadlines, limits, LimitsFile, TimeoutsFile};
 use super::provider::{check_provider_url, check_read_latency, resolve_provider, ProviderFile};
 use super::shards::load_shards;
-use super::{addr, check_cache_url, d_cache, d_max_value, d_region, parse, resolve, ConfigError};
+use super::{
+    addr, check_cache_url, d_cache, d_max_value, d_region, parse, read, resolve, ConfigError,
+};
 use crate::http::{ListenerConfig, CONTROL_MAX_CONNECTIONS, NODE_MAX_CONNECTIONS};
 use crate::model::ShardDef;
 use crate::scheduler::SchedulerConfig;
@@ -206,11 +208,7 @@ pub struct SyncConfig {
 
 impl SyncConfig {
     pub fn load(path: &Path) -> Result<SyncConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            errors: vec![format!("cannot read: {e}")],
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read(path)?, path)
     }
 
     pub fn from_toml(text: &str, path: &Path) -> Result<SyncConfig, ConfigError> {
