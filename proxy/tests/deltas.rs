@@ -172,22 +172,45 @@ async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refu
 /// delta, one that restarted reads the full table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_deltas_at_their_base_and_the_full_table_after_a_restart() {
-    let mut store = Store::start("dt").await;
+    let store = Store::start("dt").await;
     let nodes = three_nodes().await;
     let refs: Vec<&TestNode> = nodes.iter().collect();
     let o = store.follower_opts(200);
-    // Written once, so that the restarted proxy comes back on the same ports.
     let dir = tempfile::tempdir().unwrap();
     let (hp, ap) = (free_port(), free_port());
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, Proxy::config_text(hp, ap, &refs, &o)).unwrap();
+    let mut conn = redis::Client::open(store.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // What the manager's publish script writes, in one transaction.
+    async fn publish(
+        conn: &mut redis::aio::MultiplexedConnection,
+        full: String,
+        delta: Option<&Value>,
+        version: &Value,
+    ) {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SET").arg("dt:table").arg(full);
+        match delta {
+            Some(d) => pipe.cmd("SET").arg("dt:table:delta").arg(d.to_string()),
+            None => pipe.cmd("DEL").arg("dt:table:delta"),
+        };
+        pipe.cmd("SET")
+            .arg("dt:version")
+            .arg(version.to_string())
+            .cmd("PUBLISH")
+            .arg("dt:table:changed")
+            .arg(version.to_string());
+        let _: () = pipe.query_async(conn).await.unwrap();
+    }
     let table = |version: u64, alpha: &[&str]| {
         json!({"version": v(version), "shards": {
             "UK/ALPHA": serving(alpha), "UK/BETA": serving(&["n2", "n3"])}})
     };
-    store
-        .publish(&table(1, &["n1"]).to_string(), None, &v(1))
-        .await;
+    publish(&mut conn, table(1, &["n1"]).to_string(), None, &v(1)).await;
     let p = Proxy::start_with(tempfile::tempdir().unwrap(), config.clone(), hp, ap).await;
     let at = |version: u64| AssignmentVersion::new(1, version);
     eventually(Duration::from_secs(10), "the full table", || async {
@@ -200,14 +223,14 @@ async fn a_follower_takes_deltas_at_their_base_and_the_full_table_after_a_restar
         let full = table(n, &alpha);
         let delta = json!({"version": v(n), "base": v(n - 1),
             "shards": {"UK/ALPHA": serving(&alpha)}});
-        store.publish("not a table", Some(&delta), &v(n)).await;
+        publish(&mut conn, "not a table".into(), Some(&delta), &v(n)).await;
         eventually(Duration::from_secs(10), "the delta", || async {
             (p.assignment_version().await == at(n)).then_some(())
         })
         .await;
         assert_eq!(p.replicas("UK/ALPHA").await, alpha);
         // Now the real full table beside it, as the script writes.
-        store.publish(&full.to_string(), Some(&delta), &v(n)).await;
+        publish(&mut conn, full.to_string(), Some(&delta), &v(n)).await;
     }
     assert_eq!(p.replicas("UK/BETA").await, ["n2", "n3"]);
 

@@ -1,6 +1,6 @@
 //! A metadata store for a proxy to follow: a real Redis started for the
-//! test, the `[control]` section that points a proxy at it, and the writes
-//! the manager makes there.
+//! test, the `[control]` section that points a proxy at it, and the
+//! table writes and notifications a follower reacts to.
 
 use serde_json::Value;
 use shardcast_sync::testkit::Redis;
@@ -65,25 +65,5 @@ impl Store {
             .query_async(&mut self.conn)
             .await
             .unwrap();
-    }
-
-    /// What the manager's publish script writes, in one transaction: the
-    /// full table, the delta beside it (or none), the version, and the
-    /// notification.
-    pub async fn publish(&mut self, full: &str, delta: Option<&Value>, version: &Value) {
-        let key = |k: &str| format!("{}:{k}", self.prefix);
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("SET").arg(key("table")).arg(full);
-        match delta {
-            Some(d) => pipe.cmd("SET").arg(key("table:delta")).arg(d.to_string()),
-            None => pipe.cmd("DEL").arg(key("table:delta")),
-        };
-        pipe.cmd("SET")
-            .arg(key("version"))
-            .arg(version.to_string())
-            .cmd("PUBLISH")
-            .arg(key("table:changed"))
-            .arg(version.to_string());
-        let _: () = pipe.query_async(&mut self.conn).await.unwrap();
     }
 }
