@@ -36,29 +36,27 @@ Prints a one-line JSON summary. Reused by the scale harness.
 from __future__ import annotations
 
 import argparse
-import bisect
 import csv
 import gzip
 import io
 import itertools
 import json
-import math
 import random
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "data" / "online_retail"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deployment  # noqa: E402
+from deployment import DATA, draw, nodes_toml, rule_toml, split, zipf_cumulative  # noqa: E402
 
 
 def read_catalog(path: Path) -> dict[str, list[tuple[str, int]]]:
     """Real skus by category, each with its number of invoice lines."""
     by_cat: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    with gzip.open(path, "rt", newline="") as f:
-        for row in csv.DictReader(f):
-            by_cat[row["category"]].append((row["sku"], max(1, int(row["lines"]))))
+    for row in deployment.read_catalog(path):
+        by_cat[row["category"]].append((row["sku"], row["lines"]))
     return dict(sorted(by_cat.items()))
 
 
@@ -80,23 +78,6 @@ def volatility_tiers(path: Path, cats: list[str]) -> dict[str, str]:
     for i, c in enumerate(ranked):
         tiers[c] = "low" if i < n / 3 else ("high" if i >= 2 * n / 3 else "medium")
     return tiers
-
-
-def split(total: int, weights: list[float]) -> list[int]:
-    """`total` split proportionally to `weights`, each part at least 1
-    (largest remainders)."""
-    s = sum(weights)
-    raw = [total * w / s for w in weights]
-    parts = [max(1, int(r)) for r in raw]
-    order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
-    i = 0
-    while sum(parts) < total:
-        parts[order[i % len(order)]] += 1
-        i += 1
-    while sum(parts) > total:
-        j = max(range(len(parts)), key=lambda k: parts[k])
-        parts[j] -= 1
-    return parts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,18 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     # sub-category, a unique suffix.
     flat = [(sku, c, n) for c in cats for sku, n in real[c]]
     cum = list(itertools.accumulate(n for _, _, n in flat))
-    zipf_cum = {}
-    for c in cats:
-        w = [1.0 / (k + 1) ** a.zipf for k in range(subs[c])]
-        zipf_cum[c] = list(itertools.accumulate(w))
+    zipf_cum = {c: zipf_cumulative(subs[c], a.zipf) for c in cats}
     per_cat = defaultdict(int)
     buf = io.StringIO()
     buf.write("sku,category\n")
     width = len(str(a.skus))
     for i in range(a.skus):
-        sku, c, _ = flat[bisect.bisect_left(cum, rng.random() * cum[-1])]
-        zc = zipf_cum[c]
-        k = min(bisect.bisect_left(zc, rng.random() * zc[-1]), len(zc) - 1)
+        sku, c, _ = flat[draw(rng, cum)]
+        k = draw(rng, zipf_cum[c])
         buf.write(f"{sku}-{i:0{width}d},{c}.{k:03d}\n")
         per_cat[c] += 1
     (a.out / "catalog.csv").write_text(buf.getvalue())
@@ -157,15 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         f"replication_factor = {a.replication_factor}",
         "",
     ]
-    for i in range(a.nodes):
-        t += [
-            "[[nodes]]",
-            f'name = "node-{i:02d}"',
-            f'address = "127.0.0.1:{a.node_port + i}"',
-            "capacity = 1000",
-            f'zone = "z{i % 3 + 1}"',
-            "",
-        ]
+    t += nodes_toml(a.nodes, a.node_port, 1000)
     for k in range(a.tuned):
         t += [
             "[[shards]]",
@@ -176,14 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     for c in cats:
-        t += [
-            "[[shard_rules]]",
-            'id = "{region}/{category}"',
-            "categories = [" + ", ".join(f'"{c}.{k:03d}"' for k in range(subs[c])) + "]",
-            "regions = [" + ", ".join(f'"{r}"' for r in regions) + "]",
-            f'volatility = "{tiers[c]}"',
-            "",
-        ]
+        t += rule_toml([f"{c}.{k:03d}" for k in range(subs[c])], regions, tiers[c])
     (a.out / "topology.toml").write_text("\n".join(t))
 
     p = [

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::store::Store;
 use common::*;
 use serde_json::{json, Value};
 use shardmap::AssignmentVersion;
@@ -49,11 +50,7 @@ async fn put(c: &reqwest::Client, p: &Proxy, body: &Value) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refused() {
-    let nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let nodes = three_nodes().await;
     let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), opts()).await;
     let c = client();
     let full = json!({"version": v(1), "shards": {
@@ -175,23 +172,15 @@ async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refu
 /// delta, one that restarted reads the full table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_deltas_at_their_base_and_the_full_table_after_a_restart() {
-    let redis = shardcast_sync::testkit::Redis::start();
-    let nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let store = Store::start("dt").await;
+    let nodes = three_nodes().await;
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    let mut o = opts();
-    o.extra += &format!(
-        "[control]\nmetadata = \"{}\"\nprefix = \"dt\"\npoll_ms = 200\n",
-        redis.url()
-    );
+    let o = store.follower_opts(200);
     let dir = tempfile::tempdir().unwrap();
     let (hp, ap) = (free_port(), free_port());
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, Proxy::config_text(hp, ap, &refs, &o)).unwrap();
-    let mut conn = redis::Client::open(redis.url())
+    let mut conn = redis::Client::open(store.redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await

@@ -1,12 +1,14 @@
-//! Routing, load spreading, failover and reload, end to end: real nodes on
+//! Routing, load spreading, failover, reload and table updates (through the
+//! admin API and from the metadata store), end to end: real nodes on
 //! loopback and the real proxy binary.
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::store::Store;
 use common::*;
 use shardmap::AssignmentVersion;
 
@@ -19,11 +21,7 @@ fn client() -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sku_lands_on_a_replica_of_its_shard_and_load_spreads() {
-    let nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let nodes = three_nodes().await;
     let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), opts()).await;
     let c = client();
     let mut per_shard_nodes: std::collections::HashMap<String, Vec<String>> = Default::default();
@@ -171,11 +169,7 @@ async fn finish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_fails_no_get_and_returns_after_recovery() {
-    let mut nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let mut nodes = three_nodes().await;
     let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), opts()).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = load(format!("http://{}", p.http), 4, stop.clone());
@@ -290,11 +284,7 @@ async fn a_node_dropping_the_connection_before_answering_is_retried_elsewhere() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
-    let nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let nodes = three_nodes().await;
     let refs: Vec<&TestNode> = nodes.iter().collect();
     let mut o = opts();
     let p = Proxy::start(&refs, opts()).await;
@@ -405,11 +395,7 @@ async fn reload_under_load_fails_nothing_and_bad_config_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_updates_apply_only_when_newer() {
-    let nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let nodes = three_nodes().await;
     let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), opts()).await;
     let c = client();
     // No manager has assigned anything yet: every update is newer.
@@ -504,11 +490,7 @@ async fn table_updates_apply_only_when_newer() {
 /// and one at V or below is refused with the proxy's V in the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_keeps_the_managers_next_assignment() {
-    let nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let nodes = three_nodes().await;
     let refs: Vec<&TestNode> = nodes.iter().collect();
     let o = opts();
     let p = Proxy::start(&refs, opts()).await;
@@ -602,128 +584,19 @@ async fn a_config_reload_keeps_the_managers_next_assignment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn telemetry_frames_reach_a_file_sink_and_metrics_count() {
-    let nodes = [TestNode::start("n1").await, TestNode::start("n2").await];
-    let mut o = opts();
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("frames.jsonl");
-    o.extra = o.extra.replace(
-        "[telemetry]\n",
-        &format!("[telemetry]\nsink = \"file:{}\"\n", sink.display()),
-    );
-    let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), o).await;
-    let c = client();
-    for i in 0..50 {
-        c.get(p.url(&format!("/inventory/A{}", i % 3)))
-            .send()
-            .await
-            .unwrap();
-    }
-    let frames = eventually(Duration::from_secs(5), "a frame with UK/ALPHA", || async {
-        let text = read_file(&sink);
-        let frames: Vec<shardmap::Frame> = text
-            .lines()
-            .filter_map(|l| shardmap::Frame::decode(l.as_bytes()).ok())
-            .collect();
-        let total: u64 = frames
-            .iter()
-            .flat_map(|f| &f.shards)
-            .filter(|s| s.shard == "UK/ALPHA")
-            .map(|s| s.requests)
-            .sum();
-        (total == 50).then_some(frames)
-    })
-    .await;
-    let s = frames
-        .iter()
-        .flat_map(|f| &f.shards)
-        .find(|s| s.shard == "UK/ALPHA")
-        .unwrap();
-    assert!(s.latency.count > 0 && s.latency.p50_us > 0);
-    assert!(s.cache_hits + s.cache_misses > 0);
-    assert!(!s.top_skus.is_empty());
-    let m = p
-        .metric("shardcast_shard_requests_total{shard=\"UK/ALPHA\"}")
-        .await
-        .unwrap();
-    assert_eq!(m, 50.0);
-    let _ = AtomicU64::new(0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn telemetry_sink_down_drops_and_counts_without_blocking() {
-    let nodes = [TestNode::start("n1").await];
-    let mut o = opts();
-    o.extra = "replication_factor = 1\n[telemetry]\ninterval_s = 1\nqueue = 2\nsink = \"http://127.0.0.1:1/ingest\"\n".into();
-    let p = Proxy::start(&nodes.iter().collect::<Vec<_>>(), o).await;
-    let c = client();
-    for _ in 0..5 {
-        for i in 0..10 {
-            assert_eq!(
-                c.get(p.url(&format!("/inventory/A{i}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status(),
-                200
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-    eventually(Duration::from_secs(6), "dropped frames counted", || async {
-        (p.metric("shardcast_telemetry_frames_total{result=\"dropped\"}")
-            .await?
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_converge_on_the_table_published_in_redis() {
-    let redis = shardcast_sync::testkit::Redis::start();
-    let nodes = [
-        TestNode::start("n1").await,
-        TestNode::start("n2").await,
-        TestNode::start("n3").await,
-    ];
+    let mut store = Store::start("t1").await;
+    let nodes = three_nodes().await;
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    let mut o = opts();
-    o.extra = format!(
-        "{}\n[control]\nmetadata = \"{}\"\nprefix = \"t1\"\npoll_ms = 5000\n",
-        o.extra,
-        redis.url()
-    );
-    let a = Proxy::start(
-        &refs,
-        ProxyOpts {
-            extra: o.extra.clone(),
-            shards: o.shards.clone(),
-            catalog: o.catalog.clone(),
-            routes: o.routes.clone(),
-            https: None,
-        },
-    )
-    .await;
+    let o = store.follower_opts(5000);
+    let a = Proxy::start(&refs, o.clone()).await;
     let b = Proxy::start(&refs, o).await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for (i, node) in ["n3", "n2"].iter().enumerate() {
         let version = 100 + i as u64;
         let update = serde_json::json!({"version": version, "shards": {"UK/ALPHA": [{"node": node, "state": "serving"}]}});
-        let _: () = redis::cmd("SET")
-            .arg("t1:table")
-            .arg(update.to_string())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        store.set_table(&update.to_string()).await;
         let t0 = std::time::Instant::now();
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg("t1:table:changed")
-            .arg(version)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        store.notify(&version.into()).await;
         for p in [&a, &b] {
             // A bare counter in the store: epoch 0.
             let version = AssignmentVersion::new(0, version);
@@ -746,19 +619,9 @@ async fn proxies_converge_on_the_table_published_in_redis() {
     assert_eq!(r.headers()["x-node"], "n2");
     // A stale table in the store is ignored; Redis going away changes nothing.
     let stale = serde_json::json!({"version": 5, "shards": {"UK/ALPHA": [{"node": "n1", "state": "serving"}]}});
-    let _: () = redis::cmd("SET")
-        .arg("t1:table")
-        .arg(stale.to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("t1:table:changed")
-        .arg(5)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    drop(redis);
+    store.set_table(&stale.to_string()).await;
+    store.notify(&5.into()).await;
+    drop(store);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for p in [&a, &b] {
         assert_eq!(p.assignment_version().await, AssignmentVersion::new(0, 101));

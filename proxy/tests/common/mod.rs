@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod store;
+
 /// Poll `f` until it returns Some, or panic after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
@@ -179,6 +181,15 @@ impl Drop for TestNode {
     }
 }
 
+/// Three nodes, `n1` to `n3`: the shape most proxy tests route over.
+pub async fn three_nodes() -> Vec<TestNode> {
+    vec![
+        TestNode::start("n1").await,
+        TestNode::start("n2").await,
+        TestNode::start("n3").await,
+    ]
+}
+
 /// A running `shardcast-proxy` process.
 pub struct Proxy {
     pub child: Child,
@@ -189,6 +200,7 @@ pub struct Proxy {
     pub log: PathBuf,
 }
 
+#[derive(Clone)]
 pub struct ProxyOpts {
     pub extra: String,
     pub shards: String,
