@@ -431,7 +431,7 @@ mod tests {
                 .enumerate()
             {
                 st.record(Outcome {
-                    sku: "X1",
+                    sku: b"X1",
                     error: j % 3 == i,
                     cache_hit: [Some(true), Some(false), None][(i + j) % 3],
                     bytes: 1000 * (j as u64 + 1) + i as u64,
@@ -469,7 +469,7 @@ mod tests {
         let snap = s.current();
         let lighting = snap.stats.iter().find(|st| st.id == "UK/LIGHTING").unwrap();
         lighting.record(Outcome {
-            sku: "X1",
+            sku: b"X1",
             error: false,
             cache_hit: Some(true),
             bytes: 10,

@@ -72,8 +72,9 @@ pub struct RequestState {
 }
 
 impl RequestState {
-    fn sku(&self) -> &str {
-        std::str::from_utf8(&self.sku[..self.sku_len]).unwrap_or("")
+    /// The sku's bytes, copied from the extracted (UTF-8) key.
+    fn sku(&self) -> &[u8] {
+        &self.sku[..self.sku_len]
     }
 }
 
@@ -318,13 +319,12 @@ impl ProxyHttp for ShardProxy {
         shared.counters.requests.fetch_add(1, Relaxed);
         shared.retry_budget.on_request_at(ctx.start_ms);
         let snap = shared.snapshot.load_full();
-        // Pingora bounds each read between requests by its keep-alive
-        // (60 s by default); the connection's own idle deadline must be the
-        // one that fires.
-        let keepalive = snap.config.timeouts.client_keepalive;
-        if keepalive >= std::time::Duration::from_secs(60) {
-            session.set_keepalive(Some(keepalive.as_secs() + 1));
-        }
+        // Keep-alive with no timer of Pingora's: it would arm one (60 s by
+        // default) on every wait for the next request, while the
+        // connection's own deadlines (`DeadlineIo`: first byte, head, body,
+        // keep-alive idle) already bound every one of those waits, with
+        // one timer per connection.
+        session.set_keepalive(Some(0));
         let h2 = session.is_http2();
         // The raw head is read only for an HTTP/1 request that has
         // Transfer-Encoding (where Pingora drops a parsed Content-Length).

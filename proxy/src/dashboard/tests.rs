@@ -231,7 +231,7 @@ async fn data_has_the_table_history_and_traffic() {
     snap.stats[0].tick(now_ms());
     for i in 0..100u64 {
         snap.stats[0].record(Outcome {
-            sku: "x",
+            sku: b"x",
             error: i == 0,
             cache_hit: Some(i % 4 != 0),
             bytes: 1,
