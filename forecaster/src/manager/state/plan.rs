@@ -3,7 +3,7 @@
 //! order), then refreshes of replicas the caches lack and evictions of
 //! shards that cooled.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use shardmap::table::ReplicaState;
 
@@ -222,7 +222,21 @@ impl State {
         }
         let Some(plan) = &self.last_plan else { return };
         let open = self.open_pairs();
+        // The nodes holding each shard, in one pass over what they host
+        // (not every node's map searched for each of thousands of shards).
+        let mut holders: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (node, m) in &self.hosted {
+            for shard in m.keys() {
+                holders
+                    .entry(shard.as_str())
+                    .or_default()
+                    .push(node.as_str());
+            }
+        }
         for p in &plan.shards {
+            let Some(nodes) = holders.get(p.id.as_str()) else {
+                continue;
+            };
             let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
             let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
             let threshold = self.thresholds.get(&p.id).copied().unwrap_or(p.threshold);
@@ -231,11 +245,11 @@ impl State {
             if hot || !calm {
                 continue;
             }
-            for (node, m) in &self.hosted {
-                if m.contains_key(&p.id) && !open.contains(&(p.id.as_str(), node.as_str())) {
+            for &node in nodes {
+                if !open.contains(&(p.id.as_str(), node)) {
                     fx.push(Effect::Evict {
                         shard: p.id.clone(),
-                        node: node.clone(),
+                        node: node.to_string(),
                         cold: Some(format!(
                             "cold: observed {observed:.3} rps, threshold {threshold:.3}"
                         )),
