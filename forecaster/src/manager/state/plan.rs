@@ -160,12 +160,18 @@ impl State {
             return;
         }
         let Some(plan) = &self.last_plan else { return };
-        let open = self.open_pairs();
         let open_refreshes = self
             .orders
             .iter()
             .filter(|o| o.state.is_open() && !o.adds_replica)
             .count();
+        let room = REFRESHES_OPEN_MAX.saturating_sub(open_refreshes);
+        if room == 0 {
+            // As many open as allowed (the usual case while thousands of
+            // shards are hot): nothing to order, so nothing to look for.
+            return;
+        }
+        let open = self.open_pairs();
         let mut refreshes = vec![];
         for p in &plan.shards {
             let hot = p
@@ -209,7 +215,6 @@ impl State {
         }
         // Stable: equal priorities keep the plan's order.
         refreshes.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-        let room = REFRESHES_OPEN_MAX.saturating_sub(open_refreshes);
         fx.extend(refreshes.into_iter().take(room).map(Effect::Submit));
     }
 
