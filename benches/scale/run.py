@@ -113,7 +113,7 @@ def bucket_q(h, q):
     return None
 
 
-PHASES = ("topology", "probe", "hosted", "orders", "plan", "submit", "evict", "publish", "store")
+PHASES = ("topology", "observe", "probe", "hosted", "orders", "plan", "submit", "evict", "publish", "store")
 
 
 def round_phases(metrics):

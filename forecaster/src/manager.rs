@@ -76,6 +76,13 @@ pub use topology::Topology;
 
 type Conn = redis::aio::MultiplexedConnection;
 
+/// `f`'s output and how long it took.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {
+    let t0 = Instant::now();
+    let out = f.await;
+    (out, t0.elapsed())
+}
+
 /// Evictions sent to sync at once: a round can find hundreds of shards
 /// cooled, and one call at a time each waits for the one before.
 const EVICTIONS_IN_FLIGHT: usize = 16;
@@ -314,10 +321,38 @@ impl Manager {
         let topo = self.topology();
         let now = now_unix_ms();
         let now_ms = now_unix_ms().max(0) as u64;
-        laps.enter(Phase::Probe);
-        let probed = (self.prober)
-            .probe(conn.as_mut(), &topo.keys, &topo.nodes, now_ms)
-            .await;
+        // Node health, what sync's nodes hold and where the open orders
+        // are: three waits on the network, side by side (each phase's own
+        // time is recorded apart; `observe` is their wall time).
+        laps.enter(Phase::Observe);
+        let leading = self.lease.may_write().is_some();
+        let open: Vec<u64> = if leading {
+            self.with_state(|st| {
+                st.orders
+                    .iter()
+                    .filter(|o| o.state.is_open())
+                    .map(|o| o.id)
+                    .collect()
+            })
+        } else {
+            vec![]
+        };
+        let ((probed, probe_t), (hosted, hosted_t), (reports, orders_t)) = tokio::join!(
+            timed((self.prober).probe(conn.as_mut(), &topo.keys, &topo.nodes, now_ms)),
+            timed(self.sync.hosted()),
+            timed(async {
+                if !leading {
+                    return vec![];
+                }
+                self.announce_epoch().await;
+                // Follow the orders in flight; a finished add turns its
+                // replica serving. One call per thousand open orders.
+                self.sync.orders(&open).await
+            }),
+        );
+        laps.side(Phase::Probe, probe_t);
+        laps.side(Phase::Hosted, hosted_t);
+        laps.side(Phase::Orders, orders_t);
         let at = now_unix_ms();
         for (node, result) in probed {
             let fx = self.apply(Event::NodeProbed {
@@ -327,13 +362,14 @@ impl Manager {
             });
             self.carry_out(fx, laps).await;
         }
-        laps.enter(Phase::Hosted);
-        let hosted = self.sync.hosted().await.map_err(|e| e.to_string());
+        let hosted = hosted.map_err(|e| e.to_string());
         if let Err(e) = &hosted {
             if self.with_state(|st| st.sync_error.is_none()) {
                 warn!(error = %e, "sync scheduler unreachable; no new orders until it answers");
             }
         }
+        // Before the orders' reports: an order sync forgot is judged by
+        // what its nodes hold now.
         self.apply(Event::SyncObserved(hosted));
         if self.lease.may_write().is_none() {
             // A standby (or a leader whose lease is ending): plans are
@@ -343,25 +379,13 @@ impl Manager {
             self.apply(Event::Standby { plan, shards, now });
             return;
         }
-        laps.enter(Phase::Orders);
-        self.announce_epoch().await;
-        // Follow the orders in flight; a finished add turns its replica serving.
-        let open: Vec<u64> = self.with_state(|st| {
-            st.orders
-                .iter()
-                .filter(|o| o.state.is_open())
-                .map(|o| o.id)
-                .collect()
-        });
-        // One call per thousand open orders, not one per order.
-        for (id, report) in self.sync.orders(&open).await {
+        for (id, report) in reports {
             let fx = self.apply(Event::OrderReported { id, report, now });
             self.carry_out(fx, laps).await;
         }
+        laps.enter(Phase::Plan);
         let fx = self.apply(Event::DrainsDue { now });
         self.carry_out(fx, laps).await;
-
-        laps.enter(Phase::Plan);
         let (plan, shards, tnow) = self.plan(&topo);
         let fx = self.apply(Event::PlanComputed {
             plan,

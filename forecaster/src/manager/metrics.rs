@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `shardcast_manager_rounds_total` | counter | rounds run (leading or standing by) |
 //! | `shardcast_manager_round_seconds` | summary | wall time of a round: p50, p99 over the last 1024, sum, count |
-//! | `shardcast_manager_round_phase_seconds{phase}` | histogram | a round's time in each of its phases (`phases.rs`: topology, probe, hosted, orders, plan, submit, evict, publish, store); a phase a round skipped counts 0 |
+//! | `shardcast_manager_round_phase_seconds{phase}` | histogram | a round's time in each of its phases (`phases.rs`: topology, observe, plan, submit, evict, publish, store follow one another; probe, hosted and orders run side by side within observe); a phase a round skipped counts 0 |
 //! | `shardcast_manager_publish_seconds` | summary | a changed table's publish until the store and every listed proxy have it: p50, p99 over the last 1024, sum, count |
 //! | `shardcast_manager_decisions_total{action,reason}` | counter | decisions logged |
 //! | `shardcast_manager_orders_total{outcome}` | counter | pre-fetch orders by how they ended: done, failed, cancelled, refused |

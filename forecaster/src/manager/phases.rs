@@ -1,8 +1,13 @@
 //! Where a round's time goes: the round is cut into [`Phase`]s, each timed
-//! apart ([`Laps`]), and every leading round adds its phases' times to one
+//! apart ([`Laps`]), and every round adds its phases' times to one
 //! histogram per phase (`shardcast_manager_round_phase_seconds{phase}`,
-//! rendered by [`super::metrics`]). A phase a round skips counts 0 s, so
-//! the phases' sums add up to the rounds' sum, and the means compare.
+//! rendered by [`super::metrics`]). A phase a round skips counts 0 s.
+//!
+//! The observations wait on the network side by side: `observe` is the
+//! wall time of that step, and `probe`, `hosted` and `orders` are each
+//! call's own time within it (they overlap, so they add up to more). The
+//! other phases follow one another: with `observe` they add up to the
+//! round.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -14,15 +19,19 @@ use shardcast_edge::metrics::Writer;
 pub enum Phase {
     /// Re-reading the topology file when it changed.
     Topology,
-    /// Node health (the metadata store's reports, or the proxies' views).
+    /// The wall time of the observations below (run side by side) and
+    /// of applying them to the state.
+    Observe,
+    /// Node health (the metadata store's reports, or the proxies' views);
+    /// within `observe`.
     Probe,
-    /// What sync's nodes hold (`GET /nodes`), into the state.
+    /// What sync's nodes hold (`GET /nodes`); within `observe`.
     Hosted,
-    /// The epoch announcement, following the open orders
-    /// (`GET /orders?ids=`), drains that are due.
+    /// The epoch announcement and following the open orders
+    /// (`GET /orders?ids=`); within `observe`.
     Orders,
-    /// The plan's input, the planner, and carrying the plan into the state
-    /// (no I/O).
+    /// Drains that are due, the plan's input, the planner, and carrying
+    /// the plan into the state (no I/O).
     Plan,
     /// Pre-fetch orders to sync (`POST /orders/batch`) and their answers.
     Submit,
@@ -36,8 +45,9 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Topology,
+        Phase::Observe,
         Phase::Probe,
         Phase::Hosted,
         Phase::Orders,
@@ -51,6 +61,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Topology => "topology",
+            Phase::Observe => "observe",
             Phase::Probe => "probe",
             Phase::Hosted => "hosted",
             Phase::Orders => "orders",
@@ -94,6 +105,12 @@ impl Laps {
         self.enter(self.current);
         let cur = &mut self.spent[self.current as usize];
         *cur = cur.saturating_sub(d);
+        self.spent[phase as usize] += d;
+    }
+
+    /// Add `d` to `phase`, which ran beside the running one (its own time,
+    /// not taken from the running phase's).
+    pub fn side(&mut self, phase: Phase, d: Duration) {
         self.spent[phase as usize] += d;
     }
 
