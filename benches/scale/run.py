@@ -101,6 +101,32 @@ def hist(metrics, name, labels=""):
             "buckets": [(("+Inf" if le == float("inf") else le), c) for le, c in buckets]}
 
 
+def bucket_q(h, q):
+    """The upper bound (ms) of the bucket the `q` quantile of histogram `h`
+    (from `hist`) falls in; None without samples or past the last bound."""
+    if not h.get("count"):
+        return None
+    want = q * h["count"]
+    for le, cum in h.get("buckets", []):
+        if cum >= want:
+            return None if le == "+Inf" else round(le * 1e3, 3)
+    return None
+
+
+PHASES = ("topology", "observe", "probe", "hosted", "orders", "plan", "submit", "evict", "publish", "store")
+
+
+def round_phases(metrics):
+    """Per phase of the manager's round: mean, and the buckets its p50 and
+    p99 fall in (`shardcast_manager_round_phase_seconds{phase}`)."""
+    out = {}
+    for ph in PHASES:
+        h = hist(metrics, "shardcast_manager_round_phase_seconds", f'phase="{ph}"')
+        out[ph] = {"count": h["count"], "mean_ms": h["mean_ms"],
+                   "p50_le_ms": bucket_q(h, 0.5), "p99_le_ms": bucket_q(h, 0.99)}
+    return out
+
+
 def summary_q(metrics, name):
     g = lambda q: metrics.get(f'{name}{{quantile="{q}"}}')
     p50, p99 = g("0.5"), g("0.99")
@@ -432,6 +458,7 @@ class Harness:
                                   "cycles_total": fm.get("shardcast_forecaster_cycles_total"),
                                   "shards": fm.get("shardcast_forecaster_shards")},
             "manager_round": summary_q(fm, "shardcast_manager_round_seconds"),
+            "manager_round_phases": round_phases(fm),
             "manager_longest_without_a_completed_round_s": round(longest, 1),
             "manager_publish_until_every_proxy": summary_q(fm, "shardcast_manager_publish_seconds"),
             "proxy_apply_spread": self.convergence(),
@@ -497,6 +524,10 @@ def markdown(s):
         ("manager round p50 / p99", f"{ms(mr['p50_ms'])} / {ms(mr['p99_ms'])} ({mr['count']} rounds; "
                                     f"longest stretch with no round completing during the replay "
                                     f"{s['manager_longest_without_a_completed_round_s']} s)"),
+        ("manager round by phase: mean (p50 bucket / p99 bucket)",
+         "; ".join(f"{k} {v['mean_ms']:.1f} ms (≤ {v['p50_le_ms']} / ≤ {v['p99_le_ms']})"
+                   for k, v in s.get("manager_round_phases", {}).items()
+                   if v["mean_ms"] is not None) or "–"),
         ("changed table published until every proxy has it, p50 / p99",
          f"{ms(pub['p50_ms'])} / {ms(pub['p99_ms'])} ({pub['count']} publishes)"),
         ("same version applied, first → last proxy, p50 / p99",

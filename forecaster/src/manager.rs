@@ -36,6 +36,7 @@ mod leading;
 pub mod lease;
 pub mod metadata;
 pub mod metrics;
+pub mod phases;
 pub mod publish;
 pub mod routes;
 pub mod state;
@@ -63,6 +64,7 @@ use demand::{DemandModel, Inputs};
 use health::Prober;
 use lease::Lease;
 use metrics::{ManagerMetrics, Target};
+use phases::{Laps, Phase};
 use publish::{Pass, Publisher};
 use state::{Command, Effect, Event, OrderRequest, Settings, State};
 use sync::{Announced, SyncClient};
@@ -73,6 +75,17 @@ pub use state::{CommandError, Decision, NodeState};
 pub use topology::Topology;
 
 type Conn = redis::aio::MultiplexedConnection;
+
+/// `f`'s output and how long it took.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {
+    let t0 = Instant::now();
+    let out = f.await;
+    (out, t0.elapsed())
+}
+
+/// Evictions sent to sync at once: a round can find hundreds of shards
+/// cooled, and one call at a time each waits for the one before.
+const EVICTIONS_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -298,18 +311,48 @@ impl Manager {
     /// One observe → plan → act → publish round.
     pub async fn round(&self, conn: &mut Option<Conn>) {
         let started = Instant::now();
-        self.round_inner(conn).await;
-        self.metrics.round(started.elapsed());
+        let mut laps = Laps::start(Phase::Topology);
+        self.round_inner(conn, &mut laps).await;
+        self.metrics.round(started.elapsed(), laps.finish());
     }
 
-    async fn round_inner(&self, conn: &mut Option<Conn>) {
+    async fn round_inner(&self, conn: &mut Option<Conn>, laps: &mut Laps) {
         self.refresh_topology();
         let topo = self.topology();
         let now = now_unix_ms();
         let now_ms = now_unix_ms().max(0) as u64;
-        let probed = (self.prober)
-            .probe(conn.as_mut(), &topo.keys, &topo.nodes, now_ms)
-            .await;
+        // Node health, what sync's nodes hold and where the open orders
+        // are: three waits on the network, side by side (each phase's own
+        // time is recorded apart; `observe` is their wall time).
+        laps.enter(Phase::Observe);
+        let leading = self.lease.may_write().is_some();
+        let open: Vec<u64> = if leading {
+            self.with_state(|st| {
+                st.orders
+                    .iter()
+                    .filter(|o| o.state.is_open())
+                    .map(|o| o.id)
+                    .collect()
+            })
+        } else {
+            vec![]
+        };
+        let ((probed, probe_t), (hosted, hosted_t), (reports, orders_t)) = tokio::join!(
+            timed((self.prober).probe(conn.as_mut(), &topo.keys, &topo.nodes, now_ms)),
+            timed(self.sync.hosted()),
+            timed(async {
+                if !leading {
+                    return vec![];
+                }
+                self.announce_epoch().await;
+                // Follow the orders in flight; a finished add turns its
+                // replica serving. One call per thousand open orders.
+                self.sync.orders(&open).await
+            }),
+        );
+        laps.side(Phase::Probe, probe_t);
+        laps.side(Phase::Hosted, hosted_t);
+        laps.side(Phase::Orders, orders_t);
         let at = now_unix_ms();
         for (node, result) in probed {
             let fx = self.apply(Event::NodeProbed {
@@ -317,39 +360,32 @@ impl Manager {
                 result,
                 now: at,
             });
-            self.carry_out(fx).await;
+            self.carry_out(fx, laps).await;
         }
-        let hosted = self.sync.hosted().await.map_err(|e| e.to_string());
+        let hosted = hosted.map_err(|e| e.to_string());
         if let Err(e) = &hosted {
             if self.with_state(|st| st.sync_error.is_none()) {
                 warn!(error = %e, "sync scheduler unreachable; no new orders until it answers");
             }
         }
+        // Before the orders' reports: an order sync forgot is judged by
+        // what its nodes hold now.
         self.apply(Event::SyncObserved(hosted));
         if self.lease.may_write().is_none() {
             // A standby (or a leader whose lease is ending): plans are
             // computed and shown; nothing is written.
+            laps.enter(Phase::Plan);
             let (plan, shards, _) = self.plan(&topo);
             self.apply(Event::Standby { plan, shards, now });
             return;
         }
-        self.announce_epoch().await;
-        // Follow the orders in flight; a finished add turns its replica serving.
-        let open: Vec<u64> = self.with_state(|st| {
-            st.orders
-                .iter()
-                .filter(|o| o.state.is_open())
-                .map(|o| o.id)
-                .collect()
-        });
-        // One call per thousand open orders, not one per order.
-        for (id, report) in self.sync.orders(&open).await {
+        for (id, report) in reports {
             let fx = self.apply(Event::OrderReported { id, report, now });
-            self.carry_out(fx).await;
+            self.carry_out(fx, laps).await;
         }
+        laps.enter(Phase::Plan);
         let fx = self.apply(Event::DrainsDue { now });
-        self.carry_out(fx).await;
-
+        self.carry_out(fx, laps).await;
         let (plan, shards, tnow) = self.plan(&topo);
         let fx = self.apply(Event::PlanComputed {
             plan,
@@ -357,17 +393,18 @@ impl Manager {
             now,
             tnow,
         });
-        self.carry_out(fx).await;
+        self.carry_out(fx, laps).await;
         let fx = self.apply(Event::PlanCarriedOut { now });
-        self.carry_out(fx).await;
+        self.carry_out(fx, laps).await;
         let fx = self.apply(Event::RefreshesOrdered { now });
-        self.carry_out(fx).await;
+        self.carry_out(fx, laps).await;
         let fx = self.apply(Event::RoundFinished { now });
         let changed = fx
             .iter()
             .any(|e| matches!(e, Effect::Publish { changed: true }));
-        self.carry_out(fx).await;
-        self.publish(conn, &topo, changed).await;
+        self.carry_out(fx, laps).await;
+        laps.enter(Phase::Publish);
+        self.publish(conn, &topo, changed, laps).await;
     }
 
     /// The plan for now, on the manager's clock (trace time when replaying).
@@ -388,7 +425,7 @@ impl Manager {
 
     /// Carry out effects in order; those of the events they lead to come
     /// before the rest.
-    async fn carry_out(&self, effects: Vec<Effect>) {
+    async fn carry_out(&self, effects: Vec<Effect>, laps: &mut Laps) {
         let mut queue: VecDeque<Effect> = effects.into();
         while let Some(e) = queue.pop_front() {
             let more = match e {
@@ -417,6 +454,7 @@ impl Manager {
                             None => break,
                         }
                     }
+                    let was = laps.enter(Phase::Submit);
                     let results = self.submit(&orders).await;
                     let now = now_unix_ms();
                     let mut more = vec![];
@@ -431,39 +469,37 @@ impl Manager {
                             }
                         });
                     }
+                    laps.enter(was);
                     more
                 }
                 Effect::Cancel { id } => {
+                    let was = laps.enter(Phase::Evict);
                     self.sync.cancel(id).await;
+                    laps.enter(was);
                     continue;
                 }
-                Effect::Evict {
-                    shard,
-                    node,
-                    cold: None,
-                } => {
-                    self.sync.evict_drained(&node, &shard).await;
-                    continue;
-                }
-                Effect::Evict {
-                    shard,
-                    node,
-                    cold: Some(detail),
-                } => match self.sync.evict(&node, &shard).await {
-                    Ok(()) => {
+                e @ Effect::Evict { .. } => {
+                    // The evictions queued after it go out with it, a few
+                    // at a time (each is its own call to sync).
+                    let mut batch = vec![e];
+                    while let Some(Effect::Evict { .. }) = queue.front() {
+                        batch.extend(queue.pop_front());
+                    }
+                    let was = laps.enter(Phase::Evict);
+                    let evicted = self.evict(batch).await;
+                    laps.enter(was);
+                    let mut more = vec![];
+                    for (shard, node, detail) in evicted {
                         let now = now_unix_ms();
-                        self.apply(Event::Evicted {
+                        more.extend(self.apply(Event::Evicted {
                             shard,
                             node,
                             detail,
                             now,
-                        })
+                        }));
                     }
-                    Err(e) => {
-                        warn!(shard, node, error = %e, "evicting a cold shard failed");
-                        continue;
-                    }
-                },
+                    more
+                }
                 // The round publishes after its last event; an operator
                 // change is written by the round it wakes.
                 Effect::Publish { .. } | Effect::Refused(_) => continue,
@@ -476,6 +512,42 @@ impl Manager {
                 queue.push_front(m);
             }
         }
+    }
+
+    /// Carry out evictions at sync, [`EVICTIONS_IN_FLIGHT`] at a time: the
+    /// cold ones sync scheduled, in the order given, as `(shard, node,
+    /// detail)`. A drained replica's eviction that fails is only logged.
+    async fn evict(&self, batch: Vec<Effect>) -> Vec<(String, String, String)> {
+        use futures::StreamExt;
+        futures::stream::iter(batch)
+            .map(|e| async move {
+                match e {
+                    Effect::Evict {
+                        shard,
+                        node,
+                        cold: None,
+                    } => {
+                        self.sync.evict_drained(&node, &shard).await;
+                        None
+                    }
+                    Effect::Evict {
+                        shard,
+                        node,
+                        cold: Some(detail),
+                    } => match self.sync.evict(&node, &shard).await {
+                        Ok(()) => Some((shard, node, detail)),
+                        Err(e) => {
+                            warn!(shard, node, error = %e, "evicting a cold shard failed");
+                            None
+                        }
+                    },
+                    _ => None,
+                }
+            })
+            .buffered(EVICTIONS_IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 
     /// Pre-fetch orders to sync, in the lease's epoch once sync knows it:
@@ -522,7 +594,13 @@ impl Manager {
     /// shard and node records every round. A refusal that moves the
     /// version sends the same assignment out again — a few passes at most,
     /// then the next round carries on.
-    async fn publish(&self, conn: &mut Option<Conn>, topo: &Topology, changed: bool) {
+    async fn publish(
+        &self,
+        conn: &mut Option<Conn>,
+        topo: &Topology,
+        changed: bool,
+        laps: &mut Laps,
+    ) {
         let started = changed.then(std::time::Instant::now);
         let mut changed = changed;
         for _ in 0..3 {
@@ -546,6 +624,7 @@ impl Manager {
                 .publisher
                 .publish_once(conn, pass, records, &self.lease, &self.refusals)
                 .await;
+            laps.moved(Phase::Store, out.store);
             for e in out.events {
                 match &e {
                     Event::MetadataStatus(Err(_)) => self.metrics.publish_failed(Target::Metadata),
@@ -555,7 +634,9 @@ impl Manager {
                 self.apply(e);
             }
             if !out.again {
-                if let Some(t0) = started.filter(|_| self.snapshot().proxies_behind.is_empty()) {
+                // Not `snapshot()`: a copy of the whole state to read one set.
+                let all_have_it = self.with_state(|st| st.proxies_behind.is_empty());
+                if let Some(t0) = started.filter(|_| all_have_it) {
                     self.metrics.published(t0.elapsed());
                 }
                 return;

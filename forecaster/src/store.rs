@@ -124,6 +124,24 @@ impl Ring {
         }
     }
 
+    /// The sum of buckets `[from, from + len)`, 0 where absent: what
+    /// [`Ring::copy_into`] would copy, summed, without the copy.
+    pub fn sum(&self, from: i64, len: i64) -> f64 {
+        let (lo, hi) = (from.max(self.start()), (from + len).min(self.end));
+        if lo >= hi {
+            return 0.0;
+        }
+        let (a, b) = self.vals.as_slices();
+        let skip = (lo - self.start()) as usize;
+        let take = (hi - lo) as usize;
+        a.iter()
+            .chain(b)
+            .skip(skip)
+            .take(take)
+            .map(|&v| f64::from(v))
+            .sum()
+    }
+
     fn bytes(&self) -> usize {
         self.vals.capacity() * std::mem::size_of::<f32>()
     }
@@ -510,9 +528,8 @@ impl Store {
         } else {
             ring.end().min(now_b + 1)
         };
-        let mut out = vec![0.0; buckets as usize];
-        ring.copy_into(end - buckets, &mut out);
-        out.iter().sum::<f64>() / (buckets * w_ms / SECOND_MS) as f64
+        // Summed in place: the manager asks for every shard each round.
+        ring.sum(end - buckets, buckets) / (buckets * w_ms / SECOND_MS) as f64
     }
 
     /// Last sequence number per source (persisted for gap detection).
@@ -594,6 +611,7 @@ mod tests {
             for len in [0usize, 1, 3, 10, 20] {
                 let mut out = vec![-1.0; len];
                 r.copy_into(from, &mut out);
+                assert_eq!(r.sum(from, len as i64), out.iter().sum::<f64>());
                 let want: Vec<f64> = (0..len as i64)
                     .map(|i| f64::from(r.get(from + i)))
                     .collect();

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `shardcast_manager_rounds_total` | counter | rounds run (leading or standing by) |
 //! | `shardcast_manager_round_seconds` | summary | wall time of a round: p50, p99 over the last 1024, sum, count |
+//! | `shardcast_manager_round_phase_seconds{phase}` | histogram | a round's time in each of its phases (`phases.rs`: topology, observe, plan, submit, evict, publish, store follow one another; probe, hosted and orders run side by side within observe); a phase a round skipped counts 0 |
 //! | `shardcast_manager_publish_seconds` | summary | a changed table's publish until the store and every listed proxy have it: p50, p99 over the last 1024, sum, count |
 //! | `shardcast_manager_decisions_total{action,reason}` | counter | decisions logged |
 //! | `shardcast_manager_orders_total{outcome}` | counter | pre-fetch orders by how they ended: done, failed, cancelled, refused |
@@ -25,6 +26,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use shardcast_edge::metrics::{Kind, Writer};
 
+use super::phases::{Phase, PhaseHistograms};
 use super::state::Decision;
 use super::Manager;
 use crate::planner::Reason;
@@ -87,14 +89,17 @@ impl Window {
 #[derive(Default)]
 pub struct ManagerMetrics {
     rounds: Window,
+    phases: PhaseHistograms,
     publishes: Window,
     decisions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     publish_failures: [AtomicU64; 2],
 }
 
 impl ManagerMetrics {
-    pub fn round(&self, d: Duration) {
+    /// A round took `d`, `spent` of it in each phase.
+    pub fn round(&self, d: Duration, spent: [Duration; Phase::ALL.len()]) {
         self.rounds.observe(d);
+        self.phases.observe(&spent);
     }
 
     /// A changed table went out: `d` from the start of its publish until
@@ -133,6 +138,13 @@ pub fn render(o: &mut String, m: &Manager) {
         "shardcast_manager_round_seconds",
         "Wall time of a round (quantiles over the last 1024 rounds).",
     );
+    let name = "shardcast_manager_round_phase_seconds";
+    w.family(
+        name,
+        Kind::Histogram,
+        "A round's time in each of its phases (0 for a phase the round skipped).",
+    );
+    mm.phases.render(&mut w, name);
     mm.publishes.render(
         &mut w,
         "shardcast_manager_publish_seconds",
@@ -301,7 +313,9 @@ mod tests {
         });
         m.metrics.publish_failed(Target::Proxy);
         for ms in [10, 20, 30, 1000] {
-            m.metrics.round(Duration::from_millis(ms));
+            let mut spent = [Duration::ZERO; Phase::ALL.len()];
+            spent[Phase::Plan as usize] = Duration::from_millis(ms / 2);
+            m.metrics.round(Duration::from_millis(ms), spent);
         }
         m.metrics.published(Duration::from_millis(7));
 
@@ -317,6 +331,22 @@ mod tests {
         assert_eq!(
             at("shardcast_manager_round_seconds{quantile=\"0.99\"}"),
             1.0
+        );
+        assert_eq!(
+            at("shardcast_manager_round_phase_seconds_count{phase=\"plan\"}"),
+            4.0
+        );
+        assert_eq!(
+            at("shardcast_manager_round_phase_seconds_sum{phase=\"plan\"}"),
+            0.53
+        );
+        assert_eq!(
+            at("shardcast_manager_round_phase_seconds_bucket{phase=\"plan\",le=\"0.02\"}"),
+            3.0
+        );
+        assert_eq!(
+            at("shardcast_manager_round_phase_seconds_sum{phase=\"hosted\"}"),
+            0.0
         );
         assert_eq!(at("shardcast_manager_publish_seconds_count"), 1.0);
         assert_eq!(

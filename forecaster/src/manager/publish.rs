@@ -65,6 +65,17 @@ pub struct Pass<'a> {
 pub struct Outcome {
     pub events: Vec<Event>,
     pub again: bool,
+    /// Time spent on the metadata store (the rest of the pass is the
+    /// proxies').
+    pub store: Duration,
+}
+
+/// What the store's part of a pass works with, beside the pass.
+struct StoreCtx<'a> {
+    url: &'a str,
+    delta_body: Option<&'a [u8]>,
+    lease: &'a Lease,
+    refusals: &'a Refusals,
 }
 
 /// Publishes to the metadata store and the proxies.
@@ -127,120 +138,31 @@ impl Publisher {
         let delta_body = delta
             .as_ref()
             .map(|d| serde_json::to_vec(d).unwrap_or_default());
+        if let Some(url) = &pass.metadata_url {
+            let started = std::time::Instant::now();
+            let ctx = StoreCtx {
+                url,
+                delta_body: delta_body.as_deref(),
+                lease,
+                refusals,
+            };
+            let go_on = self.store_pass(conn, &pass, ctx, records, &mut out).await;
+            out.store = started.elapsed();
+            if !go_on {
+                return out;
+            }
+        }
         let Pass {
             update,
             behind,
             changed,
-            keys,
-            metadata_url,
-            metadata_error,
+            ..
         } = pass;
-        if let Some(url) = metadata_url {
-            if conn.is_none() {
-                match metadata::connect(&url).await {
-                    Ok(c) => *conn = Some(c),
-                    Err(e) => out.events.push(Event::MetadataStatus(Err(e))),
-                }
-            }
-            if let Some(c) = conn.as_mut() {
-                // Also re-written when the store lost it (restart, flush) or
-                // holds an older one.
-                let stored = metadata::read_table(c, keys).await;
-                let mut write = changed;
-                let mut fenced = None;
-                match &stored {
-                    // Newer than ours, or ours by number with other content
-                    // (another writer): refused, not delivered.
-                    Ok(Some(t))
-                        if t.version > update.version
-                            || (t.version == update.version && t.shards != update.shards) =>
-                    {
-                        refusals.metadata.fetch_add(1, Relaxed);
-                        let refusal = if t.version == update.version {
-                            update
-                                .version
-                                .past(t.version)
-                                .map_or(Refusal::Fenced, Refusal::Outrank)
-                        } else {
-                            on_refusal(update.version, t.version)
-                        };
-                        match refusal {
-                            Refusal::Outrank(v) => {
-                                out.events.push(Event::Outranked {
-                                    version: v,
-                                    target: "metadata".into(),
-                                    theirs: t.version,
-                                });
-                                out.again = true;
-                                return out;
-                            }
-                            Refusal::Current | Refusal::Retry => {}
-                            Refusal::Fenced => {
-                                fenced = Some(format!(
-                                    "the store holds table version {}, which version {} cannot outrank: another manager leads",
-                                    t.version, update.version
-                                ));
-                            }
-                        }
-                    }
-                    Ok(Some(t)) if t.version == update.version => {}
-                    _ => write = true,
-                }
-                if lease.may_write().is_none() {
-                    return out;
-                }
-                if let Some(e) = fenced {
-                    // Writing would change nothing (proxies skip what is not
-                    // newer) and would overwrite the leader's records.
-                    lease.fenced(&e);
-                    if metadata_error.as_deref() != Some(e.as_str()) {
-                        warn!(error = %e, "table not published");
-                    }
-                    out.events.push(Event::MetadataStatus(Err(e)));
-                } else {
-                    let mut res = Ok(());
-                    if write {
-                        res = match metadata::publish_table(c, keys, &update, delta_body.as_deref())
-                            .await
-                        {
-                            Ok(metadata::Published::Written) => Ok(()),
-                            Ok(metadata::Published::Fenced(why)) => {
-                                refusals.metadata.fetch_add(1, Relaxed);
-                                lease.fenced(&why);
-                                warn!(reason = %why, version = %update.version, "table refused by the store: a newer leader");
-                                out.events.push(Event::MetadataStatus(Err(why)));
-                                return out;
-                            }
-                            Err(e) => Err(e),
-                        };
-                    }
-                    if res.is_ok() {
-                        let (shards, nodes, op) = records();
-                        match metadata::write_state(c, keys, update.version, &shards, &nodes, &op)
-                            .await
-                        {
-                            Ok(metadata::Published::Written) => {}
-                            Ok(metadata::Published::Fenced(why)) => {
-                                lease.fenced(&why);
-                                warn!(reason = %why, "records refused by the store: a newer leader");
-                                out.events.push(Event::MetadataStatus(Err(why)));
-                                return out;
-                            }
-                            Err(e) => res = Err(e),
-                        }
-                    }
-                    if let Err(e) = &res {
-                        warn!(error = %e, "metadata store write failed; retrying next round");
-                        *conn = None;
-                    }
-                    out.events.push(Event::MetadataStatus(res));
-                }
-            }
-        }
         if changed || !behind.is_empty() {
-            let mut full: Option<Vec<u8>> = None;
-            let mut full_body = || {
-                full.get_or_insert_with(|| serde_json::to_vec(&update).unwrap_or_default())
+            // Serialised once, when some proxy needs the whole table.
+            let full = std::sync::OnceLock::new();
+            let full_body = || {
+                full.get_or_init(|| serde_json::to_vec(&update).unwrap_or_default())
                     .clone()
             };
             let targets: Vec<String> = if changed {
@@ -251,31 +173,41 @@ impl Publisher {
             if changed {
                 *self.last.lock() = Some(update.clone());
             }
-            for p in targets {
-                if lease.may_write().is_none() {
-                    return out;
-                }
-                // A proxy known to be behind holds no known base.
-                let via_delta = match &delta_body {
-                    Some(d) if !behind.contains(&p) => {
-                        let r = self.put(&p, d.clone()).await;
-                        match &r {
-                            Ok((StatusCode::CONFLICT, answer))
-                                if serde_json::from_slice::<UpdateAnswer>(answer)
-                                    .is_ok_and(|a| a.assignment_version < update.version) =>
-                            {
-                                // Not at the delta's base: the full table.
-                                None
+            if lease.may_write().is_none() {
+                return out;
+            }
+            // Every proxy at once: a push waits for the proxy to apply the
+            // table, and the proxies apply it side by side.
+            let push = |p: &str| {
+                let p = p.to_string();
+                let (delta_body, behind) = (&delta_body, &behind);
+                async move {
+                    // A proxy known to be behind holds no known base.
+                    let via_delta = match delta_body {
+                        Some(d) if !behind.contains(&p) => {
+                            let r = self.put(&p, d.clone()).await;
+                            match &r {
+                                Ok((StatusCode::CONFLICT, answer))
+                                    if serde_json::from_slice::<UpdateAnswer>(answer)
+                                        .is_ok_and(|a| a.assignment_version < update.version) =>
+                                {
+                                    // Not at the delta's base: the full table.
+                                    None
+                                }
+                                _ => Some(r),
                             }
-                            _ => Some(r),
                         }
-                    }
-                    _ => None,
-                };
-                let r = match via_delta {
-                    Some(r) => r,
-                    None => self.put(&p, full_body()).await,
-                };
+                        _ => None,
+                    };
+                    let r = match via_delta {
+                        Some(r) => r,
+                        None => self.put(&p, full_body()).await,
+                    };
+                    (p, r)
+                }
+            };
+            let answers = futures::future::join_all(targets.iter().map(|p| push(p))).await;
+            for (p, r) in answers {
                 let delivered = match &r {
                     Ok((s, _)) if s.is_success() => true,
                     // Not newer than what the proxy holds: delivered only if
@@ -286,6 +218,8 @@ impl Publisher {
                             Ok(a) => match on_refusal(update.version, a.assignment_version) {
                                 Refusal::Current => true,
                                 Refusal::Outrank(v) => {
+                                    // The same assignment goes out again to
+                                    // every proxy, past this one's version.
                                     out.events.push(Event::Outranked {
                                         version: v,
                                         target: p.clone(),
@@ -319,6 +253,131 @@ impl Publisher {
             }
         }
         out
+    }
+
+    /// The store's part of a pass: the table when it changed (or the
+    /// store lost it), then the records. False when the pass must end here
+    /// (outranked, fenced, or no longer leading).
+    async fn store_pass(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        pass: &Pass<'_>,
+        ctx: StoreCtx<'_>,
+        records: impl FnOnce() -> Records,
+        out: &mut Outcome,
+    ) -> bool {
+        let StoreCtx {
+            url,
+            delta_body,
+            lease,
+            refusals,
+        } = ctx;
+        let Pass {
+            update,
+            changed,
+            keys,
+            metadata_error,
+            ..
+        } = pass;
+        let changed = *changed;
+        if conn.is_none() {
+            match metadata::connect(url).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => out.events.push(Event::MetadataStatus(Err(e))),
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            // Also re-written when the store lost it (restart, flush) or
+            // holds an older one.
+            let stored = metadata::read_table(c, keys).await;
+            let mut write = changed;
+            let mut fenced = None;
+            match &stored {
+                // Newer than ours, or ours by number with other content
+                // (another writer): refused, not delivered.
+                Ok(Some(t))
+                    if t.version > update.version
+                        || (t.version == update.version && t.shards != update.shards) =>
+                {
+                    refusals.metadata.fetch_add(1, Relaxed);
+                    let refusal = if t.version == update.version {
+                        update
+                            .version
+                            .past(t.version)
+                            .map_or(Refusal::Fenced, Refusal::Outrank)
+                    } else {
+                        on_refusal(update.version, t.version)
+                    };
+                    match refusal {
+                        Refusal::Outrank(v) => {
+                            out.events.push(Event::Outranked {
+                                version: v,
+                                target: "metadata".into(),
+                                theirs: t.version,
+                            });
+                            out.again = true;
+                            return false;
+                        }
+                        Refusal::Current | Refusal::Retry => {}
+                        Refusal::Fenced => {
+                            fenced = Some(format!(
+                                "the store holds table version {}, which version {} cannot outrank: another manager leads",
+                                t.version, update.version
+                            ));
+                        }
+                    }
+                }
+                Ok(Some(t)) if t.version == update.version => {}
+                _ => write = true,
+            }
+            if lease.may_write().is_none() {
+                return false;
+            }
+            if let Some(e) = fenced {
+                // Writing would change nothing (proxies skip what is not
+                // newer) and would overwrite the leader's records.
+                lease.fenced(&e);
+                if metadata_error.as_deref() != Some(e.as_str()) {
+                    warn!(error = %e, "table not published");
+                }
+                out.events.push(Event::MetadataStatus(Err(e)));
+            } else {
+                let mut res = Ok(());
+                if write {
+                    res = match metadata::publish_table(c, keys, update, delta_body).await {
+                        Ok(metadata::Published::Written) => Ok(()),
+                        Ok(metadata::Published::Fenced(why)) => {
+                            refusals.metadata.fetch_add(1, Relaxed);
+                            lease.fenced(&why);
+                            warn!(reason = %why, version = %update.version, "table refused by the store: a newer leader");
+                            out.events.push(Event::MetadataStatus(Err(why)));
+                            return false;
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+                if res.is_ok() {
+                    let (shards, nodes, op) = records();
+                    match metadata::write_state(c, keys, update.version, &shards, &nodes, &op).await
+                    {
+                        Ok(metadata::Published::Written) => {}
+                        Ok(metadata::Published::Fenced(why)) => {
+                            lease.fenced(&why);
+                            warn!(reason = %why, "records refused by the store: a newer leader");
+                            out.events.push(Event::MetadataStatus(Err(why)));
+                            return false;
+                        }
+                        Err(e) => res = Err(e),
+                    }
+                }
+                if let Err(e) = &res {
+                    warn!(error = %e, "metadata store write failed; retrying next round");
+                    *conn = None;
+                }
+                out.events.push(Event::MetadataStatus(res));
+            }
+        }
+        true
     }
 }
 

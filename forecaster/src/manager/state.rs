@@ -387,9 +387,13 @@ impl State {
             Event::RoundFinished { now } => {
                 self.rounds += 1;
                 self.last_round_unix_ms = now;
-                let orders = &self.orders;
-                self.prefetch
-                    .keep_open(|id| orders.iter().any(|o| o.id == id && o.state.is_open()));
+                let open: std::collections::HashSet<u64> = self
+                    .orders
+                    .iter()
+                    .filter(|o| o.state.is_open())
+                    .map(|o| o.id)
+                    .collect();
+                self.prefetch.keep_open(|id| open.contains(&id));
                 let changed = std::mem::take(&mut self.dirty);
                 if changed {
                     self.version = self.version.next();

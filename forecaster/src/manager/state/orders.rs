@@ -41,6 +41,22 @@ pub enum OrderReport {
     Unreachable(String),
 }
 
+/// How a finished order ended, as far as the manager learnt it.
+struct Finished {
+    rows: u64,
+    bytes: u64,
+    /// When sync finished it (real time, Unix ms), if it said.
+    at: Option<i64>,
+    deadline_met: Option<bool>,
+    /// The detail to log instead of the counts (they are not known).
+    note: Option<&'static str>,
+}
+
+/// The detail of an order sync no longer lists whose shard its node holds
+/// warm.
+pub const FORGOTTEN_BUT_WARM: &str =
+    "done: sync no longer lists the order (it keeps a bounded history of finished ones), and its node holds the shard warm";
+
 impl State {
     pub(super) fn push_order(&mut self, o: OrderView) {
         if self.orders.len() >= ORDERS_KEPT {
@@ -123,9 +139,14 @@ impl State {
         match report {
             OrderReport::Found(o) => match o.state {
                 OrderState::Done => {
-                    let finished = o.finished_unix_ms.map(|t| t as i64);
-                    let deadline_met = o.report.and_then(|r| r.deadline_met);
-                    self.done(i, o.rows, o.bytes, finished, deadline_met, now, fx)
+                    let end = Finished {
+                        rows: o.rows,
+                        bytes: o.bytes,
+                        at: o.finished_unix_ms.map(|t| t as i64),
+                        deadline_met: o.report.and_then(|r| r.deadline_met),
+                        note: None,
+                    };
+                    self.done(i, end, now, fx)
                 }
                 OrderState::Cancelled => self.fail(i, now, "cancelled by sync", fx),
                 OrderState::Queued | OrderState::Running if timed_out => {
@@ -139,6 +160,20 @@ impl State {
                     tracked.bytes = o.bytes;
                 }
             },
+            OrderReport::Missing(_) if self.warm_at_sync(i) => {
+                // Sync keeps a bounded history of finished orders and can
+                // drop one before this round asks for it; the copy it made
+                // is what matters, and sync's list of what its nodes hold
+                // (read this round) has it warm.
+                let end = Finished {
+                    rows: 0,
+                    bytes: 0,
+                    at: None,
+                    deadline_met: None,
+                    note: Some(FORGOTTEN_BUT_WARM),
+                };
+                self.done(i, end, now, fx)
+            }
             OrderReport::Missing(e) => {
                 self.fail(i, now, &e, fx);
                 if timed_out {
@@ -153,17 +188,26 @@ impl State {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn done(
-        &mut self,
-        i: usize,
-        rows: u64,
-        bytes: u64,
-        finished: Option<i64>,
-        deadline_met: Option<bool>,
-        now: i64,
-        fx: &mut Vec<Effect>,
-    ) {
+    /// Whether sync's nodes, as read this round, hold tracked order `i`'s
+    /// shard warm on its node.
+    fn warm_at_sync(&self, i: usize) -> bool {
+        let o = &self.orders[i];
+        self.sync_error.is_none()
+            && self
+                .hosted
+                .get(&o.node)
+                .and_then(|m| m.get(&o.shard))
+                .is_some_and(|h| h.warm)
+    }
+
+    fn done(&mut self, i: usize, end: Finished, now: i64, fx: &mut Vec<Effect>) {
+        let Finished {
+            rows,
+            bytes,
+            at: finished,
+            deadline_met,
+            note,
+        } = end;
         self.outcomes.done += 1;
         let o = &mut self.orders[i];
         o.state = TrackedState::Done;
@@ -186,6 +230,9 @@ impl State {
             o.bytes,
             o.finished_unix_ms.unwrap_or(now) - o.submitted_unix_ms
         );
+        if let Some(n) = note {
+            detail = format!("order {}: {n}", o.id);
+        }
         if let Some(m) = o.deadline_met {
             detail.push_str(if m {
                 ", deadline met"

@@ -3,7 +3,7 @@
 //! order), then refreshes of replicas the caches lack and evictions of
 //! shards that cooled.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use shardmap::table::ReplicaState;
 
@@ -160,12 +160,18 @@ impl State {
             return;
         }
         let Some(plan) = &self.last_plan else { return };
-        let open = self.open_pairs();
         let open_refreshes = self
             .orders
             .iter()
             .filter(|o| o.state.is_open() && !o.adds_replica)
             .count();
+        let room = REFRESHES_OPEN_MAX.saturating_sub(open_refreshes);
+        if room == 0 {
+            // As many open as allowed (the usual case while thousands of
+            // shards are hot): nothing to order, so nothing to look for.
+            return;
+        }
+        let open = self.open_pairs();
         let mut refreshes = vec![];
         for p in &plan.shards {
             let hot = p
@@ -209,7 +215,6 @@ impl State {
         }
         // Stable: equal priorities keep the plan's order.
         refreshes.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-        let room = REFRESHES_OPEN_MAX.saturating_sub(open_refreshes);
         fx.extend(refreshes.into_iter().take(room).map(Effect::Submit));
     }
 
@@ -222,7 +227,21 @@ impl State {
         }
         let Some(plan) = &self.last_plan else { return };
         let open = self.open_pairs();
+        // The nodes holding each shard, in one pass over what they host
+        // (not every node's map searched for each of thousands of shards).
+        let mut holders: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (node, m) in &self.hosted {
+            for shard in m.keys() {
+                holders
+                    .entry(shard.as_str())
+                    .or_default()
+                    .push(node.as_str());
+            }
+        }
         for p in &plan.shards {
+            let Some(nodes) = holders.get(p.id.as_str()) else {
+                continue;
+            };
             let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
             let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
             let threshold = self.thresholds.get(&p.id).copied().unwrap_or(p.threshold);
@@ -231,11 +250,11 @@ impl State {
             if hot || !calm {
                 continue;
             }
-            for (node, m) in &self.hosted {
-                if m.contains_key(&p.id) && !open.contains(&(p.id.as_str(), node.as_str())) {
+            for &node in nodes {
+                if !open.contains(&(p.id.as_str(), node)) {
                     fx.push(Effect::Evict {
                         shard: p.id.clone(),
-                        node: node.clone(),
+                        node: node.to_string(),
                         cold: Some(format!(
                             "cold: observed {observed:.3} rps, threshold {threshold:.3}"
                         )),

@@ -207,6 +207,59 @@ fn an_order_that_times_out_is_cancelled_and_its_replica_withdrawn() {
     assert_eq!(st.outcomes.failed, 1);
 }
 
+/// Sync keeps a bounded history of finished orders: one it dropped before
+/// the manager asked is done when sync's nodes hold its shard warm on its
+/// node (the add's replica serves, nothing is withdrawn or re-ordered), and
+/// failed otherwise.
+#[test]
+fn an_order_sync_forgot_is_done_when_its_node_holds_the_shard_warm() {
+    let hosted_on_c = |warm: bool| -> Hosted {
+        let view = HostedView {
+            cursor: 9,
+            rows: 40,
+            warm,
+        };
+        [("c".to_string(), [("s0".to_string(), view)].into())].into()
+    };
+    let mut st = state(1, 4);
+    ordered(&mut st, "s0", "c", None, 7, 100);
+    st.apply(Event::SyncObserved(Ok(hosted_on_c(true))));
+    let fx = st.apply(Event::OrderReported {
+        id: 7,
+        report: OrderReport::Missing("sync has no order 7".into()),
+        now: 200,
+    });
+    assert_eq!(actions(&fx), ["serve"]);
+    assert_eq!(replica(&st, "s0", "c"), Some(Serving));
+    assert_eq!(st.orders[0].state, TrackedState::Done);
+    assert_eq!((st.outcomes.done, st.outcomes.failed), (1, 0));
+    let Some(Effect::Record(d)) = fx.first() else {
+        panic!("{fx:?}")
+    };
+    assert!(
+        d.detail.ends_with(orders::FORGOTTEN_BUT_WARM),
+        "{}",
+        d.detail
+    );
+    // Unknown counts leave the shard-size estimate alone.
+    assert_eq!(st.bytes_per_row, None);
+
+    // Still warming there, or sync's list unread this round: failed.
+    for observed in [Ok(hosted_on_c(false)), Err("connection refused".into())] {
+        let mut st = state(1, 4);
+        ordered(&mut st, "s0", "c", None, 7, 100);
+        st.apply(Event::SyncObserved(Ok(hosted_on_c(true))));
+        st.apply(Event::SyncObserved(observed.clone()));
+        let fx = st.apply(Event::OrderReported {
+            id: 7,
+            report: OrderReport::Missing("sync has no order 7".into()),
+            now: 200,
+        });
+        assert_eq!(actions(&fx), ["order_failed"], "{observed:?}");
+        assert_eq!(replica(&st, "s0", "c"), None);
+    }
+}
+
 #[test]
 fn an_order_cancelled_or_lost_by_sync_fails_without_a_cancel() {
     for report in [
