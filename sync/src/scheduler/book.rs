@@ -309,17 +309,8 @@ impl Scheduler {
     /// lock, so the writer never gets an older snapshot after a newer one.
     pub(super) fn persist(&self) {
         let mut st = self.inner.state.lock();
-        // Bound the finished orders kept.
-        let finished: Vec<u64> = st
-            .orders
-            .values()
-            .filter(|o| matches!(o.state, OrderState::Done | OrderState::Cancelled))
-            .map(|o| o.id)
-            .collect();
-        if finished.len() > self.inner.cfg.keep_finished {
-            for id in &finished[..finished.len() - self.inner.cfg.keep_finished] {
-                st.orders.remove(id);
-            }
+        for id in finished_beyond(st.orders.values(), self.inner.cfg.keep_finished) {
+            st.orders.remove(&id);
         }
         // Every change to an order comes through here: the feed announces
         // the ones that just finished.
@@ -346,5 +337,64 @@ impl Scheduler {
         })
         .await
         .unwrap_or(false)
+    }
+}
+
+/// The finished orders beyond the newest `keep`, by when they finished:
+/// those that finished longest ago go first. An early order that ran long
+/// has a low id but finished just now, and its submitter may not have read
+/// the outcome yet.
+fn finished_beyond<'a>(orders: impl Iterator<Item = &'a Order>, keep: usize) -> Vec<u64> {
+    let mut finished: Vec<(u64, u64)> = orders
+        .filter(|o| o.state.is_finished())
+        .map(|o| (o.finished_unix_ms.unwrap_or(0), o.id))
+        .collect();
+    if finished.len() <= keep {
+        return Vec::new();
+    }
+    let drop = finished.len() - keep;
+    finished.select_nth_unstable(drop - 1);
+    finished[..drop].iter().map(|&(_, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: u64, state: OrderState, finished: Option<u64>) -> Order {
+        Order {
+            id,
+            shard: "s".into(),
+            node: "n".into(),
+            priority: 1.0,
+            deadline_unix_ms: None,
+            state,
+            submitted_unix_ms: id,
+            started_unix_ms: None,
+            finished_unix_ms: finished,
+            cursor: 0,
+            rows: 0,
+            bytes: 0,
+            last_error: None,
+            reason: None,
+            report: None,
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn finished_orders_go_by_finish_time_not_id() {
+        let orders = [
+            // The first order ran longest and finished last.
+            order(1, OrderState::Done, Some(500)),
+            order(2, OrderState::Done, Some(100)),
+            order(3, OrderState::Cancelled, Some(200)),
+            order(4, OrderState::Running, None),
+            order(5, OrderState::Done, Some(300)),
+        ];
+        let mut gone = finished_beyond(orders.iter(), 2);
+        gone.sort_unstable();
+        assert_eq!(gone, vec![2, 3]);
+        assert!(finished_beyond(orders.iter(), 4).is_empty());
     }
 }
