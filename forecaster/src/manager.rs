@@ -72,7 +72,7 @@ use view::DecisionLog;
 pub use state::{CommandError, Decision, NodeState};
 pub use topology::Topology;
 
-type Conn = redis::aio::MultiplexedConnection;
+type Conn = metadata::Conn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {

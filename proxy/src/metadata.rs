@@ -32,7 +32,7 @@ pub struct MetadataCounters {
 /// and the delta.
 async fn fetch_and_apply(
     shared: &Arc<Shared>,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut shardmap::contract::store::Conn,
     keys: &shardmap::contract::MetadataKeys,
 ) -> Result<(), String> {
     let current = shared.current().table.assignment_version;
@@ -98,8 +98,17 @@ async fn apply(
 }
 
 /// Follow the store named in the config until shutdown.
+///
+/// On a Redis Cluster the reads go through the cluster client (the slot
+/// map, redirects and failovers are its business) and the subscription is
+/// to one node, the first of the URL's seeds that answers: a cluster's
+/// `PUBLISH` reaches every node. When that node dies or the connection
+/// drops, the next session subscribes to the next seed and re-reads the
+/// store first, so a message missed meanwhile leaves no proxy behind.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
+    // The seed to subscribe to first (moves on past one that failed).
+    let mut node = 0usize;
     loop {
         let cfg = shared.current().config.control.clone();
         let Some(url) = cfg.metadata.clone() else {
@@ -109,21 +118,18 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
             }
         };
-        let keys = shardmap::contract::MetadataKeys::new(cfg.prefix.as_str());
+        let keys = shardmap::contract::MetadataKeys::for_url(cfg.prefix.as_str(), &url);
         let channel = keys.table_changed();
         let poll = Duration::from_millis(cfg.poll_ms);
+        let subscribed = &mut node;
         let session = async {
-            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-            pubsub
-                .subscribe(&channel)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut conn = shardmap::contract::store::connect(&url).await?;
+            let (mut pubsub, at) =
+                shardmap::contract::store::subscribe(&url, &channel, *subscribed).await?;
+            *subscribed = at;
             let mut messages = pubsub.on_message();
+            // Subscribed first, then read: nothing published in between
+            // is missed.
             fetch_and_apply(&shared, &mut conn, &keys).await?;
             loop {
                 let same =
@@ -134,7 +140,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 tokio::select! {
                     m = messages.next() => {
                         if m.is_none() {
-                            return Err("subscription closed".into());
+                            *subscribed += 1;
+                            return Err("subscription closed (the node went away)".into());
                         }
                     }
                     _ = tokio::time::sleep(poll) => {}

@@ -17,11 +17,20 @@
 //! one script that refuses a writer of a lower epoch than the store's (the
 //! fencing token, DESIGN.md "Managers"), so a proxy that reads after the
 //! message always sees that version or a newer one.
+//!
+//! On a Redis Cluster (`redis+cluster://…`) every key is under the
+//! prefix's hash tag, so the scripts run in one slot; after a table write
+//! the manager `WAIT`s for `wait_replicas` replicas (the URL's option) of
+//! that slot's master.
 
-use redis::aio::MultiplexedConnection;
 use shardmap::contract::manager::OperatorView;
 use shardmap::contract::MetadataKeys;
 use shardmap::{AssignmentVersion, TableUpdate};
+
+/// One Redis or a cluster (`redis+cluster://…`): the scripts below run on
+/// either, since on a cluster every key shares the prefix's hash tag
+/// ([`MetadataKeys::for_url`]).
+pub use shardmap::contract::store::Conn;
 
 pub struct ShardRecord {
     pub id: String,
@@ -43,18 +52,13 @@ pub struct NodeRecord {
     pub load_rps: f64,
 }
 
-pub async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-    let fut = client.get_multiplexed_async_connection();
-    match tokio::time::timeout(std::time::Duration::from_secs(2), fut).await {
-        Ok(r) => r.map_err(|e| format!("{url}: {e}")),
-        Err(_) => Err(format!("{url}: no connection within 2 s")),
-    }
+pub async fn connect(url: &str) -> Result<Conn, String> {
+    shardmap::contract::store::connect(url).await
 }
 
 /// The table the store holds, if any.
 pub async fn read_table(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &MetadataKeys,
 ) -> Result<Option<TableUpdate>, String> {
     let key = keys.table();
@@ -73,7 +77,7 @@ pub async fn read_table(
 
 /// The operator settings the store holds, if any.
 pub async fn read_operator(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &MetadataKeys,
 ) -> Result<Option<OperatorView>, String> {
     let key = keys.operator();
@@ -131,7 +135,7 @@ pub enum Published {
 /// is one; else the stored delta is dropped) and announce it, fenced by the
 /// update's epoch.
 pub async fn publish_table(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &MetadataKeys,
     update: &TableUpdate,
     delta: Option<&[u8]>,
@@ -151,11 +155,14 @@ pub async fn publish_table(
         .invoke_async(conn)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(if written == 1 {
-        Published::Written
-    } else {
-        Published::Fenced(why)
-    })
+    if written != 1 {
+        return Ok(Published::Fenced(why));
+    }
+    // Proxies may act on it already: on a cluster, not done until a
+    // replica holds it, so a failover cannot take it back. Refused here,
+    // the next pass finds the store without it (if lost) and writes again.
+    conn.wait_replicated(&keys.table()).await?;
+    Ok(Published::Written)
 }
 
 /// The records' write, fenced like [`PUBLISH`]: KEYS[1] is the epoch
@@ -181,7 +188,7 @@ return 1
 /// all or nothing and fenced by `version`'s epoch: a paused leader that
 /// wakes up cannot overwrite a newer leader's records.
 pub async fn write_state(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &MetadataKeys,
     version: AssignmentVersion,
     shards: &[ShardRecord],

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
 use shardmap::contract::MetadataKeys;
 use shardmap::{TableUpdate, UpdateAnswer};
 use tracing::warn;
@@ -106,7 +105,7 @@ impl Publisher {
     /// One pass: the store (when there is one), then the proxies.
     pub async fn publish_once(
         &self,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<metadata::Conn>,
         pass: Pass<'_>,
         records: impl FnOnce() -> Records,
         lease: &Lease,

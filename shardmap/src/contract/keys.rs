@@ -14,6 +14,13 @@
 //! | `<prefix>:node:<name>` | a hash per node: address, capacity, zone, health, load |
 //! | `<prefix>:node-health` | a hash: each proxy's node-health report, JSON |
 
+//!
+//! On a Redis Cluster every key must hash to one slot (the publish and
+//! records scripts touch the table, version, epoch and every record at
+//! once), so [`MetadataKeys::for_url`] puts the prefix in a hash tag:
+//! `shardcast` becomes `{shardcast}` (keys `{shardcast}:table`, …). A
+//! prefix that already holds a tag (`{sc}`, `eu-{sc}`) is kept as written.
+
 /// The keys under one prefix (`[control] prefix` of the proxy config).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MetadataKeys {
@@ -27,6 +34,17 @@ impl MetadataKeys {
         }
     }
 
+    /// The keys for the store `url` names: on a cluster
+    /// (`redis+cluster://…`) under one hash tag, see the module docs.
+    pub fn for_url(prefix: &str, url: &str) -> MetadataKeys {
+        if super::store_url::is_cluster_url(url) && !has_hash_tag(prefix) {
+            MetadataKeys::new(format!("{{{prefix}}}"))
+        } else {
+            MetadataKeys::new(prefix)
+        }
+    }
+
+    /// The prefix the keys start with (hash tag included).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -85,6 +103,13 @@ impl MetadataKeys {
     }
 }
 
+/// Redis Cluster's rule: a `{` followed, later, by a `}` with at least
+/// one character between them.
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .is_some_and(|open| key[open + 1..].find('}').is_some_and(|len| len > 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +126,25 @@ mod tests {
         assert_eq!(k.shard("UK/SEASONAL"), "shardcast:shard:UK/SEASONAL");
         assert_eq!(k.node("node-a"), "shardcast:node:node-a");
         assert_eq!(k.node_health(), "shardcast:node-health");
+    }
+
+    #[test]
+    fn on_a_cluster_every_key_shares_one_hash_tag() {
+        let cluster = "redis+cluster://127.0.0.1:7000";
+        let k = MetadataKeys::for_url("shardcast", cluster);
+        assert_eq!(k.table(), "{shardcast}:table");
+        assert_eq!(k.epoch(), "{shardcast}:epoch");
+        assert_eq!(k.node_health(), "{shardcast}:node-health");
+        assert_eq!(k.shard("UK/A{x}"), "{shardcast}:shard:UK/A{x}");
+        // Already tagged: as written.
+        assert_eq!(
+            MetadataKeys::for_url("eu-{sc}", cluster).table(),
+            "eu-{sc}:table"
+        );
+        // An empty tag is no tag.
+        assert_eq!(MetadataKeys::for_url("a{}", cluster).table(), "{a{}}:table");
+        // One Redis: unchanged.
+        let one = MetadataKeys::for_url("shardcast", "redis://127.0.0.1:6379");
+        assert_eq!(one.table(), "shardcast:table");
     }
 }
