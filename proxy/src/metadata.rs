@@ -1,9 +1,10 @@
-//! Following the metadata store: the shard manager writes each new table
-//! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`],
-//! with the delta from the table before it at `<prefix>:table:delta`) and
-//! publishes its version on `<prefix>:table:changed`. Every proxy
-//! subscribed applies the delta when it holds the delta's base, else the
-//! full table (only when its assignment version is newer than the
+//! Following the metadata store: the shard manager appends each new table
+//! assignment's delta to Redis (`<prefix>:table:log`, JSON
+//! [`shardmap::TableUpdate`]s each from the version before), now and then
+//! with a full snapshot (`<prefix>:table`), and publishes its version on
+//! `<prefix>:table:changed`. Every proxy subscribed applies the log's
+//! deltas from its own version on when the log has that version as a base,
+//! else the snapshot and the deltas after it (only when its assignment version is newer than the
 //! table's; the config generation plays no part), so all proxies converge
 //! on the same assignment version; a proxy that missed a message, or
 //! restarted, catches up on the next one or on the periodic re-read. Redis being down
@@ -27,19 +28,17 @@ pub struct MetadataCounters {
 }
 
 /// Catch up with the store: nothing when its version is this proxy's; the
-/// last delta when this proxy holds its base (a few hundred bytes when few
-/// shards changed); else the full table. One round trip reads the version
-/// and the delta.
+/// deltas of the log from this proxy's version on, when the log has it as
+/// a base (a few hundred bytes each when few shards changed); else the
+/// snapshot, then the log's deltas after it.
 async fn fetch_and_apply(
     shared: &Arc<Shared>,
     conn: &mut shardmap::contract::store::Conn,
     keys: &shardmap::contract::MetadataKeys,
 ) -> Result<(), String> {
     let current = shared.current().table.assignment_version;
-    let (version_key, delta_key) = (keys.version(), keys.table_delta());
-    let (version, delta): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
-        .arg(&version_key)
-        .arg(&delta_key)
+    let version: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(keys.version())
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -48,13 +47,20 @@ async fn fetch_and_apply(
     if version.is_some_and(|v| v <= current) {
         return Ok(());
     }
-    if let Some(raw) = delta {
-        let delta: shardmap::TableUpdate = serde_json::from_slice(&raw)
-            .map_err(|e| format!("{delta_key}: not a table update: {e}"))?;
-        // The delta that led to the stored table, from this proxy's.
-        if Some(delta.version) == version && delta.base == Some(current) {
-            return apply(shared, delta, &delta_key).await;
+    let log_key = keys.table_log();
+    let log: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(&log_key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deltas = shardmap::contract::keys::log_chain(&log, current);
+    if !deltas.is_empty() {
+        for d in deltas {
+            apply(shared, d, &log_key).await?;
         }
+        return Ok(());
     }
     let key = keys.table();
     let raw: Option<Vec<u8>> = redis::cmd("GET")
@@ -65,10 +71,24 @@ async fn fetch_and_apply(
     let Some(raw) = raw else { return Ok(()) };
     let update: shardmap::TableUpdate =
         serde_json::from_slice(&raw).map_err(|e| format!("{key}: not a table update: {e}"))?;
-    if update.version <= shared.current().table.assignment_version {
-        return Ok(());
+    let snapshot = update.version;
+    if snapshot > shared.current().table.assignment_version {
+        apply(shared, update, &key).await?;
     }
-    apply(shared, update, &key).await
+    // The snapshot may be a few versions old: the log leads on from it
+    // (re-read: it may have moved on while the snapshot was read).
+    let log: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(&log_key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let at = shared.current().table.assignment_version;
+    for d in shardmap::contract::keys::log_chain(&log, at) {
+        apply(shared, d, &log_key).await?;
+    }
+    Ok(())
 }
 
 async fn apply(

@@ -392,7 +392,7 @@ async fn the_metadata_store_survives_the_loss_of_its_master() {
         AssignmentVersion::new(lead.0 - 1, u64::MAX / 2),
         Default::default(),
     );
-    let r = metadata::publish_table(&mut conn, &keys, &stale, None)
+    let r = metadata::publish_table(&mut conn, &keys, &stale, None, "stale")
         .await
         .unwrap();
     assert!(matches!(r, Published::Fenced(_)), "{r:?}");

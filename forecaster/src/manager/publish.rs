@@ -13,8 +13,8 @@
 //! pushed (the shards whose replicas changed, and those removed), not the
 //! whole table; a proxy known to be behind, or one that refuses the delta
 //! because it holds another version (a 409 with a version older than
-//! ours), gets the full table. The store is written the full table and
-//! the delta together.
+//! ours), gets the full table. The store gets the delta, and the full
+//! table only now and then (see [`super::metadata`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -144,7 +144,7 @@ impl Publisher {
             if let Some(c) = conn.as_mut() {
                 // Also re-written when the store lost it (restart, flush) or
                 // holds an older one.
-                let stored = metadata::read_table(c, keys).await;
+                let stored = metadata::read_head(c, keys).await;
                 let mut write = changed;
                 let mut fenced = None;
                 match &stored {
@@ -152,7 +152,8 @@ impl Publisher {
                     // (another writer): refused, not delivered.
                     Ok(Some(t))
                         if t.version > update.version
-                            || (t.version == update.version && t.shards != update.shards) =>
+                            || (t.version == update.version
+                                && t.writer.as_deref() != Some(lease.id())) =>
                     {
                         refusals.metadata.fetch_add(1, Relaxed);
                         let refusal = if t.version == update.version {
@@ -199,7 +200,12 @@ impl Publisher {
                 } else {
                     let mut res = Ok(());
                     if write {
-                        res = match metadata::publish_table(c, keys, &update, delta_body.as_deref())
+                        let delta = delta
+                            .as_ref()
+                            .and_then(|d| d.base)
+                            .zip(delta_body.as_deref());
+                        let delta = delta.map(|(base, body)| metadata::Delta { base, body });
+                        res = match metadata::publish_table(c, keys, &update, delta, lease.id())
                             .await
                         {
                             Ok(metadata::Published::Written) => Ok(()),
