@@ -29,7 +29,8 @@ pub struct MetadataCounters {
 
 /// Catch up with the store: nothing when its version is this proxy's; the
 /// deltas of the log from this proxy's version on, when the log has it as
-/// a base (a few hundred bytes each when few shards changed); else the
+/// a base (a few hundred bytes each when few shards changed; read from the
+/// newest back, so a proxy one version behind reads one delta); else the
 /// snapshot, then the log's deltas after it.
 async fn fetch_and_apply(
     shared: &Arc<Shared>,
@@ -47,20 +48,29 @@ async fn fetch_and_apply(
     if version.is_some_and(|v| v <= current) {
         return Ok(());
     }
+    // The log's newest entries first (a proxy is mostly one version
+    // behind): the last one, then the last 8, 64, …, up to the whole log.
     let log_key = keys.table_log();
-    let log: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(&log_key)
-        .arg(0)
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    let deltas = shardmap::contract::keys::log_chain(&log, current);
-    if !deltas.is_empty() {
-        for d in deltas {
-            apply(shared, d, &log_key).await?;
+    let mut window: i64 = 1;
+    loop {
+        let log: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&log_key)
+            .arg(-window)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let deltas = shardmap::contract::keys::log_chain(&log, current);
+        if !deltas.is_empty() {
+            for d in deltas {
+                apply(shared, d, &log_key).await?;
+            }
+            return Ok(());
         }
-        return Ok(());
+        if (log.len() as i64) < window {
+            break;
+        }
+        window *= 8;
     }
     let key = keys.table();
     let raw: Option<Vec<u8>> = redis::cmd("GET")

@@ -15,7 +15,7 @@ use super::store_url::StoreUrl;
 
 /// Connecting to one node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// One attempt on a cluster.
+/// One attempt (one Redis: one call).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A whole call on a cluster, its redirects and retries through a failover
 /// included.
@@ -34,13 +34,19 @@ pub enum Conn {
 }
 
 /// Connect to the store `url` names (`url` parsed first: a bad one says
-/// why). One Redis must answer within 2 s; a cluster connects on first use
-/// and every call has a deadline.
+/// why). One Redis must answer within 2 s, then each call within 5 s; a
+/// cluster connects on first use and every call has a deadline.
 pub async fn connect(url: &str) -> Result<Conn, String> {
     match StoreUrl::parse(url)? {
         StoreUrl::Single(u) => {
             let client = redis::Client::open(u.as_str()).map_err(|e| format!("{u}: {e}"))?;
-            let fut = client.get_multiplexed_async_connection();
+            // A full table at 10k shards is ~1 MB in one script, and the
+            // records' write touches every shard: more than the client's
+            // default 500 ms may pass under load.
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let fut = client.get_multiplexed_async_connection_with_config(&cfg);
             match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
                 Ok(r) => r.map(Conn::Single).map_err(|e| format!("{u}: {e}")),
                 Err(_) => Err(format!("{u}: no connection within 2 s")),
