@@ -663,11 +663,8 @@ impl Config {
                 }
             }
             if let Some(u) = &m.metadata {
-                if !u.starts_with("redis://") && !u.starts_with("rediss://") {
-                    err(
-                        "manager.metadata",
-                        format!("{u:?}: expected a redis:// URL"),
-                    );
+                if let Err(e) = shardmap::contract::store_url::StoreUrl::parse(u) {
+                    err("manager.metadata", e);
                 }
             }
             if m.lease_ms < 300 {

@@ -74,7 +74,7 @@ use view::DecisionLog;
 pub use state::{CommandError, Decision, NodeState};
 pub use topology::Topology;
 
-type Conn = redis::aio::MultiplexedConnection;
+type Conn = metadata::Conn;
 
 /// `f`'s output and how long it took.
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {

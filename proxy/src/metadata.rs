@@ -1,9 +1,10 @@
-//! Following the metadata store: the shard manager writes each new table
-//! assignment to Redis (`<prefix>:table`, a JSON [`shardmap::TableUpdate`],
-//! with the delta from the table before it at `<prefix>:table:delta`) and
-//! publishes its version on `<prefix>:table:changed`. Every proxy
-//! subscribed applies the delta when it holds the delta's base, else the
-//! full table (only when its assignment version is newer than the
+//! Following the metadata store: the shard manager appends each new table
+//! assignment's delta to Redis (`<prefix>:table:log`, JSON
+//! [`shardmap::TableUpdate`]s each from the version before), now and then
+//! with a full snapshot (`<prefix>:table`), and publishes its version on
+//! `<prefix>:table:changed`. Every proxy subscribed applies the log's
+//! deltas from its own version on when the log has that version as a base,
+//! else the snapshot and the deltas after it (only when its assignment version is newer than the
 //! table's; the config generation plays no part), so all proxies converge
 //! on the same assignment version; a proxy that missed a message, or
 //! restarted, catches up on the next one or on the periodic re-read. Redis being down
@@ -27,19 +28,18 @@ pub struct MetadataCounters {
 }
 
 /// Catch up with the store: nothing when its version is this proxy's; the
-/// last delta when this proxy holds its base (a few hundred bytes when few
-/// shards changed); else the full table. One round trip reads the version
-/// and the delta.
+/// deltas of the log from this proxy's version on, when the log has it as
+/// a base (a few hundred bytes each when few shards changed; read from the
+/// newest back, so a proxy one version behind reads one delta); else the
+/// snapshot, then the log's deltas after it.
 async fn fetch_and_apply(
     shared: &Arc<Shared>,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut shardmap::contract::store::Conn,
     keys: &shardmap::contract::MetadataKeys,
 ) -> Result<(), String> {
     let current = shared.current().table.assignment_version;
-    let (version_key, delta_key) = (keys.version(), keys.table_delta());
-    let (version, delta): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
-        .arg(&version_key)
-        .arg(&delta_key)
+    let version: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(keys.version())
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -48,13 +48,29 @@ async fn fetch_and_apply(
     if version.is_some_and(|v| v <= current) {
         return Ok(());
     }
-    if let Some(raw) = delta {
-        let delta: shardmap::TableUpdate = serde_json::from_slice(&raw)
-            .map_err(|e| format!("{delta_key}: not a table update: {e}"))?;
-        // The delta that led to the stored table, from this proxy's.
-        if Some(delta.version) == version && delta.base == Some(current) {
-            return apply(shared, delta, &delta_key).await;
+    // The log's newest entries first (a proxy is mostly one version
+    // behind): the last one, then the last 8, 64, …, up to the whole log.
+    let log_key = keys.table_log();
+    let mut window: i64 = 1;
+    loop {
+        let log: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&log_key)
+            .arg(-window)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let deltas = shardmap::contract::keys::log_chain(&log, current);
+        if !deltas.is_empty() {
+            for d in deltas {
+                apply(shared, d, &log_key).await?;
+            }
+            return Ok(());
         }
+        if (log.len() as i64) < window {
+            break;
+        }
+        window *= 8;
     }
     let key = keys.table();
     let raw: Option<Vec<u8>> = redis::cmd("GET")
@@ -65,10 +81,24 @@ async fn fetch_and_apply(
     let Some(raw) = raw else { return Ok(()) };
     let update: shardmap::TableUpdate =
         serde_json::from_slice(&raw).map_err(|e| format!("{key}: not a table update: {e}"))?;
-    if update.version <= shared.current().table.assignment_version {
-        return Ok(());
+    let snapshot = update.version;
+    if snapshot > shared.current().table.assignment_version {
+        apply(shared, update, &key).await?;
     }
-    apply(shared, update, &key).await
+    // The snapshot may be a few versions old: the log leads on from it
+    // (re-read: it may have moved on while the snapshot was read).
+    let log: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(&log_key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let at = shared.current().table.assignment_version;
+    for d in shardmap::contract::keys::log_chain(&log, at) {
+        apply(shared, d, &log_key).await?;
+    }
+    Ok(())
 }
 
 async fn apply(
@@ -98,8 +128,17 @@ async fn apply(
 }
 
 /// Follow the store named in the config until shutdown.
+///
+/// On a Redis Cluster the reads go through the cluster client (the slot
+/// map, redirects and failovers are its business) and the subscription is
+/// to one node, the first of the URL's seeds that answers: a cluster's
+/// `PUBLISH` reaches every node. When that node dies or the connection
+/// drops, the next session subscribes to the next seed and re-reads the
+/// store first, so a message missed meanwhile leaves no proxy behind.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
+    // The seed to subscribe to first (moves on past one that failed).
+    let mut node = 0usize;
     loop {
         let cfg = shared.current().config.control.clone();
         let Some(url) = cfg.metadata.clone() else {
@@ -109,21 +148,18 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
             }
         };
-        let keys = shardmap::contract::MetadataKeys::new(cfg.prefix.as_str());
+        let keys = shardmap::contract::MetadataKeys::for_url(cfg.prefix.as_str(), &url);
         let channel = keys.table_changed();
         let poll = Duration::from_millis(cfg.poll_ms);
+        let subscribed = &mut node;
         let session = async {
-            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-            pubsub
-                .subscribe(&channel)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut conn = shardmap::contract::store::connect(&url).await?;
+            let (mut pubsub, at) =
+                shardmap::contract::store::subscribe(&url, &channel, *subscribed).await?;
+            *subscribed = at;
             let mut messages = pubsub.on_message();
+            // Subscribed first, then read: nothing published in between
+            // is missed.
             fetch_and_apply(&shared, &mut conn, &keys).await?;
             loop {
                 let same =
@@ -134,7 +170,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 tokio::select! {
                     m = messages.next() => {
                         if m.is_none() {
-                            return Err("subscription closed".into());
+                            *subscribed += 1;
+                            return Err("subscription closed (the node went away)".into());
                         }
                     }
                     _ = tokio::time::sleep(poll) => {}

@@ -167,9 +167,10 @@ async fn deltas_under_load_fail_nothing_and_a_delta_onto_another_version_is_refu
     assert!(applied.is_some_and(|s| s > 0.0), "{applied:?}");
 }
 
-/// Follow the store: the manager's script writes the full table, the delta
-/// and the version together; a proxy at the delta's base reads only the
-/// delta, one that restarted reads the full table.
+/// Follow the store: the manager's script appends the delta to the log
+/// and writes the version (and now and then a snapshot) together; a proxy
+/// at a delta's base reads only the log, one that restarted reads the
+/// snapshot and the log's deltas after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_deltas_at_their_base_and_the_full_table_after_a_restart() {
     let store = Store::start("dt").await;
@@ -185,32 +186,40 @@ async fn a_follower_takes_deltas_at_their_base_and_the_full_table_after_a_restar
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    // What the manager's publish script writes, in one transaction.
+    // What the manager's publish script writes, in one transaction: the
+    // snapshot when given, the delta appended to the log (none: the log
+    // starts again), the version, the message.
     async fn publish(
         conn: &mut redis::aio::MultiplexedConnection,
-        full: String,
+        full: Option<String>,
         delta: Option<&Value>,
         version: &Value,
     ) {
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("SET").arg("dt:table").arg(full);
+        pipe.atomic();
+        if let Some(full) = full {
+            pipe.cmd("SET").arg("dt:table").arg(full).ignore();
+        }
         match delta {
-            Some(d) => pipe.cmd("SET").arg("dt:table:delta").arg(d.to_string()),
-            None => pipe.cmd("DEL").arg("dt:table:delta"),
+            Some(d) => pipe.cmd("RPUSH").arg("dt:table:log").arg(d.to_string()),
+            None => pipe.cmd("DEL").arg("dt:table:log"),
         };
-        pipe.cmd("SET")
+        pipe.ignore()
+            .cmd("SET")
             .arg("dt:version")
             .arg(version.to_string())
+            .ignore()
             .cmd("PUBLISH")
             .arg("dt:table:changed")
-            .arg(version.to_string());
+            .arg(version.to_string())
+            .ignore();
         let _: () = pipe.query_async(conn).await.unwrap();
     }
     let table = |version: u64, alpha: &[&str]| {
         json!({"version": v(version), "shards": {
             "UK/ALPHA": serving(alpha), "UK/BETA": serving(&["n2", "n3"])}})
     };
-    publish(&mut conn, table(1, &["n1"]).to_string(), None, &v(1)).await;
+    publish(&mut conn, Some(table(1, &["n1"]).to_string()), None, &v(1)).await;
     let p = Proxy::start_with(tempfile::tempdir().unwrap(), config.clone(), hp, ap).await;
     let at = |version: u64| AssignmentVersion::new(1, version);
     eventually(Duration::from_secs(10), "the full table", || async {
@@ -219,23 +228,31 @@ async fn a_follower_takes_deltas_at_their_base_and_the_full_table_after_a_restar
     .await;
     // The stored full table is made unreadable: a proxy at the delta's base
     // must not need it.
+    let mut snapshots = vec![];
     for (n, alpha) in [(2u64, ["n2"]), (3, ["n3"])] {
         let full = table(n, &alpha);
         let delta = json!({"version": v(n), "base": v(n - 1),
             "shards": {"UK/ALPHA": serving(&alpha)}});
-        publish(&mut conn, "not a table".into(), Some(&delta), &v(n)).await;
+        publish(&mut conn, Some("not a table".into()), Some(&delta), &v(n)).await;
         eventually(Duration::from_secs(10), "the delta", || async {
             (p.assignment_version().await == at(n)).then_some(())
         })
         .await;
         assert_eq!(p.replicas("UK/ALPHA").await, alpha);
-        // Now the real full table beside it, as the script writes.
-        publish(&mut conn, full.to_string(), Some(&delta), &v(n)).await;
+        snapshots.push(full);
     }
+    // A real snapshot, as the script writes one now and then: of version 2,
+    // one behind the store's; the log leads on from it.
+    let _: () = redis::cmd("SET")
+        .arg("dt:table")
+        .arg(snapshots[0].to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(p.replicas("UK/BETA").await, ["n2", "n3"]);
 
-    // Restarted: at no version, the stored delta (base 2) does not apply;
-    // the full table does.
+    // Restarted: at no version, the log's deltas (bases 1 and 2) do not
+    // apply; the snapshot (version 2) does, then the log's delta from 2.
     drop(p);
     let p = Proxy::start_with(tempfile::tempdir().unwrap(), config, hp, ap).await;
     eventually(

@@ -113,13 +113,14 @@ impl Errors {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlFile {
-    /// `redis://host:port/db`: follow the table published there (every
-    /// proxy converges on the same version). Absent: config and
-    /// `PUT /admin/table` only.
+    /// `redis://host:port/db` or `redis+cluster://host:port,host:port…`:
+    /// follow the table published there (every proxy converges on the same
+    /// version). Absent: config and `PUT /admin/table` only.
     #[serde(default)]
     pub metadata: Option<String>,
     /// Key prefix: the table lives at `<prefix>:table`, change
-    /// notifications on channel `<prefix>:table:changed`.
+    /// notifications on channel `<prefix>:table:changed`. On a cluster the
+    /// prefix is put in a hash tag (`{shardcast}`) unless it holds one.
     #[serde(default = "d_prefix")]
     pub prefix: String,
     /// Re-read the table this often even without a notification (a proxy
@@ -513,11 +514,8 @@ impl ConfigFile {
             errs.push("telemetry.queue", "must be at least 1");
         }
         if let Some(m) = &self.control.metadata {
-            if !(m.starts_with("redis://") || m.starts_with("rediss://")) {
-                errs.push(
-                    "control.metadata",
-                    format!("`{m}`: expected redis://host:port/db"),
-                );
+            if let Err(e) = crate::contract::store_url::StoreUrl::parse(m) {
+                errs.push("control.metadata", e);
             }
         }
         if self.control.prefix.is_empty() || self.control.prefix.contains(char::is_whitespace) {

@@ -8,6 +8,8 @@
 //! | [`forecast`] | the forecaster (`/forecasts`, `/forecast/{shard}`, `/series`, `/clock`, `/ingest`'s answer) | the proxy's dashboard, tools |
 //! | [`manager`] | the manager (`GET /manager`) | the proxy's dashboard, operators |
 //! | [`keys`] | — | the names of the metadata store's keys, for the manager and the proxies |
+//! | [`store_url`] | — | the URL of a Redis or a Redis Cluster (metadata store, node caches) |
+//! | `store` (feature `store`) | — | the client for that URL: one connection type for both engines, `WAIT`, pub/sub |
 //!
 //! The table's own wire types (`PUT /admin/table`, `GET /admin/table`) are
 //! in [`crate::control`]. Field names are part of the API: a rename shows
@@ -22,6 +24,9 @@ pub mod hosted;
 pub mod keys;
 pub mod manager;
 pub mod orders;
+#[cfg(feature = "store")]
+pub mod store;
+pub mod store_url;
 
 pub use hosted::{HostedShard, HostedState, NodeRecord};
 pub use keys::MetadataKeys;

@@ -427,7 +427,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_steps_down() {
         Default::default(),
     );
     let keys = MetadataKeys::new(PREFIX);
-    let r = metadata::publish_table(&mut conn, &keys, &stale, None)
+    let r = metadata::publish_table(&mut conn, &keys, &stale, None, "stale")
         .await
         .unwrap();
     assert!(matches!(r, Published::Fenced(_)), "{r:?}");

@@ -201,9 +201,18 @@ async fn the_manager_numbers_its_table_past_a_refusal_and_the_proxies_converge()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: () = redis::cmd("SET")
+    // As a writer through the store's script does: the table, and its
+    // version beside it.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SET")
         .arg(format!("{PREFIX}:table"))
         .arg(other.to_string())
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{PREFIX}:version"))
+        .arg(other["version"].to_string())
+        .ignore()
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use shardmap::contract::MetadataKeys;
 use shardmap::control::{NodeHealth, TableView};
 use shardmap::health::{HealthReport, NodeReport, REPORT_TTL_MS};
@@ -129,7 +128,7 @@ pub fn any_fresh(reports: &[HealthReport], now_ms: u64, max_age: Duration) -> bo
 /// Every proxy's report in the store's health hash; reports older than the
 /// hash's own lifetime (proxies that stopped) are removed.
 pub async fn read_store(
-    conn: &mut MultiplexedConnection,
+    conn: &mut super::metadata::Conn,
     keys: &MetadataKeys,
     now_ms: u64,
 ) -> Result<Vec<HealthReport>, String> {

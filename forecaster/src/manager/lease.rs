@@ -14,6 +14,11 @@
 //! Renewing and releasing are scripts that compare the holder first, so a
 //! manager never extends or deletes another's lease.
 //!
+//! On a Redis Cluster both keys share the prefix's hash tag; after taking
+//! the epoch the manager `WAIT`s for a replica of that slot's master (the
+//! URL's `wait_replicas`), and gives the lease back when none confirms in
+//! time: a failover then cannot hand the same epoch to a second leader.
+//!
 //! The lease's end is also tracked locally, from the time a successful
 //! acquire or renew was *sent*: [`Lease::may_write`] is false from
 //! `lease_ms - margin` after that, whatever Redis says, so a leader that is
@@ -23,8 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
 use shardmap::contract::MetadataKeys;
+
+use super::metadata::Conn;
 use tracing::{info, warn};
 
 /// Extend the lease only if this manager still holds it.
@@ -177,11 +183,7 @@ impl Lease {
     }
 
     /// One pass of the lease loop: renew when leading, else try to acquire.
-    pub async fn tick(
-        &self,
-        conn: &mut MultiplexedConnection,
-        keys: &MetadataKeys,
-    ) -> Result<(), String> {
+    pub async fn tick(&self, conn: &mut Conn, keys: &MetadataKeys) -> Result<(), String> {
         let key = keys.leader();
         let (leader, until) = {
             let t = self.state.lock();
@@ -243,6 +245,15 @@ impl Lease {
                     return Err(format!("taking an epoch: {e}"));
                 }
             };
+            // On a cluster a failover could lose the epoch and the lease
+            // and give both to another manager: a term begins only once a
+            // replica holds them.
+            if let Err(e) = conn.wait_replicated(&keys.epoch()).await {
+                let _ = self.release(conn, keys).await;
+                return Err(format!(
+                    "epoch {epoch} not replicated, lease given back: {e}"
+                ));
+            }
             let mut t = self.state.lock();
             t.leader = true;
             t.fresh = true;
@@ -255,11 +266,7 @@ impl Lease {
     }
 
     /// Give the lease back (shutdown), if still ours.
-    pub async fn release(
-        &self,
-        conn: &mut MultiplexedConnection,
-        keys: &MetadataKeys,
-    ) -> Result<(), String> {
+    pub async fn release(&self, conn: &mut Conn, keys: &MetadataKeys) -> Result<(), String> {
         {
             let mut t = self.state.lock();
             t.leader = false;

@@ -3,8 +3,9 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `<prefix>:table` | string | the current [`shardmap::TableUpdate`] (JSON, the full table); proxies follow it |
-//! | `<prefix>:table:delta` | string | the delta from the table before it (JSON, `base` set), when there is one; proxies at `base` read only this |
+//! | `<prefix>:table` | string | a snapshot: a full [`shardmap::TableUpdate`] (JSON) at `version` or a little older |
+//! | `<prefix>:table:log` | list | the last [`LOG_LEN`] deltas (JSON, `base` set), oldest first, ending at `version` |
+//! | `<prefix>:table:head` | hash | `snapshot` (the snapshot's version), `since` (deltas after it), `writer` (the manager's id) |
 //! | `<prefix>:table:changed` | channel | the new version, published after each write of `:table` |
 //! | `<prefix>:version` | string | the table's assignment version, JSON: `{"epoch": 1, "counter": 42}` |
 //! | `<prefix>:shard:<id>` | hash | `content`, `replicas`, `cursors`, `version` (JSON), `observed_rps`, `predicted_rps`, `target` |
@@ -17,11 +18,28 @@
 //! one script that refuses a writer of a lower epoch than the store's (the
 //! fencing token, DESIGN.md "Managers"), so a proxy that reads after the
 //! message always sees that version or a newer one.
+//!
+//! Deltas only: a new version appends its delta to the log; the full table
+//! (~1 MB at 10k shards) is written only every [`SNAPSHOT_EVERY`] versions,
+//! at the first write of a term, and when the log does not lead from the
+//! stored version to the new one (no delta, a store that lost it). The
+//! log is longer than the snapshot interval, so the snapshot plus the
+//! log's deltas after it always make the current table; a reader at a
+//! version the log has as a base reads only the deltas from there.
+//!
+//! On a Redis Cluster (`redis+cluster://…`) every key is under the
+//! prefix's hash tag, so the scripts run in one slot; after a table write
+//! the manager `WAIT`s for `wait_replicas` replicas (the URL's option) of
+//! that slot's master.
 
-use redis::aio::MultiplexedConnection;
 use shardmap::contract::manager::OperatorView;
 use shardmap::contract::MetadataKeys;
 use shardmap::{AssignmentVersion, TableUpdate};
+
+/// One Redis or a cluster (`redis+cluster://…`): the scripts below run on
+/// either, since on a cluster every key shares the prefix's hash tag
+/// ([`MetadataKeys::for_url`]).
+pub use shardmap::contract::store::Conn;
 
 pub struct ShardRecord {
     pub id: String,
@@ -43,37 +61,93 @@ pub struct NodeRecord {
     pub load_rps: f64,
 }
 
-pub async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-    let fut = client.get_multiplexed_async_connection();
-    match tokio::time::timeout(std::time::Duration::from_secs(2), fut).await {
-        Ok(r) => r.map_err(|e| format!("{url}: {e}")),
-        Err(_) => Err(format!("{url}: no connection within 2 s")),
+pub async fn connect(url: &str) -> Result<Conn, String> {
+    shardmap::contract::store::connect(url).await
+}
+
+/// A snapshot every this many versions (and at each new term).
+pub const SNAPSHOT_EVERY: u32 = 64;
+/// Deltas kept in the log: more than [`SNAPSHOT_EVERY`], so the log always
+/// leads from the snapshot to the current version.
+pub const LOG_LEN: u32 = 128;
+
+/// How often a snapshot is written and how many deltas are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub snapshot_every: u32,
+    pub log_len: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            snapshot_every: SNAPSHOT_EVERY,
+            log_len: LOG_LEN,
+        }
     }
 }
 
-/// The table the store holds, if any.
-pub async fn read_table(
-    conn: &mut MultiplexedConnection,
-    keys: &MetadataKeys,
-) -> Result<Option<TableUpdate>, String> {
-    let key = keys.table();
-    let raw: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(&key)
+/// The stored version and who wrote it: what a publish pass compares with,
+/// without reading the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub version: AssignmentVersion,
+    /// The writing manager's id ([`super::lease::Lease::id`]); `None` from a
+    /// writer that does not say.
+    pub writer: Option<String>,
+}
+
+/// The stored version and its writer, if the store holds a table.
+pub async fn read_head(conn: &mut Conn, keys: &MetadataKeys) -> Result<Option<Head>, String> {
+    let (version, writer): (Option<Vec<u8>>, Option<String>) = redis::pipe()
+        .cmd("GET")
+        .arg(keys.version())
+        .cmd("HGET")
+        .arg(keys.table_head())
+        .arg("writer")
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
-    match raw {
-        None => Ok(None),
-        Some(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| format!("{key} is not a table update: {e}")),
+    let Some(v) = version else { return Ok(None) };
+    let version = serde_json::from_slice(&v)
+        .map_err(|e| format!("{} is not a version: {e}", keys.version()))?;
+    Ok(Some(Head {
+        version,
+        writer: writer.filter(|w| !w.is_empty()),
+    }))
+}
+
+/// The current table: the snapshot with the log's deltas after it.
+pub async fn read_table(
+    conn: &mut Conn,
+    keys: &MetadataKeys,
+) -> Result<Option<TableUpdate>, String> {
+    let key = keys.table();
+    let (raw, log): (Option<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+        .cmd("GET")
+        .arg(&key)
+        .cmd("LRANGE")
+        .arg(keys.table_log())
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(raw) = raw else { return Ok(None) };
+    let mut table: TableUpdate =
+        serde_json::from_slice(&raw).map_err(|e| format!("{key} is not a table update: {e}"))?;
+    for d in shardmap::contract::keys::log_chain(&log, table.version) {
+        match table.then(&d) {
+            Some(t) => table = t,
+            None => break,
+        }
     }
+    Ok(Some(table))
 }
 
 /// The operator settings the store holds, if any.
 pub async fn read_operator(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &MetadataKeys,
 ) -> Result<Option<OperatorView>, String> {
     let key = keys.operator();
@@ -90,11 +164,19 @@ pub async fn read_operator(
     }
 }
 
-/// Write `<prefix>:table` and `<prefix>:version` and announce the version,
-/// in one script, fenced: refused when the stored version's epoch, or the
-/// last epoch a leader took (`<prefix>:epoch`), is above the writer's, so a
-/// stale leader waking up cannot overwrite a newer leader's table.
-/// Returns `{1, ""}` when written, `{0, what}` when fenced.
+/// Write a new version and announce it, in one script, fenced: refused
+/// when the stored version's epoch, or the last epoch a leader took
+/// (`<prefix>:epoch`), is above the writer's, so a stale leader waking up
+/// cannot overwrite a newer leader's table.
+///
+/// KEYS: table (snapshot), version, channel, epoch, log, head. ARGV: the
+/// full table or '', the version, the epoch, the delta or '', the delta's
+/// base or '', snapshot interval, log length, the writer's id.
+/// The delta is appended to the log; the full table is written only when
+/// due (no delta, the delta's base is not the stored version, no snapshot,
+/// a snapshot of another epoch, or `snapshot_every` versions since the
+/// last): then, without it, `{2, why}` asks for it.
+/// Returns `{1, 'delta'|'snapshot'}` when written, `{0, what}` when fenced.
 const PUBLISH: &str = r"
 local e = tonumber(ARGV[3])
 local cur = redis.call('GET', KEYS[2])
@@ -108,15 +190,44 @@ local led = tonumber(redis.call('GET', KEYS[4]) or '0')
 if led and led > e then
   return {0, 'epoch ' .. led .. ' was taken by a newer leader'}
 end
-redis.call('SET', KEYS[1], ARGV[1])
+local why = nil
+if ARGV[4] == '' then
+  why = 'no delta'
+elseif cur ~= ARGV[5] then
+  why = 'the delta is not from the stored version'
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  why = 'no snapshot'
+else
+  local sv = redis.call('HGET', KEYS[6], 'snapshot')
+  local ok, v = pcall(cjson.decode, sv or '')
+  if not ok or type(v) ~= 'table' or tonumber(v.epoch) ~= e then
+    why = 'a new term'
+  elseif tonumber(redis.call('HGET', KEYS[6], 'since') or '0') + 1 >= tonumber(ARGV[6]) then
+    why = 'the snapshot interval'
+  end
+end
+if why and ARGV[1] == '' then
+  return {2, why}
+end
 if ARGV[4] == '' then
   redis.call('DEL', KEYS[5])
 else
-  redis.call('SET', KEYS[5], ARGV[4])
+  redis.call('RPUSH', KEYS[5], ARGV[4])
+  redis.call('LTRIM', KEYS[5], -tonumber(ARGV[7]), -1)
 end
+if why then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('HSET', KEYS[6], 'snapshot', ARGV[2], 'since', 0)
+else
+  redis.call('HINCRBY', KEYS[6], 'since', 1)
+end
+redis.call('HSET', KEYS[6], 'writer', ARGV[8])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('PUBLISH', KEYS[3], ARGV[2])
-return {1, ''}
+if why then
+  return {1, 'snapshot'}
+end
+return {1, 'delta'}
 ";
 
 /// What [`publish_table`] did.
@@ -127,35 +238,83 @@ pub enum Published {
     Fenced(String),
 }
 
-/// Write a new table (and the delta from the table before it, when there
-/// is one; else the stored delta is dropped) and announce it, fenced by the
-/// update's epoch.
+/// A delta to publish: its body (JSON) and its base.
+#[derive(Debug, Clone, Copy)]
+pub struct Delta<'a> {
+    pub base: AssignmentVersion,
+    pub body: &'a [u8],
+}
+
+/// Publish a new version (its delta from the version before, when there
+/// is one; the full table when due, see [`PUBLISH`]) and announce it,
+/// fenced by the update's epoch; `writer` is the manager's id.
 pub async fn publish_table(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &MetadataKeys,
     update: &TableUpdate,
-    delta: Option<&[u8]>,
+    delta: Option<Delta<'_>>,
+    writer: &str,
 ) -> Result<Published, String> {
-    let json = serde_json::to_vec(update).map_err(|e| e.to_string())?;
-    let version = serde_json::to_string(&update.version).map_err(|e| e.to_string())?;
-    let (written, why): (i64, String) = redis::Script::new(PUBLISH)
-        .key(keys.table())
-        .key(keys.version())
-        .key(keys.table_changed())
-        .key(keys.epoch())
-        .key(keys.table_delta())
-        .arg(json)
-        .arg(&version)
-        .arg(update.version.epoch)
-        .arg(delta.unwrap_or_default())
-        .invoke_async(conn)
+    publish_table_with(conn, keys, update, delta, writer, Policy::default())
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(if written == 1 {
-        Published::Written
-    } else {
-        Published::Fenced(why)
-    })
+        .map(|(p, _)| p)
+}
+
+/// [`publish_table`] with a snapshot policy; also says whether the full
+/// table was written.
+pub async fn publish_table_with(
+    conn: &mut Conn,
+    keys: &MetadataKeys,
+    update: &TableUpdate,
+    delta: Option<Delta<'_>>,
+    writer: &str,
+    policy: Policy,
+) -> Result<(Published, bool), String> {
+    let version = serde_json::to_string(&update.version).map_err(|e| e.to_string())?;
+    let base = match delta {
+        Some(d) => serde_json::to_string(&d.base).map_err(|e| e.to_string())?,
+        None => String::new(),
+    };
+    let script = redis::Script::new(PUBLISH);
+    let mut full: Vec<u8> = vec![];
+    loop {
+        if delta.is_none() && full.is_empty() {
+            full = serde_json::to_vec(update).map_err(|e| e.to_string())?;
+        }
+        let (code, why): (i64, String) = script
+            .key(keys.table())
+            .key(keys.version())
+            .key(keys.table_changed())
+            .key(keys.epoch())
+            .key(keys.table_log())
+            .key(keys.table_head())
+            .arg(&full)
+            .arg(&version)
+            .arg(update.version.epoch)
+            .arg(delta.map_or(&[][..], |d| d.body))
+            .arg(&base)
+            .arg(policy.snapshot_every.max(1))
+            .arg(policy.log_len.max(policy.snapshot_every).max(1))
+            .arg(writer)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        match code {
+            1 => {
+                // Proxies may act on it already: on a cluster, not done
+                // until a replica holds it, so a failover cannot take it
+                // back. Refused here, the next pass finds the store
+                // without it (if lost) and writes again.
+                conn.wait_replicated(&keys.table()).await?;
+                return Ok((Published::Written, why == "snapshot"));
+            }
+            2 if full.is_empty() => {
+                full = serde_json::to_vec(update).map_err(|e| e.to_string())?;
+            }
+            2 => return Err(format!("the store asked for the full table twice ({why})")),
+            _ => return Ok((Published::Fenced(why), false)),
+        }
+    }
 }
 
 /// The records' write, fenced like [`PUBLISH`]: KEYS[1] is the epoch
@@ -181,7 +340,7 @@ return 1
 /// all or nothing and fenced by `version`'s epoch: a paused leader that
 /// wakes up cannot overwrite a newer leader's records.
 pub async fn write_state(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &MetadataKeys,
     version: AssignmentVersion,
     shards: &[ShardRecord],

@@ -13,15 +13,14 @@
 //! pushed (the shards whose replicas changed, and those removed), not the
 //! whole table; a proxy known to be behind, or one that refuses the delta
 //! because it holds another version (a 409 with a version older than
-//! ours), gets the full table. The store is written the full table and
-//! the delta together.
+//! ours), gets the full table. The store gets the delta, and the full
+//! table only now and then (see [`super::metadata`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
 use shardmap::contract::MetadataKeys;
 use shardmap::{TableUpdate, UpdateAnswer};
 use tracing::warn;
@@ -73,7 +72,8 @@ pub struct Outcome {
 /// What the store's part of a pass works with, beside the pass.
 struct StoreCtx<'a> {
     url: &'a str,
-    delta_body: Option<&'a [u8]>,
+    /// The delta from the version before, when there is one.
+    delta: Option<metadata::Delta<'a>>,
     lease: &'a Lease,
     refusals: &'a Refusals,
 }
@@ -117,7 +117,7 @@ impl Publisher {
     /// One pass: the store (when there is one), then the proxies.
     pub async fn publish_once(
         &self,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<metadata::Conn>,
         pass: Pass<'_>,
         records: impl FnOnce() -> Records,
         lease: &Lease,
@@ -142,7 +142,11 @@ impl Publisher {
             let started = std::time::Instant::now();
             let ctx = StoreCtx {
                 url,
-                delta_body: delta_body.as_deref(),
+                delta: delta
+                    .as_ref()
+                    .and_then(|d| d.base)
+                    .zip(delta_body.as_deref())
+                    .map(|(base, body)| metadata::Delta { base, body }),
                 lease,
                 refusals,
             };
@@ -260,7 +264,7 @@ impl Publisher {
     /// (outranked, fenced, or no longer leading).
     async fn store_pass(
         &self,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<metadata::Conn>,
         pass: &Pass<'_>,
         ctx: StoreCtx<'_>,
         records: impl FnOnce() -> Records,
@@ -268,7 +272,7 @@ impl Publisher {
     ) -> bool {
         let StoreCtx {
             url,
-            delta_body,
+            delta,
             lease,
             refusals,
         } = ctx;
@@ -289,7 +293,7 @@ impl Publisher {
         if let Some(c) = conn.as_mut() {
             // Also re-written when the store lost it (restart, flush) or
             // holds an older one.
-            let stored = metadata::read_table(c, keys).await;
+            let stored = metadata::read_head(c, keys).await;
             let mut write = changed;
             let mut fenced = None;
             match &stored {
@@ -297,7 +301,8 @@ impl Publisher {
                 // (another writer): refused, not delivered.
                 Ok(Some(t))
                     if t.version > update.version
-                        || (t.version == update.version && t.shards != update.shards) =>
+                        || (t.version == update.version
+                            && t.writer.as_deref() != Some(lease.id())) =>
                 {
                     refusals.metadata.fetch_add(1, Relaxed);
                     let refusal = if t.version == update.version {
@@ -344,7 +349,7 @@ impl Publisher {
             } else {
                 let mut res = Ok(());
                 if write {
-                    res = match metadata::publish_table(c, keys, update, delta_body).await {
+                    res = match metadata::publish_table(c, keys, update, delta, lease.id()).await {
                         Ok(metadata::Published::Written) => Ok(()),
                         Ok(metadata::Published::Fenced(why)) => {
                             refusals.metadata.fetch_add(1, Relaxed);

@@ -42,7 +42,7 @@ impl Topology {
             nodes: t.nodes,
             shards: t.shards,
             replication_factor: t.replication_factor,
-            keys: MetadataKeys::new(cfg.prefix.clone()),
+            keys: MetadataKeys::for_url(&cfg.prefix, cfg.metadata.as_deref().unwrap_or_default()),
             metadata: cfg.metadata.clone(),
             telemetry_interval: cfg.telemetry_interval,
             modified,

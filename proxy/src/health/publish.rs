@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
-use shardmap::health::{health_key, HealthReport, NodeReport, REPORT_TTL_MS};
+use shardmap::contract::store::{connect, Conn};
+use shardmap::contract::MetadataKeys;
+use shardmap::health::{HealthReport, NodeReport, REPORT_TTL_MS};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -43,21 +44,8 @@ pub fn report(instance: &str, snap: &Snapshot) -> HealthReport {
     }
 }
 
-async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-    let fut = client.get_multiplexed_async_connection();
-    match tokio::time::timeout(std::time::Duration::from_secs(2), fut).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("no connection within 2 s".into()),
-    }
-}
-
-async fn write(
-    conn: &mut MultiplexedConnection,
-    prefix: &str,
-    r: &HealthReport,
-) -> Result<(), String> {
-    let key = health_key(prefix);
+async fn write(conn: &mut Conn, keys: &MetadataKeys, r: &HealthReport) -> Result<(), String> {
+    let key = keys.node_health();
     let body = serde_json::to_string(r).map_err(|e| e.to_string())?;
     redis::pipe()
         .atomic()
@@ -78,7 +66,7 @@ async fn write(
 /// Publish until `shutdown` turns true. A store that is down is retried
 /// every interval; the first failure after a success is logged.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut conn: Option<(String, MultiplexedConnection)> = None;
+    let mut conn: Option<(String, Conn)> = None;
     let mut failing = false;
     loop {
         let snap = shared.current();
@@ -98,7 +86,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
             if let Some((_, c)) = conn.as_mut() {
                 let r = report(&shared.instance, &snap);
-                match write(c, &snap.config.control.prefix, &r).await {
+                let keys = MetadataKeys::for_url(&snap.config.control.prefix, &url);
+                match write(c, &keys, &r).await {
                     Ok(()) => {
                         if failing {
                             info!("node health published again");

@@ -32,8 +32,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::CacheError;
 
-/// The scheme of a cluster cache URL.
-pub const SCHEME: &str = "redis+cluster://";
+/// The URL form, shared with the metadata store (`shardmap`).
+pub use shardmap::contract::store_url::{ClusterUrl, CLUSTER_SCHEME as SCHEME};
 
 /// Per-attempt deadlines and the deadline of a whole call (retries and
 /// redirects included) on a cluster.
@@ -46,76 +46,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// most this much extra rather than the whole failover.
 pub const REQUEST_DEADLINE: Duration = Duration::from_millis(500);
 
-/// A parsed `redis+cluster://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterUrl {
-    /// `redis://[auth@]host:port` of every seed node.
-    pub seeds: Vec<String>,
-    /// Replicas that must hold a batch before it counts as written.
-    pub wait_replicas: u32,
-    /// How long a write waits for them.
-    pub wait_timeout: Duration,
-}
-
-impl ClusterUrl {
-    /// Parse a cluster URL; the error names what is wrong with it.
-    pub fn parse(url: &str) -> Result<ClusterUrl, String> {
-        let rest = url
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| format!("`{url}`: a cluster URL starts with `{SCHEME}`"))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let (auth, hosts) = match rest.rsplit_once('@') {
-            Some((a, h)) => (Some(a), h),
-            None => (None, rest),
-        };
-        let mut seeds = vec![];
-        for h in hosts.split(',') {
-            let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            if !ok {
-                return Err(format!(
-                    "`{url}`: seed `{h}` is not host:port (a cluster has no database number)"
-                ));
-            }
-            seeds.push(match auth {
-                Some(a) => format!("redis://{a}@{h}"),
-                None => format!("redis://{h}"),
-            });
-        }
-        let mut out = ClusterUrl {
-            seeds,
-            wait_replicas: 1,
-            wait_timeout: Duration::from_millis(1000),
-        };
-        for kv in query.split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            match k {
-                "wait_replicas" => {
-                    out.wait_replicas = v.parse().map_err(|_| {
-                        format!("`{url}`: wait_replicas `{v}` is not a whole number")
-                    })?;
-                }
-                "wait_timeout_ms" => {
-                    let ms: u64 = v.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
-                        format!("`{url}`: wait_timeout_ms `{v}` is not a positive number")
-                    })?;
-                    out.wait_timeout = Duration::from_millis(ms);
-                }
-                _ => {
-                    return Err(format!(
-                        "`{url}`: unknown option `{k}` (expected wait_replicas, wait_timeout_ms)"
-                    ))
-                }
-            }
-        }
-        Ok(out)
-    }
-
+/// A client for the cluster `url` names.
+pub trait Connect {
     /// A client that connects on first use (a cluster that is down now is
     /// retried on every call), with a deadline on every call.
-    pub fn connect(&self) -> Result<ClusterConnection, CacheError> {
+    fn connect(&self) -> Result<ClusterConnection, CacheError>;
+}
+
+impl Connect for ClusterUrl {
+    fn connect(&self) -> Result<ClusterConnection, CacheError> {
         let client = redis::cluster::ClusterClientBuilder::new(self.seeds.clone())
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
@@ -201,24 +140,6 @@ pub async fn wait_replicated(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn seeds_auth_and_options() {
-        let u = ClusterUrl::parse(
-            "redis+cluster://u:p%40ss@h1:7000,10.0.0.2:7001/?wait_replicas=2&wait_timeout_ms=250",
-        )
-        .unwrap();
-        assert_eq!(
-            u.seeds,
-            ["redis://u:p%40ss@h1:7000", "redis://u:p%40ss@10.0.0.2:7001"]
-        );
-        assert_eq!(u.wait_replicas, 2);
-        assert_eq!(u.wait_timeout, Duration::from_millis(250));
-        let d = ClusterUrl::parse("redis+cluster://127.0.0.1:7000").unwrap();
-        assert_eq!((d.wait_replicas, d.wait_timeout.as_millis()), (1, 1000));
-    }
-
     #[test]
     fn config_accepts_every_cache_form() {
         for ok in [
@@ -231,25 +152,5 @@ mod tests {
         let e = crate::cache::check_url("memcached://x").unwrap_err();
         assert!(e.contains("redis+cluster://"), "{e}");
         assert!(crate::cache::check_url("redis+cluster://h").is_err());
-    }
-
-    #[test]
-    fn bad_urls_say_why() {
-        for (url, why) in [
-            ("redis://h:1", "starts with"),
-            ("redis+cluster://h1", "not host:port"),
-            ("redis+cluster://h1:7000,", "not host:port"),
-            ("redis+cluster://h1:7000/2", "no database"),
-            ("redis+cluster://h1:0", "not host:port"),
-            ("redis+cluster://h1:7000?wait=1", "unknown option"),
-            ("redis+cluster://h1:7000?wait_replicas=x", "wait_replicas"),
-            (
-                "redis+cluster://h1:7000?wait_timeout_ms=0",
-                "wait_timeout_ms",
-            ),
-        ] {
-            let e = ClusterUrl::parse(url).unwrap_err();
-            assert!(e.contains(why), "{url}: {e}");
-        }
     }
 }

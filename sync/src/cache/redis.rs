@@ -16,7 +16,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::cluster::{wait_replicated, ClusterUrl, Conn};
+use super::cluster::{wait_replicated, ClusterUrl, Conn, Connect};
 use super::{Applied, CacheError, ShardCache};
 use crate::model::CacheBatch;
 
