@@ -74,10 +74,18 @@ pub struct Demand {
     pub observed_rps: f64,
     /// Forecast skill in [0, 1] (1 = perfect); weights pre-fetch priority.
     pub skill: f64,
-    /// P(demand crosses the threshold) from the forecast's quantiles, when
-    /// the policy has a probabilistic forecast: with [`Economics`] enabled
-    /// it, not the planning quantile, decides the extra copy.
+    /// P(demand in the hour in progress crosses the threshold) from the
+    /// forecast's quantiles, when the policy has a probabilistic forecast:
+    /// with [`Economics`] enabled it and `p_exceed_next`, not the planning
+    /// quantile, decide the extra copy.
     pub p_exceed: Option<f64>,
+    /// P(the next hour crosses the threshold): it asks for a copy now only
+    /// when an order placed a round later could not serve before that hour
+    /// starts, or the copy is already held ([`Economics::priced`]).
+    pub p_exceed_next: Option<f64>,
+    /// When the next hour starts, clock ms (0: unknown, the next hour is
+    /// always in reach).
+    pub next_hour_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -309,10 +317,27 @@ pub fn plan(input: &PlanInput) -> Plan {
         } else {
             Reason::Load
         });
+        let movers: BTreeSet<String> = live
+            .iter()
+            .filter(|n| {
+                let drained = node_by_name.get(n.as_str()).is_some_and(|n| n.drained);
+                let unpinned = s.pinned.as_ref().is_some_and(|p| !p.contains(n));
+                drained || unpinned || s.leaving.contains(n)
+            })
+            .cloned()
+            .collect();
+        let current = live.iter().filter(|n| !movers.contains(*n)).count();
         // The forecast asks for a copy: by its expected value against its
         // memory when the forecast is probabilistic and prices are set,
         // else when the planning quantile crosses the threshold.
-        let forecast_crosses = match s.demand.p_exceed {
+        let priced = input.economics.priced(
+            s.demand.p_exceed,
+            s.demand.p_exceed_next,
+            current > rf,
+            s.demand.next_hour_ms - input.now_ms,
+            transfer_ms(s.bytes, input.bandwidth_bytes_per_s),
+        );
+        let forecast_crosses = match priced {
             Some(p) if input.economics.enabled() => {
                 input.economics.worth_a_copy(p, threshold, s.bytes)
             }
@@ -326,18 +351,8 @@ pub fn plan(input: &PlanInput) -> Plan {
             target = rf + 1;
             reason = Some(Reason::Load);
         }
-        let movers: BTreeSet<String> = live
-            .iter()
-            .filter(|n| {
-                let drained = node_by_name.get(n.as_str()).is_some_and(|n| n.drained);
-                let unpinned = s.pinned.as_ref().is_some_and(|p| !p.contains(n));
-                drained || unpinned || s.leaving.contains(n)
-            })
-            .cloned()
-            .collect();
         // Scale in only on observed demand: hold the current count until
         // what is observed (not just predicted) has fallen.
-        let current = live.iter().filter(|n| !movers.contains(*n)).count();
         if target < current {
             let calm = observed <= threshold * input.scale_in_ratio.max(0.0)
                 && (replica_capacity <= 0.0
@@ -515,12 +530,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         added.entry(want.shard).or_default().push(node.name.clone());
         adds += 1;
         let bytes = w.input.bytes.max(1);
-        let bw = if input.bandwidth_bytes_per_s > 0.0 {
-            input.bandwidth_bytes_per_s
-        } else {
-            f64::INFINITY
-        };
-        let transfer_ms = (bytes as f64 / bw * 1e3) as i64 + 500;
+        let transfer_ms = transfer_ms(bytes, input.bandwidth_bytes_per_s);
         let deadline_ms = match want.reason {
             // Land before the rise; when it is already under way, as soon
             // as the transfer can.
@@ -643,6 +653,17 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
     out.node_load = load.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     out
+}
+
+/// Estimated clock ms to copy `bytes` at `bandwidth` bytes per clock
+/// second, with a half-second margin.
+fn transfer_ms(bytes: u64, bandwidth: f64) -> i64 {
+    let bw = if bandwidth > 0.0 {
+        bandwidth
+    } else {
+        f64::INFINITY
+    };
+    (bytes.max(1) as f64 / bw * 1e3) as i64 + 500
 }
 
 fn rel_load(load: &BTreeMap<&str, f64>, nodes: &BTreeMap<&str, &NodeInput>, n: &str) -> f64 {

@@ -208,6 +208,40 @@ fn draining_replicas_are_never_drained_twice_nor_counted() {
     assert!(p.actions.is_empty(), "{:?}", p.actions);
 }
 
+#[test]
+fn the_next_hours_crossing_adds_a_copy_only_once_waiting_a_round_would_be_late() {
+    const MIN: i64 = 60_000;
+    let priced = |replicas: &[(&str, ReplicaState)], until_next: i64| {
+        let mut s = shard("s", replicas);
+        s.demand.p_exceed = Some(0.0);
+        s.demand.p_exceed_next = Some(0.5);
+        let mut i = input(three(), vec![s]);
+        i.economics = Economics {
+            miss_cost_ms: 30.0,
+            memory_cost_ms_per_mb_hour: 150.0,
+            round_ms: (20 * MIN) as f64,
+        };
+        i.shards[0].demand.next_hour_ms = i.now_ms + until_next;
+        plan(&i)
+    };
+    // Rounds 20 minutes apart: with 50 minutes to go the next round is in
+    // time, with 30 it is not.
+    let p = priced(&[("a", Serving), ("b", Serving)], 50 * MIN);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.shards[0].reason, None, "not hot yet");
+    let p = priced(&[("a", Serving), ("b", Serving)], 30 * MIN);
+    assert!(
+        matches!(&p.actions[..], [Action::Add { node, reason: Reason::Forecast, .. }] if node == "c"),
+        "{:?}",
+        p.actions
+    );
+    // A copy already held stays for the next hour's crossing, however far
+    // off: no drain now and re-fetch a round later.
+    let p = priced(&[("a", Serving), ("b", Serving), ("c", Serving)], 50 * MIN);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.shards[0].reason, Some(Reason::Forecast), "still hot");
+}
+
 // ---- properties ----
 
 fn arb_input() -> impl Strategy<Value = PlanInput> {
@@ -269,6 +303,8 @@ fn arb_input() -> impl Strategy<Value = PlanInput> {
                             rise_at_ms: 5_000_000,
                             skill: 0.5,
                             p_exceed: None,
+                            p_exceed_next: None,
+                            next_hour_ms: 0,
                         },
                         bytes: 100_000,
                         pinned: pins.map(|p| p.into_iter().map(|n| format!("n{n}")).collect()),
