@@ -724,6 +724,15 @@ def spike_markdown(summary):
             x = r["spike_hours"]["sync_rows_split"]
             lines.append(f"| {r['policy']} | {x['first_in_hour']:,} | {x['first_before']:,} "
                          f"| {x['refetch_in_hour']:,} | {x['refetch_before']:,} | {x['freshness']:,} |")
+    when_rows = [r for r in runs if (r.get("cache") or {}).get("copies_when")]
+    if when_rows:
+        lines += ["", "mean hosted copies by when they were held against the shard's spikes:", "",
+                  "| policy | in a spike hour | the hour before | the hour after | other | all |",
+                  "|---|---|---|---|---|---|"]
+        for r in when_rows:
+            w = r["cache"]["copies_when"]
+            lines.append(f"| {r['policy']} | " + " | ".join(f"{w.get(k, 0):.2f}" for k in COPY_WHEN)
+                         + f" | {sum(w.values()):.2f} |")
     by = {r["policy"]: r for r in runs}
     f, o = by.get("forecast"), by.get("oracle")
     if f and o:
