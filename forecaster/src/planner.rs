@@ -13,8 +13,9 @@
 //!
 //! Removal is make-before-break: a replica leaves (is drained) only once
 //! enough serving replicas remain elsewhere. Scale-in happens only after
-//! *observed* demand falls below the threshold; a low forecast alone never
-//! removes a replica. The same input always gives the same plan: shards and
+//! *observed* demand falls (below threshold × `scale_in_ratio`, or below
+//! the threshold when a probabilistic forecast prices no copy); a low
+//! forecast alone never removes a replica. The same input always gives the same plan: shards and
 //! nodes are visited in name order and every tie is broken by name.
 
 pub mod value;
@@ -197,6 +198,9 @@ pub struct ShardPlan {
     pub observed_rps: f64,
     pub threshold: f64,
     pub reason: Option<Reason>,
+    /// Observed demand is low enough for the shard's extra copies to go
+    /// (the scale-in rule): node caches may evict it once it is not hot.
+    pub calm: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -228,6 +232,7 @@ struct Work<'a> {
     target: usize,
     load: f64,
     reason: Option<Reason>,
+    calm: bool,
 }
 
 impl Work<'_> {
@@ -352,9 +357,19 @@ pub fn plan(input: &PlanInput) -> Plan {
             reason = Some(Reason::Load);
         }
         // Scale in only on observed demand: hold the current count until
-        // what is observed (not just predicted) has fallen.
+        // what is observed (not just predicted) has fallen — below
+        // threshold × scale_in_ratio, or, when a probabilistic forecast
+        // prices no copy, back under the threshold: the crossing has passed
+        // and the probability, not the band, keeps the copy from flapping.
+        let declined = priced.is_some() && input.economics.enabled() && !forecast_crosses;
+        let band = if declined {
+            1.0
+        } else {
+            input.scale_in_ratio.max(0.0)
+        };
+        let calm = threshold > 0.0 && observed <= threshold * band;
         if target < current {
-            let calm = observed <= threshold * input.scale_in_ratio.max(0.0)
+            let calm = observed <= threshold * band
                 && (replica_capacity <= 0.0
                     || (observed / replica_capacity).ceil() as usize <= target);
             if !calm {
@@ -377,6 +392,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             target,
             load,
             reason,
+            calm,
         });
     }
 
@@ -649,6 +665,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             observed_rps: finite(w.input.demand.observed_rps),
             threshold: finite(w.input.threshold),
             reason: w.reason,
+            calm: w.calm,
         });
     }
     out.node_load = load.into_iter().map(|(k, v)| (k.to_string(), v)).collect();

@@ -242,6 +242,56 @@ fn the_next_hours_crossing_adds_a_copy_only_once_waiting_a_round_would_be_late()
     assert_eq!(p.shards[0].reason, Some(Reason::Forecast), "still hot");
 }
 
+#[test]
+fn a_forecast_copy_goes_once_the_crossing_passed_and_the_forecast_prices_none() {
+    let held = |observed: f64, p_this: f64| {
+        let mut s = shard("s", &[("a", Serving), ("b", Serving), ("c", Serving)]);
+        s.demand.observed_rps = observed;
+        s.demand.p_exceed = Some(p_this);
+        s.demand.p_exceed_next = Some(0.0);
+        let mut i = input(three(), vec![s]);
+        i.economics = Economics {
+            miss_cost_ms: 30.0,
+            memory_cost_ms_per_mb_hour: 150.0,
+            round_ms: 1_000.0,
+        };
+        plan(&i)
+    };
+    // Threshold 10, scale-in ratio 0.5: observed 7 is back under the
+    // threshold, not under half of it. The forecast prices no copy: drain.
+    let p = held(7.0, 0.0);
+    assert!(
+        matches!(
+            &p.actions[..],
+            [Action::Drain {
+                reason: Reason::Load,
+                ..
+            }]
+        ),
+        "{:?}",
+        p.actions
+    );
+    assert!(p.shards[0].calm, "the node caches may evict it too");
+    // Still over the threshold: held.
+    let p = held(11.0, 0.0);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(!p.shards[0].calm);
+    // The forecast still prices the copy: held.
+    let p = held(7.0, 0.5);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    // Without a probabilistic forecast the band holds it until observed
+    // demand is under threshold × ratio.
+    let mut s = shard("s", &[("a", Serving), ("b", Serving), ("c", Serving)]);
+    s.demand.observed_rps = 7.0;
+    let p = plan(&input(three(), vec![s.clone()]));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(!p.shards[0].calm);
+    s.demand.observed_rps = 4.0;
+    let p = plan(&input(three(), vec![s]));
+    assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
+    assert!(p.shards[0].calm);
+}
+
 // ---- properties ----
 
 fn arb_input() -> impl Strategy<Value = PlanInput> {
