@@ -60,6 +60,23 @@ def log(msg):
     print(f"replay-bench: {msg}", file=sys.stderr, flush=True)
 
 
+COPY_WHEN = ("spike", "hour_before", "hour_after", "other")
+
+
+def copy_when(spike_hours, trace_sec):
+    """Where a copy held at `trace_sec` stands against its shard's spike
+    hours (hour starts, trace seconds): in one, the hour before one (a
+    pre-fetch's lead), the hour after (the scale-in tail), or other."""
+    h = int(trace_sec) // 3600 * 3600
+    if h in spike_hours:
+        return "spike"
+    if h + 3600 in spike_hours:
+        return "hour_before"
+    if h - 3600 in spike_hours:
+        return "hour_after"
+    return "other"
+
+
 def get(url, timeout=5.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
@@ -379,19 +396,29 @@ class Run:
         # through the replay (a policy that hosts everything always hits).
         samples, stop = [], threading.Event()
         parked_samples = []
+        # The same copies by when they were held, for the shard's spikes:
+        # in a spike hour, the hour before one, the hour after, or other.
+        when = defaultdict(int)
+        when_samples = [0]
         self.reads = ProviderReadsByHour()
         changes = self.start_changes()
 
         def sample():
             while not stop.wait(0.25):
                 n = get_json(u["sync"] + "/nodes", timeout=2.0)
+                tnow = (replay.to_sec(rp.start) + (time.monotonic() - rp.t0) * a.speed
+                        if rp.t0 is not None else None)
                 if isinstance(n, dict) and "error" not in n:
                     samples.append(sum(len(v.get("hosted") or []) for v in n.values()
                                        if isinstance(v, dict)))
                     parked_samples.append(sum(len(v.get("parked") or []) for v in n.values()
                                               if isinstance(v, dict)))
-                if rp.t0 is not None:
-                    tnow = replay.to_sec(rp.start) + (time.monotonic() - rp.t0) * a.speed
+                    if tnow is not None:
+                        when_samples[0] += 1
+                        for v in n.values():
+                            for h in (v.get("hosted") or []) if isinstance(v, dict) else []:
+                                when[copy_when(self.spikes.get(h.get("shard"), ()), tnow)] += 1
+                if tnow is not None:
                     try:
                         self.reads.add(tnow, prom(get(u["sync"] + "/metrics", timeout=2.0)))
                         self.reads.add_orders(tnow, time.time(), a.speed,
@@ -410,6 +437,8 @@ class Run:
         self.hosted_mean = sum(samples) / len(samples) if samples else None
         self.parked_mean = sum(parked_samples) / len(parked_samples) if parked_samples else None
         self.hosted_samples = len(samples)
+        self.copies_when = ({k: when[k] / when_samples[0] for k in COPY_WHEN}
+                            if when_samples[0] else None)
         wall = time.monotonic() - t0
         time.sleep(1.5)  # last telemetry frame, last manager round
         recs = rp.all_records()
@@ -482,6 +511,9 @@ class Run:
                 "mean_hosted_copies": self.hosted_mean,
                 "mean_parked_copies": self.parked_mean,
                 "samples": self.hosted_samples,
+                # mean hosted copies split by when they were held (sums to
+                # the mean over the samples taken while replaying)
+                "copies_when": self.copies_when,
                 "copy_hours": (self.hosted_mean * wall * self.a.speed / 3600
                                if self.hosted_mean is not None else None),
             },
@@ -692,6 +724,15 @@ def spike_markdown(summary):
             x = r["spike_hours"]["sync_rows_split"]
             lines.append(f"| {r['policy']} | {x['first_in_hour']:,} | {x['first_before']:,} "
                          f"| {x['refetch_in_hour']:,} | {x['refetch_before']:,} | {x['freshness']:,} |")
+    when_rows = [r for r in runs if (r.get("cache") or {}).get("copies_when")]
+    if when_rows:
+        lines += ["", "mean hosted copies by when they were held against the shard's spikes:", "",
+                  "| policy | in a spike hour | the hour before | the hour after | other | all |",
+                  "|---|---|---|---|---|---|"]
+        for r in when_rows:
+            w = r["cache"]["copies_when"]
+            lines.append(f"| {r['policy']} | " + " | ".join(f"{w.get(k, 0):.2f}" for k in COPY_WHEN)
+                         + f" | {sum(w.values()):.2f} |")
     by = {r["policy"]: r for r in runs}
     f, o = by.get("forecast"), by.get("oracle")
     if f and o:

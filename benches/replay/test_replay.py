@@ -101,3 +101,17 @@ def test_a_keepalive_connection_closed_while_idle_costs_no_request():
     failed = [r for r in recs if r[4] != 200]
     assert not failed, f"{len(failed)} requests failed after the idle close: {failed[:5]}"
     assert tot.resent >= 1, "the night did not outlast the idle deadline: the test tests nothing"
+
+
+def test_a_hosted_copy_is_charged_to_where_it_stands_against_its_spikes():
+    import run  # noqa: PLC0415 — the bench's harness, standard library only
+
+    spikes = {10 * 3600, 11 * 3600}
+    at = lambda h, m=30: h * 3600 + m * 60  # noqa: E731
+    assert run.copy_when(spikes, at(10)) == "spike"
+    assert run.copy_when(spikes, at(11, 59)) == "spike"
+    assert run.copy_when(spikes, at(9)) == "hour_before"
+    assert run.copy_when(spikes, at(12, 0)) == "hour_after"
+    assert run.copy_when(spikes, at(8)) == "other"
+    assert run.copy_when(spikes, at(13)) == "other"
+    assert run.copy_when((), at(10)) == "other"

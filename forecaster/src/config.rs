@@ -162,6 +162,8 @@ struct WireManager {
     /// (the price of memory). A forecast copy is held while P(demand
     /// crosses the threshold) × the requests of an hour at it × miss_cost_ms
     /// is at least this × its size; 0 uses the planning quantile instead.
+    /// P is the hour in progress's, or the next hour's once an order placed
+    /// a round later would be late (planner `Economics::priced`).
     #[serde(default = "d_memory_cost")]
     memory_cost_ms_per_mb_hour: f64,
     #[serde(default = "d_util")]

@@ -13,8 +13,9 @@
 //!
 //! Removal is make-before-break: a replica leaves (is drained) only once
 //! enough serving replicas remain elsewhere. Scale-in happens only after
-//! *observed* demand falls below the threshold; a low forecast alone never
-//! removes a replica. The same input always gives the same plan: shards and
+//! *observed* demand falls (below threshold × `scale_in_ratio`, or below
+//! the threshold when a probabilistic forecast prices no copy); a low
+//! forecast alone never removes a replica. The same input always gives the same plan: shards and
 //! nodes are visited in name order and every tie is broken by name.
 
 pub mod value;
@@ -74,10 +75,18 @@ pub struct Demand {
     pub observed_rps: f64,
     /// Forecast skill in [0, 1] (1 = perfect); weights pre-fetch priority.
     pub skill: f64,
-    /// P(demand crosses the threshold) from the forecast's quantiles, when
-    /// the policy has a probabilistic forecast: with [`Economics`] enabled
-    /// it, not the planning quantile, decides the extra copy.
+    /// P(demand in the hour in progress crosses the threshold) from the
+    /// forecast's quantiles, when the policy has a probabilistic forecast:
+    /// with [`Economics`] enabled it and `p_exceed_next`, not the planning
+    /// quantile, decide the extra copy.
     pub p_exceed: Option<f64>,
+    /// P(the next hour crosses the threshold): it asks for a copy now only
+    /// when an order placed a round later could not serve before that hour
+    /// starts, or the copy is already held ([`Economics::priced`]).
+    pub p_exceed_next: Option<f64>,
+    /// When the next hour starts, clock ms (0: unknown, the next hour is
+    /// always in reach).
+    pub next_hour_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -189,6 +198,9 @@ pub struct ShardPlan {
     pub observed_rps: f64,
     pub threshold: f64,
     pub reason: Option<Reason>,
+    /// Observed demand is low enough for the shard's extra copies to go
+    /// (the scale-in rule): node caches may evict it once it is not hot.
+    pub calm: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -220,6 +232,7 @@ struct Work<'a> {
     target: usize,
     load: f64,
     reason: Option<Reason>,
+    calm: bool,
 }
 
 impl Work<'_> {
@@ -309,10 +322,27 @@ pub fn plan(input: &PlanInput) -> Plan {
         } else {
             Reason::Load
         });
+        let movers: BTreeSet<String> = live
+            .iter()
+            .filter(|n| {
+                let drained = node_by_name.get(n.as_str()).is_some_and(|n| n.drained);
+                let unpinned = s.pinned.as_ref().is_some_and(|p| !p.contains(n));
+                drained || unpinned || s.leaving.contains(n)
+            })
+            .cloned()
+            .collect();
+        let current = live.iter().filter(|n| !movers.contains(*n)).count();
         // The forecast asks for a copy: by its expected value against its
         // memory when the forecast is probabilistic and prices are set,
         // else when the planning quantile crosses the threshold.
-        let forecast_crosses = match s.demand.p_exceed {
+        let priced = input.economics.priced(
+            s.demand.p_exceed,
+            s.demand.p_exceed_next,
+            current > rf,
+            s.demand.next_hour_ms - input.now_ms,
+            transfer_ms(s.bytes, input.bandwidth_bytes_per_s),
+        );
+        let forecast_crosses = match priced {
             Some(p) if input.economics.enabled() => {
                 input.economics.worth_a_copy(p, threshold, s.bytes)
             }
@@ -326,20 +356,20 @@ pub fn plan(input: &PlanInput) -> Plan {
             target = rf + 1;
             reason = Some(Reason::Load);
         }
-        let movers: BTreeSet<String> = live
-            .iter()
-            .filter(|n| {
-                let drained = node_by_name.get(n.as_str()).is_some_and(|n| n.drained);
-                let unpinned = s.pinned.as_ref().is_some_and(|p| !p.contains(n));
-                drained || unpinned || s.leaving.contains(n)
-            })
-            .cloned()
-            .collect();
         // Scale in only on observed demand: hold the current count until
-        // what is observed (not just predicted) has fallen.
-        let current = live.iter().filter(|n| !movers.contains(*n)).count();
+        // what is observed (not just predicted) has fallen — below
+        // threshold × scale_in_ratio, or, when a probabilistic forecast
+        // prices no copy, back under the threshold: the crossing has passed
+        // and the probability, not the band, keeps the copy from flapping.
+        let declined = priced.is_some() && input.economics.enabled() && !forecast_crosses;
+        let band = if declined {
+            1.0
+        } else {
+            input.scale_in_ratio.max(0.0)
+        };
+        let calm = threshold > 0.0 && observed <= threshold * band;
         if target < current {
-            let calm = observed <= threshold * input.scale_in_ratio.max(0.0)
+            let calm = observed <= threshold * band
                 && (replica_capacity <= 0.0
                     || (observed / replica_capacity).ceil() as usize <= target);
             if !calm {
@@ -362,6 +392,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             target,
             load,
             reason,
+            calm,
         });
     }
 
@@ -515,12 +546,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         added.entry(want.shard).or_default().push(node.name.clone());
         adds += 1;
         let bytes = w.input.bytes.max(1);
-        let bw = if input.bandwidth_bytes_per_s > 0.0 {
-            input.bandwidth_bytes_per_s
-        } else {
-            f64::INFINITY
-        };
-        let transfer_ms = (bytes as f64 / bw * 1e3) as i64 + 500;
+        let transfer_ms = transfer_ms(bytes, input.bandwidth_bytes_per_s);
         let deadline_ms = match want.reason {
             // Land before the rise; when it is already under way, as soon
             // as the transfer can.
@@ -639,10 +665,22 @@ pub fn plan(input: &PlanInput) -> Plan {
             observed_rps: finite(w.input.demand.observed_rps),
             threshold: finite(w.input.threshold),
             reason: w.reason,
+            calm: w.calm,
         });
     }
     out.node_load = load.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     out
+}
+
+/// Estimated clock ms to copy `bytes` at `bandwidth` bytes per clock
+/// second, with a half-second margin.
+fn transfer_ms(bytes: u64, bandwidth: f64) -> i64 {
+    let bw = if bandwidth > 0.0 {
+        bandwidth
+    } else {
+        f64::INFINITY
+    };
+    (bytes.max(1) as f64 / bw * 1e3) as i64 + 500
 }
 
 fn rel_load(load: &BTreeMap<&str, f64>, nodes: &BTreeMap<&str, &NodeInput>, n: &str) -> f64 {
@@ -651,417 +689,4 @@ fn rel_load(load: &BTreeMap<&str, f64>, nodes: &BTreeMap<&str, &NodeInput>, n: &
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn node(name: &str, zone: &str) -> NodeInput {
-        NodeInput {
-            name: name.into(),
-            capacity: 100.0,
-            zone: Some(zone.into()),
-            healthy: true,
-            drained: false,
-        }
-    }
-
-    fn shard(id: &str, nodes: &[(&str, ReplicaState)]) -> ShardInput {
-        ShardInput {
-            id: id.into(),
-            threshold: 10.0,
-            replicas: nodes
-                .iter()
-                .map(|(n, s)| ReplicaInput {
-                    node: (*n).into(),
-                    state: *s,
-                })
-                .collect(),
-            demand: Demand {
-                skill: 0.8,
-                rise_at_ms: 10_000_000,
-                ..Demand::default()
-            },
-            bytes: 1_000_000,
-            pinned: None,
-            leaving: vec![],
-        }
-    }
-
-    fn input(nodes: Vec<NodeInput>, shards: Vec<ShardInput>) -> PlanInput {
-        PlanInput {
-            economics: Economics::default(),
-            now_ms: 1_000_000,
-            replication_factor: 2,
-            churn_budget: 4,
-            max_utilization: 1.0,
-            scale_in_ratio: 0.5,
-            bandwidth_bytes_per_s: 1e6,
-            nodes,
-            shards,
-        }
-    }
-
-    use ReplicaState::{Draining, Serving, Warming};
-
-    fn three() -> Vec<NodeInput> {
-        vec![node("a", "z1"), node("b", "z2"), node("c", "z3")]
-    }
-
-    #[test]
-    fn steady_state_plans_nothing() {
-        let p = plan(&input(
-            three(),
-            vec![shard("s", &[("a", Serving), ("b", Serving)])],
-        ));
-        assert!(p.actions.is_empty(), "{:?}", p.actions);
-        assert_eq!(p.shards[0].target, 2);
-    }
-
-    #[test]
-    fn predicted_demand_over_threshold_prefetches_to_a_new_node_before_the_rise() {
-        let mut s = shard("s", &[("a", Serving), ("b", Serving)]);
-        s.demand.predicted_rps = 30.0;
-        let p = plan(&input(three(), vec![s]));
-        let [Action::Add {
-            node,
-            reason,
-            deadline_ms,
-            priority,
-            ..
-        }] = p.actions.as_slice()
-        else {
-            panic!("{:?}", p.actions)
-        };
-        assert_eq!(node, "c");
-        assert_eq!(*reason, Reason::Forecast);
-        // 1 MB at 1 MB/s + 0.5 s margin before the rise
-        assert_eq!(*deadline_ms, 10_000_000 - 1_500);
-        assert!(*priority > 0.0);
-    }
-
-    #[test]
-    fn a_high_forecast_alone_never_scales_in_and_a_low_one_waits_for_observed_demand() {
-        let mut s = shard("s", &[("a", Serving), ("b", Serving), ("c", Serving)]);
-        s.demand.predicted_rps = 0.0;
-        s.demand.observed_rps = 20.0; // still busy
-        let p = plan(&input(three(), vec![s.clone()]));
-        assert!(p.actions.is_empty(), "{:?}", p.actions);
-        s.demand.observed_rps = 1.0; // fell below threshold × ratio
-        let p = plan(&input(three(), vec![s]));
-        assert_eq!(p.actions.len(), 1);
-        assert!(matches!(
-            &p.actions[0],
-            Action::Drain {
-                reason: Reason::Load,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn node_loss_drops_and_re_replicates() {
-        let mut nodes = three();
-        nodes[1].healthy = false;
-        let p = plan(&input(
-            nodes,
-            vec![shard("s", &[("a", Serving), ("b", Serving)])],
-        ));
-        let kinds: Vec<_> = p
-            .actions
-            .iter()
-            .map(|a| (a.kind(), a.node().to_string(), a.reason()))
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![
-                ("drop", "b".into(), Reason::Failure),
-                ("add", "c".into(), Reason::Failure)
-            ]
-        );
-    }
-
-    #[test]
-    fn drain_is_make_before_break() {
-        let mut nodes = three();
-        nodes[0].drained = true;
-        // round 1: the replacement is added, nothing drained yet
-        let p = plan(&input(
-            nodes.clone(),
-            vec![shard("s", &[("a", Serving), ("b", Serving)])],
-        ));
-        assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
-        assert!(
-            matches!(&p.actions[0], Action::Add { node, replaces: Some(old), .. } if node == "c" && old == "a")
-        );
-        // round 2: replacement still warming → still nothing drained
-        let p = plan(&input(
-            nodes.clone(),
-            vec![shard(
-                "s",
-                &[("a", Serving), ("b", Serving), ("c", Warming)],
-            )],
-        ));
-        assert!(p.actions.is_empty(), "{:?}", p.actions);
-        // round 3: it serves → the old replica drains
-        let p = plan(&input(
-            nodes,
-            vec![shard(
-                "s",
-                &[("a", Serving), ("b", Serving), ("c", Serving)],
-            )],
-        ));
-        assert_eq!(p.actions.len(), 1);
-        assert!(matches!(&p.actions[0], Action::Drain { node, .. } if node == "a"));
-    }
-
-    #[test]
-    fn pins_move_a_shard_to_exactly_the_pinned_nodes() {
-        let mut s = shard("s", &[("a", Serving), ("b", Serving)]);
-        s.pinned = Some(vec!["c".into()]);
-        let p = plan(&input(three(), vec![s.clone()]));
-        assert!(
-            matches!(&p.actions[..], [Action::Add { node, reason: Reason::Operator, .. }] if node == "c")
-        );
-        s.replicas.push(ReplicaInput {
-            node: "c".into(),
-            state: Serving,
-        });
-        let p = plan(&input(three(), vec![s]));
-        let drained: BTreeSet<&str> = p.actions.iter().map(Action::node).collect();
-        assert_eq!(drained, ["a", "b"].into());
-    }
-
-    #[test]
-    fn an_overloaded_node_hands_a_replica_over() {
-        let nodes = vec![node("a", "z1"), node("b", "z1"), node("c", "z1")];
-        let mut s1 = shard("s1", &[("a", Serving)]);
-        s1.demand.observed_rps = 90.0;
-        s1.threshold = 1000.0;
-        let mut s2 = shard("s2", &[("a", Serving)]);
-        s2.demand.observed_rps = 80.0;
-        s2.threshold = 1000.0;
-        let mut i = input(nodes, vec![s1, s2]);
-        i.replication_factor = 1;
-        let p = plan(&i);
-        assert!(
-            p.actions.iter().any(|a| matches!(a, Action::Add { reason: Reason::Balance, replaces: Some(o), .. } if o == "a")),
-            "{:?}",
-            p.actions
-        );
-    }
-
-    #[test]
-    fn draining_replicas_are_never_drained_twice_nor_counted() {
-        let p = plan(&input(
-            three(),
-            vec![shard(
-                "s",
-                &[("a", Serving), ("b", Serving), ("c", Draining)],
-            )],
-        ));
-        assert!(p.actions.is_empty(), "{:?}", p.actions);
-    }
-
-    // ---- properties ----
-
-    fn arb_input() -> impl Strategy<Value = PlanInput> {
-        (2usize..7, 1usize..4, 0usize..5, 1usize..25)
-            .prop_flat_map(|(n_nodes, rf, budget, n_shards)| {
-                let nodes = proptest::collection::vec(
-                    (
-                        10.0f64..500.0,
-                        0u8..3,
-                        proptest::bool::weighted(0.85),
-                        proptest::bool::weighted(0.1),
-                    ),
-                    n_nodes,
-                );
-                let shards = proptest::collection::vec(
-                    (
-                        proptest::collection::vec((0..n_nodes, 0u8..3), 0..4),
-                        0.0f64..300.0,
-                        0.0f64..300.0,
-                        1.0f64..100.0,
-                        proptest::option::weighted(
-                            0.1,
-                            proptest::collection::vec(0..n_nodes, 1..3),
-                        ),
-                    ),
-                    n_shards,
-                );
-                (nodes, shards, Just(rf), Just(budget))
-            })
-            .prop_map(|(nodes, shards, rf, budget)| {
-                let nodes: Vec<NodeInput> = nodes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (cap, zone, healthy, drained))| NodeInput {
-                        name: format!("n{i}"),
-                        capacity: cap,
-                        zone: Some(format!("z{zone}")),
-                        healthy,
-                        drained,
-                    })
-                    .collect();
-                let shards = shards
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (reps, pred, obs, thr, pins))| {
-                        let mut seen = BTreeSet::new();
-                        let replicas = reps
-                            .into_iter()
-                            .filter(|(n, _)| seen.insert(*n))
-                            .map(|(n, st)| ReplicaInput {
-                                node: format!("n{n}"),
-                                state: [Warming, Serving, Draining][st as usize],
-                            })
-                            .collect();
-                        ShardInput {
-                            id: format!("s{i:02}"),
-                            threshold: thr,
-                            replicas,
-                            demand: Demand {
-                                predicted_rps: pred,
-                                observed_rps: obs,
-                                rise_at_ms: 5_000_000,
-                                skill: 0.5,
-                                p_exceed: None,
-                            },
-                            bytes: 100_000,
-                            pinned: pins.map(|p| p.into_iter().map(|n| format!("n{n}")).collect()),
-                            leaving: vec![],
-                        }
-                    })
-                    .collect();
-                PlanInput {
-                    economics: Economics::default(),
-                    now_ms: 1_000_000,
-                    replication_factor: rf,
-                    churn_budget: budget,
-                    max_utilization: 0.9,
-                    scale_in_ratio: 0.5,
-                    bandwidth_bytes_per_s: 1e6,
-                    nodes,
-                    shards,
-                }
-            })
-    }
-
-    /// The replicas each shard has once the plan is carried out.
-    fn apply(i: &PlanInput, p: &Plan) -> BTreeMap<String, Vec<ReplicaInput>> {
-        let mut m: BTreeMap<String, Vec<ReplicaInput>> = i
-            .shards
-            .iter()
-            .map(|s| (s.id.clone(), s.replicas.clone()))
-            .collect();
-        for a in &p.actions {
-            let reps = m.get_mut(a.shard()).expect("action on a known shard");
-            match a {
-                Action::Add { node, .. } => reps.push(ReplicaInput {
-                    node: node.clone(),
-                    state: Warming,
-                }),
-                Action::Drop { node, .. } => reps.retain(|r| r.node != *node),
-                Action::Drain { node, .. } => {
-                    for r in reps.iter_mut().filter(|r| r.node == *node) {
-                        r.state = Draining;
-                    }
-                }
-            }
-        }
-        m
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
-
-        #[test]
-        fn replicas_stay_on_distinct_healthy_usable_nodes(i in arb_input()) {
-            let p = plan(&i);
-            for (id, reps) in apply(&i, &p) {
-                let mut seen = BTreeSet::new();
-                for r in &reps {
-                    prop_assert!(seen.insert(r.node.clone()), "{id}: two replicas on {}", r.node);
-                }
-            }
-            for a in &p.actions {
-                if let Action::Add { node, .. } = a {
-                    let n = i.nodes.iter().find(|n| n.name == *node).unwrap();
-                    prop_assert!(n.healthy && !n.drained, "added to unusable {node}");
-                }
-            }
-        }
-
-        #[test]
-        fn churn_budget_is_kept(i in arb_input()) {
-            let p = plan(&i);
-            prop_assert!(p.adds() <= i.churn_budget);
-        }
-
-        #[test]
-        fn same_input_same_plan_whatever_the_order(i in arb_input()) {
-            let p1 = plan(&i);
-            let mut j = i.clone();
-            j.nodes.reverse();
-            j.shards.reverse();
-            prop_assert_eq!(p1, plan(&j));
-        }
-
-        #[test]
-        fn no_drain_leaves_a_shard_without_a_serving_replica(i in arb_input()) {
-            let p = plan(&i);
-            let after = apply(&i, &p);
-            for s in &i.shards {
-                let serving_before = s.replicas.iter().filter(|r| r.state == Serving
-                    && i.nodes.iter().any(|n| n.name == r.node && n.healthy)).count();
-                let serving_after = after[&s.id].iter().filter(|r| r.state == Serving).count();
-                let drained = p.actions.iter().any(|a| matches!(a, Action::Drain {..}) && a.shard() == s.id);
-                if drained {
-                    prop_assert!(serving_after >= 1, "{}: drained its last serving replica", s.id);
-                    prop_assert!(serving_after >= serving_before.min(i.replication_factor).min(1));
-                }
-            }
-        }
-
-        #[test]
-        fn scale_in_only_after_observed_demand_falls(i in arb_input()) {
-            let p = plan(&i);
-            for a in &p.actions {
-                if let Action::Drain { reason: Reason::Load, shard, .. } = a {
-                    let s = i.shards.iter().find(|s| s.id == *shard).unwrap();
-                    prop_assert!(s.demand.observed_rps <= s.threshold * i.scale_in_ratio);
-                }
-            }
-        }
-
-        #[test]
-        fn additions_go_where_there_is_room_when_there_is_room(i in arb_input()) {
-            // Cold start with room to spare: every node stays within capacity.
-            let mut i = i;
-            for n in &mut i.nodes { n.healthy = true; n.drained = false; n.capacity = 1000.0; }
-            let total_cap: f64 = i.nodes.iter().map(|n| n.capacity * 0.9).sum();
-            let n_shards = i.shards.len() as f64;
-            for s in &mut i.shards {
-                s.replicas.clear();
-                s.pinned = None;
-                s.demand.predicted_rps = s.demand.predicted_rps.min(total_cap / 4.0 / n_shards / 3.0);
-                s.demand.observed_rps = 0.0;
-                s.threshold = 1e9;
-            }
-            i.churn_budget = 1000;
-            let p = plan(&i);
-            for a in &p.actions {
-                if let Action::Add { over_capacity, .. } = a { prop_assert!(!over_capacity); }
-            }
-            for n in &i.nodes {
-                prop_assert!(p.node_load[&n.name] <= n.capacity * 0.9 + 1e-6,
-                    "{} at {} of {}", n.name, p.node_load[&n.name], n.capacity);
-            }
-            // and the replication factor is met everywhere
-            let after = apply(&i, &p);
-            for reps in after.values() {
-                prop_assert_eq!(reps.len(), i.replication_factor.min(i.nodes.len()));
-            }
-        }
-    }
-}
+mod tests;

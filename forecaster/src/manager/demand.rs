@@ -46,10 +46,12 @@ pub struct Prediction {
     pub rise_at_ms: Option<i64>,
     /// The median forecast of the hour in progress (for skill).
     pub p50_hour: Option<f64>,
-    /// P(the hour in progress or the next one crosses the threshold), from
-    /// the forecast's quantiles: a copy started now serves both, and one
-    /// started only once the hour in progress looks hot lands in it.
+    /// P(the hour in progress crosses the threshold), from the forecast's
+    /// quantiles.
     pub p_exceed: Option<f64>,
+    /// P(the next hour crosses it): the planner prices a copy by it once a
+    /// copy ordered later would land in that hour.
+    pub p_exceed_next: Option<f64>,
 }
 
 /// How the manager predicts demand.
@@ -70,6 +72,7 @@ const NOTHING: Prediction = Prediction {
     rise_at_ms: None,
     p50_hour: None,
     p_exceed: None,
+    p_exceed_next: None,
 };
 
 /// Forecasts at the planning quantile.
@@ -87,9 +90,11 @@ impl DemandPolicy for Forecast {
             let Some(hf) = f.horizon(h) else { continue };
             let q = quantile_at(&hf.levels, &hf.values, self.quantile);
             let rate = f64::from(q) / (h.hours() as f64 * 3600.0);
-            if matches!(h, Horizon::Hour | Horizon::NextHour) {
-                let pe = planner::value::p_exceed(&hf.levels, &hf.values, at.threshold * 3600.0);
-                p.p_exceed = Some(p.p_exceed.map_or(pe, |q| q.max(pe)));
+            let pe = || planner::value::p_exceed(&hf.levels, &hf.values, at.threshold * 3600.0);
+            match h {
+                Horizon::Hour => p.p_exceed = Some(pe()),
+                Horizon::NextHour => p.p_exceed_next = Some(pe()),
+                _ => {}
             }
             if h == Horizon::Hour {
                 p.p50_hour = Some(f64::from(quantile_at(&hf.levels, &hf.values, 0.5)));
@@ -153,6 +158,7 @@ impl DemandPolicy for NoDemand {
             predicted_rps: 0.0,
             observed_rps: 0.0,
             p_exceed: None,
+            p_exceed_next: None,
             ..d.clone()
         }
     }
@@ -318,6 +324,8 @@ pub fn plan_input(
             observed_rps: store.recent_rate(&s.id, now, observe_window_s),
             skill,
             p_exceed: p.p_exceed,
+            p_exceed_next: p.p_exceed_next,
+            next_hour_ms: next_hour,
         };
         shards.push(ShardInput {
             id: s.id.clone(),
@@ -371,6 +379,7 @@ pub fn plan_input(
         economics: planner::Economics {
             miss_cost_ms: cfg.miss_cost_ms,
             memory_cost_ms_per_mb_hour: cfg.memory_cost_ms_per_mb_hour,
+            round_ms: cfg.interval.as_secs_f64() * 1e3 * clock.speed(),
         },
         nodes,
         shards,
@@ -411,6 +420,8 @@ mod tests {
             observed_rps: 3.0,
             skill: 0.9,
             p_exceed: None,
+            p_exceed_next: None,
+            next_hour_ms: 0,
         };
         let p = NoDemand.planned(&d);
         assert_eq!((p.predicted_rps, p.observed_rps), (0.0, 0.0));
@@ -421,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn the_forecast_prices_a_copy_by_the_hour_in_progress_or_the_next() {
+    fn the_forecast_gives_the_hour_in_progress_and_the_next_apart() {
         use crate::engine::{HorizonForecast, ShardForecast, Source};
         let levels = vec![0.1, 0.5, 0.9];
         let hf = |horizon, values: [f32; 3]| HorizonForecast {
@@ -457,16 +468,18 @@ mod tests {
             }
         }
         let p = policy.predict(&at(&quiet_then_spike));
-        let pe = p.p_exceed.unwrap();
-        assert!(pe > 0.9, "the next hour's spike is priced now: {pe}");
+        let (this, next) = (p.p_exceed.unwrap(), p.p_exceed_next.unwrap());
+        assert!(this < 0.01, "the hour in progress is quiet: {this}");
+        assert!(next > 0.9, "the next hour's spike: {next}");
         assert_eq!(p.rise_at_ms, None, "the rise is the next hour's");
         let spike_now = set([150.0, 200.0, 300.0], [1.0, 2.0, 3.0]);
         let p = policy.predict(&at(&spike_now));
         assert!(p.p_exceed.unwrap() > 0.9);
+        assert!(p.p_exceed_next.unwrap() < 0.01);
         assert_eq!(p.rise_at_ms, Some(7), "the hour in progress rises now");
         let quiet = set([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]);
         let p = policy.predict(&at(&quiet));
-        assert!(p.p_exceed.unwrap() < 0.01);
+        assert!(p.p_exceed.unwrap() < 0.01 && p.p_exceed_next.unwrap() < 0.01);
     }
 
     #[test]

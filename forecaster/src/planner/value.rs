@@ -26,6 +26,11 @@ pub struct Economics {
     /// Storefront ms one MB of cache must save per hour to be worth
     /// holding. 0 turns the weighing off (the quantile rule decides).
     pub memory_cost_ms_per_mb_hour: f64,
+    /// Clock ms between two manager rounds: a copy ordered now serves from
+    /// the first round after it landed, so the next hour's crossing needs
+    /// a copy now only when an order placed a round later would be late
+    /// ([`Economics::priced`]).
+    pub round_ms: f64,
 }
 
 impl Economics {
@@ -51,6 +56,40 @@ impl Economics {
             self.cost_ms_per_hour(bytes) / per_p
         } else {
             f64::INFINITY
+        }
+    }
+
+    /// Clock ms from ordering a copy until it serves, at the latest, if
+    /// the order waits for the next round: that round, the transfer, and
+    /// the round after it that turns the landed copy serving.
+    pub fn lead_ms(&self, transfer_ms: i64) -> i64 {
+        let round = if self.round_ms.is_finite() {
+            self.round_ms.max(0.0)
+        } else {
+            0.0
+        };
+        (2.0 * round) as i64 + transfer_ms.max(0)
+    }
+
+    /// The probability a copy is priced at this round: the hour in
+    /// progress's, or the next hour's when that is higher and waiting
+    /// would be late — the next hour starts within [`Economics::lead_ms`]
+    /// (`until_next_ms` away) — or the copy is already held (dropping it
+    /// now only to fetch it again for the next hour is churn; and a
+    /// forecast computed before the hour turned still calls the hour in
+    /// progress "next"). `None` when the forecast gives neither.
+    pub fn priced(
+        &self,
+        this: Option<f64>,
+        next: Option<f64>,
+        held: bool,
+        until_next_ms: i64,
+        transfer_ms: i64,
+    ) -> Option<f64> {
+        let next = next.filter(|_| held || until_next_ms <= self.lead_ms(transfer_ms));
+        match (this, next) {
+            (Some(a), Some(b)) => Some(clamp01(a).max(clamp01(b))),
+            (a, b) => a.or(b).map(clamp01),
         }
     }
 
@@ -149,6 +188,7 @@ mod tests {
         let e = Economics {
             miss_cost_ms: 30.0,
             memory_cost_ms_per_mb_hour: 150.0,
+            round_ms: 0.0,
         };
         let at = |x: f64| e.value_ms_per_hour(p_exceed(&L, &v, x), x);
         assert!(at(1_000.0) < at(200.0) && at(200.0) < at(100.0));
@@ -164,6 +204,7 @@ mod tests {
         let e = Economics {
             miss_cost_ms: 30.0,
             memory_cost_ms_per_mb_hour: 1000.0,
+            round_ms: 0.0,
         };
         // 150 kB: 150 ms of storefront wait per hour to pay; 40 requests/h
         // at the threshold: 1,200 ms per unit of probability.
@@ -184,6 +225,33 @@ mod tests {
             ..e
         }
         .enabled());
+    }
+
+    #[test]
+    fn the_next_hour_prices_a_copy_only_when_waiting_a_round_would_be_late() {
+        // Rounds 20 clock minutes apart, a 1-minute transfer: an order at
+        // the next round serves 41 minutes from now at the latest.
+        let min = 60_000;
+        let e = Economics {
+            miss_cost_ms: 30.0,
+            memory_cost_ms_per_mb_hour: 150.0,
+            round_ms: 20.0 * min as f64,
+        };
+        assert_eq!(e.lead_ms(min), 41 * min);
+        let (quiet, spike) = (Some(0.001), Some(0.9));
+        // 50 minutes before the spike hour: the next round is in time.
+        assert_eq!(e.priced(quiet, spike, false, 50 * min, min), quiet);
+        // 41 minutes before: the next round would be late; price it now.
+        assert_eq!(e.priced(quiet, spike, false, 41 * min, min), spike);
+        // A copy held keeps the next hour's price: no drop and re-fetch.
+        assert_eq!(e.priced(quiet, spike, true, 50 * min, min), spike);
+        // The hour in progress always counts.
+        assert_eq!(e.priced(spike, quiet, false, 50 * min, min), spike);
+        assert_eq!(e.priced(None, spike, false, 50 * min, min), None);
+        assert_eq!(e.priced(None, spike, false, 10 * min, min), spike);
+        assert_eq!(e.priced(None, None, true, 0, min), None);
+        // A slower transfer needs the copy earlier.
+        assert_eq!(e.priced(quiet, spike, false, 50 * min, 10 * min), spike);
     }
 
     proptest! {
@@ -210,7 +278,7 @@ mod tests {
             p in 0.0f64..1.0, dp in 0.0f64..0.5, thr in 0.0001f64..10.0, k in 1.0f64..10.0,
             bytes in 1u64..10_000_000, price in 1.0f64..10_000.0,
         ) {
-            let e = Economics { miss_cost_ms: 30.0, memory_cost_ms_per_mb_hour: price };
+            let e = Economics { miss_cost_ms: 30.0, memory_cost_ms_per_mb_hour: price, round_ms: 0.0 };
             if e.worth_a_copy(p, thr, bytes) {
                 prop_assert!(e.worth_a_copy((p + dp).min(1.0), thr, bytes));
                 prop_assert!(e.worth_a_copy(p, thr * k, bytes));

@@ -245,8 +245,10 @@ impl State {
             let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
             let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
             let threshold = self.thresholds.get(&p.id).copied().unwrap_or(p.threshold);
-            let calm =
-                observed <= threshold * self.settings.scale_in_ratio || !self.settings.plans_demand;
+            // The planner's scale-in rule (its band depends on the forecast).
+            let calm = p.calm
+                || observed <= threshold * self.settings.scale_in_ratio
+                || !self.settings.plans_demand;
             if hot || !calm {
                 continue;
             }

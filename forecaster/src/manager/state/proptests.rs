@@ -101,6 +101,8 @@ fn input(st: &State, demand: &[f64], now: i64, churn_budget: usize) -> PlanInput
                     observed_rps: demand.get(i).copied().unwrap_or(0.0) / 2.0,
                     skill: 0.5,
                     p_exceed: None,
+                    p_exceed_next: None,
+                    next_hour_ms: 0,
                 },
                 bytes: 1 << 20,
                 pinned: st.operator.pins.get(id).cloned(),

@@ -510,6 +510,7 @@ fn refreshes_open_at_once_are_bounded_and_the_most_loaded_go_first() {
             observed_rps: 0.0,
             threshold: 1.0,
             reason: (i >= n - 10).then_some(Reason::Forecast),
+            calm: false,
         })
         .collect();
     st.apply(Event::PlanComputed {

@@ -28,6 +28,7 @@ fn plan(
         observed_rps: observed,
         threshold: THRESHOLD,
         reason: hot,
+        calm: false,
     };
     st.apply(Event::PlanComputed {
         plan: Plan {
