@@ -11,7 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use super::store_url::StoreUrl;
+use super::store_url::{ClusterUrl, StoreUrl};
 
 /// Connecting to one node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,6 +20,53 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A whole call on a cluster, its redirects and retries through a failover
 /// included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client for the cluster `url` names that connects on first use (a
+/// cluster that is down now is tried again on every call): `response` bounds
+/// one attempt, `call` a whole call with its redirects and its retries
+/// through a failover (waits of 50 ms doubling to 1 s, ~8 s in all).
+pub fn cluster_connection(
+    url: &ClusterUrl,
+    response: Duration,
+    call: Duration,
+) -> Result<ClusterConnection, String> {
+    let client = redis::cluster::ClusterClientBuilder::new(url.seeds.clone())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response)
+        .overall_response_timeout(Some(call))
+        .retries(10)
+        .min_retry_wait(50)
+        .max_retry_wait(1000)
+        .retry_wait_formula(50, 2)
+        .build()
+        .map_err(|e| format!("redis cluster {:?}: {e}", url.seeds))?;
+    Ok(client.get_pending_async_connection_with_config(ClusterConfig::new()))
+}
+
+/// `WAIT replicas timeout` on the master serving `key`'s slot (left to
+/// itself the client would send it to every master): how many of that
+/// master's replicas hold every write this client sent it.
+pub async fn slot_replicas_acked(
+    conn: &mut ClusterConnection,
+    key: &str,
+    replicas: u32,
+    timeout: Duration,
+) -> redis::RedisResult<i64> {
+    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+        key,
+        SlotAddr::Master,
+    )));
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas).arg(timeout.as_millis() as u64);
+    match conn.route_command(cmd, route).await? {
+        Value::Int(n) => Ok(n),
+        other => Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "WAIT answered something other than a count",
+            format!("{other:?}"),
+        ))),
+    }
+}
 
 /// A connection to one Redis or to a cluster.
 #[derive(Clone)]
@@ -53,19 +100,9 @@ pub async fn connect(url: &str) -> Result<Conn, String> {
             }
         }
         StoreUrl::Cluster(c) => {
-            let client = redis::cluster::ClusterClientBuilder::new(c.seeds.clone())
-                .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT)
-                .overall_response_timeout(Some(CALL_TIMEOUT))
-                // Through a failover: 50 ms doubling to 1 s between tries.
-                .retries(10)
-                .min_retry_wait(50)
-                .max_retry_wait(1000)
-                .retry_wait_formula(50, 2)
-                .build()
-                .map_err(|e| format!("redis cluster {:?}: {e}", c.seeds))?;
+            let conn = cluster_connection(&c, RESPONSE_TIMEOUT, CALL_TIMEOUT)?;
             Ok(Conn::Cluster {
-                conn: client.get_pending_async_connection_with_config(ClusterConfig::new()),
+                conn,
                 wait_replicas: c.wait_replicas,
                 wait_timeout: c.wait_timeout,
             })
@@ -94,20 +131,9 @@ impl Conn {
         if *wait_replicas == 0 {
             return Ok(());
         }
-        // Left to itself the client would send WAIT to every master.
-        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-            key,
-            SlotAddr::Master,
-        )));
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(*wait_replicas).arg(wait_timeout.as_millis() as u64);
-        let acked = conn
-            .route_command(cmd, route)
+        let acked = slot_replicas_acked(conn, key, *wait_replicas, *wait_timeout)
             .await
             .map_err(|e| format!("WAIT after writing `{key}`: {e}"))?;
-        let Value::Int(acked) = acked else {
-            return Err(format!("WAIT answered {acked:?}"));
-        };
         if acked < i64::from(*wait_replicas) {
             return Err(format!(
                 "the write to `{key}` reached {acked} of {wait_replicas} replicas within {} ms",

@@ -25,9 +25,7 @@
 
 use std::time::Duration;
 
-use redis::cluster::ClusterConfig;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::CacheError;
@@ -37,7 +35,6 @@ pub use shardmap::contract::store_url::{ClusterUrl, CLUSTER_SCHEME as SCHEME};
 
 /// Per-attempt deadlines and the deadline of a whole call (retries and
 /// redirects included) on a cluster.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -55,19 +52,9 @@ pub trait Connect {
 
 impl Connect for ClusterUrl {
     fn connect(&self) -> Result<ClusterConnection, CacheError> {
-        let client = redis::cluster::ClusterClientBuilder::new(self.seeds.clone())
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .overall_response_timeout(Some(CALL_TIMEOUT))
-            // Through a failover: waits of 50 ms doubling to 1 s, ~8 s in
-            // all, within the call's deadline; the transfer retries beyond.
-            .retries(10)
-            .min_retry_wait(50)
-            .max_retry_wait(1000)
-            .retry_wait_formula(50, 2)
-            .build()
-            .map_err(|e| CacheError::Other(format!("redis cluster {:?}: {e}", self.seeds)))?;
-        Ok(client.get_pending_async_connection_with_config(ClusterConfig::new()))
+        // The transfer retries past the call's deadline itself.
+        shardmap::contract::store::cluster_connection(self, RESPONSE_TIMEOUT, CALL_TIMEOUT)
+            .map_err(CacheError::Other)
     }
 }
 
@@ -115,20 +102,9 @@ pub async fn wait_replicated(
     replicas: u32,
     timeout: Duration,
 ) -> Result<(), CacheError> {
-    // The client would send WAIT to every master; it must go to this slot's.
-    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-        key,
-        SlotAddr::Master,
-    )));
-    let mut cmd = redis::cmd("WAIT");
-    cmd.arg(replicas).arg(timeout.as_millis() as u64);
-    let acked = conn
-        .route_command(cmd, route)
+    let acked = shardmap::contract::store::slot_replicas_acked(conn, key, replicas, timeout)
         .await
         .map_err(super::redis::rerr)?;
-    let Value::Int(acked) = acked else {
-        return Err(CacheError::Other(format!("WAIT answered {acked:?}")));
-    };
     if acked < i64::from(replicas) {
         return Err(CacheError::Unavailable(format!(
             "write to `{key}` reached {acked} of {replicas} replicas within {} ms",
