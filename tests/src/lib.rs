@@ -319,3 +319,48 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
+
+/// A topology file's text: replication factor 2, the `nodes` as
+/// (name, address), and a shard `UK/<CATEGORY>` for each (category,
+/// replicas) in `shards`.
+pub fn topology_toml(nodes: &[(&str, &str)], shards: &[(&str, &[&str])]) -> String {
+    let mut t = String::from("replication_factor = 2\n");
+    for (name, address) in nodes {
+        t.push_str(&format!(
+            "[[nodes]]\nname = \"{name}\"\naddress = \"{address}\"\n"
+        ));
+    }
+    for (category, replicas) in shards {
+        let replicas: Vec<String> = replicas.iter().map(|r| format!("\"{r}\"")).collect();
+        t.push_str(&format!(
+            "[[shards]]\nid = \"UK/{category}\"\ncategories = [\"{category}\"]\nregions = [\"UK\"]\nreplicas = [{}]\n",
+            replicas.join(", ")
+        ));
+    }
+    t
+}
+
+/// A proxy's config text over `topology.toml` in its directory: traffic on
+/// `http`, admin on `admin`, the `sections` as given (e.g. `[control]` or
+/// `[health]`), one route `/inventory/{sku}` in region UK, and the catalog
+/// `skus` as (sku, category).
+pub fn proxy_toml(http: u16, admin: u16, sections: &str, skus: &[(&str, &str)]) -> String {
+    let mut t = format!(
+        "topology = \"topology.toml\"\n\
+         [listen]\nhttp = [\"127.0.0.1:{http}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
+         {sections}\
+         [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
+         [catalog.skus]\n"
+    );
+    for (sku, category) in skus {
+        t.push_str(&format!("\"{sku}\" = \"{category}\"\n"));
+    }
+    t
+}
+
+/// `[control]` following the metadata store at `metadata` (none: the
+/// manager pushes), polling every `poll_ms`.
+pub fn control_section(metadata: Option<&str>, prefix: &str, poll_ms: u64) -> String {
+    let metadata = metadata.map_or(String::new(), |m| format!("metadata = \"{m}\"\n"));
+    format!("[control]\n{metadata}prefix = \"{prefix}\"\npoll_ms = {poll_ms}\n")
+}

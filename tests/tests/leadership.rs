@@ -20,7 +20,8 @@ use shardcast_forecaster::manager::metadata::{self, Published};
 use shardmap::contract::MetadataKeys;
 use shardmap::{AssignmentVersion, TableUpdate};
 use system::{
-    assignment_version, bin, eventually, free_port, get_json, load, metric, FakeNode, Proc, Redis,
+    assignment_version, bin, control_section, eventually, free_port, get_json, load, metric,
+    proxy_toml, topology_toml, FakeNode, Proc, Redis,
 };
 
 const PREFIX: &str = "ha";
@@ -72,28 +73,19 @@ impl Stack {
         let topology = d.join("topology.toml");
         std::fs::write(
             &topology,
-            format!(
-                "replication_factor = 2\n\
-                 [[nodes]]\nname = \"a\"\naddress = \"{a}\"\n\
-                 [[nodes]]\nname = \"b\"\naddress = \"{b}\"\n\
-                 [[nodes]]\nname = \"e\"\naddress = \"{e}\"\n\
-                 [[shards]]\nid = \"UK/ALPHA\"\ncategories = [\"ALPHA\"]\nregions = [\"UK\"]\nreplicas = [\"a\", \"b\"]\n\
-                 [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"e\"]\n",
-                a = nodes[0].addr,
-                b = nodes[1].addr,
-                e = nodes[2].addr,
+            topology_toml(
+                &[
+                    ("a", &nodes[0].addr.to_string()),
+                    ("b", &nodes[1].addr.to_string()),
+                    ("e", &nodes[2].addr.to_string()),
+                ],
+                &[("ALPHA", &["a", "b"]), ("BETA", &["b", "e"])],
             ),
         )
         .unwrap();
         let proxy_toml = |hp: u16, ap: u16, metadata: Option<&str>| {
-            let metadata = metadata.map_or(String::new(), |m| format!("metadata = \"{m}\"\n"));
-            format!(
-                "topology = \"topology.toml\"\n\
-                 [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
-                 [control]\n{metadata}prefix = \"{PREFIX}\"\npoll_ms = 300\n\
-                 [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
-                 [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n",
-            )
+            let control = control_section(metadata, PREFIX, 300);
+            proxy_toml(hp, ap, &control, &[("A1", "ALPHA"), ("B1", "BETA")])
         };
         let mut proxies = Vec::new();
         let mut admins = Vec::new();

@@ -20,7 +20,10 @@ use shardcast_forecaster::manager::metadata::{self, Published};
 use shardcast_sync::testkit::RedisCluster;
 use shardmap::contract::MetadataKeys;
 use shardmap::{AssignmentVersion, TableUpdate};
-use system::{assignment_version, bin, eventually, free_port, get_json, replicas, FakeNode, Proc};
+use system::{
+    assignment_version, bin, control_section, eventually, free_port, get_json, replicas,
+    topology_toml, FakeNode, Proc,
+};
 
 const PREFIX: &str = "mc";
 const LEASE_MS: u64 = 3000;
@@ -64,16 +67,13 @@ impl Stack {
         let topology = d.join("topology.toml");
         std::fs::write(
             &topology,
-            format!(
-                "replication_factor = 2\n\
-                 [[nodes]]\nname = \"a\"\naddress = \"{a}\"\n\
-                 [[nodes]]\nname = \"b\"\naddress = \"{b}\"\n\
-                 [[nodes]]\nname = \"e\"\naddress = \"{e}\"\n\
-                 [[shards]]\nid = \"UK/ALPHA\"\ncategories = [\"ALPHA\"]\nregions = [\"UK\"]\nreplicas = [\"a\", \"b\"]\n\
-                 [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"e\"]\n",
-                a = nodes[0].addr,
-                b = nodes[1].addr,
-                e = nodes[2].addr,
+            topology_toml(
+                &[
+                    ("a", &nodes[0].addr.to_string()),
+                    ("b", &nodes[1].addr.to_string()),
+                    ("e", &nodes[2].addr.to_string()),
+                ],
+                &[("ALPHA", &["a", "b"]), ("BETA", &["b", "e"])],
             ),
         )
         .unwrap();
@@ -81,12 +81,11 @@ impl Stack {
         let proxy_toml = d.join("proxy.toml");
         std::fs::write(
             &proxy_toml,
-            format!(
-                "topology = \"topology.toml\"\n\
-                 [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
-                 [control]\nmetadata = \"{url}\"\nprefix = \"{PREFIX}\"\npoll_ms = {POLL_MS}\n\
-                 [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
-                 [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n",
+            system::proxy_toml(
+                hp,
+                ap,
+                &control_section(Some(url), PREFIX, POLL_MS),
+                &[("A1", "ALPHA"), ("B1", "BETA")],
             ),
         )
         .unwrap();

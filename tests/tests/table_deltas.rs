@@ -13,7 +13,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use system::{assignment_version, bin, eventually, free_port, get_json, replicas, FakeNode, Proc};
+use system::{
+    assignment_version, bin, eventually, free_port, get_json, proxy_toml, replicas, topology_toml,
+    FakeNode, Proc,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_refuses_the_delta_and_takes_the_full_table() {
@@ -28,16 +31,18 @@ async fn a_restarted_proxy_refuses_the_delta_and_takes_the_full_table() {
     let [a, b, ne, ng] = nodes;
     std::fs::write(
         d.join("topology.toml"),
-        format!(
-            "replication_factor = 2\n\
-             [[nodes]]\nname = \"a\"\naddress = \"{}\"\n\
-             [[nodes]]\nname = \"b\"\naddress = \"{}\"\n\
-             [[nodes]]\nname = \"e\"\naddress = \"{}\"\n\
-             [[nodes]]\nname = \"g\"\naddress = \"{}\"\n\
-             [[shards]]\nid = \"UK/ALPHA\"\ncategories = [\"ALPHA\"]\nregions = [\"UK\"]\nreplicas = [\"a\", \"e\"]\n\
-             [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"g\"]\n\
-             [[shards]]\nid = \"UK/GAMMA\"\ncategories = [\"GAMMA\"]\nregions = [\"UK\"]\nreplicas = [\"a\", \"b\"]\n",
-            a.addr, b.addr, ne.addr, ng.addr,
+        topology_toml(
+            &[
+                ("a", &a.addr.to_string()),
+                ("b", &b.addr.to_string()),
+                ("e", &ne.addr.to_string()),
+                ("g", &ng.addr.to_string()),
+            ],
+            &[
+                ("ALPHA", &["a", "e"]),
+                ("BETA", &["b", "g"]),
+                ("GAMMA", &["a", "b"]),
+            ],
         ),
     )
     .unwrap();
@@ -46,12 +51,11 @@ async fn a_restarted_proxy_refuses_the_delta_and_takes_the_full_table() {
     let proxy_file = d.join("proxy.toml");
     std::fs::write(
         &proxy_file,
-        format!(
-            "topology = \"topology.toml\"\n\
-             [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
-             [health]\ninterval_ms = 200\ntimeout_ms = 200\neject_after_failures = 1\n\
-             [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
-             [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n\"G1\" = \"GAMMA\"\n",
+        proxy_toml(
+            hp,
+            ap,
+            "[health]\ninterval_ms = 200\ntimeout_ms = 200\neject_after_failures = 1\n",
+            &[("A1", "ALPHA"), ("B1", "BETA"), ("G1", "GAMMA")],
         ),
     )
     .unwrap();

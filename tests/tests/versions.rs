@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use system::{
-    assignment_version, bin, eventually, free_port, get_json, metric, replicas, FakeNode, Proc,
-    Redis,
+    assignment_version, bin, control_section, eventually, free_port, get_json, metric, proxy_toml,
+    replicas, topology_toml, FakeNode, Proc, Redis,
 };
 
 /// The replica nodes of `shard` in a proxy's `/admin/table`.
@@ -45,29 +45,20 @@ async fn the_manager_numbers_its_table_past_a_refusal_and_the_proxies_converge()
     let topology = d.join("topology.toml");
     std::fs::write(
         &topology,
-        format!(
-            "replication_factor = 2\n\
-             [[nodes]]\nname = \"a\"\naddress = \"{a}\"\n\
-             [[nodes]]\nname = \"b\"\naddress = \"{b}\"\n\
-             [[nodes]]\nname = \"c\"\naddress = \"{dead}\"\n\
-             [[nodes]]\nname = \"e\"\naddress = \"{e}\"\n\
-             [[shards]]\nid = \"UK/ALPHA\"\ncategories = [\"ALPHA\"]\nregions = [\"UK\"]\nreplicas = [\"a\", \"c\"]\n\
-             [[shards]]\nid = \"UK/BETA\"\ncategories = [\"BETA\"]\nregions = [\"UK\"]\nreplicas = [\"b\", \"e\"]\n",
-            a = a.addr,
-            b = b.addr,
-            e = e.as_ref().unwrap().addr,
+        topology_toml(
+            &[
+                ("a", &a.addr.to_string()),
+                ("b", &b.addr.to_string()),
+                ("c", &dead),
+                ("e", &e.as_ref().unwrap().addr.to_string()),
+            ],
+            &[("ALPHA", &["a", "c"]), ("BETA", &["b", "e"])],
         ),
     )
     .unwrap();
     let proxy_toml = |hp: u16, ap: u16, metadata: Option<&str>| {
-        let metadata = metadata.map_or(String::new(), |m| format!("metadata = \"{m}\"\n"));
-        format!(
-            "topology = \"topology.toml\"\n\
-             [listen]\nhttp = [\"127.0.0.1:{hp}\"]\nadmin = \"127.0.0.1:{ap}\"\n\
-             [control]\n{metadata}prefix = \"{PREFIX}\"\npoll_ms = 500\n\
-             [[routes]]\nname = \"inventory\"\npath = \"/inventory/{{sku}}\"\ndefault_region = \"UK\"\n\
-             [catalog.skus]\n\"A1\" = \"ALPHA\"\n\"B1\" = \"BETA\"\n",
-        )
+        let control = control_section(metadata, PREFIX, 500);
+        proxy_toml(hp, ap, &control, &[("A1", "ALPHA"), ("B1", "BETA")])
     };
     let mut procs = Vec::new();
     let mut admins = Vec::new();
