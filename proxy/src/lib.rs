@@ -27,3 +27,4 @@ pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
