@@ -27,4 +27,3 @@ pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
-pub mod upstream;

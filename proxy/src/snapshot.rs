@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use pingora_core::connectors::L4Connect;
 use pingora_core::upstreams::peer::HttpPeer;
 use shardmap::config::MissingKey;
 use shardmap::table::NodeIdx;
@@ -15,7 +14,6 @@ use shardmap::{Catalog, Config, RoutingTable};
 
 use crate::node::{NodeRegistry, NodeRuntime};
 use crate::telemetry::{ShardStats, StatsRegistry};
-use crate::upstream::{UpstreamConnect, UpstreamDeadlines};
 
 /// What identifies a loaded catalog, so a reload that does not touch the
 /// catalog reuses it instead of re-reading millions of rows.
@@ -112,13 +110,6 @@ pub struct Snapshot {
 pub fn resolve_peers(config: &Config, table: &RoutingTable) -> Result<Vec<HttpPeer>, String> {
     let t = &config.timeouts;
     let mut peers = Vec::with_capacity(table.nodes.len());
-    let connect: Arc<dyn L4Connect + Send + Sync> = Arc::new(UpstreamConnect {
-        deadlines: UpstreamDeadlines {
-            read: t.read,
-            write: t.write,
-            idle: t.upstream_idle,
-        },
-    });
     for (i, n) in table.nodes.iter().enumerate() {
         use std::net::ToSocketAddrs;
         let addr = n
@@ -128,15 +119,11 @@ pub fn resolve_peers(config: &Config, table: &RoutingTable) -> Result<Vec<HttpPe
             .next()
             .ok_or_else(|| format!("nodes[{i}].address: `{}` resolves to nothing", n.address))?;
         let mut p = HttpPeer::new(addr, false, String::new());
-        // The connect deadline: Pingora's, around the whole connect.
+        p.options.connection_timeout = Some(t.connect);
         p.options.total_connection_timeout = Some(t.connect);
-        // The read, write and idle deadlines: the connection's own, on one
-        // timer per connection (`upstream`), not Pingora's timer per read,
-        // per write and per pooled connection.
-        p.options.read_timeout = None;
-        p.options.write_timeout = None;
-        p.options.idle_timeout = None;
-        p.options.custom_l4 = Some(connect.clone());
+        p.options.read_timeout = Some(t.read);
+        p.options.write_timeout = Some(t.write);
+        p.options.idle_timeout = Some(t.upstream_idle);
         p.options.tcp_keepalive = None;
         peers.push(p);
     }
