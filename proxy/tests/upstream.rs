@@ -135,8 +135,16 @@ fn within(t: Duration, lo: u64, what: &str) {
 async fn a_node_that_never_answers_is_cut_off_at_read_ms_and_charged() {
     let n = RawNode::start("n1", SILENT).await;
     let p = Proxy::start(&[&n.node], deadlines(400, 60_000)).await;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let t0 = Instant::now();
-    let r = reqwest::get(p.url("/inventory/A1")).await.unwrap();
+    let r = c
+        .get(p.url("/inventory/A1"))
+        .send()
+        .await
+        .expect("the proxy still waits for the silent node after 5 s");
     within(t0.elapsed(), 400, "a silent node");
     assert_eq!(r.status(), 502);
     assert_eq!(n.conns.load(SeqCst), 1);
@@ -144,7 +152,7 @@ async fn a_node_that_never_answers_is_cut_off_at_read_ms_and_charged() {
     assert_eq!(errors, Some(1.0), "the node is charged for its silence");
     // Answering again, it serves again.
     n.mode.store(ANSWER, SeqCst);
-    let r = reqwest::get(p.url("/inventory/A1")).await.unwrap();
+    let r = c.get(p.url("/inventory/A1")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "hello");
 }
