@@ -557,7 +557,13 @@ impl ProxyHttp for ShardProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code > 0 {
+        // A response already under way (a node that stopped mid-body) is
+        // cut where it stands: the connection closes, so the client sees a
+        // short body, never an error page appended to it.
+        let started = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational() || r.status == 101);
+        if code > 0 && !started {
             let msg = match code {
                 502 => "bad gateway: no replica answered",
                 503 => "service unavailable: no replica available",
