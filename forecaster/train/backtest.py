@@ -16,7 +16,8 @@ training, validation, model selection or calibration. Setups, one per
 horizon: H 1 and 24, D 1 and 7, W 1 and 4, M 1 and 12. A setup's origins
 are every period of the window whose horizon still ends inside it (the
 hourly 24-step setup: every midnight), and every method is scored on the
-same (series, origin, step) cells.
+same (series, origin, step) cells: with ``--open-hours``, an hourly panel's open
+hours and a daily panel's trading days only (a closed day's demand is known).
 
 Methods: the LSTM (trained here with the frequency's defaults, early stopping
 on the validation window before the test, refitted up to its best step; run
