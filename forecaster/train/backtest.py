@@ -16,7 +16,8 @@ training, validation, model selection or calibration. Setups, one per
 horizon: H 1 and 24, D 1 and 7, W 1 and 4, M 1 and 12. A setup's origins
 are every period of the window whose horizon still ends inside it (the
 hourly 24-step setup: every midnight), and every method is scored on the
-same (series, origin, step) cells.
+same (series, origin, step) cells: with ``--open-hours``, an hourly panel's open
+hours and a daily panel's trading days only (a closed day's demand is known).
 
 Methods: the LSTM (trained here with the frequency's defaults, early stopping
 on the validation window before the test, refitted up to its best step; run
@@ -66,7 +67,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import FREQS, FeatureSpec, Prepared, load_panel, open_hours_mask, seasonal_mae, set_threads  # noqa: E402
+from common import (FREQS, FeatureSpec, Prepared, load_panel, open_days_mask, open_hours_mask, seasonal_mae,  # noqa: E402
+                    set_threads)
 
 set_threads()
 
@@ -102,7 +104,8 @@ def parse_args(argv=None):
     ap.add_argument("--events", default=None, help="event calendar CSV (SIGNALS.md); none unless given")
     ap.add_argument("--timezone", default="UTC", help="IANA time zone of an hourly panel's naive timestamps (its store's wall clock), e.g. Europe/London; daylight saving included")
     ap.add_argument("--open-hours", default="all",
-                    help="hourly cells that count (training calibration and scoring): 'all' or e.g. 'Sun-Fri:08-17'")
+                    help="cells that count: 'all' or e.g. 'Sun-Fri:08-17' (hourly: training calibration and scoring; "
+                         "daily: only its days are scored, the others are closed)")
     ap.add_argument("--out", required=True, help="output directory (EVAL.md, eval.json, models/)")
     ap.add_argument("--name", default=None, help="model name (default: backtest_<freq>)")
     ap.add_argument("--cv-folds", type=int, default=2,
@@ -512,13 +515,15 @@ def main(argv=None) -> dict:
     hmax = max(h for h, _ in setups)
     if test < hmax:
         raise BacktestError(f"--test-periods {test} is shorter than the longest horizon ({hmax} {UNIT[freq]}s)")
-    if freq == "H":
-        try:
+    try:
+        if freq == "H":
             hours = open_hours_mask(panel.local, a.open_hours)
-        except ValueError:
-            raise BacktestError(f"--open-hours {a.open_hours!r}: use 'all' or e.g. 'Sun-Fri:08-17'") from None
-    else:
-        hours = np.ones(T, bool)
+        elif freq == "D":  # a closed day's demand is known (none): it is no forecast to score
+            hours = open_days_mask(panel.index, a.open_hours)
+        else:
+            hours = np.ones(T, bool)
+    except ValueError:
+        raise BacktestError(f"--open-hours {a.open_hours!r}: use 'all' or e.g. 'Sun-Fri:08-17'") from None
     test_start = T - test
     val = test if freq != "H" else min(test, 28 * 24)
     targs = train_args(a, name, mdir)
@@ -562,6 +567,14 @@ def main(argv=None) -> dict:
     trained = None
     if a.rescore:
         data = load_arrays(out / "forecasts.npz", windows, setups, test)
+        for c, _ in windows:  # the cells that count follow this run's flags (--open-hours), not the saved run's
+            sc = mase_scale(panel, c, hours)
+            for h, step in setups:
+                d = data[(c, h)]
+                y, m = cells(panel, c, h, step, d["n_win"], hours)
+                if y.shape != d["y"].shape or not np.allclose(y, d["y"]):
+                    raise BacktestError(f"--rescore: the saved run in {out} was made on other data (--panel?)")
+                d["m"], d["scale"] = m, sc
         prev = json.loads((out / "eval.json").read_text())
         trained = prev["trained"]
         if (prev.get("timezone") or "UTC") != a.timezone and freq == "H":
@@ -598,7 +611,7 @@ def main(argv=None) -> dict:
     result = {"panel": str(a.panel), "freq": freq, "series": len(panel.ids), "periods": T,
               "first_period": str(panel.index[0]), "last_period": str(panel.index[-1]),
               "test_periods": test, "test_window": [str(panel.index[test_start]), str(panel.index[-1])],
-              "cv_cutoffs": [str(panel.index[c]) for c in folds_c], "open_hours": a.open_hours if freq == "H" else None,
+              "cv_cutoffs": [str(panel.index[c]) for c in folds_c], "open_hours": a.open_hours if freq in ("H", "D") else None,
               "events": a.events, "timezone": a.timezone if freq == "H" else None, "daily_panel": a.daily_panel, "coverage_recal": a.coverage_recal, "mase_season": None, "baseline_history": bhist, "model": name, "spec": spec.to_json(),
               "trained": trained, "setups": []}
     for h, step in setups:

@@ -31,7 +31,10 @@ def report(r: dict, a) -> str:
              + (f"`{Path(r['events']).name}`." if r["events"] else "none.")
              + (f" Hourly cells scored: `{r['open_hours']}`; clock: `{r['timezone'] or 'UTC'}`"
                 + (" (the store's wall clock read as UTC)" if (r["timezone"] or "UTC") == "UTC" else "") + "."
-                if f == "H" else ""), "",
+                if f == "H" else "")
+             + (f" Days scored: the trading days of `{r['open_hours']}` (a closed day's demand is known to be "
+                "none, so no method is scored on it)." if f == "D" and (r.get("open_hours") or "all") != "all"
+                else ""), "",
              f"Model: `{r['model']}` — " + (f"the daily model trained on `{Path(r['daily_panel']).name}`, its "
                                             "weekly-total heads answering weeks 1-4: " if r.get("daily_panel") else "")
              + f"LSTM(hidden={tr.get('hyper', {}).get('hidden')}) over a context of "

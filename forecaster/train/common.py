@@ -560,6 +560,15 @@ def open_hours_mask(index: pd.DatetimeIndex, spec: str) -> np.ndarray:
     if spec == "all":
         return np.ones(len(index), bool)
     days, hours = spec.split(":")
+    h0, h1 = (int(x) for x in hours.split("-"))
+    return open_days_mask(index, spec) & (index.hour >= h0) & (index.hour <= h1)
+
+
+def open_days_mask(index: pd.DatetimeIndex, spec: str) -> np.ndarray:
+    """The trading days of an open-hours spec (``"Sun-Fri:08-17"`` -> Sunday .. Friday), every hour of them."""
+    if spec == "all":
+        return np.ones(len(index), bool)
+    days = spec.split(":")[0]
     names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
     d0, d1 = (names.index(x.strip().lower()[:3]) for x in days.split("-"))
     allowed = set()
@@ -569,8 +578,7 @@ def open_hours_mask(index: pd.DatetimeIndex, spec: str) -> np.ndarray:
         if d == d1:
             break
         d = (d + 1) % 7
-    h0, h1 = (int(x) for x in hours.split("-"))
-    return np.isin(index.dayofweek, list(allowed)) & (index.hour >= h0) & (index.hour <= h1)
+    return np.isin(index.dayofweek, list(allowed))
 
 
 def dump_json(obj, path: Path) -> None:

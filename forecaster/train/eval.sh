@@ -41,8 +41,9 @@ if [ ${#rescore_h[@]} -gt 0 ]; then
 fi
 $bt --panel "$data/shard_hourly.csv.gz" --freq H "${common[@]}" --open-hours Sun-Fri:08-17 --timezone "$tz" \
   --name shardcast_hourly --out "$out/hourly" "${rescore_h[@]}" --data-note "$note hour; data/online_retail/shard_hourly.csv.gz)"
-# daily: D h=1 may also be answered by the hourly models' 24-hour totals (the CV chooses)
-$bt --panel "$data/shard_daily.csv.gz" --freq D "${common[@]}" --hourly-run "$out/hourly" \
+# daily: D h=1 may also be answered by the hourly models' 24-hour totals (the CV chooses); the store's
+# trading days only are scored (it is closed on Saturdays: a day known to sell nothing is no forecast)
+$bt --panel "$data/shard_daily.csv.gz" --freq D "${common[@]}" --hourly-run "$out/hourly" --open-hours Sun-Fri:08-17 \
   --name shardcast_daily --out "$out/daily" "${rescore_dw[@]}" --data-note "$note day; data/online_retail/shard_daily.csv.gz)"
 # weekly: the daily model's weekly-total heads (7x the training samples of a weekly model); 4 CV folds
 # (a weekly model is cheap) reach back to the previous autumn, the season of the test window

@@ -106,6 +106,38 @@ def test_late_series_history_is_not_zero_filled(tmp_path):
     assert not p.observed()[2, :30].any() and p.observed()[2, 30:].all()
 
 
+def test_daily_scores_trading_days_only(tmp_path):
+    """``--open-hours`` on a daily panel: a closed day (known to sell nothing) is scored for no method, and a
+    ``--rescore`` follows the flag of the run that re-scores, not the saved one's."""
+    panel = synthetic("D", 300, tmp_path / "p.csv", late_start=False)
+    df = pd.read_csv(panel, parse_dates=["when"])
+    df.loc[df["when"].dt.dayofweek == 5, "sales"] = 0  # the shops close on Saturdays
+    df.to_csv(panel, index=False)
+    out = tmp_path / "out"
+    args = ["--panel", str(panel), "--freq", "D", "--id-col", "store", "--time-col", "when", "--target-col",
+            "sales", "--test-periods", "14", "--out", str(out), *FAST]
+    r = run(args)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    every_day = json.loads((out / "eval.json").read_text())
+    r = run([*args, "--rescore", "--open-hours", "Sun-Fri:08-17"])
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    trading = json.loads((out / "eval.json").read_text())
+    assert trading["open_hours"] == "Sun-Fri:08-17"
+    assert "trading days of `Sun-Fri:08-17`" in (out / "EVAL.md").read_text()
+    for a, b in zip(every_day["setups"], trading["setups"]):
+        assert a["cells"] == 3 * a["origins"] * a["horizon"]
+        # 14 test days hold two Saturdays: h=1 loses 2 of 14 origins' cells, h=7 one day in seven
+        assert b["cells"] == a["cells"] * 6 // 7, (a["cells"], b["cells"])
+        assert len({m["n"] for m in b["models"].values()}) == 1
+    sys.path.insert(0, str(HERE))
+    from common import open_days_mask
+
+    idx = pd.date_range("2024-01-01", periods=14, freq="D")  # a Monday
+    assert list(open_days_mask(idx, "Sun-Fri:08-17")) == [d != 5 for d in idx.dayofweek]
+    assert open_days_mask(idx, "all").all()
+    assert list(open_days_mask(idx, "Fri-Sun:10-16")) == [d in (4, 5, 6) for d in idx.dayofweek]
+
+
 def _err(args, tmp_path) -> str:
     r = run([*args, "--out", str(tmp_path / "o"), *FAST])
     assert r.returncode != 0
