@@ -341,16 +341,13 @@ pub fn plan(input: &PlanInput) -> Plan {
         // The forecast asks for a copy: by its expected value against its
         // memory when the forecast is probabilistic and prices are set,
         // else when the planning quantile crosses the threshold.
-        let priced = input
-            .economics
-            .priced(
-                s.demand.p_exceed,
-                s.demand.p_exceed_next,
-                current > rf,
-                s.demand.next_hour_ms - input.now_ms,
-                transfer_ms(s.bytes, input.bandwidth_bytes_per_s),
-            )
-            .map(|p| value::trusted(p, s.demand.skill));
+        let priced = input.economics.priced(
+            s.demand.p_exceed,
+            s.demand.p_exceed_next,
+            current > rf,
+            s.demand.next_hour_ms - input.now_ms,
+            transfer_ms(s.bytes, input.bandwidth_bytes_per_s),
+        );
         let by_value = priced.is_some() && input.economics.enabled();
         // What observed demand adds to the forecast's word on the threshold.
         let seen = if by_value && s.demand.observed_stale {

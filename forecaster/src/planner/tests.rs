@@ -293,42 +293,6 @@ fn a_forecast_copy_goes_once_the_crossing_passed_and_the_forecast_prices_none() 
 }
 
 #[test]
-fn a_forecast_of_little_skill_prices_its_crossing_lower() {
-    // Threshold 10 rps, 1 MB: 1,080,000 ms per unit of probability, and a
-    // price that puts the break-even at 0.1.
-    let planned = |skill: f64| {
-        let mut s = shard("s", &[("a", Serving), ("b", Serving)]);
-        s.demand.p_exceed = Some(0.2);
-        s.demand.p_exceed_next = Some(0.0);
-        s.demand.skill = skill;
-        let mut i = input(three(), vec![s]);
-        i.economics = Economics {
-            miss_cost_ms: 30.0,
-            memory_cost_ms_per_mb_hour: 108_000.0,
-            round_ms: 1_000.0,
-        };
-        plan(&i)
-    };
-    // A skilled forecast's 20 % is worth the copy.
-    let p = planned(0.8);
-    assert!(
-        matches!(
-            &p.actions[..],
-            [Action::Add {
-                reason: Reason::Forecast,
-                ..
-            }]
-        ),
-        "{:?}",
-        p.actions
-    );
-    // At skill 0.1 the same 20 % is priced at 5 %: under the break-even.
-    let p = planned(0.1);
-    assert!(p.actions.is_empty(), "{:?}", p.actions);
-    assert_eq!(p.shards[0].reason, None);
-}
-
-#[test]
 fn an_observation_no_newer_than_the_forecast_leaves_a_priced_copy_to_the_forecast() {
     let planned = |replicas: &[(&str, ReplicaState)], stale: bool, economics: bool| {
         let mut s = shard("s", replicas);

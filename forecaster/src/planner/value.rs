@@ -11,10 +11,9 @@
 //!   MB-hour of cache must save to be worth holding).
 //!
 //! The planner keeps (or adds) the copy while value ≥ cost. P comes from
-//! the probabilistic forecast's quantiles ([`p_exceed`]), taken at face
-//! value once the forecast has earned it on the shard ([`trusted`]); a
-//! shard with more traffic at its threshold is worth a copy at a lower
-//! probability, a big shard needs a higher one.
+//! the probabilistic forecast's quantiles ([`p_exceed`]); a shard with
+//! more traffic at its threshold is worth a copy at a lower probability,
+//! a big shard needs a higher one.
 
 use serde::Serialize;
 
@@ -99,27 +98,6 @@ impl Economics {
         let p = clamp01(p_exceed);
         p > 0.0 && p >= self.break_even(threshold_rps, bytes)
     }
-}
-
-/// Forecast skill (the planner's [`super::Demand::skill`]) at and above
-/// which a crossing probability is taken as the forecast gives it.
-pub const TRUSTED_SKILL: f64 = 0.4;
-
-/// The crossing probability a copy is priced at, given the skill the
-/// forecast has earned on the shard: as given at [`TRUSTED_SKILL`] or
-/// more, scaled down in proportion below it. A forecast whose median
-/// misses the hour by about as much as the hour itself (a sparse shard, a
-/// few requests an hour) reads its crossing off tail quantiles that are
-/// mostly noise: every open hour then looks like a possible crossing at
-/// 10–30 %, and taking that at face value buys a copy for most of the
-/// day where the shard crosses in a few hours.
-pub fn trusted(p_exceed: f64, skill: f64) -> f64 {
-    let s = if skill.is_finite() {
-        skill.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    clamp01(p_exceed) * (s / TRUSTED_SKILL).min(1.0)
 }
 
 fn clamp01(x: f64) -> f64 {
@@ -274,16 +252,6 @@ mod tests {
         assert_eq!(e.priced(None, None, true, 0, min), None);
         // A slower transfer needs the copy earlier.
         assert_eq!(e.priced(quiet, spike, false, 50 * min, 10 * min), spike);
-    }
-
-    #[test]
-    fn a_forecast_is_trusted_in_proportion_to_its_skill_up_to_the_bar() {
-        assert_eq!(trusted(0.3, 0.9), 0.3);
-        assert_eq!(trusted(0.3, TRUSTED_SKILL), 0.3);
-        assert!((trusted(0.3, TRUSTED_SKILL / 2.0) - 0.15).abs() < 1e-12);
-        assert_eq!(trusted(0.3, 0.0), 0.0);
-        assert_eq!(trusted(0.3, f64::NAN), 0.0);
-        assert_eq!(trusted(1.5, 1.0), 1.0, "still a probability");
     }
 
     proptest! {
