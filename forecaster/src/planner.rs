@@ -15,8 +15,7 @@
 //! enough serving replicas remain elsewhere. Scale-in happens only after
 //! *observed* demand falls (below threshold × `scale_in_ratio`, or below
 //! the threshold when a probabilistic forecast prices no copy); a low
-//! forecast alone never removes a replica, unless what was observed is no
-//! newer than what the forecast was made from. The same input always gives the same plan: shards and
+//! forecast alone never removes a replica. The same input always gives the same plan: shards and
 //! nodes are visited in name order and every tie is broken by name.
 
 pub mod value;
@@ -88,11 +87,6 @@ pub struct Demand {
     /// When the next hour starts, clock ms (0: unknown, the next hour is
     /// always in reach).
     pub next_hour_ms: i64,
-    /// `observed_rps` covers no later time than the forecast's origin (its
-    /// window spans an hour or more: the closed hour the forecast was made
-    /// from). With a crossing probability priced it then neither adds nor
-    /// keeps the extra copy: it says nothing the forecast does not.
-    pub observed_stale: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -348,13 +342,6 @@ pub fn plan(input: &PlanInput) -> Plan {
             s.demand.next_hour_ms - input.now_ms,
             transfer_ms(s.bytes, input.bandwidth_bytes_per_s),
         );
-        let by_value = priced.is_some() && input.economics.enabled();
-        // What observed demand adds to the forecast's word on the threshold.
-        let seen = if by_value && s.demand.observed_stale {
-            0.0
-        } else {
-            observed
-        };
         let forecast_crosses = match priced {
             Some(p) if input.economics.enabled() => {
                 input.economics.worth_a_copy(p, threshold, s.bytes)
@@ -365,7 +352,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             target = rf + 1;
             reason = Some(Reason::Forecast);
         }
-        if threshold > 0.0 && seen > threshold && target < rf + 1 {
+        if threshold > 0.0 && observed > threshold && target < rf + 1 {
             target = rf + 1;
             reason = Some(Reason::Load);
         }
@@ -374,17 +361,15 @@ pub fn plan(input: &PlanInput) -> Plan {
         // threshold × scale_in_ratio, or, when a probabilistic forecast
         // prices no copy, back under the threshold: the crossing has passed
         // and the probability, not the band, keeps the copy from flapping.
-        // An observation no fresher than the forecast's origin counts for
-        // nothing then: the probability alone decides.
-        let declined = by_value && !forecast_crosses;
+        let declined = priced.is_some() && input.economics.enabled() && !forecast_crosses;
         let band = if declined {
             1.0
         } else {
             input.scale_in_ratio.max(0.0)
         };
-        let calm = threshold > 0.0 && seen <= threshold * band;
+        let calm = threshold > 0.0 && observed <= threshold * band;
         if target < current {
-            let calm = seen <= threshold * band
+            let calm = observed <= threshold * band
                 && (replica_capacity <= 0.0
                     || (observed / replica_capacity).ceil() as usize <= target);
             if !calm {

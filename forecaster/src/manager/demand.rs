@@ -326,8 +326,6 @@ pub fn plan_input(
             p_exceed: p.p_exceed,
             p_exceed_next: p.p_exceed_next,
             next_hour_ms: next_hour,
-            // an hour or more: the closed hour the forecast was made from
-            observed_stale: observe_window_s >= 3600,
         };
         shards.push(ShardInput {
             id: s.id.clone(),
@@ -424,7 +422,6 @@ mod tests {
             p_exceed: None,
             p_exceed_next: None,
             next_hour_ms: 0,
-            observed_stale: false,
         };
         let p = NoDemand.planned(&d);
         assert_eq!((p.predicted_rps, p.observed_rps), (0.0, 0.0));

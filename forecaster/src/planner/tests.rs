@@ -292,74 +292,6 @@ fn a_forecast_copy_goes_once_the_crossing_passed_and_the_forecast_prices_none() 
     assert!(p.shards[0].calm);
 }
 
-#[test]
-fn an_observation_no_newer_than_the_forecast_leaves_a_priced_copy_to_the_forecast() {
-    let planned = |replicas: &[(&str, ReplicaState)], stale: bool, economics: bool| {
-        let mut s = shard("s", replicas);
-        s.demand.observed_rps = 11.0; // over the threshold, 10
-        s.demand.p_exceed = Some(0.0);
-        s.demand.p_exceed_next = Some(0.0);
-        s.demand.observed_stale = stale;
-        let mut i = input(three(), vec![s]);
-        if economics {
-            i.economics = Economics {
-                miss_cost_ms: 30.0,
-                memory_cost_ms_per_mb_hour: 150.0,
-                round_ms: 1_000.0,
-            };
-        }
-        plan(&i)
-    };
-    let cold = [("a", Serving), ("b", Serving)];
-    let hot = [("a", Serving), ("b", Serving), ("c", Serving)];
-    // A fresh observation over the threshold adds the copy, and keeps it.
-    let p = planned(&cold, false, true);
-    assert!(
-        matches!(
-            &p.actions[..],
-            [Action::Add {
-                reason: Reason::Load,
-                ..
-            }]
-        ),
-        "{:?}",
-        p.actions
-    );
-    let p = planned(&hot, false, true);
-    assert!(p.actions.is_empty(), "{:?}", p.actions);
-    assert!(!p.shards[0].calm);
-    // One the forecast was already made from does neither: the forecast
-    // says the hour in progress does not cross.
-    let p = planned(&cold, true, true);
-    assert!(p.actions.is_empty(), "{:?}", p.actions);
-    let p = planned(&hot, true, true);
-    assert!(
-        matches!(
-            &p.actions[..],
-            [Action::Drain {
-                reason: Reason::Load,
-                ..
-            }]
-        ),
-        "{:?}",
-        p.actions
-    );
-    assert!(p.shards[0].calm, "the node caches may evict it too");
-    // Without a priced forecast the observation is all there is.
-    let p = planned(&cold, true, false);
-    assert!(
-        matches!(
-            &p.actions[..],
-            [Action::Add {
-                reason: Reason::Load,
-                ..
-            }]
-        ),
-        "{:?}",
-        p.actions
-    );
-}
-
 // ---- properties ----
 
 fn arb_input() -> impl Strategy<Value = PlanInput> {
@@ -423,7 +355,6 @@ fn arb_input() -> impl Strategy<Value = PlanInput> {
                             p_exceed: None,
                             p_exceed_next: None,
                             next_hour_ms: 0,
-                            observed_stale: false,
                         },
                         bytes: 100_000,
                         pinned: pins.map(|p| p.into_iter().map(|n| format!("n{n}")).collect()),

@@ -103,7 +103,6 @@ fn input(st: &State, demand: &[f64], now: i64, churn_budget: usize) -> PlanInput
                     p_exceed: None,
                     p_exceed_next: None,
                     next_hour_ms: 0,
-                    observed_stale: false,
                 },
                 bytes: 1 << 20,
                 pinned: st.operator.pins.get(id).cloned(),
