@@ -400,6 +400,13 @@ class Run:
         # in a spike hour, the hour before one, the hour after, or other.
         when = defaultdict(int)
         when_samples = [0]
+        # Per shard too, to see which shards hold the copies.
+        when_by_shard = defaultdict(lambda: defaultdict(int))
+        # The forecasts the manager planned from, once per sample (trace
+        # second, shard → horizon → levels/values): what the crossing
+        # probability was read from, beside the hour's actual demand.
+        forecast_samples = []
+        last_origin = [None]
         self.reads = ProviderReadsByHour()
         changes = self.start_changes()
 
@@ -417,7 +424,17 @@ class Run:
                         when_samples[0] += 1
                         for v in n.values():
                             for h in (v.get("hosted") or []) if isinstance(v, dict) else []:
-                                when[copy_when(self.spikes.get(h.get("shard"), ()), tnow)] += 1
+                                w = copy_when(self.spikes.get(h.get("shard"), ()), tnow)
+                                when[w] += 1
+                                when_by_shard[h.get("shard")][w] += 1
+                if tnow is not None and with_clock:
+                    f = get_json(u["forecaster"] + "/forecasts", timeout=2.0)
+                    if isinstance(f, dict) and "shards" in f and \
+                            f.get("generated_at") != last_origin[0]:
+                        last_origin[0] = f.get("generated_at")
+                        forecast_samples.append({"trace_sec": tnow, "generated_at": last_origin[0],
+                                                 "origin_hour": f.get("origin_hour"),
+                                                 "shards": f["shards"]})
                 if tnow is not None:
                     try:
                         self.reads.add(tnow, prom(get(u["sync"] + "/metrics", timeout=2.0)))
@@ -439,6 +456,9 @@ class Run:
         self.hosted_samples = len(samples)
         self.copies_when = ({k: when[k] / when_samples[0] for k in COPY_WHEN}
                             if when_samples[0] else None)
+        self.copies_when_by_shard = ({sh: {k: m[k] / when_samples[0] for k in COPY_WHEN}
+                                      for sh, m in sorted(when_by_shard.items())}
+                                     if when_samples[0] else None)
         wall = time.monotonic() - t0
         time.sleep(1.5)  # last telemetry frame, last manager round
         recs = rp.all_records()
@@ -450,7 +470,8 @@ class Run:
         decisions = get_json(u["forecaster"] + "/manager/decisions?limit=10000")
         history = get_json(u["admin"] + "/admin/history")
         raw = {"manager": manager, "decisions": decisions, "orders": orders,
-               "nodes": nodes_hosted, "table_history": history}
+               "nodes": nodes_hosted, "table_history": history,
+               "forecasts": forecast_samples}
         (self.out_dir / f"raw-{self.policy}.json").write_text(json.dumps(raw, indent=1))
         return self.report(recs, tot, rp, wall, sync_metrics, orders, nodes_hosted, node_metrics,
                            manager, decisions, history, with_policy, with_clock, notes)
@@ -514,6 +535,7 @@ class Run:
                 # mean hosted copies split by when they were held (sums to
                 # the mean over the samples taken while replaying)
                 "copies_when": self.copies_when,
+                "copies_when_by_shard": self.copies_when_by_shard,
                 "copy_hours": (self.hosted_mean * wall * self.a.speed / 3600
                                if self.hosted_mean is not None else None),
             },
