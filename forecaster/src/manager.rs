@@ -418,9 +418,12 @@ impl Manager {
             clock: self.clock,
             now: self.clock.now_ms(),
         };
-        let (input, shards) =
-            self.with_state(|st| demand::plan_input(&inputs, st, &mut self.demand.lock()));
-        (planner::plan(&input), shards, input.now_ms)
+        let mut model = self.demand.lock();
+        let (input, shards) = self.with_state(|st| demand::plan_input(&inputs, st, &mut model));
+        let plan = planner::plan(&input);
+        let tnow = input.now_ms;
+        model.keep(input);
+        (plan, shards, tnow)
     }
 
     /// Carry out effects in order; those of the events they lead to come
