@@ -30,6 +30,7 @@
 //! token. A standby observes and plans, and writes nothing.
 
 pub mod client;
+mod controls;
 pub mod demand;
 pub mod health;
 mod leading;
@@ -66,7 +67,7 @@ use lease::Lease;
 use metrics::{ManagerMetrics, Target};
 use phases::{Laps, Phase};
 use publish::{Pass, Publisher};
-use state::{Command, Effect, Event, OrderRequest, Settings, State};
+use state::{Effect, Event, OrderRequest, Settings, State};
 use sync::{Announced, SyncClient};
 use versions::Refusals;
 use view::DecisionLog;
@@ -418,9 +419,12 @@ impl Manager {
             clock: self.clock,
             now: self.clock.now_ms(),
         };
-        let (input, shards) =
-            self.with_state(|st| demand::plan_input(&inputs, st, &mut self.demand.lock()));
-        (planner::plan(&input), shards, input.now_ms)
+        let mut model = self.demand.lock();
+        let (input, shards) = self.with_state(|st| demand::plan_input(&inputs, st, &mut model));
+        let plan = planner::plan(&input);
+        let tnow = input.now_ms;
+        model.keep(input);
+        (plan, shards, tnow)
     }
 
     /// Carry out effects in order; those of the events they lead to come
@@ -643,53 +647,6 @@ impl Manager {
             }
             changed = true;
         }
-    }
-
-    // ---- operator controls (the API calls these) ----
-
-    fn command(&self, command: Command) -> Result<(), CommandError> {
-        let fx = self.apply(Event::Operator {
-            command,
-            now: now_unix_ms(),
-        });
-        let refused = fx.iter().find_map(|e| match e {
-            Effect::Refused(why) => Some(why.clone()),
-            _ => None,
-        });
-        for e in fx {
-            if let Effect::Record(d) = e {
-                self.metrics.decision(&d);
-                self.log.record(d);
-            } else if e == Effect::PersistOperator {
-                self.wake();
-            }
-        }
-        refused.map_or(Ok(()), Err)
-    }
-
-    pub fn set_dry_run(&self, on: bool) {
-        let _ = self.command(Command::DryRun(on));
-    }
-
-    pub fn pin(&self, shard: &str, nodes: Option<Vec<String>>) -> Result<(), CommandError> {
-        self.command(Command::Pin {
-            shard: shard.into(),
-            nodes,
-        })
-    }
-
-    pub fn drain_node(&self, node: &str, on: bool) -> Result<(), CommandError> {
-        self.command(Command::DrainNode {
-            node: node.into(),
-            on,
-        })
-    }
-
-    pub fn set_threshold(&self, shard: &str, rps: Option<f64>) -> Result<(), CommandError> {
-        self.command(Command::Threshold {
-            shard: shard.into(),
-            rps,
-        })
     }
 }
 

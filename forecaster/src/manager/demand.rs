@@ -12,19 +12,19 @@
 //! weights pre-fetch priority; it is tracked here for any policy that
 //! gives an hour median.
 
+mod model;
+#[cfg(test)]
+mod model_tests;
+
 use std::collections::BTreeMap;
 
 use crate::config::{ManagerConfig, Policy};
 use crate::engine::{ForecastSet, Horizon};
-use crate::planner::{self, Demand, NodeInput, PlanInput, ShardInput};
-use crate::store::Store;
-use crate::time::Clock;
+use crate::planner::{self, Demand};
 
-use super::state::{ShardDemand, State};
-use super::topology::Topology;
 use super::ManagerError;
 
-const DEFAULT_SHARD_BYTES: u64 = 1 << 20;
+pub use model::{plan_input, DemandModel, Inputs};
 
 /// Where one shard's prediction is made.
 pub struct At<'a> {
@@ -56,6 +56,11 @@ pub struct Prediction {
 
 /// How the manager predicts demand.
 pub trait DemandPolicy: Send + Sync {
+    /// A shard's prediction. It may depend on the shard's forecast in
+    /// `at.forecasts`, its threshold and the store hour, and on `at.now`
+    /// only as the rise time of a rise under way (`rise_at_ms`): the
+    /// manager predicts again only when one of those changed, and carries
+    /// the last prediction over otherwise ([`DemandModel`]).
     fn predict(&self, at: &At) -> Prediction;
     /// What the planner is shown of a shard's demand.
     fn planned(&self, d: &Demand) -> Demand {
@@ -187,204 +192,6 @@ pub fn policy(cfg: &ManagerConfig) -> Result<Box<dyn DemandPolicy>, ManagerError
             },
         }),
     })
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Skill {
-    score: f64,
-    /// The hour (store-local index) and median forecast awaiting its actual.
-    pending: Option<(i64, f64)>,
-}
-
-/// The policy and the forecast skill it has earned, per shard.
-pub struct DemandModel {
-    pub policy: Box<dyn DemandPolicy>,
-    skill: BTreeMap<String, Skill>,
-    /// Rows of each shard's last hosted copy: its size once evicted.
-    rows: BTreeMap<String, u64>,
-}
-
-impl DemandModel {
-    pub fn new(policy: Box<dyn DemandPolicy>) -> DemandModel {
-        DemandModel {
-            policy,
-            skill: BTreeMap::new(),
-            rows: BTreeMap::new(),
-        }
-    }
-
-    /// Score the pending median against the hour's actual once it closed;
-    /// then await this hour's.
-    fn skill(&mut self, shard: &str, store_hour: i64, p50: Option<f64>, store: &Store) -> f64 {
-        let sk = self.skill.entry(shard.to_string()).or_insert(Skill {
-            score: 0.5,
-            pending: None,
-        });
-        if let Some((hour, f)) = sk.pending {
-            if hour < store_hour {
-                let mut a = [0.0];
-                store.hourly_window(shard, hour, &mut a);
-                let denom = a[0].abs() + f.abs();
-                let s1 = if denom > 0.0 {
-                    1.0 - (a[0] - f).abs() / denom
-                } else {
-                    1.0
-                };
-                sk.score = 0.8 * sk.score + 0.2 * s1;
-                sk.pending = None;
-            }
-        }
-        if sk.pending.is_none() {
-            if let Some(p) = p50 {
-                sk.pending = Some((store_hour, p));
-            }
-        }
-        sk.score
-    }
-}
-
-/// What the planner input is built from, besides the state.
-pub struct Inputs<'a> {
-    pub cfg: &'a ManagerConfig,
-    pub topo: &'a Topology,
-    pub store: &'a Store,
-    pub forecasts: &'a ForecastSet,
-    pub clock: Clock,
-    /// Clock time, Unix ms.
-    pub now: i64,
-}
-
-/// The planner's input at `inputs.now`, and each shard's demand as seen.
-pub fn plan_input(
-    inputs: &Inputs,
-    st: &State,
-    model: &mut DemandModel,
-) -> (PlanInput, Vec<ShardDemand>) {
-    let Inputs {
-        cfg,
-        topo,
-        store,
-        forecasts,
-        clock,
-        now,
-    } = *inputs;
-    let median_cap = {
-        let mut c: Vec<f64> = topo.nodes.iter().map(|n| n.capacity).collect();
-        c.sort_by(f64::total_cmp);
-        c.get(c.len() / 2).copied().unwrap_or(1000.0)
-    };
-    let default_threshold = cfg.default_threshold_rps.unwrap_or(median_cap * 0.5);
-    let store_hour = store.local_hour(now);
-    let next_hour = store.zone().hour_start_ms(store_hour + 1);
-    // At least one telemetry frame's span, on this clock (a frame every
-    // second spans an hour of trace time at 3600x).
-    let frame_s = (topo.telemetry_interval.as_secs_f64() * clock.speed()).ceil() as usize;
-    let observe_window_s = cfg.observe_window_s.max(frame_s);
-    let mut shards = Vec::with_capacity(topo.shards.len());
-    let mut seen = Vec::with_capacity(topo.shards.len());
-    // The most rows any node holds of each shard, in one pass over what the
-    // nodes host (not one lookup per node for each of thousands of shards).
-    let mut hosted_rows: std::collections::HashMap<&str, u64> =
-        std::collections::HashMap::with_capacity(topo.shards.len());
-    for m in st.hosted.values() {
-        for (id, h) in m {
-            let r = hosted_rows.entry(id.as_str()).or_insert(h.rows);
-            *r = (*r).max(h.rows);
-        }
-    }
-    for s in &topo.shards {
-        let threshold = st
-            .operator
-            .thresholds
-            .get(&s.id)
-            .copied()
-            .or(s.threshold)
-            .unwrap_or(default_threshold);
-        let at = At {
-            shard: &s.id,
-            now,
-            store_hour,
-            threshold,
-            forecasts,
-        };
-        let p = model.policy.predict(&at);
-        let skill = model.skill(&s.id, store_hour, p.p50_hour, store);
-        let rows = hosted_rows.get(s.id.as_str()).copied().filter(|&r| r > 0);
-        if let Some(r) = rows {
-            model.rows.insert(s.id.clone(), r);
-        }
-        let rows = rows.or_else(|| model.rows.get(&s.id).copied());
-        let bytes = match (rows, st.bytes_per_row) {
-            (Some(r), Some(b)) if r > 0 => (r as f64 * b) as u64,
-            _ => DEFAULT_SHARD_BYTES,
-        };
-        let demand = Demand {
-            predicted_rps: p.predicted_rps,
-            rise_at_ms: p.rise_at_ms.unwrap_or(next_hour),
-            observed_rps: store.recent_rate(&s.id, now, observe_window_s),
-            skill,
-            p_exceed: p.p_exceed,
-            p_exceed_next: p.p_exceed_next,
-            next_hour_ms: next_hour,
-        };
-        shards.push(ShardInput {
-            id: s.id.clone(),
-            threshold,
-            replicas: st
-                .replicas
-                .get(&s.id)
-                .map(|r| {
-                    r.iter()
-                        .map(|r| planner::ReplicaInput {
-                            node: r.node.clone(),
-                            state: r.state,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            demand: model.policy.planned(&demand),
-            bytes,
-            pinned: st.operator.pins.get(&s.id).cloned(),
-            leaving: st
-                .leaving
-                .get(&s.id)
-                .map(|l| l.iter().cloned().collect())
-                .unwrap_or_default(),
-        });
-        seen.push(ShardDemand {
-            id: s.id.clone(),
-            threshold,
-            demand,
-        });
-    }
-    let nodes = topo
-        .nodes
-        .iter()
-        .map(|n| NodeInput {
-            name: n.name.clone(),
-            capacity: n.capacity,
-            zone: n.zone.clone(),
-            healthy: st.nodes.get(&n.name).is_none_or(|s| s.healthy),
-            drained: st.operator.drained.contains(&n.name),
-        })
-        .collect();
-    let input = PlanInput {
-        now_ms: now,
-        replication_factor: topo.replication_factor,
-        churn_budget: cfg.churn_budget,
-        max_utilization: cfg.max_utilization,
-        scale_in_ratio: cfg.scale_in_ratio,
-        // bytes per clock second (deadlines are in clock time)
-        bandwidth_bytes_per_s: cfg.bandwidth_bytes_per_s / clock.speed(),
-        economics: planner::Economics {
-            miss_cost_ms: cfg.miss_cost_ms,
-            memory_cost_ms_per_mb_hour: cfg.memory_cost_ms_per_mb_hour,
-            round_ms: cfg.interval.as_secs_f64() * 1e3 * clock.speed(),
-        },
-        nodes,
-        shards,
-    };
-    (input, seen)
 }
 
 /// The value at the smallest served level ≥ `level` (the top one if none).

@@ -21,6 +21,7 @@ pub mod prefetch;
 mod proptests;
 #[cfg(test)]
 pub(crate) mod tests;
+pub(crate) mod walk;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -228,7 +229,8 @@ pub enum Event {
 /// One shard's demand and threshold, as the plan saw them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardDemand {
-    pub id: String,
+    /// Shared with the manager's per-shard slot: a round copies no ids.
+    pub id: std::sync::Arc<str>,
     pub threshold: f64,
     pub demand: Demand,
 }
@@ -564,11 +566,29 @@ impl State {
         }
     }
 
+    /// The demand and thresholds of the last plan's input, updated in place
+    /// (a round re-inserts none of its ten thousand shards).
     fn take_demand(&mut self, shards: Vec<ShardDemand>) {
-        self.thresholds.clear();
+        for s in &shards {
+            match self.thresholds.get_mut(&*s.id) {
+                Some(t) => *t = s.threshold,
+                None => {
+                    self.thresholds.insert(s.id.to_string(), s.threshold);
+                }
+            }
+        }
+        if self.thresholds.len() != shards.len() {
+            // Shards gone from the topology.
+            let ids: std::collections::HashSet<&str> = shards.iter().map(|s| &*s.id).collect();
+            self.thresholds.retain(|id, _| ids.contains(id.as_str()));
+        }
         for s in shards {
-            self.thresholds.insert(s.id.clone(), s.threshold);
-            self.demand.insert(s.id, s.demand);
+            match self.demand.get_mut(&*s.id) {
+                Some(d) => *d = s.demand,
+                None => {
+                    self.demand.insert(s.id.to_string(), s.demand);
+                }
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use shardmap::table::ReplicaState;
 
+use super::walk::Walk;
 use super::{Decision, Effect, OrderRequest, State, TrackedState};
 use crate::planner::{Action, Plan, Reason};
 
@@ -172,7 +173,14 @@ impl State {
             return;
         }
         let open = self.open_pairs();
-        let mut refreshes = vec![];
+        // Candidates by reference first: only the `room` most urgent become
+        // orders (a round can find thousands of hot replicas unhosted).
+        let mut refreshes: Vec<(f64, &str, &str, Reason, i64)> = vec![];
+        // The planner's shards come in id order: the maps are walked, not
+        // searched per shard.
+        let in_order = plan.shards.windows(2).all(|w| w[0].id < w[1].id);
+        let mut demand = Walk::ordered(&self.demand, in_order);
+        let mut replicas = Walk::ordered(&self.replicas, in_order);
         for p in &plan.shards {
             let hot = p
                 .reason
@@ -180,8 +188,7 @@ impl State {
                 .map(|r| (r, p.load_rps));
             let (reason, priority, deadline) = match (self.settings.host_baseline, hot) {
                 (_, Some((r, load))) => {
-                    let rise = self
-                        .demand
+                    let rise = demand
                         .get(&p.id)
                         .map_or(now, |d| self.settings.clock.to_real(d.rise_at_ms));
                     (r, load.max(0.01) * 10.0, rise.max(now + 1000))
@@ -189,7 +196,7 @@ impl State {
                 (true, None) => (Reason::Initial, 0.01, now + 60_000),
                 (false, None) => continue,
             };
-            for r in self.replicas.get(&p.id).into_iter().flatten() {
+            for r in replicas.get(&p.id).into_iter().flatten() {
                 let healthy = self.nodes.get(&r.node).is_some_and(|n| n.healthy);
                 let hosted = self
                     .hosted
@@ -200,22 +207,26 @@ impl State {
                     && !hosted
                     && !open.contains(&(p.id.as_str(), r.node.as_str()))
                 {
-                    refreshes.push(OrderRequest {
-                        shard: p.id.clone(),
-                        node: r.node.clone(),
-                        priority,
-                        deadline_unix_ms: deadline,
-                        reason,
-                        replaces: None,
-                        adds_replica: false,
-                        decision: None,
-                    });
+                    refreshes.push((priority, &p.id, &r.node, reason, deadline));
                 }
             }
         }
         // Stable: equal priorities keep the plan's order.
-        refreshes.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-        fx.extend(refreshes.into_iter().take(room).map(Effect::Submit));
+        refreshes.sort_by(|a, b| b.0.total_cmp(&a.0));
+        fx.extend(refreshes.into_iter().take(room).map(
+            |(priority, shard, node, reason, deadline)| {
+                Effect::Submit(OrderRequest {
+                    shard: shard.to_string(),
+                    node: node.to_string(),
+                    priority,
+                    deadline_unix_ms: deadline,
+                    reason,
+                    replaces: None,
+                    adds_replica: false,
+                    decision: None,
+                })
+            },
+        ));
     }
 
     /// Without `host_baseline`: shards that cooled down (not hot, observed

@@ -112,7 +112,7 @@ impl Prefetches {
             .collect();
         for s in shards {
             let hot = reasons
-                .get(s.id.as_str())
+                .get(&*s.id)
                 .copied()
                 .flatten()
                 .is_some_and(demand_driven);
@@ -120,9 +120,9 @@ impl Prefetches {
             let above = s.threshold > 0.0 && observed > s.threshold;
             let calm = observed <= s.threshold * scale_in_ratio;
             let v = &mut self.view;
-            match self.episodes.get_mut(&s.id) {
+            match self.episodes.get_mut(&*s.id) {
                 None if hot || above => {
-                    let seq = self.seqs.entry(s.id.clone()).or_default();
+                    let seq = self.seqs.entry(s.id.to_string()).or_default();
                     *seq += 1;
                     let mut ep = Episode {
                         seq: *seq,
@@ -132,11 +132,11 @@ impl Prefetches {
                         ep.rise_at = Some(now);
                         v.rises += 1;
                     }
-                    self.episodes.insert(s.id.clone(), ep);
+                    self.episodes.insert(s.id.to_string(), ep);
                 }
                 None => {}
                 Some(_) if !hot && calm => {
-                    if let Some(ep) = self.episodes.remove(&s.id) {
+                    if let Some(ep) = self.episodes.remove(&*s.id) {
                         v.no_rise += ep.warm;
                     }
                 }

@@ -167,7 +167,7 @@ impl Run {
                     .shards
                     .iter()
                     .map(|s| ShardDemand {
-                        id: s.id.clone(),
+                        id: s.id.as_str().into(),
                         threshold: s.threshold,
                         demand: s.demand.clone(),
                     })

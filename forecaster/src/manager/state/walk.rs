@@ -1,0 +1,70 @@
+//! A walk through a map keyed by shard id, asked for shards in increasing
+//! id order: each question advances past the smaller keys, so a pass over
+//! every shard costs about one comparison per entry, not a tree search per
+//! shard (ten thousand of them each round).
+
+use std::cmp::Ordering;
+use std::collections::{btree_map, BTreeMap};
+use std::iter::Peekable;
+
+pub struct Walk<'a, V> {
+    map: &'a BTreeMap<String, V>,
+    /// `None`: the ids do not come in order; each is searched for.
+    it: Option<Peekable<btree_map::Iter<'a, String, V>>>,
+}
+
+impl<'a, V> Walk<'a, V> {
+    /// For ids asked in strictly increasing order.
+    pub fn new(m: &'a BTreeMap<String, V>) -> Walk<'a, V> {
+        Walk::ordered(m, true)
+    }
+
+    /// A walk when `in_order` (the ids come in strictly increasing order),
+    /// else a search per id.
+    pub fn ordered(m: &'a BTreeMap<String, V>, in_order: bool) -> Walk<'a, V> {
+        Walk {
+            map: m,
+            it: in_order.then(|| m.iter().peekable()),
+        }
+    }
+
+    /// The value at `id`. In a walk, ids must be asked in strictly
+    /// increasing order (a smaller id asked later is not found).
+    pub fn get(&mut self, id: &str) -> Option<&'a V> {
+        let Some(it) = self.it.as_mut() else {
+            return self.map.get(id);
+        };
+        while let Some((k, _)) = it.peek() {
+            match k.as_str().cmp(id) {
+                Ordering::Less => {
+                    it.next();
+                }
+                Ordering::Equal => return it.next().map(|(_, v)| v),
+                Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_what_a_lookup_finds_in_increasing_order() {
+        let m: BTreeMap<String, u32> = [("b", 1), ("d", 2), ("e", 3), ("x", 4)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let asked = ["a", "b", "c", "d", "e", "f", "x", "y"];
+        let mut w = Walk::new(&m);
+        for id in asked {
+            assert_eq!(w.get(id), m.get(id), "{id}");
+        }
+        let mut search = Walk::ordered(&m, false);
+        for id in asked.iter().rev() {
+            assert_eq!(search.get(id), m.get(*id), "{id}");
+        }
+    }
+}
