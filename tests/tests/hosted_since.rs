@@ -124,7 +124,12 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     order(&shards[2], "node-b").await;
     let v = eventually(Duration::from_secs(60), "three warm copies", || async {
         let v = agree(&c, &base, &mgr, "the view after the orders").await;
-        (v.values().flat_map(|m| m.values()).filter(|h| h.warm).count() == 3).then_some(v)
+        (v.values()
+            .flat_map(|m| m.values())
+            .filter(|h| h.warm)
+            .count()
+            == 3)
+            .then_some(v)
     })
     .await;
     assert!(v["node-a"][&shards[0]].rows > 0, "{v:?}");
@@ -171,7 +176,11 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     let gone: NodesChange = get(&c, &format!("{base}/nodes?since={}", latest.version))
         .await
         .unwrap();
-    assert_eq!(gone.nodes["node-a"].gone, vec![shards[0].clone()], "{gone:?}");
+    assert_eq!(
+        gone.nodes["node-a"].gone,
+        vec![shards[0].clone()],
+        "{gone:?}"
+    );
 
     // Sync restarts (its memory caches empty): a version of the old run
     // gets everything, and the manager's view drops what the old run held.

@@ -42,7 +42,11 @@ fn v(counter: u64) -> AssignmentVersion {
 }
 
 async fn hash(conn: &mut metadata::Conn, key: &str) -> HashMap<String, String> {
-    redis::cmd("HGETALL").arg(key).query_async(conn).await.unwrap()
+    redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 async fn pass(
@@ -98,10 +102,16 @@ async fn a_pass_writes_only_the_records_that_changed() {
         hash(&mut conn, &keys.shard("a")).await,
         hash(&mut conn, &keys.shard("b")).await,
     );
-    assert_eq!(a["content"], "untouched", "an unchanged record is not written");
+    assert_eq!(
+        a["content"], "untouched",
+        "an unchanged record is not written"
+    );
     assert_eq!(a["version"], r#"{"epoch":3,"counter":1}"#);
     assert_eq!(b["replicas"], r#"[{"node":"x"}]"#);
-    assert_eq!(b["version"], r#"{"epoch":3,"counter":2}"#, "the version it changed at");
+    assert_eq!(
+        b["version"], r#"{"epoch":3,"counter":2}"#,
+        "the version it changed at"
+    );
     assert_eq!(hash(&mut conn, &keys.node("x")).await["health"], "down");
     assert_eq!(hash(&mut conn, &keys.node("y")).await["health"], "up");
 

@@ -110,7 +110,11 @@ impl SyncClient {
                 Ok(nodes
                     .into_iter()
                     .map(|(n, v)| {
-                        let m = v.hosted.iter().map(|h| (h.shard.clone(), view_of(h))).collect();
+                        let m = v
+                            .hosted
+                            .iter()
+                            .map(|h| (h.shard.clone(), view_of(h)))
+                            .collect();
                         (n, m)
                     })
                     .collect())

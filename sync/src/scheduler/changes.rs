@@ -99,7 +99,6 @@ impl HostedBook {
         self.log.insert(self.seq, key.clone());
     }
 
-
     pub(crate) fn contains_key(&self, key: &Key) -> bool {
         self.copies.contains_key(key)
     }
@@ -203,7 +202,11 @@ impl HostedBook {
                     out.nodes.insert(n.clone(), NodeChange::default());
                 }
                 for ((n, _), h) in &self.copies {
-                    out.nodes.entry(n.clone()).or_default().hosted.push(h.clone());
+                    out.nodes
+                        .entry(n.clone())
+                        .or_default()
+                        .hosted
+                        .push(h.clone());
                 }
             }
             Some(seq) => {
@@ -258,7 +261,9 @@ mod tests {
         let mut version = "0".to_string();
         let mut x: u64 = 3;
         let mut rng = |n: u64| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 33) % n) as usize
         };
         for step in 0..4000 {
