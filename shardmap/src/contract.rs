@@ -28,7 +28,7 @@ pub mod orders;
 pub mod store;
 pub mod store_url;
 
-pub use hosted::{HostedShard, HostedState, NodeRecord};
+pub use hosted::{HostedShard, HostedState, NodeChange, NodeRecord, NodesChange};
 pub use keys::MetadataKeys;
 pub use orders::{
     EpochBody, Evicting, Order, OrderBatch, OrderBatchAnswer, OrderEvent, OrderEventAnswer,

@@ -10,7 +10,8 @@
 //! | `GET /orders` | every order (`?state=queued\|running\|done\|cancelled` filters; `?ids=1,2,3`, at most 1000: only those, an unknown id left out) |
 //! | `GET /orders/{id}` | one order, with its report once done (a cancelled one with its `reason`) |
 //! | `DELETE /orders/{id}` | cancel a queued or running order |
-//! | `GET /nodes` | node names and their hosted shards |
+//! | `GET /nodes` | node names and their hosted (and parked) shards |
+//! | `GET /nodes?since=<version>` | what the hosted shards became since the answer that carried `version` (`0`: nothing held yet) → `{version, full, nodes: {name: {hosted?, gone?}}}`; `full: true` (everything, in place of what was held) when `since` is `0`, of an earlier run of sync, or older than the changes kept; a `since` that is no version → 400 |
 //! | `GET /nodes/{node}/shards` | hosted shards of a node (state, cursor, rows) |
 //! | `DELETE /nodes/{node}/shards/{shard}` | evict a shard from a node → 202 (`/` in a shard id as `%2F`) |
 //! | `GET /shards` | configured shards and their cells |
@@ -34,15 +35,13 @@ use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use shardcast_edge::{auth, ConnLimiter};
 
-use shardmap::contract::hosted::Nodes;
 use shardmap::contract::orders::EvictTarget;
 use shardmap::contract::{
-    EpochBody, Evicting, NodeRecord, OrderBatch, OrderBatchAnswer, OrderResult, StatusBody,
-    MAX_BATCH,
+    EpochBody, Evicting, OrderBatch, OrderBatchAnswer, OrderResult, StatusBody, MAX_BATCH,
 };
 
 use crate::http::{self, ListenerConfig, Resp};
-use crate::scheduler::{OrderError, OrderRequest, OrderState, Scheduler};
+use crate::scheduler::{OrderError, OrderRequest, OrderState, Scheduler, Since};
 
 fn order_error(e: &OrderError) -> Resp {
     http::error(order_status(e), &e.to_string())
@@ -235,18 +234,13 @@ pub async fn handle(
                 None => order_error(&OrderError::NoOrder(id)),
             }
         }
-        (&Method::GET, ["nodes"]) => {
-            let nodes: Nodes = s
-                .node_names()
-                .into_iter()
-                .map(|n| {
-                    let hosted = s.hosted(&n).unwrap_or_default();
-                    let parked = s.parked(&n);
-                    (n, NodeRecord { hosted, parked })
-                })
-                .collect();
-            http::json(StatusCode::OK, &nodes)
-        }
+        (&Method::GET, ["nodes"]) => match http::query_param(req.uri().query(), "since") {
+            None => http::json(StatusCode::OK, &s.nodes()),
+            Some(v) => match v.parse::<Since>() {
+                Ok(since) => http::json(StatusCode::OK, &s.nodes_since(since)),
+                Err(e) => http::error(StatusCode::BAD_REQUEST, &e),
+            },
+        },
         (&Method::GET, ["nodes", node, "shards"]) => match s.hosted(node) {
             Ok(h) => http::json(StatusCode::OK, &h),
             Err(e) => order_error(&e),

@@ -19,8 +19,11 @@
 //! on every way out of the transfer, a panic included.
 
 mod book;
+mod changes;
 mod dispatch;
 mod refresh;
+
+pub use changes::Since;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -131,7 +134,8 @@ struct State {
     busy: HashSet<(String, String)>,
     running_orders: usize,
     cancels: HashMap<u64, CancellationToken>,
-    hosted: BTreeMap<(String, String), HostedShard>,
+    /// Hosted copies, with what changed when (`GET /nodes?since=`).
+    hosted: changes::HostedBook,
     /// Evicted copies parked in a node's cache: (node, shard) → until (unix
     /// ms). Dropped when the pair is ordered again or the time passes.
     parked: BTreeMap<(String, String), u64>,
@@ -337,8 +341,7 @@ impl Scheduler {
                         let size = cache.size(shard).await.unwrap_or(0);
                         let mut st = self.inner.state.lock();
                         st.hosted
-                            .entry((node.clone(), shard.clone()))
-                            .or_insert(HostedShard {
+                            .insert_new((node.clone(), shard.clone()), || HostedShard {
                                 shard: shard.clone(),
                                 state: HostedState::Warming,
                                 cursor,

@@ -17,12 +17,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use shardcast_edge::client::{self as edge, Call, ClientOptions};
-use shardmap::contract::hosted::Nodes;
+use shardmap::contract::hosted::{Nodes, NodesChange};
 use shardmap::contract::{
     EpochBody, Evicting, Order, OrderBatch, OrderBatchAnswer, OrderRequest, OrderResult,
 };
 
 const MAX_RESPONSE: usize = 16 << 20;
+
+/// `GET /nodes?since=`'s answer: the change, or the plain list of a sync
+/// that predates `since`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum NodesAnswer {
+    Change(NodesChange),
+    Plain(Nodes),
+}
 
 #[derive(Clone)]
 pub struct Client {
@@ -273,6 +282,25 @@ impl Client {
     /// `GET {sync}/nodes`: every node and the shards it hosts.
     pub async fn sync_nodes(&self, sync: &str, timeout: Duration) -> Result<Nodes, SyncError> {
         let url = format!("{}/nodes", sync.trim_end_matches('/'));
+        self.sync_json(Method::GET, &url, None, timeout)
+            .await
+            .map_err(|e| SyncError::of(e, None, 0))
+    }
+
+    /// `GET {sync}/nodes?since={since}`: what the hosted shards became
+    /// since the answer that carried `since` (`0`: everything). A sync
+    /// that predates the parameter answers its plain list, taken as is.
+    pub async fn sync_nodes_since(
+        &self,
+        sync: &str,
+        since: &str,
+        timeout: Duration,
+    ) -> Result<NodesAnswer, SyncError> {
+        let url = format!(
+            "{}/nodes?since={}",
+            sync.trim_end_matches('/'),
+            shardcast_edge::url::encode_segment(since)
+        );
         self.sync_json(Method::GET, &url, None, timeout)
             .await
             .map_err(|e| SyncError::of(e, None, 0))

@@ -8,8 +8,12 @@
 //! | `<prefix>:table:head` | hash | `snapshot` (the snapshot's version), `since` (deltas after it), `writer` (the manager's id) |
 //! | `<prefix>:table:changed` | channel | the new version, published after each write of `:table` |
 //! | `<prefix>:version` | string | the table's assignment version, JSON: `{"epoch": 1, "counter": 42}` |
-//! | `<prefix>:shard:<id>` | hash | `content`, `replicas`, `cursors`, `version` (JSON), `observed_rps`, `predicted_rps`, `target` |
+//! | `<prefix>:shard:<id>` | hash | `content`, `replicas`, `cursors`, `version` (JSON: the table version at which the record last changed), `observed_rps`, `predicted_rps`, `target` |
 //! | `<prefix>:node:<name>` | hash | `address`, `capacity`, `zone`, `health`, `drained`, `load_rps` |
+//!
+//! A pass writes only the records that changed since the writer's last
+//! pass ([`Written`]); after a failed write, a new connection or a store
+//! that lost the table, it writes them all again.
 //! | `<prefix>:operator` | string | operator settings (JSON): dry run, pins, drained nodes, thresholds |
 //!
 //! | `<prefix>:leader`, `<prefix>:epoch` | string, integer | the leadership lease and the last epoch taken ([`super::lease`]) |
@@ -320,7 +324,8 @@ pub async fn publish_table_with(
 /// The records' write, fenced like [`PUBLISH`]: KEYS[1] is the epoch
 /// counter, KEYS[2] the operator settings, then one hash per record;
 /// ARGV[1] the writer's epoch, ARGV[2] a JSON list of each hash's
-/// field/value strings (in KEYS order), ARGV[3] the operator settings.
+/// field/value strings (in KEYS order), ARGV[3] the operator settings
+/// (empty: unchanged, not written).
 /// Returns 1 when written, 0 when a newer leader holds the store.
 const WRITE_STATE: &str = r"
 local e = tonumber(ARGV[1])
@@ -332,13 +337,58 @@ local records = cjson.decode(ARGV[2])
 for i, fields in ipairs(records) do
   redis.call('HSET', KEYS[i + 2], unpack(fields))
 end
-redis.call('SET', KEYS[2], ARGV[3])
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
 return 1
 ";
 
+/// What one writer last wrote of each record (a hash of its fields, the
+/// version aside), so that a pass writes only the records that changed:
+/// at 10k shards most records are the same from one pass to the next.
+/// Forget it ([`Written::forget`]) whenever the store may not hold what it
+/// says: a failed write, a new connection, a store that lost the table.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The epoch the hashes were written in (another term writes whole).
+    epoch: Option<u64>,
+    records: std::collections::HashMap<String, u64>,
+    operator: Option<u64>,
+}
+
+impl Written {
+    pub fn forget(&mut self) {
+        *self = Written::default();
+    }
+
+    /// Records the store holds as this writer wrote them.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+fn hash_of<T: std::hash::Hash + ?Sized>(v: &T) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(v)
+}
+
+/// What a records write came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateWrite {
+    pub published: Published,
+    /// Records written in this pass (the others were unchanged).
+    pub records: usize,
+    pub operator: bool,
+}
+
 /// Refresh the per-shard and per-node records and the operator settings,
 /// all or nothing and fenced by `version`'s epoch: a paused leader that
-/// wakes up cannot overwrite a newer leader's records.
+/// wakes up cannot overwrite a newer leader's records. Every record is
+/// written; [`write_changed_state`] writes only what changed.
 pub async fn write_state(
     conn: &mut Conn,
     keys: &MetadataKeys,
@@ -347,56 +397,144 @@ pub async fn write_state(
     nodes: &[NodeRecord],
     operator: &[u8],
 ) -> Result<Published, String> {
+    let mut fresh = Written::default();
+    write_changed_state(conn, keys, version, shards, nodes, operator, &mut fresh)
+        .await
+        .map(|w| w.published)
+}
+
+/// As [`write_state`], but only the records (and operator settings) that
+/// differ from what `written` says this writer last wrote; a record's
+/// `version` is the table version at which it last changed. Nothing
+/// changed: no call at all. `written` is brought up to date on success and
+/// forgotten on a failure or a refusal.
+pub async fn write_changed_state(
+    conn: &mut Conn,
+    keys: &MetadataKeys,
+    version: AssignmentVersion,
+    shards: &[ShardRecord],
+    nodes: &[NodeRecord],
+    operator: &[u8],
+    written: &mut Written,
+) -> Result<StateWrite, String> {
+    if written.epoch != Some(version.epoch) {
+        written.forget();
+    }
     let v = serde_json::to_string(&version).map_err(|e| e.to_string())?;
     let fenced_write = redis::Script::new(WRITE_STATE);
     let mut script = fenced_write.prepare_invoke();
     script.key(keys.epoch()).key(keys.operator());
-    let mut records: Vec<Vec<String>> = Vec::with_capacity(shards.len() + nodes.len());
+    let mut records: Vec<Vec<&str>> = Vec::new();
+    let mut hashes: Vec<(String, u64)> = Vec::new();
+    let mut numbers: Vec<[String; 4]> = Vec::with_capacity(shards.len() + nodes.len());
+    // The numbers' text first: the records below borrow it.
     for s in shards {
-        script.key(keys.shard(&s.id));
-        records.push(vec![
-            "content".into(),
-            s.content.clone(),
-            "replicas".into(),
-            s.replicas.clone(),
-            "cursors".into(),
-            s.cursors.clone(),
-            "observed_rps".into(),
+        numbers.push([
             s.observed_rps.to_string(),
-            "predicted_rps".into(),
             s.predicted_rps.to_string(),
-            "target".into(),
             s.target.to_string(),
-            "version".into(),
-            v.clone(),
+            String::new(),
         ]);
     }
     for n in nodes {
-        script.key(keys.node(&n.name));
-        records.push(vec![
-            "address".into(),
-            n.address.clone(),
-            "capacity".into(),
+        numbers.push([
             n.capacity.to_string(),
-            "zone".into(),
-            n.zone.clone(),
-            "health".into(),
-            n.health.to_string(),
-            "drained".into(),
             u8::from(n.drained).to_string(),
-            "load_rps".into(),
             n.load_rps.to_string(),
+            String::new(),
         ]);
     }
-    let records = serde_json::to_string(&records).map_err(|e| e.to_string())?;
-    script.arg(version.epoch).arg(records).arg(operator);
-    let written: i64 = script.invoke_async(conn).await.map_err(|e| e.to_string())?;
-    Ok(if written == 1 {
-        Published::Written
-    } else {
-        Published::Fenced(format!(
-            "records of epoch {} refused: a newer leader holds the store",
-            version.epoch
-        ))
-    })
+    for (s, num) in shards.iter().zip(&numbers) {
+        let fields = [
+            "content",
+            s.content.as_str(),
+            "replicas",
+            s.replicas.as_str(),
+            "cursors",
+            s.cursors.as_str(),
+            "observed_rps",
+            num[0].as_str(),
+            "predicted_rps",
+            num[1].as_str(),
+            "target",
+            num[2].as_str(),
+        ];
+        let key = keys.shard(&s.id);
+        let h = hash_of(&fields[..]);
+        if written.records.get(&key) == Some(&h) {
+            continue;
+        }
+        let mut f = fields.to_vec();
+        f.extend(["version", v.as_str()]);
+        script.key(&key);
+        records.push(f);
+        hashes.push((key, h));
+    }
+    for (n, num) in nodes.iter().zip(&numbers[shards.len()..]) {
+        let fields = [
+            "address",
+            n.address.as_str(),
+            "capacity",
+            num[0].as_str(),
+            "zone",
+            n.zone.as_str(),
+            "health",
+            n.health,
+            "drained",
+            num[1].as_str(),
+            "load_rps",
+            num[2].as_str(),
+        ];
+        let key = keys.node(&n.name);
+        let h = hash_of(&fields[..]);
+        if written.records.get(&key) == Some(&h) {
+            continue;
+        }
+        script.key(&key);
+        records.push(fields.to_vec());
+        hashes.push((key, h));
+    }
+    let op_hash = hash_of(operator);
+    let op_changed = written.operator != Some(op_hash);
+    if records.is_empty() && !op_changed {
+        return Ok(StateWrite {
+            published: Published::Written,
+            records: 0,
+            operator: false,
+        });
+    }
+    let body = serde_json::to_string(&records).map_err(|e| e.to_string())?;
+    let op_arg: &[u8] = if op_changed { operator } else { &[] };
+    script.arg(version.epoch).arg(body).arg(op_arg);
+    let res: Result<i64, String> = script.invoke_async(conn).await.map_err(|e| e.to_string());
+    match res {
+        Ok(1) => {
+            let n = hashes.len();
+            written.epoch = Some(version.epoch);
+            written.records.extend(hashes);
+            if op_changed {
+                written.operator = Some(op_hash);
+            }
+            Ok(StateWrite {
+                published: Published::Written,
+                records: n,
+                operator: op_changed,
+            })
+        }
+        Ok(_) => {
+            written.forget();
+            Ok(StateWrite {
+                published: Published::Fenced(format!(
+                    "records of epoch {} refused: a newer leader holds the store",
+                    version.epoch
+                )),
+                records: 0,
+                operator: false,
+            })
+        }
+        Err(e) => {
+            written.forget();
+            Err(e)
+        }
+    }
 }

@@ -86,6 +86,9 @@ pub struct Publisher {
     /// The last table that went out with a new version: the base of the
     /// next delta.
     last: Mutex<Option<TableUpdate>>,
+    /// What this manager last wrote of each shard and node record: a pass
+    /// writes only those that changed.
+    written: Mutex<metadata::Written>,
 }
 
 impl Publisher {
@@ -95,6 +98,7 @@ impl Publisher {
             proxies,
             token,
             last: Mutex::new(None),
+            written: Mutex::new(metadata::Written::default()),
         }
     }
 
@@ -285,6 +289,8 @@ impl Publisher {
         } = pass;
         let changed = *changed;
         if conn.is_none() {
+            // A new connection: the store may have restarted since.
+            self.written.lock().forget();
             match metadata::connect(url).await {
                 Ok(c) => *conn = Some(c),
                 Err(e) => out.events.push(Event::MetadataStatus(Err(e))),
@@ -333,6 +339,12 @@ impl Publisher {
                     }
                 }
                 Ok(Some(t)) if t.version == update.version => {}
+                Ok(None) => {
+                    // The store lost the table (a restart, a flush): and
+                    // with it, most likely, the records.
+                    self.written.lock().forget();
+                    write = true;
+                }
                 _ => write = true,
             }
             if lease.may_write().is_none() {
@@ -363,8 +375,19 @@ impl Publisher {
                 }
                 if res.is_ok() {
                     let (shards, nodes, op) = records();
-                    match metadata::write_state(c, keys, update.version, &shards, &nodes, &op).await
-                    {
+                    let mut written = std::mem::take(&mut *self.written.lock());
+                    let r = metadata::write_changed_state(
+                        c,
+                        keys,
+                        update.version,
+                        &shards,
+                        &nodes,
+                        &op,
+                        &mut written,
+                    )
+                    .await;
+                    *self.written.lock() = written;
+                    match r.map(|w| w.published) {
                         Ok(metadata::Published::Written) => {}
                         Ok(metadata::Published::Fenced(why)) => {
                             lease.fenced(&why);
@@ -377,6 +400,7 @@ impl Publisher {
                 }
                 if let Err(e) = &res {
                     warn!(error = %e, "metadata store write failed; retrying next round");
+                    self.written.lock().forget();
                     *conn = None;
                 }
                 out.events.push(Event::MetadataStatus(res));

@@ -5,12 +5,13 @@
 //! translated to and from the state machine's events.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use shardmap::contract::{HostedState, Order, OrderBatch, OrderRequest, MAX_BATCH};
+use shardmap::contract::{HostedShard, HostedState, Order, OrderBatch, OrderRequest, MAX_BATCH};
 use tracing::warn;
 
-use super::client::{Client, SyncError};
+use super::client::{Client, NodesAnswer, SyncError};
 use super::lease::Lease;
 use shardmap::contract::manager::HostedView;
 
@@ -49,11 +50,22 @@ pub enum Announced {
     Failed(SyncError),
 }
 
+/// A hosted copy as the manager sees it.
+fn view_of(h: &HostedShard) -> HostedView {
+    HostedView {
+        cursor: h.cursor,
+        rows: h.rows,
+        warm: h.state == HostedState::Warm,
+    }
+}
+
 /// The sync scheduler's control API, at `base`.
 #[derive(Clone)]
 pub struct SyncClient {
     http: Client,
     base: String,
+    /// Sync's hosted shards as last read, with the version of the answer.
+    held: Arc<tokio::sync::Mutex<Option<(String, Hosted)>>>,
 }
 
 impl SyncClient {
@@ -62,30 +74,52 @@ impl SyncClient {
         SyncClient {
             http: Client::default().with_bearer(base, token),
             base: base.to_string(),
+            held: Arc::default(),
         }
     }
 
-    /// What every node holds (`GET /nodes`).
+    /// What every node holds: `GET /nodes?since=` the version of the last
+    /// answer, applied to the view this client keeps (sync answers in full
+    /// on the first call, after its restart, or when the version is too
+    /// old). A failed call leaves the view as it was, for the next call to
+    /// ask from the same version.
     pub async fn hosted(&self) -> Result<Hosted, SyncError> {
-        let nodes = self.http.sync_nodes(&self.base, CALL_TIMEOUT).await?;
-        Ok(nodes
-            .into_iter()
-            .map(|(n, v)| {
-                let m = v
-                    .hosted
+        let mut held = self.held.lock().await;
+        let since = held.as_ref().map_or("0", |(v, _)| v.as_str()).to_string();
+        let answer = self
+            .http
+            .sync_nodes_since(&self.base, &since, CALL_TIMEOUT)
+            .await?;
+        match answer {
+            NodesAnswer::Change(change) => {
+                let (version, mut view) = held.take().unwrap_or_default();
+                if !change.full && version != since {
+                    // Cannot happen with the lock held; read whole next time.
+                    return Err(SyncError::Refused(format!(
+                        "sync answered a change since {since} to a view at {version}"
+                    )));
+                }
+                let version = change.version.clone();
+                change.apply_to(&mut view, view_of);
+                let out = view.clone();
+                *held = Some((version, view));
+                Ok(out)
+            }
+            NodesAnswer::Plain(nodes) => {
+                *held = None;
+                Ok(nodes
                     .into_iter()
-                    .map(|h| {
-                        let view = HostedView {
-                            cursor: h.cursor,
-                            rows: h.rows,
-                            warm: h.state == HostedState::Warm,
-                        };
-                        (h.shard, view)
+                    .map(|(n, v)| {
+                        let m = v
+                            .hosted
+                            .iter()
+                            .map(|h| (h.shard.clone(), view_of(h)))
+                            .collect();
+                        (n, m)
                     })
-                    .collect();
-                (n, m)
-            })
-            .collect())
+                    .collect())
+            }
+        }
     }
 
     /// Where order `id` is (`GET /orders/{id}`). An answer that is not an

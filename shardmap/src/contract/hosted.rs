@@ -1,5 +1,6 @@
 //! What sync holds on each node: `GET /nodes` (every node and its hosted
-//! shards, a map `name → {"hosted": [...]}`) and `GET
+//! shards, a map `name → {"hosted": [...]}`), `GET /nodes?since=<version>`
+//! (what changed since an earlier answer, [`NodesChange`]) and `GET
 //! /nodes/{node}/shards` (one node's list).
 
 use std::collections::BTreeMap;
@@ -40,6 +41,61 @@ pub struct NodeRecord {
 
 /// `GET /nodes`: node name → its record.
 pub type Nodes = BTreeMap<String, NodeRecord>;
+
+/// `GET /nodes?since=<version>`: what sync's hosted shards became since
+/// the answer that carried `version`. A copy's state, cursor or rows
+/// changing is a change; its `last_sync_unix_ms` alone is not (it moves on
+/// every freshness read), so a copy in a change carries it as it is then.
+/// Parked copies are in the plain `GET /nodes` only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesChange {
+    /// Pass it as `since` next time: `<epoch>.<seq>`, the epoch one run of
+    /// sync's own, so a restarted sync is never taken for the same one.
+    pub version: String,
+    /// `true`: `nodes` is everything (every node, every hosted copy), in
+    /// place of what the reader held — `since` was `0`, of another run of
+    /// sync, or older than the changes sync still remembers. `false`:
+    /// only the nodes with a change, to apply to what the reader held.
+    pub full: bool,
+    pub nodes: BTreeMap<String, NodeChange>,
+}
+
+/// One node's part of a [`NodesChange`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeChange {
+    /// Copies new or changed (on a full answer: every hosted copy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosted: Vec<HostedShard>,
+    /// Shards no longer hosted (evicted, failed, dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
+}
+
+impl NodesChange {
+    /// Apply this answer to `held` (node → shard → copy), as a reader that
+    /// keeps its own view does: a full answer replaces it.
+    pub fn apply_to<V>(
+        self,
+        held: &mut BTreeMap<String, BTreeMap<String, V>>,
+        view: impl Fn(&HostedShard) -> V,
+    ) {
+        if self.full {
+            held.clear();
+        }
+        for (node, change) in self.nodes {
+            let m = held.entry(node).or_default();
+            for s in change.gone {
+                m.remove(&s);
+            }
+            for h in change.hosted {
+                let v = view(&h);
+                m.insert(h.shard, v);
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
+use shardmap::contract::{NodeRecord, NodesChange};
+
 use super::{
-    now_ms, HostedShard, Order, OrderError, OrderRequest, OrderState, Persisted, Scheduler, State,
+    now_ms, HostedShard, Order, OrderError, OrderRequest, OrderState, Persisted, Scheduler, Since,
+    State,
 };
 use crate::metrics::Metrics;
 use crate::transfer::{no_errors, retry};
@@ -212,12 +215,43 @@ impl Scheduler {
             return Err(OrderError::UnknownNode(node.into()));
         }
         let st = self.inner.state.lock();
-        Ok(st
+        Ok(st.hosted.of_node(node).cloned().collect())
+    }
+
+    /// Every node with its hosted and parked shards (`GET /nodes`), read in
+    /// one pass under the lock.
+    pub fn nodes(&self) -> shardmap::contract::hosted::Nodes {
+        let now = now_ms();
+        let mut st = self.inner.state.lock();
+        st.parked.retain(|_, until| *until > now);
+        let mut out: shardmap::contract::hosted::Nodes = self
+            .inner
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), NodeRecord::default()))
+            .collect();
+        for ((n, _), h) in st.hosted.iter() {
+            if let Some(r) = out.get_mut(n) {
+                r.hosted.push(h.clone());
+            }
+        }
+        for (n, s) in st.parked.keys() {
+            if let Some(r) = out.get_mut(n) {
+                r.parked.push(s.clone());
+            }
+        }
+        out
+    }
+
+    /// What the hosted copies became since `since` (`GET /nodes?since=`):
+    /// only the changes when `since` is a version of this run sync still
+    /// covers, else everything.
+    pub fn nodes_since(&self, since: Since) -> NodesChange {
+        self.inner
+            .state
+            .lock()
             .hosted
-            .iter()
-            .filter(|((n, _), _)| n == node)
-            .map(|(_, h)| h.clone())
-            .collect())
+            .since(since, self.inner.nodes.keys())
     }
 
     /// Drop a shard from a node: cancel its orders, wait for its transfer

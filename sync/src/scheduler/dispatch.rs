@@ -121,8 +121,7 @@ impl Scheduler {
         };
         st.parked.remove(&(o.node.clone(), o.shard.clone()));
         st.hosted
-            .entry((o.node.clone(), o.shard.clone()))
-            .or_insert(HostedShard {
+            .insert_new((o.node.clone(), o.shard.clone()), || HostedShard {
                 shard: o.shard.clone(),
                 state: HostedState::Warming,
                 cursor: 0,
@@ -235,12 +234,12 @@ impl Scheduler {
                         deadline_met: met,
                         finished_unix_ms: now,
                     };
-                    if let Some(h) = st.hosted.get_mut(&key) {
+                    st.hosted.update(&key, |h| {
                         h.state = HostedState::Warm;
                         h.cursor = p.cursor;
                         h.rows = size;
                         h.last_sync_unix_ms = now;
-                    }
+                    });
                     if let Some(ord) = st.orders.get_mut(&id) {
                         ord.state = OrderState::Done;
                         ord.finished_unix_ms = Some(now);

@@ -149,14 +149,14 @@ impl Scheduler {
                 match res {
                     Ok(p) => {
                         let finished = now_ms();
-                        if let Some(h) = st.hosted.get_mut(&key) {
+                        st.hosted.update(&key, |h| {
                             h.cursor = p.cursor;
                             h.state = HostedState::Warm;
                             if let Some(n) = size {
                                 h.rows = n;
                             }
                             h.last_sync_unix_ms = finished;
-                        }
+                        });
                         Some((key, started, finished))
                     }
                     Err(TransferError::NotHosted) => {
