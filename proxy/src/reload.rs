@@ -66,9 +66,21 @@ pub fn prepare(
     path: &Path,
     reuse: Option<(&CatalogKey, &Arc<Catalog>)>,
 ) -> Result<Prepared, Vec<String>> {
+    prepare_reusing(path, reuse, None)
+}
+
+/// [`prepare`], also reusing what `running` (the serving config) already
+/// expanded and checked of the topology where its inputs did not change.
+/// The same result and errors as [`prepare`].
+pub fn prepare_reusing(
+    path: &Path,
+    reuse: Option<(&CatalogKey, &Arc<Catalog>)>,
+    running: Option<&Config>,
+) -> Result<Prepared, Vec<String>> {
     let text =
         std::fs::read(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    let config = Config::from_toml(&String::from_utf8_lossy(&text), path).map_err(|e| e.lines())?;
+    let config = Config::from_toml_reusing(&String::from_utf8_lossy(&text), path, running)
+        .map_err(|e| e.lines())?;
     let key = CatalogKey::of(&config);
     let catalog = match reuse {
         Some((k, c)) if *k == key => c.clone(),
@@ -135,9 +147,10 @@ pub async fn reload(shared: &Arc<Shared>, trigger: &str) -> ReloadOutcome {
     let cur2 = cur.clone();
     let built = tokio::task::spawn_blocking(
         move || -> Result<Option<(Prepared, Snapshot)>, Vec<String>> {
-            let p = prepare(
+            let p = prepare_reusing(
                 &sh.config_path,
                 Some((&cur2.source.catalog, &cur2.table.catalog)),
+                Some(&cur2.config),
             )?;
             if p.source == cur2.source {
                 return Ok(None);

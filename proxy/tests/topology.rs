@@ -69,6 +69,36 @@ async fn a_node_and_a_shard_added_to_the_topology_file_serve_after_a_live_reload
         "{errors}"
     );
     assert_eq!(p.replicas("UK/GAMMA").await, ["b"]);
+
+    // A threshold-only edit, which reuses the running topology's checked
+    // shards: a value the check refuses is rejected naming the field; a
+    // valid one serves, the shard's replicas untouched.
+    let pinned = "replicas = [\"b\"]\n";
+    let tuned = |t: &str| more.replace(pinned, &format!("{pinned}threshold = {t}\n"));
+    std::fs::write(&topo, topology(&[&a, &b], &tuned("-1.0"))).unwrap();
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(p.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    let errors = r["errors"].to_string();
+    assert!(
+        errors.contains("topology.toml: shards[4].threshold"),
+        "{errors}"
+    );
+    let generation = p.config_generation().await;
+    std::fs::write(&topo, topology(&[&a, &b], &tuned("4.0"))).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the threshold reloaded",
+        || async { (p.config_generation().await > generation).then_some(()) },
+    )
+    .await;
+    assert_eq!(p.replicas("UK/GAMMA").await, ["b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,12 +28,14 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::key::{KeySource, PathPattern, RegionSource};
 pub(crate) use crate::topology::default_replication_factor;
+use crate::topology::Prev;
 pub use crate::topology::{
     auto_assign, NodeFile, NodeSpec, ShardFile, ShardRuleFile, ShardSpec, Topology, TopologyFile,
     Volatility,
@@ -156,10 +158,23 @@ impl Config {
 
     /// Parse and validate config text as if read from `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        Self::from_toml_reusing(text, path, None)
+    }
+
+    /// [`Config::from_toml`], reusing what `prev` (the running config)
+    /// already expanded and checked of the topology where its inputs did
+    /// not change: a reload that edits one shard's settings does not
+    /// expand and re-check every shard. The result, errors included, is
+    /// the one [`Config::from_toml`] gives.
+    pub fn from_toml_reusing(
+        text: &str,
+        path: &Path,
+        prev: Option<&Config>,
+    ) -> Result<Config, ConfigErrors> {
         let file_name = path.display().to_string();
         let wire: ConfigFile = parse_toml(text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        wire.validate(base)
+        wire.validate_reusing(base, prev)
             .map_err(|errors| ConfigErrors {
                 file: file_name.clone(),
                 errors,
@@ -217,6 +232,23 @@ fn ms(v: u64) -> Duration {
 impl ConfigFile {
     /// Check the whole file, collecting every error.
     pub fn validate(self, base: &Path) -> Result<Config, Vec<FieldError>> {
+        self.validate_reusing(base, None)
+    }
+
+    /// [`ConfigFile::validate`], reusing `prev`'s topology where it still
+    /// applies (see [`Config::from_toml_reusing`]).
+    pub fn validate_reusing(
+        self,
+        base: &Path,
+        prev: Option<&Config>,
+    ) -> Result<Config, Vec<FieldError>> {
+        let prev = prev.and_then(|c| {
+            Some(Prev {
+                file: c.topology_input.as_deref()?,
+                nodes: &c.nodes,
+                shards: &c.shards,
+            })
+        });
         let mut errs = Errors::default();
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
@@ -282,7 +314,7 @@ impl ConfigFile {
         // `topology` names, or inline (one validator either way)
         let inline =
             !self.nodes.is_empty() || !self.shards.is_empty() || self.replication_factor.is_some();
-        let (topology, topology_file) = match &self.topology {
+        let (topology, topology_file, topology_input) = match &self.topology {
             Some(t) => {
                 if inline {
                     errs.push(
@@ -292,13 +324,15 @@ impl ConfigFile {
                     );
                 }
                 let p = resolve(t);
-                match Topology::load(&p) {
-                    Ok(t) => (t, Some(p)),
+                match ConfigErrors::read(&p)
+                    .and_then(|text| Topology::from_toml_reusing(&text, &p, prev))
+                {
+                    Ok((t, file)) => (t, Some(p), Some(Arc::new(file))),
                     Err(e) => {
                         for line in e.lines() {
                             errs.push("topology", line);
                         }
-                        (Topology::empty(), Some(p))
+                        (Topology::empty(), Some(p), None)
                     }
                 }
             }
@@ -311,7 +345,8 @@ impl ConfigFile {
                     shards: self.shards.clone(),
                     shard_rules: vec![],
                 };
-                (file.check(&mut errs), None)
+                let t = file.check_reusing(&mut errs, prev);
+                (t, None, Some(Arc::new(file)))
             }
         };
         let node_names: HashSet<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -558,8 +593,9 @@ impl ConfigFile {
                 grace_period: Duration::from_secs(self.listen.grace_period_s),
             },
             topology: topology_file,
-            nodes: topology.nodes.clone(),
-            shards: topology.shards.clone(),
+            topology_input,
+            nodes: topology.nodes,
+            shards: topology.shards,
             replication_factor: topology.replication_factor,
             routes,
             catalog,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{check_host_port, name_char, parse_toml, ConfigErrors, Errors, FieldError};
 
 /// The topology file as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopologyFile {
     /// Replicas per shard when a shard does not list its own. Default 2.
@@ -55,7 +55,7 @@ pub(crate) fn default_replication_factor() -> usize {
     2
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
     pub name: String,
@@ -82,7 +82,7 @@ pub enum Volatility {
     High,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardFile {
     pub id: String,
@@ -102,7 +102,7 @@ pub struct ShardFile {
 /// One shard per (category, region) cell of `categories × regions`, named
 /// by `id` with `{category}` and `{region}` replaced. Replicas are always
 /// assigned automatically.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardRuleFile {
     /// Id template. Default `{region}/{category}`.
@@ -161,16 +161,34 @@ impl Topology {
 
     /// Parse and validate topology text as if read from `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Topology, ConfigErrors> {
+        Self::from_toml_reusing(text, path, None).map(|(t, _)| t)
+    }
+
+    /// [`Topology::from_toml`], reusing what `prev` (a valid topology and
+    /// the file it came from) already expanded and checked; also returns
+    /// the parsed file, for the next load to reuse. The result is the one
+    /// a load without `prev` gives, errors included.
+    pub(crate) fn from_toml_reusing(
+        text: &str,
+        path: &Path,
+        prev: Option<Prev<'_>>,
+    ) -> Result<(Topology, TopologyFile), ConfigErrors> {
         let wire: TopologyFile = parse_toml(text, path)?;
-        wire.validate()
-            .map(|t| Topology {
+        let mut errs = Errors::default();
+        let t = wire.check_reusing(&mut errs, prev);
+        if !errs.0.is_empty() {
+            return Err(ConfigErrors {
+                file: path.display().to_string(),
+                errors: errs.0,
+            });
+        }
+        Ok((
+            Topology {
                 source: Some(path.to_path_buf()),
                 ..t
-            })
-            .map_err(|errors| ConfigErrors {
-                file: path.display().to_string(),
-                errors,
-            })
+            },
+            wire,
+        ))
     }
 
     /// No nodes, no shards: what a config whose topology file failed
@@ -218,6 +236,21 @@ impl TopologyFile {
     /// Check into `errs` (the proxy config's inline topology shares its
     /// error list); the result is meaningful only when nothing was added.
     pub(crate) fn check(&self, errs: &mut Errors) -> Topology {
+        self.check_reusing(errs, None)
+    }
+
+    /// [`TopologyFile::check`], reusing `prev` when this file differs from
+    /// the one `prev` came from only where no rule spanning shards can
+    /// notice (see [`Prev`]); otherwise the full check.
+    pub(crate) fn check_reusing(&self, errs: &mut Errors, prev: Option<Prev<'_>>) -> Topology {
+        if let Some(shards) = prev.and_then(|p| self.patch(p)) {
+            return Topology {
+                source: None,
+                nodes: prev.map(|p| p.nodes.to_vec()).unwrap_or_default(),
+                shards,
+                replication_factor: self.replication_factor,
+            };
+        }
         let before = errs.0.len();
         let mut node_names = HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -506,5 +539,10 @@ pub fn auto_assign(shards: &mut [ShardSpec], nodes: &[NodeSpec], rf: usize) {
     }
 }
 
+mod reuse;
+pub(crate) use reuse::Prev;
+
+#[cfg(test)]
+mod reuse_tests;
 #[cfg(test)]
 mod tests;

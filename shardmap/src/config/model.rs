@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::key::{KeySource, PathPattern, RegionSource};
-use crate::topology::{NodeSpec, ShardSpec};
+use crate::topology::{NodeSpec, ShardSpec, TopologyFile};
 
 use super::wire::{LimitsFile, RetryFile};
 use super::ControlFile;
@@ -21,6 +22,10 @@ pub struct Config {
     pub listen: Listen,
     /// The topology file, when `topology` names one (watched for reloads).
     pub topology: Option<PathBuf>,
+    /// The topology as written (file or inline), which `nodes`, `shards`
+    /// and `replication_factor` were validated from: what the next load
+    /// compares with to reuse them ([`Config::from_toml_reusing`]).
+    pub(crate) topology_input: Option<Arc<TopologyFile>>,
     pub nodes: Vec<NodeSpec>,
     pub shards: Vec<ShardSpec>,
     pub replication_factor: usize,
