@@ -493,3 +493,46 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_steps_down() {
         "{orders:#?}"
     );
 }
+
+/// An operator command is acknowledged only once the store holds it: the
+/// leader answers 200 with the setting already in `<prefix>:operator`,
+/// and a standby, which cannot write it, answers 503 rather than take a
+/// command that the next term would never see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_command_is_answered_once_the_store_holds_it() {
+    let s = Stack::start().await;
+    let ms = [s.manager("manager-1"), s.manager("manager-2")];
+    let (l, _) = s
+        .one_leader(&[&ms[0], &ms[1]], Duration::from_secs(30))
+        .await;
+    let keys = MetadataKeys::new(PREFIX);
+    let mut conn = metadata::connect(&s.redis.url()).await.unwrap();
+    let put = |m: &Manager, rps: f64| {
+        let r = s
+            .client
+            .put(format!("{}/manager/thresholds/UK%2FBETA", m.url))
+            .json(&json!({ "rps": rps }))
+            .timeout(Duration::from_secs(15))
+            .send();
+        async move { r.await.unwrap() }
+    };
+    for rps in [123.5, 456.25] {
+        let r = put(&ms[l], rps).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        // Read at once: no round has run since the answer.
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(keys.operator())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let stored = stored.expect("operator settings in the store");
+        assert!(
+            stored.contains(&rps.to_string()),
+            "the store holds {rps} when the command is answered: {stored}"
+        );
+    }
+    let r = put(&ms[1 - l], 789.0).await;
+    assert_eq!(r.status(), 503, "a standby cannot store a command");
+    let why = r.text().await.unwrap();
+    assert!(why.contains("not yet in the metadata store"), "{why}");
+}

@@ -1,7 +1,8 @@
 //! Operator controls: dry run, pins, node drains and thresholds, as the
 //! `/manager` routes call them. Each is an event to the state; a refusal
 //! comes back as the command's error, a change wakes the round (which
-//! persists it).
+//! persists it). With a metadata store, a command is answered once the
+//! store holds it ([`Manager::command_stored`]): acknowledged is durable.
 
 use super::state::{Command, CommandError, Effect, Event};
 use super::Manager;
@@ -22,10 +23,28 @@ impl Manager {
                 self.metrics.decision(&d);
                 self.log.record(d);
             } else if e == Effect::PersistOperator {
+                self.publisher.operator_taken();
                 self.wake();
             }
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// Wait until the metadata store holds every command taken so far (a
+    /// round writes them; it was woken). True at once without a store;
+    /// false when no write confirmed them within three rounds (at least a
+    /// second, at most ten): the command holds on this manager but would
+    /// be lost if leadership moved before its next write.
+    pub async fn command_stored(&self) -> bool {
+        if self.cfg.metadata.is_none() {
+            return true;
+        }
+        let n = self.publisher.operator_commands();
+        let within = (self.cfg.interval * 3).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(10),
+        );
+        self.publisher.operator_stored(n, within).await
     }
 
     pub fn set_dry_run(&self, on: bool) {

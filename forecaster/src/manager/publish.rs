@@ -89,6 +89,12 @@ pub struct Publisher {
     /// What this manager last wrote of each shard and node record: a pass
     /// writes only those that changed.
     written: Mutex<metadata::Written>,
+    /// Operator commands taken so far (each changes the settings the
+    /// store holds), and how many of them the store is known to hold: an
+    /// operator's command is answered once it is stored, so one taken just
+    /// before the lease ran out is not acknowledged and then lost.
+    operator_taken: std::sync::atomic::AtomicU64,
+    operator_stored: tokio::sync::watch::Sender<u64>,
 }
 
 impl Publisher {
@@ -99,7 +105,31 @@ impl Publisher {
             token,
             last: Mutex::new(None),
             written: Mutex::new(metadata::Written::default()),
+            operator_taken: std::sync::atomic::AtomicU64::new(0),
+            operator_stored: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Count an operator command the state took; its number, for
+    /// [`Publisher::operator_stored`].
+    pub fn operator_taken(&self) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.operator_taken.fetch_add(1, SeqCst) + 1
+    }
+
+    /// Operator commands taken so far.
+    pub fn operator_commands(&self) -> u64 {
+        self.operator_taken
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the store holds the operator settings with command `n` in
+    /// them within `within` (a pass writes them).
+    pub async fn operator_stored(&self, n: u64, within: std::time::Duration) -> bool {
+        let mut rx = self.operator_stored.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|&stored| stored >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     async fn put(&self, proxy: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
@@ -374,6 +404,11 @@ impl Publisher {
                     };
                 }
                 if res.is_ok() {
+                    // Read before the records are built: every command
+                    // counted by now is in the settings they carry.
+                    let taken = self
+                        .operator_taken
+                        .load(std::sync::atomic::Ordering::SeqCst);
                     let (shards, nodes, op) = records();
                     let mut written = std::mem::take(&mut *self.written.lock());
                     let r = metadata::write_changed_state(
@@ -388,7 +423,13 @@ impl Publisher {
                     .await;
                     *self.written.lock() = written;
                     match r.map(|w| w.published) {
-                        Ok(metadata::Published::Written) => {}
+                        Ok(metadata::Published::Written) => {
+                            self.operator_stored.send_if_modified(|stored| {
+                                let newer = taken > *stored;
+                                *stored = (*stored).max(taken);
+                                newer
+                            });
+                        }
                         Ok(metadata::Published::Fenced(why)) => {
                             lease.fenced(&why);
                             warn!(reason = %why, "records refused by the store: a newer leader");

@@ -17,7 +17,10 @@
 //! is 401 with `WWW-Authenticate: Bearer realm="shardcast"`. Request bodies
 //! must be JSON objects. A refused operator command ([`CommandError`]) is
 //! 404 when it names a shard or node that does not exist, 400 for a bad
-//! value; every error body is `{"error": "…"}`. `GET /manager` answers the
+//! value. With a metadata store, a command taken is answered once the store
+//! holds it; 503 when no write confirmed it within three rounds (a standby,
+//! or a store not answering): it holds on this manager, but the next term
+//! would not see it. Every error body is `{"error": "…"}`. `GET /manager` answers the
 //! shared [`shardmap::contract::manager::ManagerView`].
 
 use bytes::Bytes;
@@ -93,6 +96,20 @@ struct RoundRequested {
 }
 
 /// A refused command: 404 when it names what does not exist, else 400.
+/// A command the state took, answered once the metadata store holds it;
+/// 503 when no write confirmed it in time (it holds on this manager, and
+/// is written by a later round unless leadership moves first).
+async fn stored(m: &Manager, taken: Resp) -> Resp {
+    if m.command_stored().await {
+        taken
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "taken but not yet in the metadata store (not leading, or the store is not answering): it is lost if leadership moves before this manager writes it; check GET /manager and send it again",
+        )
+    }
+}
+
 fn refused(e: &CommandError) -> Resp {
     let status = if e.is_unknown() {
         StatusCode::NOT_FOUND
@@ -163,9 +180,11 @@ where
         rest.split('/').collect()
     };
     let method = req.method().clone();
-    let ok = |r: Result<(), CommandError>| match r {
-        Ok(()) => reply(StatusCode::OK, &Taken { ok: true }),
-        Err(e) => refused(&e),
+    let ok = |r: Result<(), CommandError>| async move {
+        match r {
+            Ok(()) => stored(m, reply(StatusCode::OK, &Taken { ok: true })).await,
+            Err(e) => refused(&e),
+        }
     };
     match (&method, parts.as_slice()) {
         (&Method::GET, []) => reply(StatusCode::OK, &m.view()),
@@ -180,7 +199,7 @@ where
         (&Method::PUT, ["dry-run"]) => match body_json::<DryRun, _>(req).await {
             Ok(d) => {
                 m.set_dry_run(d.enabled);
-                reply(StatusCode::OK, &DryRunSet { dry_run: d.enabled })
+                stored(m, reply(StatusCode::OK, &DryRunSet { dry_run: d.enabled })).await
             }
             Err(r) => r,
         },
@@ -190,17 +209,17 @@ where
                 Err(r) => return r,
             };
             match body_json::<Pin, _>(req).await {
-                Ok(p) => ok(m.pin(&shard, Some(p.nodes))),
+                Ok(p) => ok(m.pin(&shard, Some(p.nodes))).await,
                 Err(r) => r,
             }
         }
         (&Method::DELETE, ["pins", shard]) => match decoded(shard) {
-            Ok(s) => ok(m.pin(&s, None)),
+            Ok(s) => ok(m.pin(&s, None)).await,
             Err(r) => r,
         },
         (&Method::PUT, ["drain", node]) | (&Method::DELETE, ["drain", node]) => match decoded(node)
         {
-            Ok(n) => ok(m.drain_node(&n, method == Method::PUT)),
+            Ok(n) => ok(m.drain_node(&n, method == Method::PUT)).await,
             Err(r) => r,
         },
         (&Method::PUT, ["thresholds", shard]) => {
@@ -209,12 +228,12 @@ where
                 Err(r) => return r,
             };
             match body_json::<Threshold, _>(req).await {
-                Ok(t) => ok(m.set_threshold(&shard, Some(t.rps))),
+                Ok(t) => ok(m.set_threshold(&shard, Some(t.rps))).await,
                 Err(r) => r,
             }
         }
         (&Method::DELETE, ["thresholds", shard]) => match decoded(shard) {
-            Ok(s) => ok(m.set_threshold(&s, None)),
+            Ok(s) => ok(m.set_threshold(&s, None)).await,
             Err(r) => r,
         },
         (&Method::POST, ["round"]) => {
