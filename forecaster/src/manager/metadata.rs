@@ -444,6 +444,8 @@ pub async fn write_changed_state(
             String::new(),
         ]);
     }
+    let mut candidates: Vec<(String, Vec<&str>, bool)> =
+        Vec::with_capacity(shards.len() + nodes.len());
     for (s, num) in shards.iter().zip(&numbers) {
         let fields = [
             "content",
@@ -459,16 +461,8 @@ pub async fn write_changed_state(
             "target",
             num[2].as_str(),
         ];
-        let key = keys.shard(&s.id);
-        let h = hash_of(&fields[..]);
-        if written.records.get(&key) == Some(&h) {
-            continue;
-        }
-        let mut f = fields.to_vec();
-        f.extend(["version", v.as_str()]);
-        script.key(&key);
-        records.push(f);
-        hashes.push((key, h));
+        // A shard record carries the version it last changed at.
+        candidates.push((keys.shard(&s.id), fields.to_vec(), true));
     }
     for (n, num) in nodes.iter().zip(&numbers[shards.len()..]) {
         let fields = [
@@ -485,13 +479,19 @@ pub async fn write_changed_state(
             "load_rps",
             num[2].as_str(),
         ];
-        let key = keys.node(&n.name);
+        candidates.push((keys.node(&n.name), fields.to_vec(), false));
+    }
+    // Only the records whose fields changed since this manager wrote them.
+    for (key, mut fields, versioned) in candidates {
         let h = hash_of(&fields[..]);
         if written.records.get(&key) == Some(&h) {
             continue;
         }
+        if versioned {
+            fields.extend(["version", v.as_str()]);
+        }
         script.key(&key);
-        records.push(fields.to_vec());
+        records.push(fields);
         hashes.push((key, h));
     }
     let op_hash = hash_of(operator);
