@@ -251,15 +251,22 @@ impl Manager {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut conn: Option<Conn> = None;
         let mut restored = false;
+        let mut begun: Option<u64> = None;
         let lease_loop = tokio::spawn(self.clone().hold_lease(shutdown.clone()));
         loop {
-            if let Some(epoch) = self.lease.take_fresh() {
+            if let Some(epoch) = self.lease.fresh() {
                 // A new term: continue from the store's table (the last
                 // leader's), numbered in the new epoch, sent to every proxy.
-                self.apply(Event::TermBegan { epoch });
-                restored = false;
-            }
-            if !restored {
+                // Nothing is written in it until the store has been read.
+                if begun != Some(epoch) {
+                    self.apply(Event::TermBegan { epoch });
+                    begun = Some(epoch);
+                }
+                restored = self.restore(&mut conn).await;
+                if restored {
+                    self.lease.taken_up(epoch);
+                }
+            } else if !restored {
                 restored = self.restore(&mut conn).await;
             }
             self.round(&mut conn).await;
@@ -305,7 +312,18 @@ impl Manager {
                 None
             }
         };
-        self.apply(Event::Restored { table, operator });
+        let replaced = operator.is_some();
+        let taken = {
+            let mut st = self.state.lock();
+            st.apply(Event::Restored { table, operator });
+            self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.publisher.operator_commands()
+        };
+        if replaced {
+            // Commands taken before the stored settings replaced them are
+            // not in them: their callers hear 503, not 200.
+            self.publisher.operator_superseded(taken);
+        }
         true
     }
 

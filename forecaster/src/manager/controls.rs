@@ -10,10 +10,20 @@ use crate::time::now_unix_ms;
 
 impl Manager {
     fn command(&self, command: Command) -> Result<(), CommandError> {
-        let fx = self.apply(Event::Operator {
-            command,
-            now: now_unix_ms(),
-        });
+        // Taken and counted under one lock, so that a restore of the
+        // stored settings (also under it) knows which commands it replaced.
+        let fx = {
+            let mut st = self.state.lock();
+            let fx = st.apply(Event::Operator {
+                command,
+                now: now_unix_ms(),
+            });
+            if fx.contains(&Effect::PersistOperator) {
+                self.publisher.operator_taken();
+            }
+            fx
+        };
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
         let refused = fx.iter().find_map(|e| match e {
             Effect::Refused(why) => Some(why.clone()),
             _ => None,
@@ -23,7 +33,6 @@ impl Manager {
                 self.metrics.decision(&d);
                 self.log.record(d);
             } else if e == Effect::PersistOperator {
-                self.publisher.operator_taken();
                 self.wake();
             }
         }

@@ -39,7 +39,7 @@ impl Manager {
                 }
             }
             if let Some(c) = conn.as_mut() {
-                let was = self.lease.may_write().is_some();
+                let was = self.lease.view().leader;
                 let fut = self.lease.tick(c, &keys);
                 match tokio::time::timeout(self.lease.period(), fut).await {
                     Ok(Ok(())) => last_error = None,
@@ -57,7 +57,7 @@ impl Manager {
                         conn = None;
                     }
                 }
-                if !was && self.lease.may_write().is_some() {
+                if !was && self.lease.view().leader {
                     self.wake();
                 }
             }

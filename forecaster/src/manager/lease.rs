@@ -115,12 +115,14 @@ impl Lease {
         self.lease / 5
     }
 
-    /// The epoch of the current term, if this manager leads and its lease
-    /// has not (locally) ended, less a safety margin: checked before every
-    /// write.
+    /// The epoch of the current term, if this manager leads, has taken the
+    /// term up ([`Lease::taken_up`]) and its lease has not (locally) ended,
+    /// less a safety margin: checked before every write. A term not yet
+    /// taken up is not written in: the round would write settings the
+    /// store's restore is about to replace.
     pub fn may_write(&self) -> Option<u64> {
         let t = self.state.lock();
-        if !t.leader {
+        if !t.leader || t.fresh {
             return None;
         }
         match t.until {
@@ -130,14 +132,19 @@ impl Lease {
         }
     }
 
-    /// True once per new term: the manager re-reads the store's table.
-    pub fn take_fresh(&self) -> Option<u64> {
+    /// A term this manager leads but has not yet taken up: its epoch, until
+    /// [`Lease::taken_up`] says the store's table and settings were read.
+    pub fn fresh(&self) -> Option<u64> {
+        let t = self.state.lock();
+        (t.leader && t.fresh).then_some(t.epoch)
+    }
+
+    /// The term of `epoch` continues from the store: writes may begin.
+    pub fn taken_up(&self, epoch: u64) {
         let mut t = self.state.lock();
-        if t.leader && t.fresh {
+        if t.epoch == epoch {
             t.fresh = false;
-            return Some(t.epoch);
         }
-        None
     }
 
     pub fn view(&self) -> LeaseView {
@@ -305,6 +312,26 @@ mod tests {
         assert_eq!(l.may_write(), None);
         assert!(!l.view().leader);
         assert_eq!(l.fenced_writes.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_term_is_written_in_only_once_taken_up() {
+        let l = Lease::new(Duration::from_millis(1000));
+        {
+            let mut t = l.state.lock();
+            t.leader = true;
+            t.fresh = true;
+            t.epoch = 3;
+            t.until = Some(Instant::now() + Duration::from_millis(900));
+        }
+        assert_eq!(l.fresh(), Some(3));
+        assert_eq!(l.may_write(), None, "the store not yet read");
+        assert!(l.view().leader, "leading all the same");
+        l.taken_up(2);
+        assert_eq!(l.may_write(), None, "an older term's restore");
+        l.taken_up(3);
+        assert_eq!(l.fresh(), None);
+        assert_eq!(l.may_write(), Some(3));
     }
 
     #[test]

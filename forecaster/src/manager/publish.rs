@@ -94,7 +94,16 @@ pub struct Publisher {
     /// operator's command is answered once it is stored, so one taken just
     /// before the lease ran out is not acknowledged and then lost.
     operator_taken: std::sync::atomic::AtomicU64,
-    operator_stored: tokio::sync::watch::Sender<u64>,
+    operator_stored: tokio::sync::watch::Sender<OperatorStored>,
+}
+
+/// How many operator commands the store holds, and up to which one they
+/// were replaced by the store's settings at the start of a term (never
+/// to be held).
+#[derive(Debug, Clone, Copy, Default)]
+struct OperatorStored {
+    stored: u64,
+    superseded: u64,
 }
 
 impl Publisher {
@@ -106,7 +115,7 @@ impl Publisher {
             last: Mutex::new(None),
             written: Mutex::new(metadata::Written::default()),
             operator_taken: std::sync::atomic::AtomicU64::new(0),
-            operator_stored: tokio::sync::watch::Sender::new(0),
+            operator_stored: tokio::sync::watch::Sender::new(OperatorStored::default()),
         }
     }
 
@@ -125,11 +134,22 @@ impl Publisher {
 
     /// Whether the store holds the operator settings with command `n` in
     /// them within `within` (a pass writes them).
+    /// False at once when the store's settings replaced command `n`.
     pub async fn operator_stored(&self, n: u64, within: std::time::Duration) -> bool {
         let mut rx = self.operator_stored.subscribe();
-        tokio::time::timeout(within, rx.wait_for(|&stored| stored >= n))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let decided = async {
+            rx.wait_for(|s| s.stored >= n || s.superseded >= n)
+                .await
+                .is_ok_and(|s| s.superseded < n)
+        };
+        tokio::time::timeout(within, decided).await.unwrap_or(false)
+    }
+
+    /// Commands up to `n` were replaced by the settings a new term read
+    /// from the store.
+    pub fn operator_superseded(&self, n: u64) {
+        self.operator_stored
+            .send_modify(|s| s.superseded = s.superseded.max(n));
     }
 
     async fn put(&self, proxy: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
@@ -424,9 +444,9 @@ impl Publisher {
                     *self.written.lock() = written;
                     match r.map(|w| w.published) {
                         Ok(metadata::Published::Written) => {
-                            self.operator_stored.send_if_modified(|stored| {
-                                let newer = taken > *stored;
-                                *stored = (*stored).max(taken);
+                            self.operator_stored.send_if_modified(|s| {
+                                let newer = taken > s.stored;
+                                s.stored = s.stored.max(taken);
                                 newer
                             });
                         }
@@ -453,8 +473,29 @@ impl Publisher {
 
 #[cfg(test)]
 mod tests {
-    use super::push_timeout;
+    use super::{push_timeout, Publisher};
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_command_replaced_by_the_stored_settings_is_not_acknowledged() {
+        let p = Publisher::new(Vec::new(), None);
+        let wait = Duration::from_millis(50);
+        let first = p.operator_taken();
+        assert!(!p.operator_stored(first, wait).await, "no write yet");
+        p.operator_stored.send_modify(|s| s.stored = first);
+        assert!(p.operator_stored(first, wait).await);
+        let second = p.operator_taken();
+        p.operator_superseded(second);
+        // A later write covers it by count, but it is not in the settings.
+        p.operator_stored.send_modify(|s| s.stored = second);
+        assert!(!p.operator_stored(second, wait).await);
+        let third = p.operator_taken();
+        p.operator_stored.send_modify(|s| s.stored = third);
+        assert!(
+            p.operator_stored(third, wait).await,
+            "taken after the restore"
+        );
+    }
 
     #[test]
     fn a_full_table_gets_longer_than_a_delta() {
