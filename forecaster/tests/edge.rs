@@ -14,7 +14,7 @@ use shardcast_forecaster::service::Service;
 const DEADLINE: Duration = Duration::from_millis(300);
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .parent()
         .unwrap()
         .to_path_buf()

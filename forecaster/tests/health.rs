@@ -16,7 +16,7 @@ use shardcast_forecaster::service::Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .parent()
         .unwrap()
         .to_path_buf()

@@ -15,7 +15,7 @@ use shardcast_forecaster::time::now_unix_ms;
 use shardmap::telemetry::{Frame, Latency, ShardSample, FRAME_VERSION};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .parent()
         .unwrap()
         .to_path_buf()

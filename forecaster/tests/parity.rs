@@ -15,7 +15,7 @@ use shardcast_forecaster::model::OnnxModel;
 use shardcast_forecaster::time::{parse_local, Zone};
 
 fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("models")
 }
 
 fn floats(v: &Value) -> Vec<f64> {

@@ -492,7 +492,10 @@ mod tests {
         let text = fixed_state();
         if std::env::var_os("SHARDCAST_WRITE_GOLDEN").is_some() {
             std::fs::write(
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/metrics.prom"),
+                std::path::Path::new(
+                    &std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"),
+                )
+                .join("tests/data/metrics.prom"),
                 &text,
             )
             .unwrap();

@@ -389,9 +389,13 @@ impl Drop for Redis {
     }
 }
 
-/// The workspace root (for data files in tests).
+/// The workspace root (for data files in tests): read when the test runs
+/// (cargo and nextest set `CARGO_MANIFEST_DIR`), so that a test built from
+/// another checkout into the same target dir reads this checkout's files.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))

@@ -392,9 +392,13 @@ async fn failover(wait: &str, pause_replica: bool, in_flight: usize) -> Failover
         // Fill the replication link's socket buffers (a few MB on
         // loopback), so what the master acknowledges next stays in its
         // own memory and dies with it.
+        // 32 MB in one command: longer than the client's 500 ms default
+        // on a busy machine.
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)));
         let mut m = redis::Client::open(format!("redis://127.0.0.1:{master}/"))
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&cfg)
             .await
             .unwrap();
         let _: () = redis::cmd("SET")

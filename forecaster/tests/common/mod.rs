@@ -20,7 +20,7 @@ use shardcast_forecaster::store::{Retention, Store};
 use shardcast_forecaster::time::parse_local;
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .parent()
         .unwrap()
         .to_path_buf()

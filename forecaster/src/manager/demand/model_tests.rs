@@ -43,7 +43,8 @@ impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let good = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/topology.toml"),
+            std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+                .join("../conf/topology.toml"),
         )
         .unwrap();
         std::fs::write(dir.path().join("topology.toml"), good).unwrap();
