@@ -95,6 +95,9 @@ def parse_args(argv=None):
                     help="linear autoregressive highway over the last N values of the past window and each "
                          "step's seasonal-naive channels (default: the context or the shortest season, whichever "
                          "is shorter; 0: none)")
+    ap.add_argument("--highway-init", choices=["ridge", "zero"], default="ridge",
+                    help="the highway's starting weights: the ridge regression of the targets on its inputs "
+                         "over training origins ('ridge'), or zero")
     ap.add_argument("--year-cycle", choices=["auto", "on", "off"], default="auto",
                     help="day-of-year channels as inputs: 'auto' only when the training targets span a whole "
                          "year (a cycle never seen once cannot be learned; its values in validation and test "
@@ -223,6 +226,8 @@ def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int,
     usable = np.flatnonzero(ok)
     n_orig = (train_last - lo[usable] + 1).astype(float)
     sp = n_orig / n_orig.sum()  # every (series, origin) pair equally likely
+    if "hw_p" in params and getattr(args, "highway_init", "ridge") == "ridge":
+        params = ridge_highway(params, prep, spec, args, seed, limit, lo, usable, sp)
     best = (np.inf, params, 0)
     log = []
     t0 = time.time()
@@ -267,6 +272,51 @@ def undertrained_warning(seed: int, log: dict) -> str | None:
             f"did not improve over the {evals[-1]['step']} steps run, so the chosen model is barely trained; "
             "look for an input whose validation values training never saw (a calendar cycle longer than the "
             "training span: --year-cycle off) or a validation window in another regime (--val-periods)")
+
+
+HIGHWAY_FIT_SAMPLES = 20000
+HIGHWAY_RIDGE = 1e-3
+
+
+def ridge_highway(params: dict, prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int,
+                  lo: np.ndarray, usable: np.ndarray, sp: np.ndarray) -> dict:
+    """Start the highway at the weighted ridge regression of each step's (and aggregate's) transformed
+    target on the highway's inputs over training origins, its bias set so that the initial network's median
+    plus the highway is that regression: training starts from a linear autoregressive forecast and the
+    network learns what it misses. The lag inputs are nearly collinear (neighbouring hours of a smooth
+    series), a direction gradient descent from zero learns slowly; least squares does not care."""
+    train_last = limit - 1
+    rng = np.random.default_rng(seed + 7919)  # its own stream: the batch sampling is unchanged
+    n_s = HIGHWAY_FIT_SAMPLES
+    s = usable[rng.choice(len(usable), n_s, p=sp)]
+    o = np.minimum(lo[s] + np.floor(rng.random(n_s) * (train_last - lo[s] + 1)).astype(int), train_last)
+    past, future, scale = prep.inputs(s, o)
+    ys, ya, ms, ma = spec.targets(prep.panel.y, s, o, scale, limit)
+    w = (scale[:, 0] ** args.weight_power).astype(np.float64)
+    n, P = params["hw_p"].shape[0], params["hw_s"].shape[1]
+    last = past[:, -n:, 0].astype(np.float64)
+    mi = spec.quantiles.index(0.5)
+    base = {k: v for k, v in params.items() if not k.startswith("hw_")}
+    z0s, z0a = (np.asarray(z)[..., mi] for z in M.forward_one(base, past, future, spec.aggregates))
+
+    def solve(X, y, m):
+        ww = w * m
+        if ww.sum() <= 0:
+            return np.zeros(X.shape[1])
+        Xw = X * ww[:, None]
+        A = X.T @ Xw
+        A += HIGHWAY_RIDGE * np.trace(A) / len(A) * np.eye(len(A))
+        return np.linalg.solve(A, Xw.T @ y)
+
+    ones = np.ones((n_s, 1))
+    out = {k: np.array(v, np.float32) for k, v in params.items() if k.startswith("hw_")}
+    for k in range(spec.horizon):
+        c = solve(np.concatenate([last, future[:, k, :P].astype(np.float64), ones], 1), ys[:, k], ms[:, k])
+        out["hw_p"][:, k], out["hw_s"][k], out["hw_b"][k] = c[:n], c[n:n + P], c[-1] - np.average(z0s[:, k], weights=w)
+    for j in range(len(spec.aggregates)):
+        c = solve(np.concatenate([last, ones], 1), ya[:, j], ma[:, j])
+        out["hw_pa"][:, j], out["hw_ba"][j] = c[:n], c[-1] - np.average(z0a[:, j], weights=w)
+    return {**params, **{k: jnp.asarray(v) for k, v in out.items()}}
 
 
 def val_set(prep: Prepared, spec: FeatureSpec, val_start: int, cutoff: int, mask_t: np.ndarray | None):
@@ -453,7 +503,7 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
                      "steps_run": lg["log"][-1]["step"] if lg["log"] else None}
                     for m, lg in enumerate(logs)],
         "warnings": warnings,
-        "hyper": {"ar_lags": ar_lags(args, spec), "year_cycle": year_cycle}
+        "hyper": {"ar_lags": ar_lags(args, spec), "highway_init": args.highway_init, "year_cycle": year_cycle}
         | {k: getattr(args, k) for k in ("hidden", "head", "steps", "patience", "batch", "lr", "weight_decay",
                                           "drop_events", "drop_cov", "weight_power", "recent_boost", "refit",
                                           "day_head_origins")},
