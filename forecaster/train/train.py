@@ -93,11 +93,13 @@ def parse_args(argv=None):
     ap.add_argument("--periods", default=None, help="comma-separated seasonal periods (lag channels)")
     ap.add_argument("--ar-lags", type=int, default=None,
                     help="linear autoregressive highway over the last N values of the past window and each "
-                         "step's seasonal-naive channels (default: the context or the shortest season, whichever "
-                         "is shorter; 0: none)")
+                         "step's seasonal-naive channels (default for H: the context or the shortest season, "
+                         "whichever is shorter; for D, W, M: 0, none)")
     ap.add_argument("--highway-init", choices=["ridge", "zero"], default="ridge",
                     help="the highway's starting weights: the ridge regression of the targets on its inputs "
                          "over training origins ('ridge'), or zero")
+    ap.add_argument("--highway-ridge", type=float, default=1e-3,
+                    help="ridge penalty of the highway's starting fit, relative to the mean diagonal of X'WX")
     ap.add_argument("--year-cycle", choices=["auto", "on", "off"], default="auto",
                     help="day-of-year channels as inputs: 'auto' only when the training targets span a whole "
                          "year (a cycle never seen once cannot be learned; its values in validation and test "
@@ -275,7 +277,6 @@ def undertrained_warning(seed: int, log: dict) -> str | None:
 
 
 HIGHWAY_FIT_SAMPLES = 20000
-HIGHWAY_RIDGE = 1e-3
 
 
 def ridge_highway(params: dict, prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int,
@@ -305,7 +306,7 @@ def ridge_highway(params: dict, prep: Prepared, spec: FeatureSpec, args, seed: i
             return np.zeros(X.shape[1])
         Xw = X * ww[:, None]
         A = X.T @ Xw
-        A += HIGHWAY_RIDGE * np.trace(A) / len(A) * np.eye(len(A))
+        A += getattr(args, "highway_ridge", 1e-3) * np.trace(A) / len(A) * np.eye(len(A))
         return np.linalg.solve(A, Xw.T @ y)
 
     ones = np.ones((n_s, 1))
@@ -399,11 +400,15 @@ def agg_calibration_mask(args, spec: FeatureSpec, vs: dict, prep: Prepared, j: i
     return m if m.sum() >= DAY_HEAD_MIN_CELLS else mask
 
 
+HIGHWAY_FREQS = ("H",)  # measured to help there; on a monthly panel of a few hundred origins it overfit
+
+
 def ar_lags(args, spec: FeatureSpec) -> int:
-    """The highway's number of past values: --ar-lags, else min(context, shortest season)."""
+    """The highway's number of past values: --ar-lags, else min(context, shortest season) for the
+    frequencies in HIGHWAY_FREQS and none for the others."""
     n = getattr(args, "ar_lags", None)
     if n is None:
-        return min([spec.context] + list(spec.periods))
+        return min([spec.context] + list(spec.periods)) if spec.freq in HIGHWAY_FREQS else 0
     if n < 0 or n > spec.context:
         raise SystemExit(f"--ar-lags {n}: must be 0 (no highway) .. the context ({spec.context}; --context)")
     return n
