@@ -17,9 +17,10 @@ highway  (optional, LSTNet style) a linear autoregressive path added to every
          window's y channel times per-step weights, plus per-step weights on
          the step's seasonal-naive channels (y_snaive{p}) and a per-step bias;
          the aggregate heads get the same lag term with their own weights.
-         In z space, learned with the rest; zero-initialised, so training
-         starts from the network alone. It gives persistence and seasonal
-         naive a direct path to the output instead of through the LSTM state.
+         In z space, learned with the rest (``init_params`` makes it zero;
+         train.py starts it at a ridge fit, ``--highway-init``). It gives
+         persistence and seasonal naive a direct path to the output instead
+         of through the LSTM state. Off unless ``--ar-lags N``.
 calibrate z'_q = z_50 + c_q (z_q - z_50), c fitted on validation data after
          training (1 = no change).
 ensemble several seeds are averaged in transformed space (quantile averaging).
