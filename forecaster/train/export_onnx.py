@@ -3,7 +3,7 @@
 Built node by node with ``onnx.helper`` — no tracing, so the graph holds only
 standard operators any ONNX runtime runs: Transpose, LSTM, Squeeze,
 Unsqueeze, MatMul, Add, Relu, Mul, Slice, Abs, CumSum, Concat,
-ReduceMean, Sub, Div, Min, Max, Exp, Identity.
+ReduceMean, ReduceSum, Sub, Div, Min, Max, Exp, Identity.
 
 The batch dimension is symbolic (``batch``): the Rust runtime forecasts every
 shard in one call.
@@ -71,7 +71,29 @@ def _member(g: _G, p: dict, m: int, x_lbf: str, future: str, mf: str, n_q: int) 
         raw = g.op("Add", [raw, g.const(f"m{m}_{prefix}_b2", P[f"{prefix}_b2"])])
         return _monotone(g, raw, n_q, f"m{m}_{prefix}")
 
-    return head("s", future, None), head("a", mf, P["a_e"])
+    zs, za = head("s", future, None), head("a", mf, P["a_e"])
+    if "hw_p" in P:
+        hs, ha = _highway(g, P, m, "past", future)
+        zs, za = g.op("Add", [zs, hs]), g.op("Add", [za, ha])
+    return zs, za
+
+
+def _highway(g: _G, P: dict, m: int, past: str, future: str) -> tuple[str, str]:
+    """model.highway: the last n values of the past y channel and the seasonal-naive channels, linearly."""
+    n, S = P["hw_p"].shape[0], P["hw_s"].shape[1]
+    t = f"m{m}_hw"
+    # past[:, L-n:, 0] as [B, n]: a negative start counts from the end of the window
+    last = g.op("Slice", [past, g.const(f"{t}_ps", [-n, 0]), g.const(f"{t}_pe", [np.iinfo(np.int64).max, 1]),
+                          g.const(f"{t}_pax", [1, 2])])
+    last = g.op("Squeeze", [last, g.const(f"{t}_psq", [2])])
+    seas = g.op("Slice", [future, g.const(f"{t}_fs", [0]), g.const(f"{t}_fe", [S]), g.const(f"{t}_fax", [2])])
+    sk = g.op("ReduceSum", [g.op("Mul", [seas, g.const(f"{t}_s", P["hw_s"])]), g.const(f"{t}_sax", [2])],
+              keepdims=0)  # [B, K]
+    hs = g.op("Add", [g.op("Add", [g.op("MatMul", [last, g.const(f"{t}_p", P["hw_p"])]), sk]),
+                      g.const(f"{t}_b", P["hw_b"])])
+    ha = g.op("Add", [g.op("MatMul", [last, g.const(f"{t}_pa", P["hw_pa"])]), g.const(f"{t}_ba", P["hw_ba"])])
+    unsq = g.const(f"{t}_unsq", [2])
+    return g.op("Unsqueeze", [hs, unsq]), g.op("Unsqueeze", [ha, unsq])
 
 
 def build(members: list[dict], calib: dict, spec, name: str, doc: str) -> onnx.ModelProto:

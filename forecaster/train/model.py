@@ -12,6 +12,15 @@ aggs     the same shape of head for aggregate windows (next day / week /
          a learned per-window bias.
 quantile non-crossing by construction: z_0 = raw_0, z_i = z_0 + Σ |raw_1..i| (abs, not
          softplus: same ordering guarantee, and ~10x cheaper in ONNX Runtime).
+highway  (optional, LSTNet style) a linear autoregressive path added to every
+         quantile of every step: the last ``ar_lags`` values of the past
+         window's y channel times per-step weights, plus per-step weights on
+         the step's seasonal-naive channels (y_snaive{p}) and a per-step bias;
+         the aggregate heads get the same lag term with their own weights.
+         In z space, learned with the rest (``init_params`` makes it zero;
+         train.py starts it at a ridge fit, ``--highway-init``). It gives
+         persistence and seasonal naive a direct path to the output instead
+         of through the LSTM state. Off unless ``--ar-lags N``.
 calibrate z'_q = z_50 + c_q (z_q - z_50), c fitted on validation data after
          training (1 = no change).
 ensemble several seeds are averaged in transformed space (quantile averaging).
@@ -30,12 +39,14 @@ import numpy as np
 from common import Z_MAX
 
 
-def init_params(key, n_past: int, n_future: int, n_agg: int, hidden: int, head: int, n_q: int) -> dict:
+def init_params(key, n_past: int, n_future: int, n_agg: int, hidden: int, head: int, n_q: int,
+                horizon: int | None = None, ar_lags: int = 0, n_seasonal: int = 0) -> dict:
+    """Weights of one member; ``ar_lags > 0`` adds the highway (needs ``horizon``)."""
     ks = jax.random.split(key, 10)
     g = lambda k, shape, fan_in: jax.random.normal(k, shape, jnp.float32) / np.sqrt(fan_in)  # noqa: E731
     bias = np.zeros(4 * hidden, np.float32)
     bias[2 * hidden:3 * hidden] = 1.0  # forget gate (ONNX order i, o, f, c) starts open
-    return {
+    p = {
         "W": g(ks[0], (4 * hidden, n_past), n_past),
         "R": g(ks[1], (4 * hidden, hidden), hidden),
         "Wb": jnp.asarray(bias),
@@ -54,6 +65,29 @@ def init_params(key, n_past: int, n_future: int, n_agg: int, hidden: int, head: 
         "a_b2": jnp.asarray(np.r_[-1.0, np.full(n_q - 1, 0.3)].astype(np.float32)),
         "a_lin": jnp.zeros((n_future, n_q), jnp.float32),
     }
+    if ar_lags > 0:
+        if horizon is None:
+            raise ValueError("the highway needs the horizon")
+        p["hw_p"] = jnp.zeros((ar_lags, horizon), jnp.float32)  # last ar_lags values -> each step
+        p["hw_s"] = jnp.zeros((horizon, n_seasonal), jnp.float32)  # step k's seasonal-naive channels
+        p["hw_b"] = jnp.zeros(horizon, jnp.float32)
+        p["hw_pa"] = jnp.zeros((ar_lags, n_agg), jnp.float32)  # last ar_lags values -> each aggregate
+        p["hw_ba"] = jnp.zeros(n_agg, jnp.float32)
+    return p
+
+
+def ar_lags_of(p: dict) -> int:
+    """The highway's number of past values (0: no highway)."""
+    return int(p["hw_p"].shape[0]) if "hw_p" in p else 0
+
+
+def highway(p: dict, past, future):
+    """The linear path: (steps [B, K, 1], aggs [B, A, 1]) in z space, added to every quantile."""
+    n, P = p["hw_p"].shape[0], p["hw_s"].shape[1]
+    last = past[:, past.shape[1] - n:, 0]  # [B, n] the y channel, oldest first
+    hs = last @ p["hw_p"] + (future[:, :, :P] * p["hw_s"]).sum(-1) + p["hw_b"]  # [B, K]
+    ha = last @ p["hw_pa"] + p["hw_ba"]  # [B, A]
+    return hs[..., None], ha[..., None]
 
 
 def lstm_last(p: dict, x: jnp.ndarray) -> jnp.ndarray:
@@ -99,6 +133,9 @@ def forward_one(p: dict, past, future, aggregates: list[tuple[int, int]]):
     ha = jax.nn.relu((h @ p["a_h"] + p["a_b1"])[:, None, :] + p["a_e"] + mf @ p["a_f"])
     rawa = ha @ p["a_w2"] + mf @ p["a_lin"] + p["a_b2"]
     z_aggs = monotone(rawa)
+    if "hw_p" in p:
+        hs, ha = highway(p, past, future)
+        z_steps, z_aggs = z_steps + hs, z_aggs + ha
     return z_steps, z_aggs
 
 
