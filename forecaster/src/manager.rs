@@ -140,6 +140,7 @@ impl Manager {
             fail_after: cfg.fail_after,
             drain: cfg.drain,
             order_timeout: cfg.order_timeout,
+            orders_in_flight_max: cfg.orders_in_flight_max,
             host_baseline: cfg.host_baseline,
             scale_in_ratio: cfg.scale_in_ratio,
             churn_budget: cfg.churn_budget,
@@ -420,7 +421,13 @@ impl Manager {
             now: self.clock.now_ms(),
         };
         let mut model = self.demand.lock();
-        let (input, shards) = self.with_state(|st| demand::plan_input(&inputs, st, &mut model));
+        let (mut input, shards, room) = self.with_state(|st| {
+            let (input, shards) = demand::plan_input(&inputs, st, &mut model);
+            (input, shards, st.order_room(now_unix_ms()))
+        });
+        // Additions beyond what sync can take now wait in the plan (its
+        // `deferred`), ranked, for a later round.
+        input.churn_budget = input.churn_budget.min(room);
         let plan = planner::plan(&input);
         let tnow = input.now_ms;
         model.keep(input);
