@@ -315,7 +315,18 @@ impl Manager {
         let started = Instant::now();
         let mut laps = Laps::start(Phase::Topology);
         self.round_inner(conn, &mut laps).await;
-        self.metrics.round(started.elapsed(), laps.finish());
+        let took = started.elapsed();
+        let spent = laps.finish();
+        if took > phases::SLOW_ROUND {
+            let predicted = self.demand.lock().predicted;
+            phases::slow(
+                took,
+                &spent,
+                predicted,
+                self.with_state(|st| st.in_flight()),
+            );
+        }
+        self.metrics.round(took, spent);
     }
 
     async fn round_inner(&self, conn: &mut Option<Conn>, laps: &mut Laps) {
@@ -377,7 +388,7 @@ impl Manager {
             // A standby (or a leader whose lease is ending): plans are
             // computed and shown; nothing is written.
             laps.enter(Phase::Plan);
-            let (plan, shards, _) = self.plan(&topo);
+            let (plan, shards, _) = self.plan(&topo, laps);
             self.apply(Event::Standby { plan, shards, now });
             return;
         }
@@ -388,7 +399,7 @@ impl Manager {
         laps.enter(Phase::Plan);
         let fx = self.apply(Event::DrainsDue { now });
         self.carry_out(fx, laps).await;
-        let (plan, shards, tnow) = self.plan(&topo);
+        let (plan, shards, tnow) = self.plan(&topo, laps);
         let fx = self.apply(Event::PlanComputed {
             plan,
             shards,
@@ -410,7 +421,12 @@ impl Manager {
     }
 
     /// The plan for now, on the manager's clock (trace time when replaying).
-    fn plan(&self, topo: &Topology) -> (planner::Plan, Vec<state::ShardDemand>, i64) {
+    fn plan(
+        &self,
+        topo: &Topology,
+        laps: &mut Laps,
+    ) -> (planner::Plan, Vec<state::ShardDemand>, i64) {
+        let t0 = Instant::now();
         let set = self.forecasts.latest();
         let inputs = Inputs {
             cfg: &self.cfg,
@@ -428,7 +444,10 @@ impl Manager {
         // Additions beyond what sync can take now wait in the plan (its
         // `deferred`), ranked, for a later round.
         input.churn_budget = input.churn_budget.min(room);
+        laps.side(Phase::Input, t0.elapsed());
+        let t1 = Instant::now();
         let plan = planner::plan(&input);
+        laps.side(Phase::Planner, t1.elapsed());
         let tnow = input.now_ms;
         model.keep(input);
         (plan, shards, tnow)
