@@ -113,7 +113,8 @@ def bucket_q(h, q):
     return None
 
 
-PHASES = ("topology", "observe", "probe", "hosted", "orders", "plan", "submit", "evict", "publish", "store")
+PHASES = ("topology", "observe", "probe", "hosted", "orders", "plan", "input", "planner", "submit", "evict",
+          "publish", "store")
 
 
 def round_phases(metrics):

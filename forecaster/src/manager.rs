@@ -140,6 +140,7 @@ impl Manager {
             fail_after: cfg.fail_after,
             drain: cfg.drain,
             order_timeout: cfg.order_timeout,
+            orders_in_flight_max: cfg.orders_in_flight_max,
             host_baseline: cfg.host_baseline,
             scale_in_ratio: cfg.scale_in_ratio,
             churn_budget: cfg.churn_budget,
@@ -332,7 +333,18 @@ impl Manager {
         let started = Instant::now();
         let mut laps = Laps::start(Phase::Topology);
         self.round_inner(conn, &mut laps).await;
-        self.metrics.round(started.elapsed(), laps.finish());
+        let took = started.elapsed();
+        let spent = laps.finish();
+        if took > phases::SLOW_ROUND {
+            let predicted = self.demand.lock().predicted;
+            phases::slow(
+                took,
+                &spent,
+                predicted,
+                self.with_state(|st| st.in_flight()),
+            );
+        }
+        self.metrics.round(took, spent);
     }
 
     async fn round_inner(&self, conn: &mut Option<Conn>, laps: &mut Laps) {
@@ -394,7 +406,7 @@ impl Manager {
             // A standby (or a leader whose lease is ending): plans are
             // computed and shown; nothing is written.
             laps.enter(Phase::Plan);
-            let (plan, shards, _) = self.plan(&topo);
+            let (plan, shards, _) = self.plan(&topo, laps);
             self.apply(Event::Standby { plan, shards, now });
             return;
         }
@@ -405,7 +417,7 @@ impl Manager {
         laps.enter(Phase::Plan);
         let fx = self.apply(Event::DrainsDue { now });
         self.carry_out(fx, laps).await;
-        let (plan, shards, tnow) = self.plan(&topo);
+        let (plan, shards, tnow) = self.plan(&topo, laps);
         let fx = self.apply(Event::PlanComputed {
             plan,
             shards,
@@ -427,7 +439,12 @@ impl Manager {
     }
 
     /// The plan for now, on the manager's clock (trace time when replaying).
-    fn plan(&self, topo: &Topology) -> (planner::Plan, Vec<state::ShardDemand>, i64) {
+    fn plan(
+        &self,
+        topo: &Topology,
+        laps: &mut Laps,
+    ) -> (planner::Plan, Vec<state::ShardDemand>, i64) {
+        let t0 = Instant::now();
         let set = self.forecasts.latest();
         let inputs = Inputs {
             cfg: &self.cfg,
@@ -438,8 +455,17 @@ impl Manager {
             now: self.clock.now_ms(),
         };
         let mut model = self.demand.lock();
-        let (input, shards) = self.with_state(|st| demand::plan_input(&inputs, st, &mut model));
+        let (mut input, shards, room) = self.with_state(|st| {
+            let (input, shards) = demand::plan_input(&inputs, st, &mut model);
+            (input, shards, st.order_room(now_unix_ms()))
+        });
+        // Additions beyond what sync can take now wait in the plan (its
+        // `deferred`), ranked, for a later round.
+        input.churn_budget = input.churn_budget.min(room);
+        laps.side(Phase::Input, t0.elapsed());
+        let t1 = Instant::now();
         let plan = planner::plan(&input);
+        laps.side(Phase::Planner, t1.elapsed());
         let tnow = input.now_ms;
         model.keep(input);
         (plan, shards, tnow)

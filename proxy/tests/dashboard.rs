@@ -483,6 +483,7 @@ async fn dashboard_shows_forecasts_orders_and_decisions() {
             rises: 6,
             rises_met_warm: 3,
         },
+        admission: Default::default(),
     };
     let (forecasts, series, manager) = (
         serde_json::to_string(&forecasts).unwrap(),

@@ -79,8 +79,17 @@ pub(super) struct WireManager {
     observe_window_s: usize,
     #[serde(default = "d_drain_ms")]
     drain_ms: u64,
+    /// An order running this long at sync without finishing, or queued
+    /// there while sync moves none of the manager's orders this long, is
+    /// cancelled (its warming replica withdrawn).
     #[serde(default = "d_order_timeout_ms")]
     order_timeout_ms: u64,
+    /// Pre-fetch orders open at sync at most; the manager holds the rest
+    /// back and orders them as room frees, most urgent first. The limit is
+    /// lower while sync's measured rate could not finish this many within
+    /// half `order_timeout_ms`.
+    #[serde(default = "d_orders_in_flight_max")]
+    orders_in_flight_max: usize,
     #[serde(default = "d_bandwidth")]
     bandwidth_bytes_per_s: f64,
     /// Ignored: the manager has no health checker of its own; node health
@@ -171,6 +180,10 @@ fn d_drain_ms() -> u64 {
 fn d_order_timeout_ms() -> u64 {
     120_000
 }
+/// One `GET /orders?ids=` call follows them all each round.
+fn d_orders_in_flight_max() -> usize {
+    shardmap::contract::MAX_BATCH
+}
 fn d_bandwidth() -> f64 {
     50e6
 }
@@ -215,6 +228,7 @@ pub struct ManagerConfig {
     pub observe_window_s: usize,
     pub drain: Duration,
     pub order_timeout: Duration,
+    pub orders_in_flight_max: usize,
     pub bandwidth_bytes_per_s: f64,
     pub health_timeout: Duration,
     pub health_max_age: Duration,
@@ -362,6 +376,15 @@ pub(super) fn validate(
     if m.fail_after == 0 {
         err("manager.fail_after", "must be at least 1".into());
     }
+    if m.orders_in_flight_max == 0 {
+        err(
+            "manager.orders_in_flight_max",
+            "must be at least 1 (orders open at sync at once)".into(),
+        );
+    }
+    if m.order_timeout_ms == 0 {
+        err("manager.order_timeout_ms", "must be at least 1".into());
+    }
     if !listen.ip().is_loopback() && m.admin_token.as_deref().unwrap_or("").is_empty() {
         err(
             "manager.admin_token",
@@ -393,6 +416,7 @@ pub(super) fn validate(
         observe_window_s: m.observe_window_s,
         drain: Duration::from_millis(m.drain_ms),
         order_timeout: Duration::from_millis(m.order_timeout_ms),
+        orders_in_flight_max: m.orders_in_flight_max,
         bandwidth_bytes_per_s: m.bandwidth_bytes_per_s,
         health_timeout: Duration::from_millis(m.health_timeout_ms),
         health_max_age: Duration::from_millis(m.health_max_age_ms),

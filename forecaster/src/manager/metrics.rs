@@ -11,6 +11,10 @@
 //! | `shardcast_manager_decisions_total{action,reason}` | counter | decisions logged |
 //! | `shardcast_manager_orders_total{outcome}` | counter | pre-fetch orders by how they ended: done, failed, cancelled, refused |
 //! | `shardcast_manager_orders_open` | gauge | orders sync still holds |
+//! | `shardcast_manager_orders_limit` | gauge | orders that may be open at sync at once (`state/admission.rs`): the configured cap, or less while sync's measured rate could not finish that many within half the order timeout |
+//! | `shardcast_manager_orders_cap` | gauge | the configured cap, `manager.orders_in_flight_max` |
+//! | `shardcast_manager_orders_held_back` | gauge | orders wanted but not sent in the last round for want of room (additions the plan deferred, refreshes not ordered) |
+//! | `shardcast_manager_sync_finish_rate` | gauge | this manager's orders sync finished per second over the last 30 s |
 //! | `shardcast_manager_prefetches_total{reason}` | counter | pre-fetch orders sync took (adds and refreshes), by the reason that drove them |
 //! | `shardcast_manager_demand_prefetches_total{warm}` | counter | demand-driven pre-fetched replicas by when they were warm: `before_rise`, `after_rise`, `no_rise` (`state/prefetch.rs`) |
 //! | `shardcast_manager_rises_total{met}` | counter | shard episodes whose observed demand crossed the threshold, by whether a pre-fetched replica was warm before: `warm`, `cold` |
@@ -174,10 +178,31 @@ pub fn render(o: &mut String, m: &Manager) {
             ("refused", out.refused),
         ],
     );
+    let adm = st.admission_view(crate::time::now_unix_ms());
     w.gauge(
         "shardcast_manager_orders_open",
         "Pre-fetch orders sync still holds.",
-        st.orders.iter().filter(|o| o.state.is_open()).count(),
+        adm.in_flight,
+    );
+    w.gauge(
+        "shardcast_manager_orders_limit",
+        "Pre-fetch orders that may be open at sync at once (the cap, or less while sync's measured rate could not finish that many within half the order timeout).",
+        adm.limit.min(u32::MAX as usize) as u64,
+    );
+    w.gauge(
+        "shardcast_manager_orders_cap",
+        "The configured cap on pre-fetch orders open at sync.",
+        adm.cap.min(u32::MAX as usize) as u64,
+    );
+    w.gauge(
+        "shardcast_manager_orders_held_back",
+        "Pre-fetch orders wanted but not sent in the last round for want of room.",
+        adm.held_back,
+    );
+    w.gauge(
+        "shardcast_manager_sync_finish_rate",
+        "This manager's pre-fetch orders sync finished per second over the last 30 s.",
+        adm.rate_per_s.unwrap_or(0.0),
     );
 
     let p = &st.prefetch.view;

@@ -5,9 +5,9 @@
 //!
 //! The observations wait on the network side by side: `observe` is the
 //! wall time of that step, and `probe`, `hosted` and `orders` are each
-//! call's own time within it (they overlap, so they add up to more). The
-//! other phases follow one another: with `observe` they add up to the
-//! round.
+//! call's own time within it (they overlap, so they add up to more).
+//! `input` and `planner` are parts of `plan`. The other phases follow one
+//! another: with `observe` they add up to the round.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -33,6 +33,11 @@ pub enum Phase {
     /// Drains that are due, the plan's input, the planner, and carrying
     /// the plan into the state (no I/O).
     Plan,
+    /// The planner's input (each shard's prediction, carried over when its
+    /// forecast, threshold and hour are unchanged); within `plan`.
+    Input,
+    /// The planner itself; within `plan`.
+    Planner,
     /// Pre-fetch orders to sync (`POST /orders/batch`) and their answers.
     Submit,
     /// Cancels and evictions at sync.
@@ -45,13 +50,15 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 12] = [
         Phase::Topology,
         Phase::Observe,
         Phase::Probe,
         Phase::Hosted,
         Phase::Orders,
         Phase::Plan,
+        Phase::Input,
+        Phase::Planner,
         Phase::Submit,
         Phase::Evict,
         Phase::Publish,
@@ -66,6 +73,8 @@ impl Phase {
             Phase::Hosted => "hosted",
             Phase::Orders => "orders",
             Phase::Plan => "plan",
+            Phase::Input => "input",
+            Phase::Planner => "planner",
             Phase::Submit => "submit",
             Phase::Evict => "evict",
             Phase::Publish => "publish",
@@ -122,6 +131,33 @@ impl Laps {
 }
 
 /// Upper bounds, seconds: fine below 100 ms, where the round's target is.
+/// A round longer than this is logged with its phases (the round's target).
+pub const SLOW_ROUND: Duration = Duration::from_millis(100);
+
+/// Log a slow round with its phase split: the histograms say how often a
+/// round is slow, this says which (a new forecast set to predict from, a
+/// wave of orders, a wait on sync). `predicted`: shards predicted again.
+pub fn slow(
+    took: Duration,
+    spent: &[Duration; Phase::ALL.len()],
+    predicted: usize,
+    in_flight: usize,
+) {
+    let phases: Vec<String> = Phase::ALL
+        .iter()
+        .zip(spent)
+        .filter(|(_, d)| d.as_micros() >= 500)
+        .map(|(p, d)| format!("{}={:.1}", p.as_str(), d.as_secs_f64() * 1e3))
+        .collect();
+    tracing::info!(
+        ms = format!("{:.1}", took.as_secs_f64() * 1e3),
+        phases = phases.join(" "),
+        predicted,
+        in_flight,
+        "slow round"
+    );
+}
+
 const BUCKETS_S: [f64; 17] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
     1.0, 5.0,

@@ -13,6 +13,9 @@
 //! per plan; and a move is make-before-break — a replica is drained only
 //! when the planner says so, which it does once enough others serve.
 
+pub mod admission;
+#[cfg(test)]
+mod admission_tests;
 mod operator;
 mod orders;
 mod plan;
@@ -88,8 +91,12 @@ pub struct Settings {
     pub fail_after: u32,
     /// How long a replica drains before it leaves the table.
     pub drain: Duration,
-    /// An order not done by then is cancelled and its replica withdrawn.
+    /// An order running this long at sync without finishing (or queued
+    /// while sync moves none of the orders for this long) is cancelled and
+    /// its replica withdrawn ([`admission`]).
     pub order_timeout: Duration,
+    /// Orders open at sync at most ([`admission`]); 0: no admission.
+    pub orders_in_flight_max: usize,
     /// Keep every replica hosted (true), or only those of hot shards.
     pub host_baseline: bool,
     pub scale_in_ratio: f64,
@@ -312,12 +319,15 @@ pub struct State {
     pub outcomes: OrderOutcomes,
     /// Pre-fetches by reason, and whether they were warm before the rise.
     pub prefetch: prefetch::Prefetches,
+    /// How many orders may be open at sync, and which are overdue.
+    pub admission: admission::Admission,
 }
 
 impl State {
     /// A state that publishes at `version`, before any topology.
     pub fn new(settings: Settings, version: AssignmentVersion, dry_run: bool) -> State {
         let mut st = State {
+            admission: admission::Admission::new(settings.orders_in_flight_max),
             settings,
             version,
             ..State::default()
@@ -396,6 +406,7 @@ impl State {
                     .map(|o| o.id)
                     .collect();
                 self.prefetch.keep_open(|id| open.contains(&id));
+                self.admission.keep_open(|id| open.contains(&id));
                 let changed = std::mem::take(&mut self.dirty);
                 if changed {
                     self.version = self.version.next();
@@ -435,6 +446,30 @@ impl State {
     /// The table as published.
     pub fn update(&self) -> TableUpdate {
         TableUpdate::full(self.version, self.replicas.clone())
+    }
+
+    /// Orders open at sync (queued or running).
+    pub fn in_flight(&self) -> usize {
+        self.orders.iter().filter(|o| o.state.is_open()).count()
+    }
+
+    /// Orders that may still be submitted at real time `now` (the
+    /// admission limit less those open).
+    pub fn order_room(&self, now: i64) -> usize {
+        let limit = self.admission.limit(self.settings.order_timeout, now);
+        limit.saturating_sub(self.in_flight())
+    }
+
+    /// Admission as `/manager` and `/metrics` show it.
+    pub fn admission_view(&self, now: i64) -> admission::AdmissionView {
+        admission::AdmissionView {
+            limit: self.admission.limit(self.settings.order_timeout, now),
+            cap: self.admission.cap,
+            rate_per_s: self.admission.rate(now),
+            in_flight: self.in_flight(),
+            held_back: self.last_plan.as_ref().map_or(0, |p| p.deferred)
+                + self.admission.refreshes_held,
+        }
     }
 
     /// The open order for this shard on this node, if any.

@@ -125,6 +125,7 @@ impl Manager {
             deferred: plan.map_or(0, |p| p.deferred),
             operator: st.operator.clone(),
             prefetch: st.prefetch.view.clone(),
+            admission: st.admission_view(crate::time::now_unix_ms()),
         }
     }
 

@@ -216,6 +216,23 @@ impl PrefetchView {
     }
 }
 
+/// Admission of pre-fetch orders (`forecaster/src/manager/state/admission.rs`):
+/// how many may be open at sync, and how many wait in the manager.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdmissionView {
+    /// Orders open at sync at most (the lower of the two below).
+    pub limit: usize,
+    /// The configured cap (`manager.orders_in_flight_max`).
+    pub cap: usize,
+    /// What sync finished per second over the last window, if anything.
+    pub rate_per_s: Option<f64>,
+    /// Orders open at sync now.
+    pub in_flight: usize,
+    /// Orders wanted but held back in the last round (additions the
+    /// planner deferred for want of room, refreshes not ordered).
+    pub held_back: usize,
+}
+
 /// `GET /manager`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ManagerView {
@@ -242,6 +259,9 @@ pub struct ManagerView {
     pub deferred: usize,
     pub operator: OperatorView,
     pub prefetch: PrefetchView,
+    /// Absent from managers before admission existed.
+    #[serde(default)]
+    pub admission: AdmissionView,
 }
 
 #[cfg(test)]
@@ -259,7 +279,8 @@ mod tests {
           "submitted_unix_ms":1700000000000,"finished_unix_ms":null,"rows":0,"bytes":0,"reason":"forecast","replaces":null,"adds_replica":true,"deadline_met":null}],
         "decisions":[{"at_unix_ms":1,"action":"add_replica","shard":"UK/SEASONAL","node":"node-c","reason":"forecast","detail":"p90 above threshold","dry_run":false}],
         "deferred":0,"operator":{"dry_run":false,"pins":{},"drained":[],"thresholds":{}},
-        "prefetch":{"by_reason":{"forecast":3,"load":1},"warm_before_rise":2,"warm_after_rise":1,"no_rise":0,"rises":2,"rises_met_warm":1}}"#;
+        "prefetch":{"by_reason":{"forecast":3,"load":1},"warm_before_rise":2,"warm_after_rise":1,"no_rise":0,"rises":2,"rises_met_warm":1},
+        "admission":{"limit":600,"cap":1000,"rate_per_s":10.0,"in_flight":1,"held_back":4}}"#;
 
     #[test]
     fn the_view_round_trips_and_a_rename_is_an_error() {

@@ -122,8 +122,8 @@ impl State {
         }
     }
 
-    /// Update one tracked order from sync's answer; an order that timed
-    /// out is cancelled at sync.
+    /// Update one tracked order from sync's answer; an order overdue
+    /// ([`super::admission::Admission::overdue`]) is cancelled at sync.
     pub(super) fn reported(
         &mut self,
         id: u64,
@@ -135,10 +135,10 @@ impl State {
             return;
         };
         let timeout = self.settings.order_timeout;
-        let timed_out = now - self.orders[i].submitted_unix_ms > timeout.as_millis() as i64;
         match report {
             OrderReport::Found(o) => match o.state {
                 OrderState::Done => {
+                    self.admission.finished(id, now);
                     let end = Finished {
                         rows: o.rows,
                         bytes: o.bytes,
@@ -148,16 +148,23 @@ impl State {
                     };
                     self.done(i, end, now, fx)
                 }
-                OrderState::Cancelled => self.fail(i, now, "cancelled by sync", fx),
-                OrderState::Queued | OrderState::Running if timed_out => {
-                    self.fail(i, now, &format!("not done within {timeout:?}"), fx);
-                    fx.push(Effect::Cancel { id });
+                OrderState::Cancelled => {
+                    self.admission.finished(id, now);
+                    self.fail(i, now, "cancelled by sync", fx)
                 }
                 state @ (OrderState::Queued | OrderState::Running) => {
+                    if state == OrderState::Running {
+                        let at = o.started_unix_ms.map_or(now, |t| t as i64);
+                        self.admission.started(id, at, now);
+                    }
                     let tracked = &mut self.orders[i];
                     tracked.state = state.into();
                     tracked.rows = o.rows;
                     tracked.bytes = o.bytes;
+                    if let Some(why) = self.admission.overdue(&self.orders[i], timeout, now) {
+                        self.fail(i, now, &why, fx);
+                        fx.push(Effect::Cancel { id });
+                    }
                 }
             },
             OrderReport::Missing(_) if self.warm_at_sync(i) => {
@@ -165,6 +172,7 @@ impl State {
                 // drop one before this round asks for it; the copy it made
                 // is what matters, and sync's list of what its nodes hold
                 // (read this round) has it warm.
+                self.admission.finished(id, now);
                 let end = Finished {
                     rows: 0,
                     bytes: 0,
@@ -175,16 +183,18 @@ impl State {
                 self.done(i, end, now, fx)
             }
             OrderReport::Missing(e) => {
+                let overdue = self.admission.overdue(&self.orders[i], timeout, now);
                 self.fail(i, now, &e, fx);
-                if timed_out {
+                if overdue.is_some() {
                     fx.push(Effect::Cancel { id });
                 }
             }
-            OrderReport::Unreachable(e) if timed_out => {
-                self.fail(i, now, &e, fx);
-                fx.push(Effect::Cancel { id });
+            OrderReport::Unreachable(e) => {
+                if let Some(why) = self.admission.overdue(&self.orders[i], timeout, now) {
+                    self.fail(i, now, &format!("{why}; sync: {e}"), fx);
+                    fx.push(Effect::Cancel { id });
+                }
             }
-            OrderReport::Unreachable(_) => {}
         }
     }
 
@@ -284,6 +294,7 @@ impl State {
         o.finished_unix_ms = Some(now);
         let o = o.clone();
         self.prefetch.gone(o.id);
+        self.admission.gone(o.id);
         if o.adds_replica {
             if let Some(reps) = self.replicas.get_mut(&o.shard) {
                 let before = reps.len();

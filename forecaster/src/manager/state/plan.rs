@@ -58,6 +58,9 @@ impl State {
         self.last_dry_actions.clear();
         // Additions of this plan not yet in the table (their orders are out).
         let mut adding: BTreeSet<(String, String)> = BTreeSet::new();
+        // The planner was given no more additions than this; the state
+        // holds to it whatever it is given.
+        let room = self.order_room(now);
         for a in &plan.actions {
             match a {
                 Action::Drop { shard, node, .. } => {
@@ -75,6 +78,7 @@ impl State {
                         }
                         self.outcomes.cancelled += 1;
                         self.prefetch.gone(id);
+                        self.admission.gone(id);
                     }
                     fx.push(Effect::Record(decision(a, now, tnow, false)));
                     self.dirty = true;
@@ -125,6 +129,11 @@ impl State {
                         Some(format!("order {} for this shard and node is open", o.id))
                     } else if adding.len() >= self.settings.churn_budget {
                         Some("over the churn budget of this round".to_string())
+                    } else if adding.len() >= room {
+                        Some(format!(
+                            "{} orders open at sync, the admission limit",
+                            self.in_flight()
+                        ))
                     } else {
                         None
                     };
@@ -166,10 +175,13 @@ impl State {
             .iter()
             .filter(|o| o.state.is_open() && !o.adds_replica)
             .count();
-        let room = REFRESHES_OPEN_MAX.saturating_sub(open_refreshes);
+        let room = REFRESHES_OPEN_MAX
+            .saturating_sub(open_refreshes)
+            .min(self.order_room(now));
         if room == 0 {
             // As many open as allowed (the usual case while thousands of
-            // shards are hot): nothing to order, so nothing to look for.
+            // shards are hot): nothing to order, so nothing to look for
+            // (the count held back stays the last one made).
             return;
         }
         let open = self.open_pairs();
@@ -213,6 +225,7 @@ impl State {
         }
         // Stable: equal priorities keep the plan's order.
         refreshes.sort_by(|a, b| b.0.total_cmp(&a.0));
+        self.admission.refreshes_held = refreshes.len().saturating_sub(room);
         fx.extend(refreshes.into_iter().take(room).map(
             |(priority, shard, node, reason, deadline)| {
                 Effect::Submit(OrderRequest {

@@ -19,6 +19,7 @@ fn settings(churn_budget: usize) -> Settings {
         fail_after: 2,
         drain: Duration::from_millis(DRAIN_MS as u64),
         order_timeout: Duration::from_millis(TIMEOUT_MS as u64),
+        orders_in_flight_max: 0,
         host_baseline: true,
         scale_in_ratio: 0.5,
         churn_budget,
@@ -40,7 +41,7 @@ pub(crate) fn state(shards: usize, churn_budget: usize) -> State {
     st
 }
 
-fn add(shard: &str, node: &str, replaces: Option<&str>) -> Action {
+pub(super) fn add(shard: &str, node: &str, replaces: Option<&str>) -> Action {
     Action::Add {
         shard: shard.into(),
         node: node.into(),
@@ -53,14 +54,14 @@ fn add(shard: &str, node: &str, replaces: Option<&str>) -> Action {
     }
 }
 
-fn plan_of(actions: Vec<Action>) -> Plan {
+pub(super) fn plan_of(actions: Vec<Action>) -> Plan {
     Plan {
         actions,
         ..Plan::default()
     }
 }
 
-fn computed(st: &mut State, actions: Vec<Action>, now: i64) -> Vec<Effect> {
+pub(super) fn computed(st: &mut State, actions: Vec<Action>, now: i64) -> Vec<Effect> {
     st.apply(Event::PlanComputed {
         plan: plan_of(actions),
         shards: vec![],
@@ -69,7 +70,7 @@ fn computed(st: &mut State, actions: Vec<Action>, now: i64) -> Vec<Effect> {
     })
 }
 
-fn submits(fx: &[Effect]) -> Vec<OrderRequest> {
+pub(super) fn submits(fx: &[Effect]) -> Vec<OrderRequest> {
     fx.iter()
         .filter_map(|e| match e {
             Effect::Submit(o) => Some(o.clone()),
@@ -78,7 +79,7 @@ fn submits(fx: &[Effect]) -> Vec<OrderRequest> {
         .collect()
 }
 
-fn actions(fx: &[Effect]) -> Vec<&'static str> {
+pub(super) fn actions(fx: &[Effect]) -> Vec<&'static str> {
     fx.iter()
         .filter_map(|e| match e {
             Effect::Record(d) => Some(d.action),
@@ -87,7 +88,7 @@ fn actions(fx: &[Effect]) -> Vec<&'static str> {
         .collect()
 }
 
-fn replica(st: &State, shard: &str, node: &str) -> Option<ReplicaState> {
+pub(super) fn replica(st: &State, shard: &str, node: &str) -> Option<ReplicaState> {
     st.replicas[shard]
         .iter()
         .find(|r| r.node == node)
