@@ -211,7 +211,21 @@ pub struct Plan {
     pub node_load: BTreeMap<String, f64>,
     /// Additions wanted but left for a later round (churn budget).
     pub deferred: usize,
+    /// Nodes down whose replicas were held in the table rather than
+    /// dropped: fewer than [`PANIC_HEALTHY_SHARE`] of the nodes were
+    /// healthy (0 otherwise).
+    pub held_down: usize,
 }
+
+/// Below this share of healthy nodes (among those not drained) the health
+/// signal, not the nodes, is taken to be wrong — a partition between the
+/// proxies and the nodes, a stalled checker — as Envoy's healthy panic
+/// threshold does (50 % by default): replicas on down nodes stay in the
+/// table instead of being dropped (and re-fetched in full once the nodes
+/// answer again), while the shards they leave short still get replicas
+/// on the healthy nodes. A node that is really gone is dropped once most
+/// nodes answer again.
+pub const PANIC_HEALTHY_SHARE: f64 = 0.5;
 
 impl Plan {
     pub fn adds(&self) -> usize {
@@ -284,6 +298,12 @@ pub fn plan(input: &PlanInput) -> Plan {
 
     let mut out = Plan::default();
     let mut work: Vec<Work> = Vec::with_capacity(shards.len());
+    let eligible = nodes.iter().filter(|n| !n.drained).count();
+    let healthy_nodes = nodes.iter().filter(|n| !n.drained && n.healthy).count();
+    let panic = eligible > 1 && (healthy_nodes as f64) < eligible as f64 * PANIC_HEALTHY_SHARE;
+    if panic {
+        out.held_down = eligible - healthy_nodes;
+    }
 
     // 1. Targets, and replicas on dead nodes out of the table.
     for s in &shards {
@@ -293,8 +313,12 @@ pub fn plan(input: &PlanInput) -> Plan {
             if !seen.insert(r.node.as_str()) {
                 continue;
             }
-            let healthy = node_by_name.get(r.node.as_str()).is_some_and(|n| n.healthy);
-            if !healthy {
+            let known = node_by_name.get(r.node.as_str());
+            if panic && known.is_some_and(|n| !n.healthy) {
+                // Held: in the table, not counted toward the target.
+                continue;
+            }
+            if !known.is_some_and(|n| n.healthy) {
                 out.actions.push(Action::Drop {
                     shard: s.id.clone(),
                     node: r.node.clone(),

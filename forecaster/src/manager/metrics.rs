@@ -13,6 +13,7 @@
 //! | `shardcast_manager_orders_open` | gauge | orders sync still holds |
 //! | `shardcast_manager_orders_limit` | gauge | orders that may be open at sync at once (`state/admission.rs`): the configured cap, or less while sync's measured rate could not finish that many within half the order timeout |
 //! | `shardcast_manager_orders_cap` | gauge | the configured cap, `manager.orders_in_flight_max` |
+//! | `shardcast_manager_nodes_held_down` | gauge | nodes down whose replicas the last plan held, not dropped: fewer than half the nodes were healthy (Envoy's panic threshold) |
 //! | `shardcast_manager_orders_held_back` | gauge | orders wanted but not sent in the last round for want of room (additions the plan deferred, refreshes not ordered) |
 //! | `shardcast_manager_sync_finish_rate` | gauge | this manager's orders sync finished per second over the last 30 s |
 //! | `shardcast_manager_prefetches_total{reason}` | counter | pre-fetch orders sync took (adds and refreshes), by the reason that drove them |
@@ -198,6 +199,11 @@ pub fn render(o: &mut String, m: &Manager) {
         "shardcast_manager_orders_held_back",
         "Pre-fetch orders wanted but not sent in the last round for want of room.",
         adm.held_back,
+    );
+    w.gauge(
+        "shardcast_manager_nodes_held_down",
+        "Nodes down whose replicas the last plan held rather than dropped: fewer than half the nodes were healthy (0 otherwise).",
+        st.last_plan.as_ref().map_or(0, |p| p.held_down) as u64,
     );
     w.gauge(
         "shardcast_manager_sync_finish_rate",

@@ -367,6 +367,16 @@ impl State {
                 now,
                 tnow,
             } => {
+                let held_before = self.last_plan.as_ref().map_or(0, |p| p.held_down);
+                if plan.held_down > 0 && held_before == 0 {
+                    warn!(
+                        down = plan.held_down,
+                        nodes = self.nodes.len(),
+                        "most nodes look down: their replicas are held, not dropped, until most answer again"
+                    );
+                } else if plan.held_down == 0 && held_before > 0 {
+                    info!("most nodes answer again: replicas on down nodes are dropped as usual");
+                }
                 self.prefetch
                     .planned(&plan, &shards, self.settings.scale_in_ratio, now);
                 self.take_demand(shards);

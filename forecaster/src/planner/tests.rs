@@ -127,6 +127,46 @@ fn node_loss_drops_and_re_replicates() {
 }
 
 #[test]
+fn most_nodes_down_holds_their_replicas_and_still_re_replicates() {
+    let mut nodes = vec![
+        node("a", "z1"),
+        node("b", "z2"),
+        node("c", "z3"),
+        node("d", "z1"),
+    ];
+    for n in &mut nodes[..3] {
+        n.healthy = false;
+    }
+    let p = plan(&input(
+        nodes.clone(),
+        vec![shard("s", &[("a", Serving), ("b", Serving)])],
+    ));
+    let kinds: Vec<_> = p
+        .actions
+        .iter()
+        .map(|a| (a.kind(), a.node().to_string()))
+        .collect();
+    // Nothing dropped: three of four down reads as a broken health signal.
+    assert_eq!(kinds, vec![("add", "d".to_string())]);
+    assert_eq!(p.held_down, 3);
+    // Half the nodes healthy is not a panic: the dead node's replica goes.
+    nodes[0].healthy = true;
+    nodes[1].healthy = true;
+    let p = plan(&input(
+        nodes,
+        vec![shard("s", &[("a", Serving), ("c", Serving)])],
+    ));
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| a.kind() == "drop" && a.node() == "c"),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.held_down, 0);
+}
+
+#[test]
 fn drain_is_make_before_break() {
     let mut nodes = three();
     nodes[0].drained = true;
