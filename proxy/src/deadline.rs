@@ -48,7 +48,7 @@ pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const WRITE_BUF: usize = 1460;
 
 /// A client connection with per-stage deadlines, as Pingora sees it.
-pub struct DeadlineStream<S> {
+pub struct DeadlineStream<S: IO> {
     io: DeadlineIo<S>,
     /// Cleartext HTTP/2 (prior knowledge), decided by the listener.
     h2c: bool,
@@ -65,7 +65,7 @@ pub struct DeadlineStream<S> {
     flushed_below: bool,
 }
 
-impl<S> fmt::Debug for DeadlineStream<S> {
+impl<S: IO> fmt::Debug for DeadlineStream<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineStream")
             .field("io", &self.io)
@@ -143,6 +143,19 @@ impl<S: IO> DeadlineStream<S> {
 
     fn inner(&self) -> &S {
         self.io.get_ref()
+    }
+}
+
+impl<S: IO> Drop for DeadlineStream<S> {
+    /// What the buffer still holds goes out if the socket takes it now, as
+    /// Pingora's own streams do when dropped: a response cut short (a node
+    /// that stopped mid-body) ends the connection with the bytes it had,
+    /// not without them. A write that would wait is given up.
+    fn drop(&mut self) {
+        if self.wdone < self.wbuf.len() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let _ = self.poll_drain(&mut cx);
+        }
     }
 }
 
@@ -325,6 +338,23 @@ mod tests {
         want.extend_from_slice(&big);
         want.extend_from_slice(b"tail");
         assert_eq!(arrived(&mut c, 200).await, want);
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_with_bytes_held_sends_them() {
+        let (mut s, mut c) = pair().await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        assert!(
+            arrived(&mut c, 100).await.is_empty(),
+            "sent before the flush"
+        );
+        drop(s);
+        assert_eq!(
+            arrived(&mut c, 200).await,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"
+        );
     }
 
     #[tokio::test]
