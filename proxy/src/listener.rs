@@ -287,7 +287,9 @@ async fn serve_connection(
             };
             let mut l4 = l4_stream(tcp, peer);
             l4.rewind(&first.buf[..first.len]);
-            Box::new(DeadlineStream::new(l4, first.h2c, deadlines, Some(guard)))
+            Box::new(
+                DeadlineStream::new(l4, first.h2c, deadlines, Some(guard)).over_unbuffered_tcp(),
+            )
         }
         Some(acceptor) => {
             let l4 = l4_stream(tcp, peer);

@@ -319,12 +319,17 @@ impl ProxyHttp for ShardProxy {
         shared.counters.requests.fetch_add(1, Relaxed);
         shared.retry_budget.on_request_at(ctx.start_ms);
         let snap = shared.snapshot.load_full();
-        // Keep-alive with no timer of Pingora's: it would arm one (60 s by
-        // default) on every wait for the next request, while the
-        // connection's own deadlines (`DeadlineIo`: first byte, head, body,
-        // keep-alive idle) already bound every one of those waits, with
-        // one timer per connection.
-        session.set_keepalive(Some(0));
+        // Keep-alive with no timer of Pingora's: it would arm one on every
+        // wait for the next request when the keep-alive it keeps is timed
+        // (a client's `Keep-Alive: timeout=N`), while the connection's own
+        // deadlines (`DeadlineIo`: first byte, head, body, keep-alive idle)
+        // already bound every one of those waits, with one timer per
+        // connection. Pingora has read the request's keep-alive from its
+        // headers: untimed (`Some(0)`) for a plain HTTP/1.1 request, or off;
+        // setting it again would look `Connection` up once more.
+        if session.get_keepalive().is_some_and(|s| s > 0) {
+            session.set_keepalive(Some(0));
+        }
         let h2 = session.is_http2();
         // The raw head is read only for an HTTP/1 request that has
         // Transfer-Encoding (where Pingora drops a parsed Content-Length).

@@ -86,11 +86,16 @@ impl Selector for P2c {
     }
 }
 
-/// Two distinct positions out of `n` (at least 2), uniformly at random.
+/// Two distinct positions out of `n` (at least 2), uniformly at random:
+/// both from one 64-bit draw, each half scaled to its range by a multiply
+/// and a shift (a bias of at most `n / 2^32`, nothing for a shard's
+/// handful of replicas), one access to the thread's generator.
 #[inline]
 fn two_of(n: usize) -> (usize, usize) {
-    let a = fastrand::usize(..n);
-    let mut b = fastrand::usize(..n - 1);
+    let r = fastrand::u64(..);
+    let scale = |half: u64, m: usize| ((half * m as u64) >> 32) as usize;
+    let a = scale(r & 0xffff_ffff, n);
+    let mut b = scale(r >> 32, n - 1);
     if b >= a {
         b += 1;
     }
@@ -151,6 +156,26 @@ mod tests {
         assert!(seen[1..].iter().all(|&c| c > 0), "{seen:?}");
         let _held: Vec<_> = (0..50).map(|_| ns[1].start()).collect();
         assert!((0..500).all(|_| P2c.pick(&all, &ns, &cap, &[], 1) != Some(1)));
+    }
+
+    #[test]
+    fn two_of_draws_every_ordered_pair_evenly() {
+        for n in 2..=5usize {
+            let mut seen = vec![0usize; n * n];
+            let draws = 20_000 * n * (n - 1);
+            for _ in 0..draws {
+                let (a, b) = two_of(n);
+                assert!(a < n && b < n && a != b, "{n}: ({a}, {b})");
+                seen[a * n + b] += 1;
+            }
+            for a in 0..n {
+                for b in (0..n).filter(|&b| b != a) {
+                    let c = seen[a * n + b];
+                    // 20,000 expected: ±5 % is over 7 standard deviations
+                    assert!((19_000..=21_000).contains(&c), "{n}: ({a}, {b}) {c} times");
+                }
+            }
+        }
     }
 
     #[test]
