@@ -123,6 +123,42 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json:
     r.json().await.ok()
 }
 
+/// GET a document of the shared contract as `T` (with a bearer token when
+/// given); None when the request fails or is refused, a panic when the
+/// body is not that type.
+pub async fn get_typed<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> Option<T> {
+    let mut r = c.get(url).timeout(Duration::from_secs(2));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let body = r.bytes().await.ok()?;
+    Some(
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{url}: not the shared contract type: {e}")),
+    )
+}
+
+/// The demo topology's text with its nodes (`127.0.0.1:9101`…) on
+/// `node_ports`, in order.
+pub fn nodes_on_ports(topology: &str, node_ports: &[u16]) -> String {
+    let mut t = topology.to_string();
+    for (k, p) in node_ports.iter().enumerate() {
+        t = t.replace(
+            &format!("127.0.0.1:910{}", k + 1),
+            &format!("127.0.0.1:{p}"),
+        );
+    }
+    t
+}
+
 /// An assignment version as JSON (`{"epoch": E, "counter": N}`, or a bare
 /// counter N for epoch 0) as `(epoch, counter)`, which orders as the
 /// versions do: epoch first.

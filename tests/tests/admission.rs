@@ -18,31 +18,11 @@ use std::time::{Duration, Instant};
 
 use shardmap::contract::manager::ManagerView;
 use shardmap::contract::{Order, OrderState};
-use system::{bin, free_port, metric, workspace_root, Proc};
+use system::{bin, free_port, get_typed, metric, nodes_on_ports, workspace_root, Proc};
 
 const TOKEN: &str = "manager-s3cret";
 const CAP: usize = 4;
 const TIMEOUT_MS: u64 = 3000;
-
-async fn get<T: serde::de::DeserializeOwned>(
-    c: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-) -> Option<T> {
-    let mut r = c.get(url).timeout(Duration::from_secs(2));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = r.send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    let body = r.bytes().await.ok()?;
-    Some(
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("{url}: not the shared contract type: {e}")),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wave_larger_than_sync_can_take_is_held_back_and_none_fails_for_waiting() {
@@ -52,12 +32,7 @@ async fn a_wave_larger_than_sync_can_take_is_held_back_and_none_fails_for_waitin
     let (fc_port, sync_port) = (free_port(), free_port());
     let node_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut topology = std::fs::read_to_string(root.join("conf/topology.toml")).unwrap();
-    for (k, p) in node_ports.iter().enumerate() {
-        topology = topology.replace(
-            &format!("127.0.0.1:910{}", k + 1),
-            &format!("127.0.0.1:{p}"),
-        );
-    }
+    topology = nodes_on_ports(&topology, &node_ports);
     let topology_file = d.join("topology.toml");
     std::fs::write(&topology_file, &topology).unwrap();
 
@@ -115,7 +90,8 @@ async fn a_wave_larger_than_sync_can_take_is_held_back_and_none_fails_for_waitin
             started.elapsed() < Duration::from_secs(150),
             "the wave never went through (at most {most_open} open at sync)"
         );
-        if let Some(orders) = get::<Vec<Order>>(&c, &format!("{sync_url}/orders"), None).await {
+        if let Some(orders) = get_typed::<Vec<Order>>(&c, &format!("{sync_url}/orders"), None).await
+        {
             polls += 1;
             let open = orders.iter().filter(|o| !o.state.is_finished()).count();
             most_open = most_open.max(open);
@@ -123,7 +99,7 @@ async fn a_wave_larger_than_sync_can_take_is_held_back_and_none_fails_for_waitin
                 first_done = Some(Instant::now());
             }
         }
-        if let Some(v) = get::<ManagerView>(&c, &format!("{fc}/manager"), Some(TOKEN)).await {
+        if let Some(v) = get_typed::<ManagerView>(&c, &format!("{fc}/manager"), Some(TOKEN)).await {
             let hosted = v.shards.values().all(|s| {
                 s.replicas
                     .iter()

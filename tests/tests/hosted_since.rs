@@ -17,28 +17,11 @@ use shardcast_forecaster::manager::state::Hosted;
 use shardcast_forecaster::manager::sync::SyncClient;
 use shardmap::contract::hosted::{Nodes, NodesChange};
 use shardmap::contract::HostedState;
-use system::{bin, eventually, free_port, workspace_root, Proc};
-
-async fn get<T: serde::de::DeserializeOwned>(c: &reqwest::Client, url: &str) -> Option<T> {
-    let r = c
-        .get(url)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    Some(
-        r.json()
-            .await
-            .unwrap_or_else(|e| panic!("{url}: not the shared contract type: {e}")),
-    )
-}
+use system::{bin, eventually, free_port, get_typed, workspace_root, Proc};
 
 /// Sync's plain `GET /nodes` in the manager's terms.
 async fn plain(c: &reqwest::Client, base: &str) -> Option<Hosted> {
-    let nodes: Nodes = get(c, &format!("{base}/nodes")).await?;
+    let nodes: Nodes = get_typed(c, &format!("{base}/nodes"), None).await?;
     Some(
         nodes
             .into_iter()
@@ -97,7 +80,7 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     let base = format!("http://127.0.0.1:{port}");
     let c = reqwest::Client::new();
     let shards: Vec<String> = eventually(Duration::from_secs(60), "sync answers", || async {
-        get(&c, &format!("{base}/shards")).await
+        get_typed(&c, &format!("{base}/shards"), None).await
     })
     .await;
     assert!(shards.len() >= 3, "{shards:?}");
@@ -107,7 +90,9 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     let v = agree(&c, &base, &mgr, "an empty view").await;
     assert_eq!(v.len(), 2);
     assert!(v.values().all(|m| m.is_empty()), "{v:?}");
-    let first: NodesChange = get(&c, &format!("{base}/nodes?since=0")).await.unwrap();
+    let first: NodesChange = get_typed(&c, &format!("{base}/nodes?since=0"), None)
+        .await
+        .unwrap();
     assert!(first.full && first.nodes.len() == 2, "{first:?}");
 
     // Copies appear, warm up: the view follows, change by change.
@@ -135,7 +120,7 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     assert!(v["node-a"][&shards[0]].rows > 0, "{v:?}");
 
     // Since the first answer: only the three copies, nothing else.
-    let since: NodesChange = get(&c, &format!("{base}/nodes?since={}", first.version))
+    let since: NodesChange = get_typed(&c, &format!("{base}/nodes?since={}", first.version), None)
         .await
         .unwrap();
     assert!(!since.full, "{since:?}");
@@ -150,9 +135,11 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     assert_eq!(named, want, "{since:?}");
     // Nothing changed since the last answer: nothing in this one (the
     // freshness reads in between move only the last sync time).
-    let latest: NodesChange = get(&c, &format!("{base}/nodes?since=0")).await.unwrap();
+    let latest: NodesChange = get_typed(&c, &format!("{base}/nodes?since=0"), None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let quiet: NodesChange = get(&c, &format!("{base}/nodes?since={}", latest.version))
+    let quiet: NodesChange = get_typed(&c, &format!("{base}/nodes?since={}", latest.version), None)
         .await
         .unwrap();
     assert!(!quiet.full && quiet.nodes.is_empty(), "{quiet:?}");
@@ -173,7 +160,7 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     })
     .await;
     assert!(v["node-b"][&shards[2]].warm, "{v:?}");
-    let gone: NodesChange = get(&c, &format!("{base}/nodes?since={}", latest.version))
+    let gone: NodesChange = get_typed(&c, &format!("{base}/nodes?since={}", latest.version), None)
         .await
         .unwrap();
     assert_eq!(
@@ -187,7 +174,7 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     sync.kill9();
     let mut sync = Proc::spawn("sync-2", d, &bin("shardcast-sync"), &args);
     let after: NodesChange = eventually(Duration::from_secs(60), "sync back", || async {
-        get(&c, &format!("{base}/nodes?since={}", gone.version)).await
+        get_typed(&c, &format!("{base}/nodes?since={}", gone.version), None).await
     })
     .await;
     assert!(after.full && after.nodes.len() == 2, "{after:?}");
@@ -200,7 +187,7 @@ async fn the_manager_reads_sync_hosted_list_as_changes_and_misses_none() {
     assert!(v.values().all(|m| m.is_empty()), "{v:?}");
 
     // An older manager: no `since`, the plain list; a bad one says why.
-    let old: Nodes = get(&c, &format!("{base}/nodes")).await.unwrap();
+    let old: Nodes = get_typed(&c, &format!("{base}/nodes"), None).await.unwrap();
     assert_eq!(old.len(), 2);
     let r = c
         .get(format!("{base}/nodes?since=yesterday"))

@@ -21,7 +21,7 @@ use serde_json::json;
 use shardmap::contract::manager::ManagerView;
 use shardmap::contract::{Order, OrderEvent, OrderEventAnswer, OrderState};
 use shardmap::{ReplicaState, TableView};
-use system::{bin, eventually, free_port, metric, workspace_root, Proc};
+use system::{bin, eventually, free_port, get_typed, metric, nodes_on_ports, workspace_root, Proc};
 
 const TOKEN: &str = "manager-s3cret";
 /// The manager's polling interval: far above the latency measured.
@@ -32,26 +32,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-async fn get<T: serde::de::DeserializeOwned>(
-    c: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-) -> Option<T> {
-    let mut r = c.get(url).timeout(Duration::from_secs(2));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = r.send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    let body = r.bytes().await.ok()?;
-    Some(
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("{url}: not the shared contract type: {e}")),
-    )
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -69,12 +49,7 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
     // The demo topology (14 shards, 3 nodes) on free ports: the one file
     // every process reads; the demo proxy config beside it names it.
     let mut topology = std::fs::read_to_string(root.join("conf/topology.toml")).unwrap();
-    for (k, p) in node_ports.iter().enumerate() {
-        topology = topology.replace(
-            &format!("127.0.0.1:910{}", k + 1),
-            &format!("127.0.0.1:{p}"),
-        );
-    }
+    topology = nodes_on_ports(&topology, &node_ports);
     let topology_file = d.join("topology.toml");
     std::fs::write(&topology_file, &topology).unwrap();
     let proxy = std::fs::read_to_string(root.join("conf/proxy-demo.toml"))
@@ -146,7 +121,7 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
     let table_url = format!("http://127.0.0.1:{ap}/admin/table");
     let view = || {
         let (c, u) = (c.clone(), format!("{fc}/manager"));
-        async move { get::<ManagerView>(&c, &u, Some(TOKEN)).await }
+        async move { get_typed::<ManagerView>(&c, &u, Some(TOKEN)).await }
     };
 
     // The baseline: every replica of the config pre-fetched (the manager
@@ -171,7 +146,7 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
     }
 
     let mut latencies = Vec::new();
-    let table: TableView = get(&c, &table_url, None).await.expect("proxy table");
+    let table: TableView = get_typed(&c, &table_url, None).await.expect("proxy table");
     for shard in table.shards.iter().take(6) {
         let id = &shard.id;
         let have: Vec<&str> = shard.replicas.iter().map(|r| r.node.as_str()).collect();
@@ -196,7 +171,7 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
                 started.elapsed() < Duration::from_secs(30),
                 "{id} never served from {new}"
             );
-            if let Some(t) = get::<TableView>(&c, &table_url, None).await {
+            if let Some(t) = get_typed::<TableView>(&c, &table_url, None).await {
                 let serves = t.shards.iter().find(|s| &s.id == id).is_some_and(|s| {
                     s.replicas
                         .iter()
@@ -208,7 +183,7 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        let orders: Vec<Order> = get(&c, &format!("{sync_url}/orders?state=done"), None)
+        let orders: Vec<Order> = get_typed(&c, &format!("{sync_url}/orders?state=done"), None)
             .await
             .expect("sync's orders");
         let done = orders

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use system::{
     assignment_version, bin, catalog, eventually, free_port, get_json, load, metric,
-    workspace_root, LoadStats, Postgres, Proc, Redis,
+    nodes_on_ports, workspace_root, LoadStats, Postgres, Proc, Redis,
 };
 
 const SPIKE_SHARD: &str = "UK/SEASONAL";
@@ -140,12 +140,7 @@ impl Stack {
                 &format!("id = \"{SPIKE_SHARD}\"\n"),
                 &format!("id = \"{SPIKE_SHARD}\"\nthreshold = 2.0\n"),
             );
-        for (k, p) in node_ports.iter().enumerate() {
-            topology = topology.replace(
-                &format!("127.0.0.1:910{}", k + 1),
-                &format!("127.0.0.1:{p}"),
-            );
-        }
+        topology = nodes_on_ports(&topology, &node_ports);
         let topology_file = d.join("topology.toml");
         std::fs::write(&topology_file, &topology).unwrap();
         // Two proxies, one config each (only the listeners differ).
