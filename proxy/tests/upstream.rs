@@ -205,8 +205,10 @@ async fn a_pooled_connection_outlives_read_ms_and_closes_at_upstream_idle_ms() {
         0,
         "closed while idle before upstream_idle_ms"
     );
-    get().await;
+    // The idle clock starts when the proxy pools the connection, before
+    // the client has read the whole answer: measure from the request.
     let t_last = Instant::now();
+    get().await;
     assert_eq!(n.conns.load(SeqCst), 1, "the idle connection was reused");
     // Then closed by the proxy once idle for upstream_idle_ms.
     eventually(
