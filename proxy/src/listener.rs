@@ -250,6 +250,44 @@ async fn sniff(tcp: &mut TcpStream) -> io::Result<Option<FirstBytes>> {
     }
 }
 
+/// How far ahead each worker's timer wheel always has a timer due (see
+/// [`keep_a_timer_near`]): shorter than the upstream read and write
+/// timeouts' usual seconds, long enough that its own wake is nothing.
+const TIMER_PACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+thread_local! {
+    /// This worker thread runs its [`keep_a_timer_near`] task.
+    static PACED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Start this worker thread's [`keep_a_timer_near`] task, once.
+fn pace_this_worker(shutdown: &ShutdownWatch) {
+    if !PACED.with(|p| p.replace(true)) {
+        tokio::spawn(keep_a_timer_near(shutdown.clone()));
+    }
+}
+
+/// Keeps a timer due within [`TIMER_PACE`] on this worker's Tokio timer
+/// wheel, waking once a pace. Tokio's timer driver, when a timer is
+/// registered earlier than the wake it last planned (taken when the worker
+/// last parked: the wheel's next expiration, or none), unparks the worker's
+/// I/O driver, a `write` to its eventfd and one more turn of its event
+/// loop, even from the worker's own thread. Pingora arms a timer on each
+/// upstream read that waits (`read_ms`, 5 s) and each pooled connection's
+/// idle watch; with no earlier timer on the wheel, up to a third of
+/// requests at 64 connections paid that write (0.2–0.3 eventfd `write`s a
+/// request, none in a Pingora proxy without timers: `benches/RESULTS.md`,
+/// step 13). With a timer always due within a second, a timeout of a
+/// second or more never lies before the planned wake.
+async fn keep_a_timer_near(mut shutdown: ShutdownWatch) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TIMER_PACE) => {}
+            _ = shardcast_edge::http1::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -259,6 +297,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     shutdown: ShutdownWatch,
 ) {
+    pace_this_worker(&shutdown);
     let _ = tcp.set_nodelay(true);
     // Deadlines as configured now: a reload applies to new connections.
     let t = shared.current().config.timeouts;
@@ -312,4 +351,39 @@ async fn serve_connection(
     // Pingora's HTTP server from here: the keep-alive loop, HTTP/2 streams,
     // the proxy phases. It returns when the connection is done.
     let _ = app.process_new(stream, &shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A worker runs one pacing task whatever its number of connections,
+    /// and the task ends when the server shuts down.
+    #[tokio::test]
+    async fn a_worker_paces_its_timer_wheel_once_until_shutdown() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        assert_eq!(tasks(), 0);
+        for _ in 0..3 {
+            pace_this_worker(&rx);
+        }
+        assert_eq!(tasks(), 1, "one pacing task per worker thread");
+        tx.send(true).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tasks() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pacing task outlived shutdown"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // a later connection on the same worker starts none again
+        pace_this_worker(&rx);
+        assert_eq!(tasks(), 0);
+    }
 }
