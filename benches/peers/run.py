@@ -29,8 +29,16 @@ and the per-round CPU ratios to the minimal Pingora proxy are printed.
 The minimal Pingora proxy serves h2c too (MINIMAL_ARGS=--timeouts: with
 shardcast's upstream timeouts).
 
+Beside CPU per request every mode prints where it went: user and system
+µs per request apart, voluntary and involuntary context switches and
+minor page faults per request (summed over the proxy's threads), and the
+number of threads. With --syscalls each measurement also counts the
+proxy's system calls by kind per request (`perf stat` on the syscall
+tracepoints, EAGAIN returns of reads and writes apart); the tracepoints
+cost CPU, so take CPU figures from a run without it.
+
 Usage: benches/peers/run.py [--rounds 3] [--seconds 8] [--connections 32] [--threads 1]
-                            [--modes h1:64,h1:2000,h2c:32x8] [--response-headers]
+                            [--modes h1:64,h1:2000,h2c:32x8] [--response-headers] [--syscalls]
        benches/peers/run.py --callgrind [--requests 10000] [--warmup 1000] [--keep DIR]
 Only loopback addresses are used; every run is bounded by --seconds or
 --requests.
@@ -59,13 +67,45 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ticks(pid):
+    """(utime, stime) of a process, every thread's, in clock ticks, and its
+    minor page faults."""
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
-    return int(parts[11]) + int(parts[12])  # utime + stime
+    return int(parts[11]), int(parts[12]), int(parts[7])
 
 
-def tree_ticks(pids):
-    return sum(cpu_ticks(p) for p in pids)
+def ctx_switches(pid):
+    """(voluntary, involuntary) context switches summed over the threads
+    alive now, and their number (a thread that ended takes its count)."""
+    vol = invol = n = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0, 0
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+            n += 1
+        except OSError:
+            pass
+    return vol, invol, n
+
+
+def tree_counters(pids):
+    """utime, stime (ticks), voluntary and involuntary context switches,
+    threads, minor page faults, summed over `pids`."""
+    out = [0, 0, 0, 0, 0, 0]
+    for p in pids:
+        u, s, f = cpu_ticks(p)
+        v, i, n = ctx_switches(p)
+        for k, x in enumerate((u, s, v, i, n, f)):
+            out[k] += x
+    return out
 
 
 def children(pid):
@@ -77,6 +117,70 @@ def children(pid):
     except OSError:
         pass
     return out
+
+
+# System calls whose EAGAIN returns are counted apart (a read that finds
+# nothing, a write the socket does not take).
+EAGAIN_CALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg", "accept4")
+
+
+def perf_syscalls(pids, seconds, out):
+    """Start counting the system calls of `pids` (every thread) for about
+    `seconds` of load: `perf stat` on the syscall entry tracepoints, and on
+    the exit tracepoints of EAGAIN_CALLS filtered to EAGAIN. It counts from
+    before the load starts to after it ends (the idle moments add only the
+    background loops' few calls a second)."""
+    events = ["-e", "syscalls:sys_enter_*"]
+    for c in EAGAIN_CALLS:
+        events += ["-e", f"syscalls:sys_exit_{c}", "--filter", "ret == -11"]
+    p = subprocess.Popen(["perf", "stat", "-x,", "-o", str(out), *events, "-p", ",".join(map(str, pids)),
+                          "--", "sleep", str(seconds + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # attached before the load starts
+    return p
+
+
+def perf_result(p, out):
+    """{syscall: count} of a finished `perf_syscalls`; EAGAIN returns as
+    `<call> EAGAIN`."""
+    p.wait(timeout=120)
+    counts = {}
+    for line in out.read_text().splitlines():
+        f = line.split(",")
+        if len(f) < 3 or not f[0].strip().isdigit():
+            continue
+        n, ev = int(f[0]), f[2]
+        if ev.startswith("syscalls:sys_enter_"):
+            k = ev.removeprefix("syscalls:sys_enter_")
+            counts[k] = counts.get(k, 0) + n
+        elif ev.startswith("syscalls:sys_exit_"):
+            k = ev.removeprefix("syscalls:sys_exit_") + " EAGAIN"
+            counts[k] = counts.get(k, 0) + n
+    return counts
+
+
+def print_syscalls(rows):
+    """System calls per request by kind (median over rounds), every kind
+    that any target makes at least once per 100 requests."""
+    per = {}
+    for n, v in rows:
+        runs = [x for x in v if "syscalls" in x]
+        if not runs:
+            continue
+        kinds = {k for x in runs for k in x["syscalls"]}
+        per[n] = {k: statistics.median([x["syscalls"].get(k, 0) / max(x["requests"], 1) for x in runs])
+                  for k in kinds}
+    if not per:
+        return
+    kinds = sorted({k for d in per.values() for k, c in d.items() if c >= 0.01},
+                   key=lambda k: -max(d.get(k, 0) for d in per.values()))
+    names = list(per)
+    print("\nsystem calls per request (perf stat on the syscall tracepoints, medians of the rounds)")
+    print("| call | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    print("| **all** | " + " | ".join(
+        f"**{sum(c for k, c in per[n].items() if not k.endswith('EAGAIN')):.2f}**" for n in names) + " |")
+    for k in kinds:
+        print(f"| {k} | " + " | ".join(f"{per[n].get(k, 0):.3f}" for n in names) + " |")
 
 
 def parse_latency(text, label):
@@ -169,6 +273,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="workers per proxy")
     ap.add_argument("--response-headers", action="store_true",
                     help="shardcast adds its x-shardcast-* headers (the peers add none)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="also count each proxy's system calls by kind per request (perf stat on the "
+                    "syscall tracepoints; their cost is in that run's CPU figures, so take CPU from a run without)")
     ap.add_argument("--callgrind", action="store_true", help="instructions per request instead")
     ap.add_argument("--requests", type=int, default=10000)
     ap.add_argument("--warmup", type=int, default=1000)
@@ -309,13 +416,25 @@ interval_s = 1
                         continue
                     pids = children(pid) if pid else []
                     loads[mode].append(loadavg())
-                    c0 = tree_ticks(pids) if pids else 0
+                    perf = perf_syscalls(pids, a.seconds, tmp / "perf.csv") if a.syscalls and pids else None
+                    c0 = tree_counters(pids)
                     res = measure(mode, port, a.seconds)
-                    c1 = tree_ticks(pids) if pids else 0
-                    res["cpu_us"] = (c1 - c0) / TICK * 1e6 / max(res["requests"], 1) if pids else float("nan")
+                    c1 = tree_counters(pids)
+                    if perf:
+                        res["syscalls"] = perf_result(perf, tmp / "perf.csv")
+                    per = [(y - x) / max(res["requests"], 1) for x, y in zip(c0, c1)]
+                    nan = float("nan")
+                    res["user_us"] = per[0] / TICK * 1e6 if pids else nan
+                    res["sys_us"] = per[1] / TICK * 1e6 if pids else nan
+                    res["cpu_us"] = res["user_us"] + res["sys_us"]
+                    res["vcs"], res["ivcs"] = (per[2], per[3]) if pids else (nan, nan)
+                    res["threads"] = c1[4] if pids else 0
+                    res["faults"] = per[5] if pids else nan
                     results[(mode, name)].append(res)
                     print(f"round {r + 1} {mode_name(mode):14} {name:13} {res['rps']:9.0f} req/s  "
-                          f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  cpu {res['cpu_us']:.1f} us/req  "
+                          f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  cpu {res['cpu_us']:.1f} us/req "
+                          f"(user {res['user_us']:.1f} sys {res['sys_us']:.1f}, "
+                          f"cs {res['vcs']:.2f}+{res['ivcs']:.2f})  "
                           f"non2xx {res['non2xx']} {res['sockerr']}  load {loads[mode][-1]:.1f}", flush=True)
 
         print()
@@ -323,8 +442,8 @@ interval_s = 1
               f"{a.threads} worker(s) each; CPU = utime+stime of the proxy's processes ÷ requests")
         for mode in modes:
             rows = [(t[0], results[(mode, t[0])]) for t in targets if results[(mode, t[0])]]
-            med = {n: {k: statistics.median([x[k] for x in v]) for k in ("rps", "p50", "p99", "cpu_us")}
-                   for n, v in rows}
+            keys = ("rps", "p50", "p99", "cpu_us", "user_us", "sys_us", "vcs", "ivcs", "threads", "faults")
+            med = {n: {k: statistics.median([x[k] for x in v]) for k in keys} for n, v in rows}
             ng = med["nginx"]
             lo, hi = min(loads[mode]), max(loads[mode])
             print(f"\n{mode_name(mode)} (load average {lo:.1f}–{hi:.1f} during the runs)")
@@ -342,6 +461,20 @@ interval_s = 1
                 print(f"| {n} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['cpu_us']:.1f} | "
                       f"{m['cpu_us'] / ng['cpu_us']:.2f} | {m['cpu_us'] / med['pingora-min']['cpu_us']:.2f} "
                       f"| {per_round} |")
+            # Where the CPU went: user space or the kernel, and how often
+            # the proxy's threads slept (voluntary) or were preempted.
+            print(f"\n| target | user µs/req | sys µs/req | sys ÷ minimal Pingora | voluntary ctx switches / req "
+                  f"| involuntary / req | page faults / req | threads |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            for n, v in rows:
+                if n == "direct":
+                    continue
+                m = med[n]
+                print(f"| {n} | {m['user_us']:.1f} | {m['sys_us']:.1f} | "
+                      f"{m['sys_us'] / med['pingora-min']['sys_us']:.2f} | {m['vcs']:.3f} | {m['ivcs']:.3f} "
+                      f"| {m['faults']:.3f} | {m['threads']:.0f} |")
+            if a.syscalls:
+                print_syscalls(rows)
         bad = sum(x["non2xx"] for v in results.values() for x in v)
         if bad:
             print(f"warning: {bad} non-2xx responses", file=sys.stderr)
