@@ -480,11 +480,12 @@ fn bench(c: &mut Criterion) {
     let m = Manager::new(cfg, store, forecasts.clone(), Clock::real()).unwrap();
     let mut conn = None;
     // Settle: the first table, the hot shards' extra replicas (two a
-    // round, the churn budget) and their orders, until three rounds in a
-    // row change nothing.
+    // round, the churn budget: predicted at ten times the threshold, a hot
+    // shard wants several) and their orders, until three rounds in a row
+    // change nothing.
     let t0 = Instant::now();
     let (mut quiet, mut rounds) = (0, 0);
-    while quiet < 3 && rounds < 600 {
+    while quiet < 3 && rounds < 1500 {
         let (puts, subs, evs) = (
             TABLE_PUTS.load(Relaxed),
             SUBMITTED.load(Relaxed),

@@ -25,8 +25,11 @@ pub const REFRESHES_OPEN_MAX: usize = shardmap::contract::MAX_BATCH;
 /// sync, a few at a time: a round that sent them all waited on them for
 /// tens of milliseconds. A cooled shard's copy costs only its node's memory
 /// (its replica fills on miss either way), so the rest are evicted in the
-/// next rounds, the nodes still reporting them held.
-pub const COLD_EVICTIONS_MAX: usize = 64;
+/// next rounds, the nodes still reporting them held. Enough that three
+/// rounds evict what one new set cools at 10k shards (~650 copies in the
+/// manager_round bench): fewer, and the copies left behind pile up in
+/// what sync reports each round.
+pub const COLD_EVICTIONS_MAX: usize = 256;
 
 impl State {
     /// `(shard, node)` of every open order.

@@ -554,7 +554,7 @@ fn refreshes_open_at_once_are_bounded_and_the_most_loaded_go_first() {
 
 #[test]
 fn cold_evictions_are_bounded_per_round_in_the_plans_order_and_the_rest_follow() {
-    let n = 100; // two replicas each, every one hosted and cold: 200
+    let n = 300; // two replicas each, every one hosted and cold: 600
                  // The plan's shards in id order (walked), and in another (searched).
     for sorted in [true, false] {
         let mut st = state(n, 2);
@@ -625,6 +625,9 @@ fn cold_evictions_are_bounded_per_round_in_the_plans_order_and_the_rest_follow()
                 break;
             }
             assert!(batch.len() <= plan::COLD_EVICTIONS_MAX, "{}", batch.len());
+            if round == 1 {
+                assert_eq!(batch.len(), plan::COLD_EVICTIONS_MAX);
+            }
             // In the plan's order, then the nodes'.
             let rank = |(s, n): &(String, String)| (order.iter().position(|o| o == s), n.clone());
             assert!(
