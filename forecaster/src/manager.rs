@@ -84,8 +84,8 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, std::time::Dur
     (out, t0.elapsed())
 }
 
-/// Evictions sent to sync at once: a round can find hundreds of shards
-/// cooled, and one call at a time each waits for the one before.
+/// Evictions (and cancels) sent to sync at once: a round can find dozens
+/// of shards cooled, and one call at a time each waits for the one before.
 const EVICTIONS_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +221,15 @@ impl Manager {
         let mut st = self.state.lock();
         let fx = st.apply(e);
         self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+        fx
+    }
+
+    /// [`Manager::apply`], its time counted to `phase` (a part of the
+    /// running one).
+    fn apply_timed(&self, e: Event, laps: &mut Laps, phase: Phase) -> Vec<Effect> {
+        let t0 = Instant::now();
+        let fx = self.apply(e);
+        laps.side(phase, t0.elapsed());
         fx
     }
 
@@ -418,16 +427,17 @@ impl Manager {
         let fx = self.apply(Event::DrainsDue { now });
         self.carry_out(fx, laps).await;
         let (plan, shards, tnow) = self.plan(&topo, laps);
-        let fx = self.apply(Event::PlanComputed {
+        let event = Event::PlanComputed {
             plan,
             shards,
             now,
             tnow,
-        });
+        };
+        let fx = self.apply_timed(event, laps, Phase::Carry);
         self.carry_out(fx, laps).await;
-        let fx = self.apply(Event::PlanCarriedOut { now });
+        let fx = self.apply_timed(Event::PlanCarriedOut { now }, laps, Phase::Refresh);
         self.carry_out(fx, laps).await;
-        let fx = self.apply(Event::RefreshesOrdered { now });
+        let fx = self.apply_timed(Event::RefreshesOrdered { now }, laps, Phase::Cold);
         self.carry_out(fx, laps).await;
         let fx = self.apply(Event::RoundFinished { now });
         let changed = fx
@@ -521,8 +531,19 @@ impl Manager {
                     more
                 }
                 Effect::Cancel { id } => {
+                    // The cancels queued after it go out with it, a few at
+                    // a time (each is its own call to sync), all before the
+                    // effects that follow.
+                    let mut ids = vec![id];
+                    while let Some(Effect::Cancel { id }) = queue.front() {
+                        ids.push(*id);
+                        queue.pop_front();
+                    }
                     let was = laps.enter(Phase::Evict);
-                    self.sync.cancel(id).await;
+                    use futures::StreamExt;
+                    futures::stream::iter(ids)
+                        .for_each_concurrent(EVICTIONS_IN_FLIGHT, |id| self.sync.cancel(id))
+                        .await;
                     laps.enter(was);
                     continue;
                 }
@@ -652,15 +673,24 @@ impl Manager {
         let started = changed.then(std::time::Instant::now);
         let mut changed = changed;
         for _ in 0..3 {
-            let (update, behind, metadata_error) = self.with_state(|st| {
+            let (version, behind, metadata_error) = self.with_state(|st| {
                 (
-                    st.update(),
+                    st.version,
                     st.proxies_behind.iter().cloned().collect(),
                     st.metadata_error.clone(),
                 )
             });
+            // Read when the pass needs them: only the round changes the
+            // replicas, and it is publishing.
+            let table =
+                || self.with_state(|st| shardmap::TableUpdate::full(version, st.replicas.clone()));
+            let delta_from = |last: &shardmap::TableUpdate| {
+                self.with_state(|st| publish::delta(version, last, &st.replicas))
+            };
             let pass = Pass {
-                update,
+                version,
+                table: &table,
+                delta_from: &delta_from,
                 behind,
                 changed,
                 keys: &topo.keys,
@@ -673,6 +703,7 @@ impl Manager {
                 .publish_once(conn, pass, records, &self.lease, &self.refusals)
                 .await;
             laps.moved(Phase::Store, out.store);
+            laps.side(Phase::Table, out.table);
             for e in out.events {
                 match &e {
                     Event::MetadataStatus(Err(_)) => self.metrics.publish_failed(Target::Metadata),

@@ -252,14 +252,17 @@ pub struct Delta<'a> {
 /// Publish a new version (its delta from the version before, when there
 /// is one; the full table when due, see [`PUBLISH`]) and announce it,
 /// fenced by the update's epoch; `writer` is the manager's id.
+/// The table at `version` is serialised by `full`, called only when the
+/// full table is written (no delta, or the store asks for it).
 pub async fn publish_table(
     conn: &mut Conn,
     keys: &MetadataKeys,
-    update: &TableUpdate,
+    version: AssignmentVersion,
+    full: &(dyn Fn() -> Result<Vec<u8>, String> + Sync),
     delta: Option<Delta<'_>>,
     writer: &str,
 ) -> Result<Published, String> {
-    publish_table_with(conn, keys, update, delta, writer, Policy::default())
+    publish_table_of(conn, keys, version, full, delta, writer, Policy::default())
         .await
         .map(|(p, _)| p)
 }
@@ -274,7 +277,20 @@ pub async fn publish_table_with(
     writer: &str,
     policy: Policy,
 ) -> Result<(Published, bool), String> {
-    let version = serde_json::to_string(&update.version).map_err(|e| e.to_string())?;
+    let full = || serde_json::to_vec(update).map_err(|e| e.to_string());
+    publish_table_of(conn, keys, update.version, &full, delta, writer, policy).await
+}
+
+async fn publish_table_of(
+    conn: &mut Conn,
+    keys: &MetadataKeys,
+    at: AssignmentVersion,
+    full_of: &(dyn Fn() -> Result<Vec<u8>, String> + Sync),
+    delta: Option<Delta<'_>>,
+    writer: &str,
+    policy: Policy,
+) -> Result<(Published, bool), String> {
+    let version = serde_json::to_string(&at).map_err(|e| e.to_string())?;
     let base = match delta {
         Some(d) => serde_json::to_string(&d.base).map_err(|e| e.to_string())?,
         None => String::new(),
@@ -283,7 +299,7 @@ pub async fn publish_table_with(
     let mut full: Vec<u8> = vec![];
     loop {
         if delta.is_none() && full.is_empty() {
-            full = serde_json::to_vec(update).map_err(|e| e.to_string())?;
+            full = full_of()?;
         }
         let (code, why): (i64, String) = script
             .key(keys.table())
@@ -294,7 +310,7 @@ pub async fn publish_table_with(
             .key(keys.table_head())
             .arg(&full)
             .arg(&version)
-            .arg(update.version.epoch)
+            .arg(at.epoch)
             .arg(delta.map_or(&[][..], |d| d.body))
             .arg(&base)
             .arg(policy.snapshot_every.max(1))
@@ -313,7 +329,7 @@ pub async fn publish_table_with(
                 return Ok((Published::Written, why == "snapshot"));
             }
             2 if full.is_empty() => {
-                full = serde_json::to_vec(update).map_err(|e| e.to_string())?;
+                full = full_of()?;
             }
             2 => return Err(format!("the store asked for the full table twice ({why})")),
             _ => return Ok((Published::Fenced(why), false)),

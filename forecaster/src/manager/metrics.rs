@@ -129,13 +129,24 @@ impl ManagerMetrics {
 
 /// Append the manager's metrics to `o`.
 pub fn render(o: &mut String, m: &Manager) {
-    let st = m.snapshot();
+    // The few numbers read under the state's lock, not a copy of the
+    // whole state (ten thousand shards'), which would hold the round.
+    let (rounds, out, adm, held_down, prefetch, behind) = m.with_state(|st| {
+        (
+            st.rounds,
+            st.outcomes,
+            st.admission_view(crate::time::now_unix_ms()),
+            st.last_plan.as_ref().map_or(0, |p| p.held_down),
+            st.prefetch.view.clone(),
+            st.proxies_behind.len(),
+        )
+    });
     let mm = &m.metrics;
     let mut w = Writer::new(o);
     w.counter(
         "shardcast_manager_rounds_total",
         "Rounds run, leading or standing by.",
-        st.rounds,
+        rounds,
     );
 
     mm.rounds.render(
@@ -166,7 +177,6 @@ pub fn render(o: &mut String, m: &Manager) {
         w.sample(name, &[("action", *action), ("reason", *reason)], *n);
     }
 
-    let out = st.outcomes;
     w.by_label(
         "shardcast_manager_orders_total",
         Kind::Counter,
@@ -179,7 +189,6 @@ pub fn render(o: &mut String, m: &Manager) {
             ("refused", out.refused),
         ],
     );
-    let adm = st.admission_view(crate::time::now_unix_ms());
     w.gauge(
         "shardcast_manager_orders_open",
         "Pre-fetch orders sync still holds.",
@@ -203,7 +212,7 @@ pub fn render(o: &mut String, m: &Manager) {
     w.gauge(
         "shardcast_manager_nodes_held_down",
         "Nodes down whose replicas the last plan held rather than dropped: fewer than half the nodes were healthy (0 otherwise).",
-        st.last_plan.as_ref().map_or(0, |p| p.held_down) as u64,
+        held_down as u64,
     );
     w.gauge(
         "shardcast_manager_sync_finish_rate",
@@ -211,7 +220,7 @@ pub fn render(o: &mut String, m: &Manager) {
         adm.rate_per_s.unwrap_or(0.0),
     );
 
-    let p = &st.prefetch.view;
+    let p = &prefetch;
     w.by_label(
         "shardcast_manager_prefetches_total",
         Kind::Counter,
@@ -253,7 +262,7 @@ pub fn render(o: &mut String, m: &Manager) {
     w.gauge(
         "shardcast_manager_proxies_behind",
         "Listed proxies without the current table version.",
-        st.proxies_behind.len(),
+        behind,
     );
 
     let lease = m.lease();

@@ -6,8 +6,10 @@
 //! The observations wait on the network side by side: `observe` is the
 //! wall time of that step, and `probe`, `hosted` and `orders` are each
 //! call's own time within it (they overlap, so they add up to more).
-//! `input` and `planner` are parts of `plan`. The other phases follow one
-//! another: with `observe` they add up to the round.
+//! `input`, `planner`, `carry`, `refresh` and `cold` are parts of `plan`
+//! (what is left of it: the drains that are due, the end of the round,
+//! the decisions logged); `table` is part of `publish`. The other phases
+//! follow one another: with `observe` they add up to the round.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -38,6 +40,14 @@ pub enum Phase {
     Input,
     /// The planner itself; within `plan`.
     Planner,
+    /// Carrying the plan into the state: the pre-fetch episodes, the
+    /// demand and thresholds kept, the plan's actions; within `plan`.
+    Carry,
+    /// Finding the replicas to refresh (table replicas their node's cache
+    /// lacks); within `plan`.
+    Refresh,
+    /// Finding the shards that cooled, to evict; within `plan`.
+    Cold,
     /// Pre-fetch orders to sync (`POST /orders/batch`) and their answers.
     Submit,
     /// Cancels and evictions at sync.
@@ -45,12 +55,15 @@ pub enum Phase {
     /// The table to the proxies (`PUT /admin/table`): building the update,
     /// the delta, the pushes.
     Publish,
+    /// Building the delta and, when a target needs it, the full table;
+    /// within `publish` (and `store`).
+    Table,
     /// The metadata store's reads and writes (table, records).
     Store,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 12] = [
+    pub const ALL: [Phase; 16] = [
         Phase::Topology,
         Phase::Observe,
         Phase::Probe,
@@ -59,9 +72,13 @@ impl Phase {
         Phase::Plan,
         Phase::Input,
         Phase::Planner,
+        Phase::Carry,
+        Phase::Refresh,
+        Phase::Cold,
         Phase::Submit,
         Phase::Evict,
         Phase::Publish,
+        Phase::Table,
         Phase::Store,
     ];
 
@@ -75,9 +92,13 @@ impl Phase {
             Phase::Plan => "plan",
             Phase::Input => "input",
             Phase::Planner => "planner",
+            Phase::Carry => "carry",
+            Phase::Refresh => "refresh",
+            Phase::Cold => "cold",
             Phase::Submit => "submit",
             Phase::Evict => "evict",
             Phase::Publish => "publish",
+            Phase::Table => "table",
             Phase::Store => "store",
         }
     }

@@ -16,13 +16,16 @@
 //! ours), gets the full table. The store gets the delta, and the full
 //! table only now and then (see [`super::metadata`]).
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use shardmap::contract::MetadataKeys;
-use shardmap::{TableUpdate, UpdateAnswer};
+use shardmap::control::ReplicaAssignment;
+use shardmap::{AssignmentVersion, TableUpdate, UpdateAnswer};
 use tracing::warn;
 
 use super::client::Client;
@@ -45,9 +48,20 @@ fn push_timeout(bytes: usize) -> Duration {
 /// The records written beside the table.
 pub type Records = (Vec<ShardRecord>, Vec<NodeRecord>, Vec<u8>);
 
+/// The table at a version, made when a target needs it whole.
+pub type TableOf<'a> = &'a (dyn Fn() -> TableUpdate + Sync);
+/// The delta from a full table to the table of the pass.
+pub type DeltaFrom<'a> = &'a (dyn Fn(&TableUpdate) -> TableUpdate + Sync);
+
 /// What one pass is to publish.
 pub struct Pass<'a> {
-    pub update: TableUpdate,
+    pub version: AssignmentVersion,
+    /// The full table at `version`: made only when some target needs it
+    /// (a proxy behind, the store's snapshot, the first push of a term),
+    /// not every pass (ten thousand shards' replicas).
+    pub table: TableOf<'a>,
+    /// The delta from the last table pushed to the table at `version`.
+    pub delta_from: DeltaFrom<'a>,
     /// Proxies without the current version (the only ones pushed to when
     /// nothing changed).
     pub behind: Vec<String>,
@@ -67,6 +81,58 @@ pub struct Outcome {
     /// Time spent on the metadata store (the rest of the pass is the
     /// proxies').
     pub store: Duration,
+    /// Time spent making the delta and the full table, serialised (in the
+    /// store's part or the proxies').
+    pub table: Duration,
+}
+
+/// The delta that turns the full table `prev` into the table of
+/// `shards` at `version`: as [`TableUpdate::delta_from`], without a copy
+/// of the whole table to compare (only the shards that changed are
+/// copied). One ordered walk over both.
+pub fn delta(
+    version: AssignmentVersion,
+    prev: &TableUpdate,
+    shards: &BTreeMap<String, Vec<ReplicaAssignment>>,
+) -> TableUpdate {
+    let mut changed = BTreeMap::new();
+    let mut removed = vec![];
+    let mut old = prev.shards.iter().peekable();
+    for (id, reps) in shards {
+        while let Some((o, _)) = old.next_if(|(o, _)| *o < id) {
+            removed.push(o.clone());
+        }
+        match old.next_if(|(o, _)| *o == id) {
+            Some((_, r)) if r == reps => {}
+            _ => {
+                changed.insert(id.clone(), reps.clone());
+            }
+        }
+    }
+    removed.extend(old.map(|(o, _)| o.clone()));
+    TableUpdate {
+        version,
+        base: Some(prev.version),
+        shards: changed,
+        removed,
+    }
+}
+
+/// Bring the full table `last` to the delta's version in place (the
+/// delta's base must be `last`'s version): as [`TableUpdate::then`],
+/// costing the delta, not the table.
+fn advance(last: &mut TableUpdate, d: &TableUpdate) -> bool {
+    if d.base != Some(last.version) {
+        return false;
+    }
+    for id in &d.removed {
+        last.shards.remove(id);
+    }
+    for (id, reps) in &d.shards {
+        last.shards.insert(id.clone(), reps.clone());
+    }
+    last.version = d.version;
+    true
 }
 
 /// What the store's part of a pass works with, beside the pass.
@@ -178,6 +244,13 @@ impl Publisher {
         refusals: &Refusals,
     ) -> Outcome {
         let mut out = Outcome::default();
+        let version = pass.version;
+        // Nanoseconds spent making tables (the closures below add to it).
+        let table_ns = AtomicU64::new(0);
+        let timed = |t0: Instant| {
+            table_ns.fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        };
+        let t0 = Instant::now();
         // The delta from the last table that went out, for a new version.
         let delta = pass
             .changed
@@ -185,13 +258,36 @@ impl Publisher {
                 self.last
                     .lock()
                     .as_ref()
-                    .filter(|l| l.version < pass.update.version)
-                    .map(|l| pass.update.delta_from(l))
+                    .filter(|l| l.version < version)
+                    .map(|l| (pass.delta_from)(l))
             })
             .flatten();
         let delta_body = delta
             .as_ref()
             .map(|d| serde_json::to_vec(d).unwrap_or_default());
+        timed(t0);
+        // The full table and its body, each made once, when some target
+        // needs it.
+        let full = OnceLock::new();
+        let full_table = || {
+            full.get_or_init(|| {
+                let t0 = Instant::now();
+                let t = (pass.table)();
+                timed(t0);
+                t
+            })
+        };
+        let body = OnceLock::new();
+        let full_body = || {
+            body.get_or_init(|| {
+                let t = full_table();
+                let t0 = Instant::now();
+                let b = serde_json::to_vec(t).unwrap_or_default();
+                timed(t0);
+                b
+            })
+            .clone()
+        };
         if let Some(url) = &pass.metadata_url {
             let started = std::time::Instant::now();
             let ctx = StoreCtx {
@@ -204,35 +300,68 @@ impl Publisher {
                 lease,
                 refusals,
             };
-            let go_on = self.store_pass(conn, &pass, ctx, records, &mut out).await;
+            let go_on = self
+                .store_pass(conn, &pass, ctx, &full_body, records, &mut out)
+                .await;
             out.store = started.elapsed();
             if !go_on {
+                out.table = Duration::from_nanos(table_ns.load(Relaxed));
                 return out;
             }
         }
+        self.push(
+            &pass,
+            &delta,
+            &delta_body,
+            &full_table,
+            &full_body,
+            lease,
+            refusals,
+            &mut out,
+        )
+        .await;
+        out.table = Duration::from_nanos(table_ns.load(Relaxed));
+        out
+    }
+
+    /// The proxies' part of a pass.
+    #[allow(clippy::too_many_arguments)]
+    async fn push<'t>(
+        &self,
+        pass: &Pass<'_>,
+        delta: &Option<TableUpdate>,
+        delta_body: &Option<Vec<u8>>,
+        full_table: &(dyn Fn() -> &'t TableUpdate + Sync),
+        full_body: &(dyn Fn() -> Vec<u8> + Sync),
+        lease: &Lease,
+        refusals: &Refusals,
+        out: &mut Outcome,
+    ) {
+        let version = pass.version;
         let Pass {
-            update,
-            behind,
-            changed,
-            ..
+            behind, changed, ..
         } = pass;
+        let changed = *changed;
         if changed || !behind.is_empty() {
-            // Serialised once, when some proxy needs the whole table.
-            let full = std::sync::OnceLock::new();
-            let full_body = || {
-                full.get_or_init(|| serde_json::to_vec(&update).unwrap_or_default())
-                    .clone()
-            };
             let targets: Vec<String> = if changed {
                 self.proxies.clone()
             } else {
                 behind.clone()
             };
             if changed {
-                *self.last.lock() = Some(update.clone());
+                // The base of the next delta: brought forward by this one,
+                // or (the first of a term) the full table.
+                let mut last = self.last.lock();
+                let advanced = match (last.as_mut(), delta) {
+                    (Some(l), Some(d)) => advance(l, d),
+                    _ => false,
+                };
+                if !advanced {
+                    *last = Some(full_table().clone());
+                }
             }
             if lease.may_write().is_none() {
-                return out;
+                return;
             }
             // Every proxy at once: a push waits for the proxy to apply the
             // table, and the proxies apply it side by side.
@@ -247,7 +376,7 @@ impl Publisher {
                             match &r {
                                 Ok((StatusCode::CONFLICT, answer))
                                     if serde_json::from_slice::<UpdateAnswer>(answer)
-                                        .is_ok_and(|a| a.assignment_version < update.version) =>
+                                        .is_ok_and(|a| a.assignment_version < version) =>
                                 {
                                     // Not at the delta's base: the full table.
                                     None
@@ -273,7 +402,7 @@ impl Publisher {
                     Ok((StatusCode::CONFLICT, answer)) => {
                         refusals.proxy.fetch_add(1, Relaxed);
                         match serde_json::from_slice::<UpdateAnswer>(answer) {
-                            Ok(a) => match on_refusal(update.version, a.assignment_version) {
+                            Ok(a) => match on_refusal(version, a.assignment_version) {
                                 Refusal::Current => true,
                                 Refusal::Outrank(v) => {
                                     // The same assignment goes out again to
@@ -284,7 +413,7 @@ impl Publisher {
                                         theirs: a.assignment_version,
                                     });
                                     out.again = true;
-                                    return out;
+                                    return;
                                 }
                                 Refusal::Fenced => {
                                     lease.fenced("a proxy holds a table of a higher epoch");
@@ -310,7 +439,6 @@ impl Publisher {
                 }
             }
         }
-        out
     }
 
     /// The store's part of a pass: the table when it changed (or the
@@ -321,6 +449,7 @@ impl Publisher {
         conn: &mut Option<metadata::Conn>,
         pass: &Pass<'_>,
         ctx: StoreCtx<'_>,
+        full_body: &(dyn Fn() -> Vec<u8> + Sync),
         records: impl FnOnce() -> Records,
         out: &mut Outcome,
     ) -> bool {
@@ -331,13 +460,13 @@ impl Publisher {
             refusals,
         } = ctx;
         let Pass {
-            update,
+            version,
             changed,
             keys,
             metadata_error,
             ..
         } = pass;
-        let changed = *changed;
+        let (version, changed) = (*version, *changed);
         if conn.is_none() {
             // A new connection: the store may have restarted since.
             self.written.lock().forget();
@@ -356,18 +485,16 @@ impl Publisher {
                 // Newer than ours, or ours by number with other content
                 // (another writer): refused, not delivered.
                 Ok(Some(t))
-                    if t.version > update.version
-                        || (t.version == update.version
-                            && t.writer.as_deref() != Some(lease.id())) =>
+                    if t.version > version
+                        || (t.version == version && t.writer.as_deref() != Some(lease.id())) =>
                 {
                     refusals.metadata.fetch_add(1, Relaxed);
-                    let refusal = if t.version == update.version {
-                        update
-                            .version
+                    let refusal = if t.version == version {
+                        version
                             .past(t.version)
                             .map_or(Refusal::Fenced, Refusal::Outrank)
                     } else {
-                        on_refusal(update.version, t.version)
+                        on_refusal(version, t.version)
                     };
                     match refusal {
                         Refusal::Outrank(v) => {
@@ -383,12 +510,12 @@ impl Publisher {
                         Refusal::Fenced => {
                             fenced = Some(format!(
                                 "the store holds table version {}, which version {} cannot outrank: another manager leads",
-                                t.version, update.version
+                                t.version, version
                             ));
                         }
                     }
                 }
-                Ok(Some(t)) if t.version == update.version => {}
+                Ok(Some(t)) if t.version == version => {}
                 Ok(None) => {
                     // The store lost the table (a restart, a flush): and
                     // with it, most likely, the records.
@@ -411,12 +538,15 @@ impl Publisher {
             } else {
                 let mut res = Ok(());
                 if write {
-                    res = match metadata::publish_table(c, keys, update, delta, lease.id()).await {
+                    let full = || Ok(full_body());
+                    res = match metadata::publish_table(c, keys, version, &full, delta, lease.id())
+                        .await
+                    {
                         Ok(metadata::Published::Written) => Ok(()),
                         Ok(metadata::Published::Fenced(why)) => {
                             refusals.metadata.fetch_add(1, Relaxed);
                             lease.fenced(&why);
-                            warn!(reason = %why, version = %update.version, "table refused by the store: a newer leader");
+                            warn!(reason = %why, version = %version, "table refused by the store: a newer leader");
                             out.events.push(Event::MetadataStatus(Err(why)));
                             return false;
                         }
@@ -434,7 +564,7 @@ impl Publisher {
                     let r = metadata::write_changed_state(
                         c,
                         keys,
-                        update.version,
+                        version,
                         &shards,
                         &nodes,
                         &op,
@@ -473,8 +603,56 @@ impl Publisher {
 
 #[cfg(test)]
 mod tests {
-    use super::{push_timeout, Publisher};
+    use super::{advance, delta, push_timeout, Publisher};
+    use shardmap::control::ReplicaAssignment;
+    use shardmap::table::ReplicaState;
+    use shardmap::{AssignmentVersion, TableUpdate};
+    use std::collections::BTreeMap;
     use std::time::Duration;
+
+    #[test]
+    fn the_delta_from_the_replicas_is_the_full_tables_and_brings_the_base_forward() {
+        let table = |shards: &[(&str, &[(&str, ReplicaState)])]| -> BTreeMap<_, _> {
+            shards
+                .iter()
+                .map(|(id, reps)| {
+                    let reps = reps
+                        .iter()
+                        .map(|(n, state)| ReplicaAssignment {
+                            node: n.to_string(),
+                            state: *state,
+                        })
+                        .collect::<Vec<_>>();
+                    (id.to_string(), reps)
+                })
+                .collect()
+        };
+        use ReplicaState::{Draining, Serving, Warming};
+        let before = table(&[
+            ("a", &[("n1", Serving)]),
+            ("b", &[("n1", Serving), ("n2", Serving)]),
+            ("c", &[("n3", Serving)]),
+            ("e", &[("n2", Serving)]),
+        ]);
+        let after = table(&[
+            ("b", &[("n1", Draining), ("n2", Serving), ("n4", Warming)]),
+            ("c", &[("n3", Serving)]),
+            ("d", &[("n1", Warming)]),
+        ]);
+        let (v1, v2) = (AssignmentVersion::new(1, 1), AssignmentVersion::new(1, 2));
+        let last = TableUpdate::full(v1, before);
+        let d = delta(v2, &last, &after);
+        assert_eq!(d, TableUpdate::full(v2, after.clone()).delta_from(&last));
+        assert_eq!(d.shards.keys().collect::<Vec<_>>(), ["b", "d"]);
+        assert_eq!(d.removed, ["a", "e"]);
+        let mut base = last.clone();
+        assert!(advance(&mut base, &d));
+        assert_eq!(base, TableUpdate::full(v2, after));
+        assert_eq!(Some(&base), last.then(&d).as_ref());
+        // A delta of another base leaves the table as it is.
+        assert!(!advance(&mut base, &d));
+        assert_eq!(base.version, v2);
+    }
 
     #[tokio::test]
     async fn a_command_replaced_by_the_stored_settings_is_not_acknowledged() {

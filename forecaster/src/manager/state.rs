@@ -614,6 +614,24 @@ impl State {
     /// The demand and thresholds of the last plan's input, updated in place
     /// (a round re-inserts none of its ten thousand shards).
     fn take_demand(&mut self, shards: Vec<ShardDemand>) {
+        // Every round but one after a topology change: the same ids as
+        // the maps hold, in the same (id) order. One walk over both sets
+        // the values, no search per shard.
+        let same = |keys: &mut dyn ExactSizeIterator<Item = &String>| {
+            keys.len() == shards.len() && keys.zip(&shards).all(|(k, s)| **k == *s.id)
+        };
+        if same(&mut self.thresholds.keys()) && same(&mut self.demand.keys()) {
+            for ((t, d), s) in self
+                .thresholds
+                .values_mut()
+                .zip(self.demand.values_mut())
+                .zip(shards)
+            {
+                *t = s.threshold;
+                *d = s.demand;
+            }
+            return;
+        }
         for s in &shards {
             match self.thresholds.get_mut(&*s.id) {
                 Some(t) => *t = s.threshold,

@@ -3,7 +3,7 @@
 //! order), then refreshes of replicas the caches lack and evictions of
 //! shards that cooled.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use shardmap::table::ReplicaState;
 
@@ -19,6 +19,17 @@ use crate::planner::{Action, Plan, Reason};
 /// ordered in later rounds as these finish (their replicas keep serving,
 /// filling on miss, meanwhile).
 pub const REFRESHES_OPEN_MAX: usize = shardmap::contract::MAX_BATCH;
+
+/// Cold evictions ordered in one round, at most. A new forecast set can
+/// cool hundreds of shards at once, and each eviction is its own call to
+/// sync, a few at a time: a round that sent them all waited on them for
+/// tens of milliseconds. A cooled shard's copy costs only its node's memory
+/// (its replica fills on miss either way), so the rest are evicted in the
+/// next rounds, the nodes still reporting them held. Enough that three
+/// rounds evict what one new set cools at 10k shards (~650 copies in the
+/// manager_round bench): fewer, and the copies left behind pile up in
+/// what sync reports each round.
+pub const COLD_EVICTIONS_MAX: usize = 256;
 
 impl State {
     /// `(shard, node)` of every open order.
@@ -193,6 +204,12 @@ impl State {
         let in_order = plan.shards.windows(2).all(|w| w[0].id < w[1].id);
         let mut demand = Walk::ordered(&self.demand, in_order);
         let mut replicas = Walk::ordered(&self.replicas, in_order);
+        // Each node's cache, walked in the same order.
+        let mut caches: BTreeMap<&str, Walk<_>> = self
+            .hosted
+            .iter()
+            .map(|(n, m)| (n.as_str(), Walk::ordered(m, in_order)))
+            .collect();
         for p in &plan.shards {
             let hot = p
                 .reason
@@ -210,10 +227,9 @@ impl State {
             };
             for r in replicas.get(&p.id).into_iter().flatten() {
                 let healthy = self.nodes.get(&r.node).is_some_and(|n| n.healthy);
-                let hosted = self
-                    .hosted
-                    .get(&r.node)
-                    .is_some_and(|m| m.contains_key(&p.id));
+                let hosted = caches
+                    .get_mut(r.node.as_str())
+                    .is_some_and(|w| w.get(&p.id).is_some());
                 if r.state == ReplicaState::Serving
                     && healthy
                     && !hosted
@@ -244,48 +260,81 @@ impl State {
 
     /// Without `host_baseline`: shards that cooled down (not hot, observed
     /// demand below the scale-in level) leave the node caches; their
-    /// replicas keep serving by filling on miss.
+    /// replicas keep serving by filling on miss. The first
+    /// [`COLD_EVICTIONS_MAX`] in the plan's order go this round.
     pub(super) fn evict_cold(&mut self, _now: i64, fx: &mut Vec<Effect>) {
         if self.round_dry || self.settings.host_baseline || self.sync_error.is_some() {
             return;
         }
         let Some(plan) = &self.last_plan else { return };
         let open = self.open_pairs();
-        // The nodes holding each shard, in one pass over what they host
-        // (not every node's map searched for each of thousands of shards).
-        let mut holders: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (node, m) in &self.hosted {
-            for shard in m.keys() {
-                holders
-                    .entry(shard.as_str())
-                    .or_default()
-                    .push(node.as_str());
+        // A cooled shard matters only where a node holds it: the pass goes
+        // over what the nodes hold (a few hundred shards, once most are
+        // cold and evicted), each found in the plan (in id order) by a
+        // binary search, not over the plan's ten thousand shards.
+        let in_order = plan.shards.windows(2).all(|w| w[0].id < w[1].id);
+        let mut held: Vec<(usize, &str)> = vec![];
+        if in_order {
+            for (node, m) in &self.hosted {
+                for shard in m.keys() {
+                    if let Ok(i) = plan
+                        .shards
+                        .binary_search_by(|p| p.id.as_str().cmp(shard.as_str()))
+                    {
+                        held.push((i, node.as_str()));
+                    }
+                }
+            }
+            // The plan's order, then the nodes' names (`hosted`'s order).
+            held.sort_unstable();
+        } else {
+            let mut holders: HashMap<&str, Vec<&str>> = HashMap::new();
+            for (node, m) in &self.hosted {
+                for shard in m.keys() {
+                    holders
+                        .entry(shard.as_str())
+                        .or_default()
+                        .push(node.as_str());
+                }
+            }
+            for (i, p) in plan.shards.iter().enumerate() {
+                for &node in holders.get(p.id.as_str()).into_iter().flatten() {
+                    held.push((i, node));
+                }
             }
         }
-        for p in &plan.shards {
-            let Some(nodes) = holders.get(p.id.as_str()) else {
+        // The last shard judged: (its place in the plan, its eviction's
+        // detail when it cooled).
+        let mut judged: Option<(usize, Option<String>)> = None;
+        let mut evictions = 0;
+        for (i, node) in held {
+            if evictions == COLD_EVICTIONS_MAX {
+                break;
+            }
+            if judged.as_ref().is_none_or(|(j, _)| *j != i) {
+                let p = &plan.shards[i];
+                let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
+                let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
+                let threshold = self.thresholds.get(&p.id).copied().unwrap_or(p.threshold);
+                // The planner's scale-in rule (its band depends on the forecast).
+                let calm = p.calm
+                    || observed <= threshold * self.settings.scale_in_ratio
+                    || !self.settings.plans_demand;
+                let cooled = (!hot && calm)
+                    .then(|| format!("cold: observed {observed:.3} rps, threshold {threshold:.3}"));
+                judged = Some((i, cooled));
+            }
+            let Some((_, Some(detail))) = &judged else {
                 continue;
             };
-            let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
-            let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
-            let threshold = self.thresholds.get(&p.id).copied().unwrap_or(p.threshold);
-            // The planner's scale-in rule (its band depends on the forecast).
-            let calm = p.calm
-                || observed <= threshold * self.settings.scale_in_ratio
-                || !self.settings.plans_demand;
-            if hot || !calm {
-                continue;
-            }
-            for &node in nodes {
-                if !open.contains(&(p.id.as_str(), node)) {
-                    fx.push(Effect::Evict {
-                        shard: p.id.clone(),
-                        node: node.to_string(),
-                        cold: Some(format!(
-                            "cold: observed {observed:.3} rps, threshold {threshold:.3}"
-                        )),
-                    });
-                }
+            let p = &plan.shards[i];
+            if !open.contains(&(p.id.as_str(), node)) {
+                evictions += 1;
+                fx.push(Effect::Evict {
+                    shard: p.id.clone(),
+                    node: node.to_string(),
+                    cold: Some(detail.clone()),
+                });
             }
         }
     }

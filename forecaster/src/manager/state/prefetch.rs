@@ -59,6 +59,19 @@ pub struct Prefetches {
     open: BTreeMap<u64, (String, u64)>,
 }
 
+/// What one plan does to a shard's episode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Change {
+    None,
+    /// A new episode, its rise seen at once when `above`.
+    Open {
+        above: bool,
+    },
+    Close,
+    /// The open episode's rise.
+    Rise,
+}
+
 fn demand_driven(r: Reason) -> bool {
     matches!(r, Reason::Forecast | Reason::Load)
 }
@@ -104,43 +117,86 @@ impl Prefetches {
 
     /// A plan at real time `now`: episodes open, rise and close.
     pub fn planned(&mut self, plan: &Plan, shards: &[ShardDemand], scale_in_ratio: f64, now: i64) {
-        // One map, not a scan of the plan per shard (10k × 10k at scale).
-        let reasons: std::collections::HashMap<&str, Option<Reason>> = plan
-            .shards
-            .iter()
-            .map(|p| (p.id.as_str(), p.reason))
-            .collect();
-        for s in shards {
-            let hot = reasons
-                .get(&*s.id)
-                .copied()
-                .flatten()
-                .is_some_and(demand_driven);
-            let observed = s.demand.observed_rps;
-            let above = s.threshold > 0.0 && observed > s.threshold;
-            let calm = observed <= s.threshold * scale_in_ratio;
-            let v = &mut self.view;
-            match self.episodes.get_mut(&*s.id) {
-                None if hot || above => {
-                    let seq = self.seqs.entry(s.id.to_string()).or_default();
-                    *seq += 1;
-                    let mut ep = Episode {
-                        seq: *seq,
-                        ..Episode::default()
-                    };
-                    if above {
-                        ep.rise_at = Some(now);
-                        v.rises += 1;
-                    }
-                    self.episodes.insert(s.id.to_string(), ep);
+        let increasing = plan.shards.windows(2).all(|w| w[0].id < w[1].id)
+            && shards.windows(2).all(|w| w[0].id < w[1].id);
+        if !increasing {
+            let reasons: std::collections::HashMap<&str, Option<Reason>> = plan
+                .shards
+                .iter()
+                .map(|p| (p.id.as_str(), p.reason))
+                .collect();
+            for s in shards {
+                let reason = reasons.get(&*s.id).copied().flatten();
+                let change = Self::change(s, reason, scale_in_ratio, self.episodes.get(&*s.id));
+                self.change_to(s, change, now);
+            }
+            return;
+        }
+        // The plan's shards, the demand and the episodes in id order: one
+        // walk over each finds the few shards whose episode changes (ten
+        // thousand shards, a few hundred of them hot), no search per shard.
+        let mut plan_shards = plan.shards.iter().peekable();
+        let mut episodes = super::walk::Walk::new(&self.episodes);
+        let mut changes = vec![];
+        for (i, s) in shards.iter().enumerate() {
+            while plan_shards.next_if(|p| *p.id < *s.id).is_some() {}
+            let reason = plan_shards
+                .next_if(|p| *p.id == *s.id)
+                .and_then(|p| p.reason);
+            let change = Self::change(s, reason, scale_in_ratio, episodes.get(&s.id));
+            if change != Change::None {
+                changes.push((i, change));
+            }
+        }
+        for (i, change) in changes {
+            self.change_to(&shards[i], change, now);
+        }
+    }
+
+    /// What a plan does to a shard's episode (`ep`: the one open).
+    fn change(
+        s: &ShardDemand,
+        reason: Option<Reason>,
+        scale_in_ratio: f64,
+        ep: Option<&Episode>,
+    ) -> Change {
+        let hot = reason.is_some_and(demand_driven);
+        let observed = s.demand.observed_rps;
+        let above = s.threshold > 0.0 && observed > s.threshold;
+        let calm = observed <= s.threshold * scale_in_ratio;
+        match ep {
+            None if hot || above => Change::Open { above },
+            None => Change::None,
+            Some(_) if !hot && calm => Change::Close,
+            Some(ep) if above && ep.rise_at.is_none() => Change::Rise,
+            Some(_) => Change::None,
+        }
+    }
+
+    fn change_to(&mut self, s: &ShardDemand, change: Change, now: i64) {
+        let v = &mut self.view;
+        match change {
+            Change::None => {}
+            Change::Open { above } => {
+                let seq = self.seqs.entry(s.id.to_string()).or_default();
+                *seq += 1;
+                let mut ep = Episode {
+                    seq: *seq,
+                    ..Episode::default()
+                };
+                if above {
+                    ep.rise_at = Some(now);
+                    v.rises += 1;
                 }
-                None => {}
-                Some(_) if !hot && calm => {
-                    if let Some(ep) = self.episodes.remove(&*s.id) {
-                        v.no_rise += ep.warm;
-                    }
+                self.episodes.insert(s.id.to_string(), ep);
+            }
+            Change::Close => {
+                if let Some(ep) = self.episodes.remove(&*s.id) {
+                    v.no_rise += ep.warm;
                 }
-                Some(ep) if above && ep.rise_at.is_none() => {
+            }
+            Change::Rise => {
+                if let Some(ep) = self.episodes.get_mut(&*s.id) {
                     ep.rise_at = Some(now);
                     v.rises += 1;
                     if ep.warm > 0 {
@@ -150,7 +206,6 @@ impl Prefetches {
                         v.rises_met_warm += 1;
                     }
                 }
-                Some(_) => {}
             }
         }
     }

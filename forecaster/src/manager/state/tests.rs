@@ -551,3 +551,108 @@ fn refreshes_open_at_once_are_bounded_and_the_most_loaded_go_first() {
         .skip(1)
         .any(|o| o.shard == next[0].shard && o.node == next[0].node));
 }
+
+#[test]
+fn cold_evictions_are_bounded_per_round_in_the_plans_order_and_the_rest_follow() {
+    let n = 300; // two replicas each, every one hosted and cold: 600
+                 // The plan's shards in id order (walked), and in another (searched).
+    for sorted in [true, false] {
+        let mut st = state(n, 2);
+        st.settings.host_baseline = false;
+        let held = |st: &State| -> Hosted {
+            ["a", "b"]
+                .into_iter()
+                .map(|node| {
+                    let shards = (0..n)
+                        .map(|i| format!("s{i}"))
+                        .filter(|s| st.hosted.get(node).is_none_or(|m| m.contains_key(s)))
+                        .map(|s| {
+                            (
+                                s,
+                                HostedView {
+                                    cursor: 1,
+                                    rows: 1,
+                                    warm: true,
+                                },
+                            )
+                        })
+                        .collect();
+                    (node.to_string(), shards)
+                })
+                .collect()
+        };
+        st.apply(Event::SyncObserved(Ok(held(&st))));
+        let mut shards: Vec<crate::planner::ShardPlan> = (0..n)
+            .map(|i| crate::planner::ShardPlan {
+                id: format!("s{i}"),
+                target: 2,
+                load_rps: 0.0,
+                predicted_rps: 0.0,
+                observed_rps: 0.0,
+                threshold: 1.0,
+                reason: None,
+                calm: true,
+            })
+            .collect();
+        if sorted {
+            shards.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        let order: Vec<String> = shards.iter().map(|p| p.id.clone()).collect();
+        st.apply(Event::PlanComputed {
+            plan: Plan {
+                shards,
+                ..Plan::default()
+            },
+            shards: vec![],
+            now: 0,
+            tnow: 0,
+        });
+        let mut evicted: Vec<(String, String)> = vec![];
+        for round in 1.. {
+            let fx = st.apply(Event::RefreshesOrdered { now: round });
+            let batch: Vec<(String, String)> = fx
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Evict {
+                        shard,
+                        node,
+                        cold: Some(_),
+                    } => Some((shard.clone(), node.clone())),
+                    _ => None,
+                })
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= plan::COLD_EVICTIONS_MAX, "{}", batch.len());
+            if round == 1 {
+                assert_eq!(batch.len(), plan::COLD_EVICTIONS_MAX);
+            }
+            // In the plan's order, then the nodes'.
+            let rank = |(s, n): &(String, String)| (order.iter().position(|o| o == s), n.clone());
+            assert!(
+                batch.windows(2).all(|w| rank(&w[0]) < rank(&w[1])),
+                "{batch:?}"
+            );
+            for (shard, node) in &batch {
+                st.apply(Event::Evicted {
+                    shard: shard.clone(),
+                    node: node.clone(),
+                    detail: "cold".into(),
+                    now: round,
+                });
+            }
+            evicted.extend(batch);
+            // The nodes report what they still hold.
+            st.apply(Event::SyncObserved(Ok(held(&st))));
+        }
+        evicted.sort();
+        let all = evicted.len();
+        evicted.dedup();
+        assert_eq!(
+            (all, evicted.len()),
+            (2 * n, 2 * n),
+            "each replica evicted once"
+        );
+    }
+}

@@ -28,8 +28,8 @@ impl<'a, V> Walk<'a, V> {
         }
     }
 
-    /// The value at `id`. In a walk, ids must be asked in strictly
-    /// increasing order (a smaller id asked later is not found).
+    /// The value at `id`. In a walk, ids must be asked in increasing
+    /// order (a smaller id asked later is not found).
     pub fn get(&mut self, id: &str) -> Option<&'a V> {
         let Some(it) = self.it.as_mut() else {
             return self.map.get(id);
@@ -39,7 +39,8 @@ impl<'a, V> Walk<'a, V> {
                 Ordering::Less => {
                     it.next();
                 }
-                Ordering::Equal => return it.next().map(|(_, v)| v),
+                // Not consumed: the same id asked again finds it again.
+                Ordering::Equal => return it.peek().map(|&(_, v)| v),
                 Ordering::Greater => return None,
             }
         }
@@ -61,6 +62,7 @@ mod tests {
         let mut w = Walk::new(&m);
         for id in asked {
             assert_eq!(w.get(id), m.get(id), "{id}");
+            assert_eq!(w.get(id), m.get(id), "{id} asked again");
         }
         let mut search = Walk::ordered(&m, false);
         for id in asked.iter().rev() {
