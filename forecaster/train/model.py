@@ -25,7 +25,8 @@ highway  (optional, LSTNet style) a linear autoregressive path added to every
          In z space, learned with the rest (``init_params`` makes it zero;
          train.py starts it at a ridge fit, ``--highway-init``). It gives
          persistence and seasonal naive a direct path to the output instead
-         of through the LSTM state. Off unless ``--ar-lags N``.
+         of through the LSTM state. train.py gives hourly models one (kept only
+         when it lowers the validation loss); other frequencies need ``--ar-lags N``.
 calibrate z'_q = z_50 + c_q (z_q - z_50), c fitted on validation data after
          training (1 = no change).
 ensemble several seeds are averaged in transformed space (quantile averaging).

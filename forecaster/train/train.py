@@ -93,19 +93,23 @@ def parse_args(argv=None):
     ap.add_argument("--periods", default=None, help="comma-separated seasonal periods (lag channels)")
     ap.add_argument("--ar-lags", type=int, default=None,
                     help="linear autoregressive highway over the last N values of the past window and each "
-                         "step's seasonal-naive channels, e.g. 24 for an hourly model (default: none; on unseen "
-                         "hourly demand it cut 1-hour MASE by a quarter and cost 9 %% at 24 hours, on the dev data "
-                         "it was neutral, on a small monthly panel it overfit: eval_notes.md)")
-    ap.add_argument("--ar-channels", choices=["y", "seasonal"], default="y",
+                         "step's seasonal-naive channels (0: none; default 24 for an hourly model, kept only when "
+                         "it lowers the validation loss, --highway-select; none at other frequencies: on a small "
+                         "monthly panel a trained one overfit, eval_notes.md)")
+    ap.add_argument("--ar-channels", choices=["y", "seasonal"], default="seasonal",
                     help="what the highway reads at the last --ar-lags positions of the past window: the y channel "
                          "('y'), or also its seasonal lag channels y_lag{p} ('seasonal': then a step can be "
                          "persistence plus the change of the seasonal profile, y[t] + y[t+1-p] - y[t-p])")
     ap.add_argument("--highway-init", choices=["ridge", "zero"], default="ridge",
                     help="the highway's starting weights: the ridge regression of the targets on its inputs "
                          "over training origins ('ridge'), or zero")
-    ap.add_argument("--highway-ridge", type=float, default=1e-3,
+    ap.add_argument("--highway-ridge", type=float, default=1e-5,
                     help="ridge penalty of the highway's starting fit, relative to the mean diagonal of X'WX")
-    ap.add_argument("--highway-train", choices=["on", "off"], default="on",
+    ap.add_argument("--highway-select", choices=["off", "val"], default="val",
+                    help="'val': also train the members without the highway and keep whichever has the lower "
+                         "validation loss (twice the training time; a linear path that wins on a smooth load can "
+                         "cost on intermittent counts)")
+    ap.add_argument("--highway-train", choices=["on", "off"], default="off",
                     help="'off' keeps the highway at its ridge start: the network learns what the linear forecast "
                          "misses (gradient steps on nearly collinear lag weights undo a fit whose weights must "
                          "cancel to within a fraction of a percent)")
@@ -425,11 +429,15 @@ def agg_calibration_mask(args, spec: FeatureSpec, vs: dict, prep: Prepared, j: i
     return m if m.sum() >= DAY_HEAD_MIN_CELLS else mask
 
 
+AR_LAGS_DEFAULT = {"H": 24}  # the highway by default (chosen on validation, --highway-select): hourly only
+
+
 def ar_lags(args, spec: FeatureSpec) -> int:
-    """The highway's number of past values: --ar-lags (default 0: none; see the flag's help)."""
+    """The highway's number of past values: --ar-lags (default: 24 for an hourly model, at most its context,
+    else none; see the flag's help)."""
     n = getattr(args, "ar_lags", None)
     if n is None:
-        return 0
+        return min(AR_LAGS_DEFAULT.get(spec.freq, 0), spec.context)
     if n < 0 or n > spec.context:
         raise SystemExit(f"--ar-lags {n}: must be 0 (no highway) .. the context ({spec.context}; --context)")
     return n
@@ -488,11 +496,24 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
     frozen = () if year_cycle else YEAR_CHANNELS
     if not year_cycle:
         print("day-of-year channels off: the training targets span less than a year (--year-cycle)", flush=True)
-    members, logs = [], []
-    for m in range(args.members):
-        p, lg = train_member(prep, spec, args, args.seed + m, val_start, val, frozen=frozen)
-        members.append(p)
-        logs.append(lg)
+    def train_all(a):
+        out = [train_member(prep, spec, a, a.seed + m, val_start, val, frozen=frozen) for m in range(a.members)]
+        return [p for p, _ in out], [lg for _, lg in out]
+
+    members, logs = train_all(args)
+    highway_choice = None
+    if getattr(args, "highway_select", "off") == "val" and ar_lags(args, spec) > 0 and val is not None:
+        # the same members without the highway; the lower mean validation loss is kept (and refitted)
+        plain = argparse.Namespace(**{**vars(args), "ar_lags": 0})
+        members0, logs0 = train_all(plain)
+        with_hw = float(np.mean([lg["best_val_loss"] for lg in logs]))
+        without = float(np.mean([lg["best_val_loss"] for lg in logs0]))
+        highway_choice = {"val_loss_with": round(with_hw, 6), "val_loss_without": round(without, 6),
+                          "kept": "highway" if with_hw < without else "none"}
+        print(f"highway: validation loss {with_hw:.5f} with, {without:.5f} without; kept "
+              f"{highway_choice['kept']} (--highway-select val)", flush=True)
+        if without <= with_hw:
+            args, members, logs = plain, members0, logs0
     warnings = [undertrained_warning(args.seed + m, lg) for m, lg in enumerate(logs)]
     warnings = [w for w in warnings if w]
     for w in warnings:
@@ -545,6 +566,7 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
         | {k: getattr(args, k) for k in ("hidden", "head", "steps", "patience", "batch", "lr", "weight_decay",
                                           "drop_events", "drop_cov", "weight_power", "recent_boost", "refit",
                                           "day_head_origins")},
+        "highway_choice": highway_choice,
         "train_seconds": round(time.time() - t_start, 1),
     }
     return members, calib, trained
