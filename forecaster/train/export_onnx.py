@@ -79,7 +79,8 @@ def _member(g: _G, p: dict, m: int, x_lbf: str, future: str, mf: str, n_q: int) 
 
 
 def _highway(g: _G, P: dict, m: int, past: str, future: str) -> tuple[str, str]:
-    """model.highway: the last n values of the past y channel and the seasonal-naive channels, linearly."""
+    """model.highway: the last n values of the past y channel (and, with ``hw_l``, of its seasonal lag
+    channels) and the seasonal-naive channels, linearly."""
     n, S = P["hw_p"].shape[0], P["hw_s"].shape[1]
     t = f"m{m}_hw"
     # past[:, L-n:, 0] as [B, n]: a negative start counts from the end of the window
@@ -92,6 +93,12 @@ def _highway(g: _G, P: dict, m: int, past: str, future: str) -> tuple[str, str]:
     hs = g.op("Add", [g.op("Add", [g.op("MatMul", [last, g.const(f"{t}_p", P["hw_p"])]), sk]),
                       g.const(f"{t}_b", P["hw_b"])])
     ha = g.op("Add", [g.op("MatMul", [last, g.const(f"{t}_pa", P["hw_pa"])]), g.const(f"{t}_ba", P["hw_ba"])])
+    if "hw_l" in P:  # past[:, L-n:, 1:1+S] (the seasonal lag channels) as [B, n*S], position-major
+        lags = g.op("Slice", [past, g.const(f"{t}_ls", [-n, 1]), g.const(f"{t}_le", [np.iinfo(np.int64).max, 1 + S]),
+                              g.const(f"{t}_lax", [1, 2])])
+        lags = g.op("Reshape", [lags, g.const(f"{t}_lshape", np.array([-1, n * S], np.int64))])
+        hs = g.op("Add", [hs, g.op("MatMul", [lags, g.const(f"{t}_l", P["hw_l"])])])
+        ha = g.op("Add", [ha, g.op("MatMul", [lags, g.const(f"{t}_la", P["hw_la"])])])
     unsq = g.const(f"{t}_unsq", [2])
     return g.op("Unsqueeze", [hs, unsq]), g.op("Unsqueeze", [ha, unsq])
 

@@ -17,10 +17,16 @@ highway  (optional, LSTNet style) a linear autoregressive path added to every
          window's y channel times per-step weights, plus per-step weights on
          the step's seasonal-naive channels (y_snaive{p}) and a per-step bias;
          the aggregate heads get the same lag term with their own weights.
+         With ``ar_seasonal`` it also reads the last ``ar_lags`` positions of
+         the seasonal lag channels (y_lag{p}: y[t-i-p]), so that a step can
+         be persistence plus the change of the seasonal profile,
+         y[t] + y[t+1-p] - y[t-p] (hourly: lag 25 of the next hour, which the
+         y channel of a 24-hour window does not hold).
          In z space, learned with the rest (``init_params`` makes it zero;
          train.py starts it at a ridge fit, ``--highway-init``). It gives
          persistence and seasonal naive a direct path to the output instead
-         of through the LSTM state. Off unless ``--ar-lags N``.
+         of through the LSTM state. train.py gives hourly models one (kept only
+         when it lowers the validation loss); other frequencies need ``--ar-lags N``.
 calibrate z'_q = z_50 + c_q (z_q - z_50), c fitted on validation data after
          training (1 = no change).
 ensemble several seeds are averaged in transformed space (quantile averaging).
@@ -40,8 +46,10 @@ from common import Z_MAX
 
 
 def init_params(key, n_past: int, n_future: int, n_agg: int, hidden: int, head: int, n_q: int,
-                horizon: int | None = None, ar_lags: int = 0, n_seasonal: int = 0) -> dict:
-    """Weights of one member; ``ar_lags > 0`` adds the highway (needs ``horizon``)."""
+                horizon: int | None = None, ar_lags: int = 0, n_seasonal: int = 0,
+                ar_seasonal: bool = False) -> dict:
+    """Weights of one member; ``ar_lags > 0`` adds the highway (needs ``horizon``), ``ar_seasonal`` its
+    weights on the seasonal lag channels."""
     ks = jax.random.split(key, 10)
     g = lambda k, shape, fan_in: jax.random.normal(k, shape, jnp.float32) / np.sqrt(fan_in)  # noqa: E731
     bias = np.zeros(4 * hidden, np.float32)
@@ -73,6 +81,10 @@ def init_params(key, n_past: int, n_future: int, n_agg: int, hidden: int, head: 
         p["hw_b"] = jnp.zeros(horizon, jnp.float32)
         p["hw_pa"] = jnp.zeros((ar_lags, n_agg), jnp.float32)  # last ar_lags values -> each aggregate
         p["hw_ba"] = jnp.zeros(n_agg, jnp.float32)
+        if ar_seasonal and n_seasonal > 0:
+            # the last ar_lags positions of the lag channels, position-major ([i, p] -> row i * P + p)
+            p["hw_l"] = jnp.zeros((ar_lags * n_seasonal, horizon), jnp.float32)
+            p["hw_la"] = jnp.zeros((ar_lags * n_seasonal, n_agg), jnp.float32)
     return p
 
 
@@ -81,12 +93,23 @@ def ar_lags_of(p: dict) -> int:
     return int(p["hw_p"].shape[0]) if "hw_p" in p else 0
 
 
+def highway_lags(p: dict, past):
+    """The highway's seasonal-lag inputs [B, n * P] (position-major), or None when it has none."""
+    if "hw_l" not in p:
+        return None
+    n, P = p["hw_p"].shape[0], p["hw_s"].shape[1]
+    return past[:, past.shape[1] - n:, 1:1 + P].reshape(past.shape[0], n * P)
+
+
 def highway(p: dict, past, future):
     """The linear path: (steps [B, K, 1], aggs [B, A, 1]) in z space, added to every quantile."""
     n, P = p["hw_p"].shape[0], p["hw_s"].shape[1]
     last = past[:, past.shape[1] - n:, 0]  # [B, n] the y channel, oldest first
     hs = last @ p["hw_p"] + (future[:, :, :P] * p["hw_s"]).sum(-1) + p["hw_b"]  # [B, K]
     ha = last @ p["hw_pa"] + p["hw_ba"]  # [B, A]
+    lags = highway_lags(p, past)
+    if lags is not None:
+        hs, ha = hs + lags @ p["hw_l"], ha + lags @ p["hw_la"]
     return hs[..., None], ha[..., None]
 
 

@@ -26,10 +26,10 @@ import model as M  # noqa: E402
 import parity  # noqa: E402
 
 
-def _member(spec: FeatureSpec, seed: int, ar_lags: int) -> dict:
+def _member(spec: FeatureSpec, seed: int, ar_lags: int, ar_seasonal: bool = False) -> dict:
     Fp, Ff = len(spec.past_names()), len(spec.future_names())
     p = M.init_params(jax.random.PRNGKey(seed), Fp, Ff, len(spec.aggregates), 8, 8, len(spec.quantiles),
-                      horizon=spec.horizon, ar_lags=ar_lags, n_seasonal=len(spec.periods))
+                      horizon=spec.horizon, ar_lags=ar_lags, n_seasonal=len(spec.periods), ar_seasonal=ar_seasonal)
     rng = np.random.default_rng(seed)
     return {k: (rng.normal(0, 0.3, np.shape(v)).astype(np.float32) if k.startswith("hw_") else np.asarray(v))
             for k, v in p.items()}
@@ -52,11 +52,13 @@ def _run(members, calib, spec, past, future, scale):
     return got, parity.jax_outputs(members, calib, spec, past, future, scale)
 
 
+@pytest.mark.parametrize("ar_seasonal", [False, True])
 @pytest.mark.parametrize("freq", sorted(FREQS))
-def test_highway_export_matches_jax(freq):
+def test_highway_export_matches_jax(freq, ar_seasonal):
     spec = FeatureSpec.default(freq)
     n = min([spec.context] + spec.periods)
-    members = [_member(spec, 1, n), _member(spec, 2, n)]
+    members = [_member(spec, 1, n, ar_seasonal), _member(spec, 2, n, ar_seasonal)]
+    assert ("hw_l" in members[0]) == ar_seasonal
     Q = len(spec.quantiles)
     calib = {"steps": np.ones((spec.horizon, Q), np.float32), "aggs": np.ones((len(spec.aggregates), Q), np.float32)}
     past, future, scale = _inputs(spec, 5, 3)
@@ -82,3 +84,26 @@ def test_highway_reads_the_last_values_and_seasonal_channels():
     np.testing.assert_allclose(hw[0], np.repeat(want[:, None], Q, 1), atol=1e-4)
     hwa = base["agg_quantiles_transformed"] - nohw["agg_quantiles_transformed"]
     np.testing.assert_allclose(hwa[0, :, 0], past[0, -n:, 0] @ p["hw_pa"] + p["hw_ba"], atol=1e-4)
+
+
+def test_highway_reads_the_seasonal_lag_channels():
+    """With the seasonal lag channels, the highway adds their last n positions times its weights (the origin's
+    y_lag24 is y[t-24], lag 25 of the next hour), and nothing of the positions before them."""
+    spec = FeatureSpec.default("H")
+    n, P = 12, len(spec.periods)
+    p = _member(spec, 6, n, ar_seasonal=True)
+    q = {k: v for k, v in p.items() if k not in ("hw_l", "hw_la")}
+    Q = len(spec.quantiles)
+    calib = {"steps": np.ones((spec.horizon, Q), np.float32), "aggs": np.ones((len(spec.aggregates), Q), np.float32)}
+    past, future, scale = _inputs(spec, 2, 7)
+    past[1, :-n, 1:1 + P] += 5.0  # older positions of the lag channels: the LSTM sees them, the highway must not
+
+    def contribution(past):
+        full, _ = _run([p], calib, spec, past, future, scale)
+        nolag, _ = _run([q], calib, spec, past, future, scale)
+        return {k: full[k] - nolag[k] for k in ("quantiles_transformed", "agg_quantiles_transformed")}
+
+    got = contribution(past)
+    lags = past[:, -n:, 1:1 + P].reshape(2, -1)  # position-major, as the weights' rows
+    np.testing.assert_allclose(got["quantiles_transformed"], np.repeat((lags @ p["hw_l"])[..., None], Q, 2), atol=1e-4)
+    np.testing.assert_allclose(got["agg_quantiles_transformed"][..., 0], lags @ p["hw_la"], atol=1e-4)

@@ -93,14 +93,26 @@ def parse_args(argv=None):
     ap.add_argument("--periods", default=None, help="comma-separated seasonal periods (lag channels)")
     ap.add_argument("--ar-lags", type=int, default=None,
                     help="linear autoregressive highway over the last N values of the past window and each "
-                         "step's seasonal-naive channels, e.g. 24 for an hourly model (default: none; on unseen "
-                         "hourly demand it cut 1-hour MASE by a quarter and cost 9 %% at 24 hours, on the dev data "
-                         "it was neutral, on a small monthly panel it overfit: eval_notes.md)")
+                         "step's seasonal-naive channels (0: none; default 24 for an hourly model, kept only when "
+                         "it lowers the validation loss, --highway-select; none at other frequencies: on a small "
+                         "monthly panel a trained one overfit, eval_notes.md)")
+    ap.add_argument("--ar-channels", choices=["y", "seasonal"], default="seasonal",
+                    help="what the highway reads at the last --ar-lags positions of the past window: the y channel "
+                         "('y'), or also its seasonal lag channels y_lag{p} ('seasonal': then a step can be "
+                         "persistence plus the change of the seasonal profile, y[t] + y[t+1-p] - y[t-p])")
     ap.add_argument("--highway-init", choices=["ridge", "zero"], default="ridge",
                     help="the highway's starting weights: the ridge regression of the targets on its inputs "
                          "over training origins ('ridge'), or zero")
-    ap.add_argument("--highway-ridge", type=float, default=1e-3,
+    ap.add_argument("--highway-ridge", type=float, default=1e-5,
                     help="ridge penalty of the highway's starting fit, relative to the mean diagonal of X'WX")
+    ap.add_argument("--highway-select", choices=["off", "val"], default="val",
+                    help="'val': also train the members without the highway and keep whichever has the lower "
+                         "validation loss (twice the training time; a linear path that wins on a smooth load can "
+                         "cost on intermittent counts)")
+    ap.add_argument("--highway-train", choices=["on", "off"], default="off",
+                    help="'off' keeps the highway at its ridge start: the network learns what the linear forecast "
+                         "misses (gradient steps on nearly collinear lag weights undo a fit whose weights must "
+                         "cancel to within a fraction of a percent)")
     ap.add_argument("--year-cycle", choices=["auto", "on", "off"], default="auto",
                     help="day-of-year channels as inputs: 'auto' only when the training targets span a whole "
                          "year (a cycle never seen once cannot be learned; its values in validation and test "
@@ -202,7 +214,7 @@ def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int,
     Fp, Ff = len(spec.past_names()), len(spec.future_names())
     params = M.init_params(jax.random.PRNGKey(seed), Fp, Ff, len(spec.aggregates), args.hidden, args.head,
                            len(spec.quantiles), horizon=spec.horizon, ar_lags=ar_lags(args, spec),
-                           n_seasonal=len(spec.periods))
+                           n_seasonal=len(spec.periods), ar_seasonal=ar_seasonal(args))
     sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10), args.steps, args.lr * 0.05)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=args.weight_decay))
     if frozen is None:
@@ -211,11 +223,14 @@ def train_member(prep: Prepared, spec: FeatureSpec, args, seed: int, limit: int,
     params = jax.tree_util.tree_map(lambda v, m: v * m, params, mask)
     state = opt.init(params)
     loss = make_loss(spec)
+    hold = highway_held(args)  # 1 for the weights training moves, 0 for the highway's when it is held
+    moves = {k: jnp.float32(0.0 if hold and k.startswith("hw_") else 1.0) for k in params}
 
     @jax.jit
     def step(params, state, past, future, ys, ya, ms, ma, w):
         l, g = jax.value_and_grad(loss)(params, past, future, ys, ya, ms, ma, w)
         up, state = opt.update(g, state, params)
+        up = {k: u * moves[k] for k, u in up.items()}
         params = jax.tree_util.tree_map(lambda v, m: v * m, optax.apply_updates(params, up), mask)
         return params, state, l
 
@@ -288,15 +303,24 @@ def ridge_highway(params: dict, prep: Prepared, spec: FeatureSpec, args, seed: i
     network learns what it misses. The lag inputs are nearly collinear (neighbouring hours of a smooth
     series), a direction gradient descent from zero learns slowly; least squares does not care."""
     train_last = limit - 1
-    rng = np.random.default_rng(seed + 7919)  # its own stream: the batch sampling is unchanged
-    n_s = HIGHWAY_FIT_SAMPLES
-    s = usable[rng.choice(len(usable), n_s, p=sp)]
-    o = np.minimum(lo[s] + np.floor(rng.random(n_s) * (train_last - lo[s] + 1)).astype(int), train_last)
+    counts = train_last - lo[usable] + 1
+    if counts.sum() <= HIGHWAY_FIT_SAMPLES:  # every training origin once: a resample's fit would vary by seed
+        s = np.repeat(usable, counts)
+        o = np.concatenate([np.arange(lo[u], train_last + 1) for u in usable])
+    else:
+        rng = np.random.default_rng(seed + 7919)  # its own stream: the batch sampling is unchanged
+        s = usable[rng.choice(len(usable), HIGHWAY_FIT_SAMPLES, p=sp)]
+        o = np.minimum(lo[s] + np.floor(rng.random(len(s)) * (train_last - lo[s] + 1)).astype(int), train_last)
+    n_s = len(s)
     past, future, scale = prep.inputs(s, o)
     ys, ya, ms, ma = spec.targets(prep.panel.y, s, o, scale, limit)
     w = (scale[:, 0] ** args.weight_power).astype(np.float64)
     n, P = params["hw_p"].shape[0], params["hw_s"].shape[1]
     last = past[:, -n:, 0].astype(np.float64)
+    lags = M.highway_lags(params, past)
+    if lags is not None:  # the seasonal lag channels' last n positions after the y channel's
+        last = np.concatenate([last, np.asarray(lags, np.float64)], 1)
+    nl = last.shape[1]
     mi = spec.quantiles.index(0.5)
     base = {k: v for k, v in params.items() if not k.startswith("hw_")}
     z0s, z0a = (np.asarray(z)[..., mi] for z in M.forward_one(base, past, future, spec.aggregates))
@@ -314,10 +338,14 @@ def ridge_highway(params: dict, prep: Prepared, spec: FeatureSpec, args, seed: i
     out = {k: np.array(v, np.float32) for k, v in params.items() if k.startswith("hw_")}
     for k in range(spec.horizon):
         c = solve(np.concatenate([last, future[:, k, :P].astype(np.float64), ones], 1), ys[:, k], ms[:, k])
-        out["hw_p"][:, k], out["hw_s"][k], out["hw_b"][k] = c[:n], c[n:n + P], c[-1] - np.average(z0s[:, k], weights=w)
+        out["hw_p"][:, k], out["hw_s"][k], out["hw_b"][k] = c[:n], c[nl:nl + P], c[-1] - np.average(z0s[:, k], weights=w)
+        if "hw_l" in out:
+            out["hw_l"][:, k] = c[n:nl]
     for j in range(len(spec.aggregates)):
         c = solve(np.concatenate([last, ones], 1), ya[:, j], ma[:, j])
         out["hw_pa"][:, j], out["hw_ba"][j] = c[:n], c[-1] - np.average(z0a[:, j], weights=w)
+        if "hw_la" in out:
+            out["hw_la"][:, j] = c[n:nl]
     return {**params, **{k: jnp.asarray(v) for k, v in out.items()}}
 
 
@@ -401,14 +429,28 @@ def agg_calibration_mask(args, spec: FeatureSpec, vs: dict, prep: Prepared, j: i
     return m if m.sum() >= DAY_HEAD_MIN_CELLS else mask
 
 
+AR_LAGS_DEFAULT = {"H": 24}  # the highway by default (chosen on validation, --highway-select): hourly only
+
+
 def ar_lags(args, spec: FeatureSpec) -> int:
-    """The highway's number of past values: --ar-lags (default 0: none; see the flag's help)."""
+    """The highway's number of past values: --ar-lags (default: 24 for an hourly model, at most its context,
+    else none; see the flag's help)."""
     n = getattr(args, "ar_lags", None)
     if n is None:
-        return 0
+        return min(AR_LAGS_DEFAULT.get(spec.freq, 0), spec.context)
     if n < 0 or n > spec.context:
         raise SystemExit(f"--ar-lags {n}: must be 0 (no highway) .. the context ({spec.context}; --context)")
     return n
+
+
+def highway_held(args) -> bool:
+    """Whether the highway stays at its ridge start through training (--highway-train off)."""
+    return getattr(args, "highway_train", "on") == "off" and getattr(args, "highway_init", "ridge") == "ridge"
+
+
+def ar_seasonal(args) -> bool:
+    """Whether the highway also reads the seasonal lag channels (--ar-channels seasonal)."""
+    return getattr(args, "ar_channels", "y") == "seasonal"
 
 
 def make_spec(args) -> FeatureSpec:
@@ -454,11 +496,24 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
     frozen = () if year_cycle else YEAR_CHANNELS
     if not year_cycle:
         print("day-of-year channels off: the training targets span less than a year (--year-cycle)", flush=True)
-    members, logs = [], []
-    for m in range(args.members):
-        p, lg = train_member(prep, spec, args, args.seed + m, val_start, val, frozen=frozen)
-        members.append(p)
-        logs.append(lg)
+    def train_all(a):
+        out = [train_member(prep, spec, a, a.seed + m, val_start, val, frozen=frozen) for m in range(a.members)]
+        return [p for p, _ in out], [lg for _, lg in out]
+
+    members, logs = train_all(args)
+    highway_choice = None
+    if getattr(args, "highway_select", "off") == "val" and ar_lags(args, spec) > 0 and val is not None:
+        # the same members without the highway; the lower mean validation loss is kept (and refitted)
+        plain = argparse.Namespace(**{**vars(args), "ar_lags": 0})
+        members0, logs0 = train_all(plain)
+        with_hw = float(np.mean([lg["best_val_loss"] for lg in logs]))
+        without = float(np.mean([lg["best_val_loss"] for lg in logs0]))
+        highway_choice = {"val_loss_with": round(with_hw, 6), "val_loss_without": round(without, 6),
+                          "kept": "highway" if with_hw < without else "none"}
+        print(f"highway: validation loss {with_hw:.5f} with, {without:.5f} without; kept "
+              f"{highway_choice['kept']} (--highway-select val)", flush=True)
+        if without <= with_hw:
+            args, members, logs = plain, members0, logs0
     warnings = [undertrained_warning(args.seed + m, lg) for m, lg in enumerate(logs)]
     warnings = [w for w in warnings if w]
     for w in warnings:
@@ -505,10 +560,13 @@ def fit(args, prep: Prepared, spec: FeatureSpec, cutoff: int, val_periods: int, 
                      "steps_run": lg["log"][-1]["step"] if lg["log"] else None}
                     for m, lg in enumerate(logs)],
         "warnings": warnings,
-        "hyper": {"ar_lags": ar_lags(args, spec), "highway_init": args.highway_init, "year_cycle": year_cycle}
+        "hyper": {"ar_lags": ar_lags(args, spec), "ar_channels": getattr(args, "ar_channels", "y"),
+                  "highway_init": args.highway_init, "highway_ridge": getattr(args, "highway_ridge", 1e-3),
+                  "highway_train": "off" if highway_held(args) else "on", "year_cycle": year_cycle}
         | {k: getattr(args, k) for k in ("hidden", "head", "steps", "patience", "batch", "lr", "weight_decay",
                                           "drop_events", "drop_cov", "weight_power", "recent_boost", "refit",
                                           "day_head_origins")},
+        "highway_choice": highway_choice,
         "train_seconds": round(time.time() - t_start, 1),
     }
     return members, calib, trained
@@ -534,7 +592,8 @@ def main(argv=None) -> None:
     print(f"wrote {out / args.name}.onnx/.json/.parity.json in {time.time() - t_start:.0f}s")
 
 
-def sidecar(name: str, spec: FeatureSpec, hidden: int, n_members: int, trained: dict, ar_lags: int = 0) -> dict:
+def sidecar(name: str, spec: FeatureSpec, hidden: int, n_members: int, trained: dict, ar_lags: int = 0,
+            ar_seasonal: bool = False) -> dict:
     K, Q, A = spec.horizon, len(spec.quantiles), len(spec.aggregates)
     Fp, Ff = len(spec.past_names()), len(spec.future_names())
     return {
@@ -544,8 +603,9 @@ def sidecar(name: str, spec: FeatureSpec, hidden: int, n_members: int, trained: 
         "opset": export_onnx.OPSET,
         "architecture": (f"{n_members} x (LSTM(hidden={hidden}) encoder over the past window + per-step and "
                          f"per-aggregate MLP quantile heads"
-                         + (f" + a linear autoregressive highway over the last {ar_lags} values and the "
-                            f"seasonal-naive channels" if ar_lags else "")
+                         + (f" + a linear autoregressive highway over the last {ar_lags} values"
+                            + (" of y and its seasonal lag channels" if ar_seasonal else "")
+                            + " and the seasonal-naive channels" if ar_lags else "")
                          + "); members averaged in transformed space; "
                          f"quantile spread calibrated on validation data"),
         "inputs": [
@@ -603,7 +663,7 @@ def write_artifacts(out: Path, name: str, spec: FeatureSpec, members: list[dict]
     import onnx
 
     hidden = members[0]["R"].shape[1]
-    meta = sidecar(name, spec, hidden, len(members), trained, M.ar_lags_of(members[0]))
+    meta = sidecar(name, spec, hidden, len(members), trained, M.ar_lags_of(members[0]), "hw_l" in members[0])
     doc = (f"shardcast forecaster '{name}': quantile forecasts of per-shard demand. "
            f"Contract: {name}.json. Trained on {trained.get('data_note') or trained.get('panel')}.")
     mp = export_onnx.build(members, calib, spec, name, doc)
