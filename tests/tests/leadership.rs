@@ -419,7 +419,8 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_steps_down() {
         Default::default(),
     );
     let keys = MetadataKeys::new(PREFIX);
-    let r = metadata::publish_table(&mut conn, &keys, &stale, None, "stale")
+    let full = || serde_json::to_vec(&stale).map_err(|e| e.to_string());
+    let r = metadata::publish_table(&mut conn, &keys, stale.version, &full, None, "stale")
         .await
         .unwrap();
     assert!(matches!(r, Published::Fenced(_)), "{r:?}");

@@ -409,7 +409,8 @@ async fn the_metadata_store_survives_the_loss_of_its_master() {
         AssignmentVersion::new(lead.0 - 1, u64::MAX / 2),
         Default::default(),
     );
-    let r = metadata::publish_table(&mut conn, &keys, &stale, None, "stale")
+    let full = || serde_json::to_vec(&stale).map_err(|e| e.to_string());
+    let r = metadata::publish_table(&mut conn, &keys, stale.version, &full, None, "stale")
         .await
         .unwrap();
     assert!(matches!(r, Published::Fenced(_)), "{r:?}");
