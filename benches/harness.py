@@ -1,17 +1,41 @@
 """What the benchmark scripts under benches/ share: loopback ports and the
 origin nodes (one nginx worker serving N node ports with a fixed body)."""
+import random
 import socket
 import time
 from pathlib import Path
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    """A free loopback port (bound, then released)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A free loopback port, picked below the kernel's ephemeral range: a
+    port bind(0) hands out is one the kernel may give next to an outgoing
+    connection (wrk's, a proxy's to its origin) before the listener it was
+    picked for binds it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    base = 10000 if low > 12000 else 1024
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(base, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_port(port, timeout=15):

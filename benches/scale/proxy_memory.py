@@ -23,7 +23,6 @@ here. Python standard library only.
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "benches"))
+from harness import free_port  # noqa: E402
 
 
 def dump(d):

@@ -29,12 +29,28 @@ pub use cluster::{NodeInfo, RedisCluster};
 
 const SETUP: &str = "run `scripts/setup` (installs redis-server and postgresql)";
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, picked below the kernel's ephemeral
+/// range: a port that `bind(0)` hands out is one the kernel may give next to
+/// an outgoing connection (a test's client, sync's connection to a node)
+/// before the server it was picked for binds it.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let base = if low > 12000 { 10000 } else { 1024 };
+    let mut rng = rand::rng();
+    for _ in 0..500 {
+        let port = rng.random_range(base..low);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("cannot bind an ephemeral port on 127.0.0.1")
+        .expect("cannot bind a port on 127.0.0.1")
 }
 
 /// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.

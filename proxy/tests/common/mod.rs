@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
@@ -37,13 +37,9 @@ where
     }
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port, outside the range outgoing connections use.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    shardcast_sync::testkit::free_port()
 }
 
 pub const OK: u8 = 0;
