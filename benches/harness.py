@@ -6,36 +6,21 @@ import time
 from pathlib import Path
 
 
-_HANDED_OUT = set()
+def _stack():
+    # scripts/stack is a script (no .py), loaded once as a module.
+    import importlib.machinery
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "scripts/stack"
+    loader = importlib.machinery.SourceFileLoader("shardcast_stack", str(path))
+    spec = importlib.util.spec_from_loader("shardcast_stack", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
 
 
-def free_port():
-    """A free loopback port, picked below the kernel's ephemeral range: a
-    port bind(0) hands out is one the kernel may give next to an outgoing
-    connection (wrk's, a proxy's to its origin) before the listener it was
-    picked for binds it."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    base = 10000 if low > 12000 else 1024
-    rng = random.SystemRandom()
-    for _ in range(500):
-        port = rng.randrange(base, low)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# One port picker for the stack and the benches: below the kernel's
+# ephemeral range, never the same port twice in one run.
+free_port = _stack().free_port
 
 
 def wait_port(port, timeout=15):
