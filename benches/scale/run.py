@@ -460,6 +460,9 @@ class Harness:
                                   "shards": fm.get("shardcast_forecaster_shards")},
             "manager_round": summary_q(fm, "shardcast_manager_round_seconds"),
             "manager_round_phases": round_phases(fm),
+            # Rounds woken by a finished order between planning rounds:
+            # they apply it and publish, without the planner.
+            "manager_orders_round": summary_q(fm, "shardcast_manager_orders_round_seconds"),
             "manager_longest_without_a_completed_round_s": round(longest, 1),
             "manager_publish_until_every_proxy": summary_q(fm, "shardcast_manager_publish_seconds"),
             "proxy_apply_spread": self.convergence(),
@@ -522,9 +525,12 @@ def markdown(s):
         ("forecaster cycle: both models (cold / new day)", cyc(fc["cold_both_models"])),
         ("forecaster cycle: hourly model re-run", cyc(fc["hourly_rerun"])),
         ("forecaster cycle: cached", cyc(fc["cached"])),
-        ("manager round p50 / p99", f"{ms(mr['p50_ms'])} / {ms(mr['p99_ms'])} ({mr['count']} rounds; "
+        ("manager planning round p50 / p99", f"{ms(mr['p50_ms'])} / {ms(mr['p99_ms'])} ({mr['count']} rounds; "
                                     f"longest stretch with no round completing during the replay "
                                     f"{s['manager_longest_without_a_completed_round_s']} s)"),
+        ("manager round following finished orders (no plan) p50 / p99",
+         (lambda o: f"{ms(o['p50_ms'])} / {ms(o['p99_ms'])} ({o['count']} rounds)")(
+             s.get("manager_orders_round") or {"p50_ms": None, "p99_ms": None, "count": 0})),
         ("manager round by phase: mean (p50 bucket / p99 bucket)",
          "; ".join(f"{k} {v['mean_ms']:.1f} ms (≤ {v['p50_le_ms']} / ≤ {v['p99_le_ms']})"
                    for k, v in s.get("manager_round_phases", {}).items()

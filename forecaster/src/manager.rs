@@ -113,6 +113,10 @@ pub struct Manager {
     prober: Prober,
     publisher: Publisher,
     wake: Notify,
+    /// The next round plans (an operator change, a new term, a round
+    /// asked for), even before the interval is up; a wake without it is a
+    /// finished order, which a round without the planner applies.
+    plan_wanted: std::sync::atomic::AtomicBool,
     /// Tables refused as not newer, by target.
     refusals: Refusals,
     /// Leadership: only the leader writes, in its epoch.
@@ -175,6 +179,7 @@ impl Manager {
             demand: Mutex::new(DemandModel::new(policy)),
             log: DecisionLog::default(),
             wake: Notify::new(),
+            plan_wanted: std::sync::atomic::AtomicBool::new(true),
             refusals: Refusals::default(),
             lease,
             metrics: ManagerMetrics::default(),
@@ -240,8 +245,19 @@ impl Manager {
             .or_else(|| self.topology().metadata.clone())
     }
 
-    /// Run a round now (operator changes take effect at once).
+    /// Run a planning round now (operator changes take effect at once).
     pub fn wake(&self) {
+        self.plan_wanted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// A pre-fetch order finished at sync: follow the orders now, so its
+    /// replica turns serving without waiting for the interval. The plan
+    /// stays on its interval — at ten thousand shards a cold fill finishes
+    /// orders many times a second, and re-planning every shard for each
+    /// is what kept the rounds back to back.
+    pub fn orders_finished(&self) {
         self.wake.notify_one();
     }
 
@@ -253,11 +269,15 @@ impl Manager {
         }
     }
 
-    /// Until shutdown: a round every interval (or when woken).
+    /// Until shutdown: a planning round every interval (or when woken by
+    /// [`Manager::wake`]); between them, a round that follows the orders
+    /// whenever one finishes ([`Manager::orders_finished`]).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        use std::sync::atomic::Ordering::SeqCst;
         let mut conn: Option<Conn> = None;
         let mut restored = false;
         let mut begun: Option<u64> = None;
+        let mut plan_at = tokio::time::Instant::now();
         let lease_loop = tokio::spawn(self.clone().hold_lease(shutdown.clone()));
         loop {
             if let Some(epoch) = self.lease.fresh() {
@@ -275,9 +295,17 @@ impl Manager {
             } else if !restored {
                 restored = self.restore(&mut conn).await;
             }
-            self.round(&mut conn).await;
+            let plans = self.plan_wanted.swap(false, SeqCst)
+                || tokio::time::Instant::now() >= plan_at
+                || self.lease.may_write().is_none();
+            if plans {
+                self.round(&mut conn).await;
+                plan_at = tokio::time::Instant::now() + self.cfg.interval;
+            } else {
+                self.orders_round(&mut conn).await;
+            }
             tokio::select! {
-                _ = tokio::time::sleep(self.cfg.interval) => {}
+                _ = tokio::time::sleep_until(plan_at) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => {
                     let _ = lease_loop.await;
@@ -442,6 +470,46 @@ impl Manager {
         self.carry_out(fx, laps).await;
         laps.enter(Phase::Publish);
         self.publish(conn, &topo, changed, laps).await;
+    }
+
+    /// Between planning rounds, when an order finished: follow the open
+    /// orders, apply their reports (a warm replica turns serving, a failed
+    /// one leaves the table), end the drains that are due, and publish a
+    /// changed table. No health checks, no view of the caches, no plan —
+    /// those wait for the next planning round, at most an interval away.
+    pub async fn orders_round(&self, conn: &mut Option<Conn>) {
+        let started = Instant::now();
+        let mut laps = Laps::start(Phase::Orders);
+        if self.lease.may_write().is_none() {
+            return;
+        }
+        let topo = self.topology();
+        let now = now_unix_ms();
+        let open: Vec<u64> = self.with_state(|st| {
+            st.orders
+                .iter()
+                .filter(|o| o.state.is_open())
+                .map(|o| o.id)
+                .collect()
+        });
+        self.announce_epoch().await;
+        let reports = self.sync.orders(&open).await;
+        for (id, report) in reports {
+            let fx = self.apply(Event::OrderReported { id, report, now });
+            self.carry_out(fx, &mut laps).await;
+        }
+        let fx = self.apply(Event::DrainsDue { now });
+        self.carry_out(fx, &mut laps).await;
+        let fx = self.apply(Event::RoundFinished { now });
+        let changed = fx
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { changed: true }));
+        self.carry_out(fx, &mut laps).await;
+        if changed {
+            laps.enter(Phase::Publish);
+            self.publish(conn, &topo, changed, &mut laps).await;
+        }
+        self.metrics.orders_round(started.elapsed());
     }
 
     /// The plan for now, on the manager's clock (trace time when replaying).

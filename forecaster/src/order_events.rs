@@ -1,8 +1,9 @@
 //! `POST /order-events`: sync's word that a pre-fetch order finished
 //! ([`OrderEvent`], pushed by sync's `push` module), so the shard manager
-//! starts its next round at once — the round reads the order from sync and
-//! turns a warm replica serving — instead of at its next interval. The
-//! manager's polling stays the fallback: an event only wakes it.
+//! follows its orders at once — a round without the planner reads the
+//! order from sync and turns a warm replica serving — instead of at its
+//! next interval. The manager's polling stays the fallback: an event only
+//! wakes it.
 //!
 //! Idempotent: per `source` (one run of sync) the highest `seq` seen is
 //! kept, and an event at or below it is answered `duplicate` and changes
@@ -122,7 +123,7 @@ where
             if fresh {
                 tracing::debug!(source = %ev.source, seq = ev.seq, order = ev.order, shard = %ev.shard,
                     node = %ev.node, state = %ev.state, "order finished at sync; manager woken");
-                m.wake();
+                m.orders_finished();
             }
             reply(
                 StatusCode::OK,

@@ -221,6 +221,23 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
     )
     .unwrap_or(0.0);
     assert!(sent >= latencies.len() as f64, "{sent}");
+    // Each push woke a round that followed the orders without planning;
+    // the planning rounds stayed on the interval and the pins.
+    let fc_metrics = c
+        .get(format!("{fc}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let order_rounds = metric(&fc_metrics, "shardcast_manager_orders_round_seconds_count")
+        .unwrap_or(0.0);
+    assert!(
+        order_rounds >= latencies.len() as f64,
+        "{order_rounds} rounds following orders for {} pushes",
+        latencies.len()
+    );
 
     // The receiver: behind the token, idempotent per (source, seq).
     let ev = OrderEvent {

@@ -4,8 +4,9 @@
 //!
 //! | metric | type | what |
 //! |---|---|---|
-//! | `shardcast_manager_rounds_total` | counter | rounds run (leading or standing by) |
-//! | `shardcast_manager_round_seconds` | summary | wall time of a round: p50, p99 over the last 1024, sum, count |
+//! | `shardcast_manager_rounds_total` | counter | rounds run: planning, following finished orders, or standing by |
+//! | `shardcast_manager_round_seconds` | summary | wall time of a planning round (observe, plan, act, publish): p50, p99 over the last 1024, sum, count |
+//! | `shardcast_manager_orders_round_seconds` | summary | wall time of a round woken by finished pre-fetch orders between planning rounds: it follows the open orders, applies them (a warm replica turns serving) and publishes, without the planner |
 //! | `shardcast_manager_round_phase_seconds{phase}` | histogram | a round's time in each of its phases (`phases.rs`: topology, observe, plan, submit, evict, publish, store follow one another; probe, hosted and orders run side by side within observe); a phase a round skipped counts 0 |
 //! | `shardcast_manager_publish_seconds` | summary | a changed table's publish until the store and every listed proxy have it: p50, p99 over the last 1024, sum, count |
 //! | `shardcast_manager_decisions_total{action,reason}` | counter | decisions logged |
@@ -94,6 +95,9 @@ impl Window {
 #[derive(Default)]
 pub struct ManagerMetrics {
     rounds: Window,
+    /// Rounds woken by finished orders that only applied them ([`super::Manager`]'s
+    /// `orders_round`): not planning rounds, kept apart.
+    order_rounds: Window,
     phases: PhaseHistograms,
     publishes: Window,
     decisions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
@@ -105,6 +109,11 @@ impl ManagerMetrics {
     pub fn round(&self, d: Duration, spent: [Duration; Phase::ALL.len()]) {
         self.rounds.observe(d);
         self.phases.observe(&spent);
+    }
+
+    /// A round that only followed the orders took `d`.
+    pub fn orders_round(&self, d: Duration) {
+        self.order_rounds.observe(d);
     }
 
     /// A changed table went out: `d` from the start of its publish until
@@ -152,7 +161,12 @@ pub fn render(o: &mut String, m: &Manager) {
     mm.rounds.render(
         &mut w,
         "shardcast_manager_round_seconds",
-        "Wall time of a round (quantiles over the last 1024 rounds).",
+        "Wall time of a planning round (quantiles over the last 1024 rounds).",
+    );
+    mm.order_rounds.render(
+        &mut w,
+        "shardcast_manager_orders_round_seconds",
+        "Wall time of a round woken by finished orders that applied them and published without planning (quantiles over the last 1024).",
     );
     let name = "shardcast_manager_round_phase_seconds";
     w.family(
