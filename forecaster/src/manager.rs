@@ -278,6 +278,7 @@ impl Manager {
         let mut restored = false;
         let mut begun: Option<u64> = None;
         let mut plan_at = tokio::time::Instant::now();
+        let mut planned_at = plan_at;
         let lease_loop = tokio::spawn(self.clone().hold_lease(shutdown.clone()));
         loop {
             if let Some(epoch) = self.lease.fresh() {
@@ -300,9 +301,17 @@ impl Manager {
                 || self.lease.may_write().is_none();
             if plans {
                 self.round(&mut conn).await;
-                plan_at = tokio::time::Instant::now() + self.cfg.interval;
+                planned_at = tokio::time::Instant::now();
+                plan_at = planned_at + self.cfg.interval;
             } else {
                 self.orders_round(&mut conn).await;
+                if self.room_for_held_back() {
+                    // The last plan held orders back for want of room and
+                    // finished orders made some: plan again soon, not a
+                    // whole interval on (a cold fill keeps sync busy), but
+                    // no more than four times an interval.
+                    plan_at = plan_at.min(planned_at + self.cfg.interval / 4);
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(plan_at) => {}
@@ -495,6 +504,12 @@ impl Manager {
         self.announce_epoch().await;
         let reports = self.sync.orders(&open).await;
         for (id, report) in reports {
+            // An order sync no longer knows, or did not answer for, is
+            // judged by the planning round, which reads what the nodes
+            // hold first (a forgotten order may have left its copy warm).
+            if !matches!(report, state::OrderReport::Found(_)) {
+                continue;
+            }
             let fx = self.apply(Event::OrderReported { id, report, now });
             self.carry_out(fx, &mut laps).await;
         }
@@ -510,6 +525,16 @@ impl Manager {
             self.publish(conn, &topo, changed, &mut laps).await;
         }
         self.metrics.orders_round(started.elapsed());
+    }
+
+    /// Orders the last plan wanted but held back for want of room, and
+    /// room for some now.
+    fn room_for_held_back(&self) -> bool {
+        let now = now_unix_ms();
+        self.with_state(|st| {
+            let a = st.admission_view(now);
+            a.held_back > 0 && a.in_flight < a.limit
+        })
     }
 
     /// The plan for now, on the manager's clock (trace time when replaying).

@@ -19,7 +19,7 @@ mod model_tests;
 use std::collections::BTreeMap;
 
 use crate::config::{ManagerConfig, Policy};
-use crate::engine::{ForecastSet, Horizon};
+use crate::engine::{Horizon, ShardForecast};
 use crate::planner::{self, Demand};
 
 use super::ManagerError;
@@ -35,7 +35,9 @@ pub struct At<'a> {
     pub store_hour: i64,
     /// The shard's threshold, requests/s.
     pub threshold: f64,
-    pub forecasts: &'a ForecastSet,
+    /// The shard's forecast in the latest set, found by the caller's walk
+    /// over the set (not searched again per shard).
+    pub forecast: Option<&'a ShardForecast>,
 }
 
 /// One shard's predicted demand.
@@ -88,7 +90,7 @@ pub struct Forecast {
 impl DemandPolicy for Forecast {
     fn predict(&self, at: &At) -> Prediction {
         let mut p = NOTHING;
-        let Some(f) = at.forecasts.shards.get(at.shard) else {
+        let Some(f) = at.forecast else {
             return p;
         };
         for h in Horizon::ALL {
@@ -207,6 +209,7 @@ fn quantile_at(levels: &[f32], values: &[f32], level: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ForecastSet;
 
     #[test]
     fn quantile_picks_the_served_level_at_or_above() {
@@ -240,7 +243,7 @@ mod tests {
 
     #[test]
     fn the_forecast_gives_the_hour_in_progress_and_the_next_apart() {
-        use crate::engine::{HorizonForecast, ShardForecast, Source};
+        use crate::engine::{HorizonForecast, Source};
         let levels = vec![0.1, 0.5, 0.9];
         let hf = |horizon, values: [f32; 3]| HorizonForecast {
             horizon,
@@ -271,7 +274,7 @@ mod tests {
                 now: 7,
                 store_hour: 10,
                 threshold: 100.0 / 3600.0,
-                forecasts,
+                forecast: forecasts.shards.get("s").map(|f| &**f),
             }
         }
         let p = policy.predict(&at(&quiet_then_spike));
@@ -300,7 +303,7 @@ mod tests {
             now: 99,
             store_hour,
             threshold,
-            forecasts: &set,
+            forecast: set.shards.get("s").map(|f| &**f),
         };
         let p = o.predict(&at(10, 0.5));
         assert_eq!(

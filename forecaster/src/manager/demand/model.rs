@@ -276,7 +276,7 @@ pub fn plan_input(
                 now,
                 store_hour,
                 threshold,
-                forecasts,
+                forecast: forecast.map(|f| &**f),
             });
             slot.prediction = p;
             slot.made_from = Some((forecast.cloned(), threshold.to_bits(), store_hour));
