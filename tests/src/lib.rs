@@ -123,6 +123,20 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json:
     r.json().await.ok()
 }
 
+/// GET a text document (a `/metrics` page): its body, a panic when the
+/// request fails.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"))
+}
+
 /// GET a document of the shared contract as `T` (with a bearer token when
 /// given); None when the request fails or is refused, a panic when the
 /// body is not that type.

@@ -113,14 +113,7 @@ async fn a_wave_larger_than_sync_can_take_is_held_back_and_none_fails_for_waitin
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let took = first_done.map_or(Duration::ZERO, |t| t.elapsed());
-    let metrics = c
-        .get(format!("{fc}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = system::get_text(&c, &format!("{fc}/metrics")).await;
     let outcome = |o: &str| {
         metric(
             &metrics,

@@ -21,7 +21,9 @@ use serde_json::json;
 use shardmap::contract::manager::ManagerView;
 use shardmap::contract::{Order, OrderEvent, OrderEventAnswer, OrderState};
 use shardmap::{ReplicaState, TableView};
-use system::{bin, eventually, free_port, get_typed, metric, nodes_on_ports, workspace_root, Proc};
+use system::{
+    bin, eventually, free_port, get_text, get_typed, metric, nodes_on_ports, workspace_root, Proc,
+};
 
 const TOKEN: &str = "manager-s3cret";
 /// The manager's polling interval: far above the latency measured.
@@ -207,14 +209,7 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
     // Well inside one polling interval: the push, not the poll, did it.
     assert!(max < INTERVAL_MS / 3, "{latencies:?}");
 
-    let sync_metrics = c
-        .get(format!("{sync_url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let sync_metrics = get_text(&c, &format!("{sync_url}/metrics")).await;
     let sent = metric(
         &sync_metrics,
         "shardcast_sync_order_events_total{outcome=\"sent\"}",
@@ -223,16 +218,9 @@ async fn a_finished_prefetch_serves_without_waiting_for_the_next_round() {
     assert!(sent >= latencies.len() as f64, "{sent}");
     // Each push woke a round that followed the orders without planning;
     // the planning rounds stayed on the interval and the pins.
-    let fc_metrics = c
-        .get(format!("{fc}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let order_rounds = metric(&fc_metrics, "shardcast_manager_orders_round_seconds_count")
-        .unwrap_or(0.0);
+    let fc_metrics = get_text(&c, &format!("{fc}/metrics")).await;
+    let order_rounds =
+        metric(&fc_metrics, "shardcast_manager_orders_round_seconds_count").unwrap_or(0.0);
     assert!(
         order_rounds >= latencies.len() as f64,
         "{order_rounds} rounds following orders for {} pushes",
