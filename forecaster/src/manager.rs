@@ -399,17 +399,7 @@ impl Manager {
         // time is recorded apart; `observe` is their wall time).
         laps.enter(Phase::Observe);
         let leading = self.lease.may_write().is_some();
-        let open: Vec<u64> = if leading {
-            self.with_state(|st| {
-                st.orders
-                    .iter()
-                    .filter(|o| o.state.is_open())
-                    .map(|o| o.id)
-                    .collect()
-            })
-        } else {
-            vec![]
-        };
+        let open = if leading { self.open_orders() } else { vec![] };
         let ((probed, probe_t), (hosted, hosted_t), (reports, orders_t)) = tokio::join!(
             timed((self.prober).probe(conn.as_mut(), &topo.keys, &topo.nodes, now_ms)),
             timed(self.sync.hosted()),
@@ -472,13 +462,31 @@ impl Manager {
         self.carry_out(fx, laps).await;
         let fx = self.apply_timed(Event::RefreshesOrdered { now }, laps, Phase::Cold);
         self.carry_out(fx, laps).await;
+        let changed = self.finish_round(now, laps).await;
+        laps.enter(Phase::Publish);
+        self.publish(conn, &topo, changed, laps).await;
+    }
+
+    /// The ids of the orders open at sync.
+    fn open_orders(&self) -> Vec<u64> {
+        self.with_state(|st| {
+            st.orders
+                .iter()
+                .filter(|o| o.state.is_open())
+                .map(|o| o.id)
+                .collect()
+        })
+    }
+
+    /// End the round: a changed assignment gets its new version. True when
+    /// it changed (the table goes out).
+    async fn finish_round(&self, now: i64, laps: &mut Laps) -> bool {
         let fx = self.apply(Event::RoundFinished { now });
         let changed = fx
             .iter()
             .any(|e| matches!(e, Effect::Publish { changed: true }));
         self.carry_out(fx, laps).await;
-        laps.enter(Phase::Publish);
-        self.publish(conn, &topo, changed, laps).await;
+        changed
     }
 
     /// Between planning rounds, when an order finished: follow the open
@@ -494,13 +502,7 @@ impl Manager {
         }
         let topo = self.topology();
         let now = now_unix_ms();
-        let open: Vec<u64> = self.with_state(|st| {
-            st.orders
-                .iter()
-                .filter(|o| o.state.is_open())
-                .map(|o| o.id)
-                .collect()
-        });
+        let open = self.open_orders();
         self.announce_epoch().await;
         let reports = self.sync.orders(&open).await;
         for (id, report) in reports {
@@ -515,14 +517,9 @@ impl Manager {
         }
         let fx = self.apply(Event::DrainsDue { now });
         self.carry_out(fx, &mut laps).await;
-        let fx = self.apply(Event::RoundFinished { now });
-        let changed = fx
-            .iter()
-            .any(|e| matches!(e, Effect::Publish { changed: true }));
-        self.carry_out(fx, &mut laps).await;
-        if changed {
+        if self.finish_round(now, &mut laps).await {
             laps.enter(Phase::Publish);
-            self.publish(conn, &topo, changed, &mut laps).await;
+            self.publish(conn, &topo, true, &mut laps).await;
         }
         self.metrics.orders_round(started.elapsed());
     }
