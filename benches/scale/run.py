@@ -506,6 +506,7 @@ def mib(x):
 def markdown(s):
     p = s["deployment"]["params"]
     fc, mr, pub = s["forecaster_cycles"], s["manager_round"], s["manager_publish_until_every_proxy"]
+    mo = s["manager_orders_round"]
     sp = s["proxy_apply_spread"]
     pf = s["prefetch"]
     apply = s["proxy_table_apply"]
@@ -529,8 +530,7 @@ def markdown(s):
                                     f"longest stretch with no round completing during the replay "
                                     f"{s['manager_longest_without_a_completed_round_s']} s)"),
         ("manager round following finished orders (no plan) p50 / p99",
-         (lambda o: f"{ms(o['p50_ms'])} / {ms(o['p99_ms'])} ({o['count']} rounds)")(
-             s.get("manager_orders_round") or {"p50_ms": None, "p99_ms": None, "count": 0})),
+         f"{ms(mo['p50_ms'])} / {ms(mo['p99_ms'])} ({mo['count']} rounds)"),
         ("manager round by phase: mean (p50 bucket / p99 bucket)",
          "; ".join(f"{k} {v['mean_ms']:.1f} ms (≤ {v['p50_le_ms']} / ≤ {v['p99_le_ms']})"
                    for k, v in s.get("manager_round_phases", {}).items()

@@ -427,16 +427,7 @@ async fn forecast_prefetch_migration_and_node_loss_with_zero_failed_requests() {
         "the add is logged with its reason: {decisions:#}"
     );
     // The same, counted on the forecaster's /metrics.
-    let text = stack
-        .client
-        .get(format!("{}/metrics", stack.fc))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = system::get_text(&stack.client, &format!("{}/metrics", stack.fc)).await;
     let at = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
     assert!(at("shardcast_manager_rounds_total") >= 1.0);
     assert!(at("shardcast_manager_round_seconds_count") >= 1.0);
