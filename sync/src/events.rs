@@ -9,7 +9,7 @@
 //! just finished. The feed lives under the scheduler's state lock, so
 //! sequence numbers follow the order in which the states changed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use shardmap::contract::{Order, OrderEvent, OrderState};
 use tokio::sync::broadcast;
@@ -72,11 +72,11 @@ impl Feed {
     }
 
     /// Look at every current order; announce those that finished since the
-    /// last look. Forgets orders that are gone. Never blocks.
-    pub fn observe<'a>(&mut self, orders: impl IntoIterator<Item = &'a Order>, now_unix_ms: u64) {
-        let mut seen = HashMap::with_capacity(self.seen.len());
-        for o in orders {
-            let before = self.seen.get(&o.id).copied();
+    /// last look. Forgets orders that are gone. Never blocks; allocates
+    /// only for orders it had not seen.
+    pub fn observe(&mut self, orders: &BTreeMap<u64, Order>, now_unix_ms: u64) {
+        for o in orders.values() {
+            let before = self.seen.insert(o.id, o.state);
             if o.state.is_finished() && before != Some(o.state) {
                 self.seq += 1;
                 // No listener (no manager configured) is not an error.
@@ -92,9 +92,10 @@ impl Feed {
                     reason: o.reason.clone(),
                 });
             }
-            seen.insert(o.id, o.state);
         }
-        self.seen = seen;
+        if self.seen.len() > orders.len() {
+            self.seen.retain(|id, _| orders.contains_key(id));
+        }
     }
 }
 
@@ -128,20 +129,27 @@ mod tests {
         let mut f = Feed::new("s".into());
         f.known([&order(1, OrderState::Done)]);
         let mut rx = f.subscribe();
-        let mut orders = vec![
+        let mut orders: BTreeMap<u64, Order> = [
             order(1, OrderState::Done),
             order(2, OrderState::Queued),
             order(3, OrderState::Running),
-        ];
+        ]
+        .into_iter()
+        .map(|o| (o.id, o))
+        .collect();
         f.observe(&orders, 10);
         assert!(rx.try_recv().is_err(), "nothing finished yet");
-        orders[1].state = OrderState::Running;
-        orders[2].state = OrderState::Done;
+        orders.get_mut(&2).unwrap().state = OrderState::Running;
+        orders.get_mut(&3).unwrap().state = OrderState::Done;
         f.observe(&orders, 11);
         f.observe(&orders, 12);
-        orders[1].state = OrderState::Cancelled;
-        orders[1].reason = Some("evicted".into());
+        let o2 = orders.get_mut(&2).unwrap();
+        o2.state = OrderState::Cancelled;
+        o2.reason = Some("evicted".into());
+        // An order pruned from the book is forgotten.
+        orders.remove(&1);
         f.observe(&orders, 13);
+        assert_eq!(f.seen.len(), 2);
         let a = rx.try_recv().unwrap();
         let b = rx.try_recv().unwrap();
         assert!(rx.try_recv().is_err());

@@ -1,15 +1,19 @@
 //! The scheduler's state file: one writer, off the async workers.
 //!
-//! The scheduler hands every new snapshot of its orders to
-//! [`Persister::save`], which only replaces the pending snapshot under a
-//! short lock (only the latest matters: a burst of changes is one write).
-//! One thread writes them: serialize, a fresh temp file in the same
-//! directory (`.NAME.PID.N.tmp`, created exclusively), `fsync`, `rename`
-//! over the file, `fsync` of the directory. So the file is always one whole
-//! snapshot, the previous or the new, whatever is killed when. A write that
-//! fails (a full disk, a read-only file system) is logged and counted
-//! (`shardcast_sync_state_writes_total{outcome="error"}`), its temp file
-//! removed, and the previous file stays; the next snapshot tries again.
+//! The scheduler tells [`Persister::changed`] after every change to its
+//! orders, which only sets a flag under a short lock. One thread writes:
+//! it takes the snapshot itself (the scheduler's source, read under the
+//! scheduler's lock), serializes it, writes a fresh temp file in the same
+//! directory (`.NAME.PID.N.tmp`, created exclusively), `fsync`s it,
+//! `rename`s it over the file and `fsync`s the directory. So the file is
+//! always one whole snapshot, the previous or the new, whatever is killed
+//! when; a burst of changes is one write, and writes start at most every
+//! `min_gap` (a cold fill changes orders hundreds of times a second, and
+//! copying and serializing the whole book for each change was most of
+//! sync's CPU). A write that fails (a full disk, a read-only file system)
+//! is logged and counted (`shardcast_sync_state_writes_total{outcome=
+//! "error"}`), its temp file removed, and the previous file stays; the
+//! next change tries again.
 //!
 //! [`load`] reads the file at start. One that cannot be read or parsed is
 //! an error: logged, counted (`shardcast_sync_state_file_corrupt_total`)
@@ -141,35 +145,48 @@ fn write_atomic(path: &Path, bytes: &[u8], n: u64) -> std::io::Result<()> {
     res
 }
 
-struct Slot<T> {
-    pending: Option<T>,
-    /// Snapshots handed over, and handled (written or failed).
+/// The snapshot the writer takes when it writes.
+pub type Source<T> = Box<dyn Fn() -> T + Send>;
+
+struct Slot {
+    /// A change not yet in a write that started.
+    dirty: bool,
+    /// Changes told, and handled (written or failed).
     saved: u64,
     handled: u64,
+    /// Write now, without waiting out the gap (a flush is waiting).
+    urgent: bool,
     closed: bool,
 }
 
-struct Shared<T> {
-    slot: Mutex<Slot<T>>,
+struct Shared {
+    slot: Mutex<Slot>,
     cv: Condvar,
 }
 
-/// The one writer of a state file. Dropping it lets the writer finish the
-/// pending snapshot and stop.
-pub struct Persister<T> {
-    shared: Arc<Shared<T>>,
+/// The one writer of a state file. Dropping it lets the writer write a
+/// pending change and stop.
+pub struct Persister {
+    shared: Arc<Shared>,
     running: bool,
     metrics: Arc<Metrics>,
 }
 
-impl<T: Serialize + Send + 'static> Persister<T> {
-    /// Start the writer thread for `path`.
-    pub fn start(path: PathBuf, metrics: Arc<Metrics>) -> Persister<T> {
+impl Persister {
+    /// Start the writer thread for `path`: it writes what `source` gives,
+    /// starting writes at most every `min_gap`.
+    pub fn start<T: Serialize + 'static>(
+        path: PathBuf,
+        metrics: Arc<Metrics>,
+        min_gap: Duration,
+        source: Source<T>,
+    ) -> Persister {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
-                pending: None,
+                dirty: false,
                 saved: 0,
                 handled: 0,
+                urgent: false,
                 closed: false,
             }),
             cv: Condvar::new(),
@@ -177,7 +194,7 @@ impl<T: Serialize + Send + 'static> Persister<T> {
         let (sh, m) = (shared.clone(), metrics.clone());
         let running = std::thread::Builder::new()
             .name("sync-state-writer".into())
-            .spawn(move || writer(path, sh, m))
+            .spawn(move || writer(path, sh, m, min_gap, source))
             .map_err(|e| tracing::error!(error = %e, "cannot start the state writer thread; orders will not survive a restart"))
             .is_ok();
         Persister {
@@ -187,21 +204,20 @@ impl<T: Serialize + Send + 'static> Persister<T> {
         }
     }
 
-    /// Hand over the latest snapshot; replaces one not written yet.
-    /// Never blocks on I/O.
-    pub fn save(&self, snapshot: T) {
+    /// The source changed: a write follows. Never blocks on I/O.
+    pub fn changed(&self) {
         if !self.running {
             Metrics::inc(&self.metrics.state_write_errors);
             return;
         }
         let mut s = self.shared.slot.lock();
-        s.pending = Some(snapshot);
+        s.dirty = true;
         s.saved += 1;
         self.shared.cv.notify_all();
     }
 
-    /// Block until every snapshot saved so far is handled, at most
-    /// `within`; false on timeout. For shutdown and tests.
+    /// Block until every change told so far is handled, at most `within`;
+    /// false on timeout. For shutdown and tests.
     pub fn flush_blocking(&self, within: Duration) -> bool {
         if !self.running {
             return true;
@@ -209,6 +225,8 @@ impl<T: Serialize + Send + 'static> Persister<T> {
         let deadline = std::time::Instant::now() + within;
         let mut s = self.shared.slot.lock();
         let want = s.saved;
+        s.urgent = true;
+        self.shared.cv.notify_all();
         while s.handled < want {
             if self.shared.cv.wait_until(&mut s, deadline).timed_out() {
                 return s.handled >= want;
@@ -218,30 +236,53 @@ impl<T: Serialize + Send + 'static> Persister<T> {
     }
 }
 
-impl<T> Drop for Persister<T> {
+impl Drop for Persister {
     fn drop(&mut self) {
         self.shared.slot.lock().closed = true;
         self.shared.cv.notify_all();
     }
 }
 
-fn writer<T: Serialize>(path: PathBuf, sh: Arc<Shared<T>>, m: Arc<Metrics>) {
+fn writer<T: Serialize>(
+    path: PathBuf,
+    sh: Arc<Shared>,
+    m: Arc<Metrics>,
+    min_gap: Duration,
+    source: Source<T>,
+) {
     let mut n = 0u64;
+    let mut last: Option<std::time::Instant> = None;
     loop {
-        let (snapshot, upto) = {
+        let upto = {
             let mut s = sh.slot.lock();
-            while s.pending.is_none() && !s.closed {
-                sh.cv.wait(&mut s);
+            loop {
+                if !s.dirty {
+                    if s.closed {
+                        return;
+                    }
+                    sh.cv.wait(&mut s);
+                    continue;
+                }
+                let due = last.map(|l| l + min_gap);
+                match due {
+                    Some(due) if !s.urgent && !s.closed && std::time::Instant::now() < due => {
+                        sh.cv.wait_until(&mut s, due);
+                    }
+                    _ => break,
+                }
             }
-            match s.pending.take() {
-                Some(p) => (p, s.saved),
-                None => return,
-            }
+            s.dirty = false;
+            s.urgent = false;
+            s.saved
         };
+        // Every change told up to `upto` is in what the source gives now.
+        let snapshot = source();
+        last = Some(std::time::Instant::now());
         n += 1;
         let res = serde_json::to_vec(&snapshot)
             .map_err(std::io::Error::other)
             .and_then(|b| write_atomic(&path, &b, n));
+        drop(snapshot);
         match res {
             Ok(()) => Metrics::inc(&m.state_writes),
             Err(e) => {
@@ -261,18 +302,39 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering::Relaxed;
 
-    #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+    #[derive(Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
     struct Snap {
         n: u64,
         pad: String,
     }
 
+    /// A persister of `Snap`s: set the value, then tell it.
+    fn persister(
+        path: &Path,
+        m: &Arc<Metrics>,
+        min_gap: Duration,
+    ) -> (Persister, Arc<Mutex<Snap>>) {
+        let value = Arc::new(Mutex::new(Snap {
+            n: 0,
+            pad: String::new(),
+        }));
+        let v = value.clone();
+        let p = Persister::start(
+            path.to_path_buf(),
+            m.clone(),
+            min_gap,
+            Box::new(move || v.lock().clone()),
+        );
+        (p, value)
+    }
+
     #[test]
-    fn concurrent_savers_leave_a_whole_file_at_every_moment_and_the_latest_at_the_end() {
+    fn concurrent_changes_leave_a_whole_file_at_every_moment_and_the_latest_at_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let m = Arc::new(Metrics::default());
-        let p = Arc::new(Persister::<Snap>::start(path.clone(), m.clone()));
+        let (p, value) = persister(&path, &m, Duration::from_millis(2));
+        let p = Arc::new(p);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let (path, stop) = (path.clone(), stop.clone());
@@ -292,13 +354,14 @@ mod tests {
         let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writers: Vec<_> = (0..4)
             .map(|_| {
-                let (p, counter) = (p.clone(), counter.clone());
+                let (p, counter, value) = (p.clone(), counter.clone(), value.clone());
                 std::thread::spawn(move || {
                     for _ in 0..300 {
                         let n = counter.fetch_add(1, Relaxed);
                         // Different lengths, so an interleaving would show.
                         let pad = "x".repeat((n as usize * 37) % 20_000);
-                        p.save(Snap { n, pad });
+                        *value.lock() = Snap { n, pad };
+                        p.changed();
                     }
                 })
             })
@@ -306,16 +369,21 @@ mod tests {
         for w in writers {
             w.join().unwrap();
         }
-        p.save(Snap {
+        *value.lock() = Snap {
             n: u64::MAX,
             pad: String::new(),
-        });
+        };
+        p.changed();
         assert!(p.flush_blocking(Duration::from_secs(10)));
         stop.store(true, Relaxed);
         let reads = reader.join().unwrap();
         let last: Snap = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(last.n, u64::MAX, "the latest snapshot wins");
-        assert!(m.state_writes.load(Relaxed) >= 1);
+        let writes = m.state_writes.load(Relaxed);
+        assert!(
+            (1..1201).contains(&writes),
+            "{writes} writes for 1,201 changes: bursts are one write"
+        );
         assert_eq!(m.state_write_errors.load(Relaxed), 0);
         assert!(reads > 0);
         // No temp file left behind.
@@ -327,15 +395,52 @@ mod tests {
     }
 
     #[test]
+    fn writes_start_at_most_every_gap_and_a_flush_or_drop_does_not_wait_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let m = Arc::new(Metrics::default());
+        // A gap no test waits out.
+        let (p, value) = persister(&path, &m, Duration::from_secs(3600));
+        value.lock().n = 1;
+        p.changed();
+        assert!(p.flush_blocking(Duration::from_secs(10)));
+        let read = || {
+            serde_json::from_slice::<Snap>(&std::fs::read(&path).unwrap())
+                .unwrap()
+                .n
+        };
+        assert_eq!(read(), 1);
+        // Within the gap, changes wait...
+        value.lock().n = 2;
+        p.changed();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(read(), 1, "no second write within the gap");
+        assert_eq!(m.state_writes.load(Relaxed), 1);
+        // ...unless a flush asks for them.
+        assert!(p.flush_blocking(Duration::from_secs(10)));
+        assert_eq!(read(), 2);
+        // A change pending at drop is written.
+        value.lock().n = 3;
+        p.changed();
+        drop(p);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read() != 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(read(), 3, "the change pending at drop was written");
+    }
+
+    #[test]
     fn a_failed_write_is_counted_and_the_previous_file_stays() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let m = Arc::new(Metrics::default());
-        let p = Persister::<Snap>::start(path.clone(), m.clone());
-        p.save(Snap {
+        let (p, value) = persister(&path, &m, Duration::ZERO);
+        *value.lock() = Snap {
             n: 1,
             pad: "first".into(),
-        });
+        };
+        p.changed();
         assert!(p.flush_blocking(Duration::from_secs(10)));
         // The next write's temp file cannot be created (as a full disk
         // fails a write: the writer sees an I/O error mid-way).
@@ -343,19 +448,21 @@ mod tests {
             .path()
             .join(format!(".state.json.{}.2.tmp", std::process::id()));
         std::fs::create_dir(&blocker).unwrap();
-        p.save(Snap {
+        *value.lock() = Snap {
             n: 2,
             pad: "second".into(),
-        });
+        };
+        p.changed();
         assert!(p.flush_blocking(Duration::from_secs(10)));
         assert_eq!(m.state_write_errors.load(Relaxed), 1);
         let kept: Snap = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(kept.n, 1, "the previous file is intact");
         // The next change writes again.
-        p.save(Snap {
+        *value.lock() = Snap {
             n: 3,
             pad: "third".into(),
-        });
+        };
+        p.changed();
         assert!(p.flush_blocking(Duration::from_secs(10)));
         let now: Snap = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(now.n, 3);

@@ -124,6 +124,24 @@ struct Persisted {
     epoch: u64,
 }
 
+impl Persisted {
+    fn of(st: &State) -> Persisted {
+        Persisted {
+            next_id: st.next_id,
+            orders: st.orders.values().cloned().collect(),
+            epoch: st.epoch,
+        }
+    }
+}
+
+/// Writes of the state file start at most this often: a crash loses at
+/// most this much of the orders' latest changes (an order accepted in it
+/// is one the manager finds missing and orders again; one finished in it
+/// runs again from its cursor, a delta), and a cold fill, which changes
+/// orders hundreds of times a second, writes the book ten times a second
+/// rather than with every change.
+pub const STATE_WRITE_GAP: Duration = Duration::from_millis(100);
+
 #[derive(Default)]
 struct State {
     next_id: u64,
@@ -150,14 +168,16 @@ struct Inner {
     bucket: TokenBucket,
     cfg: SchedulerConfig,
     metrics: Arc<Metrics>,
-    state: Mutex<State>,
+    /// Shared with the state file's writer, which copies the orders when
+    /// it writes.
+    state: Arc<Mutex<State>>,
     wake: Notify,
     shutdown: CancellationToken,
     reports: tokio::sync::broadcast::Sender<Report>,
     /// The supervised loops (recovery, dispatcher, freshness).
     tasks: Arc<shardcast_edge::supervise::Tasks>,
     /// The state file's writer (`None`: orders live in memory only).
-    persister: Option<Persister<Persisted>>,
+    persister: Option<Persister>,
 }
 
 /// Why a reloaded order cannot run with the current config, if it cannot.
@@ -246,10 +266,16 @@ impl Scheduler {
             Metrics::inc(&metrics.orders_invalidated);
             Metrics::inc(&metrics.orders_failed);
         }
-        let persister = cfg
-            .state_file
-            .clone()
-            .map(|p| Persister::start(p, metrics.clone()));
+        let state = Arc::new(Mutex::new(state));
+        let persister = cfg.state_file.clone().map(|p| {
+            let st = state.clone();
+            Persister::start(
+                p,
+                metrics.clone(),
+                STATE_WRITE_GAP,
+                Box::new(move || Persisted::of(&st.lock())),
+            )
+        });
         let (reports, _) = tokio::sync::broadcast::channel(256);
         let inner = Arc::new(Inner {
             provider,
@@ -258,7 +284,7 @@ impl Scheduler {
             bucket: TokenBucket::new(cfg.bandwidth_bytes_per_s),
             cfg,
             metrics,
-            state: Mutex::new(state),
+            state,
             wake: Notify::new(),
             shutdown: shutdown.clone(),
             reports,

@@ -7,8 +7,7 @@ use std::time::Duration;
 use shardmap::contract::{NodeRecord, NodesChange};
 
 use super::{
-    now_ms, HostedShard, Order, OrderError, OrderRequest, OrderState, Persisted, Scheduler, Since,
-    State,
+    now_ms, HostedShard, Order, OrderError, OrderRequest, OrderState, Scheduler, Since, State,
 };
 use crate::metrics::Metrics;
 use crate::transfer::{no_errors, retry};
@@ -349,13 +348,10 @@ impl Scheduler {
         // Every change to an order comes through here: the feed announces
         // the ones that just finished.
         let State { feed, orders, .. } = &mut *st;
-        feed.observe(orders.values(), now_ms());
+        feed.observe(orders, now_ms());
+        drop(st);
         if let Some(p) = &self.inner.persister {
-            p.save(Persisted {
-                next_id: st.next_id,
-                orders: st.orders.values().cloned().collect(),
-                epoch: st.epoch,
-            });
+            p.changed();
         }
     }
 

@@ -87,24 +87,25 @@ impl Scheduler {
         if st.running_orders >= self.inner.cfg.concurrency.max(1) {
             return None;
         }
-        let best = st
-            .orders
-            .values()
-            .filter(|o| {
-                o.state == OrderState::Queued
-                    && !st.busy.contains(&(o.node.clone(), o.shard.clone()))
-            })
-            .min_by(|a, b| {
-                b.priority
-                    .total_cmp(&a.priority)
-                    .then(
-                        a.deadline_unix_ms
-                            .unwrap_or(u64::MAX)
-                            .cmp(&b.deadline_unix_ms.unwrap_or(u64::MAX)),
-                    )
-                    .then(a.id.cmp(&b.id))
-            })
-            .map(|o| o.id)?;
+        let rank = |a: &&Order, b: &&Order| {
+            b.priority
+                .total_cmp(&a.priority)
+                .then(
+                    a.deadline_unix_ms
+                        .unwrap_or(u64::MAX)
+                        .cmp(&b.deadline_unix_ms.unwrap_or(u64::MAX)),
+                )
+                .then(a.id.cmp(&b.id))
+        };
+        let queued = || st.orders.values().filter(|o| o.state == OrderState::Queued);
+        let busy = |o: &Order| st.busy.contains(&(o.node.clone(), o.shard.clone()));
+        // The best queued order is almost always free to run: look past it
+        // (a key built per order) only when its copy is busy.
+        let best = match queued().min_by(rank) {
+            Some(o) if !busy(o) => o.id,
+            Some(_) => queued().filter(|o| !busy(o)).min_by(rank)?.id,
+            None => return None,
+        };
         let o = st.orders.get_mut(&best)?;
         o.state = OrderState::Running;
         o.started_unix_ms = Some(now_ms());
