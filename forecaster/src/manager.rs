@@ -117,11 +117,49 @@ pub struct Manager {
     /// asked for), even before the interval is up; a wake without it is a
     /// finished order, which a round without the planner applies.
     plan_wanted: std::sync::atomic::AtomicBool,
+    /// Orders sync said finished since the last round that followed them:
+    /// the order-following round asks sync about these, not every open
+    /// order (a thousand in a cold fill, many times a second).
+    finished: Mutex<Finished>,
     /// Tables refused as not newer, by target.
     refusals: Refusals,
     /// Leadership: only the leader writes, in its epoch.
     lease: Lease,
     metrics: ManagerMetrics,
+}
+
+/// The ids of orders sync announced finished, up to [`Finished::MAX`];
+/// beyond it (a burst the rounds fell behind), every open order.
+#[derive(Default)]
+struct Finished {
+    ids: Vec<u64>,
+    overflowed: bool,
+}
+
+impl Finished {
+    const MAX: usize = 4096;
+
+    fn push(&mut self, id: u64) {
+        if self.ids.len() < Self::MAX {
+            self.ids.push(id);
+        } else {
+            self.overflowed = true;
+        }
+    }
+
+    /// Of `open` (ascending or not), the ones to ask sync about.
+    fn of(&self, open: &[u64]) -> Vec<u64> {
+        if self.overflowed {
+            return open.to_vec();
+        }
+        let mut ids = self.ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        open.iter()
+            .copied()
+            .filter(|id| ids.binary_search(id).is_ok())
+            .collect()
+    }
 }
 
 impl Manager {
@@ -180,6 +218,7 @@ impl Manager {
             log: DecisionLog::default(),
             wake: Notify::new(),
             plan_wanted: std::sync::atomic::AtomicBool::new(true),
+            finished: Mutex::new(Finished::default()),
             refusals: Refusals::default(),
             lease,
             metrics: ManagerMetrics::default(),
@@ -252,12 +291,13 @@ impl Manager {
         self.wake.notify_one();
     }
 
-    /// A pre-fetch order finished at sync: follow the orders now, so its
+    /// Sync announced pre-fetch order `id` finished: follow it now, so its
     /// replica turns serving without waiting for the interval. The plan
     /// stays on its interval — at ten thousand shards a cold fill finishes
     /// orders many times a second, and re-planning every shard for each
     /// is what kept the rounds back to back.
-    pub fn orders_finished(&self) {
+    pub fn orders_finished(&self, id: u64) {
+        self.finished.lock().push(id);
         self.wake.notify_one();
     }
 
@@ -399,6 +439,8 @@ impl Manager {
         // time is recorded apart; `observe` is their wall time).
         laps.enter(Phase::Observe);
         let leading = self.lease.may_write().is_some();
+        // Every open order is followed here: what finished so far is in it.
+        *self.finished.lock() = Finished::default();
         let open = if leading { self.open_orders() } else { vec![] };
         let ((probed, probe_t), (hosted, hosted_t), (reports, orders_t)) = tokio::join!(
             timed((self.prober).probe(conn.as_mut(), &topo.keys, &topo.nodes, now_ms)),
@@ -489,11 +531,13 @@ impl Manager {
         changed
     }
 
-    /// Between planning rounds, when an order finished: follow the open
-    /// orders, apply their reports (a warm replica turns serving, a failed
-    /// one leaves the table), end the drains that are due, and publish a
-    /// changed table. No health checks, no view of the caches, no plan —
-    /// those wait for the next planning round, at most an interval away.
+    /// Between planning rounds, when orders finished: ask sync about those
+    /// of them still open here (not every open order: a cold fill has a
+    /// thousand open and finishes some many times a second), apply their
+    /// reports (a warm replica turns serving, a failed one leaves the
+    /// table), end the drains that are due, and publish a changed table.
+    /// No health checks, no view of the caches, no plan — those wait for
+    /// the next planning round, at most an interval away.
     pub async fn orders_round(&self, conn: &mut Option<Conn>) {
         let started = Instant::now();
         let mut laps = Laps::start(Phase::Orders);
@@ -502,9 +546,16 @@ impl Manager {
         }
         let topo = self.topology();
         let now = now_unix_ms();
+        let finished = std::mem::take(&mut *self.finished.lock());
         let open = self.open_orders();
+        let asked = finished.of(&open);
+        if asked.is_empty() {
+            // Nothing this manager has open finished (an order of another
+            // term, or one a planning round already followed).
+            return;
+        }
         self.announce_epoch().await;
-        let reports = self.sync.orders(&open).await;
+        let reports = self.sync.orders(&asked).await;
         for (id, report) in reports {
             // An order sync no longer knows, or did not answer for, is
             // judged by the planning round, which reads what the nodes

@@ -123,7 +123,7 @@ where
             if fresh {
                 tracing::debug!(source = %ev.source, seq = ev.seq, order = ev.order, shard = %ev.shard,
                     node = %ev.node, state = %ev.state, "order finished at sync; manager woken");
-                m.orders_finished();
+                m.orders_finished(ev.order);
             }
             reply(
                 StatusCode::OK,

@@ -200,3 +200,20 @@ async fn refused_commands_map_to_404_and_400() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].action, "threshold");
 }
+
+#[test]
+fn the_orders_round_asks_only_about_open_orders_sync_said_finished() {
+    let mut f = Finished::default();
+    for id in [7, 3, 7, 42] {
+        f.push(id);
+    }
+    // 42 is not open here (another term's, or followed already).
+    assert_eq!(f.of(&[1, 3, 5, 7, 9]), vec![3, 7]);
+    assert!(Finished::default().of(&[1, 2]).is_empty());
+    // Past the bound, every open order is asked about.
+    let mut f = Finished::default();
+    for id in 0..=Finished::MAX as u64 {
+        f.push(id + 100);
+    }
+    assert_eq!(f.of(&[1, 2]), vec![1, 2]);
+}
