@@ -641,10 +641,18 @@ impl Manager {
             });
             // Read when the pass needs them: only the round changes the
             // replicas, and it is publishing.
-            let table =
-                || self.with_state(|st| shardmap::TableUpdate::full(version, st.replicas.clone()));
-            let delta_from = |last: &shardmap::TableUpdate| {
-                self.with_state(|st| publish::delta(version, last, &st.replicas))
+            let table = || {
+                self.with_state(|st| {
+                    let t = shardmap::TableUpdate::full(version, (*st.replicas).clone());
+                    (t, st.replicas.seq())
+                })
+            };
+            // Only the shards whose replicas were touched since `last`.
+            let delta_from = |last: &shardmap::TableUpdate, since: u64| {
+                self.with_state(|st| {
+                    let d = st.replicas.delta_since(version, last, since);
+                    (d, st.replicas.seq())
+                })
             };
             let pass = Pass {
                 version,

@@ -9,7 +9,7 @@
 //! just finished. The feed lives under the scheduler's state lock, so
 //! sequence numbers follow the order in which the states changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use shardmap::contract::{Order, OrderEvent, OrderState};
 use tokio::sync::broadcast;
@@ -24,7 +24,12 @@ pub const BACKLOG: usize = 1024;
 pub struct Feed {
     source: String,
     seq: u64,
-    seen: HashMap<u64, OrderState>,
+    /// Each order's state at the last look, in id order (the book's), so a
+    /// look is one merge of two sorted lists: no hashing, no allocation
+    /// once the lists have their size.
+    seen: Vec<(u64, OrderState)>,
+    /// The next look's list, kept to reuse its allocation.
+    spare: Vec<(u64, OrderState)>,
     tx: broadcast::Sender<OrderEvent>,
 }
 
@@ -48,7 +53,8 @@ impl Feed {
         Feed {
             source,
             seq: 0,
-            seen: HashMap::new(),
+            seen: Vec::new(),
+            spare: Vec::new(),
             tx,
         }
     }
@@ -66,17 +72,24 @@ impl Feed {
     /// Take `orders` as already known (reloaded from the state file at
     /// start): only later changes are announced.
     pub fn known<'a>(&mut self, orders: impl IntoIterator<Item = &'a Order>) {
-        for o in orders {
-            self.seen.insert(o.id, o.state);
-        }
+        self.seen
+            .extend(orders.into_iter().map(|o| (o.id, o.state)));
+        self.seen.sort_unstable_by_key(|&(id, _)| id);
+        self.seen.dedup_by_key(|&mut (id, _)| id);
     }
 
     /// Look at every current order; announce those that finished since the
     /// last look. Forgets orders that are gone. Never blocks; allocates
-    /// only for orders it had not seen.
+    /// only when the book outgrew every earlier look.
     pub fn observe(&mut self, orders: &BTreeMap<u64, Order>, now_unix_ms: u64) {
+        let mut next = std::mem::take(&mut self.spare);
+        next.clear();
+        let mut seen = self.seen.iter().peekable();
         for o in orders.values() {
-            let before = self.seen.insert(o.id, o.state);
+            // Orders seen before and gone since are skipped (forgotten).
+            while seen.next_if(|&&(id, _)| id < o.id).is_some() {}
+            let before = seen.next_if(|&&(id, _)| id == o.id).map(|&(_, s)| s);
+            next.push((o.id, o.state));
             if o.state.is_finished() && before != Some(o.state) {
                 self.seq += 1;
                 // No listener (no manager configured) is not an error.
@@ -93,9 +106,7 @@ impl Feed {
                 });
             }
         }
-        if self.seen.len() > orders.len() {
-            self.seen.retain(|id, _| orders.contains_key(id));
-        }
+        self.spare = std::mem::replace(&mut self.seen, next);
     }
 }
 

@@ -48,10 +48,12 @@ fn push_timeout(bytes: usize) -> Duration {
 /// The records written beside the table.
 pub type Records = (Vec<ShardRecord>, Vec<NodeRecord>, Vec<u8>);
 
-/// The table at a version, made when a target needs it whole.
-pub type TableOf<'a> = &'a (dyn Fn() -> TableUpdate + Sync);
-/// The delta from a full table to the table of the pass.
-pub type DeltaFrom<'a> = &'a (dyn Fn(&TableUpdate) -> TableUpdate + Sync);
+/// The table at a version, made when a target needs it whole, and the
+/// replicas' change sequence number it was made at.
+pub type TableOf<'a> = &'a (dyn Fn() -> (TableUpdate, u64) + Sync);
+/// The delta from a full table (made at the given sequence number) to the
+/// table of the pass, and the sequence number it was made at.
+pub type DeltaFrom<'a> = &'a (dyn Fn(&TableUpdate, u64) -> (TableUpdate, u64) + Sync);
 
 /// What one pass is to publish.
 pub struct Pass<'a> {
@@ -150,8 +152,8 @@ pub struct Publisher {
     proxies: Vec<String>,
     token: Option<String>,
     /// The last table that went out with a new version: the base of the
-    /// next delta.
-    last: Mutex<Option<TableUpdate>>,
+    /// next delta, and the replicas' change sequence number it matches.
+    last: Mutex<Option<(TableUpdate, u64)>>,
     /// What this manager last wrote of each shard and node record: a pass
     /// writes only those that changed.
     written: Mutex<metadata::Written>,
@@ -258,10 +260,14 @@ impl Publisher {
                 self.last
                     .lock()
                     .as_ref()
-                    .filter(|l| l.version < version)
-                    .map(|l| (pass.delta_from)(l))
+                    .filter(|(l, _)| l.version < version)
+                    .map(|(l, since)| (pass.delta_from)(l, *since))
             })
             .flatten();
+        let (delta, delta_seq) = match delta {
+            Some((d, seq)) => (Some(d), seq),
+            None => (None, 0),
+        };
         let delta_body = delta
             .as_ref()
             .map(|d| serde_json::to_vec(d).unwrap_or_default());
@@ -269,7 +275,7 @@ impl Publisher {
         // The full table and its body, each made once, when some target
         // needs it.
         let full = OnceLock::new();
-        let full_table = || {
+        let full_with_seq = || {
             full.get_or_init(|| {
                 let t0 = Instant::now();
                 let t = (pass.table)();
@@ -277,6 +283,7 @@ impl Publisher {
                 t
             })
         };
+        let full_table = || &full_with_seq().0;
         let body = OnceLock::new();
         let full_body = || {
             body.get_or_init(|| {
@@ -311,9 +318,9 @@ impl Publisher {
         }
         self.push(
             &pass,
-            &delta,
+            (&delta, delta_seq),
             &delta_body,
-            &full_table,
+            &full_with_seq,
             &full_body,
             lease,
             refusals,
@@ -329,9 +336,9 @@ impl Publisher {
     async fn push<'t>(
         &self,
         pass: &Pass<'_>,
-        delta: &Option<TableUpdate>,
+        (delta, delta_seq): (&Option<TableUpdate>, u64),
         delta_body: &Option<Vec<u8>>,
-        full_table: &(dyn Fn() -> &'t TableUpdate + Sync),
+        full_table: &(dyn Fn() -> &'t (TableUpdate, u64) + Sync),
         full_body: &(dyn Fn() -> Vec<u8> + Sync),
         lease: &Lease,
         refusals: &Refusals,
@@ -353,7 +360,13 @@ impl Publisher {
                 // or (the first of a term) the full table.
                 let mut last = self.last.lock();
                 let advanced = match (last.as_mut(), delta) {
-                    (Some(l), Some(d)) => advance(l, d),
+                    (Some((l, seq)), Some(d)) => {
+                        let ok = advance(l, d);
+                        if ok {
+                            *seq = delta_seq;
+                        }
+                        ok
+                    }
                     _ => false,
                 };
                 if !advanced {

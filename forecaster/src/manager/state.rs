@@ -22,6 +22,7 @@ mod plan;
 pub mod prefetch;
 #[cfg(test)]
 mod proptests;
+pub mod replicas;
 #[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod walk;
@@ -284,7 +285,9 @@ pub struct State {
     /// The version of `replicas` as published: this manager's epoch and a
     /// counter, moved by a change, or past a target that refused it.
     pub version: AssignmentVersion,
-    pub replicas: BTreeMap<String, Vec<ReplicaAssignment>>,
+    /// Every shard's replicas, with the log of what changed when (the
+    /// table's deltas cost what changed).
+    pub replicas: replicas::Replicas,
     pub nodes: BTreeMap<String, NodeState>,
     pub orders: VecDeque<OrderView>,
     /// Draining replicas: since when, and why they leave.
@@ -455,7 +458,7 @@ impl State {
 
     /// The table as published.
     pub fn update(&self) -> TableUpdate {
-        TableUpdate::full(self.version, self.replicas.clone())
+        TableUpdate::full(self.version, (*self.replicas).clone())
     }
 
     /// Orders open at sync (queued or running).
@@ -499,7 +502,7 @@ impl State {
         let known: BTreeSet<&str> = nodes.iter().map(String::as_str).collect();
         self.nodes.retain(|n, _| known.contains(n.as_str()));
         for (id, reps) in &shards {
-            self.replicas.entry(id.clone()).or_insert_with(|| {
+            self.replicas.or_insert_with(id, || {
                 reps.iter()
                     .map(|n| ReplicaAssignment {
                         node: n.clone(),
@@ -509,7 +512,7 @@ impl State {
             });
         }
         let ids: BTreeSet<&str> = shards.iter().map(|(id, _)| id.as_str()).collect();
-        self.replicas.retain(|id, _| ids.contains(id.as_str()));
+        self.replicas.retain(|id| ids.contains(id));
     }
 
     fn restored(&mut self, table: Option<TableUpdate>, operator: Option<OperatorView>) {

@@ -374,7 +374,12 @@ impl Scheduler {
 /// those that finished longest ago go first. An early order that ran long
 /// has a low id but finished just now, and its submitter may not have read
 /// the outcome yet.
-fn finished_beyond<'a>(orders: impl Iterator<Item = &'a Order>, keep: usize) -> Vec<u64> {
+fn finished_beyond<'a>(orders: impl Iterator<Item = &'a Order> + Clone, keep: usize) -> Vec<u64> {
+    // Counted first: every change comes through here, and the book is
+    // over its bound only just after an order finished.
+    if orders.clone().filter(|o| o.state.is_finished()).count() <= keep {
+        return Vec::new();
+    }
     let mut finished: Vec<(u64, u64)> = orders
         .filter(|o| o.state.is_finished())
         .map(|o| (o.finished_unix_ms.unwrap_or(0), o.id))

@@ -30,9 +30,14 @@ impl Scheduler {
                 clocks.retain(|k, _| st.hosted.contains_key(k));
                 let mut due = vec![];
                 for (k, h) in &st.hosted {
-                    let c = clocks
-                        .entry(k.clone())
-                        .or_insert_with(|| CopyClock::copied(h.last_sync_unix_ms));
+                    // Found before inserted: a pass over every hosted copy
+                    // each tick copies no key that is already there.
+                    let c = match clocks.get_mut(k) {
+                        Some(c) => c,
+                        None => clocks
+                            .entry(k.clone())
+                            .or_insert_with(|| CopyClock::copied(h.last_sync_unix_ms)),
+                    };
                     if h.last_sync_unix_ms > c.synced {
                         // An order brought it current meanwhile.
                         *c = CopyClock::copied(h.last_sync_unix_ms);

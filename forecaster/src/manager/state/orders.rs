@@ -86,7 +86,7 @@ impl State {
         };
         self.prefetch.ordered(&o, id);
         if o.adds_replica {
-            let reps = self.replicas.entry(o.shard.clone()).or_default();
+            let reps = self.replicas.or_default(&o.shard);
             if !reps.iter().any(|r| r.node == o.node) {
                 reps.push(ReplicaAssignment {
                     node: o.node.clone(),
