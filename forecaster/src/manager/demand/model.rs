@@ -26,7 +26,7 @@ use crate::planner::{self, Demand, NodeInput, PlanInput, ReplicaInput, ShardInpu
 use crate::store::Store;
 use crate::time::Clock;
 
-use super::super::state::walk::Walk;
+use super::super::state::walk::{seek, Walk};
 use super::super::state::{ShardDemand, State};
 use super::super::topology::Topology;
 
@@ -240,10 +240,30 @@ pub fn plan_input(
     let mut replicas = Walk::new(&st.replicas);
     let mut leaving = Walk::new(&st.leaving);
     let mut forecast_of = Walk::new(&forecasts.shards);
-    let mut hosted: Vec<_> = st.hosted.values().map(Walk::new).collect();
+    // The most rows any node holds of each slot's shard: each node's copies
+    // (in id order) sought among the slots (in id order too), rather than
+    // every node's cache asked about every shard.
+    let mut most_rows = vec![0u64; model.slots.len()];
+    for m in st.hosted.values() {
+        let mut from = 0;
+        for (shard, h) in m {
+            match seek(&model.slots, from, shard, |s| &s.id) {
+                Ok(i) => {
+                    most_rows[i] = most_rows[i].max(h.rows);
+                    from = i + 1;
+                }
+                Err(i) => from = i,
+            }
+        }
+    }
     let policy = &*model.policy;
     let mut predicted = 0;
-    for (slot, si) in model.slots.iter_mut().zip(shards.iter_mut()) {
+    for ((slot, si), &rows) in model
+        .slots
+        .iter_mut()
+        .zip(shards.iter_mut())
+        .zip(&most_rows)
+    {
         let id = &*slot.id;
         let spec = &topo.shards[slot.spec];
         let threshold = thresholds
@@ -283,12 +303,7 @@ pub fn plan_input(
             p
         };
         let skill = slot.skill.update(id, store_hour, p.p50_hour, store);
-        // The most rows any node holds of the shard.
-        let rows = hosted
-            .iter_mut()
-            .filter_map(|w| w.get(id).map(|h| h.rows))
-            .max()
-            .filter(|&r| r > 0);
+        let rows = Some(rows).filter(|&r| r > 0);
         if rows.is_some() {
             slot.rows = rows;
         }

@@ -190,6 +190,21 @@ fn every_change_between_rounds_reaches_the_planner_input() {
         input.shards.iter().find(|s| s.id == ids[8]).unwrap().bytes,
         5_000_000
     );
+    // The most rows any node holds; a copy of a shard the topology lacks
+    // is passed over.
+    let view = |rows| shardmap::contract::manager::HostedView {
+        cursor: 1,
+        rows,
+        warm: true,
+    };
+    let b = w.st.hosted.entry("node-b".into()).or_default();
+    b.insert("AA/NOT-A-SHARD".into(), view(9));
+    b.insert(ids[8].clone(), view(70_000));
+    b.insert(ids[9].clone(), view(10));
+    let input = round(&w, &mut carried, &mut fresh);
+    let bytes = |id: &str| input.shards.iter().find(|s| s.id == id).unwrap().bytes;
+    assert_eq!(bytes(&ids[8]), 7_000_000);
+    assert_eq!(bytes(&ids[9]), 1_000);
 
     // The next hour: every shard predicted again (the hour is in the key).
     w.now += 3_600_000;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use shardmap::table::ReplicaState;
 
-use super::walk::Walk;
+use super::walk::{seek, Walk};
 use super::{Decision, Effect, OrderRequest, State, TrackedState};
 use crate::planner::{Action, Plan, Reason};
 
@@ -269,19 +269,23 @@ impl State {
         let Some(plan) = &self.last_plan else { return };
         let open = self.open_pairs();
         // A cooled shard matters only where a node holds it: the pass goes
-        // over what the nodes hold (a few hundred shards, once most are
-        // cold and evicted), each found in the plan (in id order) by a
-        // binary search, not over the plan's ten thousand shards.
+        // over what the nodes hold (a few hundred shards once most are cold
+        // and evicted, thousands in a cold fill), each found in the plan (in
+        // id order) by a search from where the node's last shard was found
+        // (a node's shards come in id order too), not over the plan's ten
+        // thousand shards.
         let in_order = plan.shards.windows(2).all(|w| w[0].id < w[1].id);
         let mut held: Vec<(usize, &str)> = vec![];
         if in_order {
             for (node, m) in &self.hosted {
+                let mut from = 0;
                 for shard in m.keys() {
-                    if let Ok(i) = plan
-                        .shards
-                        .binary_search_by(|p| p.id.as_str().cmp(shard.as_str()))
-                    {
-                        held.push((i, node.as_str()));
+                    match seek(&plan.shards, from, shard, |p| &p.id) {
+                        Ok(i) => {
+                            held.push((i, node.as_str()));
+                            from = i + 1;
+                        }
+                        Err(i) => from = i,
                     }
                 }
             }
@@ -306,6 +310,9 @@ impl State {
         // The last shard judged: (its place in the plan, its eviction's
         // detail when it cooled).
         let mut judged: Option<(usize, Option<String>)> = None;
+        // Judged in the plan's order: the demand and thresholds are walked.
+        let mut demand = Walk::ordered(&self.demand, in_order);
+        let mut thresholds = Walk::ordered(&self.thresholds, in_order);
         let mut evictions = 0;
         for (i, node) in held {
             if evictions == COLD_EVICTIONS_MAX {
@@ -314,8 +321,8 @@ impl State {
             if judged.as_ref().is_none_or(|(j, _)| *j != i) {
                 let p = &plan.shards[i];
                 let hot = matches!(p.reason, Some(Reason::Forecast | Reason::Load));
-                let observed = self.demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
-                let threshold = self.thresholds.get(&p.id).copied().unwrap_or(p.threshold);
+                let observed = demand.get(&p.id).map_or(0.0, |d| d.observed_rps);
+                let threshold = thresholds.get(&p.id).copied().unwrap_or(p.threshold);
                 // The planner's scale-in rule (its band depends on the forecast).
                 let calm = p.calm
                     || observed <= threshold * self.settings.scale_in_ratio

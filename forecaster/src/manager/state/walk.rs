@@ -48,9 +48,38 @@ impl<'a, V> Walk<'a, V> {
     }
 }
 
+/// Where `id` is (`Ok`) or would go (`Err`) in `shards` (in id order),
+/// searched from `from` on (every shard before it is known to sort before
+/// `id`): strides doubling from `from`, then a binary search within the
+/// last stride — a few comparisons when the next hit is near.
+pub fn seek<T>(
+    shards: &[T],
+    from: usize,
+    id: &str,
+    key: impl Fn(&T) -> &str,
+) -> Result<usize, usize> {
+    let n = shards.len();
+    let (mut lo, mut stride) = (from.min(n), 1);
+    // Invariant: every shard before `lo` sorts before `id`.
+    loop {
+        let probe = lo + stride - 1;
+        if probe >= n || key(&shards[probe]) >= id {
+            let hi = probe.min(n);
+            let end = (hi + 1).min(n);
+            return shards[lo..end]
+                .binary_search_by(|p| key(p).cmp(id))
+                .map(|i| lo + i)
+                .map_err(|i| lo + i);
+        }
+        lo = probe + 1;
+        stride *= 2;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn finds_what_a_lookup_finds_in_increasing_order() {
@@ -67,6 +96,25 @@ mod tests {
         let mut search = Walk::ordered(&m, false);
         for id in asked.iter().rev() {
             assert_eq!(search.get(id), m.get(*id), "{id}");
+        }
+    }
+
+    proptest! {
+        /// A node's shards sought one after another, each from past the
+        /// last found, land where a binary search of the whole plan does.
+        #[test]
+        fn seeking_from_the_last_hit_finds_what_a_search_finds(
+            plan in proptest::collection::btree_set("[a-e]{1,3}", 0..60),
+            asked in proptest::collection::btree_set("[a-e]{1,3}", 0..30),
+        ) {
+            let plan: Vec<String> = plan.into_iter().collect();
+            let mut from = 0;
+            for id in &asked {
+                let want = plan.binary_search_by(|p| p.as_str().cmp(id));
+                let got = seek(&plan, from, id, |p| p.as_str());
+                prop_assert_eq!(got, want, "{} from {}", id, from);
+                from = match got { Ok(i) => i + 1, Err(i) => i };
+            }
         }
     }
 }
