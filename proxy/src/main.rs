@@ -16,6 +16,8 @@ fn main() {
             }),
         )
         .with_target(false)
+        // Colour only for a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     if args.test {
         match run::check(&args) {

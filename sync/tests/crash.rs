@@ -121,9 +121,15 @@ cache = "{}"
     ])
     .await
     .unwrap();
+    // Killed once the copy is part-way and the state file says the order
+    // runs (the file may lag a change by its write gap).
     let c2 = cache.clone();
+    let state_file = dir.path().join("state.json");
     eventually_async(Duration::from_secs(30), "a partial transfer", || async {
-        (c2.size(&shard.id).await.ok()? > 300).then_some(())
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+        let running = file["orders"][0]["state"] == "running";
+        (running && c2.size(&shard.id).await.ok()? > 300).then_some(())
     })
     .await;
     child.0.kill().unwrap(); // SIGKILL

@@ -224,17 +224,45 @@ async fn the_state_file_is_always_whole_through_concurrent_changes_and_kill_9() 
         .collect();
     let c = reqwest::Client::new();
     for round in 0..2 {
+        // What the killed process left, read before the new one can change it.
+        let left: Option<serde_json::Value> =
+            (round > 0).then(|| serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap());
         let (mut p, base) = serve(&config, &log);
-        if round > 0 {
-            // What the killed process left is what the new one reloads.
-            let file: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-            let listed = get(&c, format!("{base}/orders")).await.unwrap();
+        if let Some(file) = left {
+            let in_file = file["orders"].as_array().unwrap();
+            // The new process reloads exactly what the file holds...
+            let logged = std::fs::read_to_string(&log).unwrap();
+            let reloaded = logged
+                .lines()
+                .find(|l| l.contains("scheduler state reloaded"))
+                .and_then(|l| l.split("orders=").nth(1))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no reload line in the log:\n{logged}"));
             assert_eq!(
-                listed.as_array().unwrap().len(),
-                file["orders"].as_array().unwrap().len(),
+                reloaded,
+                in_file.len(),
                 "every order in the file is reloaded"
             );
+            // ...and serves every unfinished one of them (it may already
+            // have run some, and dropped the oldest finished for them).
+            let listed: std::collections::BTreeSet<u64> = get(&c, format!("{base}/orders"))
+                .await
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_u64().unwrap())
+                .collect();
+            for o in in_file {
+                if matches!(o["state"].as_str(), Some("queued" | "running")) {
+                    let id = o["id"].as_u64().unwrap();
+                    assert!(
+                        listed.contains(&id),
+                        "order {id} from the file is not served"
+                    );
+                }
+            }
         }
         // Eight clients submit and cancel as fast as they can: every change
         // is a new snapshot for the writer.
