@@ -158,9 +158,9 @@ impl Plan {
 struct Work<'a> {
     input: &'a ShardInput,
     /// Nodes holding a live (warming or serving) replica on a healthy node.
-    live: Vec<String>,
+    live: Vec<&'a str>,
     /// Those of `live` that must go (drained node, off the pins, moving).
-    movers: BTreeSet<String>,
+    movers: BTreeSet<&'a str>,
     target: usize,
     load: f64,
     reason: Option<Reason>,
@@ -225,10 +225,11 @@ pub fn plan(input: &PlanInput) -> Plan {
 
     // 1. Targets, and replicas on dead nodes out of the table.
     for s in &shards {
-        let mut seen = BTreeSet::new();
         let mut live = Vec::new();
-        for r in &s.replicas {
-            if !seen.insert(r.node.as_str()) {
+        for (i, r) in s.replicas.iter().enumerate() {
+            // A node listed twice counts once (a handful of replicas: a
+            // scan, no set).
+            if s.replicas[..i].iter().any(|q| q.node == r.node) {
                 continue;
             }
             let known = node_by_name.get(r.node.as_str());
@@ -246,7 +247,7 @@ pub fn plan(input: &PlanInput) -> Plan {
                 continue;
             }
             if r.state != ReplicaState::Draining {
-                live.push(r.node.clone());
+                live.push(r.node.as_str());
             }
         }
         let predicted = finite(s.demand.predicted_rps);
@@ -264,14 +265,14 @@ pub fn plan(input: &PlanInput) -> Plan {
         } else {
             Reason::Load
         });
-        let movers: BTreeSet<String> = live
+        let movers: BTreeSet<&str> = live
             .iter()
-            .filter(|n| {
-                let drained = node_by_name.get(n.as_str()).is_some_and(|n| n.drained);
-                let unpinned = s.pinned.as_ref().is_some_and(|p| !p.contains(n));
-                drained || unpinned || s.leaving.contains(n)
+            .copied()
+            .filter(|&n| {
+                let drained = node_by_name.get(n).is_some_and(|n| n.drained);
+                let unpinned = s.pinned.as_ref().is_some_and(|p| !p.iter().any(|x| x == n));
+                drained || unpinned || s.leaving.iter().any(|x| x == n)
             })
-            .cloned()
             .collect();
         let current = live.iter().filter(|n| !movers.contains(*n)).count();
         // The forecast asks for a copy: by its expected value against its
@@ -342,8 +343,8 @@ pub fn plan(input: &PlanInput) -> Plan {
     let mut load: BTreeMap<&str, f64> = nodes.iter().map(|n| (n.name.as_str(), 0.0)).collect();
     for w in &work {
         let per = w.per_replica();
-        for n in &w.live {
-            if let Some(l) = load.get_mut(n.as_str()) {
+        for &n in &w.live {
+            if let Some(l) = load.get_mut(n) {
                 *l += per;
             }
         }
@@ -361,14 +362,15 @@ pub fn plan(input: &PlanInput) -> Plan {
         let staying = w.live.len() - w.movers.len();
         let missing = w.target.saturating_sub(staying);
         // Movers without a replacement yet, in name order.
-        let mut unreplaced: Vec<&String> = w
+        let mut unreplaced: Vec<&str> = w
             .movers
             .iter()
-            .filter(|n| !w.input.leaving.contains(n))
+            .copied()
+            .filter(|&n| !w.input.leaving.iter().any(|x| x == n))
             .collect();
         unreplaced.reverse();
         for k in 0..missing {
-            let replaces = unreplaced.pop().cloned();
+            let replaces = unreplaced.pop().map(str::to_string);
             let below_rf = staying + k < rf.min(usable.len());
             let reason = if replaces.is_some() {
                 Reason::Operator
@@ -395,24 +397,33 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
     // Balance: a node over capacity hands its largest replica to the least
     // loaded node that has room (one move per overloaded node per round).
+    // Each node's largest movable replica (the first in shard order among
+    // equals), found in one pass over the shards when a node needs it.
+    let mut largest: Option<BTreeMap<&str, (usize, f64)>> = None;
     for n in &usable {
         let cap = finite(n.capacity) * util;
         let l = load.get(n.name.as_str()).copied().unwrap_or(0.0);
         if cap <= 0.0 || l <= cap {
             continue;
         }
-        let mut best: Option<(usize, f64)> = None;
-        for (i, w) in work.iter().enumerate() {
-            let moving = !w.movers.is_empty() || w.live.len() > w.target;
-            if w.input.pinned.is_some() || moving || !w.live.contains(&n.name) {
-                continue;
+        let largest = largest.get_or_insert_with(|| {
+            let mut m: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+            for (i, w) in work.iter().enumerate() {
+                let moving = !w.movers.is_empty() || w.live.len() > w.target;
+                if w.input.pinned.is_some() || moving {
+                    continue;
+                }
+                let per = w.per_replica();
+                for &node in &w.live {
+                    let best = m.entry(node).or_insert((i, per));
+                    if per > best.1 {
+                        *best = (i, per);
+                    }
+                }
             }
-            let per = w.per_replica();
-            if best.is_none_or(|(_, p)| per > p) {
-                best = Some((i, per));
-            }
-        }
-        if let Some((i, per)) = best {
+            m
+        });
+        if let Some(&(i, per)) = largest.get(n.name.as_str()) {
             wants.push(Want {
                 shard: i,
                 reason: Reason::Balance,
@@ -445,8 +456,9 @@ pub fn plan(input: &PlanInput) -> Plan {
         let zones: BTreeSet<&str> = w
             .live
             .iter()
-            .chain(extra.iter())
-            .filter_map(|n| node_by_name.get(n.as_str()).and_then(|n| n.zone.as_deref()))
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+            .filter_map(|n| node_by_name.get(n).and_then(|n| n.zone.as_deref()))
             .collect();
         let candidates: Vec<&NodeInput> = usable
             .iter()
@@ -559,10 +571,10 @@ pub fn plan(input: &PlanInput) -> Plan {
         // Leaving replicas go only once the staying ones serve the target
         // (make-before-break); the last serving replica never goes.
         if serving_staying >= w.target.max(1) {
-            for n in &w.movers {
+            for &n in &w.movers {
                 out.actions.push(Action::Drain {
                     shard: w.input.id.clone(),
-                    node: n.clone(),
+                    node: n.to_string(),
                     reason: if operator_move(n) {
                         Reason::Operator
                     } else {
@@ -576,19 +588,19 @@ pub fn plan(input: &PlanInput) -> Plan {
         // fell, see the target rule); drop the most loaded node's copy.
         let extra = serving_staying.saturating_sub(w.target);
         if extra > 0 && w.movers.is_empty() {
-            let mut cands: Vec<&String> = w.live.iter().filter(|n| serving_on(n)).collect();
+            let mut cands: Vec<&str> = w.live.iter().copied().filter(|n| serving_on(n)).collect();
             cands.sort_by(|a, b| {
                 let ra = rel_load(&load, &node_by_name, a);
                 let rb = rel_load(&load, &node_by_name, b);
                 rb.total_cmp(&ra).then(a.cmp(b))
             });
             for n in cands.into_iter().take(extra) {
-                if let Some(l) = load.get_mut(n.as_str()) {
+                if let Some(l) = load.get_mut(n) {
                     *l = (*l - w.per_replica()).max(0.0);
                 }
                 out.actions.push(Action::Drain {
                     shard: w.input.id.clone(),
-                    node: n.clone(),
+                    node: n.to_string(),
                     reason: Reason::Load,
                     detail: format!(
                         "observed {:.2} rps below {:.2} → {} replicas",
