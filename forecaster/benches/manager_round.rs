@@ -50,6 +50,10 @@ use shardcast_forecaster::manager::Manager;
 use shardcast_forecaster::store::{Retention, Store};
 use shardcast_forecaster::time::Clock;
 
+// As the forecaster binary runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn scale_dir(tmp: &Path) -> PathBuf {
     if let Ok(d) = std::env::var("SHARDCAST_SCALE_DIR") {
         return PathBuf::from(d);

@@ -15,6 +15,11 @@ use shardcast_sync::scheduler::Scheduler;
 use shardcast_sync::{api, cache, load, node};
 use tokio_util::sync::CancellationToken;
 
+// Every order change, hosted-copy answer and batch of rows allocates;
+// the same allocator as the proxy and the forecaster.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "shardcast-sync",
