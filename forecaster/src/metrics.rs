@@ -87,6 +87,9 @@ const BUCKETS_S: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.
 pub struct Histogram {
     counts: [AtomicU64; 11],
     sum_us: AtomicU64,
+    /// The longest observation since start: a bucket bound says only
+    /// "under 500 ms"; this says how far under.
+    max_us: AtomicU64,
 }
 
 impl Histogram {
@@ -97,8 +100,14 @@ impl Histogram {
             .position(|&b| s <= b)
             .unwrap_or(BUCKETS_S.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        let us = d.as_micros() as u64;
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The longest observation since start, in seconds.
+    fn max_s(&self) -> f64 {
+        self.max_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 
     fn render(&self, w: &mut Writer<'_>, name: &str, labels: &[(&str, &str)]) {
@@ -282,6 +291,18 @@ impl Metrics {
                 &mut w,
                 "shardcast_forecaster_cycle_seconds",
                 &[("rerun", r.as_str())],
+            );
+        }
+        w.family(
+            "shardcast_forecaster_cycle_max_seconds",
+            Kind::Gauge,
+            "Longest planning cycle since start, by the models it re-ran (0 when none ran).",
+        );
+        for r in Rerun::ALL {
+            w.sample(
+                "shardcast_forecaster_cycle_max_seconds",
+                &[("rerun", r.as_str())],
+                self.cycle_seconds[r as usize].max_s(),
             );
         }
         w.family(
@@ -555,5 +576,9 @@ mod tests {
         assert_eq!(at(&format!("{c}_count{{rerun=\"none\"}}")), 2.0);
         assert!((at(&format!("{c}_sum{{rerun=\"hourly\"}}")) - 0.62).abs() < 1e-6);
         assert!((at(&format!("{c}_sum{{rerun=\"both\"}}")) - 0.7).abs() < 1e-6);
+        let max = "shardcast_forecaster_cycle_max_seconds";
+        assert!((at(&format!("{max}{{rerun=\"hourly\"}}")) - 0.32).abs() < 1e-6);
+        assert!((at(&format!("{max}{{rerun=\"both\"}}")) - 0.7).abs() < 1e-6);
+        assert_eq!(at(&format!("{max}{{rerun=\"daily\"}}")), 0.0);
     }
 }
