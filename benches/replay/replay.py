@@ -142,6 +142,33 @@ def clock_now(forecaster, timeout=2.0):
         return None
 
 
+def models_down(forecaster, timeout_s=120.0):
+    """Why the forecaster is not serving its models, or None when every
+    model it reports is loaded. Waits (bounded) for the first report: the
+    gauge appears after the first planning cycle. A forecaster on its
+    seasonal-naive fallback (no ONNX Runtime found, say) is another system
+    to measure."""
+    deadline, loaded = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(forecaster.rstrip("/") + "/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            text = ""
+        loaded = {}
+        for line in text.splitlines():
+            if line.startswith("shardcast_forecaster_model_loaded{"):
+                k, _, v = line.rpartition(" ")
+                loaded[k] = float(v)
+        if loaded:
+            break
+        time.sleep(1)
+    if not loaded:
+        return "the forecaster reported no model"
+    down = [k for k, v in loaded.items() if not v]
+    return ("models not loaded: " + ", ".join(down)) if down else None
+
+
 def clock_begin(forecaster, speed, lead_s=0.5):
     """Where a replay on the forecaster's clock begins: its trace time
     `lead_s` real seconds from now (the slice is opened meanwhile); None

@@ -368,6 +368,15 @@ class Run:
     def measure(self, with_policy, with_clock, notes):
         a, u = self.a, self.info["urls"]
         start = self.start
+        why = replay.models_down(u["forecaster"])
+        if why is not None:
+            hint = (f"{why} (see {self.var / 'logs' / 'forecaster.log'}; "
+                    "scripts/setup installs ONNX Runtime into .venv)")
+            if not a.allow_fallback:
+                raise SystemExit(f"replay-bench: {self.policy}: {hint}; "
+                                 "--allow-fallback measures the fallback anyway")
+            log(f"{self.policy}: warning: {hint}")
+            notes.append(f"forecaster without its models: {why}")
         if with_clock:
             # The forecaster's trace clock runs from its start: begin the
             # replay where that clock is now, so telemetry, forecasts and
@@ -900,6 +909,8 @@ def main():
     ap.add_argument("--debug", action="store_true", help="debug binaries")
     ap.add_argument("--bin-dir")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--allow-fallback", action="store_true",
+                    help="run even when the forecaster serves its seasonal-naive fallback, not its models")
     ap.add_argument("--backend", choices=["embedded", "redis-postgres"], default="embedded")
     ap.add_argument("--set", action="append", default=[], help="extra forecaster override (scripts/stack --set)")
     ap.add_argument("--proxy-set", action="append", default=[])

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benches/replay"))
+import replay  # noqa: E402
 BIN = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/shardcast/target")) / "debug"
 
 
@@ -64,6 +66,8 @@ def test_stack_starts_serves_and_stops_cleanly(tmp_path):
             assert time.monotonic() < deadline, m
             time.sleep(0.5)
         assert len(m["shards"]) == 14 and len(m["nodes"]) == 3, m
+        # the trained models serve, not the seasonal-naive fallback
+        assert replay.models_down(u["forecaster"], timeout_s=60) is None
         status, headers, body = get(u["admin"] + "/dashboard")
         assert status == 200 and b"<html" in body.lower()
     finally:
@@ -225,3 +229,31 @@ def test_the_demo_runs_on_the_replay_clock_and_prefetches_before_the_rise(tmp_pa
     p = manager["prefetch"]
     assert p["by_reason"].get("forecast", 0) >= 1 and p["warm_before_rise"] >= 1, p
     assert "warm before rise" in out and "forecaster 2011-11-07" in out, out[-2000:]
+
+
+def test_the_benches_refuse_a_forecaster_without_its_models(tmp_path):
+    """ONNX Runtime missing: the forecaster serves its fallback, says so on
+    /metrics, and the replay and scale benches stop on it (models_down)."""
+    var = tmp_path / "var"
+    launcher = subprocess.Popen(
+        [str(ROOT / "scripts/stack"), "--free-ports", "--var", str(var), "--bin-dir", bins(),
+         "--quiet", "--max-seconds", "120", "--set", "model.onnxruntime_lib=/nonexistent/libonnxruntime.so"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        ready = var / "stack.json"
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            assert launcher.poll() is None, launcher.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the stack was not ready within 180 s"
+            time.sleep(0.2)
+        u = json.loads(ready.read_text())["urls"]
+        why = replay.models_down(u["forecaster"], timeout_s=60)
+        assert why is not None and why.startswith("models not loaded"), why
+        assert 'model="hourly"' in why and 'model="daily"' in why, why
+    finally:
+        os.killpg(launcher.pid, signal.SIGINT)
+        try:
+            launcher.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            pytest.fail("the launcher did not stop within 40 s of SIGINT")

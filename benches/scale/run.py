@@ -322,6 +322,18 @@ class Harness:
             time.sleep(1)
         return None
 
+    def check_models(self):
+        """A forecaster serving its seasonal-naive fallback measures another
+        system: stop, unless --allow-fallback."""
+        why = replay.models_down(self.info["urls"]["forecaster"])
+        if why is None:
+            return
+        hint = (f"{why} (see {self.var / 'logs' / 'forecaster.log'}; "
+                "scripts/setup installs ONNX Runtime into .venv)")
+        if not self.a.allow_fallback:
+            raise SystemExit(f"scale: {hint}; --allow-fallback measures the fallback anyway")
+        log(f"warning: {hint}")
+
     def measure(self, d, man, build_s, ready_s):
         a, u = self.a, self.info["urls"]
         notes = []
@@ -330,6 +342,7 @@ class Harness:
             notes.append("no manager table on every proxy before the replay began")
         else:
             log(f"every proxy has the manager's first table after {first:.0f}s more")
+        self.check_models()
         clock = get_json(u["forecaster"] + "/clock")
         start = d.start
         if "now_unix_ms" in clock:
@@ -606,6 +619,8 @@ def main():
     ap.add_argument("--debug", action="store_true", help="debug binaries")
     ap.add_argument("--bin-dir")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--allow-fallback", action="store_true",
+                    help="run even when the forecaster serves its seasonal-naive fallback, not its models")
     ap.add_argument("--set", action="append", default=[], help="forecaster override (scripts/stack --set)")
     ap.add_argument("--proxy-set", action="append", default=[])
     ap.add_argument("--sync-set", action="append", default=[])

@@ -179,7 +179,7 @@ impl Default for WirePlanner {
         WirePlanner {
             cycle_s: 10.0,
             retry_model_s: 60,
-            refresh_budget_ms: 120,
+            refresh_budget_ms: 100,
             refresh_catch_up_s: 1.0,
         }
     }

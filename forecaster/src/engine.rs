@@ -36,6 +36,14 @@ pub mod refresh;
 pub use refresh::RefreshBudget;
 use refresh::{CycleInputs, Slot};
 
+/// A planning cycle longer than this is logged with where its time went
+/// (the target for a cycle at 10,000 shards).
+const SLOW_CYCLE_MS: f64 = 200.0;
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
 /// Quantile levels used when no model contract could be read.
 pub const DEFAULT_LEVELS: [f32; 9] = [0.01, 0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975, 0.99];
 
@@ -349,6 +357,8 @@ impl Engine {
     pub fn cycle(&mut self, now_unix_ms: i64) -> Arc<ForecastSet> {
         let t0 = Instant::now();
         self.ensure_loaded();
+        let loaded_ms = ms_since(t0);
+        let mut models_ms = 0.0;
         let signals = self.signals.load_full();
         let zone = self.store.zone().clone();
         // The last complete hour, and the last complete local day (the day
@@ -437,6 +447,7 @@ impl Engine {
                         s1.refresh(&cx, origins[1], &stamps, metrics),
                     )
                 };
+                models_ms = ms_since(t0);
                 let changed: Vec<bool> = c0.iter().zip(&c1).map(|(a, b)| *a || *b).collect();
                 let shards = self.assemble(&stamps, &changed);
                 let done = self.slots.iter().all(|s| s.stale == 0);
@@ -492,6 +503,21 @@ impl Engine {
             shards,
         });
         self.metrics.record_cycle(&set);
+        if set.cycle_ms > SLOW_CYCLE_MS {
+            // Where the time went, to tell a cold start (model load), the
+            // model runs (budgeted) and the bookkeeping around them apart.
+            let rows = |i: usize| set.models.get(i).map_or(0, |m| m.rows);
+            tracing::warn!(
+                cycle_ms = format_args!("{:.1}", set.cycle_ms),
+                load_ms = format_args!("{loaded_ms:.1}"),
+                until_models_done_ms = format_args!("{models_ms:.1}"),
+                hourly_rows = rows(0),
+                daily_rows = rows(1),
+                stale = self.backlog(),
+                shards = set.shards.len(),
+                "slow planning cycle"
+            );
+        }
         self.handle.publish(set.clone());
         set
     }

@@ -43,14 +43,16 @@ pub enum ModelError {
 static ENV: Mutex<Option<(Environment, PathBuf)>> = Mutex::new(None);
 
 /// Candidate locations of `libonnxruntime.so.1.31.1`, best first: the
-/// configured path, `ORT_DYLIB_PATH`, then the project venv (`$SHARDCAST_VENV`,
+/// configured path alone when there is one (a path the operator named
+/// that is missing is an error to fix, not a reason to load another
+/// library), else `ORT_DYLIB_PATH`, then the project venv (`$SHARDCAST_VENV`,
 /// `.venv` next to the current directory, the executable or this crate's
 /// workspace, walking up).
 pub fn library_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
-    let mut out = Vec::new();
     if let Some(p) = configured {
-        out.push(p.to_path_buf());
+        return vec![p.to_path_buf()];
     }
+    let mut out = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         out.push(PathBuf::from(p));
     }
@@ -201,5 +203,16 @@ impl OnnxModel {
             quantiles,
             agg_quantiles,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_library_is_the_only_candidate() {
+        let p = Path::new("/nonexistent/libonnxruntime.so.1.31.1");
+        assert_eq!(library_candidates(Some(p)), vec![p.to_path_buf()]);
     }
 }
