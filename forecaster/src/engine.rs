@@ -308,14 +308,20 @@ impl Engine {
             {
                 continue;
             }
-            slot.last_attempt = Some(Instant::now());
+            let started = Instant::now();
+            slot.last_attempt = Some(started);
             match OnnxModel::load(
                 &slot.path,
                 self.cfg.onnxruntime_lib.as_deref(),
                 self.cfg.intra_threads,
             ) {
                 Ok(m) if m.contract.freq == slot.freq => {
-                    tracing::info!(model = %m.contract.name, path = %slot.path.display(), "model loaded");
+                    tracing::info!(
+                        model = %m.contract.name,
+                        path = %slot.path.display(),
+                        load_ms = format_args!("{:.1}", ms_since(started)),
+                        "model loaded"
+                    );
                     slot.detail = String::new();
                     slot.model = Some(m);
                     slot.generation += 1;
@@ -355,9 +361,10 @@ impl Engine {
     /// One planning cycle at wall time `now_unix_ms`: forecasts for every
     /// known shard, published and returned.
     pub fn cycle(&mut self, now_unix_ms: i64) -> Arc<ForecastSet> {
-        let t0 = Instant::now();
+        // A model's load (at start, or a retry after a failure) is logged
+        // with its own time; the cycle and its budget start after it.
         self.ensure_loaded();
-        let loaded_ms = ms_since(t0);
+        let t0 = Instant::now();
         let mut models_ms = 0.0;
         let signals = self.signals.load_full();
         let zone = self.store.zone().clone();
@@ -504,12 +511,11 @@ impl Engine {
         });
         self.metrics.record_cycle(&set);
         if set.cycle_ms > SLOW_CYCLE_MS {
-            // Where the time went, to tell a cold start (model load), the
-            // model runs (budgeted) and the bookkeeping around them apart.
+            // Where the time went, to tell the model runs (budgeted) and
+            // the bookkeeping around them apart.
             let rows = |i: usize| set.models.get(i).map_or(0, |m| m.rows);
             tracing::warn!(
                 cycle_ms = format_args!("{:.1}", set.cycle_ms),
-                load_ms = format_args!("{loaded_ms:.1}"),
                 until_models_done_ms = format_args!("{models_ms:.1}"),
                 hourly_rows = rows(0),
                 daily_rows = rows(1),
