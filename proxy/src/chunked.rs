@@ -275,6 +275,7 @@ impl ChunkedFraming {
 /// before it; the next read fails with `InvalidData` without reading, so a
 /// request body being read ends in an error (400 from `request_filter`)
 /// and nothing after the bad line reaches Pingora's parser.
+#[inline(always)]
 pub fn poll_read_checked<R: tokio::io::AsyncRead + ?Sized>(
     check: Option<&mut ChunkedFraming>,
     io: std::pin::Pin<&mut R>,
@@ -282,14 +283,11 @@ pub fn poll_read_checked<R: tokio::io::AsyncRead + ?Sized>(
     buf: &mut tokio::io::ReadBuf<'_>,
 ) -> std::task::Poll<std::io::Result<()>> {
     use std::task::Poll;
+    // Inline into the stream's `poll_read` with the read below it: most
+    // reads wait or bring no refused byte, and cost a test here; the check
+    // of the bytes read and the refusals are out of line.
     let Some(check) = check else {
         return io.poll_read(cx, buf);
-    };
-    let refused = |why: &str| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("request body: {why}"),
-        )
     };
     if let Some(why) = check.refused() {
         return Poll::Ready(Err(refused(why)));
@@ -297,15 +295,35 @@ pub fn poll_read_checked<R: tokio::io::AsyncRead + ?Sized>(
     let before = buf.filled().len();
     let r = io.poll_read(cx, buf);
     if let Poll::Ready(Ok(())) = r {
-        if let Err(bad) = check.feed(&buf.filled()[before..]) {
-            if bad.at == 0 {
-                buf.set_filled(before);
-                return Poll::Ready(Err(refused(bad.reason)));
-            }
-            buf.set_filled(before + bad.at);
-        }
+        return check_read(check, buf, before);
     }
     r
+}
+
+/// The bytes a read just brought (from `before` on), through the framing
+/// check: cut before a refused byte, or refused whole when it is the first.
+#[inline(never)]
+fn check_read(
+    check: &mut ChunkedFraming,
+    buf: &mut tokio::io::ReadBuf<'_>,
+    before: usize,
+) -> std::task::Poll<std::io::Result<()>> {
+    if let Err(bad) = check.feed(&buf.filled()[before..]) {
+        if bad.at == 0 {
+            buf.set_filled(before);
+            return std::task::Poll::Ready(Err(refused(bad.reason)));
+        }
+        buf.set_filled(before + bad.at);
+    }
+    std::task::Poll::Ready(Ok(()))
+}
+
+#[cold]
+fn refused(why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("request body: {why}"),
+    )
 }
 
 #[cfg(test)]

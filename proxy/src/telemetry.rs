@@ -32,10 +32,16 @@ fn new_hist() -> Histogram<u64> {
 
 /// Space-saving top-k: at most `cap` counters; a new key evicts the
 /// smallest. Good enough for "which skus are hot", bounded memory.
+///
+/// Keyed by skus from requests, so hashed with a seeded hash (a client
+/// cannot choose colliding skus), but aHash rather than std's SipHash-1-3:
+/// a sampled request hashes its sku two or three times here (look-up, and
+/// on a miss the eviction's remove and insert), which SipHash made most of
+/// the sample's cost.
 #[derive(Debug, Default)]
 struct TopK {
     cap: usize,
-    counts: HashMap<Box<str>, u64>,
+    counts: HashMap<Box<str>, u64, ahash::RandomState>,
 }
 
 impl TopK {
@@ -263,7 +269,7 @@ impl ShardStats {
                     sum_us: 0,
                     top: TopK {
                         cap: (top_k * 4).max(8),
-                        counts: HashMap::new(),
+                        counts: HashMap::default(),
                     },
                 }))
             }),
@@ -273,7 +279,7 @@ impl ShardStats {
                 sum_us: 0,
                 top: TopK {
                     cap: (top_k * 4).max(8),
-                    counts: HashMap::new(),
+                    counts: HashMap::default(),
                 },
             }),
             exported: Mutex::new([0; 5]),

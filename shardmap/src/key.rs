@@ -113,6 +113,24 @@ impl PathPattern {
             if !more {
                 return None;
             }
+            if let Seg::Lit(l) = seg {
+                // A literal holds no `/` (the pattern was split on it), so
+                // it is the next segment when the rest starts with it and a
+                // `/` or the end follows: a comparison, no search for the
+                // segment's end.
+                if !rest.starts_with(l.as_str()) {
+                    return None;
+                }
+                match rest.as_bytes().get(l.len()) {
+                    None => {
+                        more = false;
+                        rest = "";
+                    }
+                    Some(b'/') => rest = &rest[l.len() + 1..],
+                    Some(_) => return None,
+                }
+                continue;
+            }
             let p = match rest.bytes().position(|b| b == b'/') {
                 Some(i) => {
                     let (p, after) = rest.split_at(i);
@@ -125,11 +143,8 @@ impl PathPattern {
                 }
             };
             match seg {
-                Seg::Lit(l) => {
-                    if p != l {
-                        return None;
-                    }
-                }
+                // matched above
+                Seg::Lit(_) => {}
                 Seg::Sku => sku = Some(p),
                 Seg::Region => region = Some(p),
                 Seg::Any => {
@@ -173,8 +188,16 @@ pub fn extract<'a>(
     query: Option<&'a str>,
     header: impl Fn(&str) -> Option<&'a [u8]>,
 ) -> Result<Key<'a>, KeyError> {
+    // A path sku that needs no decoding and is a plain token (most): one
+    // pass over its bytes tells, instead of a search for `%` and then the
+    // token check.
+    let mut checked = false;
     let raw_sku: Option<Cow<'a, str>> = match sku_src {
         KeySource::Path => match path_sku {
+            Some(s) if is_plain_token(s, MAX_SKU_LEN) => {
+                checked = true;
+                Some(Cow::Borrowed(s))
+            }
             Some(s) => Some(decode(s)?),
             None => None,
         },
@@ -195,7 +218,9 @@ pub fn extract<'a>(
         Some(s) if !s.is_empty() => s,
         _ => return Err(KeyError::Missing),
     };
-    check_token(&sku, MAX_SKU_LEN, "sku")?;
+    if !checked {
+        check_token(&sku, MAX_SKU_LEN, "sku")?;
+    }
     let region = match region_src {
         RegionSource::None => None,
         RegionSource::Path => path_region.map(decode).transpose()?,
@@ -220,6 +245,12 @@ pub fn extract<'a>(
         None => None,
     };
     Ok(Key { sku, region })
+}
+
+/// `s` decodes to itself (no `%`) and passes [`check_token`] with `max`.
+#[inline]
+fn is_plain_token(s: &str, max: usize) -> bool {
+    s.len() <= max && s.bytes().all(|b| b > 0x20 && b != 0x7f && b != b'%')
 }
 
 fn check_token(s: &str, max: usize, what: &'static str) -> Result<(), KeyError> {
@@ -334,6 +365,20 @@ mod tests {
                         "/a/{*}/{sku}", "/{sku}/*", "/inv/{sku}/b"] {
                 let p = PathPattern::parse(pat).unwrap();
                 prop_assert_eq!(p.matches(&path), matches_by_split(&p, &path), "{} on {}", pat, path);
+            }
+        }
+    }
+
+    proptest! {
+        /// The path sku's one-pass shortcut takes only what decoding and
+        /// the token check would have let through unchanged.
+        #[test]
+        fn a_plain_token_is_what_decoding_and_the_token_check_pass(
+            s in "[\\x00-\\x7f\u{e9}%]{0,140}",
+        ) {
+            if is_plain_token(&s, MAX_SKU_LEN) {
+                prop_assert_eq!(decode(&s), Ok(Cow::Borrowed(s.as_str())));
+                prop_assert!(check_token(&s, MAX_SKU_LEN, "sku").is_ok());
             }
         }
     }
