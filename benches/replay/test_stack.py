@@ -39,20 +39,39 @@ def processes_mentioning(text):
     return [p for p in out if int(p) != os.getpid()]
 
 
-def test_stack_starts_serves_and_stops_cleanly(tmp_path):
-    var = tmp_path / "var"
+def launch(var, *extra, max_seconds=300):
+    """scripts/stack in its own session; its URLs once ready (bounded)."""
     launcher = subprocess.Popen(
         [str(ROOT / "scripts/stack"), "--free-ports", "--var", str(var), "--bin-dir", bins(),
-         "--quiet", "--max-seconds", "300"],
+         "--quiet", "--max-seconds", str(max_seconds), *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    ready = var / "stack.json"
+    deadline = time.monotonic() + 180
+    while not ready.exists():
+        if launcher.poll() is not None or time.monotonic() >= deadline:
+            stop(launcher)
+            pytest.fail("the stack was not ready within 180 s: "
+                        + launcher.stderr.read().decode()[-3000:])
+        time.sleep(0.2)
+    return launcher, json.loads(ready.read_text())["urls"]
+
+
+def stop(launcher):
+    """Ctrl-C: the launcher stops every process it started."""
+    if launcher.poll() is not None:
+        return
+    os.killpg(launcher.pid, signal.SIGINT)
     try:
-        ready = var / "stack.json"
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            assert launcher.poll() is None, launcher.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the stack was not ready within 180 s"
-            time.sleep(0.2)
-        u = json.loads(ready.read_text())["urls"]
+        launcher.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        pytest.fail("the launcher did not stop within 40 s of SIGINT")
+
+
+def test_stack_starts_serves_and_stops_cleanly(tmp_path):
+    var = tmp_path / "var"
+    launcher, u = launch(var)
+    try:
         # a real sku through the proxy to a node
         status, headers, _ = get(u["storefront"] + "/inventory/85123A?region=UK")
         assert status == 200
@@ -71,13 +90,7 @@ def test_stack_starts_serves_and_stops_cleanly(tmp_path):
         status, headers, body = get(u["admin"] + "/dashboard")
         assert status == 200 and b"<html" in body.lower()
     finally:
-        # Ctrl-C: the launcher stops every process it started.
-        os.killpg(launcher.pid, signal.SIGINT)
-        try:
-            launcher.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            pytest.fail("the launcher did not stop within 40 s of SIGINT")
+        stop(launcher)
     deadline = time.monotonic() + 10
     while processes_mentioning(str(var)):
         assert time.monotonic() < deadline, f"left running: {processes_mentioning(str(var))}"
@@ -234,26 +247,11 @@ def test_the_demo_runs_on_the_replay_clock_and_prefetches_before_the_rise(tmp_pa
 def test_the_benches_refuse_a_forecaster_without_its_models(tmp_path):
     """ONNX Runtime missing: the forecaster serves its fallback, says so on
     /metrics, and the replay and scale benches stop on it (models_down)."""
-    var = tmp_path / "var"
-    launcher = subprocess.Popen(
-        [str(ROOT / "scripts/stack"), "--free-ports", "--var", str(var), "--bin-dir", bins(),
-         "--quiet", "--max-seconds", "120", "--set", "model.onnxruntime_lib=/nonexistent/libonnxruntime.so"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    launcher, u = launch(tmp_path / "var", "--set", "model.onnxruntime_lib=/nonexistent/libonnxruntime.so",
+                         max_seconds=120)
     try:
-        ready = var / "stack.json"
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            assert launcher.poll() is None, launcher.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the stack was not ready within 180 s"
-            time.sleep(0.2)
-        u = json.loads(ready.read_text())["urls"]
         why = replay.models_down(u["forecaster"], timeout_s=60)
         assert why is not None and why.startswith("models not loaded"), why
         assert 'model="hourly"' in why and 'model="daily"' in why, why
     finally:
-        os.killpg(launcher.pid, signal.SIGINT)
-        try:
-            launcher.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            pytest.fail("the launcher did not stop within 40 s of SIGINT")
+        stop(launcher)
