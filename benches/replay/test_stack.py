@@ -56,16 +56,17 @@ def launch(var, *extra, max_seconds=300):
     return launcher, json.loads(ready.read_text())["urls"]
 
 
-def stop(launcher):
-    """Ctrl-C: the launcher stops every process it started."""
-    if launcher.poll() is not None:
-        return
-    os.killpg(launcher.pid, signal.SIGINT)
+def stop(proc, what="launcher", within=40):
+    """Ctrl-C: the launcher (or the demo) stops every process it started."""
     try:
-        launcher.wait(timeout=40)
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return  # the group is gone already
+    try:
+        proc.wait(timeout=within)
     except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)
-        pytest.fail("the launcher did not stop within 40 s of SIGINT")
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the {what} did not stop within {within} s of SIGINT")
 
 
 def test_stack_starts_serves_and_stops_cleanly(tmp_path):
@@ -203,12 +204,7 @@ def test_the_demo_runs_on_the_replay_clock_and_prefetches_before_the_rise(tmp_pa
         decisions = json.loads(get(fc + "/manager/decisions?limit=500")[2])
         series = json.loads(get(fc + "/series?hours=24")[2])
     finally:
-        os.killpg(demo.pid, signal.SIGINT)
-        try:
-            demo.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(demo.pid, signal.SIGKILL)
-            pytest.fail("the demo did not stop within 60 s of SIGINT")
+        stop(demo, "demo", within=60)
         reader.join(timeout=5)
     out = "".join(lines)
     day = trace_hourly("2011-11-07")
